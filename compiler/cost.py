@@ -1,0 +1,121 @@
+"""The cost pass: parameters, multiply-accumulates and activation sizes per node, block and stage.
+
+Conventions (those of torchvision's model docs, fvcore and ptflops): MACs count the
+multiply-accumulates of convolutions and linear layers only; parameters are trainable tensors
+(conv and linear weights and biases, BatchNorm weight and bias), not BatchNorm running statistics;
+activations are the output elements of every node for one input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear, Node
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    name: str
+    stage: str
+    block: str
+    kind: str
+    parameters: int
+    macs: int
+    activations: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    name: str
+    parameters: int
+    macs: int
+    activations: int
+    output_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CostReport:
+    nodes: tuple[NodeCost, ...]
+    output_shapes: dict[str, tuple[int, ...]]
+    """Output shape of each block and stage (the last block's)."""
+
+    @property
+    def parameters(self) -> int:
+        return sum(node.parameters for node in self.nodes)
+
+    @property
+    def macs(self) -> int:
+        return sum(node.macs for node in self.nodes)
+
+    @property
+    def activations(self) -> int:
+        return sum(node.activations for node in self.nodes)
+
+    def group_by(self, key: str) -> list[Totals]:
+        """Totals per ``"stage"`` or per ``"block"``, in network order."""
+        order: list[str] = []
+        groups: dict[str, list[NodeCost]] = {}
+        for node in self.nodes:
+            group = getattr(node, key)
+            if group not in groups:
+                order.append(group)
+                groups[group] = []
+            groups[group].append(node)
+        return [
+            Totals(
+                name,
+                sum(node.parameters for node in groups[name]),
+                sum(node.macs for node in groups[name]),
+                sum(node.activations for node in groups[name]),
+                self.output_shapes[name],
+            )
+            for name in order
+        ]
+
+
+def node_parameters(node: Node) -> int:
+    op = node.op
+    if isinstance(op, Conv):
+        kernel = op.kernel[0] * op.kernel[1]
+        return op.out_channels * (op.in_channels // op.groups) * kernel + (op.out_channels if op.bias else 0)
+    if isinstance(op, BatchNorm):
+        return 2 * op.channels
+    if isinstance(op, Linear):
+        return op.in_features * op.out_features + (op.out_features if op.bias else 0)
+    return 0
+
+
+def node_macs(node: Node) -> int:
+    op = node.op
+    assert node.shape is not None
+    if isinstance(op, Conv):
+        _, height, width = node.shape
+        per_output = (op.in_channels // op.groups) * op.kernel[0] * op.kernel[1]
+        return op.out_channels * height * width * per_output
+    if isinstance(op, Linear):
+        return op.in_features * op.out_features
+    return 0
+
+
+def cost(graph: Graph) -> CostReport:
+    nodes: list[NodeCost] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for module, node in graph.nodes():
+        assert node.shape is not None
+        block = module.path or module.role
+        nodes.append(
+            NodeCost(
+                name=module.canonical(node.name),
+                stage=module.stage,
+                block=block,
+                kind=node.op.kind,
+                parameters=node_parameters(node),
+                macs=node_macs(node),
+                activations=math.prod(node.shape),
+            )
+        )
+        assert module.out_shape is not None
+        shapes[block] = module.out_shape
+        shapes[module.stage] = module.out_shape
+    return CostReport(tuple(nodes), shapes)

@@ -1,0 +1,406 @@
+"""The expand pass: a validated network spec and its parts become a concrete IR graph.
+
+Expansion binds every part parameter, evaluates every attribute expression, chooses each block's
+shortcut from the network's policy, and names every node canonically. It needs shapes along the
+way (a conv's ``in_channels`` is its input's channel count), so it applies the shape rules as it
+builds; the separate ``infer_shapes`` pass then re-derives them for the verifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rescompile.compiler.ir import (
+    MODULE_INPUT,
+    Add,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Flatten,
+    GlobalAveragePool,
+    Graph,
+    Linear,
+    MaxPool,
+    Module,
+    ModuleRole,
+    Node,
+    Op,
+    PadChannels,
+    Parts,
+    Relu,
+    Shape,
+    Subsample,
+)
+from rescompile.compiler.shapes import ShapeError, output_shape
+from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
+from rescompile.spec.expressions import Expression, ExpressionError, Value
+from rescompile.spec.loader import BOUND_NAMES, Loaded, PartKind, load_part, resolve_part
+from rescompile.spec.models import (
+    REQUIRED,
+    AddSpec,
+    AvgPoolSpec,
+    BatchNormSpec,
+    BlockSpec,
+    ConvSpec,
+    FlattenSpec,
+    GlobalAveragePoolSpec,
+    HeadSpec,
+    LinearSpec,
+    MaxPoolSpec,
+    NetworkSpec,
+    OpSpec,
+    PadChannelsSpec,
+    PartSpec,
+    ReluSpec,
+    ShortcutPolicySpec,
+    ShortcutSpec,
+    StemSpec,
+    SubsampleSpec,
+)
+
+IDENTITY = "identity"
+PLAIN = "none"
+SHORTCUT_VALUE = "shortcut"
+# The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
+POLICIES: dict[str, tuple[str, str]] = {
+    "A": (IDENTITY, "zero_pad"),
+    "B": (IDENTITY, "projection"),
+    "C": ("projection", "projection"),
+}
+
+
+class _PartLoader:
+    """Loads each referenced part file once, relative to the network file or built-in."""
+
+    def __init__(self, network_file: Path | None) -> None:
+        self.network_file = network_file
+        self.cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
+
+    def get(self, kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
+        key = (kind, name)
+        if key not in self.cache:
+            self.cache[key] = load_part(resolve_part(kind, name, self.network_file, where), kind)
+        return self.cache[key]
+
+
+def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
+    spec = network.spec
+    parts = _PartLoader(network_file)
+    stem = parts.get("stems", spec.stem, network.locate("stem"))
+    block = parts.get("blocks", spec.block, network.locate("block"))
+    head = parts.get("heads", spec.head, network.locate("head"))
+    assert isinstance(stem.spec, StemSpec) and isinstance(block.spec, BlockSpec) and isinstance(head.spec, HeadSpec)
+    policy = _resolve_policy(spec.shortcut, network, parts)
+
+    height, width = spec.input.height_width
+    shape: Shape = (spec.input.channels, height, width)
+    input_shape = shape
+    modules: list[Module] = []
+
+    stem_bindings = _bind(stem, spec.stem_parameters, {"in_channels": shape[0]}, network, "stem_parameters")
+    stem_module = _build_module("", "stem", stem, stem_bindings, shape, network.locate("stem"), None, None)
+    modules.append(stem_module)
+    assert stem_module.out_shape is not None
+    shape = stem_module.out_shape
+
+    used_shortcuts: dict[str, ShortcutSpec] = {}
+    for stage_index, stage in enumerate(spec.stages):
+        stage_location = network.locate("stages", stage_index)
+        for block_index in range(stage.depth):
+            stride = stage.stride if block_index == 0 else 1
+            builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stride}
+            overrides = {**spec.block_parameters, **stage.block_parameters}
+            bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index)
+            path = f"layer{stage_index + 1}.{block_index}"
+            out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
+            shapes_change = stride != 1 or out_channels != shape[0]
+            shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
+            shortcut: Loaded[PartSpec] | None = None
+            if shortcut_name not in (None, IDENTITY):
+                assert shortcut_name is not None
+                shortcut = parts.get("shortcuts", shortcut_name, network.locate("shortcut"))
+                assert isinstance(shortcut.spec, ShortcutSpec)
+                used_shortcuts.setdefault(shortcut_name, shortcut.spec)
+            shortcut_bindings: dict[str, Value] = {"in_channels": shape[0], "out_channels": out_channels, "stride": stride}
+            module = _build_module(
+                path, "block", block, bindings, shape, stage_location, shortcut_name, shortcut, shortcut_bindings
+            )
+            assert module.out_shape is not None
+            if module.out_shape[0] != out_channels:
+                raise RescompileError(
+                    f"{path}: block '{block.spec.name}' declares out_channels = {block.spec.out_channels.text} "
+                    f"= {out_channels}, but its last node produces {module.out_shape[0]} channels",
+                    block.locate("out_channels"),
+                )
+            modules.append(module)
+            shape = module.out_shape
+
+    head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
+    modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    return Graph(
+        name=spec.name,
+        input_shape=input_shape,
+        modules=tuple(modules),
+        network=spec,
+        parts=Parts(
+            stem=stem.spec,
+            block=block.spec,
+            head=head.spec,
+            shortcuts=tuple(used_shortcuts[name] for name in sorted(used_shortcuts)),
+        ),
+        source=network.locate(),
+    )
+
+
+def _resolve_policy(
+    shortcut: str | ShortcutPolicySpec, network: Loaded[NetworkSpec], parts: _PartLoader
+) -> tuple[str, str] | None:
+    """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
+    if isinstance(shortcut, ShortcutPolicySpec):
+        policy = (shortcut.where_shapes_match, shortcut.where_shapes_change)
+    elif shortcut == PLAIN:
+        return None
+    elif shortcut in POLICIES:
+        policy = POLICIES[shortcut]
+    else:
+        policy = (shortcut, shortcut)
+    for index, name in enumerate(policy):
+        if name == IDENTITY:
+            continue
+        path = ("shortcut",) if isinstance(shortcut, str) else ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
+        where = network.source.locate(path)
+        try:
+            parts.get("shortcuts", name, where)
+        except RescompileError as error:
+            if error.location != where:
+                raise
+            valid = [*POLICIES, PLAIN, IDENTITY, "projection", "zero_pad"]
+            raise RescompileError(
+                f"unknown shortcut '{name}'{did_you_mean(name, valid)}; use a policy ({one_of([*POLICIES, PLAIN])}) "
+                f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
+                where,
+            ) from None
+    return policy
+
+
+def _bind(
+    part: Loaded[PartSpec],
+    overrides: Mapping[str, Value],
+    builtins: Mapping[str, Value],
+    network: Loaded[NetworkSpec],
+    field: str,
+    stage_index: int | None = None,
+) -> dict[str, Value]:
+    """Part defaults, then the network's values, then the values the compiler always binds."""
+    declared = part.spec.parameters
+    kind = type(part.spec).__name__.removesuffix("Spec").lower()
+    for name in overrides:
+        in_stage = stage_index is not None and name in network.spec.stages[stage_index].block_parameters
+        path = ("stages", stage_index, "block_parameters", name) if in_stage else (field, name)
+        where = network.source.locate(path, key=True)
+        if name in builtins:
+            raise RescompileError(f"'{name}' is set by the compiler from the stage and input; remove it", where)
+        if name not in declared:
+            choices = list(declared)
+            raise RescompileError(
+                f"{kind} '{part.spec.name}' has no parameter '{name}'{did_you_mean(name, choices)}; "
+                f"its parameters: {', '.join(choices) or 'none'}",
+                where,
+            )
+    bindings: dict[str, Value] = {**declared, **overrides, **builtins}
+    for name, value in bindings.items():
+        if value == REQUIRED:
+            raise RescompileError(
+                f"{kind} '{part.spec.name}' needs parameter '{name}'; set it in {field}",
+                network.locate(field) if field in network.source.values else network.locate(),
+            )
+    return bindings
+
+
+def _evaluate_int(
+    expression: Expression,
+    bindings: Mapping[str, Value],
+    part: Loaded[PartSpec],
+    path: tuple[str, ...],
+    where: str,
+    minimum: int,
+) -> int:
+    location = part.source.locate(path)
+    try:
+        value = expression.evaluate(bindings)
+    except ExpressionError as error:
+        raise RescompileError(f"{where}: {'.'.join(path)} = {expression.text}: {error}", location) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RescompileError(
+            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer", location
+        )
+    if value < minimum:
+        raise RescompileError(
+            f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}", location
+        )
+    return value
+
+
+def _build_module(
+    path: str,
+    role: ModuleRole,
+    part: Loaded[PartSpec],
+    bindings: dict[str, Value],
+    in_shape: Shape,
+    location: Location,
+    shortcut_name: str | None,
+    shortcut: Loaded[PartSpec] | None,
+    shortcut_bindings: dict[str, Value] | None = None,
+) -> Module:
+    label = path or role
+    shapes: dict[str, Shape] = {MODULE_INPUT: in_shape}
+    shortcut_nodes: list[Node] = []
+    shortcut_module: str | None = None
+    if role == "block" and shortcut_name is not None:
+        shortcut_value = MODULE_INPUT
+        if shortcut is not None:
+            assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
+            shortcut_module = shortcut.spec.module
+            shortcut_nodes = _build_nodes(
+                shortcut, shortcut_bindings, shapes, f"{shortcut_module}.", f"{label} shortcut", location
+            )
+            shortcut_value = shortcut_nodes[-1].name
+        shapes[SHORTCUT_VALUE] = shapes[shortcut_value]
+    else:
+        shortcut_value = None
+
+    nodes = _build_nodes(part, bindings, shapes, "", label, location, shortcut_value)
+    if shortcut_nodes:
+        merge = next(index for index, node in enumerate(nodes) if isinstance(node.op, Add) and node.op.residual)
+        nodes = [*nodes[:merge], *shortcut_nodes, *nodes[merge:]]
+    return Module(
+        path=path,
+        role=role,
+        type_name=part.spec.name,
+        parameters=tuple(sorted((name, bindings[name]) for name in bindings)),
+        shortcut=shortcut_name,
+        shortcut_module=shortcut_module,
+        nodes=tuple(nodes),
+        in_shape=in_shape,
+        out_shape=nodes[-1].shape,
+        source=location,
+    )
+
+
+def _build_nodes(
+    part: Loaded[PartSpec],
+    bindings: Mapping[str, Value],
+    shapes: dict[str, Shape],
+    prefix: str,
+    label: str,
+    location: Location,
+    shortcut_value: str | None = None,
+) -> list[Node]:
+    """Evaluate a part's nodes in order. In a plain block (``shortcut_value`` None), the residual
+    add disappears and whatever read it reads the branch instead."""
+    nodes: list[Node] = []
+    renamed: dict[str, str] = {SHORTCUT_VALUE: shortcut_value} if shortcut_value is not None else {}
+    previous = MODULE_INPUT
+    for name, node_spec in part.spec.nodes.items():
+        node_path = ("nodes", name)
+        if isinstance(node_spec, AddSpec):
+            raw_inputs: tuple[str, ...] = node_spec.inputs
+        else:
+            raw_inputs = (node_spec.input if node_spec.input is not None else previous,)
+        if isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs and shortcut_value is None:
+            if isinstance(part.spec, BlockSpec):
+                renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
+                previous = name
+                continue
+        if SHORTCUT_VALUE in raw_inputs and not isinstance(node_spec, AddSpec):
+            raise RescompileError(
+                f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate(*node_path)
+            )
+        inputs = tuple(renamed.get(value, prefix + value if value != MODULE_INPUT else value) for value in raw_inputs)
+        in_shapes = tuple(shapes[value] for value in inputs)
+        op = _make_op(node_spec, bindings, in_shapes, part, node_path, label)
+        try:
+            shape = output_shape(op, in_shapes)
+        except ShapeError as error:
+            raise RescompileError(f"{label}: {name}: {error}", location) from None
+        full_name = prefix + name
+        shapes[full_name] = shape
+        nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
+        previous = name
+    if not nodes:
+        raise RescompileError(f"{label}: part '{part.spec.name}' has no nodes left", part.locate("nodes"))
+    if previous in renamed:  # a plain block whose last node was the residual add
+        raise RescompileError(
+            f"{label}: a plain block cannot end with its residual add; add an activation after it",
+            part.locate("nodes", previous),
+        )
+    return nodes
+
+
+def _other(inputs: tuple[str, ...]) -> str:
+    return inputs[0] if inputs[1] == SHORTCUT_VALUE else inputs[1]
+
+
+def _make_op(
+    spec: OpSpec,
+    bindings: Mapping[str, Value],
+    in_shapes: tuple[Shape, ...],
+    part: Loaded[PartSpec],
+    node_path: tuple[str, str],
+    label: str,
+) -> Op:
+    def integer(field: str, minimum: int = 1) -> int:
+        expression = getattr(spec, field)
+        assert isinstance(expression, Expression)
+        return _evaluate_int(expression, bindings, part, (*node_path, field), label, minimum)
+
+    def pair(field: str, minimum: int = 1) -> tuple[int, int]:
+        value = integer(field, minimum)
+        return (value, value)
+
+    def padding() -> tuple[tuple[int, int], tuple[int, int]]:
+        value = integer("padding", 0)
+        return ((value, value), (value, value))
+
+    channels = in_shapes[0][0]
+    if isinstance(spec, ConvSpec):
+        return Conv(
+            in_channels=channels,
+            out_channels=integer("out_channels"),
+            kernel=pair("kernel"),
+            stride=pair("stride"),
+            padding=padding(),
+            dilation=pair("dilation"),
+            groups=integer("groups"),
+            bias=spec.bias,
+        )
+    if isinstance(spec, BatchNormSpec):
+        return BatchNorm(channels, spec.epsilon, spec.momentum, spec.zero_init)
+    if isinstance(spec, ReluSpec):
+        return Relu()
+    if isinstance(spec, MaxPoolSpec):
+        return MaxPool(pair("kernel"), pair("stride"), padding(), spec.ceil_mode)
+    if isinstance(spec, AvgPoolSpec):
+        return AvgPool(pair("kernel"), pair("stride"), padding(), spec.ceil_mode, spec.count_include_pad)
+    if isinstance(spec, GlobalAveragePoolSpec):
+        return GlobalAveragePool()
+    if isinstance(spec, FlattenSpec):
+        return Flatten()
+    if isinstance(spec, LinearSpec):
+        if len(in_shapes[0]) != 1:
+            raise RescompileError(
+                f"{label}: linear needs a flat input of shape (features,), got {in_shapes[0]}; add a flatten node first",
+                part.locate(*node_path),
+            )
+        return Linear(channels, integer("out_features"), spec.bias)
+    if isinstance(spec, AddSpec):
+        return Add(residual=SHORTCUT_VALUE in spec.inputs)
+    if isinstance(spec, SubsampleSpec):
+        return Subsample(integer("stride"))
+    if isinstance(spec, PadChannelsSpec):
+        return PadChannels(integer("before", 0), integer("after", 0))
+    raise AssertionError(f"no IR op for {type(spec).__name__}")
+
+
+__all__ = ["BOUND_NAMES", "IDENTITY", "PLAIN", "POLICIES", "expand"]

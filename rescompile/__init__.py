@@ -1,0 +1,10 @@
+"""rescompile: residual-network architecture specs (YAML) compiled to PyTorch, Flax and ONNX.
+
+The pipeline: ``spec`` (YAML -> pydantic) -> ``compiler`` (typed IR, passes, cost) -> ``backends``.
+"""
+
+from rescompile.compiler import Graph, compile_spec, cost
+from rescompile.spec import RescompileError, load_network
+
+__version__ = "0.1.0"
+__all__ = ["Graph", "RescompileError", "__version__", "compile_spec", "cost", "load_network"]

@@ -1,0 +1,118 @@
+"""A tiny, safe expression language for block parameters: ``width * expansion``.
+
+Expressions are parsed with :mod:`ast` and only a small whitelist of node types is accepted
+(integer arithmetic, comparisons, ``a if cond else b``), then walked by hand. Nothing is ever
+passed to ``eval``. The accepted language is a subset of Python, so the torch and flax backends
+can emit an expression verbatim into generated source.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Value = int | float | str | bool
+
+_BINARY: dict[type[ast.operator], Callable[[int, int], int]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_COMPARE: dict[type[ast.cmpop], Callable[[Value, Value], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,  # type: ignore[dict-item]
+    ast.LtE: operator.le,  # type: ignore[dict-item]
+    ast.Gt: operator.gt,  # type: ignore[dict-item]
+    ast.GtE: operator.ge,  # type: ignore[dict-item]
+}
+ALLOWED_SYNTAX = "integers, parameter names, + - * // %, comparisons and 'a if condition else b'"
+
+
+class ExpressionError(ValueError):
+    """An expression that does not parse or names something unknown; the caller adds a location."""
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A parsed expression; ``text`` is normalised Python source for it."""
+
+    text: str
+    tree: ast.expr
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(node.id for node in ast.walk(self.tree) if isinstance(node, ast.Name))
+
+    def evaluate(self, bindings: Mapping[str, Value]) -> Value:
+        return _evaluate(self.tree, bindings)
+
+
+def parse_expression(value: Value) -> Expression:
+    """Parse a YAML value (a number, a boolean or an expression string) into an :class:`Expression`."""
+    if isinstance(value, bool | int | float):
+        return Expression(repr(value), ast.Constant(value))
+    try:
+        tree = ast.parse(value.strip(), mode="eval").body
+    except SyntaxError:
+        raise ExpressionError(f"cannot parse expression '{value}'; use {ALLOWED_SYNTAX}") from None
+    for node in ast.walk(tree):
+        _check_syntax(node, value)
+    return Expression(ast.unparse(tree), tree)
+
+
+def _check_syntax(node: ast.AST, text: str) -> None:
+    allowed = (
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.Compare,
+        ast.IfExp,
+        ast.Name,
+        ast.Constant,
+        ast.Load,
+        ast.USub,
+        *_BINARY,
+        *_COMPARE,
+    )
+    if not isinstance(node, allowed):
+        raise ExpressionError(f"'{text}' uses {type(node).__name__}, which is not allowed; use {ALLOWED_SYNTAX}")
+    if isinstance(node, ast.Compare) and len(node.ops) != 1:
+        raise ExpressionError(f"'{text}': chained comparisons are not allowed; compare two values at a time")
+    if isinstance(node, ast.Constant) and not isinstance(node.value, int | str | bool):
+        raise ExpressionError(f"'{text}': only integer, string and boolean constants are allowed")
+
+
+def _evaluate(node: ast.expr, bindings: Mapping[str, Value]) -> Value:
+    if isinstance(node, ast.Constant):
+        value: Value = node.value
+        return value
+    if isinstance(node, ast.Name):
+        if node.id not in bindings:
+            raise ExpressionError(f"unknown name '{node.id}'")
+        return bindings[node.id]
+    if isinstance(node, ast.UnaryOp):
+        return -_number(_evaluate(node.operand, bindings))
+    if isinstance(node, ast.BinOp):
+        left = _number(_evaluate(node.left, bindings))
+        right = _number(_evaluate(node.right, bindings))
+        if isinstance(node.op, ast.FloorDiv | ast.Mod) and right == 0:
+            raise ExpressionError("division by zero")
+        return _BINARY[type(node.op)](left, right)
+    if isinstance(node, ast.Compare):
+        left_value = _evaluate(node.left, bindings)
+        right_value = _evaluate(node.comparators[0], bindings)
+        return _COMPARE[type(node.ops[0])](left_value, right_value)
+    if isinstance(node, ast.IfExp):
+        branch = node.body if _evaluate(node.test, bindings) else node.orelse
+        return _evaluate(branch, bindings)
+    raise ExpressionError(f"unsupported expression node {type(node).__name__}")
+
+
+def _number(value: Value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ExpressionError(f"arithmetic needs integers, got {value!r}")
+    return value

@@ -1,0 +1,308 @@
+"""Find, read and validate spec files, turning every failure into one located error line."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
+from rescompile.spec.models import (
+    AddSpec,
+    BlockSpec,
+    HeadSpec,
+    NetworkSpec,
+    PartSpec,
+    ShortcutSpec,
+    StemSpec,
+)
+from rescompile.spec.yaml_source import SourceMap, YamlDocument, YamlPath, read_yaml
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+PartKind = Literal["blocks", "stems", "heads", "shortcuts"]
+
+PART_MODELS: dict[PartKind, type[PartSpec]] = {
+    "blocks": BlockSpec,
+    "stems": StemSpec,
+    "heads": HeadSpec,
+    "shortcuts": ShortcutSpec,
+}
+# Names every part of a kind may use in expressions without declaring them.
+BOUND_NAMES: dict[PartKind, frozenset[str]] = {
+    "blocks": frozenset({"in_channels", "width", "stride"}),
+    "stems": frozenset({"in_channels"}),
+    "heads": frozenset({"in_channels"}),
+    "shortcuts": frozenset({"in_channels", "out_channels", "stride"}),
+}
+# Values a node may read besides earlier nodes.
+SPECIAL_INPUTS: dict[PartKind, frozenset[str]] = {
+    "blocks": frozenset({"input", "shortcut"}),
+    "stems": frozenset({"input"}),
+    "heads": frozenset({"input"}),
+    "shortcuts": frozenset({"input"}),
+}
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[ModelT]):
+    """A validated spec together with where each of its values came from."""
+
+    spec: ModelT
+    source: SourceMap
+
+    def locate(self, *path: str | int) -> Location:
+        return self.source.locate(path)
+
+
+def builtin_directory() -> Path:
+    """The ``architectures/`` folder shipped inside the installed package."""
+    return Path(str(resources.files("rescompile.architectures")))
+
+
+def builtin_networks() -> list[str]:
+    return sorted(path.stem for path in builtin_directory().glob("*.yaml"))
+
+
+def display_name(path: Path) -> str:
+    """How a file is named in messages: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_network(reference: str | Path) -> Path:
+    """A network file path, or a built-in name such as ``resnet50``."""
+    text = str(reference)
+    path = Path(text)
+    if path.suffix in {".yaml", ".yml"} or "/" in text or path.exists():
+        if not path.exists():
+            raise RescompileError(f"no such file: {text}", Location(text, 1, 1))
+        return path
+    candidate = builtin_directory() / f"{text}.yaml"
+    if candidate.exists():
+        return candidate
+    names = builtin_networks()
+    raise RescompileError(
+        f"'{text}' is neither a file nor a built-in architecture{did_you_mean(text, names)}; "
+        f"built-ins: {', '.join(names)}",
+        Location(text, 1, 1),
+    )
+
+
+def load_network(reference: str | Path) -> Loaded[NetworkSpec]:
+    path = resolve_network(reference)
+    document = read_yaml(path, display_name(path))
+    return Loaded(_validate(NetworkSpec, document), document.source)
+
+
+def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Location) -> Path:
+    """Find part ``name``: a path ending in .yaml, ``<network dir>/<kind>/<name>.yaml``, or built-in."""
+    if name.endswith((".yaml", ".yml")):
+        base = network_file.parent if network_file is not None else Path.cwd()
+        path = base / name
+        if path.exists():
+            return path
+        raise RescompileError(f"no such {kind[:-1]} file: {name}", where)
+    folders = [builtin_directory() / kind]
+    if network_file is not None:
+        folders.insert(0, network_file.parent / kind)
+    for folder in folders:
+        candidate = folder / f"{name}.yaml"
+        if candidate.exists():
+            return candidate
+    known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
+    raise RescompileError(
+        f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)}; known {kind}: {', '.join(known)}",
+        where,
+    )
+
+
+def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
+    document = read_yaml(path, display_name(path))
+    part = _validate(PART_MODELS[kind], document)
+    loaded: Loaded[PartSpec] = Loaded(part, document.source)
+    check_part_references(loaded, kind)
+    return loaded
+
+
+def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
+    """Every node input names an earlier node (or a special value); every expression name is known."""
+    part = loaded.spec
+    known_names = set(part.parameters) | BOUND_NAMES[kind]
+    available = set(SPECIAL_INPUTS[kind])
+    for node_name, node in part.nodes.items():
+        if node_name in SPECIAL_INPUTS[kind]:
+            raise RescompileError(
+                f"node name '{node_name}' is reserved for the part's input values",
+                loaded.source.locate(("nodes", node_name), key=True),
+            )
+        inputs = node.inputs if isinstance(node, AddSpec) else (node.input,)
+        for index, value in enumerate(inputs):
+            if value is not None and value not in available:
+                path: YamlPath = ("nodes", node_name, "inputs", index) if isinstance(node, AddSpec) else ("nodes", node_name, "input")
+                raise RescompileError(
+                    f"node '{node_name}' reads '{value}', which is not an earlier node"
+                    f"{did_you_mean(value, available)}; it can read {one_of(available)}",
+                    loaded.source.locate(path),
+                )
+        for field_name, field_value in node:
+            expression_names = getattr(field_value, "names", None)
+            if expression_names is None:
+                continue
+            for unknown in sorted(expression_names - known_names):
+                raise RescompileError(
+                    f"'{unknown}' in {node_name}.{field_name} is not a parameter of {kind[:-1]} "
+                    f"'{part.name}'{did_you_mean(unknown, known_names)}; known: {', '.join(sorted(known_names))}",
+                    loaded.source.locate(("nodes", node_name, field_name)),
+                )
+        available.add(node_name)
+    if isinstance(part, BlockSpec):
+        for unknown in sorted(part.out_channels.names - known_names):
+            raise RescompileError(
+                f"'{unknown}' in out_channels is not a parameter of block '{part.name}'"
+                f"{did_you_mean(unknown, known_names)}",
+                loaded.source.locate(("out_channels",)),
+            )
+
+
+def _validate(model: type[ModelT], document: YamlDocument) -> ModelT:
+    if not isinstance(document.data, dict):
+        raise RescompileError(
+            f"expected a YAML mapping at the top level, got {type(document.data).__name__}",
+            document.source.locate(()),
+        )
+    try:
+        return model.model_validate(document.data)
+    except ValidationError as error:
+        raise _describe(error.errors()[0], model, document) from None
+
+
+def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocument) -> RescompileError:
+    """One pydantic error as a located, human message."""
+    data_path, schema_path = _split_location(error["loc"], document.data)
+    where = _dotted(data_path)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(data_path[-1])
+        allowed = _allowed_keys(model, schema_path[:-1])
+        hint = did_you_mean(key, allowed)
+        valid = f"; valid keys here: {', '.join(sorted(allowed))}" if allowed else ""
+        return RescompileError(f"unknown key '{key}'{hint}{valid}", document.source.locate(data_path, key=True))
+    location = document.source.locate(data_path)
+    if kind == "missing":
+        parent = _dotted(data_path[:-1]) or "the top level"
+        return RescompileError(f"missing required key '{data_path[-1]}' in {parent}", location)
+    if kind == "union_tag_invalid":
+        context = error.get("ctx", {})
+        tag = str(context.get("tag", ""))
+        expected = [name.strip(" '") for name in str(context.get("expected_tags", "")).split(",")]
+        return RescompileError(
+            f"unknown op '{tag}'{did_you_mean(tag, expected)} in {where}; valid ops: {', '.join(sorted(expected))}",
+            document.source.locate((*data_path, "op")),
+        )
+    if kind == "union_tag_not_found":
+        return RescompileError(f"{where} needs an 'op' key naming its operation", location)
+    given = _value_at(document.data, data_path)
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    shown = f" (got {given!r})" if given is not _MISSING and not isinstance(given, dict | list) else ""
+    return RescompileError(f"{where or 'value'}: {message[0].lower()}{message[1:]}{shown}", location)
+
+
+_MISSING = object()
+
+
+def _split_location(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, YamlPath]:
+    """Drop pydantic's union-member segments (e.g. the op tag) that are not keys of the data.
+
+    Returns the path in the YAML data, and the path in the schema (data keys plus union tags).
+    """
+    data_path: list[str | int] = []
+    schema_path: list[str | int] = []
+    current: Any = data
+    for segment in loc:
+        if isinstance(current, dict) and segment in current:
+            current = current[segment]
+            data_path.append(segment)
+        elif isinstance(current, list) and isinstance(segment, int) and segment < len(current):
+            current = current[segment]
+            data_path.append(segment)
+        elif isinstance(current, dict) and (current.get("op") == segment or isinstance(segment, str) and "[" in segment):
+            pass  # a union member's tag, not a key of the data
+        elif isinstance(current, dict | list):
+            data_path.append(segment)  # a missing key or an extra one
+            current = _MISSING
+        else:
+            continue  # union members of scalar values (e.g. 'int', 'tuple[...]')
+        schema_path.append(segment)
+    return tuple(data_path), tuple(schema_path)
+
+
+def _value_at(data: Any, path: YamlPath) -> Any:
+    current = data
+    for segment in path:
+        if isinstance(current, dict) and segment in current:
+            current = current[segment]
+        elif isinstance(current, list) and isinstance(segment, int) and segment < len(current):
+            current = current[segment]
+        else:
+            return _MISSING
+    return current
+
+
+def _dotted(path: YamlPath) -> str:
+    text = ""
+    for segment in path:
+        text += f"[{segment}]" if isinstance(segment, int) else (f".{segment}" if text else segment)
+    return text
+
+
+def _allowed_keys(model: type[BaseModel], path: YamlPath) -> list[str]:
+    """The field names of the model found by following ``path`` from ``model``."""
+    current: Any = model
+    for segment in path:
+        current = _descend(current, segment)
+        if current is None:
+            return []
+    current = _unwrap_model(current, None)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
+def _descend(annotation: Any, segment: str | int) -> Any:
+    annotation = _unwrap_model(annotation, segment)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(segment))
+        return None if field is None else field.annotation
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin is dict and len(arguments) == 2:
+        return arguments[1]
+    if origin in (list, tuple) and arguments:
+        return arguments[0]
+    return None
+
+
+def _unwrap_model(annotation: Any, tag: str | int | None) -> Any:
+    """Strip Annotated/Optional wrappers; pick the union member whose ``op`` literal is ``tag``."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(annotation) if member is not type(None)]
+        models = [member for member in members if isinstance(member, type) and issubclass(member, BaseModel)]
+        for member in models:
+            op_field = member.model_fields.get("op")
+            if op_field is not None and tag in typing.get_args(op_field.annotation):
+                return member
+        if len(models) == 1:
+            return models[0]
+        if len(members) == 1:
+            return members[0]
+    return annotation

@@ -1,0 +1,212 @@
+"""The spec language as frozen pydantic models.
+
+A *network* names its input, a stem, a block type, a shortcut policy, its stages and a head. Stems,
+blocks, shortcuts and heads are *parts*: small graphs of named op nodes whose attributes are
+expressions over the part's parameters (see :mod:`rescompile.spec.expressions`). Keys are full
+words, unknown keys are rejected, and ops are a discriminated union on ``op``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt
+
+from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
+
+REQUIRED = "required"
+"""The default of a part parameter that every use must supply."""
+
+
+def _to_expression(value: object) -> Expression:
+    if isinstance(value, Expression):
+        return value
+    if isinstance(value, bool | int | str):
+        try:
+            return parse_expression(value)
+        except ExpressionError as error:
+            raise ValueError(str(error)) from None
+    raise ValueError("expected an integer or an expression such as 'width * 4'")
+
+
+def _expression_to_yaml(expression: Expression) -> Value:
+    # Plain constants dump as YAML numbers/booleans, everything else as its expression text.
+    try:
+        return expression.evaluate({})
+    except ExpressionError:
+        return expression.text
+
+
+Expr = Annotated[
+    Expression,
+    BeforeValidator(_to_expression),
+    PlainSerializer(_expression_to_yaml, return_type=Any),
+]
+ParameterValue = int | str | bool
+Parameters = dict[str, ParameterValue]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class OpBase(StrictModel):
+    input: str | None = Field(default=None, description="Input value; default: the previous node.")
+
+
+class ConvSpec(OpBase):
+    op: Literal["conv"]
+    out_channels: Expr
+    kernel: Expr
+    stride: Expr = parse_expression(1)
+    padding: Expr = parse_expression(0)
+    dilation: Expr = parse_expression(1)
+    groups: Expr = parse_expression(1)
+    bias: bool = False
+
+
+class BatchNormSpec(OpBase):
+    op: Literal["batch_norm"]
+    epsilon: float = Field(default=1e-5, gt=0)
+    momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
+    zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
+
+
+class ReluSpec(OpBase):
+    op: Literal["relu"]
+
+
+class MaxPoolSpec(OpBase):
+    op: Literal["max_pool"]
+    kernel: Expr
+    stride: Expr = parse_expression(1)
+    padding: Expr = parse_expression(0)
+    ceil_mode: bool = False
+
+
+class AvgPoolSpec(OpBase):
+    op: Literal["avg_pool"]
+    kernel: Expr
+    stride: Expr = parse_expression(1)
+    padding: Expr = parse_expression(0)
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+
+class GlobalAveragePoolSpec(OpBase):
+    op: Literal["global_average_pool"]
+
+
+class FlattenSpec(OpBase):
+    op: Literal["flatten"]
+
+
+class LinearSpec(OpBase):
+    op: Literal["linear"]
+    out_features: Expr
+    bias: bool = True
+
+
+class AddSpec(StrictModel):
+    op: Literal["add"]
+    inputs: tuple[str, str] = Field(description="The two values to add; 'shortcut' names the block's shortcut.")
+
+
+class SubsampleSpec(OpBase):
+    """Keep every ``stride``-th row and column (``x[:, :, ::s, ::s]``): option A's spatial half."""
+
+    op: Literal["subsample"]
+    stride: Expr
+
+
+class PadChannelsSpec(OpBase):
+    """Append zero channels (option A's channel half): ``before`` zeros first, ``after`` zeros last."""
+
+    op: Literal["pad_channels"]
+    before: Expr = parse_expression(0)
+    after: Expr
+
+
+OpSpec = Annotated[
+    ConvSpec
+    | BatchNormSpec
+    | ReluSpec
+    | MaxPoolSpec
+    | AvgPoolSpec
+    | GlobalAveragePoolSpec
+    | FlattenSpec
+    | LinearSpec
+    | AddSpec
+    | SubsampleSpec
+    | PadChannelsSpec,
+    Field(discriminator="op"),
+]
+
+
+class PartSpec(StrictModel):
+    """A named graph of op nodes with parameters; the base of stems, blocks, shortcuts and heads."""
+
+    name: str
+    description: str = ""
+    parameters: Parameters = Field(default_factory=dict)
+    nodes: dict[str, OpSpec] = Field(min_length=1)
+
+
+class StemSpec(PartSpec):
+    pass
+
+
+class HeadSpec(PartSpec):
+    pass
+
+
+class BlockSpec(PartSpec):
+    """A residual block. ``in_channels``, ``width`` and ``stride`` are always bound; the node named
+    by an ``add`` whose inputs include ``shortcut`` is the residual merge."""
+
+    out_channels: Expr
+
+
+class ShortcutSpec(PartSpec):
+    """A shortcut taking the block input to the block's output shape. Bound: ``in_channels``,
+    ``out_channels``, ``stride``. ``module`` is the attribute name in the block (torchvision's
+    ``downsample``)."""
+
+    module: str = "downsample"
+
+
+class InputSpec(StrictModel):
+    channels: PositiveInt = 3
+    size: PositiveInt | tuple[PositiveInt, PositiveInt]
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else self.size
+
+
+class StageSpec(StrictModel):
+    depth: PositiveInt
+    width: PositiveInt
+    stride: PositiveInt = 1
+    block_parameters: Parameters = Field(default_factory=dict)
+
+
+class ShortcutPolicySpec(StrictModel):
+    """Which shortcut kind a block gets where its input and output shapes match, and where not."""
+
+    where_shapes_match: str
+    where_shapes_change: str
+
+
+class NetworkSpec(StrictModel):
+    name: str
+    description: str = ""
+    input: InputSpec
+    stem: str
+    stem_parameters: Parameters = Field(default_factory=dict)
+    block: str
+    block_parameters: Parameters = Field(default_factory=dict)
+    shortcut: str | ShortcutPolicySpec
+    stages: tuple[StageSpec, ...] = Field(min_length=1)
+    head: str = "classifier"
+    head_parameters: Parameters = Field(default_factory=dict)
