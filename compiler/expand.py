@@ -123,6 +123,8 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
                 assert isinstance(shortcut.spec, ShortcutSpec)
                 used_shortcuts.setdefault(shortcut_name, shortcut.spec)
             shortcut_bindings: dict[str, Value] = {"in_channels": shape[0], "out_channels": out_channels, "stride": stride}
+            if shortcut is not None:
+                shortcut_bindings = _derive(shortcut, shortcut_bindings)
             module = _build_module(
                 path, "block", block, bindings, shape, stage_location, shortcut_name, shortcut, shortcut_bindings
             )
@@ -215,6 +217,18 @@ def _bind(
                 f"{kind} '{part.spec.name}' needs parameter '{name}'; set it in {field}",
                 network.locate(field) if field in network.source.values else network.locate(),
             )
+    return _derive(part, bindings)
+
+
+def _derive(part: Loaded[PartSpec], bindings: dict[str, Value]) -> dict[str, Value]:
+    """Add the part's derived values, each evaluated from the parameters and earlier ones."""
+    for name, expression in part.spec.derived.items():
+        try:
+            bindings[name] = expression.evaluate(bindings)
+        except ExpressionError as error:
+            raise RescompileError(
+                f"derived.{name} = {expression.text}: {error}", part.locate("derived", name)
+            ) from None
     return bindings
 
 
@@ -278,7 +292,7 @@ def _build_module(
         path=path,
         role=role,
         type_name=part.spec.name,
-        parameters=tuple(sorted((name, bindings[name]) for name in bindings)),
+        parameters=tuple(sorted((name, bindings[name]) for name in bindings if name not in part.spec.derived)),
         shortcut=shortcut_name,
         shortcut_module=shortcut_module,
         nodes=tuple(nodes),
@@ -395,7 +409,7 @@ def _make_op(
             )
         return Linear(channels, integer("out_features"), spec.bias)
     if isinstance(spec, AddSpec):
-        return Add(residual=SHORTCUT_VALUE in spec.inputs)
+        return Add(spec.inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in spec.inputs else None)
     if isinstance(spec, SubsampleSpec):
         return Subsample(integer("stride"))
     if isinstance(spec, PadChannelsSpec):

@@ -102,8 +102,12 @@ class Linear:
 @dataclass(frozen=True)
 class Add:
     kind: ClassVar[str] = "add"
-    residual: bool
-    """True for the block's residual merge (one input is the shortcut)."""
+    shortcut_input: int | None
+    """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
+
+    @property
+    def residual(self) -> bool:
+        return self.shortcut_input is not None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keyword
 import types
 import typing
 from dataclasses import dataclass
@@ -136,6 +137,26 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
     """Every node input names an earlier node (or a special value); every expression name is known."""
     part = loaded.spec
     known_names = set(part.parameters) | BOUND_NAMES[kind]
+    for name in part.parameters:
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise RescompileError(
+                f"parameter name '{name}' must be a Python-style identifier (letters, digits, underscores)",
+                loaded.source.locate(("parameters", name), key=True),
+            )
+    for name, expression in part.derived.items():
+        path: YamlPath = ("derived", name)
+        if not name.isidentifier() or keyword.iskeyword(name) or name in known_names:
+            raise RescompileError(
+                f"derived name '{name}' must be a new identifier, not a parameter or keyword",
+                loaded.source.locate(path, key=True),
+            )
+        for unknown in sorted(expression.names - known_names):
+            raise RescompileError(
+                f"'{unknown}' in derived.{name} is not a parameter of {kind[:-1]} '{part.name}' or an earlier "
+                f"derived value{did_you_mean(unknown, known_names)}",
+                loaded.source.locate(path),
+            )
+        known_names.add(name)
     available = set(SPECIAL_INPUTS[kind])
     for node_name, node in part.nodes.items():
         if node_name in SPECIAL_INPUTS[kind]:
@@ -146,7 +167,7 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
         inputs = node.inputs if isinstance(node, AddSpec) else (node.input,)
         for index, value in enumerate(inputs):
             if value is not None and value not in available:
-                path: YamlPath = ("nodes", node_name, "inputs", index) if isinstance(node, AddSpec) else ("nodes", node_name, "input")
+                path = ("nodes", node_name, "inputs", index) if isinstance(node, AddSpec) else ("nodes", node_name, "input")
                 raise RescompileError(
                     f"node '{node_name}' reads '{value}', which is not an earlier node"
                     f"{did_you_mean(value, available)}; it can read {one_of(available)}",

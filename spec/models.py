@@ -149,6 +149,10 @@ class PartSpec(StrictModel):
     name: str
     description: str = ""
     parameters: Parameters = Field(default_factory=dict)
+    derived: dict[str, Expr] = Field(
+        default_factory=dict,
+        description="Named values computed from the parameters, in order; nodes may use them.",
+    )
     nodes: dict[str, OpSpec] = Field(min_length=1)
 
 

@@ -1,0 +1,300 @@
+"""PyTorch backend: readable ``nn.Module`` source from the IR, through a jinja2 template.
+
+:func:`emit_source` is the one lowering path: :func:`build_module` executes exactly that source,
+and ``rescompile SPEC --backend torch -o model.py`` writes it. The written file needs torch alone.
+Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, ``fc``).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import jinja2
+import numpy as np
+
+import rescompile
+from rescompile.backends.source import (
+    SourceNode,
+    block_class,
+    class_name,
+    instance_nodes,
+    shortcut_classes,
+    stage_calls,
+    text,
+)
+from rescompile.compiler.ir import OP_KINDS, Graph
+from rescompile.compiler.weights import Weights, check_weights, weight_shapes
+from rescompile.spec.errors import RescompileError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def _optional(keyword: str, value: str, default: str) -> str:
+    return "" if value == default else f", {keyword}={value}"
+
+
+def _conv(node: SourceNode) -> str:
+    a = node.attributes
+    return (
+        f"nn.Conv2d({a['in_channels']}, {a['out_channels']}, kernel_size={a['kernel']}"
+        + _optional("stride", a["stride"], "1")
+        + _optional("padding", a["padding"], "0")
+        + _optional("dilation", a["dilation"], "1")
+        + _optional("groups", a["groups"], "1")
+        + f", bias={a['bias']})"
+    )
+
+
+def _batch_norm(node: SourceNode) -> str:
+    a = node.attributes
+    return (
+        f"nn.BatchNorm2d({a['channels']}"
+        + _optional("eps", a["epsilon"], "1e-05")
+        + _optional("momentum", a["momentum"], "0.1")
+        + ")"
+    )
+
+
+def _relu(node: SourceNode) -> str:
+    # In place only where the input is dead afterwards (never the block input, which the shortcut reads).
+    return "nn.ReLU(inplace=True)" if node.sole_reader else "nn.ReLU()"
+
+
+def _max_pool(node: SourceNode) -> str:
+    a = node.attributes
+    return (
+        f"nn.MaxPool2d(kernel_size={a['kernel']}, stride={a['stride']}"
+        + _optional("padding", a["padding"], "0")
+        + _optional("ceil_mode", a["ceil_mode"], "False")
+        + ")"
+    )
+
+
+def _avg_pool(node: SourceNode) -> str:
+    a = node.attributes
+    return (
+        f"nn.AvgPool2d(kernel_size={a['kernel']}, stride={a['stride']}"
+        + _optional("padding", a["padding"], "0")
+        + _optional("ceil_mode", a["ceil_mode"], "False")
+        + _optional("count_include_pad", a["count_include_pad"], "True")
+        + ")"
+    )
+
+
+def _linear(node: SourceNode) -> str:
+    a = node.attributes
+    return f"nn.Linear({a['in_features']}, {a['out_features']}" + _optional("bias", a["bias"], "True") + ")"
+
+
+SUBSAMPLE_CLASS = '''class Subsample(nn.Module):
+    """Keep every ``stride``-th row and column: ``x[:, :, ::stride, ::stride]``."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :: self.stride, :: self.stride]'''
+
+PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
+    """Zero channels: ``before`` in front of the input's channels, ``after`` behind them."""
+
+    def __init__(self, before: int, after: int) -> None:
+        super().__init__()
+        self.before = before
+        self.after = after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, 0, self.before, self.after))'''
+
+# op kind -> the layer's constructor source (None: no layer, computed inline in forward).
+LAYER_EMITTERS: dict[str, Callable[[SourceNode], str] | None] = {
+    "conv": _conv,
+    "batch_norm": _batch_norm,
+    "relu": _relu,
+    "max_pool": _max_pool,
+    "avg_pool": _avg_pool,
+    "global_average_pool": lambda node: "nn.AdaptiveAvgPool2d((1, 1))",
+    "flatten": lambda node: "nn.Flatten(1)",
+    "linear": _linear,
+    "add": None,
+    "subsample": lambda node: f"Subsample({node.attributes['stride']})",
+    "pad_channels": lambda node: f"PadChannels({node.attributes['before']}, {node.attributes['after']})",
+}
+HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
+assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
+
+
+def _layer(node: SourceNode) -> str:
+    emitter = LAYER_EMITTERS.get(node.kind)
+    if emitter is None:
+        raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
+    return emitter(node)
+
+
+def _init_lines(nodes: list[SourceNode]) -> list[str]:
+    return [f"self.{node.attribute} = {_layer(node)}" for node in nodes if LAYER_EMITTERS[node.kind] is not None]
+
+
+def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
+    lines: list[str] = []
+    for node in nodes:
+        if node.kind == "add":
+            if shortcut_attribute is not None and "shortcut" in node.inputs:
+                lines.append(
+                    f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)"
+                )
+            lines.append(f"{node.output} = {node.inputs[0]} + {node.inputs[1]}")
+        else:
+            lines.append(f"{node.output} = self.{node.attribute}({node.inputs[0]})")
+    return lines
+
+
+def _annotation(value: object) -> str:
+    return type(value).__name__
+
+
+def emit_source(graph: Graph) -> str:
+    """Python source of a torch model for ``graph``: one class per block type, stages in loops."""
+    block = block_class(graph)
+    shortcuts = shortcut_classes(graph)
+    block_name = class_name(block.spec.name, "Block")
+    kinds_used = {node.op.kind for _, node in graph.nodes()}
+    shortcut_names = {}
+    shortcut_views = []
+    for shortcut in shortcuts:
+        name = shortcut.spec.name if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
+        shortcut_names[shortcut.spec.name] = name
+        shortcut_views.append(
+            {
+                "spec": shortcut.spec,
+                "name": name,
+                "sequential": shortcut.sequential,
+                "layers": [_layer(node) for node in shortcut.nodes],
+                "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
+                + _init_lines(shortcut.nodes),
+                "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
+            }
+        )
+
+    def construct(kind: str | None) -> str:
+        if kind is None or kind == "identity":
+            return "None"
+        return f"{shortcut_names[kind]}(in_channels, out_channels, block_stride)"
+
+    residual = graph.residual
+    policy = {(block.shortcut is not None, block.in_shape[0] != (block.out_shape or (0,))[0] or
+               block.parameter("stride") != 1): block.shortcut for block in graph.blocks}
+    shortcut_choice: list[str] = []
+    attribute = block.shortcut_attribute
+    if residual and attribute is not None:
+        match_kind = policy.get((True, False))
+        change_kind = policy.get((True, True))
+        if match_kind is None or change_kind is None or construct(match_kind) == construct(change_kind):
+            shortcut_choice = [f"{attribute} = {construct(change_kind or match_kind)}"]
+        else:
+            shortcut_choice = [
+                "if block_stride != 1 or in_channels != out_channels:",
+                f"    {attribute} = {construct(change_kind)}",
+                "else:",
+                f"    {attribute} = {construct(match_kind)}",
+            ]
+    block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if residual and attribute else "")
+    calls = stage_calls(graph)
+    options_used = any(call.options for call in calls)
+    block_call = f"{block_name}({block_arguments}{', **options' if options_used else ''})"
+    stages = []
+    for call in calls:
+        options = "".join(f", {name}={text(value)}" for name, value in call.options.items())
+        stages.append(
+            f"{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
+            f"width={call.width}, depth={call.depth}, stride={call.stride}{options})"
+        )
+    stem = instance_nodes(graph.modules[0])
+    head = instance_nodes(graph.modules[-1])
+    forward = _forward_lines(stem) + [f"x = self.{call.attribute}(x)" for call in calls] + _forward_lines(head)
+    helpers = [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
+    template = _environment().get_template("torch_model.py.jinja")
+    return template.render(
+        version=rescompile.__version__,
+        graph=graph,
+        input_shape="×".join(map(str, graph.input_shape)),
+        output_shape="×".join(map(str, graph.output_shape)),
+        helpers=helpers,
+        uses_functional="pad_channels" in kinds_used,
+        options_used=options_used,
+        shortcuts=shortcut_views,
+        block={
+            "name": block_name,
+            "spec": block.spec,
+            "shortcut_attribute": attribute if residual else None,
+            "parameters": [(name, (_annotation(value), text(value))) for name, value in block.parameters.items()],
+            "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
+            "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
+            "zero_init": block.zero_init,
+        },
+        shortcut_choice=shortcut_choice,
+        block_call=block_call,
+        stages=stages,
+        stem_lines=_init_lines(stem),
+        head_lines=_init_lines(head),
+        forward_lines=forward,
+    )
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rescompile.backends", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def load_source(source: str, name: str = "rescompile_generated") -> types.ModuleType:
+    """Execute generated source as a fresh Python module (registered so pickling and
+    ``inspect.getsource`` work)."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    sys.modules[name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own generated source
+    return module
+
+
+def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:
+    """The torch module for ``graph``, built from the source :func:`emit_source` writes."""
+    module = load_source(emit_source(graph), f"rescompile_generated_{_identifier(graph.name)}")
+    model: nn.Module = module.ResNet(zero_init_residual)
+    return model
+
+
+def _identifier(name: str) -> str:
+    return "".join(character if character.isalnum() else "_" for character in name)
+
+
+def load_weights(model: nn.Module, graph: Graph, weights: Mapping[str, np.ndarray]) -> None:
+    """Load canonical weights into a module built for ``graph`` (strictly: all keys, right shapes)."""
+    import torch
+
+    check_weights(graph, weights)
+    state = {name: torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)) for name, array in weights.items()}
+    for name, buffer in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.zeros_like(buffer)
+    model.load_state_dict(state, strict=True)
+
+
+def to_weights(model: nn.Module, graph: Graph) -> Weights:
+    """The canonical weights of a torch module built for ``graph`` (or of torchvision's model)."""
+    state = model.state_dict()
+    names = weight_shapes(graph)
+    return {name: state[name].detach().cpu().numpy().astype(np.float32, copy=True) for name in names}
+
+
