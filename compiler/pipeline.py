@@ -10,7 +10,7 @@ from rescompile.compiler.ir import Graph
 from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.verify import verify
 from rescompile.spec.loader import Loaded, load_network, resolve_network
-from rescompile.spec.models import NetworkSpec
+from rescompile.spec.models import InputSpec, NetworkSpec
 
 Pass = Callable[[Graph], Graph]
 PASSES: tuple[tuple[str, Pass], ...] = (("infer_shapes", infer_shapes),)
@@ -24,7 +24,19 @@ def lower(network: Loaded[NetworkSpec], network_file: Path | None = None) -> Gra
     return graph
 
 
-def compile_spec(reference: str | Path) -> Graph:
-    """Load a network (a path or a built-in name) and lower it to a verified graph."""
+def compile_spec(reference: str | Path, size: int | tuple[int, int] | None = None) -> Graph:
+    """Load a network (a path or a built-in name) and lower it to a verified graph.
+
+    ``size`` overrides the spec's input height and width (e.g. a small size for quick tests).
+    """
     path = resolve_network(reference)
-    return lower(load_network(path), path)
+    network = load_network(path)
+    if size is not None:
+        network = with_input_size(network, size)
+    return lower(network, path)
+
+
+def with_input_size(network: Loaded[NetworkSpec], size: int | tuple[int, int]) -> Loaded[NetworkSpec]:
+    spec = network.spec
+    resized = spec.model_copy(update={"input": InputSpec(channels=spec.input.channels, size=size)})
+    return Loaded(resized, network.source)

@@ -8,7 +8,9 @@ one form; torch's ``num_batches_tracked`` counters are not part of it.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -106,6 +108,34 @@ def random_weights(graph: Graph, seed: int = 0) -> Weights:
         elif name.endswith(".weight") and weights[name].ndim == 1:
             weights[name] = generator.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
     return weights
+
+
+def save_weights(weights: Mapping[str, npt.NDArray[np.generic]], path: Path) -> None:
+    """Write canonical weights as safetensors, atomically (a temporary file, then a rename)."""
+    from safetensors.numpy import save_file
+
+    arrays = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in weights.items()}
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(arrays, str(temporary))
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def read_weights(path: Path) -> Weights:
+    """Read canonical weights from a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        arrays = load_file(str(path))
+    except FileNotFoundError:
+        raise RescompileError(f"no such weights file: {path}") from None
+    except (OSError, SafetensorError) as error:
+        raise RescompileError(f"cannot read weights from {path}: {error}") from None
+    return {name: np.asarray(array, dtype=np.float32) for name, array in arrays.items()}
 
 
 def _normal(generator: np.random.Generator, shape: tuple[int, ...], std: float) -> Array:
