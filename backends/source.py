@@ -26,8 +26,8 @@ from rescompile.compiler.ir import (
     Module,
     Node,
     PadChannels,
-    Pair,
     Padding,
+    Pair,
     Subsample,
 )
 from rescompile.spec.errors import RescompileError
@@ -331,9 +331,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         first = blocks[0]
         assert first.out_shape is not None
         parameters = dict(first.parameters)
-        options = {
-            name: value for name, value in parameters.items() if name in defaults and defaults[name] != value
-        }
+        options = {name: value for name, value in parameters.items() if name in defaults and defaults[name] != value}
         for block in blocks[1:]:
             other = dict(block.parameters)
             if any(other[name] != parameters[name] for name in defaults):

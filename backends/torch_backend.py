@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import jinja2
 import numpy as np
-
-import rescompile
 from rescompile.backends.source import (
     SourceNode,
     block_class,
@@ -29,8 +27,9 @@ from rescompile.compiler.ir import OP_KINDS, Graph
 from rescompile.compiler.weights import Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 
+import rescompile
+
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -146,9 +145,7 @@ def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = Non
     for node in nodes:
         if node.kind == "add":
             if shortcut_attribute is not None and "shortcut" in node.inputs:
-                lines.append(
-                    f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)"
-                )
+                lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
             lines.append(f"{node.output} = {node.inputs[0]} + {node.inputs[1]}")
         else:
             lines.append(f"{node.output} = self.{node.attribute}({node.inputs[0]})")
@@ -188,8 +185,13 @@ def emit_source(graph: Graph) -> str:
         return f"{shortcut_names[kind]}(in_channels, out_channels, block_stride)"
 
     residual = graph.residual
-    policy = {(block.shortcut is not None, block.in_shape[0] != (block.out_shape or (0,))[0] or
-               block.parameter("stride") != 1): block.shortcut for block in graph.blocks}
+    policy = {
+        (
+            block.shortcut is not None,
+            block.in_shape[0] != (block.out_shape or (0,))[0] or block.parameter("stride") != 1,
+        ): block.shortcut
+        for block in graph.blocks
+    }
     shortcut_choice: list[str] = []
     attribute = block.shortcut_attribute
     if residual and attribute is not None:
@@ -264,7 +266,7 @@ def load_source(source: str, name: str = "rescompile_generated") -> types.Module
     module = types.ModuleType(name)
     module.__file__ = f"<{name}>"
     sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - our own generated source
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
 
 
@@ -296,5 +298,3 @@ def to_weights(model: nn.Module, graph: Graph) -> Weights:
     state = model.state_dict()
     names = weight_shapes(graph)
     return {name: state[name].detach().cpu().numpy().astype(np.float32, copy=True) for name in names}
-
-

@@ -2,7 +2,7 @@
 
 from rescompile.compiler.cost import CostReport, cost
 from rescompile.compiler.ir import OP_KINDS, OP_TYPES, Graph, Module, Node
-from rescompile.compiler.pipeline import compile_spec, lower
+from rescompile.compiler.pipeline import compile_spec, lower, lower_spec
 from rescompile.compiler.verify import VerificationError, verify
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "compile_spec",
     "cost",
     "lower",
+    "lower_spec",
     "verify",
 ]

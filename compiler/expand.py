@@ -58,6 +58,7 @@ from rescompile.spec.models import (
     StemSpec,
     SubsampleSpec,
 )
+from rescompile.spec.yaml_source import YamlPath
 
 IDENTITY = "identity"
 PLAIN = "none"
@@ -122,7 +123,11 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
                 shortcut = parts.get("shortcuts", shortcut_name, network.locate("shortcut"))
                 assert isinstance(shortcut.spec, ShortcutSpec)
                 used_shortcuts.setdefault(shortcut_name, shortcut.spec)
-            shortcut_bindings: dict[str, Value] = {"in_channels": shape[0], "out_channels": out_channels, "stride": stride}
+            shortcut_bindings: dict[str, Value] = {
+                "in_channels": shape[0],
+                "out_channels": out_channels,
+                "stride": stride,
+            }
             if shortcut is not None:
                 shortcut_bindings = _derive(shortcut, shortcut_bindings)
             module = _build_module(
@@ -170,7 +175,11 @@ def _resolve_policy(
     for index, name in enumerate(policy):
         if name == IDENTITY:
             continue
-        path = ("shortcut",) if isinstance(shortcut, str) else ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
+        path = (
+            ("shortcut",)
+            if isinstance(shortcut, str)
+            else ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
+        )
         where = network.source.locate(path)
         try:
             parts.get("shortcuts", name, where)
@@ -198,8 +207,9 @@ def _bind(
     declared = part.spec.parameters
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
     for name in overrides:
-        in_stage = stage_index is not None and name in network.spec.stages[stage_index].block_parameters
-        path = ("stages", stage_index, "block_parameters", name) if in_stage else (field, name)
+        path: YamlPath = (field, name)
+        if stage_index is not None and name in network.spec.stages[stage_index].block_parameters:
+            path = ("stages", stage_index, "block_parameters", name)
         where = network.source.locate(path, key=True)
         if name in builtins:
             raise RescompileError(f"'{name}' is set by the compiler from the stage and input; remove it", where)
@@ -215,7 +225,9 @@ def _bind(
         if value == REQUIRED:
             raise RescompileError(
                 f"{kind} '{part.spec.name}' needs parameter '{name}'; set it in {field}",
-                network.locate(field) if field in network.source.values else network.locate(),
+                network.locate(field)
+                if (field,) in network.source.values
+                else network.locate(field.removesuffix("_parameters")),
             )
     return _derive(part, bindings)
 
@@ -276,15 +288,25 @@ def _build_module(
         if shortcut is not None:
             assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
             shortcut_module = shortcut.spec.module
-            shortcut_nodes = _build_nodes(
-                shortcut, shortcut_bindings, shapes, f"{shortcut_module}.", f"{label} shortcut", location
-            )
+            try:
+                shortcut_nodes = _build_nodes(
+                    shortcut, shortcut_bindings, shapes, f"{shortcut_module}.", f"{label} shortcut", location
+                )
+            except RescompileError as error:
+                # Point at the network, whose shortcut choice the user can change, not the part file.
+                raise RescompileError(
+                    f"shortcut '{shortcut.spec.name}' cannot take {label} from {in_shape[0]} to "
+                    f"{shortcut_bindings['out_channels']} channels ({error.message})",
+                    location,
+                ) from None
             shortcut_value = shortcut_nodes[-1].name
         shapes[SHORTCUT_VALUE] = shapes[shortcut_value]
     else:
         shortcut_value = None
 
-    nodes = _build_nodes(part, bindings, shapes, "", label, location, shortcut_value)
+    declared = shortcut_bindings.get("out_channels") if shortcut_bindings else None
+    assert declared is None or isinstance(declared, int)
+    nodes = _build_nodes(part, bindings, shapes, "", label, location, shortcut_value, declared)
     if shortcut_nodes:
         merge = next(index for index, node in enumerate(nodes) if isinstance(node.op, Add) and node.op.residual)
         nodes = [*nodes[:merge], *shortcut_nodes, *nodes[merge:]]
@@ -310,6 +332,7 @@ def _build_nodes(
     label: str,
     location: Location,
     shortcut_value: str | None = None,
+    declared_channels: int | None = None,
 ) -> list[Node]:
     """Evaluate a part's nodes in order. In a plain block (``shortcut_value`` None), the residual
     add disappears and whatever read it reads the branch instead."""
@@ -322,11 +345,11 @@ def _build_nodes(
             raw_inputs: tuple[str, ...] = node_spec.inputs
         else:
             raw_inputs = (node_spec.input if node_spec.input is not None else previous,)
-        if isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs and shortcut_value is None:
-            if isinstance(part.spec, BlockSpec):
-                renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
-                previous = name
-                continue
+        is_merge = isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs
+        if is_merge and shortcut_value is None and isinstance(part.spec, BlockSpec):
+            renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
+            previous = name
+            continue
         if SHORTCUT_VALUE in raw_inputs and not isinstance(node_spec, AddSpec):
             raise RescompileError(
                 f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate(*node_path)
@@ -334,6 +357,9 @@ def _build_nodes(
         inputs = tuple(renamed.get(value, prefix + value if value != MODULE_INPUT else value) for value in raw_inputs)
         in_shapes = tuple(shapes[value] for value in inputs)
         op = _make_op(node_spec, bindings, in_shapes, part, node_path, label)
+        if isinstance(op, Add) and op.shortcut_input is not None and in_shapes[0] != in_shapes[1]:
+            branch, shortcut = in_shapes[1 - op.shortcut_input], in_shapes[op.shortcut_input]
+            raise _merge_error(part, name, branch, shortcut, declared_channels, label, location)
         try:
             shape = output_shape(op, in_shapes)
         except ShapeError as error:
@@ -350,6 +376,34 @@ def _build_nodes(
             part.locate("nodes", previous),
         )
     return nodes
+
+
+def _merge_error(
+    part: Loaded[PartSpec],
+    name: str,
+    branch: Shape,
+    shortcut: Shape,
+    declared_channels: int | None,
+    label: str,
+    location: Location,
+) -> RescompileError:
+    """Explain a residual add whose inputs differ: the block's own declaration, or the shortcut."""
+    if isinstance(part.spec, BlockSpec) and declared_channels is not None and branch[0] != declared_channels:
+        return RescompileError(
+            f"{label}: block '{part.spec.name}' declares out_channels = {part.spec.out_channels.text} "
+            f"= {declared_channels}, but its branch reaching '{name}' produces {branch[0]} channels",
+            part.locate("out_channels"),
+        )
+    return RescompileError(
+        f"{label}: the residual add '{name}' needs the branch ({_show(branch)}) and the shortcut "
+        f"({_show(shortcut)}) to have one shape; use a shortcut policy that projects or pads where shapes "
+        "change (B, A or C), not the identity",
+        location,
+    )
+
+
+def _show(shape: Shape) -> str:
+    return "×".join(str(dimension) for dimension in shape)
 
 
 def _other(inputs: tuple[str, ...]) -> str:
@@ -404,7 +458,8 @@ def _make_op(
     if isinstance(spec, LinearSpec):
         if len(in_shapes[0]) != 1:
             raise RescompileError(
-                f"{label}: linear needs a flat input of shape (features,), got {in_shapes[0]}; add a flatten node first",
+                f"{label}: linear needs a flat input of shape (features,), got {in_shapes[0]}; "
+                "add a flatten node first",
                 part.locate(*node_path),
             )
         return Linear(channels, integer("out_features"), spec.bias)

@@ -21,8 +21,8 @@ from rescompile.compiler.ir import (
     Node,
     Op,
     PadChannels,
-    Pair,
     Padding,
+    Pair,
     Relu,
     Shape,
     Subsample,
@@ -121,7 +121,9 @@ def _linear(op: Linear, shapes: tuple[Shape, ...]) -> Shape:
 
 def _add(op: Add, shapes: tuple[Shape, ...]) -> Shape:
     if len(shapes) != 2 or shapes[0] != shapes[1]:
-        raise ShapeError(f"add needs two inputs of the same shape, got {' and '.join(_show(shape) for shape in shapes)}")
+        raise ShapeError(
+            f"add needs two inputs of the same shape, got {' and '.join(_show(shape) for shape in shapes)}"
+        )
     return shapes[0]
 
 

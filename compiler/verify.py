@@ -21,7 +21,10 @@ def verify(graph: Graph) -> Graph:
     canonical_names: set[str] = set()
     shape = graph.input_shape
     for module in graph.modules:
-        _check(module.in_shape == shape, f"{module.path or module.role}: input {module.in_shape} != previous output {shape}")
+        _check(
+            module.in_shape == shape,
+            f"{module.path or module.role}: input {module.in_shape} != previous output {shape}",
+        )
         defined = {MODULE_INPUT}
         for node in module.nodes:
             _check(isinstance(node.op, OP_TYPES), f"{node.name}: unknown op {node.op!r}")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-
 from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear
 from rescompile.spec.errors import RescompileError
 
@@ -103,9 +102,7 @@ def random_weights(graph: Graph, seed: int = 0) -> Weights:
     for name in weights:
         if name.endswith(".running_mean") or name.endswith(".bias"):
             weights[name] = _normal(generator, weights[name].shape, 0.1)
-        elif name.endswith(".running_var"):
-            weights[name] = generator.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
-        elif name.endswith(".weight") and weights[name].ndim == 1:
+        elif name.endswith(".running_var") or (name.endswith(".weight") and weights[name].ndim == 1):
             weights[name] = generator.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
     return weights
 

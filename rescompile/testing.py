@@ -7,6 +7,7 @@ goes through it, with the tolerances stated at the call site or taken from :data
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,3 +60,76 @@ def assert_close(
             f"{what}: max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e} exceed "
             f"atol={limit.atol:g}, rtol={limit.rtol:g} ({int((~within).sum())} of {within.size} elements)"
         )
+
+
+# --- Hypothesis strategies ------------------------------------------------------------------------
+# Imported lazily so that `assert_close` works without Hypothesis installed.
+
+
+def network_specs(
+    *,
+    blocks: tuple[str, ...] = ("basic", "bottleneck"),
+    shortcuts: tuple[str, ...] = ("A", "B", "C", "none", "projection_where_needed"),
+    stems: tuple[str, ...] = ("imagenet", "cifar"),
+    max_stages: int = 3,
+    max_depth: int = 2,
+    widths: tuple[int, ...] = (4, 8, 12, 16),
+    max_size: int = 40,
+) -> Any:
+    """A Hypothesis strategy of valid :class:`~rescompile.spec.models.NetworkSpec` objects.
+
+    Draws the stem, block type (and the bottleneck's stride placement and groups), the shortcut
+    policy, 1..``max_stages`` stages with depth, width and stride, input channels and sizes
+    (odd ones included) and the number of classes. Pass your own block names (files resolvable
+    from the built-ins or next to the spec) to property-test your own blocks. Every drawn spec
+    lowers without error; compile it with :func:`rescompile.compiler.lower_spec`.
+    """
+    from hypothesis import strategies as st
+
+    from rescompile.spec.models import NetworkSpec
+
+    @st.composite
+    def build(draw: st.DrawFn) -> NetworkSpec:
+        block = draw(st.sampled_from(blocks))
+        block_parameters: dict[str, int | str] = {}
+        if block == "bottleneck":
+            block_parameters["stride_at"] = draw(st.sampled_from(["conv1", "conv2"]))
+            block_parameters["groups"] = draw(st.sampled_from([1, 2]))
+            block_parameters["expansion"] = draw(st.sampled_from([1, 2, 4]))
+        shortcut_choice = draw(st.sampled_from(shortcuts))
+        shortcut: str | dict[str, str] = shortcut_choice
+        if shortcut_choice == "projection_where_needed":
+            shortcut = {"where_shapes_match": "identity", "where_shapes_change": "projection"}
+        stage_count = draw(st.integers(1, max_stages))
+        stages = [
+            {
+                "depth": draw(st.integers(1, max_depth)),
+                "width": draw(st.sampled_from(widths)),
+                "stride": draw(st.sampled_from([1, 2])),
+            }
+            for _ in range(stage_count)
+        ]
+        stem_width = draw(st.sampled_from(widths))
+        if shortcut_choice == "A":
+            # Zero padding can add channels but never remove them: widths must not shrink.
+            ordered = sorted(stage["width"] for stage in stages)
+            for stage, width in zip(stages, ordered, strict=True):
+                stage["width"] = width
+            stem_width = min(stem_width, ordered[0])
+        size = draw(st.integers(1, max_size) | st.tuples(st.integers(1, max_size), st.integers(1, max_size)))
+        return NetworkSpec.model_validate(
+            {
+                "name": "generated",
+                "input": {"channels": draw(st.integers(1, 4)), "size": size},
+                "stem": draw(st.sampled_from(stems)),
+                "stem_parameters": {"width": stem_width},
+                "block": block,
+                "block_parameters": block_parameters,
+                "shortcut": shortcut,
+                "stages": stages,
+                "head": "classifier",
+                "head_parameters": {"classes": draw(st.integers(1, 12))},
+            }
+        )
+
+    return build()

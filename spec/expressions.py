@@ -25,12 +25,25 @@ _BINARY: dict[type[ast.operator], Callable[[int, int], int]] = {
 _COMPARE: dict[type[ast.cmpop], Callable[[Value, Value], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,  # type: ignore[dict-item]
-    ast.LtE: operator.le,  # type: ignore[dict-item]
-    ast.Gt: operator.gt,  # type: ignore[dict-item]
-    ast.GtE: operator.ge,  # type: ignore[dict-item]
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
 }
 ALLOWED_SYNTAX = "integers, parameter names, + - * // %, comparisons and 'a if condition else b'"
+
+
+_SYNTAX_NAMES: dict[type[ast.AST], str] = {
+    ast.Call: "a function call",
+    ast.Attribute: "attribute access",
+    ast.Subscript: "indexing",
+    ast.Lambda: "a lambda",
+    ast.Div: "true division '/' (use '//')",
+    ast.Pow: "'**'",
+    ast.BoolOp: "'and'/'or'",
+    ast.List: "a list",
+    ast.Tuple: "a tuple",
+}
 
 
 class ExpressionError(ValueError):
@@ -79,7 +92,8 @@ def _check_syntax(node: ast.AST, text: str) -> None:
         *_COMPARE,
     )
     if not isinstance(node, allowed):
-        raise ExpressionError(f"'{text}' uses {type(node).__name__}, which is not allowed; use {ALLOWED_SYNTAX}")
+        what = _SYNTAX_NAMES.get(type(node), f"'{type(node).__name__}'")
+        raise ExpressionError(f"'{text}' uses {what}, which is not allowed; use {ALLOWED_SYNTAX}")
     if isinstance(node, ast.Compare) and len(node.ops) != 1:
         raise ExpressionError(f"'{text}': chained comparisons are not allowed; compare two values at a time")
     if isinstance(node, ast.Constant) and not isinstance(node.value, int | str | bool):
@@ -88,8 +102,9 @@ def _check_syntax(node: ast.AST, text: str) -> None:
 
 def _evaluate(node: ast.expr, bindings: Mapping[str, Value]) -> Value:
     if isinstance(node, ast.Constant):
-        value: Value = node.value
-        return value
+        if not isinstance(node.value, int | str | bool):
+            raise ExpressionError(f"unsupported constant {node.value!r}")
+        return node.value
     if isinstance(node, ast.Name):
         if node.id not in bindings:
             raise ExpressionError(f"unknown name '{node.id}'")

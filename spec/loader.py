@@ -12,7 +12,6 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.models import (
     AddSpec,
@@ -167,7 +166,11 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
         inputs = node.inputs if isinstance(node, AddSpec) else (node.input,)
         for index, value in enumerate(inputs):
             if value is not None and value not in available:
-                path = ("nodes", node_name, "inputs", index) if isinstance(node, AddSpec) else ("nodes", node_name, "input")
+                path = (
+                    ("nodes", node_name, "inputs", index)
+                    if isinstance(node, AddSpec)
+                    else ("nodes", node_name, "input")
+                )
                 raise RescompileError(
                     f"node '{node_name}' reads '{value}', which is not an earlier node"
                     f"{did_you_mean(value, available)}; it can read {one_of(available)}",
@@ -202,7 +205,9 @@ def _validate(model: type[ModelT], document: YamlDocument) -> ModelT:
     try:
         return model.model_validate(document.data)
     except ValidationError as error:
-        raise _describe(error.errors()[0], model, document) from None
+        # An unknown key usually explains the missing one next to it (a typo): report it first.
+        errors = sorted(error.errors(), key=lambda detail: detail["type"] != "extra_forbidden")
+        raise _describe(errors[0], model, document) from None
 
 
 def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocument) -> RescompileError:
@@ -234,7 +239,8 @@ def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocumen
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    shown = f" (got {given!r})" if given is not _MISSING and not isinstance(given, dict | list) else ""
+    quoted = given is _MISSING or isinstance(given, dict | list) or (isinstance(given, str) and given in message)
+    shown = "" if quoted else f" (got {given!r})"
     return RescompileError(f"{where or 'value'}: {message[0].lower()}{message[1:]}{shown}", location)
 
 
@@ -250,13 +256,13 @@ def _split_location(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, Ya
     schema_path: list[str | int] = []
     current: Any = data
     for segment in loc:
-        if isinstance(current, dict) and segment in current:
-            current = current[segment]
+        child = _child(current, segment)
+        if child is not _MISSING:
+            current = child
             data_path.append(segment)
-        elif isinstance(current, list) and isinstance(segment, int) and segment < len(current):
-            current = current[segment]
-            data_path.append(segment)
-        elif isinstance(current, dict) and (current.get("op") == segment or isinstance(segment, str) and "[" in segment):
+        elif isinstance(current, dict) and (
+            current.get("op") == segment or (isinstance(segment, str) and "[" in segment)
+        ):
             pass  # a union member's tag, not a key of the data
         elif isinstance(current, dict | list):
             data_path.append(segment)  # a missing key or an extra one
@@ -270,13 +276,19 @@ def _split_location(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, Ya
 def _value_at(data: Any, path: YamlPath) -> Any:
     current = data
     for segment in path:
-        if isinstance(current, dict) and segment in current:
-            current = current[segment]
-        elif isinstance(current, list) and isinstance(segment, int) and segment < len(current):
-            current = current[segment]
-        else:
-            return _MISSING
+        current = _child(current, segment)
+        if current is _MISSING:
+            break
     return current
+
+
+def _child(data: Any, segment: str | int) -> Any:
+    """``data[segment]`` for a mapping key or a list index that exists, else ``_MISSING``."""
+    if isinstance(data, dict):
+        return data.get(segment, _MISSING)
+    if isinstance(data, list) and isinstance(segment, int) and 0 <= segment < len(data):
+        return data[segment]
+    return _MISSING
 
 
 def _dotted(path: YamlPath) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from rescompile.spec.errors import Location, RescompileError
 
 YamlPath = tuple[str | int, ...]
@@ -110,8 +109,7 @@ def _build(node: yaml.Node, path: YamlPath, source: SourceMap, constructor: yaml
 def _tag_error(tag: str, location: Location) -> RescompileError:
     shown = tag.replace("tag:yaml.org,2002:", "!!")
     return RescompileError(
-        f"YAML tag '{shown}' is not allowed; specs use plain YAML values "
-        "(mappings, lists, strings, numbers, booleans)",
+        f"YAML tag '{shown}' is not allowed; specs use plain YAML values (mappings, lists, strings, numbers, booleans)",
         location,
     )
 

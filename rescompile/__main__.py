@@ -1,0 +1,5 @@
+import sys
+
+from rescompile.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""The torch backend against the real torchvision, and its properties on generated specs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import assume, given
+from rescompile.backends import torch_backend
+from rescompile.compiler import Graph, compile_spec, cost, lower_spec
+from rescompile.compiler.weights import random_weights
+from rescompile.spec import builtin_networks
+from rescompile.spec.models import NetworkSpec
+from torch import nn
+
+from rescompile.testing import assert_close, network_specs
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+TORCHVISION_MODELS = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+]
+
+
+def randomise_batch_norm(model: nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics and affine parameters, so that eval mode exercises all four."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                channels = module.num_features
+                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("name", TORCHVISION_MODELS)
+def test_loads_torchvision_state_dict_strictly_and_gives_its_outputs(name: str) -> None:
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    randomise_batch_norm(reference, seed=1)
+    model = torch_backend.build_module(compile_spec(name)).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework", what=name)
+
+
+def count_macs_with_hooks(model: nn.Module, inputs: torch.Tensor) -> int:
+    """MACs of convs and linears measured on the running module (independent of the cost pass)."""
+    total = 0
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * (module.in_channels // module.groups) * kernel
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    with torch.no_grad():
+        model(inputs)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+@pytest.mark.parametrize("name", builtin_networks())
+def test_built_module_has_the_cost_pass_parameters_and_macs(name: str) -> None:
+    graph = compile_spec(name, size=32)
+    report = cost(graph)
+    model = torch_backend.build_module(graph).eval()
+    assert sum(parameter.numel() for parameter in model.parameters()) == report.parameters
+    inputs = torch.zeros(1, *graph.input_shape)
+    assert count_macs_with_hooks(model, inputs) == report.macs
+
+
+def test_torchvision_macs_at_224_match_the_cost_pass() -> None:
+    graph = compile_spec("resnet50")
+    reference = torchvision.models.resnet50(weights=None).eval()
+    assert count_macs_with_hooks(reference, torch.zeros(1, 3, 224, 224)) == cost(graph).macs
+
+
+def test_generated_resnet50_source_matches_the_golden_file() -> None:
+    """Regenerate after an intended change with RESCOMPILE_UPDATE_GOLDEN=1."""
+    source = torch_backend.emit_source(compile_spec("resnet50"))
+    golden = GOLDEN / "resnet50_torch.py"
+    if os.environ.get("RESCOMPILE_UPDATE_GOLDEN"):
+        golden.write_text(source)
+    assert source == golden.read_text()
+    assert source == torch_backend.emit_source(compile_spec("resnet50")), "emission must be deterministic"
+
+
+def test_written_file_runs_with_torch_alone(tmp_path: Path) -> None:
+    graph = compile_spec("resnet20")
+    (tmp_path / "model.py").write_text(torch_backend.emit_source(graph))
+    weights = random_weights(graph, seed=3)
+    reference = torch_backend.build_module(graph).eval()
+    torch_backend.load_weights(reference, graph, weights)
+    torch.save(reference.state_dict(), tmp_path / "state.pt")
+    inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch, model\n"
+        "net = model.build().eval()\n"
+        "net.load_state_dict(torch.load('state.pt'), strict=True)\n"
+        "torch.save(net(torch.load('inputs.pt')).detach(), 'outputs.pt')\n"
+        "assert not any(name.startswith('rescompile') for name in sys.modules), 'imported rescompile'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    with torch.no_grad():
+        expected = reference(inputs)
+    assert torch.equal(torch.load(tmp_path / "outputs.pt"), expected)
+
+
+def test_canonical_weights_round_trip_exactly() -> None:
+    graph = compile_spec("resnet18", size=32)
+    weights = random_weights(graph, seed=5)
+    model = torch_backend.build_module(graph)
+    torch_backend.load_weights(model, graph, weights)
+    back = torch_backend.to_weights(model, graph)
+    assert list(back) == list(weights)
+    for name, array in weights.items():
+        np.testing.assert_array_equal(back[name], array, err_msg=name)
+
+
+def test_zero_init_residual_zeroes_exactly_the_marked_batch_norms() -> None:
+    model = torch_backend.build_module(compile_spec("resnet50"), zero_init_residual=True)
+    state = model.state_dict()
+    zeroed = sorted(name for name, tensor in state.items() if name.endswith(".weight") and tensor.abs().sum() == 0)
+    assert zeroed == sorted(
+        f"layer{stage}.{index}.bn3.weight"
+        for stage, depth in zip(range(1, 5), [3, 4, 6, 3], strict=True)
+        for index in range(depth)
+    )
+
+
+def block_io(model: nn.Module, graph: Graph, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of every block, by canonical path, captured with forward hooks."""
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for block in graph.blocks:
+
+        def hook(
+            module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor, path: str = block.path
+        ) -> None:
+            captured[path] = (args[0].detach().clone(), output.detach().clone())
+
+        handles.append(modules[block.path].register_forward_hook(hook))
+    with torch.no_grad():
+        model(inputs)
+    for handle in handles:
+        handle.remove()
+    return captured
+
+
+@given(network_specs())
+def test_torch_shapes_equal_the_inferred_shapes(spec: NetworkSpec) -> None:
+    graph = lower_spec(spec)
+    model = torch_backend.build_module(graph).eval()
+    inputs = torch.randn(2, *graph.input_shape)
+    captured = block_io(model, graph, inputs)
+    for block in graph.blocks:
+        assert tuple(captured[block.path][1].shape[1:]) == block.out_shape, block.path
+    with torch.no_grad():
+        assert tuple(model(inputs).shape) == (2, *graph.output_shape)
+    assert sum(parameter.numel() for parameter in model.parameters()) == cost(graph).parameters
+
+
+@given(network_specs(shortcuts=("A", "B", "C", "projection_where_needed")))
+def test_zero_initialised_branch_makes_identity_blocks_relu_of_their_input(spec: NetworkSpec) -> None:
+    graph = lower_spec(spec)
+    identity_blocks = [block for block in graph.blocks if block.shortcut == "identity"]
+    assume(identity_blocks)  # the property is about identity-shortcut blocks: never pass vacuously
+    model = torch_backend.build_module(graph, zero_init_residual=True)
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        captured = block_io(model, graph, torch.randn(3, *graph.input_shape))
+        for block in identity_blocks:
+            block_input, block_output = captured[block.path]
+            assert torch.equal(block_output, torch.relu(block_input)), (mode, block.path)
+            # Block inputs come out of a ReLU, so they are >= 0 and the block is exactly the identity.
+            assert torch.equal(block_output, block_input), (mode, block.path)

@@ -1,0 +1,215 @@
+"""Every kind of bad spec gives one located line: ``file:LINE:COL: what is wrong (did you mean …?)``.
+
+Each case writes a small network (and, where needed, a part) into a temporary folder, so the
+expected line and column can be read off the text below.
+"""
+
+from pathlib import Path
+
+import pytest
+from rescompile.compiler import compile_spec
+from rescompile.spec import RescompileError
+
+BASE = """\
+name: bad
+input: {channels: 3, size: 32}
+stem: cifar
+block: basic
+shortcut: B
+stages:
+  - {depth: 1, width: 16}
+  - {depth: 1, width: 32, stride: 2}
+head: classifier
+head_parameters: {classes: 10}
+"""
+
+
+def network(*replacements: tuple[str, str]) -> str:
+    text = BASE
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+CASES = {
+    "unknown_key": (
+        network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")),
+        {},
+        "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
+        "valid keys here: block_parameters, depth, stride, width",
+    ),
+    "unknown_top_level_key": (
+        network(("head: classifier", "heads: classifier")),
+        {},
+        "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
+        "description, head, head_parameters, input, name, shortcut, stages, stem, stem_parameters",
+    ),
+    "wrong_type": (
+        network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
+        {},
+        "net.yaml:7:13: stages[0].depth: input should be a valid integer, unable to parse string as an integer "
+        "(got 'three')",
+    ),
+    "unknown_block_near_miss": (
+        network(("block: basic", "block: bottlenek")),
+        {},
+        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck",
+    ),
+    "channel_mismatch": (
+        network(("shortcut: B", "shortcut: identity")),
+        {},
+        "net.yaml:8:5: layer2.0: the residual add 'add' needs the branch (32×16×16) and the shortcut (16×32×32) "
+        "to have one shape; use a shortcut policy that projects or pads where shapes change (B, A or C), "
+        "not the identity",
+    ),
+    "zero_width": (
+        network(("{depth: 1, width: 16}", "{depth: 1, width: 0}")),
+        {},
+        "net.yaml:7:23: stages[0].width: input should be greater than 0 (got 0)",
+    ),
+    "negative_size": (
+        network(("size: 32", "size: -3")),
+        {},
+        "net.yaml:2:28: input.size: input should be greater than 0 (got -3)",
+    ),
+    "zero_depth": (
+        network(("{depth: 1, width: 16}", "{depth: 0, width: 16}")),
+        {},
+        "net.yaml:7:13: stages[0].depth: input should be greater than 0 (got 0)",
+    ),
+    "stride_shrinks_map_below_one_pixel": (
+        network(("stem: cifar", "stem: tiny"), ("size: 32", "size: 4")),
+        {"stems/tiny.yaml": "name: tiny\nnodes:\n  conv1: {op: conv, out_channels: 16, kernel: 7, stride: 2}\n"},
+        "net.yaml:3:7: stem: conv1: conv (kernel 7×7, stride 2) would shrink the 4×4 feature map below 1×1; "
+        "use a larger input size or fewer strided stages",
+    ),
+    "malformed_yaml": (
+        network(("  - {depth: 1, width: 16}", "  - {depth: 1, width: 16")),
+        {},
+        "net.yaml:8:5: malformed YAML: expected ',' or '}', but got '{'",
+    ),
+    "empty_file": ("", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
+    "comments_only": ("# nothing here\n", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
+    "not_a_mapping": ("- 1\n- 2\n", {}, "net.yaml:1:1: expected a YAML mapping at the top level, got list"),
+    "python_tag": (
+        network(("name: bad", 'name: !!python/object/apply:os.system ["echo pwned"]')),
+        {},
+        "net.yaml:1:7: YAML tag '!!python/object/apply:os.system' is not allowed; specs use plain YAML values "
+        "(mappings, lists, strings, numbers, booleans)",
+    ),
+    "duplicate_key": (
+        network(("stem: cifar\n", "stem: cifar\nstem: imagenet\n")),
+        {},
+        "net.yaml:4:1: duplicate key 'stem'",
+    ),
+    "missing_key": (network(("stem: cifar\n", "")), {}, "net.yaml:1:1: missing required key 'stem' in the top level"),
+    "unknown_block_parameter": (
+        network(("block: basic", "block: bottleneck\nblock_parameters: {strid_at: conv1}")),
+        {},
+        "net.yaml:5:20: block 'bottleneck' has no parameter 'strid_at' (did you mean 'stride_at'?); "
+        "its parameters: expansion, groups, base_width, stride_at",
+    ),
+    "unknown_shortcut": (
+        network(("shortcut: B", "shortcut: projecton")),
+        {},
+        "net.yaml:5:11: unknown shortcut 'projecton' (did you mean 'projection'?); use a policy "
+        "('A', 'B', 'C' or 'none') or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', "
+        "'zero_pad')",
+    ),
+    "zero_pad_cannot_remove_channels": (
+        network(("shortcut: B", "shortcut: A"), ("width: 32, stride: 2", "width: 8, stride: 2")),
+        {},
+        "net.yaml:8:5: shortcut 'zero_pad' cannot take layer2.0 from 16 to 8 channels (layer2.0 shortcut: "
+        "nodes.pad.after = out_channels - in_channels gives -8; it must be at least 0)",
+    ),
+    "unknown_op": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
+        },
+        "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
+        "batch_norm, conv, flatten, global_average_pool, linear, max_pool, pad_channels, relu, subsample",
+    ),
+    "expression_with_a_call": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: \"__import__('os').getcwd()\", kernel: 3}\n"
+        },
+        "blocks/mine.yaml:4:35: nodes.conv1.out_channels: '__import__('os').getcwd()' uses a function call, "
+        "which is not allowed; use integers, parameter names, + - * // %, comparisons and 'a if condition else b'",
+    ),
+    "expression_with_unknown_name": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: widht * 2, kernel: 3}\n"
+        },
+        "blocks/mine.yaml:4:35: 'widht' in conv1.out_channels is not a parameter of block 'mine' "
+        "(did you mean 'width'?); known: in_channels, stride, width",
+    ),
+    "node_reads_unknown_value": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3}\n  bn: {op: batch_norm, input: conv}\n"
+        },
+        "blocks/mine.yaml:5:31: node 'bn' reads 'conv', which is not an earlier node (did you mean 'conv1'?); "
+        "it can read 'conv1', 'input' or 'shortcut'",
+    ),
+    "required_parameter_missing": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nparameters: {ratio: required}\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width * ratio, kernel: 3}\n"
+        },
+        "net.yaml:4:8: block 'mine' needs parameter 'ratio'; set it in block_parameters",
+    ),
+    "declared_out_channels_disagree": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width * 2\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
+        },
+        "blocks/mine.yaml:2:15: layer1.0: block 'mine' declares out_channels = width * 2 = 32, "
+        "but its branch reaching 'add' produces 16 channels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_spec_gives_one_located_line(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, parts, expected = CASES[case]
+    (tmp_path / "net.yaml").write_text(text)
+    for name, part in parts.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(part)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    assert str(raised.value) == expected
+    assert "\n" not in str(raised.value)
+
+
+def test_missing_file_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError, match=r"^nothere\.yaml:1:1: no such file: nothere\.yaml$"):
+        compile_spec("nothere.yaml")
+
+
+def test_unknown_builtin_name_suggests_the_near_miss() -> None:
+    with pytest.raises(RescompileError, match=r"'resnt50' is neither a file nor a built-in .*did you mean 'resnet50'"):
+        compile_spec("resnt50")
+
+
+def test_a_python_tag_is_never_executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "pwned"
+    text = network(("name: bad", f'name: !!python/object/apply:os.system ["touch {marker}"]'))
+    (tmp_path / "net.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError):
+        compile_spec("net.yaml")
+    assert not marker.exists()

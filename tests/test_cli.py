@@ -1,0 +1,111 @@
+"""The command line: compile, validate, cost, list; and its error contract (one located line,
+exit status 1, no traceback, nothing written, nothing existing damaged)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rescompile.cli import main
+
+BAD_SPEC = """\
+name: bad
+input: {channels: 3, size: 32}
+stem: cifar
+block: basik
+shortcut: B
+stages: [{depth: 1, width: 8}]
+"""
+
+
+def run_cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rescompile", *arguments], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+def test_compile_torch_writes_the_file_and_prints_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "net.py"
+    assert main(["resnet20", "--backend", "torch", "-o", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20: 269,722 parameters, 0.041 GMACs" in printed
+    assert "input 3×32×32 -> output 10" in printed
+    assert f"wrote {output} (torch," in printed
+    assert "class BasicBlock(nn.Module):" in output.read_text()
+
+
+def test_compile_uses_a_default_output_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["resnet20", "--backend", "torch"]) == 0
+    assert (tmp_path / "resnet20_torch.py").is_file()
+
+
+def test_spec_files_resolve_relative_parts_and_sizes_override(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = Path(__file__).parent.parent / "architectures" / "resnet50.yaml"
+    assert main(["cost", str(spec), "--size", "64x32"]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet50: input 3×64×32" in printed
+    assert "layer4" in printed and "2048×2×1" in printed
+
+
+def test_cost_table_totals(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cost", "resnet50"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.split()[:4] == ["total", "25,557,032", "4,089,184,256", "37,561,832"]
+
+
+def test_validate_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "resnet18", "plain56"]) == 0
+    printed = capsys.readouterr().out
+    assert "resnet18: ok (resnet18: 11,689,512 parameters, output 1000)" in printed
+    assert main(["list"]) == 0
+    assert "resnet152_v1" in capsys.readouterr().out
+
+
+def test_validate_and_cost_never_import_a_framework(tmp_path: Path) -> None:
+    script = (
+        "import sys\nfrom rescompile.cli import main\n"
+        "assert main(['validate', 'resnet50']) == 0 and main(['cost', 'resnet50', '--by', 'block']) == 0\n"
+        "loaded = {'torch', 'jax', 'flax', 'onnx', 'onnxruntime'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (
+            ["spec.yaml", "--backend", "torch", "-o", "out.py"],
+            "spec.yaml:4:8: unknown block 'basik' (did you mean 'basic'?)",
+        ),
+        (["validate", "spec.yaml"], "spec.yaml:4:8: unknown block 'basik'"),
+        (["missing.yaml", "-o", "out.py"], "missing.yaml:1:1: no such file: missing.yaml"),
+        (["resnet20", "--backend", "torch", "-o", "no/such/folder/out.py"], "cannot write no/such/folder/out.py"),
+        (["resnet20", "-o", "spec.yaml/out.py"], "cannot write spec.yaml/out.py: Not a directory"),
+        (["resnet20", "-o", "."], "cannot write .: it is a directory"),
+        (["resnet20", "--backend", "torch", "--opset", "18", "-o", "out.py"], "--opset applies to --backend onnx only"),
+    ],
+)
+def test_errors_are_one_line_with_status_1_and_leave_the_output_untouched(
+    arguments: list[str], expected: str, tmp_path: Path
+) -> None:
+    (tmp_path / "spec.yaml").write_text(BAD_SPEC)
+    (tmp_path / "out.py").write_text("precious\n")
+    result = run_cli(*arguments, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out.py").read_text() == "precious\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.py", "spec.yaml"]
+
+
+def test_usage_errors_exit_2_and_help_works(tmp_path: Path) -> None:
+    assert run_cli("resnet20", "--backend", "caffe", cwd=tmp_path).returncode == 2
+    for arguments in (["--help"], ["validate", "--help"], ["cost", "--help"], ["list", "--help"]):
+        result = run_cli(*arguments, cwd=tmp_path)
+        assert result.returncode == 0 and "usage: rescompile" in result.stdout, arguments
