@@ -1,0 +1,47 @@
+"""Everything the README shows runs as written: each `./dev rescompile ...` line of its bash
+blocks, and each python block."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
+
+
+COMMANDS = [
+    line.split("#")[0].strip()
+    for block in blocks("bash")
+    for line in block.splitlines()
+    if line.startswith("./dev rescompile")
+]
+
+
+def test_the_readme_shows_commands() -> None:
+    assert "./dev rescompile architectures/resnet152.yaml --backend torch" in COMMANDS
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_runs(command: str, tmp_path: Path) -> None:
+    for folder in ("architectures", "examples"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    arguments = shlex.split(command)[2:]
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", *arguments], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_readme_python_block_runs(index: int, tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path, check=True, capture_output=True)
