@@ -2,7 +2,14 @@
 
 from rescompile.spec.errors import Location, RescompileError
 from rescompile.spec.expressions import Expression, parse_expression
-from rescompile.spec.loader import Loaded, builtin_directory, builtin_networks, load_network, load_part
+from rescompile.spec.loader import (
+    Loaded,
+    builtin_directory,
+    builtin_networks,
+    dump_network,
+    load_network,
+    load_part,
+)
 from rescompile.spec.models import BlockSpec, HeadSpec, NetworkSpec, PartSpec, ShortcutSpec, StemSpec
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "StemSpec",
     "builtin_directory",
     "builtin_networks",
+    "dump_network",
     "load_network",
     "load_part",
     "parse_expression",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Value = int | float | str | bool
 
@@ -55,7 +55,7 @@ class Expression:
     """A parsed expression; ``text`` is normalised Python source for it."""
 
     text: str
-    tree: ast.expr
+    tree: ast.expr = field(compare=False, repr=False)  # equal texts parse to equal trees
 
     @property
     def names(self) -> frozenset[str]:

@@ -102,6 +102,15 @@ def load_network(reference: str | Path) -> Loaded[NetworkSpec]:
     return Loaded(_validate(NetworkSpec, document), document.source)
 
 
+def dump_network(spec: NetworkSpec) -> str:
+    """The spec as YAML text (defaults left out); loading it back gives an equal spec."""
+    import yaml
+
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    data["input"] = spec.input.model_dump(mode="json")  # always spell the input out
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Location) -> Path:
     """Find part ``name``: a path ending in .yaml, ``<network dir>/<kind>/<name>.yaml``, or built-in."""
     if name.endswith((".yaml", ".yml")):

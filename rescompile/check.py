@@ -1,0 +1,266 @@
+"""``rescompile check``: compile one spec to several backends, give them the same weights and
+inputs, and prove they compute the same function — or name the first block where they do not.
+
+Each backend is one entry of :data:`RUNNERS`: a function that builds the model from the graph,
+loads the canonical weights, runs the input in fp32 eval mode, and returns every module's output
+(``stem``, each block by canonical path ``layer1.0``, ``head``) in torch layout (NCHW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from rescompile.compiler.ir import Graph
+from rescompile.compiler.pipeline import compile_spec
+from rescompile.compiler.weights import Weights, check_weights, random_weights, read_weights
+from rescompile.spec.errors import RescompileError
+from rescompile.testing import TOLERANCES, Tolerance, max_differences, within
+
+Outputs = dict[str, npt.NDArray[np.float32]]
+Runner = Callable[[Graph, Weights, npt.NDArray[np.float32]], Outputs]
+
+
+def module_names(graph: Graph) -> list[str]:
+    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``."""
+    return [module.path or module.role for module in graph.modules]
+
+
+def run_torch(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
+    import torch
+
+    from rescompile.backends import torch_backend
+
+    # Pin fp32: no TF32 on GPUs, highest matmul precision, so differences mean something.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    model = torch_backend.build_module(graph).eval()
+    torch_backend.load_weights(model, graph, weights)
+    outputs: Outputs = {}
+    layers = dict(model.named_modules())
+    handles = []
+    first_block = graph.blocks[0].path
+
+    def keep_stem(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        outputs["stem"] = args[0].detach().numpy().copy()
+
+    handles.append(layers[first_block].register_forward_pre_hook(keep_stem))
+    for block in graph.blocks:
+
+        def keep(
+            module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, path: str = block.path
+        ) -> None:
+            outputs[path] = out.detach().numpy().copy()
+
+        handles.append(layers[block.path].register_forward_hook(keep))
+    with torch.no_grad():
+        outputs["head"] = model(torch.from_numpy(inputs)).numpy()
+    for handle in handles:
+        handle.remove()
+    return {name: outputs[name] for name in module_names(graph)}
+
+
+def run_onnx(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
+    from rescompile.backends import onnx_backend
+
+    model = onnx_backend.build_model(graph, weights, block_outputs=True)
+    results = onnx_backend.run_onnxruntime(model, inputs)
+    assert isinstance(results, dict)
+    names = module_names(graph)
+    return {name: results[onnx_backend.module_output_name(graph, index)] for index, name in enumerate(names)}
+
+
+def run_flax(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
+    import jax
+
+    from rescompile.backends import flax_backend
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    model = flax_backend.build_module(graph)
+    flax_backend.load_weights(model, graph, weights)
+    outputs = flax_backend.block_outputs(model, inputs)
+    return {name: np.asarray(outputs[name]) for name in module_names(graph)}
+
+
+RUNNERS: dict[str, Runner] = {"torch": run_torch, "flax": run_flax, "onnx": run_onnx}
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """How two backends compare: at the output, and the first module over tolerance."""
+
+    first: str
+    second: str
+    output_max_abs: float
+    output_max_rel: float
+    first_mismatch: str | None
+    mismatch_max_abs: float
+
+    @property
+    def agree(self) -> bool:
+        return self.first_mismatch is None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    graph: Graph
+    backends: tuple[str, ...]
+    tolerance: Tolerance
+    pairs: tuple[PairResult, ...]
+    seconds: dict[str, float]
+
+    @property
+    def agree(self) -> bool:
+        return all(pair.agree for pair in self.pairs)
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, one line per step otherwise."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = self.stream.isatty()
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        filled = round(20 * self.done / self.total)
+        line = f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {message}"
+        if self.live:
+            self.stream.write(f"\r\033[K{line}")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def compare(graph: Graph, first: str, second: str, a: Outputs, b: Outputs, tolerance: Tolerance) -> PairResult:
+    """Compare module by module in network order; the output is the head's."""
+    mismatch: str | None = None
+    mismatch_abs = 0.0
+    for name in module_names(graph):
+        if not within(a[name], b[name], tolerance):
+            mismatch = name
+            mismatch_abs = max_differences(a[name], b[name])[0]
+            break
+    output_abs, output_rel = max_differences(a["head"], b["head"])
+    return PairResult(first, second, output_abs, output_rel, mismatch, mismatch_abs)
+
+
+def check(
+    graph: Graph,
+    backends: Sequence[str],
+    weights: Mapping[str, Weights],
+    inputs: npt.NDArray[np.float32],
+    tolerance: Tolerance,
+    progress: Progress | None = None,
+) -> CheckResult:
+    """Run ``inputs`` through every backend with its weights (normally one set for all) and compare
+    every pair. ``weights`` maps backend name to canonical weights."""
+    outputs: dict[str, Outputs] = {}
+    seconds: dict[str, float] = {}
+    for backend in backends:
+        if progress is not None:
+            progress.step(f"building and running {backend}")
+        started = time.perf_counter()
+        outputs[backend] = RUNNERS[backend](graph, weights[backend], inputs)
+        seconds[backend] = time.perf_counter() - started
+    pairs = tuple(
+        compare(graph, first, second, outputs[first], outputs[second], tolerance)
+        for first, second in combinations(backends, 2)
+    )
+    if progress is not None:
+        progress.step("compared")
+    return CheckResult(graph, tuple(backends), tolerance, pairs, seconds)
+
+
+def format_result(result: CheckResult) -> str:
+    graph = result.graph
+    lines = [
+        f"{graph.name}: input {'×'.join(map(str, graph.input_shape))}, {len(graph.blocks)} blocks, "
+        f"tolerance atol={result.tolerance.atol:g} rtol={result.tolerance.rtol:g} (fp32)",
+        f"{'pair':<14} {'output max abs':>14} {'output max rel':>14}  first block over tolerance",
+    ]
+    for pair in result.pairs:
+        where = (
+            "none" if pair.first_mismatch is None else f"{pair.first_mismatch} (max abs {pair.mismatch_max_abs:.3e})"
+        )
+        lines.append(
+            f"{pair.first + ' / ' + pair.second:<14} {pair.output_max_abs:>14.3e} {pair.output_max_rel:>14.3e}  {where}"
+        )
+    timing = ", ".join(f"{backend} {seconds:.1f} s" for backend, seconds in result.seconds.items())
+    lines.append(f"{'all backends agree' if result.agree else 'MISMATCH'} ({timing})")
+    return "\n".join(lines)
+
+
+def _backends(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in RUNNERS]
+    if unknown or len(names) < 2 or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected two or more of {','.join(RUNNERS)}, got {text!r}")
+    return names
+
+
+def parser() -> argparse.ArgumentParser:
+    from rescompile.cli import _size
+
+    result = argparse.ArgumentParser(
+        prog="rescompile check",
+        description="Compile SPEC to several backends, load the same weights, run the same inputs and compare "
+        "them module by module. Exit status 0 when all agree within tolerance, 1 otherwise.",
+    )
+    result.add_argument("spec", help="a spec file or a built-in name")
+    result.add_argument("--backends", type=_backends, default=list(RUNNERS), help="comma-separated (default: all)")
+    result.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    result.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
+    result.add_argument("--size", type=_size, help="input size (default: the spec's)")
+    result.add_argument("--weights", type=Path, help="canonical weights (.safetensors); default: random, seeded")
+    network = TOLERANCES["network"]
+    result.add_argument(
+        "--atol", type=float, default=network.atol, help=f"absolute tolerance (default {network.atol:g})"
+    )
+    result.add_argument(
+        "--rtol", type=float, default=network.rtol, help=f"relative tolerance (default {network.rtol:g})"
+    )
+    return result
+
+
+def main(arguments: Sequence[str]) -> int:
+    options = parser().parse_args(arguments)
+    if options.batch < 1:
+        raise RescompileError(f"--batch must be at least 1, got {options.batch}")
+    progress = Progress(total=len(options.backends) + 2)
+    progress.step(f"compiling {options.spec}")
+    try:
+        graph = compile_spec(options.spec, options.size)
+        weights = read_weights(options.weights) if options.weights else random_weights(graph, options.seed)
+        check_weights(graph, weights)
+        generator = np.random.default_rng(options.seed + 1)
+        inputs = generator.standard_normal((options.batch, *graph.input_shape)).astype(np.float32)
+        result = check(
+            graph,
+            options.backends,
+            dict.fromkeys(options.backends, weights),
+            inputs,
+            Tolerance(options.atol, options.rtol),
+            progress,
+        )
+    finally:
+        progress.close()
+    print(format_result(result))
+    return 0 if result.agree else 1

@@ -1,0 +1,76 @@
+"""`rescompile check`: agreement across backends, and a planted mismatch found and named."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rescompile.check import Progress, check, module_names
+from rescompile.compiler import compile_spec
+from rescompile.compiler.weights import random_weights
+from rescompile.testing import TOLERANCES
+
+BACKENDS = ("torch", "onnx")
+
+
+def test_planted_weight_mismatch_is_found_and_named() -> None:
+    graph = compile_spec("resnet18", size=48)
+    weights = random_weights(graph, seed=1)
+    planted = dict(weights)
+    planted["layer3.1.conv2.weight"] = planted["layer3.1.conv2.weight"] * 1.01
+    inputs = np.random.default_rng(2).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    honest = check(graph, BACKENDS, dict.fromkeys(BACKENDS, weights), inputs, TOLERANCES["network"])
+    assert honest.agree
+    result = check(graph, BACKENDS, {"torch": weights, "onnx": planted}, inputs, TOLERANCES["network"])
+    assert not result.agree
+    (pair,) = result.pairs
+    assert pair.first_mismatch == "layer3.1"
+    assert pair.output_max_abs > 0
+
+
+def test_module_names_are_canonical() -> None:
+    names = module_names(compile_spec("resnet18", size=32))
+    assert names[:3] == ["stem", "layer1.0", "layer1.1"] and names[-2:] == ["layer4.1", "head"]
+
+
+def test_check_command_prints_the_table_and_exits_0(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", "check", "resnet20", "--backends", "torch,onnx", "--batch", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("resnet20: input 3×32×32, 9 blocks, tolerance atol=0.0001 rtol=0.0001")
+    assert lines[2].split()[:3] == ["torch", "/", "onnx"] and lines[2].endswith("none")
+    assert lines[-1].startswith("all backends agree")
+    assert "4/4 compared" in result.stderr  # the progress display
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["resnet20", "--backends", "torch"], "expected two or more of"),
+        (["resnet20", "--backends", "torch,caffe"], "expected two or more of"),
+    ],
+)
+def test_check_rejects_bad_backend_lists(arguments: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", "check", *arguments], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_progress_writes_one_line_per_step_when_not_a_terminal(tmp_path: Path) -> None:
+    with (tmp_path / "log").open("w") as stream:
+        progress = Progress(total=2, stream=stream)
+        progress.step("one")
+        progress.step("two")
+    assert (tmp_path / "log").read_text().splitlines() == [
+        "[##########..........] 1/2 one",
+        "[####################] 2/2 two",
+    ]
