@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import jinja2
 import numpy as np
+
+import rescompile
 from rescompile.backends.source import (
     SourceNode,
     block_class,
@@ -26,8 +28,6 @@ from rescompile.backends.source import (
 from rescompile.compiler.ir import OP_KINDS, Graph
 from rescompile.compiler.weights import Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
-
-import rescompile
 
 if TYPE_CHECKING:
     from torch import nn

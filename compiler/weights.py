@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
 from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear
 from rescompile.spec.errors import RescompileError
 

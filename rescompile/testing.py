@@ -77,7 +77,8 @@ def assert_close(
     max_abs, max_rel = max_differences(actual, expected)
     if not within(actual, expected, limit):
         raise AssertionError(
-            f"{what}: max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e} exceed atol={limit.atol:g}, rtol={limit.rtol:g}"
+            f"{what}: max abs diff {max_abs:.3e}, max rel diff {max_rel:.3e} "
+            f"exceed atol={limit.atol:g}, rtol={limit.rtol:g}"
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
+
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.models import (
     AddSpec,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt
+
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 
 REQUIRED = "required"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from rescompile.spec.errors import Location, RescompileError
 
 YamlPath = tuple[str | int, ...]

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torchvision
 from hypothesis import assume, given
+from torch import nn
+
 from rescompile.backends import torch_backend
 from rescompile.compiler import Graph, compile_spec, cost, lower_spec
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
 from rescompile.spec.models import NetworkSpec
-from torch import nn
-
 from rescompile.testing import assert_close, network_specs
 
 GOLDEN = Path(__file__).parent.parent / "golden"

@@ -2,6 +2,7 @@
 documentation and He et al. 2016), for every preset that has one."""
 
 import pytest
+
 from rescompile.compiler import compile_spec, cost
 from rescompile.spec import builtin_networks
 

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from rescompile.compiler import compile_spec
 from rescompile.compiler.ir import AvgPool, Conv, MaxPool, PadChannels, Subsample
 from rescompile.compiler.shapes import ShapeError, output_shape

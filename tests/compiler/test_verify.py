@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from rescompile.compiler import VerificationError, compile_spec, verify
 from rescompile.compiler.ir import OP_KINDS, Graph, Module, Relu
 from rescompile.spec import builtin_networks

@@ -7,6 +7,7 @@ expected line and column can be read off the text below.
 from pathlib import Path
 
 import pytest
+
 from rescompile.compiler import compile_spec
 from rescompile.spec import RescompileError
 

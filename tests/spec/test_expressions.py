@@ -1,6 +1,7 @@
 """The expression language: integer arithmetic and conditionals, parsed safely, never eval'd."""
 
 import pytest
+
 from rescompile.spec.expressions import ExpressionError, parse_expression
 
 
