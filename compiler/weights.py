@@ -97,14 +97,28 @@ def initial_weights(graph: Graph, seed: int = 0, zero_init_residual: bool = Fals
 def random_weights(graph: Graph, seed: int = 0) -> Weights:
     """Weights for equivalence tests: like :func:`initial_weights`, but every BatchNorm gets
     non-trivial affine parameters and running statistics, so that a backend mishandling any of
-    them is caught."""
+    them is caught.
+
+    NOTE: the BatchNorm closing each residual branch (``zero_init`` in the block) gets a small
+    weight, U(0.05, 0.25), as trained ResNets have. With random running statistics, eval mode
+    does not normalise, so each branch's output scales with the stream it reads; with weights
+    near 1 the stream would grow about 2.4× per block and overflow fp32 in resnet1202.
+    """
     generator = np.random.default_rng(seed)
     weights = initial_weights(graph, seed)
+    closing = {
+        f"{module.canonical(node.name)}.weight"
+        for module, node in graph.nodes()
+        if isinstance(node.op, BatchNorm) and node.op.zero_init and module.shortcut is not None
+    }
     for name in weights:
-        if name.endswith(".running_mean") or name.endswith(".bias"):
-            weights[name] = _normal(generator, weights[name].shape, 0.1)
+        shape = weights[name].shape
+        if name in closing:
+            weights[name] = generator.uniform(0.05, 0.25, shape).astype(np.float32)
+        elif name.endswith(".running_mean") or name.endswith(".bias"):
+            weights[name] = _normal(generator, shape, 0.1)
         elif name.endswith(".running_var") or (name.endswith(".weight") and weights[name].ndim == 1):
-            weights[name] = generator.uniform(0.5, 1.5, weights[name].shape).astype(np.float32)
+            weights[name] = generator.uniform(0.5, 1.5, shape).astype(np.float32)
     return weights
 
 
