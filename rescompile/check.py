@@ -74,8 +74,7 @@ def run_onnx(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) ->
     from rescompile.backends import onnx_backend
 
     model = onnx_backend.build_model(graph, weights, block_outputs=True)
-    results = onnx_backend.run_onnxruntime(model, inputs)
-    assert isinstance(results, dict)
+    results = onnx_backend.onnxruntime_outputs(model, inputs)
     names = module_names(graph)
     return {name: results[onnx_backend.module_output_name(graph, index)] for index, name in enumerate(names)}
 
@@ -88,7 +87,8 @@ def run_flax(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) ->
     jax.config.update("jax_default_matmul_precision", "highest")
     model = flax_backend.build_module(graph)
     flax_backend.load_weights(model, graph, weights)
-    outputs = flax_backend.block_outputs(model, inputs)
+    model.eval()  # BatchNorm on running statistics, like the other backends
+    outputs = flax_backend.block_outputs(model, inputs, jit=False)
     return {name: np.asarray(outputs[name]) for name in module_names(graph)}
 
 

@@ -1,0 +1,527 @@
+"""ONNX backend: a ``ModelProto`` built straight from the IR with ``onnx.helper``; no framework traced.
+
+This is the only module in rescompile that touches protobuf. Lowering is a table,
+:data:`EMITTERS`, from IR op kind to one emitter function; every op is lowered exactly or
+rejected with a :class:`RescompileError` before anything is written.
+
+Names are the canonical ones a reader knows from torchvision: node ``layer3.4.conv2`` reads the
+initializer ``layer3.4.conv2.weight``. Values inside a module are named by the node that computes
+them (``layer3.4.relu1``), except that a module's output is named by the module itself, so the
+values flowing between modules read ``stem``, ``layer1.0``, ..., ``layer4.2`` and the graph's
+output is ``output``. The graph input is ``input``, ``(batch, C, H, W)`` with a dynamic ``batch``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import onnx.defs
+from onnx import TensorProto, helper
+
+import rescompile
+from rescompile.compiler.ir import (
+    MODULE_INPUT,
+    OP_KINDS,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Graph,
+    Linear,
+    MaxPool,
+    Module,
+    Node,
+    PadChannels,
+    Padding,
+    Subsample,
+)
+from rescompile.compiler.weights import check_weights, initial_weights
+from rescompile.spec.errors import RescompileError
+
+# NOTE: 18 is the oldest opset the project accepts as a default, so the one the most deployed runtimes
+# load (ONNX Runtime >= 1.14, TensorRT 10, OpenVINO); none of the ops emitted here changed meaning after
+# it (later Conv, Pad, Flatten and pooling versions only add types, dilations or pad modes not used).
+DEFAULT_OPSET = 18
+# 11 is the first opset in which every op emitted here has the form used: Pad takes ``pads`` as an
+# input, Gemm's bias is optional, Slice has ``steps`` and MaxPool has ``ceil_mode``. 28 is the newest
+# opset the emitter was checked against (onnx 1.23, ONNX Runtime 1.32); an older onnx caps it lower.
+_OLDEST_OPSET = 11
+_NEWEST_CHECKED_OPSET = 28
+SUPPORTED_OPSETS = range(_OLDEST_OPSET, min(_NEWEST_CHECKED_OPSET, onnx.defs.onnx_opset_version()) + 1)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+BATCH_DIMENSION = "batch"
+
+# protobuf cannot serialise a message of 2 GiB or more; past this, tensors go to a side file. The
+# allowance covers everything but tensor data (nodes, names: under 2 MB even for resnet1202).
+_PROTOBUF_LIMIT = 2**31 - 1
+_SKELETON_ALLOWANCE = 2**26
+# When writing external data, tensors of at least this many bytes move out (small ones stay inline),
+# each starting on a page boundary so that runtimes can memory-map them.
+_EXTERNAL_MINIMUM_BYTES = 1024
+_EXTERNAL_ALIGNMENT = 4096
+
+Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One IR node at its place in the ONNX graph: the canonical name and the ONNX value names."""
+
+    module: Module
+    node: Node
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    folded: Node | None = None
+    """With ``fold_bn``, the BatchNorm node folded into this conv."""
+
+
+@dataclass
+class _Builder:
+    """Appends nodes and initializers to ``model`` in graph order (the order makes files reproducible).
+
+    NOTE: tensors go straight into the model's own repeated fields; onnx.helper.make_graph and
+    make_model would copy every weight twice more (extend, then CopyFrom), a third of emission time.
+    """
+
+    weights: Mapping[str, npt.NDArray[np.generic]]
+    model: onnx.ModelProto = field(default_factory=onnx.ModelProto)
+
+    def node(self, op_type: str, inputs: list[str], site: Site, **attributes: Any) -> None:
+        self.model.graph.node.append(helper.make_node(op_type, inputs, [site.output], name=site.name, **attributes))
+
+    def tensor(self, name: str, array: npt.NDArray[Any]) -> str:
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        # ONNX raw data is little-endian whatever the machine.
+        tensor.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        return name
+
+    def weight(self, name: str) -> str:
+        return self.tensor(name, self.array(name))
+
+    def array(self, name: str) -> Array:
+        return np.asarray(self.weights[name], dtype=np.float32)
+
+
+def _cannot(site: Site, reason: str) -> RescompileError:
+    return RescompileError(
+        f"the ONNX backend cannot lower {site.name} ({site.node.op.kind}): {reason}", site.node.source
+    )
+
+
+def _pads(padding: Padding) -> list[int]:
+    # IR ((top, bottom), (left, right)) -> ONNX [top, left, bottom, right]: all begins, then all ends.
+    (top, bottom), (left, right) = padding
+    return [top, left, bottom, right]
+
+
+def _conv(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, Conv)
+    attributes = {
+        "kernel_shape": list(op.kernel),
+        "strides": list(op.stride),
+        "pads": _pads(op.padding),
+        "dilations": list(op.dilation),
+        "group": op.groups,
+    }
+    inputs = [site.inputs[0]]
+    if site.folded is None:
+        inputs.append(builder.weight(f"{site.name}.weight"))
+        if op.bias:
+            inputs.append(builder.weight(f"{site.name}.bias"))
+    else:
+        weight, bias = _fold(builder, site)
+        inputs.append(builder.tensor(f"{site.name}.weight", weight))
+        inputs.append(builder.tensor(f"{site.name}.bias", bias))
+    builder.node("Conv", inputs, site, **attributes)
+
+
+def _fold(builder: _Builder, site: Site) -> tuple[Array, Array]:
+    """Conv weights with the following BatchNorm folded in (inference form; computed in float64).
+
+    ``scale = gamma / sqrt(var + eps)``; ``W' = W * scale`` per output channel;
+    ``b' = beta + (b - mean) * scale``.
+    """
+    op = site.node.op
+    assert isinstance(op, Conv) and site.folded is not None and isinstance(site.folded.op, BatchNorm)
+    bn = site.module.canonical(site.folded.name)
+    weight = builder.array(f"{site.name}.weight").astype(np.float64)
+    bias = builder.array(f"{site.name}.bias").astype(np.float64) if op.bias else np.zeros(op.out_channels)
+    scale = builder.array(f"{bn}.weight").astype(np.float64) / np.sqrt(
+        builder.array(f"{bn}.running_var").astype(np.float64) + site.folded.op.epsilon
+    )
+    folded_weight = weight * scale[:, None, None, None]
+    mean = builder.array(f"{bn}.running_mean").astype(np.float64)
+    folded_bias = builder.array(f"{bn}.bias").astype(np.float64) + (bias - mean) * scale
+    return folded_weight.astype(np.float32), folded_bias.astype(np.float32)
+
+
+def _batch_norm(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, BatchNorm)
+    parameters = [
+        builder.weight(f"{site.name}.{suffix}") for suffix in ("weight", "bias", "running_mean", "running_var")
+    ]
+    # NOTE: inference form, as torch's eval mode: normalise with the running statistics. ONNX's
+    # ``momentum`` only matters in training mode, so it is not emitted.
+    builder.node("BatchNormalization", [site.inputs[0], *parameters], site, epsilon=op.epsilon)
+
+
+def _relu(builder: _Builder, site: Site) -> None:
+    builder.node("Relu", [site.inputs[0]], site)
+
+
+def _max_pool(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, MaxPool)
+    pads = _pads(op.padding)
+    if op.ceil_mode:
+        # NOTE: ceil_mode is lowered as floor mode with extra padding at the end, sized so that the
+        # output is torch's (stored in the IR). Max pooling ignores padding, so this is exact under
+        # every opset, whereas ONNX's own ceil_mode rule was only pinned down in later opsets.
+        _, height, width = site.node.in_shapes[0]
+        assert site.node.shape is not None
+        for axis, size in enumerate((height, width)):
+            needed = (site.node.shape[axis + 1] - 1) * op.stride[axis] + op.kernel[axis]
+            pads[axis + 2] += max(0, needed - (size + pads[axis] + pads[axis + 2]))
+            if pads[axis + 2] >= op.kernel[axis]:
+                # ONNX Runtime (and torch) refuse a pad as large as the kernel.
+                raise _cannot(site, "ceil_mode would need end padding as large as the kernel")
+    builder.node(
+        "MaxPool",
+        [site.inputs[0]],
+        site,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=pads,
+        ceil_mode=0,
+    )
+
+
+def _avg_pool(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, AvgPool)
+    _, height, width = site.node.in_shapes[0]
+    assert site.node.shape is not None
+    floor_shape = tuple(
+        (size + sum(padding) - kernel) // stride + 1
+        for size, padding, kernel, stride in zip((height, width), op.padding, op.kernel, op.stride, strict=True)
+    )
+    if op.ceil_mode and floor_shape != site.node.shape[1:]:
+        # torch divides the extra edge window by its part inside the padded input; ONNX AveragePool
+        # does not define that divisor (and runtimes differ), so the exact meaning cannot be stated.
+        raise _cannot(
+            site,
+            f"ceil_mode=True adds a partial window at the edge ({site.node.shape[1]}×{site.node.shape[2]} instead "
+            f"of {floor_shape[0]}×{floor_shape[1]}) whose divisor ONNX AveragePool does not define as torch does; "
+            "use ceil_mode=False or an input size where ceil and floor agree",
+        )
+    # Without an edge window every window lies inside the padded input, so count_include_pad=1
+    # divides by the kernel area exactly as torch does; ceil_mode can be dropped.
+    builder.node(
+        "AveragePool",
+        [site.inputs[0]],
+        site,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=_pads(op.padding),
+        ceil_mode=0,
+        count_include_pad=int(op.count_include_pad),
+    )
+
+
+def _global_average_pool(builder: _Builder, site: Site) -> None:
+    builder.node("GlobalAveragePool", [site.inputs[0]], site)
+
+
+def _flatten(builder: _Builder, site: Site) -> None:
+    # (batch, C, H, W) -> (batch, C*H*W), channel-major: torch.flatten(x, 1).
+    builder.node("Flatten", [site.inputs[0]], site, axis=1)
+
+
+def _linear(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, Linear)
+    inputs = [site.inputs[0], builder.weight(f"{site.name}.weight")]
+    if op.bias:
+        inputs.append(builder.weight(f"{site.name}.bias"))
+    # The weight stays in torch's (out, in) layout; transB=1 computes x @ W.T + b.
+    builder.node("Gemm", inputs, site, transB=1)
+
+
+def _add(builder: _Builder, site: Site) -> None:
+    builder.node("Add", list(site.inputs), site)
+
+
+def _subsample(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, Subsample)
+    # x[:, :, ::s, ::s]: Slice over H and W from 0 to the end (INT64_MAX clamps) in steps of s.
+    constants = {
+        "starts": [0, 0],
+        "ends": [np.iinfo(np.int64).max] * 2,
+        "axes": [2, 3],
+        "steps": [op.stride, op.stride],
+    }
+    inputs = [builder.tensor(f"{site.name}.{key}", np.array(value, np.int64)) for key, value in constants.items()]
+    builder.node("Slice", [site.inputs[0], *inputs], site)
+
+
+def _pad_channels(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, PadChannels)
+    # Pad's pads are all begins (N, C, H, W) then all ends; zeros are its default constant.
+    pads = builder.tensor(f"{site.name}.pads", np.array([0, op.before, 0, 0, 0, op.after, 0, 0], np.int64))
+    builder.node("Pad", [site.inputs[0], pads], site, mode="constant")
+
+
+Emitter = Callable[[_Builder, Site], None]
+EMITTERS: dict[str, Emitter] = {
+    "conv": _conv,
+    "batch_norm": _batch_norm,
+    "relu": _relu,
+    "max_pool": _max_pool,
+    "avg_pool": _avg_pool,
+    "global_average_pool": _global_average_pool,
+    "flatten": _flatten,
+    "linear": _linear,
+    "add": _add,
+    "subsample": _subsample,
+    "pad_channels": _pad_channels,
+}
+assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
+
+
+def module_output_name(graph: Graph, index: int) -> str:
+    """The ONNX name of module ``index``'s output: ``output`` for the last module, else the module
+    path (``layer1.0``), or its role where the path is empty (``stem``)."""
+    module = graph.modules[index]
+    return OUTPUT_NAME if index == len(graph.modules) - 1 else module.path or module.role
+
+
+def _folds(module: Module) -> dict[str, Node]:
+    """conv node name -> the BatchNorm that directly follows it and is the conv output's only reader."""
+    readers: dict[str, list[Node]] = {}
+    for node in module.nodes:
+        for value in node.inputs:
+            readers.setdefault(value, []).append(node)
+    kinds = {node.name: node.op for node in module.nodes}
+    folds: dict[str, Node] = {}
+    for node in module.nodes:
+        if isinstance(node.op, BatchNorm) and isinstance(kinds.get(node.inputs[0]), Conv):
+            conv = node.inputs[0]
+            if len(readers[conv]) == 1:
+                folds[conv] = node
+    return folds
+
+
+def build_model(
+    graph: Graph,
+    weights: Mapping[str, npt.NDArray[np.generic]] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fold_bn: bool = False,
+    seed: int = 0,
+    block_outputs: bool = False,
+) -> onnx.ModelProto:
+    """The ONNX model of ``graph``: input ``input`` ``(batch, C, H, W)``, output ``output``.
+
+    ``weights`` are canonical (torch layout, checked strictly); None draws fresh ones with
+    :func:`initial_weights` and ``seed``. ``fold_bn`` folds each BatchNorm into the conv before it
+    (the conv then gets a bias, ``layer1.0.conv1.bias``). ``block_outputs`` adds every module's
+    output as an extra graph output (``stem``, ``layer1.0``, ...), for block-by-block comparison
+    with other backends.
+
+    NOTE: ``fold_bn`` is off by default. Kept as BatchNormalization, every canonical parameter is
+    in the file under its own name, so the file can be read back into canonical weights, and the
+    graph reads as the spec does; ONNX Runtime fuses conv and BatchNorm itself when it loads a
+    model, so folding here gains no speed there (benchmarks/onnx_emit.py measures the same
+    latency). Fold for runtimes that don't fuse.
+    """
+    if opset not in SUPPORTED_OPSETS:
+        raise RescompileError(
+            f"ONNX opset {opset} is not supported: the ONNX backend emits opsets "
+            f"{SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
+    if weights is None:
+        weights = initial_weights(graph, seed)
+    else:
+        check_weights(graph, weights)
+    builder = _Builder(weights)
+    value_names: set[str] = {INPUT_NAME}
+    outputs: list[onnx.ValueInfoProto] = []
+    previous = INPUT_NAME
+    for index, module in enumerate(graph.modules):
+        folds = _folds(module) if fold_bn else {}
+        folded_away = {bn.name: conv for conv, bn in folds.items()}
+        values = {MODULE_INPUT: previous}
+        for node in module.nodes:
+            name = module.canonical(node.name)
+            output = module_output_name(graph, index) if node.name == module.output else name
+            if node.name in folded_away:
+                # The conv before it already computes this value.
+                values[node.name] = values[folded_away[node.name]]
+                continue
+            if node.name in folds:
+                bn = folds[node.name]
+                output = module_output_name(graph, index) if bn.name == module.output else module.canonical(bn.name)
+            if output in value_names:
+                raise RescompileError(f"{name}: the ONNX value name {output!r} is used twice", node.source)
+            value_names.add(output)
+            values[node.name] = output
+            site = Site(module, node, name, tuple(values[value] for value in node.inputs), output, folds.get(node.name))
+            emitter = EMITTERS.get(node.op.kind)
+            if emitter is None:
+                raise _cannot(site, "no emitter for this op kind")
+            emitter(builder, site)
+        previous = values[module.output]
+        assert module.out_shape is not None, "shapes not inferred"
+        if block_outputs and index < len(graph.modules) - 1:
+            outputs.append(_value_info(previous, module.out_shape))
+    model = builder.model
+    model.graph.name = graph.name
+    model.graph.doc_string = graph.network.description
+    model.graph.input.append(_value_info(INPUT_NAME, graph.input_shape))
+    model.graph.output.extend([_value_info(OUTPUT_NAME, graph.output_shape), *outputs])
+    opset_id = helper.make_opsetid("", opset)
+    model.opset_import.append(opset_id)
+    # The oldest IR version that carries this opset, for the widest range of runtimes.
+    model.ir_version = helper.find_min_ir_version_for([opset_id])
+    model.producer_name = "rescompile"
+    model.producer_version = rescompile.__version__
+    model.doc_string = f"{graph.name}, compiled from its rescompile spec"
+    return model
+
+
+def _value_info(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIMENSION, *shape])
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write ``model`` to ``path`` reproducibly (same model, same bytes) and atomically.
+
+    A model near or over 2 GiB (protobuf's limit) is written with its large tensors in
+    ``PATH.data`` beside it (``location`` relative, so the pair can be moved together). Any failure
+    raises ``RescompileError("cannot write PATH: reason")`` and leaves existing files untouched.
+    """
+    target = Path(path)
+    if sum(_tensor_bytes(tensor) for tensor in model.graph.initializer) + _SKELETON_ALLOWANCE < _PROTOBUF_LIMIT:
+        _write_atomically([(target, [model.SerializeToString()])])
+        return
+    data_path = target.with_name(f"{target.name}.data")
+    moved: list[tuple[TensorProto, bytes]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    try:
+        # Move raw data out of the model (restored below: the caller's model is left as it was).
+        for tensor in model.graph.initializer:
+            if _tensor_bytes(tensor) < _EXTERNAL_MINIMUM_BYTES:
+                continue
+            raw = tensor.raw_data
+            padding = -offset % _EXTERNAL_ALIGNMENT
+            chunks += [bytes(padding), raw]
+            offset += padding
+            moved.append((tensor, raw))
+            tensor.ClearField("raw_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(raw)
+        _write_atomically([(data_path, chunks), (target, [model.SerializeToString()])])
+    finally:
+        for tensor, raw in moved:
+            # ClearField, not assigning DEFAULT: an explicitly set field would change the bytes.
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            tensor.raw_data = raw
+
+
+def _tensor_bytes(tensor: TensorProto) -> int:
+    """Bytes of raw data in ``tensor``, from its dims and type.
+
+    NOTE: neither ``len(tensor.raw_data)``, which copies the data, nor ``model.ByteSize()``, which
+    the upb protobuf runtime computes by serialising the whole model (as slow as writing it).
+    """
+    if not tensor.HasField("raw_data"):
+        return 0
+    return int(math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+
+
+def _write_atomically(files: list[tuple[Path, Iterable[bytes]]]) -> None:
+    """Write each file to a temporary beside it, then rename them all into place.
+
+    A failure before the renames (a missing folder, a full disk) leaves no partial file and every
+    existing file as it was. os.open with 0o666 gives the files the permissions the umask would
+    give any new file.
+    """
+    temporaries: list[tuple[Path, Path]] = []
+    path = files[0][0]
+    try:
+        for path, chunks in files:
+            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            temporaries.append((temporary, path))
+            with os.fdopen(descriptor, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        for temporary, path in temporaries:
+            os.replace(temporary, path)
+    except OSError as error:
+        for temporary, _ in temporaries:
+            temporary.unlink(missing_ok=True)
+        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+ModelSource = onnx.ModelProto | bytes | str | os.PathLike[str]
+
+
+def run_onnxruntime(model: ModelSource, x: npt.NDArray[Any]) -> Array:
+    """The ``output`` of ``model`` (a ModelProto, its bytes, or a file) on ``x``, run by ONNX
+    Runtime's CPU provider in fp32. A model with external data must be given as its file."""
+    return onnxruntime_outputs(model, x)[OUTPUT_NAME]
+
+
+def onnxruntime_outputs(model: ModelSource, x: npt.NDArray[Any]) -> dict[str, Array]:
+    """Every graph output by name, in graph order: ``output``, then with ``block_outputs=True``
+    ``stem``, ``layer1.0``, ..."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if not isinstance(source, bytes):
+        source = os.fspath(source)
+    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    results = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)})
+    names = [output.name for output in session.get_outputs()]
+    return {name: np.asarray(result, dtype=np.float32) for name, result in zip(names, results, strict=True)}
+
+
+__all__ = [
+    "BATCH_DIMENSION",
+    "DEFAULT_OPSET",
+    "EMITTERS",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "SUPPORTED_OPSETS",
+    "build_model",
+    "module_output_name",
+    "onnxruntime_outputs",
+    "run_onnxruntime",
+    "save_model",
+]
