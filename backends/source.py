@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import keyword
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rescompile.compiler.ir import (
@@ -35,7 +36,9 @@ from rescompile.spec.expressions import Expression, Value
 from rescompile.spec.models import BlockSpec, LinearSpec, OpSpec, PartSpec, ShortcutSpec
 
 SHORTCUT_VARIABLE = "shortcut"
-RESERVED_NAMES = frozenset({"self", "x", "out", "shortcut", "nn", "torch", "jax", "jnp", "F", "rngs", "super"})
+RESERVED_NAMES = frozenset(
+    {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial"}
+)
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,29 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         assert isinstance(width, int) and isinstance(stride, int)
         calls.append(StageCall(stage, first.in_shape[0], first.out_shape[0], width, len(blocks), stride, options))
     return calls
+
+
+def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str]) -> list[str]:
+    """``_make_stage``'s lines choosing each block's shortcut by the network's policy, as the IR
+    chose it: ``constructors`` maps a shortcut kind to the source that builds it."""
+
+    def construct(kind: str | None) -> str:
+        return "None" if kind is None or kind == "identity" else constructors[kind]
+
+    changes = {
+        module.shortcut: module.in_shape[0] != (module.out_shape or (0,))[0] or module.parameter("stride") != 1
+        for module in graph.blocks
+    }
+    match_kind = next((kind for kind, change in changes.items() if not change), None)
+    change_kind = next((kind for kind, change in changes.items() if change), None)
+    if match_kind is None or change_kind is None or construct(match_kind) == construct(change_kind):
+        return [f"{attribute} = {construct(change_kind or match_kind)}"]
+    return [
+        "if block_stride != 1 or in_channels != out_channels:",
+        f"    {attribute} = {construct(change_kind)}",
+        "else:",
+        f"    {attribute} = {construct(match_kind)}",
+    ]
 
 
 def text(value: Value) -> str:

@@ -21,6 +21,7 @@ from rescompile.backends.source import (
     block_class,
     class_name,
     instance_nodes,
+    shortcut_choice,
     shortcut_classes,
     stage_calls,
     text,
@@ -179,33 +180,15 @@ def emit_source(graph: Graph) -> str:
             }
         )
 
-    def construct(kind: str | None) -> str:
-        if kind is None or kind == "identity":
-            return "None"
-        return f"{shortcut_names[kind]}(in_channels, out_channels, block_stride)"
-
     residual = graph.residual
-    policy = {
-        (
-            block.shortcut is not None,
-            block.in_shape[0] != (block.out_shape or (0,))[0] or block.parameter("stride") != 1,
-        ): block.shortcut
-        for block in graph.blocks
-    }
-    shortcut_choice: list[str] = []
     attribute = block.shortcut_attribute
+    shortcut_lines: list[str] = []
     if residual and attribute is not None:
-        match_kind = policy.get((True, False))
-        change_kind = policy.get((True, True))
-        if match_kind is None or change_kind is None or construct(match_kind) == construct(change_kind):
-            shortcut_choice = [f"{attribute} = {construct(change_kind or match_kind)}"]
-        else:
-            shortcut_choice = [
-                "if block_stride != 1 or in_channels != out_channels:",
-                f"    {attribute} = {construct(change_kind)}",
-                "else:",
-                f"    {attribute} = {construct(match_kind)}",
-            ]
+        constructors = {
+            name: f"{class_or_function}(in_channels, out_channels, block_stride)"
+            for name, class_or_function in shortcut_names.items()
+        }
+        shortcut_lines = shortcut_choice(graph, attribute, constructors)
     block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if residual and attribute else "")
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
@@ -240,7 +223,7 @@ def emit_source(graph: Graph) -> str:
             "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
             "zero_init": block.zero_init,
         },
-        shortcut_choice=shortcut_choice,
+        shortcut_choice=shortcut_lines,
         block_call=block_call,
         stages=stages,
         stem_lines=_init_lines(stem),

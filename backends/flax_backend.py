@@ -1,0 +1,638 @@
+"""Flax backend: readable ``flax.nnx`` source from the IR, through a jinja2 template.
+
+:func:`emit_source` is the one lowering path: :func:`build_module` executes exactly that source,
+and ``rescompile SPEC --backend flax -o model.py`` writes it. The written file needs jax and flax
+alone. Activations are NHWC; padding is written as explicit ``(low, high)`` pairs everywhere
+(flax's ``"SAME"`` pads asymmetrically on even sizes, torch never does).
+
+Attribute names follow torchvision's (``conv1``, ``layer1`` a list of blocks, ``downsample``,
+``fc``), so a flax state path reads like its canonical name: ``layer2.0.downsample.0.weight`` is
+``layer2/0/downsample/layers/0/kernel`` (``layers`` is where ``nnx.Sequential`` keeps its items).
+:func:`load_weights` and :func:`to_weights` convert between that state and the canonical weights
+(torch layout): conv ``OIHW <-> HWIO``, linear ``(out, in) <-> (in, out)``, BatchNorm
+``weight/bias/running_mean/running_var <-> scale/bias/mean/var``.
+
+BatchNorm is a small module emitted into the generated file rather than ``nnx.BatchNorm``: it has
+flax's names and momentum convention but torch's training semantics, updating ``var`` with the
+*unbiased* batch variance (``nnx.BatchNorm`` uses the biased one).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import numpy as np
+
+import rescompile
+from rescompile.backends.source import (
+    ShortcutClass,
+    SourceNode,
+    block_class,
+    class_name,
+    instance_nodes,
+    shortcut_choice,
+    shortcut_classes,
+    stage_calls,
+    text,
+)
+from rescompile.backends.torch_backend import load_source
+from rescompile.compiler.ir import OP_KINDS, BatchNorm, Conv, Graph, Linear, Module, Shape
+from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
+from rescompile.spec.errors import RescompileError
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+LINE_LENGTH = 120
+"""Generated lines are wrapped as ruff/black would at the project's line length."""
+
+# Names the generated file defines at module level or uses inside constructors; a block parameter
+# of the same name would shadow them.
+# Names the generated flax file defines besides source.RESERVED_NAMES.
+FLAX_RESERVED_NAMES = frozenset({"conv_init", "linear_init", "BatchNorm", "subsample", "pad_channels"})
+# Methods of the generated network class that a stem or head node must not overwrite.
+NETWORK_METHODS = frozenset({"stem", "head", "_make_stage"})
+
+
+# --- lowering table -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How one IR node becomes flax code.
+
+    Exactly one of: a *layer* with variables, held as an attribute (``self.conv1 = nnx.Conv(...)``);
+    a *function* applied in ``__call__`` with keyword *arguments* (``nnx.max_pool(x, ...)``); or a
+    parameterless *expression* of the input ``{x}``.
+    """
+
+    layer: tuple[str, list[str]] | None = None
+    """Constructor and its arguments: ``("nnx.Conv", ["3", "64", "kernel_size=(7, 7)", ...])``."""
+    function: str | None = None
+    arguments: list[tuple[str, str]] = field(default_factory=list)
+    """Keyword arguments of ``function`` after the input, as (keyword, source text)."""
+    expression: str | None = None
+
+
+def _pair(value: str) -> str:
+    return f"({value}, {value})"
+
+
+def _padding(value: str) -> str:
+    # NOTE: explicit pairs even for 0: nnx.Conv's default padding is "SAME".
+    return f"({_pair(value)}, {_pair(value)})"
+
+
+def _conv(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    arguments = [a["in_channels"], a["out_channels"], f"kernel_size={_pair(a['kernel'])}"]
+    if a["stride"] != "1":
+        arguments.append(f"strides={a['stride']}")
+    arguments.append(f"padding={_padding(a['padding'])}")
+    if a["dilation"] != "1":
+        arguments.append(f"kernel_dilation={a['dilation']}")
+    if a["groups"] != "1":
+        arguments.append(f"feature_group_count={a['groups']}")
+    arguments += [f"use_bias={a['bias']}", "kernel_init=conv_init", "rngs=rngs"]
+    return Lowering(layer=("nnx.Conv", arguments))
+
+
+def flax_momentum(torch_momentum: str) -> str:
+    """torch's momentum (weight of the batch statistic) as flax's (weight of the running value).
+
+    Computed in decimal so that ``0.1`` becomes ``0.9``, the number a person would write."""
+    try:
+        return repr(float(Decimal(1) - Decimal(torch_momentum)))
+    except InvalidOperation:
+        raise RescompileError(
+            f"BatchNorm momentum must be a number for the flax backend, got {torch_momentum}"
+        ) from None
+
+
+def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    arguments = [a["channels"]]
+    momentum = flax_momentum(a["momentum"])
+    if momentum != "0.9":
+        arguments.append(f"momentum={momentum}")
+    if a["epsilon"] != "1e-05":
+        arguments.append(f"epsilon={a['epsilon']}")
+    return Lowering(layer=("BatchNorm", arguments))
+
+
+def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    arguments = [a["in_features"], a["out_features"]]
+    if a["bias"] != "True":
+        arguments.append(f"use_bias={a['bias']}")
+    arguments += ["kernel_init=linear_init", "rngs=rngs"]
+    return Lowering(layer=("nnx.Linear", arguments))
+
+
+def _pool(function: str) -> Callable[[SourceNode, Shape | None], Lowering]:
+    def emit(node: SourceNode, in_shape: Shape | None) -> Lowering:
+        a = node.attributes
+        if a["ceil_mode"] != "False":
+            # flax's pools have no ceil_mode; extra high padding would match max-pool but not
+            # torch's divisor for average-pool windows that run over the edge.
+            raise RescompileError(f"the flax backend cannot express {node.kind} '{node.name}' with ceil_mode")
+        arguments = [
+            ("window_shape", _pair(a["kernel"])),
+            ("strides", _pair(a["stride"])),
+            ("padding", _padding(a["padding"])),
+        ]
+        if a.get("count_include_pad", "True") != "True":
+            arguments.append(("count_include_pad", a["count_include_pad"]))
+        return Lowering(function=function, arguments=arguments)
+
+    return emit
+
+
+def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    if in_shape is not None and in_shape[1:] == (1, 1):
+        return Lowering(expression="{x}.reshape({x}.shape[0], -1)")
+    # torch.flatten is channel-major on NCHW: go through NCHW so features keep torch's order.
+    return Lowering(expression="{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)")
+
+
+def _no_layer(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    raise RescompileError(f"'{node.kind}' is written by the block's __call__, not lowered as a layer")
+
+
+# op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
+EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
+    "conv": _conv,
+    "batch_norm": _batch_norm,
+    "relu": lambda node, in_shape: Lowering(function="nnx.relu"),
+    "max_pool": _pool("nnx.max_pool"),
+    "avg_pool": _pool("nnx.avg_pool"),
+    "global_average_pool": lambda node, in_shape: Lowering(
+        function="jnp.mean", arguments=[("axis", "(1, 2)"), ("keepdims", "True")]
+    ),
+    "flatten": _flatten,
+    "linear": _linear,
+    "add": _no_layer,
+    "subsample": lambda node, in_shape: Lowering(
+        function="subsample", arguments=[("stride", node.attributes["stride"])]
+    ),
+    "pad_channels": lambda node, in_shape: Lowering(
+        function="pad_channels",
+        arguments=[("before", node.attributes["before"]), ("after", node.attributes["after"])],
+    ),
+}
+assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
+
+SUBSAMPLE_FUNCTION = '''def subsample(x: jax.Array, stride: int) -> jax.Array:
+    """Keep every ``stride``-th row and column (torch's ``x[:, :, ::stride, ::stride]``)."""
+    return x[:, ::stride, ::stride, :]'''
+
+PAD_CHANNELS_FUNCTION = '''def pad_channels(x: jax.Array, before: int, after: int) -> jax.Array:
+    """Zero channels: ``before`` in front of the input's channels, ``after`` behind them."""
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (before, after)))'''
+
+HELPER_FUNCTIONS = {"subsample": SUBSAMPLE_FUNCTION, "pad_channels": PAD_CHANNELS_FUNCTION}
+
+
+# --- source layout --------------------------------------------------------------------------------
+
+
+def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> str:
+    """``head(arguments)tail`` laid out as ruff would at :data:`LINE_LENGTH`, starting at column
+    ``indent``: on one line, else the arguments on one indented line, else one per line.
+    Continuation lines are indented relative to column 0 (the template indents the block)."""
+    joined = ", ".join(arguments)
+    if indent + len(head) + len(joined) + len(tail) + 2 <= LINE_LENGTH:
+        return f"{head}({joined}){tail}"
+    if indent + 4 + len(joined) <= LINE_LENGTH:
+        return f"{head}(\n    {joined}\n){tail}"
+    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
+
+
+def _literal(source: str) -> bool:
+    try:
+        ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return False
+    return True
+
+
+def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
+    emitter = EMITTERS.get(node.kind)
+    if emitter is None:
+        raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")
+    return emitter(node, in_shape)
+
+
+def _stored(lowering: Lowering) -> bool:
+    """Whether the node is held as an attribute: layers always; functions whose arguments name
+    constructor parameters (``stride``), which ``__call__`` cannot see, as a ``partial``."""
+    if lowering.layer is not None:
+        return True
+    return not all(_literal(value) for _, value in lowering.arguments)
+
+
+def _keywords(lowering: Lowering) -> list[str]:
+    return [f"{keyword}={value}" for keyword, value in lowering.arguments]
+
+
+def _constructor(lowering: Lowering, prefix: str, indent: int, tail: str = "") -> str:
+    """Source building what a stored node holds: the layer, or a ``partial`` of its function."""
+    if lowering.layer is not None:
+        callee, arguments = lowering.layer
+        return wrap_call(f"{prefix}{callee}", arguments, indent, tail)
+    assert lowering.function is not None
+    if not lowering.arguments:
+        return f"{prefix}{lowering.function}{tail}"
+    return wrap_call(f"{prefix}partial", [lowering.function, *_keywords(lowering)], indent, tail)
+
+
+def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
+    """The ``__call__`` statement computing ``node``."""
+    x = node.inputs[0]
+    prefix = f"{node.output} = "
+    if _stored(lowering):
+        return f"{prefix}self.{node.attribute}({x})"
+    if lowering.expression is not None:
+        return prefix + lowering.expression.format(x=x)
+    assert lowering.function is not None
+    return wrap_call(f"{prefix}{lowering.function}", [x, *_keywords(lowering)], indent)
+
+
+def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]:
+    return [
+        _constructor(lowering, f"self.{node.attribute} = ", 8)
+        for node, lowering in zip(nodes, lowerings, strict=True)
+        if node.kind != "add" and _stored(lowering)
+    ]
+
+
+def _call_lines(nodes: list[SourceNode], lowerings: list[Lowering], shortcut_attribute: str | None = None) -> list[str]:
+    lines: list[str] = []
+    for node, lowering in zip(nodes, lowerings, strict=True):
+        if node.kind == "add":
+            if shortcut_attribute is not None and "shortcut" in node.inputs:
+                lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
+            lines.append(f"{node.output} = {node.inputs[0]} + {node.inputs[1]}")
+        else:
+            lines.append(_application(node, lowering, 8))
+    return lines
+
+
+def _class_lowerings(nodes: list[SourceNode]) -> list[Lowering]:
+    return [Lowering() if node.kind == "add" else _lower(node) for node in nodes]
+
+
+def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
+    nodes = instance_nodes(module)
+    for node in nodes:
+        if node.attribute in NETWORK_METHODS:
+            raise RescompileError(f"node name '{node.attribute}' is a method of the generated flax network")
+    in_shapes = [node.in_shapes[0] if node.in_shapes else None for node in module.nodes]
+    lowerings = [
+        Lowering() if node.kind == "add" else _lower(node, in_shape)
+        for node, in_shape in zip(nodes, in_shapes, strict=True)
+    ]
+    return nodes, lowerings
+
+
+def _needs_rngs(nodes: list[SourceNode]) -> bool:
+    return any(node.kind in ("conv", "linear") for node in nodes)
+
+
+def _check_names(names: list[str], what: str) -> None:
+    for name in names:
+        if name in FLAX_RESERVED_NAMES:
+            raise RescompileError(f"{what} '{name}' would shadow a name the flax backend's generated code uses")
+
+
+def _annotation(value: object) -> str:
+    return type(value).__name__
+
+
+def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
+    """What the template needs for one shortcut part: a function returning an ``nnx.Sequential``
+    (torchvision's ``downsample``) or a module class."""
+    lowerings = _class_lowerings(shortcut.nodes)
+    rngs = _needs_rngs(shortcut.nodes)
+    name = shortcut.spec.name if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
+    items = []
+    if shortcut.sequential:
+        items = [_item(node, lowering) for node, lowering in zip(shortcut.nodes, lowerings, strict=True)]
+    return {
+        "spec": shortcut.spec,
+        "name": name,
+        "sequential": shortcut.sequential,
+        "rngs": rngs,
+        "items": items,
+        "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
+        + _init_lines(shortcut.nodes, lowerings),
+        "call_lines": [*_call_lines(shortcut.nodes, lowerings), f"return {shortcut.nodes[-1].output}"],
+        "constructor": f"{name}(in_channels, out_channels, block_stride{', rngs=rngs' if rngs else ''})",
+    }
+
+
+def emit_source(graph: Graph) -> str:
+    """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
+    block = block_class(graph)
+    _check_names([*block.parameters, *block.derived], "block parameter")
+    shortcuts = []
+    for shortcut in shortcut_classes(graph):
+        _check_names([*shortcut.spec.parameters, *shortcut.derived], "shortcut parameter")
+        shortcuts.append(_shortcut_view(shortcut))
+    block_name = class_name(block.spec.name, "Block")
+    kinds_used = {node.op.kind for _, node in graph.nodes()}
+    attribute = block.shortcut_attribute if graph.residual else None
+    constructors = {view["spec"].name: view["constructor"] for view in shortcuts}
+    block_lowerings = _class_lowerings(block.nodes)
+    block_rngs = _needs_rngs(block.nodes)
+    block_init = [f"{name} = {value}" for name, value in block.derived.items()]
+    block_init += _init_lines(block.nodes, block_lowerings)
+    stored_lines = [*block_init, *(line for view in shortcuts for line in view["init_lines"] + view["items"])]
+    calls = stage_calls(graph)
+    options_used = any(call.options for call in calls)
+    block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
+    block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if block_rngs else [])
+    stages = []
+    for call in calls:
+        options = "".join(f", {name}={text(value)}" for name, value in call.options.items())
+        stages.append(
+            f"self.{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
+            f"width={call.width}, depth={call.depth}, stride={call.stride}{options}, rngs=rngs)"
+        )
+    stem_nodes, stem_lowerings = _instance(graph.modules[0])
+    head_nodes, head_lowerings = _instance(graph.modules[-1])
+    nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
+    template = _environment().get_template("flax_model.py.jinja")
+    return template.render(
+        version=rescompile.__version__,
+        graph=graph,
+        input_shape="×".join(map(str, nhwc_input)),
+        input_example=", ".join(map(str, nhwc_input)),
+        output_shape="×".join(map(str, graph.output_shape)),
+        output_example=", ".join(map(str, graph.output_shape)),
+        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used],
+        uses_partial=any("partial(" in line for line in stored_lines),
+        uses_linear="linear" in kinds_used,
+        options_used=options_used,
+        shortcuts=shortcuts,
+        block={
+            "name": block_name,
+            "spec": block.spec,
+            "shortcut_attribute": attribute,
+            "rngs": block_rngs,
+            "parameters": [(name, (_annotation(value), text(value))) for name, value in block.parameters.items()],
+            "init_lines": block_init,
+            "call_lines": [*_call_lines(block.nodes, block_lowerings, attribute), f"return {block.nodes[-1].output}"],
+            "zero_init": block.zero_init,
+        },
+        shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
+        block_call=wrap_call(f"blocks.append({block_name}", block_arguments, 12, ")"),
+        stages=stages,
+        stage_tuple=", ".join(f"self.{call.attribute}" for call in calls) + ("," if len(calls) == 1 else ""),
+        stem_init=_init_lines(stem_nodes, stem_lowerings),
+        head_init=_init_lines(head_nodes, head_lowerings),
+        stem_lines=_call_lines(stem_nodes, stem_lowerings),
+        head_lines=_call_lines(head_nodes, head_lowerings),
+    )
+
+
+def _item(node: SourceNode, lowering: Lowering) -> str:
+    """One item of an ``nnx.Sequential`` shortcut."""
+    if lowering.expression is not None:
+        return f"lambda x: {lowering.expression.format(x='x')},"
+    return _constructor(lowering, "", 8, ",")
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rescompile.backends", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def build_module(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> nnx.Module:
+    """The flax module for ``graph``, built from the source :func:`emit_source` writes.
+
+    It starts in training mode, as torch modules do; call ``model.eval()`` for inference."""
+    from flax import nnx
+
+    module = load_source(emit_source(graph), f"rescompile_generated_flax_{_identifier(graph.name)}")
+    model: nnx.Module = module.ResNet(zero_init_residual, rngs=nnx.Rngs(seed))
+    return model
+
+
+def _identifier(name: str) -> str:
+    return "".join(character if character.isalnum() else "_" for character in name)
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Where one canonical weight lives in the flax state, and how its layout changes."""
+
+    path: str
+    """Flax state path joined with ``/``: ``layer1/0/conv1/kernel``."""
+    to_flax: Callable[[Array], Array]
+    from_flax: Callable[[Array], Array]
+
+
+def _same(array: Array) -> Array:
+    return array
+
+
+def _oihw_to_hwio(array: Array) -> Array:
+    return array.transpose(2, 3, 1, 0)
+
+
+def _hwio_to_oihw(array: Array) -> Array:
+    return array.transpose(3, 2, 0, 1)
+
+
+def _transpose(array: Array) -> Array:
+    return array.T
+
+
+# canonical suffix -> (flax variable name, to flax, from flax), per op type.
+CONV_VARIABLES = {"weight": ("kernel", _oihw_to_hwio, _hwio_to_oihw), "bias": ("bias", _same, _same)}
+LINEAR_VARIABLES = {"weight": ("kernel", _transpose, _transpose), "bias": ("bias", _same, _same)}
+BATCH_NORM_VARIABLES = {
+    "weight": ("scale", _same, _same),
+    "bias": ("bias", _same, _same),
+    "running_mean": ("mean", _same, _same),
+    "running_var": ("var", _same, _same),
+}
+
+
+def conversions(graph: Graph) -> dict[str, Conversion]:
+    """Every canonical weight name of ``graph`` with its flax state path and layout conversion."""
+    sequential = {shortcut.spec.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
+    table: dict[str, Conversion] = {}
+    for module, node in graph.nodes():
+        op = node.op
+        if isinstance(op, Conv):
+            variables = {suffix: CONV_VARIABLES[suffix] for suffix in ("weight", "bias")[: 2 if op.bias else 1]}
+        elif isinstance(op, Linear):
+            variables = {suffix: LINEAR_VARIABLES[suffix] for suffix in ("weight", "bias")[: 2 if op.bias else 1]}
+        elif isinstance(op, BatchNorm):
+            variables = BATCH_NORM_VARIABLES
+        else:
+            continue
+        parts = node.name.split(".")
+        if len(parts) == 2 and parts[0] in sequential:
+            parts = [parts[0], "layers", parts[1]]
+        prefix = "/".join([*module.path.split("."), *parts] if module.path else parts)
+        for suffix, (variable, to_flax, from_flax) in variables.items():
+            table[f"{module.canonical(node.name)}.{suffix}"] = Conversion(f"{prefix}/{variable}", to_flax, from_flax)
+    return table
+
+
+def _flat_state(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], Any]]:
+    """Every variable of ``model``: path joined with ``/`` -> (path, variable)."""
+    from flax import nnx
+
+    return {"/".join(map(str, path)): (path, variable) for path, variable in nnx.to_flat_state(nnx.state(model))}
+
+
+def _check_model(graph: Graph, table: Mapping[str, Conversion], state: Mapping[str, Any]) -> None:
+    """Every state variable belongs to exactly one canonical weight, and has its shape (converted)."""
+    canonical_shapes = weight_shapes(graph)
+    # A zero-strided view: the conversion's shape without touching memory.
+    shapes = {
+        conversion.path: conversion.to_flax(np.broadcast_to(np.float32(0), canonical_shapes[name])).shape
+        for name, conversion in table.items()
+    }
+    missing = [path for path in shapes if path not in state]
+    unexpected = [path for path in state if path not in shapes]
+    misshaped = [
+        f"{path} {tuple(state[path][1].shape)} (expected {shape})"
+        for path, shape in shapes.items()
+        if path in state and tuple(state[path][1].shape) != shape
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise RescompileError(f"the flax model's state does not fit {graph.name}: " + "; ".join(problems))
+
+
+# NOTE: nnx.eval_shape's cost grows quadratically with depth (flax counts random keys under
+# tracing): 0.3 s for resnet50, 0.5 s for resnet110, ~54 s for resnet1202, whose eager build takes
+# ~4 s. Past this many blocks the eager build is the faster one.
+_EVAL_SHAPE_MAX_BLOCKS = 200
+
+
+def module_for_weights(graph: Graph) -> nnx.Module:
+    """A model whose every variable :func:`load_weights` is about to replace: built abstractly
+    (shapes only, no random initialisation) where that is faster, in eval mode."""
+    from flax import nnx
+
+    if len(graph.blocks) <= _EVAL_SHAPE_MAX_BLOCKS:
+        model: nnx.Module = nnx.eval_shape(lambda: build_module(graph))
+    else:
+        model = build_module(graph)
+    model.eval()
+    return model
+
+
+def load_weights(model: nnx.Module, graph: Graph, weights: Mapping[str, np.ndarray]) -> None:
+    """Load canonical weights (torch layout) into a flax model built for ``graph``, strictly.
+
+    Raises :class:`RescompileError` listing missing, unexpected and mis-shaped names when the weights
+    do not fit the graph, or the model's state does not fit the graph."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    check_weights(graph, weights)
+    table = conversions(graph)
+    state = _flat_state(model)
+    _check_model(graph, table, state)
+    update = {
+        state[table[name].path][0]: jnp.asarray(table[name].to_flax(np.asarray(array, dtype=np.float32)))
+        for name, array in weights.items()
+    }
+    nnx.update(model, nnx.from_flat_state(update))
+
+
+def to_weights(model: nnx.Module, graph: Graph) -> Weights:
+    """The canonical weights (torch layout) of a flax model built for ``graph``."""
+    table = conversions(graph)
+    state = _flat_state(model)
+    _check_model(graph, table, state)
+    return {
+        name: np.ascontiguousarray(conversion.from_flax(np.asarray(state[conversion.path][1][...], dtype=np.float32)))
+        for name, conversion in table.items()
+    }
+
+
+# --- block outputs --------------------------------------------------------------------------------
+
+
+def _stages(model: nnx.Module) -> list[tuple[str, Any]]:
+    """The network's stages (``layer1``, …): its ``nnx.List`` attributes, in the order built."""
+    from flax import nnx
+
+    return [(name, value) for name, value in vars(model).items() if isinstance(value, nnx.List)]
+
+
+def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None) -> dict[str, Any]:
+    outputs = {"stem": model.stem(images)}
+    previous = "stem"
+    for stage_name, stage in _stages(model):
+        for index, block in enumerate(stage):
+            name = f"{stage_name}.{index}"
+            outputs[name] = block(outputs[previous] if feed is None else feed[previous])
+            previous = name
+    outputs["head"] = model.head(outputs[previous] if feed is None else feed[previous])
+    return outputs
+
+
+@functools.cache
+def _jitted_blocks() -> Callable[[Any, Any, dict[str, Any] | None], dict[str, Any]]:
+    from flax import nnx
+
+    return nnx.jit(_run_blocks)
+
+
+def block_outputs(
+    model: nnx.Module, images: np.ndarray, feed: Mapping[str, np.ndarray] | None = None, jit: bool = True
+) -> dict[str, np.ndarray]:
+    """Every module's output by canonical module name, in torch layout, for comparing backends.
+
+    ``images``: a batch in torch layout ``(batch, channels, height, width)``. Returns ``stem``, each
+    block (``layer1.0``, …, in network order) and ``head`` (the logits); 4-d outputs are converted
+    from NHWC back to NCHW. With ``feed`` (another backend's outputs, same names and layout), every
+    module after the stem runs on ``feed`` of the module before it rather than on this model's own
+    output, so each module is compared on identical inputs and differences do not accumulate.
+    The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
+    one forward pass would. ``jit=False`` runs eagerly (faster for one call on a small input).
+    """
+    names = ["stem", *(f"{name}.{index}" for name, stage in _stages(model) for index in range(len(stage))), "head"]
+    fed = None if feed is None else {name: _flax_layout(feed[name]) for name in names[:-1]}
+    run = _jitted_blocks() if jit else _run_blocks
+    outputs = run(model, _flax_layout(images), fed)
+    # jax returns dicts with sorted keys: restore network order.
+    return {name: _torch_layout(np.asarray(outputs[name])) for name in names}
+
+
+def _flax_layout(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
+
+
+def _torch_layout(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else array
