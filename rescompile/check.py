@@ -85,9 +85,8 @@ def run_flax(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) ->
     from rescompile.backends import flax_backend
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    model = flax_backend.build_module(graph)
+    model = flax_backend.module_for_weights(graph)  # in eval mode, like the other backends
     flax_backend.load_weights(model, graph, weights)
-    model.eval()  # BatchNorm on running statistics, like the other backends
     outputs = flax_backend.block_outputs(model, inputs, jit=False)
     return {name: np.asarray(outputs[name]) for name in module_names(graph)}
 

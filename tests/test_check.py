@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rescompile.check import Progress, check, module_names
+from rescompile.check import RUNNERS, Progress, check, format_result, module_names
 from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import random_weights
+from rescompile.spec import builtin_networks
 from rescompile.testing import TOLERANCES
 
 BACKENDS = ("torch", "onnx")
@@ -74,3 +75,14 @@ def test_progress_writes_one_line_per_step_when_not_a_terminal(tmp_path: Path) -
         "[##########..........] 1/2 one",
         "[####################] 2/2 two",
     ]
+
+
+@pytest.mark.parametrize("name", builtin_networks())
+def test_check_passes_for_every_builtin_at_a_small_size(name: str) -> None:
+    graph = compile_spec(name, size=32)
+    weights = random_weights(graph, seed=0)
+    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    backends = tuple(RUNNERS)
+    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
+    assert [pair.first_mismatch for pair in result.pairs] == [None, None, None], format_result(result)
+    assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)

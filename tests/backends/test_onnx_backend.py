@@ -51,17 +51,6 @@ SMALL = 32
 EXACT = Tolerance(atol=0.0, rtol=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """NOTE: torch on one thread for this module. Its OpenMP threads busy-wait at every barrier, and
-    on a shared two-core machine (other test processes, ONNX Runtime's own pool) that made this file
-    2-4× slower: 37 s instead of 80-150 s here. The small inputs used here gain little from two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tamed_weights(graph: Graph, seed: int = 0) -> Weights:
     """``random_weights`` with each residual branch's last BatchNorm weight and bias scaled by
     ``1/sqrt(blocks)``, so that activations stay O(1) however deep the network is."""
