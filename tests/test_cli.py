@@ -35,6 +35,37 @@ def test_compile_torch_writes_the_file_and_prints_a_summary(tmp_path: Path, caps
     assert "class BasicBlock(nn.Module):" in output.read_text()
 
 
+def test_compile_onnx_and_flax_write_their_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    model_path = tmp_path / "net.onnx"
+    assert main(["resnet20", "--backend", "onnx", "-o", str(model_path), "--opset", "17", "--fold-bn"]) == 0
+    model = onnx.load(str(model_path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 17
+    assert not [node for node in model.graph.node if node.op_type == "BatchNormalization"]
+    flax_path = tmp_path / "net_flax.py"
+    assert main(["resnet20", "--backend", "flax", "-o", str(flax_path)]) == 0
+    assert "from flax import nnx" in flax_path.read_text()
+    printed = capsys.readouterr().out
+    assert f"wrote {model_path} (onnx," in printed and f"wrote {flax_path} (flax," in printed
+
+
+def test_onnx_embeds_given_weights(tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from rescompile.compiler import compile_spec
+    from rescompile.compiler.weights import random_weights, save_weights
+
+    weights = random_weights(compile_spec("resnet20"), seed=7)
+    save_weights(weights, tmp_path / "w.safetensors")
+    output = tmp_path / "net.onnx"
+    assert main(["resnet20", "--backend", "onnx", "--weights", str(tmp_path / "w.safetensors"), "-o", str(output)]) == 0
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(output)).graph.initializer}
+    assert (initializers["layer2.0.conv1.weight"] == weights["layer2.0.conv1.weight"]).all()
+
+
 def test_compile_uses_a_default_output_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["resnet20", "--backend", "torch"]) == 0
@@ -88,6 +119,11 @@ def test_validate_and_cost_never_import_a_framework(tmp_path: Path) -> None:
         (["resnet20", "-o", "spec.yaml/out.py"], "cannot write spec.yaml/out.py: Not a directory"),
         (["resnet20", "-o", "."], "cannot write .: it is a directory"),
         (["resnet20", "--backend", "torch", "--opset", "18", "-o", "out.py"], "--opset applies to --backend onnx only"),
+        (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.py"], "opset 7"),
+        (
+            ["resnet20", "--backend", "onnx", "--weights", "spec.yaml", "-o", "out.py"],
+            "cannot read weights from spec.yaml",
+        ),
     ],
 )
 def test_errors_are_one_line_with_status_1_and_leave_the_output_untouched(
