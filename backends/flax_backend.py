@@ -43,7 +43,7 @@ from rescompile.backends.source import (
 )
 from rescompile.backends.torch_backend import load_source
 from rescompile.compiler.ir import OP_KINDS, BatchNorm, Conv, Graph, Linear, Module, Shape
-from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
+from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
 
 if TYPE_CHECKING:
@@ -514,20 +514,9 @@ def _check_model(graph: Graph, table: Mapping[str, Conversion], state: Mapping[s
         conversion.path: conversion.to_flax(np.broadcast_to(np.float32(0), canonical_shapes[name])).shape
         for name, conversion in table.items()
     }
-    missing = [path for path in shapes if path not in state]
-    unexpected = [path for path in state if path not in shapes]
-    misshaped = [
-        f"{path} {tuple(state[path][1].shape)} (expected {shape})"
-        for path, shape in shapes.items()
-        if path in state and tuple(state[path][1].shape) != shape
-    ]
-    problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        if names:
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            problems.append(f"{label}: {shown}")
+    problems = shape_mismatches(shapes, {path: tuple(state[path][1].shape) for path in state})
     if problems:
-        raise RescompileError(f"the flax model's state does not fit {graph.name}: " + "; ".join(problems))
+        raise RescompileError(f"the flax model's state does not fit {graph.name}: {problems}")
 
 
 # NOTE: nnx.eval_shape's cost grows quadratically with depth (flax counts random keys under

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import onnx.defs
 from onnx import TensorProto, helper
 
 import rescompile
+from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     OP_KINDS,
@@ -420,7 +420,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """
     target = Path(path)
     if sum(_tensor_bytes(tensor) for tensor in model.graph.initializer) + _SKELETON_ALLOWANCE < _PROTOBUF_LIMIT:
-        _write_atomically([(target, [model.SerializeToString()])])
+        write_atomically([(target, [model.SerializeToString()])])
         return
     data_path = target.with_name(f"{target.name}.data")
     moved: list[tuple[TensorProto, bytes]] = []
@@ -442,7 +442,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
             offset += len(raw)
-        _write_atomically([(data_path, chunks), (target, [model.SerializeToString()])])
+        write_atomically([(data_path, chunks), (target, [model.SerializeToString()])])
     finally:
         for tensor, raw in moved:
             # ClearField, not assigning DEFAULT: an explicitly set field would change the bytes.
@@ -460,31 +460,6 @@ def _tensor_bytes(tensor: TensorProto) -> int:
     if not tensor.HasField("raw_data"):
         return 0
     return int(math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
-
-
-def _write_atomically(files: list[tuple[Path, Iterable[bytes]]]) -> None:
-    """Write each file to a temporary beside it, then rename them all into place.
-
-    A failure before the renames (a missing folder, a full disk) leaves no partial file and every
-    existing file as it was. os.open with 0o666 gives the files the permissions the umask would
-    give any new file.
-    """
-    temporaries: list[tuple[Path, Path]] = []
-    path = files[0][0]
-    try:
-        for path, chunks in files:
-            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temporaries.append((temporary, path))
-            with os.fdopen(descriptor, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-        for temporary, path in temporaries:
-            os.replace(temporary, path)
-    except OSError as error:
-        for temporary, _ in temporaries:
-            temporary.unlink(missing_ok=True)
-        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 ModelSource = onnx.ModelProto | bytes | str | os.PathLike[str]

@@ -8,13 +8,13 @@ one form; torch's ``num_batches_tracked`` counters are not part of it.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear
 from rescompile.spec.errors import RescompileError
 
@@ -44,21 +44,26 @@ def weight_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
 
 def check_weights(graph: Graph, weights: Mapping[str, npt.NDArray[np.generic]]) -> None:
     """Strict check: every expected name present once, nothing unexpected, every shape right."""
-    expected = weight_shapes(graph)
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
+    problems = shape_mismatches(weight_shapes(graph), {name: array.shape for name, array in weights.items()})
+    if problems:
+        raise RescompileError(f"weights do not fit {graph.name}: {problems}")
+
+
+def shape_mismatches(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tuple[int, ...]]) -> str:
+    """The missing, unexpected and mis-shaped names of ``actual`` (up to 5 of each), or ``""``."""
+    missing = [name for name in expected if name not in actual]
+    unexpected = [name for name in actual if name not in expected]
     misshaped = [
-        f"{name} {tuple(weights[name].shape)} (expected {shape})"
+        f"{name} {tuple(actual[name])} (expected {shape})"
         for name, shape in expected.items()
-        if name in weights and tuple(weights[name].shape) != shape
+        if name in actual and tuple(actual[name]) != shape
     ]
     problems = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
         if names:
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             problems.append(f"{label}: {shown}")
-    if problems:
-        raise RescompileError(f"weights do not fit {graph.name}: " + "; ".join(problems))
+    return "; ".join(problems)
 
 
 def initial_weights(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> Weights:
@@ -124,16 +129,10 @@ def random_weights(graph: Graph, seed: int = 0) -> Weights:
 
 def save_weights(weights: Mapping[str, npt.NDArray[np.generic]], path: Path) -> None:
     """Write canonical weights as safetensors, atomically (a temporary file, then a rename)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     arrays = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in weights.items()}
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        save_file(arrays, str(temporary))
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+    write_atomically([(path, [save(arrays)])])
 
 
 def read_weights(path: Path) -> Weights:

@@ -8,14 +8,13 @@ Every user error is one line, ``file:LINE:COL: message``, with exit status 1 and
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rescompile.compiler.cost import CostReport, Totals, cost
+from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
@@ -166,26 +165,6 @@ def _default_output(graph: Graph, backend: str) -> Path:
     return Path(f"{graph.name}.onnx" if backend == "onnx" else f"{graph.name}_{backend}.py")
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
-    failure never leaves a partial file nor damages an existing one."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise RescompileError(f"cannot write {path}: it is a directory")
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
-    except OSError as error:
-        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
-
-
 def _require(backend: str, module: str, extra: str) -> None:
     try:
         __import__(module)
@@ -215,12 +194,12 @@ def _compile(options: argparse.Namespace) -> int:
         built_parameters = sum(parameter.numel() for parameter in model.parameters())
         if built_parameters != report.parameters:
             raise AssertionError(f"built module has {built_parameters} parameters, cost pass {report.parameters}")
-        write_atomically(output, source.encode())
+        write_atomically([(output, [source.encode()])])
     elif options.backend == "flax":
         _require("flax", "flax", "jax")
         from rescompile.backends import flax_backend
 
-        write_atomically(output, flax_backend.emit_source(graph).encode())
+        write_atomically([(output, [flax_backend.emit_source(graph).encode()])])
     else:
         _require("onnx", "onnx", "onnx")
         from rescompile.backends import onnx_backend

@@ -117,7 +117,7 @@ def test_validate_and_cost_never_import_a_framework(tmp_path: Path) -> None:
         (["missing.yaml", "-o", "out.py"], "missing.yaml:1:1: no such file: missing.yaml"),
         (["resnet20", "--backend", "torch", "-o", "no/such/folder/out.py"], "cannot write no/such/folder/out.py"),
         (["resnet20", "-o", "spec.yaml/out.py"], "cannot write spec.yaml/out.py: Not a directory"),
-        (["resnet20", "-o", "."], "cannot write .: it is a directory"),
+        (["resnet20", "-o", "."], "cannot write .: Is a directory"),
         (["resnet20", "--backend", "torch", "--opset", "18", "-o", "out.py"], "--opset applies to --backend onnx only"),
         (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.py"], "opset 7"),
         (
