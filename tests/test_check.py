@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rescompile.check import RUNNERS, Progress, check, format_result, module_names
+from rescompile.check import RUNNERS, Progress, check, format_result, main, module_names
 from rescompile.compiler import compile_spec
-from rescompile.compiler.weights import random_weights
-from rescompile.spec import builtin_networks
+from rescompile.compiler.weights import random_weights, save_weights
+from rescompile.spec import RescompileError, builtin_networks
 from rescompile.testing import TOLERANCES
 
 BACKENDS = ("torch", "onnx")
@@ -86,3 +86,14 @@ def test_check_passes_for_every_builtin_at_a_small_size(name: str) -> None:
     result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
     assert [pair.first_mismatch for pair in result.pairs] == [None, None, None], format_result(result)
     assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)
+
+
+def test_check_loads_weights_from_a_safetensors_file(tmp_path: Path) -> None:
+    graph = compile_spec("resnet20")
+    save_weights(random_weights(graph, seed=9), tmp_path / "w.safetensors")
+    arguments = ["resnet20", "--backends", "torch,onnx", "--weights", str(tmp_path / "w.safetensors")]
+    assert main(arguments) == 0
+    wrong = compile_spec("resnet32")
+    save_weights(random_weights(wrong, seed=9), tmp_path / "wrong.safetensors")
+    with pytest.raises(RescompileError, match=r"^weights do not fit resnet20: unexpected: layer1\.3\."):
+        main(["resnet20", "--backends", "torch,onnx", "--weights", str(tmp_path / "wrong.safetensors")])
