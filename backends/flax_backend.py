@@ -40,6 +40,7 @@ from rescompile.backends.source import (
     shortcut_classes,
     stage_calls,
     text,
+    wrap_call,
 )
 from rescompile.backends.torch_backend import load_source
 from rescompile.compiler.ir import OP_KINDS, BatchNorm, Conv, Graph, Linear, Module, Shape
@@ -49,7 +50,6 @@ from rescompile.spec.errors import RescompileError
 if TYPE_CHECKING:
     from flax import nnx
 
-LINE_LENGTH = 120
 """Generated lines are wrapped as ruff/black would at the project's line length."""
 
 # Names the generated file defines at module level or uses inside constructors; a block parameter
@@ -200,18 +200,6 @@ HELPER_FUNCTIONS = {"subsample": SUBSAMPLE_FUNCTION, "pad_channels": PAD_CHANNEL
 
 
 # --- source layout --------------------------------------------------------------------------------
-
-
-def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> str:
-    """``head(arguments)tail`` laid out as ruff would at :data:`LINE_LENGTH`, starting at column
-    ``indent``: on one line, else the arguments on one indented line, else one per line.
-    Continuation lines are indented relative to column 0 (the template indents the block)."""
-    joined = ", ".join(arguments)
-    if indent + len(head) + len(joined) + len(tail) + 2 <= LINE_LENGTH:
-        return f"{head}({joined}){tail}"
-    if indent + 4 + len(joined) <= LINE_LENGTH:
-        return f"{head}(\n    {joined}\n){tail}"
-    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
 
 
 def _literal(source: str) -> bool:

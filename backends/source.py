@@ -36,6 +36,8 @@ from rescompile.spec.expressions import Expression, Value
 from rescompile.spec.models import BlockSpec, LinearSpec, OpSpec, PartSpec, ShortcutSpec
 
 SHORTCUT_VARIABLE = "shortcut"
+LINE_LENGTH = 120
+"""Generated files are laid out for this line length, the project's ruff setting."""
 RESERVED_NAMES = frozenset(
     {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial"}
 )
@@ -76,7 +78,18 @@ def check_identifier(name: str, what: str) -> None:
 
 
 def _text(value: Value) -> str:
+    if isinstance(value, str) and not {'"', "'", "\\"} & set(value):
+        return f'"{value}"'  # the quotes ruff and black write; repr would give 'value'
     return repr(value)
+
+
+def expression_source(expression: Expression) -> str:
+    """An expression as Python source, its string constants in double quotes like :func:`_text`."""
+    source = expression.text
+    for node in ast.walk(expression.tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            source = source.replace(repr(node.value), _text(node.value))
+    return source
 
 
 def _square(pair: Pair, what: str) -> str:
@@ -137,7 +150,7 @@ def symbolic_attributes(spec: OpSpec, in_channels: str) -> tuple[dict[str, str],
     texts: dict[str, str] = {}
     for field_name, value in spec:
         if isinstance(value, Expression):
-            texts[field_name] = value.text
+            texts[field_name] = expression_source(value)
         elif isinstance(value, bool | float):
             texts[field_name] = repr(value)
     if isinstance(spec, LinearSpec):
@@ -287,7 +300,7 @@ def block_class(graph: Graph) -> BlockClass:
         parameters=own_parameters,
         shortcut_attribute=None if not graph.residual else (next(iter(shortcut_attributes), "downsample")),
         zero_init=zero_init if graph.residual else [],
-        derived={name: expression.text for name, expression in spec.derived.items()},
+        derived={name: expression_source(expression) for name, expression in spec.derived.items()},
     )
 
 
@@ -307,7 +320,7 @@ def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
                 check_identifier(name, "shortcut node name")
         attributes = _symbolic(spec, nodes, prefix)
         renamed_nodes = source_nodes(nodes, attributes, "x", "out", attribute_prefix=prefix)
-        derived = {name: expression.text for name, expression in spec.derived.items()}
+        derived = {name: expression_source(expression) for name, expression in spec.derived.items()}
         classes.append(ShortcutClass(spec, renamed_nodes, derived, sequential and not derived))
     return classes
 
@@ -372,3 +385,15 @@ def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str
 def text(value: Value) -> str:
     """A parameter value as Python source."""
     return _text(value)
+
+
+def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> str:
+    """``head(arguments)tail`` laid out as ruff would at :data:`LINE_LENGTH`, starting at column
+    ``indent``: on one line, else the arguments on one indented line, else one per line.
+    Continuation lines are indented relative to column 0 (the template indents the block)."""
+    joined = ", ".join(arguments)
+    if indent + len(head) + len(joined) + len(tail) + 2 <= LINE_LENGTH:
+        return f"{head}({joined}){tail}"
+    if indent + 4 + len(joined) <= LINE_LENGTH:
+        return f"{head}(\n    {joined}\n){tail}"
+    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"

@@ -25,6 +25,7 @@ from rescompile.backends.source import (
     shortcut_classes,
     stage_calls,
     text,
+    wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Graph
 from rescompile.compiler.weights import Weights, check_weights, weight_shapes
@@ -34,61 +35,59 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def _optional(keyword: str, value: str, default: str) -> str:
-    return "" if value == default else f", {keyword}={value}"
+Layer = tuple[str, list[str]]
+"""A layer's constructor and its arguments as source: ``("nn.ReLU", ["inplace=True"])``."""
 
 
-def _conv(node: SourceNode) -> str:
+def _optional(keyword: str, value: str, default: str) -> list[str]:
+    return [] if value == default else [f"{keyword}={value}"]
+
+
+def _conv(node: SourceNode) -> Layer:
     a = node.attributes
     return (
-        f"nn.Conv2d({a['in_channels']}, {a['out_channels']}, kernel_size={a['kernel']}"
-        + _optional("stride", a["stride"], "1")
-        + _optional("padding", a["padding"], "0")
-        + _optional("dilation", a["dilation"], "1")
-        + _optional("groups", a["groups"], "1")
-        + f", bias={a['bias']})"
+        "nn.Conv2d",
+        [
+            a["in_channels"],
+            a["out_channels"],
+            f"kernel_size={a['kernel']}",
+            *_optional("stride", a["stride"], "1"),
+            *_optional("padding", a["padding"], "0"),
+            *_optional("dilation", a["dilation"], "1"),
+            *_optional("groups", a["groups"], "1"),
+            f"bias={a['bias']}",
+        ],
     )
 
 
-def _batch_norm(node: SourceNode) -> str:
+def _batch_norm(node: SourceNode) -> Layer:
     a = node.attributes
     return (
-        f"nn.BatchNorm2d({a['channels']}"
-        + _optional("eps", a["epsilon"], "1e-05")
-        + _optional("momentum", a["momentum"], "0.1")
-        + ")"
+        "nn.BatchNorm2d",
+        [a["channels"], *_optional("eps", a["epsilon"], "1e-05"), *_optional("momentum", a["momentum"], "0.1")],
     )
 
 
-def _relu(node: SourceNode) -> str:
+def _relu(node: SourceNode) -> Layer:
     # In place only where the input is dead afterwards (never the block input, which the shortcut reads).
-    return "nn.ReLU(inplace=True)" if node.sole_reader else "nn.ReLU()"
+    return ("nn.ReLU", ["inplace=True"] if node.sole_reader else [])
 
 
-def _max_pool(node: SourceNode) -> str:
+def _pool(callee: str) -> Callable[[SourceNode], Layer]:
+    def emit(node: SourceNode) -> Layer:
+        a = node.attributes
+        arguments = [f"kernel_size={a['kernel']}", f"stride={a['stride']}"]
+        arguments += _optional("padding", a["padding"], "0") + _optional("ceil_mode", a["ceil_mode"], "False")
+        if "count_include_pad" in a:
+            arguments += _optional("count_include_pad", a["count_include_pad"], "True")
+        return (callee, arguments)
+
+    return emit
+
+
+def _linear(node: SourceNode) -> Layer:
     a = node.attributes
-    return (
-        f"nn.MaxPool2d(kernel_size={a['kernel']}, stride={a['stride']}"
-        + _optional("padding", a["padding"], "0")
-        + _optional("ceil_mode", a["ceil_mode"], "False")
-        + ")"
-    )
-
-
-def _avg_pool(node: SourceNode) -> str:
-    a = node.attributes
-    return (
-        f"nn.AvgPool2d(kernel_size={a['kernel']}, stride={a['stride']}"
-        + _optional("padding", a["padding"], "0")
-        + _optional("ceil_mode", a["ceil_mode"], "False")
-        + _optional("count_include_pad", a["count_include_pad"], "True")
-        + ")"
-    )
-
-
-def _linear(node: SourceNode) -> str:
-    a = node.attributes
-    return f"nn.Linear({a['in_features']}, {a['out_features']}" + _optional("bias", a["bias"], "True") + ")"
+    return ("nn.Linear", [a["in_features"], a["out_features"], *_optional("bias", a["bias"], "True")])
 
 
 SUBSAMPLE_CLASS = '''class Subsample(nn.Module):
@@ -112,33 +111,35 @@ PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, 0, 0, 0, self.before, self.after))'''
 
-# op kind -> the layer's constructor source (None: no layer, computed inline in forward).
-LAYER_EMITTERS: dict[str, Callable[[SourceNode], str] | None] = {
+# op kind -> the layer's constructor (None: no layer, computed inline in forward).
+LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "relu": _relu,
-    "max_pool": _max_pool,
-    "avg_pool": _avg_pool,
-    "global_average_pool": lambda node: "nn.AdaptiveAvgPool2d((1, 1))",
-    "flatten": lambda node: "nn.Flatten(1)",
+    "max_pool": _pool("nn.MaxPool2d"),
+    "avg_pool": _pool("nn.AvgPool2d"),
+    "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
+    "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
     "add": None,
-    "subsample": lambda node: f"Subsample({node.attributes['stride']})",
-    "pad_channels": lambda node: f"PadChannels({node.attributes['before']}, {node.attributes['after']})",
+    "subsample": lambda node: ("Subsample", [node.attributes["stride"]]),
+    "pad_channels": lambda node: ("PadChannels", [node.attributes["before"], node.attributes["after"]]),
 }
 HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
 assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
-def _layer(node: SourceNode) -> str:
+def _layer(node: SourceNode, prefix: str = "") -> str:
+    """The layer's constructor call after ``prefix``, wrapped for a line at the 8th column."""
     emitter = LAYER_EMITTERS.get(node.kind)
     if emitter is None:
         raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
-    return emitter(node)
+    callee, arguments = emitter(node)
+    return wrap_call(prefix + callee, arguments, 8)
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    return [f"self.{node.attribute} = {_layer(node)}" for node in nodes if LAYER_EMITTERS[node.kind] is not None]
+    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if LAYER_EMITTERS[node.kind] is not None]
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
@@ -193,6 +194,10 @@ def emit_source(graph: Graph) -> str:
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     block_call = f"{block_name}({block_arguments}{', **options' if options_used else ''})"
+    stage_parameters = ["self", "in_channels: int", "out_channels: int", "width: int", "depth: int", "stride: int"]
+    stage_signature = wrap_call(
+        "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
+    )
     stages = []
     for call in calls:
         options = "".join(f", {name}={text(value)}" for name, value in call.options.items())
@@ -225,6 +230,7 @@ def emit_source(graph: Graph) -> str:
         },
         shortcut_choice=shortcut_lines,
         block_call=block_call,
+        stage_signature=stage_signature,
         stages=stages,
         stem_lines=_init_lines(stem),
         head_lines=_init_lines(head),

@@ -81,13 +81,13 @@ class BottleneckBlock(nnx.Module):
         expansion: int = 4,
         groups: int = 1,
         base_width: int = 64,
-        stride_at: str = 'conv2',
+        stride_at: str = "conv2",
         *,
         rngs: nnx.Rngs,
     ) -> None:
         inner_width = width * base_width // 64 * groups
-        conv1_stride = stride if stride_at == 'conv1' else 1
-        conv2_stride = stride if stride_at == 'conv2' else 1
+        conv1_stride = stride if stride_at == "conv1" else 1
+        conv2_stride = stride if stride_at == "conv2" else 1
         self.conv1 = nnx.Conv(
             in_channels,
             inner_width,

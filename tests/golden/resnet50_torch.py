@@ -29,16 +29,18 @@ class BottleneckBlock(nn.Module):
         expansion: int = 4,
         groups: int = 1,
         base_width: int = 64,
-        stride_at: str = 'conv2',
+        stride_at: str = "conv2",
     ) -> None:
         super().__init__()
         inner_width = width * base_width // 64 * groups
-        conv1_stride = stride if stride_at == 'conv1' else 1
-        conv2_stride = stride if stride_at == 'conv2' else 1
+        conv1_stride = stride if stride_at == "conv1" else 1
+        conv2_stride = stride if stride_at == "conv2" else 1
         self.conv1 = nn.Conv2d(in_channels, inner_width, kernel_size=1, stride=conv1_stride, bias=False)
         self.bn1 = nn.BatchNorm2d(inner_width)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(inner_width, inner_width, kernel_size=3, stride=conv2_stride, padding=1, groups=groups, bias=False)
+        self.conv2 = nn.Conv2d(
+            inner_width, inner_width, kernel_size=3, stride=conv2_stride, padding=1, groups=groups, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(inner_width)
         self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(inner_width, width * expansion, kernel_size=1, bias=False)
@@ -79,9 +81,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(2048, 1000)
         self.reset_parameters(zero_init_residual)
 
-    def _make_stage(
-        self, in_channels: int, out_channels: int, width: int, depth: int, stride: int
-    ) -> nn.Sequential:
+    def _make_stage(self, in_channels: int, out_channels: int, width: int, depth: int, stride: int) -> nn.Sequential:
         blocks = []
         for index in range(depth):
             block_stride = stride if index == 0 else 1
