@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 import numpy as np
 
 import rescompile
@@ -36,13 +35,14 @@ from rescompile.backends.source import (
     block_class,
     class_name,
     instance_nodes,
+    load_source,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
+    template,
     text,
     wrap_call,
 )
-from rescompile.backends.torch_backend import load_source
 from rescompile.compiler.ir import OP_KINDS, BatchNorm, Conv, Graph, Linear, Module, Shape
 from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
@@ -335,7 +335,7 @@ def emit_source(graph: Graph) -> str:
         shortcuts.append(_shortcut_view(shortcut))
     block_name = class_name(block.spec.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
-    attribute = block.shortcut_attribute if graph.residual else None
+    attribute = block.shortcut_attribute  # None for a plain network
     constructors = {view["spec"].name: view["constructor"] for view in shortcuts}
     block_lowerings = _class_lowerings(block.nodes)
     block_rngs = _needs_rngs(block.nodes)
@@ -356,8 +356,7 @@ def emit_source(graph: Graph) -> str:
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
-    template = _environment().get_template("flax_model.py.jinja")
-    return template.render(
+    return template("flax_model.py.jinja").render(
         version=rescompile.__version__,
         graph=graph,
         input_shape="×".join(map(str, nhwc_input)),
@@ -397,31 +396,15 @@ def _item(node: SourceNode, lowering: Lowering) -> str:
     return _constructor(lowering, "", 8, ",")
 
 
-@functools.cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("rescompile.backends", "templates"),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-    )
-
-
 def build_module(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> nnx.Module:
     """The flax module for ``graph``, built from the source :func:`emit_source` writes.
 
     It starts in training mode, as torch modules do; call ``model.eval()`` for inference."""
     from flax import nnx
 
-    module = load_source(emit_source(graph), f"rescompile_generated_flax_{_identifier(graph.name)}")
+    module = load_source(emit_source(graph), "flax", graph.name)
     model: nnx.Module = module.ResNet(zero_init_residual, rngs=nnx.Rngs(seed))
     return model
-
-
-def _identifier(name: str) -> str:
-    return "".join(character if character.isalnum() else "_" for character in name)
 
 
 # --- weights --------------------------------------------------------------------------------------

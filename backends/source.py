@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import keyword
+import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import jinja2
 
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -397,3 +402,32 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
     if indent + 4 + len(joined) <= LINE_LENGTH:
         return f"{head}(\n    {joined}\n){tail}"
     return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rescompile.backends", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def template(name: str) -> jinja2.Template:
+    """A template of ``backends/templates/`` (one shared environment, strict about undefined names)."""
+    return _environment().get_template(name)
+
+
+def load_source(source: str, backend: str, network: str) -> types.ModuleType:
+    """Execute generated source as a fresh Python module, registered in ``sys.modules`` (as
+    ``rescompile_generated_<backend>_<network>``) so that pickling and ``inspect.getsource`` work."""
+    identifier = "".join(character if character.isalnum() else "_" for character in network)
+    name = f"rescompile_generated_{backend}_{identifier}"
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    sys.modules[name] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module

@@ -7,12 +7,9 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-import jinja2
 import numpy as np
 
 import rescompile
@@ -21,9 +18,11 @@ from rescompile.backends.source import (
     block_class,
     class_name,
     instance_nodes,
+    load_source,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
+    template,
     text,
     wrap_call,
 )
@@ -181,16 +180,15 @@ def emit_source(graph: Graph) -> str:
             }
         )
 
-    residual = graph.residual
-    attribute = block.shortcut_attribute
+    attribute = block.shortcut_attribute  # None for a plain network
     shortcut_lines: list[str] = []
-    if residual and attribute is not None:
+    if attribute is not None:
         constructors = {
             name: f"{class_or_function}(in_channels, out_channels, block_stride)"
             for name, class_or_function in shortcut_names.items()
         }
         shortcut_lines = shortcut_choice(graph, attribute, constructors)
-    block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if residual and attribute else "")
+    block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if attribute else "")
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     block_call = f"{block_name}({block_arguments}{', **options' if options_used else ''})"
@@ -209,8 +207,7 @@ def emit_source(graph: Graph) -> str:
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + [f"x = self.{call.attribute}(x)" for call in calls] + _forward_lines(head)
     helpers = [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
-    template = _environment().get_template("torch_model.py.jinja")
-    return template.render(
+    return template("torch_model.py.jinja").render(
         version=rescompile.__version__,
         graph=graph,
         input_shape="×".join(map(str, graph.input_shape)),
@@ -222,7 +219,7 @@ def emit_source(graph: Graph) -> str:
         block={
             "name": block_name,
             "spec": block.spec,
-            "shortcut_attribute": attribute if residual else None,
+            "shortcut_attribute": attribute,
             "parameters": [(name, (_annotation(value), text(value))) for name, value in block.parameters.items()],
             "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
             "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
@@ -238,36 +235,11 @@ def emit_source(graph: Graph) -> str:
     )
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("rescompile.backends", "templates"),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-    )
-
-
-def load_source(source: str, name: str = "rescompile_generated") -> types.ModuleType:
-    """Execute generated source as a fresh Python module (registered so pickling and
-    ``inspect.getsource`` work)."""
-    module = types.ModuleType(name)
-    module.__file__ = f"<{name}>"
-    sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
-
-
 def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:
     """The torch module for ``graph``, built from the source :func:`emit_source` writes."""
-    module = load_source(emit_source(graph), f"rescompile_generated_{_identifier(graph.name)}")
+    module = load_source(emit_source(graph), "torch", graph.name)
     model: nn.Module = module.ResNet(zero_init_residual)
     return model
-
-
-def _identifier(name: str) -> str:
-    return "".join(character if character.isalnum() else "_" for character in name)
 
 
 def load_weights(model: nn.Module, graph: Graph, weights: Mapping[str, np.ndarray]) -> None:

@@ -44,7 +44,7 @@ from flax import nnx
 from torch import nn
 
 from rescompile.backends import flax_backend, torch_backend
-from rescompile.backends.torch_backend import load_source
+from rescompile.backends.source import load_source
 from rescompile.compiler import compile_spec
 from rescompile.compiler.ir import OP_KINDS, Graph
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, read_weights, save_weights
@@ -253,7 +253,7 @@ def test_ceil_mode_is_a_compile_time_error(tmp_path: Path) -> None:
 
 def test_batch_norm_matches_torch_hand_computed() -> None:
     """One channel, batch [0, 2]: mean 1, biased variance 1 (normalises), unbiased 2 (updates)."""
-    generated = load_source(flax_backend.emit_source(compile_spec("resnet20")), "flax_batch_norm_test")
+    generated = load_source(flax_backend.emit_source(compile_spec("resnet20")), "flax", "batch_norm_test")
     norm = generated.BatchNorm(1)
     batch = np.array([0.0, 2.0], np.float32).reshape(2, 1, 1, 1)
     scale = 1 / np.sqrt(1 + 1e-5)
