@@ -36,6 +36,7 @@ from rescompile.backends.source import (
     class_name,
     instance_nodes,
     load_source,
+    parameter_declarations,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
@@ -299,10 +300,6 @@ def _check_names(names: list[str], what: str) -> None:
             raise RescompileError(f"{what} '{name}' would shadow a name the flax backend's generated code uses")
 
 
-def _annotation(value: object) -> str:
-    return type(value).__name__
-
-
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     """What the template needs for one shortcut part: a function returning an ``nnx.Sequential``
     (torchvision's ``downsample``) or a module class."""
@@ -373,7 +370,7 @@ def emit_source(graph: Graph) -> str:
             "spec": block.spec,
             "shortcut_attribute": attribute,
             "rngs": block_rngs,
-            "parameters": [(name, (_annotation(value), text(value))) for name, value in block.parameters.items()],
+            "parameters": parameter_declarations(block.parameters),
             "init_lines": block_init,
             "call_lines": [*_call_lines(block.nodes, block_lowerings, attribute), f"return {block.nodes[-1].output}"],
             "zero_init": block.zero_init,

@@ -88,6 +88,11 @@ def _text(value: Value) -> str:
     return repr(value)
 
 
+def parameter_declarations(parameters: Mapping[str, Value]) -> list[str]:
+    """Constructor parameters with their types and defaults: ``expansion: int = 4``."""
+    return [f"{name}: {type(value).__name__} = {_text(value)}" for name, value in parameters.items()]
+
+
 def expression_source(expression: Expression) -> str:
     """An expression as Python source, its string constants in double quotes like :func:`_text`."""
     source = expression.text

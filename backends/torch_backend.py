@@ -19,6 +19,7 @@ from rescompile.backends.source import (
     class_name,
     instance_nodes,
     load_source,
+    parameter_declarations,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
@@ -153,10 +154,6 @@ def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = Non
     return lines
 
 
-def _annotation(value: object) -> str:
-    return type(value).__name__
-
-
 def emit_source(graph: Graph) -> str:
     """Python source of a torch model for ``graph``: one class per block type, stages in loops."""
     block = block_class(graph)
@@ -220,7 +217,7 @@ def emit_source(graph: Graph) -> str:
             "name": block_name,
             "spec": block.spec,
             "shortcut_attribute": attribute,
-            "parameters": [(name, (_annotation(value), text(value))) for name, value in block.parameters.items()],
+            "parameters": parameter_declarations(block.parameters),
             "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
             "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
             "zero_init": block.zero_init,

@@ -35,7 +35,7 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.shapes import ShapeError, output_shape
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.expressions import Expression, ExpressionError, Value
-from rescompile.spec.loader import BOUND_NAMES, Loaded, PartKind, load_part, resolve_part
+from rescompile.spec.loader import Loaded, PartKind, load_part, resolve_part
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -472,4 +472,4 @@ def _make_op(
     raise AssertionError(f"no IR op for {type(spec).__name__}")
 
 
-__all__ = ["BOUND_NAMES", "IDENTITY", "PLAIN", "POLICIES", "expand"]
+__all__ = ["IDENTITY", "PLAIN", "POLICIES", "expand"]
