@@ -216,7 +216,7 @@ def _backends(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from rescompile.cli import _size
+    from rescompile.cli import parse_size
 
     result = argparse.ArgumentParser(
         prog="rescompile check",
@@ -227,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument("--backends", type=_backends, default=list(RUNNERS), help="comma-separated (default: all)")
     result.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     result.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
-    result.add_argument("--size", type=_size, help="input size (default: the spec's)")
+    result.add_argument("--size", type=parse_size, help="input size (default: the spec's)")
     result.add_argument("--weights", type=Path, help="canonical weights (.safetensors); default: random, seeded")
     network = TOLERANCES["network"]
     result.add_argument(

@@ -34,7 +34,8 @@ commands:
 Run 'rescompile COMMAND --help' for a command's options."""
 
 
-def _size(text: str) -> int | tuple[int, int]:
+def parse_size(text: str) -> int | tuple[int, int]:
+    """An argparse type for ``--size``: ``224`` or ``224x160`` (height × width)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         numbers = [int(part) for part in parts]
@@ -57,7 +58,7 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", type=Path, help="where to write (default: NAME_torch.py, NAME_flax.py or NAME.onnx)"
     )
-    parser.add_argument("--size", type=_size, help="override the spec's input size, e.g. 160 or 224x160")
+    parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
     parser.add_argument("--weights", type=Path, help="onnx: canonical weights (.safetensors) to embed")
     parser.add_argument("--seed", type=int, default=0, help="onnx: seed of fresh weights when --weights is absent")
     parser.add_argument(
@@ -77,7 +78,7 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.description = "Print parameters, MACs and activations per stage (or block, or node)."
         parser.add_argument("spec", help="a spec file or a built-in name")
         parser.add_argument("--by", choices=("stage", "block", "node"), default="stage", help="rows of the table")
-        parser.add_argument("--size", type=_size, help="override the spec's input size")
+        parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     elif name == "list":
         parser.description = "List the built-in architectures with their parameters and MACs."
     return parser
