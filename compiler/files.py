@@ -10,9 +10,10 @@ from pathlib import Path
 from rescompile.spec.errors import RescompileError
 
 
-def write_atomically(files: Sequence[tuple[Path, Iterable[bytes]]]) -> None:
-    """Write each file (its content given as chunks) to a temporary beside it, then rename them
-    all into place.
+def write_atomically(files: Sequence[tuple[Path, Iterable[bytes | memoryview]]]) -> None:
+    """Write each file (its content given as chunks: bytes, or views of other buffers) to a
+    temporary beside it, then rename them all into place. Each chunk is written before the next is
+    asked for, so a producer may reuse one buffer for all of them.
 
     A failure before the renames (a missing folder, a full disk) leaves no partial file and every
     existing file as it was. os.open with 0o666 gives the files the permissions the umask would

@@ -73,7 +73,7 @@ def run_torch(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -
 def run_onnx(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
     from rescompile.backends import onnx_backend
 
-    model = onnx_backend.build_model(graph, weights, block_outputs=True)
+    model = onnx_backend.emit_model(graph, weights, block_outputs=True)
     results = onnx_backend.onnxruntime_outputs(model, inputs)
     names = module_names(graph)
     return {name: results[onnx_backend.module_output_name(graph, index)] for index, name in enumerate(names)}

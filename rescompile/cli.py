@@ -212,8 +212,8 @@ def _compile(options: argparse.Namespace) -> int:
             else initial_weights(graph, options.seed, options.zero_init_residual)
         )
         opset = options.opset if options.opset is not None else onnx_backend.DEFAULT_OPSET
-        model_proto = onnx_backend.build_model(graph, weights, opset=opset, fold_bn=options.fold_bn)
-        onnx_backend.save_model(model_proto, output)
+        model = onnx_backend.emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn)
+        onnx_backend.save_model(model, output)
     elapsed = time.perf_counter() - started
     print(f"{graph.name}: {report.parameters:,} parameters, {report.macs / 1e9:.3f} GMACs")
     print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} (batch dimension dynamic)")

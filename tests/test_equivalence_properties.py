@@ -50,7 +50,7 @@ def count_parameters(backend: str, graph: Graph) -> int:
 
     # Initializers also hold Slice/Pad index constants (int64); parameters are the float tensors
     # other than BatchNorm's running statistics.
-    model = onnx_backend.build_model(graph)
+    model = onnx_backend.emit_model(graph).skeleton
     statistics = (".running_mean", ".running_var")
     return sum(
         int(np.prod(tensor.dims))
