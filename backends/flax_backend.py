@@ -34,6 +34,7 @@ from rescompile.backends.source import (
     SourceNode,
     block_class,
     class_name,
+    function_name,
     instance_nodes,
     load_source,
     parameter_declarations,
@@ -55,8 +56,7 @@ if TYPE_CHECKING:
 
 # Names the generated file defines at module level or uses inside constructors; a block parameter
 # of the same name would shadow them.
-# Names the generated flax file defines besides source.RESERVED_NAMES.
-FLAX_RESERVED_NAMES = frozenset({"conv_init", "linear_init", "BatchNorm", "subsample", "pad_channels"})
+
 # Methods of the generated network class that a stem or head node must not overwrite.
 NETWORK_METHODS = frozenset({"stem", "head", "_make_stage"})
 
@@ -294,18 +294,12 @@ def _needs_rngs(nodes: list[SourceNode]) -> bool:
     return any(node.kind in ("conv", "linear") for node in nodes)
 
 
-def _check_names(names: list[str], what: str) -> None:
-    for name in names:
-        if name in FLAX_RESERVED_NAMES:
-            raise RescompileError(f"{what} '{name}' would shadow a name the flax backend's generated code uses")
-
-
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     """What the template needs for one shortcut part: a function returning an ``nnx.Sequential``
     (torchvision's ``downsample``) or a module class."""
     lowerings = _class_lowerings(shortcut.nodes)
     rngs = _needs_rngs(shortcut.nodes)
-    name = shortcut.spec.name if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
+    name = function_name(shortcut.spec.name) if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
     items = []
     if shortcut.sequential:
         items = [_item(node, lowering) for node, lowering in zip(shortcut.nodes, lowerings, strict=True)]
@@ -325,11 +319,7 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
 def emit_source(graph: Graph) -> str:
     """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
     block = block_class(graph)
-    _check_names([*block.parameters, *block.derived], "block parameter")
-    shortcuts = []
-    for shortcut in shortcut_classes(graph):
-        _check_names([*shortcut.spec.parameters, *shortcut.derived], "shortcut parameter")
-        shortcuts.append(_shortcut_view(shortcut))
+    shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
     block_name = class_name(block.spec.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
     attribute = block.shortcut_attribute  # None for a plain network

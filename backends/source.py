@@ -10,6 +10,7 @@ so their text is valid source.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import keyword
@@ -38,14 +39,11 @@ from rescompile.compiler.ir import (
 )
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Expression, Value
-from rescompile.spec.models import BlockSpec, LinearSpec, OpSpec, PartSpec, ShortcutSpec
+from rescompile.spec.models import RESERVED_NAMES, BlockSpec, LinearSpec, OpSpec, PartSpec, ShortcutSpec
 
 SHORTCUT_VARIABLE = "shortcut"
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
-RESERVED_NAMES = frozenset(
-    {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial"}
-)
 
 
 @dataclass(frozen=True)
@@ -74,6 +72,13 @@ def class_name(part_name: str, suffix: str) -> str:
     return base if base.endswith(suffix) else base + suffix
 
 
+def function_name(part_name: str) -> str:
+    """A module-level function name for a part: ``zero-pad`` -> ``zero_pad``, suffixed where the
+    plain name would be a keyword or shadow a name the generated source defines."""
+    name = part_name.replace("-", "_")
+    return f"{name}_shortcut" if keyword.iskeyword(name) or name in RESERVED_NAMES else name
+
+
 def check_identifier(name: str, what: str) -> None:
     if not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED_NAMES:
         raise RescompileError(
@@ -83,9 +88,30 @@ def check_identifier(name: str, what: str) -> None:
 
 
 def _text(value: Value) -> str:
-    if isinstance(value, str) and not {'"', "'", "\\"} & set(value):
-        return f'"{value}"'  # the quotes ruff and black write; repr would give 'value'
-    return repr(value)
+    """A parameter value as a Python literal. Strings come out double-quoted where that needs no
+    escaping (the quotes ruff writes); every character ``repr`` would escape stays escaped, so no
+    text, whatever it holds, can end the literal early."""
+    literal = repr(value)
+    if isinstance(value, str) and literal.startswith("'") and '"' not in value:
+        literal = f'"{literal[1:-1]}"'  # repr escaped nothing for a quote, so only the delimiters change
+    return literal
+
+
+def docstring_text(text: str) -> str:
+    """User text (a description, a name) made safe inside a triple-quoted docstring: backslashes and
+    quotes are escaped, and so is every non-printable character except the line break, so the text
+    can neither close the docstring nor form an escape; it reads back unchanged from ``__doc__``."""
+    escaped: list[str] = []
+    for character in text:
+        if character == "\\":
+            escaped.append("\\\\")
+        elif character == '"':
+            escaped.append('\\"')
+        elif character == "\n" or character.isprintable():
+            escaped.append(character)
+        else:
+            escaped.append(repr(character)[1:-1])  # \x00, \r, \udc80, ...
+    return "".join(escaped)
 
 
 def parameter_declarations(parameters: Mapping[str, Value]) -> list[str]:
@@ -94,11 +120,22 @@ def parameter_declarations(parameters: Mapping[str, Value]) -> list[str]:
 
 
 def expression_source(expression: Expression) -> str:
-    """An expression as Python source, its string constants in double quotes like :func:`_text`."""
-    source = expression.text
-    for node in ast.walk(expression.tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            source = source.replace(repr(node.value), _text(node.value))
+    """An expression as Python source, rendered from its checked syntax tree (never from the text
+    the user wrote), its string constants written by :func:`_text`."""
+    literals: list[str] = []
+
+    class _Placeholders(ast.NodeTransformer):
+        def visit_Constant(self, node: ast.Constant) -> ast.expr:
+            if not isinstance(node.value, str):
+                return node
+            literals.append(_text(node.value))
+            # NUL cannot occur in an identifier or a rendered literal, so the placeholder is unambiguous.
+            return ast.Name(id=f"\0{len(literals) - 1}\0", ctx=ast.Load())
+
+    tree = _Placeholders().visit(copy.deepcopy(expression.tree))
+    source = ast.unparse(tree)
+    for index, literal in enumerate(literals):
+        source = source.replace(f"\0{index}\0", literal)
     return source
 
 
@@ -411,7 +448,7 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.PackageLoader("rescompile.backends", "templates"),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -419,6 +456,9 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
+    # Templates pass every piece of user text through this filter: `{{ spec.description | docstring }}`.
+    environment.filters["docstring"] = docstring_text
+    return environment
 
 
 def template(name: str) -> jinja2.Template:

@@ -17,6 +17,7 @@ from rescompile.backends.source import (
     SourceNode,
     block_class,
     class_name,
+    function_name,
     instance_nodes,
     load_source,
     parameter_declarations,
@@ -163,7 +164,7 @@ def emit_source(graph: Graph) -> str:
     shortcut_names = {}
     shortcut_views = []
     for shortcut in shortcuts:
-        name = shortcut.spec.name if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
+        name = function_name(shortcut.spec.name) if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
         shortcut_names[shortcut.spec.name] = name
         shortcut_views.append(
             {

@@ -15,6 +15,8 @@ from pydantic_core import ErrorDetails
 
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.models import (
+    MODULE_LEVEL_NAMES,
+    RESERVED_NAMES,
     AddSpec,
     BlockSpec,
     HeadSpec,
@@ -146,17 +148,20 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
     """Every node input names an earlier node (or a special value); every expression name is known."""
     part = loaded.spec
     known_names = set(part.parameters) | BOUND_NAMES[kind]
+    taken = ", ".join(sorted(RESERVED_NAMES | MODULE_LEVEL_NAMES))
     for name in part.parameters:
-        if not name.isidentifier() or keyword.iskeyword(name):
+        if not _is_plain_identifier(name) or name in MODULE_LEVEL_NAMES:
             raise RescompileError(
-                f"parameter name '{name}' must be a Python-style identifier (letters, digits, underscores)",
+                f"parameter name {name!r} must be a Python-style identifier (ASCII letters, digits, underscores), "
+                f"not a keyword, a dunder or one of {taken}",
                 loaded.source.locate(("parameters", name), key=True),
             )
     for name, expression in part.derived.items():
         path: YamlPath = ("derived", name)
-        if not name.isidentifier() or keyword.iskeyword(name) or name in known_names:
+        if not _is_plain_identifier(name) or name in MODULE_LEVEL_NAMES or name in known_names:
             raise RescompileError(
-                f"derived name '{name}' must be a new identifier, not a parameter or keyword",
+                f"derived name {name!r} must be a new Python-style identifier, not a parameter, a keyword, "
+                f"a dunder or one of {taken}",
                 loaded.source.locate(path, key=True),
             )
         for unknown in sorted(expression.names - known_names):
@@ -171,6 +176,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
         if node_name in SPECIAL_INPUTS[kind]:
             raise RescompileError(
                 f"node name '{node_name}' is reserved for the part's input values",
+                loaded.source.locate(("nodes", node_name), key=True),
+            )
+        if not (node_name.isascii() and node_name.isdigit()) and not _is_plain_identifier(node_name):
+            raise RescompileError(
+                f"node name {node_name!r} must be a Python-style identifier or a number (a Sequential index), "
+                f"not a keyword, a dunder or one of {', '.join(sorted(RESERVED_NAMES))}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
         inputs = node.inputs if isinstance(node, AddSpec) else (node.input,)
@@ -204,6 +215,17 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"{did_you_mean(unknown, known_names)}",
                 loaded.source.locate(("out_channels",)),
             )
+
+
+def _is_plain_identifier(name: str) -> bool:
+    """ASCII letters, digits and underscores, not a keyword, a dunder or a name generated code uses."""
+    return (
+        name.isidentifier()
+        and name.isascii()
+        and not keyword.iskeyword(name)
+        and not name.startswith("__")
+        and name not in RESERVED_NAMES
+    )
 
 
 def _validate(model: type[ModelT], document: YamlDocument) -> ModelT:

@@ -8,9 +8,11 @@ words, unknown keys are rejected, and ops are a discriminated union on ``op``.
 
 from __future__ import annotations
 
+import keyword
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt
 
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 
@@ -42,6 +44,35 @@ Expr = Annotated[
     BeforeValidator(_to_expression),
     PlainSerializer(_expression_to_yaml, return_type=Any),
 ]
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+"""Network and part names: they become class names and file names, so they are plain words."""
+
+
+def _check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError("a name starts with a letter and has at most 64 letters, digits, '_' or '-'")
+    return value
+
+
+def _check_identifier(value: str) -> str:
+    if not value.isidentifier() or not value.isascii() or keyword.iskeyword(value) or value.startswith("__"):
+        raise ValueError("expected a Python-style identifier (ASCII letters, digits, '_'), not a keyword or dunder")
+    return value
+
+
+RESERVED_NAMES = frozenset(
+    {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial", "Any"}
+)
+"""Names generated methods use for themselves: no node, parameter or derived value may take them
+(a located error at validate time, not broken code at emit time)."""
+MODULE_LEVEL_NAMES = frozenset(
+    {"conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"}
+)
+"""Names the generated torch and Flax files define at module level. Parameters and derived values
+(local variables of every constructor) may not shadow them; node names are attributes and may."""
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Identifier = Annotated[str, AfterValidator(_check_identifier)]
 ParameterValue = int | str | bool
 Parameters = dict[str, ParameterValue]
 
@@ -146,7 +177,7 @@ OpSpec = Annotated[
 class PartSpec(StrictModel):
     """A named graph of op nodes with parameters; the base of stems, blocks, shortcuts and heads."""
 
-    name: str
+    name: Name
     description: str = ""
     parameters: Parameters = Field(default_factory=dict)
     derived: dict[str, Expr] = Field(
@@ -176,7 +207,7 @@ class ShortcutSpec(PartSpec):
     ``out_channels``, ``stride``. ``module`` is the attribute name in the block (torchvision's
     ``downsample``)."""
 
-    module: str = "downsample"
+    module: Identifier = "downsample"
 
 
 class InputSpec(StrictModel):
@@ -203,7 +234,7 @@ class ShortcutPolicySpec(StrictModel):
 
 
 class NetworkSpec(StrictModel):
-    name: str
+    name: Name
     description: str = ""
     input: InputSpec
     stem: str

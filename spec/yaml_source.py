@@ -91,7 +91,7 @@ def _build(node: yaml.Node, path: YamlPath, source: SourceMap, constructor: yaml
                 if key_node.tag not in _SCALAR_TAGS and not key_node.tag.startswith("tag:yaml.org"):
                     raise _tag_error(key_node.tag, key_location)
                 raise RescompileError("mapping keys must be plain words", key_location)
-            key = str(key_node.value)
+            key = _encodable(str(key_node.value), key_location)
             if key in result:
                 raise RescompileError(f"duplicate key '{key}'", key_location)
             source.keys[(*path, key)] = key_location
@@ -104,7 +104,19 @@ def _build(node: yaml.Node, path: YamlPath, source: SourceMap, constructor: yaml
     assert isinstance(node, yaml.ScalarNode)
     if node.tag not in _SCALAR_TAGS:
         raise _tag_error(node.tag, location)
-    return constructor.construct_object(node, deep=True)
+    value = constructor.construct_object(node, deep=True)
+    return _encodable(value, location) if isinstance(value, str) else value
+
+
+def _encodable(text: str, location: Location) -> str:
+    """``text``, refused when it holds a lone surrogate (only YAML's ``"\\udc80"`` escape makes one):
+    such a string cannot be written to any UTF-8 file, generated source included."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        character = ascii(text[error.start])
+        raise RescompileError(f"text holds a lone surrogate {character}, which is not a character", location) from None
+    return text
 
 
 def _tag_error(tag: str, location: Location) -> RescompileError:

@@ -34,6 +34,11 @@ def network(*replacements: tuple[str, str]) -> str:
 
 
 CASES = {
+    "lone_surrogate": (
+        network(("name: bad", 'name: bad\ndescription: "x \\udc80"')),
+        {},
+        "net.yaml:2:14: text holds a lone surrogate '\\udc80', which is not a character",
+    ),
     "unknown_key": (
         network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")),
         {},
