@@ -30,6 +30,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.source import (
+    SHORTCUT_VARIABLE,
     ShortcutClass,
     SourceNode,
     block_class,
@@ -45,7 +46,8 @@ from rescompile.backends.source import (
     text,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, BatchNorm, Conv, Graph, Linear, Module, Shape
+from rescompile.compiler.ir import OP_KINDS, Graph, Module, Shape
+from rescompile.compiler.ops import Role, Tensor
 from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
 
@@ -70,7 +72,7 @@ class Lowering:
 
     Exactly one of: a *layer* with variables, held as an attribute (``self.conv1 = nnx.Conv(...)``);
     a *function* applied in ``__call__`` with keyword *arguments* (``nnx.max_pool(x, ...)``); or a
-    parameterless *expression* of the input ``{x}``.
+    parameterless *expression* of the inputs ``{0}``, ``{1}``.
     """
 
     layer: tuple[str, list[str]] | None = None
@@ -79,6 +81,7 @@ class Lowering:
     arguments: list[tuple[str, str]] = field(default_factory=list)
     """Keyword arguments of ``function`` after the input, as (keyword, source text)."""
     expression: str | None = None
+    """Over the input variables ``{0}``, ``{1}``: ``"{0} + {1}"``."""
 
 
 def _pair(value: str) -> str:
@@ -157,13 +160,9 @@ def _pool(function: str) -> Callable[[SourceNode, Shape | None], Lowering]:
 
 def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
     if in_shape is not None and in_shape[1:] == (1, 1):
-        return Lowering(expression="{x}.reshape({x}.shape[0], -1)")
+        return Lowering(expression="{0}.reshape({0}.shape[0], -1)")
     # torch.flatten is channel-major on NCHW: go through NCHW so features keep torch's order.
-    return Lowering(expression="{x}.transpose(0, 3, 1, 2).reshape({x}.shape[0], -1)")
-
-
-def _no_layer(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    raise RescompileError(f"'{node.kind}' is written by the block's __call__, not lowered as a layer")
+    return Lowering(expression="{0}.transpose(0, 3, 1, 2).reshape({0}.shape[0], -1)")
 
 
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
@@ -178,7 +177,10 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": _no_layer,
+    "add": lambda node, in_shape: Lowering(expression="{0} + {1}"),
+    "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
+    # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
+    "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
     "subsample": lambda node, in_shape: Lowering(
         function="subsample", arguments=[("stride", node.attributes["stride"])]
     ),
@@ -248,7 +250,7 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
     if _stored(lowering):
         return f"{prefix}self.{node.attribute}({x})"
     if lowering.expression is not None:
-        return prefix + lowering.expression.format(x=x)
+        return prefix + lowering.expression.format(*node.inputs)
     assert lowering.function is not None
     return wrap_call(f"{prefix}{lowering.function}", [x, *_keywords(lowering)], indent)
 
@@ -257,24 +259,21 @@ def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]
     return [
         _constructor(lowering, f"self.{node.attribute} = ", 8)
         for node, lowering in zip(nodes, lowerings, strict=True)
-        if node.kind != "add" and _stored(lowering)
+        if _stored(lowering)
     ]
 
 
 def _call_lines(nodes: list[SourceNode], lowerings: list[Lowering], shortcut_attribute: str | None = None) -> list[str]:
     lines: list[str] = []
     for node, lowering in zip(nodes, lowerings, strict=True):
-        if node.kind == "add":
-            if shortcut_attribute is not None and "shortcut" in node.inputs:
-                lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
-            lines.append(f"{node.output} = {node.inputs[0]} + {node.inputs[1]}")
-        else:
-            lines.append(_application(node, lowering, 8))
+        if shortcut_attribute is not None and SHORTCUT_VARIABLE in node.inputs:
+            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
+        lines.append(_application(node, lowering, 8))
     return lines
 
 
 def _class_lowerings(nodes: list[SourceNode]) -> list[Lowering]:
-    return [Lowering() if node.kind == "add" else _lower(node) for node in nodes]
+    return [_lower(node) for node in nodes]
 
 
 def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
@@ -283,10 +282,7 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
         if node.attribute in NETWORK_METHODS:
             raise RescompileError(f"node name '{node.attribute}' is a method of the generated flax network")
     in_shapes = [node.in_shapes[0] if node.in_shapes else None for node in module.nodes]
-    lowerings = [
-        Lowering() if node.kind == "add" else _lower(node, in_shape)
-        for node, in_shape in zip(nodes, in_shapes, strict=True)
-    ]
+    lowerings = [_lower(node, in_shape) for node, in_shape in zip(nodes, in_shapes, strict=True)]
     return nodes, lowerings
 
 
@@ -379,7 +375,7 @@ def emit_source(graph: Graph) -> str:
 def _item(node: SourceNode, lowering: Lowering) -> str:
     """One item of an ``nnx.Sequential`` shortcut."""
     if lowering.expression is not None:
-        return f"lambda x: {lowering.expression.format(x='x')},"
+        return f"lambda x: {lowering.expression.format('x')},"
     return _constructor(lowering, "", 8, ",")
 
 
@@ -423,15 +419,23 @@ def _transpose(array: Array) -> Array:
     return array.T
 
 
-# canonical suffix -> (flax variable name, to flax, from flax), per op type.
-CONV_VARIABLES = {"weight": ("kernel", _oihw_to_hwio, _hwio_to_oihw), "bias": ("bias", _same, _same)}
-LINEAR_VARIABLES = {"weight": ("kernel", _transpose, _transpose), "bias": ("bias", _same, _same)}
-BATCH_NORM_VARIABLES = {
-    "weight": ("scale", _same, _same),
-    "bias": ("bias", _same, _same),
-    "running_mean": ("mean", _same, _same),
-    "running_var": ("var", _same, _same),
+# Where each role of the op table's tensors lives in a flax layer (nnx.Conv, nnx.Linear, BatchNorm).
+FLAX_VARIABLES = {
+    Role.KERNEL: "kernel",
+    Role.BIAS: "bias",
+    Role.SCALE: "scale",
+    Role.MEAN: "mean",
+    Role.VARIANCE: "var",
 }
+
+
+def _layout(tensor: Tensor) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+    """(to flax, from flax): conv kernels OIHW <-> HWIO, linear kernels (out, in) <-> (in, out)."""
+    if tensor.role is Role.KERNEL and len(tensor.shape) == 4:
+        return _oihw_to_hwio, _hwio_to_oihw
+    if tensor.role is Role.KERNEL and len(tensor.shape) == 2:
+        return _transpose, _transpose
+    return _same, _same
 
 
 def conversions(graph: Graph) -> dict[str, Conversion]:
@@ -439,21 +443,14 @@ def conversions(graph: Graph) -> dict[str, Conversion]:
     sequential = {shortcut.spec.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
-        op = node.op
-        if isinstance(op, Conv):
-            variables = {suffix: CONV_VARIABLES[suffix] for suffix in ("weight", "bias")[: 2 if op.bias else 1]}
-        elif isinstance(op, Linear):
-            variables = {suffix: LINEAR_VARIABLES[suffix] for suffix in ("weight", "bias")[: 2 if op.bias else 1]}
-        elif isinstance(op, BatchNorm):
-            variables = BATCH_NORM_VARIABLES
-        else:
-            continue
         parts = node.name.split(".")
         if len(parts) == 2 and parts[0] in sequential:
             parts = [parts[0], "layers", parts[1]]
         prefix = "/".join([*module.path.split("."), *parts] if module.path else parts)
-        for suffix, (variable, to_flax, from_flax) in variables.items():
-            table[f"{module.canonical(node.name)}.{suffix}"] = Conversion(f"{prefix}/{variable}", to_flax, from_flax)
+        for suffix, tensor in node.op.tensors().items():
+            to_flax, from_flax = _layout(tensor)
+            path = f"{prefix}/{FLAX_VARIABLES[tensor.role]}"
+            table[f"{module.canonical(node.name)}.{suffix}"] = Conversion(path, to_flax, from_flax)
     return table
 
 

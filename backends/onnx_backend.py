@@ -316,6 +316,15 @@ def _add(builder: _Builder, site: Site) -> None:
     builder.node("Add", list(site.inputs), site)
 
 
+def _sigmoid(builder: _Builder, site: Site) -> None:
+    builder.node("Sigmoid", [site.inputs[0]], site)
+
+
+def _mul(builder: _Builder, site: Site) -> None:
+    # ONNX Mul broadcasts as numpy does, over NCHW as the IR's shapes state it.
+    builder.node("Mul", list(site.inputs), site)
+
+
 def _subsample(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, Subsample)
@@ -349,6 +358,8 @@ EMITTERS: dict[str, Emitter] = {
     "flatten": _flatten,
     "linear": _linear,
     "add": _add,
+    "sigmoid": _sigmoid,
+    "mul": _mul,
     "subsample": _subsample,
     "pad_channels": _pad_channels,
 }

@@ -14,6 +14,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.source import (
+    SHORTCUT_VARIABLE,
     SourceNode,
     block_class,
     class_name,
@@ -112,8 +113,9 @@ PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, 0, 0, 0, self.before, self.after))'''
 
-# op kind -> the layer's constructor (None: no layer, computed inline in forward).
-LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
+# op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
+# the input variables ("{0} + {1}").
+LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "relu": _relu,
@@ -122,7 +124,9 @@ LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
-    "add": None,
+    "add": "{0} + {1}",
+    "sigmoid": lambda node: ("nn.Sigmoid", []),
+    "mul": "{0} * {1}",
     "subsample": lambda node: ("Subsample", [node.attributes["stride"]]),
     "pad_channels": lambda node: ("PadChannels", [node.attributes["before"], node.attributes["after"]]),
 }
@@ -133,23 +137,24 @@ assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emi
 def _layer(node: SourceNode, prefix: str = "") -> str:
     """The layer's constructor call after ``prefix``, wrapped for a line at the 8th column."""
     emitter = LAYER_EMITTERS.get(node.kind)
-    if emitter is None:
+    if not callable(emitter):
         raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
     callee, arguments = emitter(node)
     return wrap_call(prefix + callee, arguments, 8)
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if LAYER_EMITTERS[node.kind] is not None]
+    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if callable(LAYER_EMITTERS[node.kind])]
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
     lines: list[str] = []
     for node in nodes:
-        if node.kind == "add":
-            if shortcut_attribute is not None and "shortcut" in node.inputs:
-                lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
-            lines.append(f"{node.output} = {node.inputs[0]} + {node.inputs[1]}")
+        if shortcut_attribute is not None and SHORTCUT_VARIABLE in node.inputs:
+            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
+        emitter = LAYER_EMITTERS[node.kind]
+        if isinstance(emitter, str):
+            lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
         else:
             lines.append(f"{node.output} = self.{node.attribute}({node.inputs[0]})")
     return lines

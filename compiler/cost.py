@@ -1,8 +1,8 @@
 """The cost pass: parameters, multiply-accumulates and activation sizes per node, block and stage.
 
 Conventions (those of torchvision's model docs, fvcore and ptflops): MACs count the
-multiply-accumulates of convolutions and linear layers only; parameters are trainable tensors
-(conv and linear weights and biases, BatchNorm weight and bias), not BatchNorm running statistics;
+multiply-accumulates of convolutions and linear layers only (each op states its own, in the op
+table); parameters are trainable tensors, not buffers such as BatchNorm's running statistics;
 activations are the output elements of every node for one input.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear, Node
+from rescompile.compiler.ir import Graph, Node
 
 
 @dataclass(frozen=True)
@@ -75,27 +75,13 @@ class CostReport:
 
 
 def node_parameters(node: Node) -> int:
-    op = node.op
-    if isinstance(op, Conv):
-        kernel = op.kernel[0] * op.kernel[1]
-        return op.out_channels * (op.in_channels // op.groups) * kernel + (op.out_channels if op.bias else 0)
-    if isinstance(op, BatchNorm):
-        return 2 * op.channels
-    if isinstance(op, Linear):
-        return op.in_features * op.out_features + (op.out_features if op.bias else 0)
-    return 0
+    """Trainable parameters: the op's tensors that are not buffers."""
+    return sum(math.prod(tensor.shape) for tensor in node.op.tensors().values() if not tensor.buffer)
 
 
 def node_macs(node: Node) -> int:
-    op = node.op
     assert node.shape is not None
-    if isinstance(op, Conv):
-        _, height, width = node.shape
-        per_output = (op.in_channels // op.groups) * op.kernel[0] * op.kernel[1]
-        return op.out_channels * height * width * per_output
-    if isinstance(op, Linear):
-        return op.in_features * op.out_features
-    return 0
+    return node.op.macs(node.in_shapes, node.shape)
 
 
 def cost(graph: Graph) -> CostReport:

@@ -2,8 +2,8 @@
 
 Expansion binds every part parameter, evaluates every attribute expression, chooses each block's
 shortcut from the network's policy, and names every node canonically. It needs shapes along the
-way (a conv's ``in_channels`` is its input's channel count), so it applies the shape rules as it
-builds; the separate ``infer_shapes`` pass then re-derives them for the verifier.
+way (a conv's ``in_channels`` is its input's channel count), so it applies the op table's shape
+rules as it builds: this is where a graph's shapes are computed.
 """
 
 from __future__ import annotations
@@ -11,58 +11,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from rescompile.compiler.ir import (
-    MODULE_INPUT,
-    Add,
-    AvgPool,
-    BatchNorm,
-    Conv,
-    Flatten,
-    GlobalAveragePool,
-    Graph,
-    Linear,
-    MaxPool,
-    Module,
-    ModuleRole,
-    Node,
-    Op,
-    PadChannels,
-    Parts,
-    Relu,
-    Shape,
-    Subsample,
-)
-from rescompile.compiler.shapes import ShapeError, output_shape
+from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, ModuleRole, Node, Parts
+from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, show_shape
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.expressions import Expression, ExpressionError, Value
 from rescompile.spec.loader import Loaded, PartKind, load_part, resolve_part
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
-    AvgPoolSpec,
-    BatchNormSpec,
+    BinarySpec,
     BlockSpec,
-    ConvSpec,
-    FlattenSpec,
-    GlobalAveragePoolSpec,
     HeadSpec,
-    LinearSpec,
-    MaxPoolSpec,
     NetworkSpec,
     OpSpec,
-    PadChannelsSpec,
     PartSpec,
-    ReluSpec,
     ShortcutPolicySpec,
     ShortcutSpec,
     StemSpec,
-    SubsampleSpec,
 )
 from rescompile.spec.yaml_source import YamlPath
 
 IDENTITY = "identity"
 PLAIN = "none"
-SHORTCUT_VALUE = "shortcut"
 # The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
 POLICIES: dict[str, tuple[str, str]] = {
     "A": (IDENTITY, "zero_pad"),
@@ -341,7 +311,7 @@ def _build_nodes(
     previous = MODULE_INPUT
     for name, node_spec in part.spec.nodes.items():
         node_path = ("nodes", name)
-        if isinstance(node_spec, AddSpec):
+        if isinstance(node_spec, BinarySpec):
             raw_inputs: tuple[str, ...] = node_spec.inputs
         else:
             raw_inputs = (node_spec.input if node_spec.input is not None else previous,)
@@ -361,7 +331,7 @@ def _build_nodes(
             branch, shortcut = in_shapes[1 - op.shortcut_input], in_shapes[op.shortcut_input]
             raise _merge_error(part, name, branch, shortcut, declared_channels, label, location)
         try:
-            shape = output_shape(op, in_shapes)
+            shape = op.output_shape(in_shapes)
         except ShapeError as error:
             raise RescompileError(f"{label}: {name}: {error}", location) from None
         full_name = prefix + name
@@ -395,15 +365,11 @@ def _merge_error(
             part.locate("out_channels"),
         )
     return RescompileError(
-        f"{label}: the residual add '{name}' needs the branch ({_show(branch)}) and the shortcut "
-        f"({_show(shortcut)}) to have one shape; use a shortcut policy that projects or pads where shapes "
+        f"{label}: the residual add '{name}' needs the branch ({show_shape(branch)}) and the shortcut "
+        f"({show_shape(shortcut)}) to have one shape; use a shortcut policy that projects or pads where shapes "
         "change (B, A or C), not the identity",
         location,
     )
-
-
-def _show(shape: Shape) -> str:
-    return "×".join(str(dimension) for dimension in shape)
 
 
 def _other(inputs: tuple[str, ...]) -> str:
@@ -418,58 +384,21 @@ def _make_op(
     node_path: tuple[str, str],
     label: str,
 ) -> Op:
-    def integer(field: str, minimum: int = 1) -> int:
-        expression = getattr(spec, field)
-        assert isinstance(expression, Expression)
-        return _evaluate_int(expression, bindings, part, (*node_path, field), label, minimum)
-
-    def pair(field: str, minimum: int = 1) -> tuple[int, int]:
-        value = integer(field, minimum)
-        return (value, value)
-
-    def padding() -> tuple[tuple[int, int], tuple[int, int]]:
-        value = integer("padding", 0)
-        return ((value, value), (value, value))
-
-    channels = in_shapes[0][0]
-    if isinstance(spec, ConvSpec):
-        return Conv(
-            in_channels=channels,
-            out_channels=integer("out_channels"),
-            kernel=pair("kernel"),
-            stride=pair("stride"),
-            padding=padding(),
-            dilation=pair("dilation"),
-            groups=integer("groups"),
-            bias=spec.bias,
-        )
-    if isinstance(spec, BatchNormSpec):
-        return BatchNorm(channels, spec.epsilon, spec.momentum, spec.zero_init)
-    if isinstance(spec, ReluSpec):
-        return Relu()
-    if isinstance(spec, MaxPoolSpec):
-        return MaxPool(pair("kernel"), pair("stride"), padding(), spec.ceil_mode)
-    if isinstance(spec, AvgPoolSpec):
-        return AvgPool(pair("kernel"), pair("stride"), padding(), spec.ceil_mode, spec.count_include_pad)
-    if isinstance(spec, GlobalAveragePoolSpec):
-        return GlobalAveragePool()
-    if isinstance(spec, FlattenSpec):
-        return Flatten()
-    if isinstance(spec, LinearSpec):
-        if len(in_shapes[0]) != 1:
-            raise RescompileError(
-                f"{label}: linear needs a flat input of shape (features,), got {in_shapes[0]}; "
-                "add a flatten node first",
-                part.locate(*node_path),
-            )
-        return Linear(channels, integer("out_features"), spec.bias)
-    if isinstance(spec, AddSpec):
-        return Add(spec.inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in spec.inputs else None)
-    if isinstance(spec, SubsampleSpec):
-        return Subsample(integer("stride"))
-    if isinstance(spec, PadChannelsSpec):
-        return PadChannels(integer("before", 0), integer("after", 0))
-    raise AssertionError(f"no IR op for {type(spec).__name__}")
+    """The op table's op for a spec node: expressions evaluated to integers (at least 1 unless the
+    op states a smaller minimum), then :meth:`~rescompile.compiler.ops.OpBase.from_attributes`."""
+    op_type = OPS[spec.op]
+    attributes: dict[str, object] = {}
+    for field, value in spec:
+        if field in ("op", "input"):
+            continue
+        if isinstance(value, Expression):
+            minimum = op_type.minimums.get(field, 1)
+            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum)
+        attributes[field] = value
+    try:
+        return op_type.from_attributes(attributes, in_shapes)
+    except ShapeError as error:
+        raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
 
 
 __all__ = ["IDENTITY", "PLAIN", "POLICIES", "expand"]

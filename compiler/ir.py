@@ -1,13 +1,7 @@
 """The typed IR: a frozen graph of modules (stem, blocks, head), each a flat list of op nodes.
 
-Every attribute has explicit semantics so that backends never guess:
-
-* shapes exclude the batch dimension: ``(channels, height, width)`` or ``(features,)``;
-* padding is explicit ``((top, bottom), (left, right))`` pairs, never "SAME";
-* BatchNorm uses torch's conventions: ``y = (x - mean) / sqrt(var + epsilon) * weight + bias``
-  and ``running = (1 - momentum) * running + momentum * batch`` with the *unbiased* batch
-  variance feeding ``running_var``;
-* pooling states ``ceil_mode`` and ``count_include_pad``; convs state ``bias``.
+The ops and their semantics (explicit padding pairs, BatchNorm's conventions, pooling modes) are
+the op table, :mod:`rescompile.compiler.ops`; their names are re-exported here.
 
 Values inside a module are named: ``input`` is the module input, every other value is the
 output of the node of that name. Canonical names (``layer1.0.conv2``) are the module path joined
@@ -18,130 +12,58 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
+from rescompile.compiler.ops import (
+    OP_KINDS,
+    OP_TYPES,
+    Add,
+    AvgPool,
+    BatchNorm,
+    Conv,
+    Flatten,
+    GlobalAveragePool,
+    Linear,
+    MaxPool,
+    Op,
+    PadChannels,
+    Padding,
+    Pair,
+    Relu,
+    Shape,
+    Subsample,
+)
 from rescompile.spec.errors import Location
 from rescompile.spec.expressions import Value
 from rescompile.spec.models import BlockSpec, HeadSpec, NetworkSpec, ShortcutSpec, StemSpec
 
-Shape = tuple[int, ...]
-Pair = tuple[int, int]
-Padding = tuple[Pair, Pair]
-
 MODULE_INPUT = "input"
 
-
-@dataclass(frozen=True)
-class Conv:
-    kind: ClassVar[str] = "conv"
-    in_channels: int
-    out_channels: int
-    kernel: Pair
-    stride: Pair
-    padding: Padding
-    dilation: Pair
-    groups: int
-    bias: bool
-
-
-@dataclass(frozen=True)
-class BatchNorm:
-    kind: ClassVar[str] = "batch_norm"
-    channels: int
-    epsilon: float
-    momentum: float
-    zero_init: bool
-
-
-@dataclass(frozen=True)
-class Relu:
-    kind: ClassVar[str] = "relu"
-
-
-@dataclass(frozen=True)
-class MaxPool:
-    kind: ClassVar[str] = "max_pool"
-    kernel: Pair
-    stride: Pair
-    padding: Padding
-    ceil_mode: bool
-
-
-@dataclass(frozen=True)
-class AvgPool:
-    kind: ClassVar[str] = "avg_pool"
-    kernel: Pair
-    stride: Pair
-    padding: Padding
-    ceil_mode: bool
-    count_include_pad: bool
-
-
-@dataclass(frozen=True)
-class GlobalAveragePool:
-    """Mean over height and width, keeping them as 1×1 (torch's ``AdaptiveAvgPool2d((1, 1))``)."""
-
-    kind: ClassVar[str] = "global_average_pool"
-
-
-@dataclass(frozen=True)
-class Flatten:
-    """``(C, H, W) -> (C * H * W,)`` in channel-major order, as ``torch.flatten(x, 1)``."""
-
-    kind: ClassVar[str] = "flatten"
-
-
-@dataclass(frozen=True)
-class Linear:
-    kind: ClassVar[str] = "linear"
-    in_features: int
-    out_features: int
-    bias: bool
-
-
-@dataclass(frozen=True)
-class Add:
-    kind: ClassVar[str] = "add"
-    shortcut_input: int | None
-    """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
-
-    @property
-    def residual(self) -> bool:
-        return self.shortcut_input is not None
-
-
-@dataclass(frozen=True)
-class Subsample:
-    """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
-
-    kind: ClassVar[str] = "subsample"
-    stride: int
-
-
-@dataclass(frozen=True)
-class PadChannels:
-    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
-
-    kind: ClassVar[str] = "pad_channels"
-    before: int
-    after: int
-
-
-Op = Conv | BatchNorm | Relu | MaxPool | AvgPool | GlobalAveragePool | Flatten | Linear | Add | Subsample | PadChannels
-OP_TYPES: tuple[type[Op], ...] = (
-    Conv,
-    BatchNorm,
-    Relu,
-    MaxPool,
-    AvgPool,
-    GlobalAveragePool,
-    Flatten,
-    Linear,
-    Add,
-    Subsample,
-    PadChannels,
-)
-OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
+__all__ = [
+    "MODULE_INPUT",
+    "OP_KINDS",
+    "OP_TYPES",
+    "Add",
+    "AvgPool",
+    "BatchNorm",
+    "Conv",
+    "Flatten",
+    "GlobalAveragePool",
+    "Graph",
+    "Linear",
+    "MaxPool",
+    "Module",
+    "ModuleRole",
+    "Node",
+    "Op",
+    "PadChannels",
+    "Padding",
+    "Pair",
+    "Parts",
+    "Relu",
+    "Shape",
+    "Subsample",
+]
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,16 @@ from pathlib import Path
 
 from rescompile.compiler.expand import expand
 from rescompile.compiler.ir import Graph
-from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.verify import verify
 from rescompile.spec.loader import Loaded, load_network, resolve_network
 from rescompile.spec.models import InputSpec, NetworkSpec
 from rescompile.spec.yaml_source import SourceMap
 
 Pass = Callable[[Graph], Graph]
-PASSES: tuple[tuple[str, Pass], ...] = (("infer_shapes", infer_shapes),)
+PASSES: tuple[tuple[str, Pass], ...] = ()
+"""Rewrites every compile runs after ``expand`` (which applies the op table's shape rules as it
+builds, so shapes are computed once). Inference rewrites such as
+:func:`rescompile.compiler.fold.fold_batch_norm` are not here: the backends that want them apply them."""
 
 
 def lower(network: Loaded[NetworkSpec], network_file: Path | None = None) -> Graph:

@@ -15,31 +15,27 @@ import numpy as np
 import numpy.typing as npt
 
 from rescompile.compiler.files import write_atomically
-from rescompile.compiler.ir import BatchNorm, Conv, Graph, Linear
+from rescompile.compiler.ir import Graph, Module
+from rescompile.compiler.ops import Init, Role, Tensor
 from rescompile.spec.errors import RescompileError
 
 Array = npt.NDArray[np.float32]
 Weights = dict[str, Array]
 
 
+def weight_tensors(graph: Graph) -> dict[str, tuple[Module, Tensor]]:
+    """Every canonical weight name (``layer1.0.conv1.weight``) with its module and the op table's
+    description of it, in network order."""
+    return {
+        f"{module.canonical(node.name)}.{suffix}": (module, tensor)
+        for module, node in graph.nodes()
+        for suffix, tensor in node.op.tensors().items()
+    }
+
+
 def weight_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     """Every canonical weight name with its shape, in network order."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for module, node in graph.nodes():
-        name = module.canonical(node.name)
-        op = node.op
-        if isinstance(op, Conv):
-            shapes[f"{name}.weight"] = (op.out_channels, op.in_channels // op.groups, *op.kernel)
-            if op.bias:
-                shapes[f"{name}.bias"] = (op.out_channels,)
-        elif isinstance(op, BatchNorm):
-            for suffix in ("weight", "bias", "running_mean", "running_var"):
-                shapes[f"{name}.{suffix}"] = (op.channels,)
-        elif isinstance(op, Linear):
-            shapes[f"{name}.weight"] = (op.out_features, op.in_features)
-            if op.bias:
-                shapes[f"{name}.bias"] = (op.out_features,)
-    return shapes
+    return {name: tensor.shape for name, (_, tensor) in weight_tensors(graph).items()}
 
 
 def check_weights(graph: Graph, weights: Mapping[str, npt.NDArray[np.generic]]) -> None:
@@ -67,63 +63,53 @@ def shape_mismatches(expected: Mapping[str, tuple[int, ...]], actual: Mapping[st
 
 
 def initial_weights(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> Weights:
-    """Fresh weights drawn as torchvision initialises a ResNet.
+    """Fresh weights drawn as torchvision initialises a ResNet, each tensor as the op table says.
 
     Convs: Kaiming normal, fan_out, ReLU gain; BatchNorm weight 1, bias 0, running mean 0, var 1;
     linear: torch's default U(-1/sqrt(in), 1/sqrt(in)) for weight and bias. With
-    ``zero_init_residual`` the BatchNorm marked ``zero_init`` in each block gets weight 0, so
-    every residual branch starts as zero.
+    ``zero_init_residual`` the tensors marked ``zeroed_for_residual`` (the scale of the BatchNorm
+    marked ``zero_init``) in each residual block are 0, so every residual branch starts as zero.
     """
     generator = np.random.default_rng(seed)
     weights: Weights = {}
-    for module, node in graph.nodes():
-        name = module.canonical(node.name)
-        op = node.op
-        if isinstance(op, Conv):
-            fan_out = op.out_channels * op.kernel[0] * op.kernel[1]
-            shape = (op.out_channels, op.in_channels // op.groups, *op.kernel)
-            weights[f"{name}.weight"] = _normal(generator, shape, math.sqrt(2.0 / fan_out))
-            if op.bias:
-                weights[f"{name}.bias"] = np.zeros(op.out_channels, np.float32)
-        elif isinstance(op, BatchNorm):
-            zero = zero_init_residual and op.zero_init and module.role == "block" and module.shortcut is not None
-            weights[f"{name}.weight"] = np.full(op.channels, 0.0 if zero else 1.0, np.float32)
-            weights[f"{name}.bias"] = np.zeros(op.channels, np.float32)
-            weights[f"{name}.running_mean"] = np.zeros(op.channels, np.float32)
-            weights[f"{name}.running_var"] = np.ones(op.channels, np.float32)
-        elif isinstance(op, Linear):
-            bound = 1.0 / math.sqrt(op.in_features)
-            weights[f"{name}.weight"] = _uniform(generator, (op.out_features, op.in_features), bound)
-            if op.bias:
-                weights[f"{name}.bias"] = _uniform(generator, (op.out_features,), bound)
+    for name, (module, tensor) in weight_tensors(graph).items():
+        zeroed = zero_init_residual and tensor.zeroed_for_residual and _residual(module)
+        weights[name] = np.zeros(tensor.shape, np.float32) if zeroed else _initial(generator, tensor)
     return weights
 
 
-def random_weights(graph: Graph, seed: int = 0) -> Weights:
-    """Weights for equivalence tests: like :func:`initial_weights`, but every BatchNorm gets
-    non-trivial affine parameters and running statistics, so that a backend mishandling any of
-    them is caught.
+def _residual(module: Module) -> bool:
+    return module.role == "block" and module.shortcut is not None
 
-    NOTE: the BatchNorm closing each residual branch (``zero_init`` in the block) gets a small
-    weight, U(0.05, 0.25), as trained ResNets have. With random running statistics, eval mode
-    does not normalise, so each branch's output scales with the stream it reads; with weights
-    near 1 the stream would grow about 2.4× per block and overflow fp32 in resnet1202.
+
+def _initial(generator: np.random.Generator, tensor: Tensor) -> Array:
+    if tensor.init is Init.KAIMING_NORMAL_FAN_OUT:
+        fan_out = tensor.shape[0] * math.prod(tensor.shape[2:])
+        return _normal(generator, tensor.shape, math.sqrt(2.0 / fan_out))
+    if tensor.init is Init.UNIFORM_FAN_IN:
+        return _uniform(generator, tensor.shape, 1.0 / math.sqrt(tensor.fan_in))
+    return np.full(tensor.shape, 1.0 if tensor.init is Init.ONES else 0.0, np.float32)
+
+
+def random_weights(graph: Graph, seed: int = 0) -> Weights:
+    """Weights for equivalence tests: like :func:`initial_weights`, but every per-channel tensor
+    (scales, biases, running statistics) gets non-trivial values, so that a backend mishandling
+    any of them is caught.
+
+    NOTE: the scale closing each residual branch (``zeroed_for_residual``) gets a small value,
+    U(0.05, 0.25), as trained ResNets have. With random running statistics, eval mode does not
+    normalise, so each branch's output scales with the stream it reads; with scales near 1 the
+    stream would grow about 2.4× per block and overflow fp32 in resnet1202.
     """
     generator = np.random.default_rng(seed)
     weights = initial_weights(graph, seed)
-    closing = {
-        f"{module.canonical(node.name)}.weight"
-        for module, node in graph.nodes()
-        if isinstance(node.op, BatchNorm) and node.op.zero_init and module.shortcut is not None
-    }
-    for name in weights:
-        shape = weights[name].shape
-        if name in closing:
-            weights[name] = generator.uniform(0.05, 0.25, shape).astype(np.float32)
-        elif name.endswith(".running_mean") or name.endswith(".bias"):
-            weights[name] = _normal(generator, shape, 0.1)
-        elif name.endswith(".running_var") or (name.endswith(".weight") and weights[name].ndim == 1):
-            weights[name] = generator.uniform(0.5, 1.5, shape).astype(np.float32)
+    for name, (module, tensor) in weight_tensors(graph).items():
+        if tensor.zeroed_for_residual and _residual(module):
+            weights[name] = generator.uniform(0.05, 0.25, tensor.shape).astype(np.float32)
+        elif tensor.role in (Role.MEAN, Role.BIAS):
+            weights[name] = _normal(generator, tensor.shape, 0.1)
+        elif tensor.role in (Role.VARIANCE, Role.SCALE):
+            weights[name] = generator.uniform(0.5, 1.5, tensor.shape).astype(np.float32)
     return weights
 
 

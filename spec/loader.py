@@ -17,7 +17,7 @@ from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_
 from rescompile.spec.models import (
     MODULE_LEVEL_NAMES,
     RESERVED_NAMES,
-    AddSpec,
+    BinarySpec,
     BlockSpec,
     HeadSpec,
     NetworkSpec,
@@ -184,12 +184,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"not a keyword, a dunder or one of {', '.join(sorted(RESERVED_NAMES))}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
-        inputs = node.inputs if isinstance(node, AddSpec) else (node.input,)
+        inputs = node.inputs if isinstance(node, BinarySpec) else (node.input,)
         for index, value in enumerate(inputs):
             if value is not None and value not in available:
                 path = (
                     ("nodes", node_name, "inputs", index)
-                    if isinstance(node, AddSpec)
+                    if isinstance(node, BinarySpec)
                     else ("nodes", node_name, "input")
                 )
                 raise RescompileError(

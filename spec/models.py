@@ -138,9 +138,26 @@ class LinearSpec(OpBase):
     bias: bool = True
 
 
-class AddSpec(StrictModel):
+class BinarySpec(StrictModel):
+    """An op of two values, named in ``inputs`` (no ``input``: neither is implied)."""
+
+    inputs: tuple[str, str] = Field(description="The two values it reads.")
+
+
+class AddSpec(BinarySpec):
     op: Literal["add"]
     inputs: tuple[str, str] = Field(description="The two values to add; 'shortcut' names the block's shortcut.")
+
+
+class MulSpec(BinarySpec):
+    """Elementwise product, broadcasting as numpy does over (channels, height, width): a gate of
+    shape C×1×1 scales each channel of a C×H×W value (squeeze-and-excitation)."""
+
+    op: Literal["mul"]
+
+
+class SigmoidSpec(OpBase):
+    op: Literal["sigmoid"]
 
 
 class SubsampleSpec(OpBase):
@@ -168,6 +185,8 @@ OpSpec = Annotated[
     | FlattenSpec
     | LinearSpec
     | AddSpec
+    | MulSpec
+    | SigmoidSpec
     | SubsampleSpec
     | PadChannelsSpec,
     Field(discriminator="op"),

@@ -1,4 +1,4 @@
-"""Shape rules against hand-worked sizes (torch's formulas, stated in the IR docs)."""
+"""Shape rules of the op table against hand-worked sizes (torch's formulas, stated in the op docs)."""
 
 import dataclasses
 
@@ -6,7 +6,7 @@ import pytest
 
 from rescompile.compiler import compile_spec
 from rescompile.compiler.ir import AvgPool, Conv, MaxPool, PadChannels, Subsample
-from rescompile.compiler.shapes import ShapeError, output_shape
+from rescompile.compiler.ops import Mul, ShapeError, Sigmoid
 
 SQUARE_PAD_1 = ((1, 1), (1, 1))
 
@@ -26,39 +26,39 @@ def conv(kernel: int, stride: int, padding: int, channels: int = 4, groups: int 
     ],
 )
 def test_conv_output_size(size: int, kernel: int, stride: int, padding: int, expected: int) -> None:
-    assert output_shape(conv(kernel, stride, padding), ((4, size, size),)) == (8, expected, expected)
+    assert conv(kernel, stride, padding).output_shape(((4, size, size),)) == (8, expected, expected)
 
 
 def test_max_pool_ceil_mode_keeps_a_partial_window_unless_it_starts_in_the_padding() -> None:
     floor_mode = MaxPool((3, 3), (2, 2), SQUARE_PAD_1, ceil_mode=False)
     ceil_mode = dataclasses.replace(floor_mode, ceil_mode=True)
     # size 6: span 6 + 2 - 3 = 5; floor(5 / 2) + 1 = 3, ceil(5 / 2) + 1 = 4 (the 4th window starts at 6 < 6 + 1).
-    assert output_shape(floor_mode, ((2, 6, 6),)) == (2, 3, 3)
-    assert output_shape(ceil_mode, ((2, 6, 6),)) == (2, 4, 4)
+    assert floor_mode.output_shape(((2, 6, 6),)) == (2, 3, 3)
+    assert ceil_mode.output_shape(((2, 6, 6),)) == (2, 4, 4)
     # kernel 2, stride 2, pad 1 on 5: span 5 + 2 - 2 = 5, ceil gives 4, but the 4th window would start
     # at 6 >= 5 + 1, entirely in the right padding, so it is dropped: 3.
     half = MaxPool((2, 2), (2, 2), SQUARE_PAD_1, ceil_mode=True)
-    assert output_shape(half, ((2, 5, 5),)) == (2, 3, 3)
+    assert half.output_shape(((2, 5, 5),)) == (2, 3, 3)
 
 
 def test_avg_pool_and_subsample_sizes() -> None:
     pool = AvgPool((2, 2), (2, 2), ((0, 0), (0, 0)), ceil_mode=False, count_include_pad=True)
-    assert output_shape(pool, ((3, 5, 5),)) == (3, 2, 2)
-    assert output_shape(Subsample(2), ((3, 5, 5),)) == (3, 3, 3)  # x[:, :, ::2, ::2] keeps rows 0, 2, 4
+    assert pool.output_shape(((3, 5, 5),)) == (3, 2, 2)
+    assert Subsample(2).output_shape(((3, 5, 5),)) == (3, 3, 3)  # x[:, :, ::2, ::2] keeps rows 0, 2, 4
 
 
 def test_pad_channels_adds_channels_only() -> None:
-    assert output_shape(PadChannels(1, 3), ((4, 5, 6),)) == (8, 5, 6)
+    assert PadChannels(1, 3).output_shape(((4, 5, 6),)) == (8, 5, 6)
 
 
 def test_conv_rejects_groups_that_do_not_divide_channels() -> None:
     with pytest.raises(ShapeError, match="groups=3 must divide"):
-        output_shape(conv(3, 1, 1, channels=4, groups=3), ((4, 8, 8),))
+        conv(3, 1, 1, channels=4, groups=3).output_shape(((4, 8, 8),))
 
 
 def test_conv_rejects_a_map_that_would_vanish() -> None:
     with pytest.raises(ShapeError, match="below 1×1"):
-        output_shape(conv(3, 1, 0), ((4, 2, 2),))
+        conv(3, 1, 0).output_shape(((4, 2, 2),))
 
 
 def test_odd_input_sizes_flow_through_resnet50() -> None:
@@ -66,3 +66,17 @@ def test_odd_input_sizes_flow_through_resnet50() -> None:
     assert graph.blocks[0].in_shape == (64, 9, 5)  # 33 -> 17 -> 9, 17 -> 9 -> 5
     assert graph.blocks[-1].out_shape == (2048, 2, 1)
     assert graph.output_shape == (1000,)
+
+
+def test_mul_broadcasts_a_channel_gate_and_refuses_what_numpy_would() -> None:
+    assert Mul().output_shape(((8, 5, 6), (8, 1, 1))) == (8, 5, 6)
+    assert Mul().output_shape(((8, 1, 1), (8, 5, 6))) == (8, 5, 6)
+    assert Mul().output_shape(((8,), (8,))) == (8,)
+    with pytest.raises(ShapeError, match="cannot broadcast 8×5×6 and 4×1×1"):
+        Mul().output_shape(((8, 5, 6), (4, 1, 1)))
+    with pytest.raises(ShapeError, match="one rank"):
+        Mul().output_shape(((8, 5, 6), (8,)))
+
+
+def test_sigmoid_keeps_its_input_shape() -> None:
+    assert Sigmoid().output_shape(((8, 5, 6),)) == (8, 5, 6)

@@ -1,0 +1,469 @@
+"""The op table: every IR op is one frozen dataclass here, and everything the compiler knows about
+an op is stated on it, once:
+
+* its typed attributes, with explicit semantics (padding as ``((top, bottom), (left, right))``
+  pairs, never "SAME"; pooling ``ceil_mode`` and ``count_include_pad``; BatchNorm's epsilon and
+  momentum in torch's convention; conv ``bias``);
+* :meth:`~OpBase.from_attributes`: how ``expand`` builds it from a spec node's evaluated attributes
+  and its input shapes (a conv's ``in_channels`` is its input's channel count);
+* :meth:`~OpBase.output_shape`: its shape rule (shapes exclude the batch dimension:
+  ``(channels, height, width)`` or ``(features,)``), raising :class:`ShapeError`;
+* :meth:`~OpBase.tensors`: its parameter layout, ``{suffix: Tensor}`` in the canonical (torch)
+  layout, buffers marked, each with its role and initialiser; the canonical weight names are
+  ``<node>.<suffix>`` (``layer1.0.conv1.weight``);
+* :meth:`~OpBase.macs`: multiply-accumulates, counted as torchvision's docs, fvcore and ptflops count
+  them (convolutions and linear layers only).
+
+Cost, canonical weights (names, shapes, initial and random values), the Flax weight conversion and
+the shape pass all derive from this table; nothing recognises an op by a name suffix. A new op is
+one class here, listed in :data:`OP_TYPES`, plus one emitter per backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+Shape = tuple[int, ...]
+Pair = tuple[int, int]
+Padding = tuple[Pair, Pair]
+Attributes = Mapping[str, Any]
+"""A spec node's attributes, expressions evaluated: ints, floats, bools, and for ``add`` its inputs."""
+
+SHORTCUT_VALUE = "shortcut"
+"""The value a block's residual ``add`` reads for the shortcut's output."""
+
+
+class ShapeError(ValueError):
+    """A shape rule failed; the caller names the module and location."""
+
+
+class Role(enum.Enum):
+    """What a parameter tensor is, for initialisation, test weights and layout conversions."""
+
+    KERNEL = "kernel"
+    """A dense weight: ``(out, in/groups, kh, kw)`` for a conv, ``(out, in)`` for a linear layer."""
+    BIAS = "bias"
+    SCALE = "scale"
+    """A per-channel multiplier (BatchNorm's weight)."""
+    MEAN = "mean"
+    """A running mean (a buffer)."""
+    VARIANCE = "variance"
+    """A running variance (a buffer)."""
+
+
+class Init(enum.Enum):
+    """How torchvision initialises a tensor (``initial_weights``)."""
+
+    KAIMING_NORMAL_FAN_OUT = "kaiming_normal_fan_out"
+    """Normal with std sqrt(2 / fan_out), fan_out = out * kh * kw (ReLU gain)."""
+    UNIFORM_FAN_IN = "uniform_fan_in"
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's nn.Linear default; ``fan_in`` on :class:`Tensor`."""
+    ZEROS = "zeros"
+    ONES = "ones"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter or buffer of an op, in canonical (torch) layout."""
+
+    shape: Shape
+    role: Role
+    init: Init
+    buffer: bool = False
+    """Running statistics: part of the weights, not trainable, not counted as parameters."""
+    fan_in: int = 0
+    """For :attr:`Init.UNIFORM_FAN_IN`."""
+    zeroed_for_residual: bool = False
+    """Set to 0 by ``zero_init_residual`` (Goyal et al. 2017): the last BatchNorm scale of a branch."""
+
+
+def _image(shapes: tuple[Shape, ...], what: str) -> tuple[int, int, int]:
+    if len(shapes) != 1 or len(shapes[0]) != 3:
+        raise ShapeError(f"{what} needs one (channels, height, width) input, got {list(shapes)}")
+    channels, height, width = shapes[0]
+    return channels, height, width
+
+
+def _one(shapes: tuple[Shape, ...], what: str) -> Shape:
+    if len(shapes) != 1:
+        raise ShapeError(f"{what} takes one input, got {len(shapes)}")
+    return shapes[0]
+
+
+def _window_size(size: int, kernel: int, stride: int, padding: Pair, dilation: int, ceil_mode: bool) -> int:
+    """Output length of a sliding window, with torch's ceil_mode rule (a last window must start
+    inside the input or its left padding)."""
+    span = size + padding[0] + padding[1] - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    out = -(-span // stride) + 1 if ceil_mode else span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding[0]:
+        out -= 1
+    return out
+
+
+def _spatial(
+    height: int, width: int, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair, ceil_mode: bool, what: str
+) -> tuple[int, int]:
+    out_height = _window_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    out_width = _window_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    if out_height < 1 or out_width < 1:
+        raise ShapeError(
+            f"{what} (kernel {kernel[0]}×{kernel[1]}, stride {stride[0]}) would shrink the "
+            f"{height}×{width} feature map below 1×1; use a larger input size or fewer strided stages"
+        )
+    return out_height, out_width
+
+
+def show_shape(shape: Shape) -> str:
+    return "×".join(str(dimension) for dimension in shape)
+
+
+def _square(value: int) -> Pair:
+    return (value, value)
+
+
+def _padding(value: int) -> Padding:
+    return ((value, value), (value, value))
+
+
+class OpBase:
+    """What every op states; the defaults describe an op without parameters and without MACs."""
+
+    kind: ClassVar[str]
+    minimums: ClassVar[Mapping[str, int]] = {}
+    """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        """The op for a spec node (its evaluated attributes) reading values of ``in_shapes``."""
+        return cls(**attributes)
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class Conv(OpBase):
+    kind: ClassVar[str] = "conv"
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    in_channels: int
+    out_channels: int
+    kernel: Pair
+    stride: Pair
+    padding: Padding
+    dilation: Pair
+    groups: int
+    bias: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls(
+            in_channels=_one(in_shapes, "conv")[0],
+            out_channels=attributes["out_channels"],
+            kernel=_square(attributes["kernel"]),
+            stride=_square(attributes["stride"]),
+            padding=_padding(attributes["padding"]),
+            dilation=_square(attributes["dilation"]),
+            groups=attributes["groups"],
+            bias=attributes["bias"],
+        )
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, "conv")
+        if channels != self.in_channels:
+            raise ShapeError(f"conv expects {self.in_channels} input channels, got {channels}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ShapeError(
+                f"conv groups={self.groups} must divide in_channels={self.in_channels} "
+                f"and out_channels={self.out_channels}"
+            )
+        size = _spatial(height, width, self.kernel, self.stride, self.padding, self.dilation, False, "conv")
+        return (self.out_channels, *size)
+
+    def tensors(self) -> dict[str, Tensor]:
+        weight = (self.out_channels, self.in_channels // self.groups, *self.kernel)
+        result = {"weight": Tensor(weight, Role.KERNEL, Init.KAIMING_NORMAL_FAN_OUT)}
+        if self.bias:
+            result["bias"] = Tensor((self.out_channels,), Role.BIAS, Init.ZEROS)
+        return result
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        per_output = (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+        return math.prod(out_shape) * per_output
+
+
+@dataclass(frozen=True)
+class BatchNorm(OpBase):
+    """``y = (x - mean) / sqrt(var + epsilon) * weight + bias``; in training the running statistics
+    follow ``running = (1 - momentum) * running + momentum * batch``, the *unbiased* batch variance
+    feeding ``running_var`` (torch's convention)."""
+
+    kind: ClassVar[str] = "batch_norm"
+    channels: int
+    epsilon: float
+    momentum: float
+    zero_init: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls(
+            _one(in_shapes, "batch_norm")[0], attributes["epsilon"], attributes["momentum"], attributes["zero_init"]
+        )
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        if len(in_shapes) != 1 or in_shapes[0][0] != self.channels:
+            raise ShapeError(f"batch_norm has {self.channels} channels, its input is {list(in_shapes)}")
+        return in_shapes[0]
+
+    def tensors(self) -> dict[str, Tensor]:
+        channels = (self.channels,)
+        return {
+            "weight": Tensor(channels, Role.SCALE, Init.ONES, zeroed_for_residual=self.zero_init),
+            "bias": Tensor(channels, Role.BIAS, Init.ZEROS),
+            "running_mean": Tensor(channels, Role.MEAN, Init.ZEROS, buffer=True),
+            "running_var": Tensor(channels, Role.VARIANCE, Init.ONES, buffer=True),
+        }
+
+
+@dataclass(frozen=True)
+class Relu(OpBase):
+    kind: ClassVar[str] = "relu"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _one(in_shapes, self.kind)
+
+
+def _check_pool_padding(kind: str, padding: Padding, kernel: Pair) -> None:
+    for (before, after), size in zip(padding, kernel, strict=True):
+        if max(before, after) * 2 > size:
+            raise ShapeError(f"{kind} padding must be at most half the kernel size ({size})")
+
+
+@dataclass(frozen=True)
+class MaxPool(OpBase):
+    kind: ClassVar[str] = "max_pool"
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    kernel: Pair
+    stride: Pair
+    padding: Padding
+    ceil_mode: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        kernel, stride, padding = attributes["kernel"], attributes["stride"], attributes["padding"]
+        return cls(_square(kernel), _square(stride), _padding(padding), attributes["ceil_mode"])
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        _check_pool_padding(self.kind, self.padding, self.kernel)
+        size = _spatial(height, width, self.kernel, self.stride, self.padding, (1, 1), self.ceil_mode, self.kind)
+        return (channels, *size)
+
+
+@dataclass(frozen=True)
+class AvgPool(OpBase):
+    kind: ClassVar[str] = "avg_pool"
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    kernel: Pair
+    stride: Pair
+    padding: Padding
+    ceil_mode: bool
+    count_include_pad: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        kernel, stride, padding = attributes["kernel"], attributes["stride"], attributes["padding"]
+        return cls(
+            _square(kernel),
+            _square(stride),
+            _padding(padding),
+            attributes["ceil_mode"],
+            attributes["count_include_pad"],
+        )
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        _check_pool_padding(self.kind, self.padding, self.kernel)
+        size = _spatial(height, width, self.kernel, self.stride, self.padding, (1, 1), self.ceil_mode, self.kind)
+        return (channels, *size)
+
+
+@dataclass(frozen=True)
+class GlobalAveragePool(OpBase):
+    """Mean over height and width, keeping them as 1×1 (torch's ``AdaptiveAvgPool2d((1, 1))``)."""
+
+    kind: ClassVar[str] = "global_average_pool"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, _, _ = _image(in_shapes, self.kind)
+        return (channels, 1, 1)
+
+
+@dataclass(frozen=True)
+class Flatten(OpBase):
+    """``(C, H, W) -> (C * H * W,)`` in channel-major order, as ``torch.flatten(x, 1)``."""
+
+    kind: ClassVar[str] = "flatten"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return (math.prod(_one(in_shapes, self.kind)),)
+
+
+@dataclass(frozen=True)
+class Linear(OpBase):
+    kind: ClassVar[str] = "linear"
+    in_features: int
+    out_features: int
+    bias: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        shape = _one(in_shapes, cls.kind)
+        if len(shape) != 1:
+            raise ShapeError(f"linear needs a flat input of shape (features,), got {shape}; add a flatten node first")
+        return cls(shape[0], attributes["out_features"], attributes["bias"])
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        if len(in_shapes) != 1 or in_shapes[0] != (self.in_features,):
+            raise ShapeError(f"linear expects ({self.in_features},) features, got {list(in_shapes)}; flatten first")
+        return (self.out_features,)
+
+    def tensors(self) -> dict[str, Tensor]:
+        result = {
+            "weight": Tensor(
+                (self.out_features, self.in_features), Role.KERNEL, Init.UNIFORM_FAN_IN, fan_in=self.in_features
+            )
+        }
+        if self.bias:
+            result["bias"] = Tensor((self.out_features,), Role.BIAS, Init.UNIFORM_FAN_IN, fan_in=self.in_features)
+        return result
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class Add(OpBase):
+    kind: ClassVar[str] = "add"
+    shortcut_input: int | None
+    """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        inputs: tuple[str, ...] = attributes["inputs"]
+        return cls(inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in inputs else None)
+
+    @property
+    def residual(self) -> bool:
+        return self.shortcut_input is not None
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        if len(in_shapes) != 2 or in_shapes[0] != in_shapes[1]:
+            shown = " and ".join(show_shape(shape) for shape in in_shapes)
+            raise ShapeError(f"add needs two inputs of the same shape, got {shown}")
+        return in_shapes[0]
+
+
+@dataclass(frozen=True)
+class Sigmoid(OpBase):
+    """``1 / (1 + exp(-x))``, elementwise."""
+
+    kind: ClassVar[str] = "sigmoid"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _one(in_shapes, self.kind)
+
+
+@dataclass(frozen=True)
+class Mul(OpBase):
+    """Elementwise product of two values of one rank, broadcasting as numpy does: each dimension
+    equal, or 1 in one of them (``C×H×W · C×1×1`` scales each channel). The batch dimension is
+    shared, never broadcast."""
+
+    kind: ClassVar[str] = "mul"
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls()  # its only attribute in a spec is ``inputs``, which the node records
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        shown = " and ".join(show_shape(shape) for shape in in_shapes)
+        if len(in_shapes) != 2 or len(in_shapes[0]) != len(in_shapes[1]):
+            raise ShapeError(f"mul needs two inputs of one rank, got {shown}")
+        if any(a != b and 1 not in (a, b) for a, b in zip(*in_shapes, strict=True)):
+            raise ShapeError(f"mul cannot broadcast {shown}: each dimension must match or be 1 in one of them")
+        return tuple(max(a, b) for a, b in zip(*in_shapes, strict=True))
+
+
+@dataclass(frozen=True)
+class Subsample(OpBase):
+    """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
+
+    kind: ClassVar[str] = "subsample"
+    stride: int
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        return (channels, -(-height // self.stride), -(-width // self.stride))
+
+
+@dataclass(frozen=True)
+class PadChannels(OpBase):
+    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
+
+    kind: ClassVar[str] = "pad_channels"
+    minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
+    before: int
+    after: int
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if self.before < 0 or self.after < 0:
+            raise ShapeError(f"pad_channels cannot remove channels (before={self.before}, after={self.after})")
+        return (channels + self.before + self.after, height, width)
+
+
+Op = (
+    Conv
+    | BatchNorm
+    | Relu
+    | MaxPool
+    | AvgPool
+    | GlobalAveragePool
+    | Flatten
+    | Linear
+    | Add
+    | Sigmoid
+    | Mul
+    | Subsample
+    | PadChannels
+)
+OP_TYPES: tuple[type[Op], ...] = (
+    Conv,
+    BatchNorm,
+    Relu,
+    MaxPool,
+    AvgPool,
+    GlobalAveragePool,
+    Flatten,
+    Linear,
+    Add,
+    Sigmoid,
+    Mul,
+    Subsample,
+    PadChannels,
+)
+OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
+OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}
+"""The op table by kind (the spec's ``op`` key)."""

@@ -1,0 +1,73 @@
+"""BatchNorm folding as an IR pass: which BatchNorms fold, the folded weights by hand, and the folded
+graph computing what the original computes (run by ONNX Runtime, the one backend that lowers any
+concrete graph)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rescompile.backends.onnx_backend import emit_model, run_onnxruntime
+from rescompile.compiler import compile_spec
+from rescompile.compiler.fold import fold_batch_norm, fold_weights
+from rescompile.compiler.ops import BatchNorm, Conv
+from rescompile.compiler.weights import random_weights, weight_shapes
+from rescompile.testing import assert_close
+
+
+def test_every_batch_norm_after_a_conv_folds_and_its_readers_read_the_conv() -> None:
+    graph = compile_spec("resnet18", size=32)
+    folded = fold_batch_norm(graph)
+    batch_norms = [(module, node) for module, node in graph.nodes() if isinstance(node.op, BatchNorm)]
+    assert len(folded.folds) == len(batch_norms) == 20  # 17 in branches and stem, 3 in downsample shortcuts
+    assert not any(isinstance(node.op, BatchNorm) for _, node in folded.graph.nodes())
+    assert all(node.op.bias for _, node in folded.graph.nodes() if isinstance(node.op, Conv))
+    block = folded.graph.modules[1]
+    relu1 = next(node for node in block.nodes if node.name == "relu1")
+    assert relu1.inputs == ("conv1",)
+    downsample = folded.graph.modules[5]  # layer2.0
+    add = next(node for node in downsample.nodes if node.op.kind == "add")
+    assert set(add.inputs) == {"conv2", "downsample.0"}
+
+
+def test_a_batch_norm_whose_conv_output_has_another_reader_stays() -> None:
+    graph = compile_spec("resnet20", size=8)
+    module = graph.modules[1]
+    # Let relu1 read conv1 as well as bn1 reading it: with two readers, bn1 cannot absorb conv1.
+    nodes = tuple(
+        dataclasses.replace(node, inputs=("conv1",)) if node.name == "relu1" else node for node in module.nodes
+    )
+    rewired = dataclasses.replace(
+        graph, modules=(graph.modules[0], dataclasses.replace(module, nodes=nodes), *graph.modules[2:])
+    )
+    folds = {fold.batch_norm for fold in fold_batch_norm(rewired).folds}
+    assert "layer1.0.bn1" not in folds
+    assert "layer1.0.bn2" in folds
+
+
+def test_folded_weights_by_hand_for_one_channel() -> None:
+    graph = compile_spec("resnet20", size=8)
+    weights = random_weights(graph, seed=3)
+    folded = fold_batch_norm(graph)
+    result = fold_weights(folded, weights)
+    assert {name: array.shape for name, array in result.items()} == weight_shapes(folded.graph)
+    gamma = float(weights["bn1.weight"][2])
+    beta = float(weights["bn1.bias"][2])
+    mean = float(weights["bn1.running_mean"][2])
+    variance = float(weights["bn1.running_var"][2])
+    scale = gamma / np.sqrt(variance + 1e-5)
+    np.testing.assert_allclose(result["conv1.weight"][2], weights["conv1.weight"][2] * scale, rtol=1e-6)
+    np.testing.assert_allclose(result["conv1.bias"][2], beta - mean * scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "resnext50_32x4d"])
+def test_the_folded_graph_computes_the_original_function(name: str) -> None:
+    graph = compile_spec(name, size=32)
+    weights = random_weights(graph, seed=1)
+    folded = fold_batch_norm(graph)
+    x = np.random.default_rng(0).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    expected = run_onnxruntime(emit_model(graph, weights), x)
+    actual = run_onnxruntime(emit_model(folded.graph, fold_weights(folded, weights)), x)
+    assert_close(actual, expected, tolerance="network")
