@@ -19,11 +19,10 @@ flax's names and momentum convention but torch's training semantics, updating ``
 
 from __future__ import annotations
 
-import ast
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,19 +30,22 @@ import numpy as np
 import rescompile
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
+    Attribute,
     ShortcutClass,
     SourceNode,
     block_class,
     class_name,
+    constant,
     function_name,
     instance_nodes,
+    is_default,
     load_source,
     parameter_declarations,
+    render,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
     template,
-    text,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Graph, Module, Shape
@@ -82,78 +84,87 @@ class Lowering:
     """Keyword arguments of ``function`` after the input, as (keyword, source text)."""
     expression: str | None = None
     """Over the input variables ``{0}``, ``{1}``: ``"{0} + {1}"``."""
+    symbolic: bool = False
+    """Whether the function's arguments name constructor parameters (``stride``), which
+    ``__call__`` cannot see: it is then held as an attribute, a ``partial``."""
 
 
-def _pair(value: str) -> str:
-    return f"({value}, {value})"
+def _pair(value: Attribute) -> str:
+    return f"({render(value)}, {render(value)})"
 
 
-def _padding(value: str) -> str:
+def _padding(value: Attribute) -> str:
     # NOTE: explicit pairs even for 0: nnx.Conv's default padding is "SAME".
     return f"({_pair(value)}, {_pair(value)})"
 
 
 def _conv(node: SourceNode, in_shape: Shape | None) -> Lowering:
     a = node.attributes
-    arguments = [a["in_channels"], a["out_channels"], f"kernel_size={_pair(a['kernel'])}"]
-    if a["stride"] != "1":
-        arguments.append(f"strides={a['stride']}")
+    arguments = [render(a["in_channels"]), render(a["out_channels"]), f"kernel_size={_pair(a['kernel'])}"]
+    if not is_default(a["stride"], 1):
+        arguments.append(f"strides={render(a['stride'])}")
     arguments.append(f"padding={_padding(a['padding'])}")
-    if a["dilation"] != "1":
-        arguments.append(f"kernel_dilation={a['dilation']}")
-    if a["groups"] != "1":
-        arguments.append(f"feature_group_count={a['groups']}")
-    arguments += [f"use_bias={a['bias']}", "kernel_init=conv_init", "rngs=rngs"]
+    if not is_default(a["dilation"], 1):
+        arguments.append(f"kernel_dilation={render(a['dilation'])}")
+    if not is_default(a["groups"], 1):
+        arguments.append(f"feature_group_count={render(a['groups'])}")
+    arguments += [f"use_bias={render(a['bias'])}", "kernel_init=conv_init", "rngs=rngs"]
     return Lowering(layer=("nnx.Conv", arguments))
 
 
-def flax_momentum(torch_momentum: str) -> str:
+def flax_momentum(torch_momentum: float) -> float:
     """torch's momentum (weight of the batch statistic) as flax's (weight of the running value).
 
-    Computed in decimal so that ``0.1`` becomes ``0.9``, the number a person would write."""
-    try:
-        return repr(float(Decimal(1) - Decimal(torch_momentum)))
-    except InvalidOperation:
-        raise RescompileError(
-            f"BatchNorm momentum must be a number for the flax backend, got {torch_momentum}"
-        ) from None
+    Computed in decimal from the shortest repr so that ``0.1`` becomes ``0.9``, the number a person
+    would write, not ``0.9000000000000000222``."""
+    return float(Decimal(1) - Decimal(repr(torch_momentum)))
 
 
 def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
     a = node.attributes
-    arguments = [a["channels"]]
-    momentum = flax_momentum(a["momentum"])
-    if momentum != "0.9":
-        arguments.append(f"momentum={momentum}")
-    if a["epsilon"] != "1e-05":
-        arguments.append(f"epsilon={a['epsilon']}")
+    torch_momentum, epsilon = a["momentum"], a["epsilon"]
+    assert isinstance(torch_momentum, float) and isinstance(epsilon, float), "BatchNorm takes numbers, not expressions"
+    arguments = [render(a["channels"])]
+    momentum = flax_momentum(torch_momentum)
+    if momentum != 0.9:
+        arguments.append(f"momentum={momentum!r}")
+    if epsilon != 1e-5:
+        arguments.append(f"epsilon={epsilon!r}")
     return Lowering(layer=("BatchNorm", arguments))
 
 
 def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
     a = node.attributes
-    arguments = [a["in_features"], a["out_features"]]
-    if a["bias"] != "True":
-        arguments.append(f"use_bias={a['bias']}")
+    arguments = [render(a["in_features"]), render(a["out_features"])]
+    if not is_default(a["bias"], True):
+        arguments.append(f"use_bias={render(a['bias'])}")
     arguments += ["kernel_init=linear_init", "rngs=rngs"]
     return Lowering(layer=("nnx.Linear", arguments))
+
+
+def _function(function: str, arguments: dict[str, tuple[str, Attribute]]) -> Lowering:
+    """A function applied in ``__call__``, keyword -> (source text, the attribute it writes)."""
+    symbolic = any(constant(attribute) is None for _, attribute in arguments.values())
+    keywords = [(keyword, text) for keyword, (text, _) in arguments.items()]
+    return Lowering(function=function, arguments=keywords, symbolic=symbolic)
 
 
 def _pool(function: str) -> Callable[[SourceNode, Shape | None], Lowering]:
     def emit(node: SourceNode, in_shape: Shape | None) -> Lowering:
         a = node.attributes
-        if a["ceil_mode"] != "False":
+        if not is_default(a["ceil_mode"], False):
             # flax's pools have no ceil_mode; extra high padding would match max-pool but not
             # torch's divisor for average-pool windows that run over the edge.
             raise RescompileError(f"the flax backend cannot express {node.kind} '{node.name}' with ceil_mode")
-        arguments = [
-            ("window_shape", _pair(a["kernel"])),
-            ("strides", _pair(a["stride"])),
-            ("padding", _padding(a["padding"])),
-        ]
-        if a.get("count_include_pad", "True") != "True":
-            arguments.append(("count_include_pad", a["count_include_pad"]))
-        return Lowering(function=function, arguments=arguments)
+        arguments = {
+            "window_shape": (_pair(a["kernel"]), a["kernel"]),
+            "strides": (_pair(a["stride"]), a["stride"]),
+            "padding": (_padding(a["padding"]), a["padding"]),
+        }
+        count_include_pad = a.get("count_include_pad", True)
+        if not is_default(count_include_pad, True):
+            arguments["count_include_pad"] = (render(count_include_pad), count_include_pad)
+        return _function(function, arguments)
 
     return emit
 
@@ -181,12 +192,12 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
     "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
-    "subsample": lambda node, in_shape: Lowering(
-        function="subsample", arguments=[("stride", node.attributes["stride"])]
+    "subsample": lambda node, in_shape: _function(
+        "subsample", {"stride": (render(node.attributes["stride"]), node.attributes["stride"])}
     ),
-    "pad_channels": lambda node, in_shape: Lowering(
-        function="pad_channels",
-        arguments=[("before", node.attributes["before"]), ("after", node.attributes["after"])],
+    "pad_channels": lambda node, in_shape: _function(
+        "pad_channels",
+        {name: (render(node.attributes[name]), node.attributes[name]) for name in ("before", "after")},
     ),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
@@ -205,14 +216,6 @@ HELPER_FUNCTIONS = {"subsample": SUBSAMPLE_FUNCTION, "pad_channels": PAD_CHANNEL
 # --- source layout --------------------------------------------------------------------------------
 
 
-def _literal(source: str) -> bool:
-    try:
-        ast.literal_eval(source)
-    except (ValueError, SyntaxError):
-        return False
-    return True
-
-
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
     emitter = EMITTERS.get(node.kind)
     if emitter is None:
@@ -223,9 +226,7 @@ def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
 def _stored(lowering: Lowering) -> bool:
     """Whether the node is held as an attribute: layers always; functions whose arguments name
     constructor parameters (``stride``), which ``__call__`` cannot see, as a ``partial``."""
-    if lowering.layer is not None:
-        return True
-    return not all(_literal(value) for _, value in lowering.arguments)
+    return lowering.layer is not None or lowering.symbolic
 
 
 def _keywords(lowering: Lowering) -> list[str]:
@@ -331,7 +332,7 @@ def emit_source(graph: Graph) -> str:
     block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if block_rngs else [])
     stages = []
     for call in calls:
-        options = "".join(f", {name}={text(value)}" for name, value in call.options.items())
+        options = "".join(f", {name}={render(value)}" for name, value in call.options.items())
         stages.append(
             f"self.{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
             f"width={call.width}, depth={call.depth}, stride={call.stride}{options}, rngs=rngs)"

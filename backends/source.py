@@ -1,10 +1,11 @@
 """Backend-neutral pieces of source emission, shared by the torch and flax emitters.
 
 Generated code is built from two sources: the *structure* of each module (which nodes, which
-inputs) always comes from the IR, and the *attribute texts* come either from the IR's concrete
+inputs) always comes from the IR, and the typed *attributes* come either from the IR's concrete
 values (stem, head: one instance each) or from the part's expressions (block and shortcut
-classes, instantiated many times with different parameters). Expressions are a Python subset,
-so their text is valid source.
+classes, instantiated many times with different parameters). Emitters receive them typed
+(:data:`Attribute`), compare them with :func:`is_default` and write them with :func:`render`,
+the one renderer: expressions are rendered from their checked syntax tree, never from user text.
 """
 
 from __future__ import annotations
@@ -38,10 +39,23 @@ from rescompile.compiler.ir import (
     Subsample,
 )
 from rescompile.spec.errors import RescompileError
-from rescompile.spec.expressions import Expression, Value
-from rescompile.spec.models import RESERVED_NAMES, BlockSpec, LinearSpec, OpSpec, PartSpec, ShortcutSpec
+from rescompile.spec.expressions import Expression, Value, parse_expression
+from rescompile.spec.models import (
+    RESERVED_NAMES,
+    BatchNormSpec,
+    BlockSpec,
+    ConvSpec,
+    LinearSpec,
+    OpSpec,
+    PadChannelsSpec,
+    PartSpec,
+    ShortcutSpec,
+)
 
 SHORTCUT_VARIABLE = "shortcut"
+Attribute = int | float | bool | Expression
+"""An attribute as source emitters see it: a concrete value (stems and heads, one instance each) or
+an expression over a part's parameters (block and shortcut classes, instantiated many times)."""
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
 
@@ -55,8 +69,9 @@ class SourceNode:
     attribute: str
     """Python attribute holding the layer (``conv1``); digits only inside a Sequential."""
     kind: str
-    attributes: dict[str, str]
-    """Attribute name -> Python source text, e.g. ``{"out_channels": "width * 4"}``."""
+    attributes: dict[str, Attribute]
+    """Attribute name -> typed value, e.g. ``{"out_channels": <Expression width * 4>, "bias": False}``;
+    :func:`render` writes one as source, :func:`is_default` compares one with a default."""
     inputs: tuple[str, ...]
     """Python variable names read."""
     output: str
@@ -139,82 +154,99 @@ def expression_source(expression: Expression) -> str:
     return source
 
 
-def _square(pair: Pair, what: str) -> str:
+def render(value: Attribute) -> str:
+    """The one renderer of attributes as Python source: expressions from their syntax tree, values
+    as literals."""
+    return expression_source(value) if isinstance(value, Expression) else _text(value)
+
+
+def constant(value: Attribute) -> Value | None:
+    """The value of an attribute known at emit time (a value, or an expression that is a literal),
+    else None (it names parameters)."""
+    if not isinstance(value, Expression):
+        return value
+    return value.tree.value if isinstance(value.tree, ast.Constant) else None
+
+
+def is_default(value: Attribute, default: Value) -> bool:
+    """Whether an attribute is known to equal ``default`` (of the same type: ``True`` is not ``1``)."""
+    known = constant(value)
+    return type(known) is type(default) and known == default
+
+
+def _square(pair: Pair, what: str) -> int:
     if pair[0] != pair[1]:
         raise RescompileError(f"{what} {pair} is not square; source emitters need square kernels and strides")
-    return str(pair[0])
+    return pair[0]
 
 
-def _symmetric(padding: Padding) -> str:
+def _symmetric(padding: Padding) -> int:
     (top, bottom), (left, right) = padding
     if not top == bottom == left == right:
         raise RescompileError(f"padding {padding} is not symmetric; source emitters need symmetric padding")
-    return str(top)
+    return top
 
 
-def concrete_attributes(node: Node) -> dict[str, str]:
-    """Attribute texts from an IR node's concrete values."""
+def concrete_attributes(node: Node) -> dict[str, Attribute]:
+    """Attributes from an IR node's concrete values."""
     op = node.op
     if isinstance(op, Conv):
         return {
-            "in_channels": str(op.in_channels),
-            "out_channels": str(op.out_channels),
+            "in_channels": op.in_channels,
+            "out_channels": op.out_channels,
             "kernel": _square(op.kernel, "kernel"),
             "stride": _square(op.stride, "stride"),
             "padding": _symmetric(op.padding),
             "dilation": _square(op.dilation, "dilation"),
-            "groups": str(op.groups),
-            "bias": repr(op.bias),
+            "groups": op.groups,
+            "bias": op.bias,
         }
     if isinstance(op, BatchNorm):
-        return {"channels": str(op.channels), "epsilon": repr(op.epsilon), "momentum": repr(op.momentum)}
+        return {"channels": op.channels, "epsilon": op.epsilon, "momentum": op.momentum}
     if isinstance(op, MaxPool | AvgPool):
-        texts = {
+        attributes: dict[str, Attribute] = {
             "kernel": _square(op.kernel, "kernel"),
             "stride": _square(op.stride, "stride"),
             "padding": _symmetric(op.padding),
-            "ceil_mode": repr(op.ceil_mode),
+            "ceil_mode": op.ceil_mode,
         }
         if isinstance(op, AvgPool):
-            texts["count_include_pad"] = repr(op.count_include_pad)
-        return texts
+            attributes["count_include_pad"] = op.count_include_pad
+        return attributes
     if isinstance(op, Linear):
-        return {"in_features": str(op.in_features), "out_features": str(op.out_features), "bias": repr(op.bias)}
+        return {"in_features": op.in_features, "out_features": op.out_features, "bias": op.bias}
     if isinstance(op, Subsample):
-        return {"stride": str(op.stride)}
+        return {"stride": op.stride}
     if isinstance(op, PadChannels):
-        return {"before": str(op.before), "after": str(op.after)}
+        return {"before": op.before, "after": op.after}
     return {}
 
 
-def _combine(left: str, operator: ast.operator, right: str) -> str:
-    tree = ast.BinOp(ast.parse(left, mode="eval").body, operator, ast.parse(right, mode="eval").body)
-    return ast.unparse(tree)
+def _plus(left: Expression, right: Expression) -> Expression:
+    tree = ast.BinOp(left.tree, ast.Add(), right.tree)
+    return Expression(ast.unparse(tree), tree)
 
 
-def symbolic_attributes(spec: OpSpec, in_channels: str) -> tuple[dict[str, str], str]:
-    """Attribute texts from a part's expressions, and the output channel count as text."""
-    texts: dict[str, str] = {}
+def symbolic_attributes(spec: OpSpec, in_channels: Expression) -> tuple[dict[str, Attribute], Expression]:
+    """Attributes from a part's expressions, and the output channel count as an expression."""
+    attributes: dict[str, Attribute] = {}
     for field_name, value in spec:
-        if isinstance(value, Expression):
-            texts[field_name] = expression_source(value)
-        elif isinstance(value, bool | float):
-            texts[field_name] = repr(value)
+        if isinstance(value, Expression | bool | float):
+            attributes[field_name] = value
     if isinstance(spec, LinearSpec):
         raise RescompileError("a linear node inside a block or shortcut is not supported by source emitters")
-    kind = spec.op
-    if kind == "conv":
-        texts["in_channels"] = in_channels
-        return texts, texts["out_channels"]
-    if kind == "batch_norm":
-        texts["channels"] = in_channels
-    if kind == "pad_channels":
+    if isinstance(spec, ConvSpec):
+        attributes["in_channels"] = in_channels
+        return attributes, spec.out_channels
+    if isinstance(spec, BatchNormSpec):
+        attributes["channels"] = in_channels
+    if isinstance(spec, PadChannelsSpec):
         out = in_channels
-        for amount in (texts["before"], texts["after"]):
-            if amount != "0":
-                out = _combine(out, ast.Add(), amount)
-        return texts, out
-    return texts, in_channels
+        for amount in (spec.before, spec.after):
+            if not is_default(amount, 0):
+                out = _plus(out, amount)
+        return attributes, out
+    return attributes, in_channels
 
 
 def _variables(nodes: list[Node], input_variable: str, chain_variable: str, renamed: dict[str, str]) -> dict[str, str]:
@@ -233,7 +265,7 @@ def _variables(nodes: list[Node], input_variable: str, chain_variable: str, rena
 
 def source_nodes(
     nodes: list[Node],
-    attributes: list[dict[str, str]],
+    attributes: list[dict[str, Attribute]],
     input_variable: str,
     chain_variable: str,
     renamed: dict[str, str] | None = None,
@@ -241,7 +273,7 @@ def source_nodes(
 ) -> list[SourceNode]:
     variables = _variables(nodes, input_variable, chain_variable, renamed or {})
     result: list[SourceNode] = []
-    for node, texts in zip(nodes, attributes, strict=True):
+    for node, typed in zip(nodes, attributes, strict=True):
         readers = [other for other in nodes if node.inputs and node.inputs[0] in other.inputs]
         sole_reader = len(node.inputs) == 1 and node.inputs[0] != MODULE_INPUT and len(readers) == 1
         sole_reader = sole_reader and node.inputs[0] not in (renamed or {})
@@ -251,7 +283,7 @@ def source_nodes(
                 name=attribute,
                 attribute=attribute,
                 kind=node.op.kind,
-                attributes=texts,
+                attributes=typed,
                 inputs=tuple(variables[value] for value in node.inputs),
                 output=variables[node.name],
                 sole_reader=sole_reader,
@@ -261,7 +293,7 @@ def source_nodes(
 
 
 def instance_nodes(module: Module, input_variable: str = "x") -> list[SourceNode]:
-    """A single-instance module (stem, head) with concrete attribute texts."""
+    """A single-instance module (stem, head) with concrete attributes."""
     nodes = list(module.nodes)
     for node in nodes:
         check_identifier(node.name, "node name")
@@ -293,17 +325,17 @@ class ShortcutClass:
     """Nodes named 0, 1, … in a chain: emitted as an nn.Sequential (torchvision's downsample)."""
 
 
-def _symbolic(part: PartSpec, nodes: list[Node], prefix: str) -> list[dict[str, str]]:
-    channels: dict[str, str] = {MODULE_INPUT: "in_channels"}
-    texts: list[dict[str, str]] = []
+def _symbolic(part: PartSpec, nodes: list[Node], prefix: str) -> list[dict[str, Attribute]]:
+    channels: dict[str, Expression] = {MODULE_INPUT: parse_expression("in_channels")}
+    result: list[dict[str, Attribute]] = []
     for node in nodes:
         spec = part.nodes[node.name.removeprefix(prefix)]
         first_input = node.inputs[0] if node.inputs else MODULE_INPUT
         in_channels = channels.get(first_input, channels[MODULE_INPUT])
         attributes, out_channels = symbolic_attributes(spec, in_channels)
-        texts.append(attributes)
+        result.append(attributes)
         channels[node.name] = out_channels
-    return texts
+    return result
 
 
 def block_class(graph: Graph) -> BlockClass:
@@ -427,11 +459,6 @@ def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str
         "else:",
         f"    {attribute} = {construct(match_kind)}",
     ]
-
-
-def text(value: Value) -> str:
-    """A parameter value as Python source."""
-    return _text(value)
 
 
 def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> str:

@@ -15,23 +15,26 @@ import numpy as np
 import rescompile
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
+    Attribute,
     SourceNode,
     block_class,
     class_name,
     function_name,
     instance_nodes,
+    is_default,
     load_source,
     parameter_declarations,
+    render,
     shortcut_choice,
     shortcut_classes,
     stage_calls,
     template,
-    text,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Graph
 from rescompile.compiler.weights import Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.expressions import Value
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,8 +44,8 @@ Layer = tuple[str, list[str]]
 """A layer's constructor and its arguments as source: ``("nn.ReLU", ["inplace=True"])``."""
 
 
-def _optional(keyword: str, value: str, default: str) -> list[str]:
-    return [] if value == default else [f"{keyword}={value}"]
+def _optional(keyword: str, value: Attribute, default: Value) -> list[str]:
+    return [] if is_default(value, default) else [f"{keyword}={render(value)}"]
 
 
 def _conv(node: SourceNode) -> Layer:
@@ -50,14 +53,14 @@ def _conv(node: SourceNode) -> Layer:
     return (
         "nn.Conv2d",
         [
-            a["in_channels"],
-            a["out_channels"],
-            f"kernel_size={a['kernel']}",
-            *_optional("stride", a["stride"], "1"),
-            *_optional("padding", a["padding"], "0"),
-            *_optional("dilation", a["dilation"], "1"),
-            *_optional("groups", a["groups"], "1"),
-            f"bias={a['bias']}",
+            render(a["in_channels"]),
+            render(a["out_channels"]),
+            f"kernel_size={render(a['kernel'])}",
+            *_optional("stride", a["stride"], 1),
+            *_optional("padding", a["padding"], 0),
+            *_optional("dilation", a["dilation"], 1),
+            *_optional("groups", a["groups"], 1),
+            f"bias={render(a['bias'])}",
         ],
     )
 
@@ -66,7 +69,7 @@ def _batch_norm(node: SourceNode) -> Layer:
     a = node.attributes
     return (
         "nn.BatchNorm2d",
-        [a["channels"], *_optional("eps", a["epsilon"], "1e-05"), *_optional("momentum", a["momentum"], "0.1")],
+        [render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5), *_optional("momentum", a["momentum"], 0.1)],
     )
 
 
@@ -78,10 +81,10 @@ def _relu(node: SourceNode) -> Layer:
 def _pool(callee: str) -> Callable[[SourceNode], Layer]:
     def emit(node: SourceNode) -> Layer:
         a = node.attributes
-        arguments = [f"kernel_size={a['kernel']}", f"stride={a['stride']}"]
-        arguments += _optional("padding", a["padding"], "0") + _optional("ceil_mode", a["ceil_mode"], "False")
+        arguments = [f"kernel_size={render(a['kernel'])}", f"stride={render(a['stride'])}"]
+        arguments += _optional("padding", a["padding"], 0) + _optional("ceil_mode", a["ceil_mode"], False)
         if "count_include_pad" in a:
-            arguments += _optional("count_include_pad", a["count_include_pad"], "True")
+            arguments += _optional("count_include_pad", a["count_include_pad"], True)
         return (callee, arguments)
 
     return emit
@@ -89,7 +92,7 @@ def _pool(callee: str) -> Callable[[SourceNode], Layer]:
 
 def _linear(node: SourceNode) -> Layer:
     a = node.attributes
-    return ("nn.Linear", [a["in_features"], a["out_features"], *_optional("bias", a["bias"], "True")])
+    return ("nn.Linear", [render(a["in_features"]), render(a["out_features"]), *_optional("bias", a["bias"], True)])
 
 
 SUBSAMPLE_CLASS = '''class Subsample(nn.Module):
@@ -127,8 +130,8 @@ LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "add": "{0} + {1}",
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": "{0} * {1}",
-    "subsample": lambda node: ("Subsample", [node.attributes["stride"]]),
-    "pad_channels": lambda node: ("PadChannels", [node.attributes["before"], node.attributes["after"]]),
+    "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
+    "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
 }
 HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
 assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
@@ -201,7 +204,7 @@ def emit_source(graph: Graph) -> str:
     )
     stages = []
     for call in calls:
-        options = "".join(f", {name}={text(value)}" for name, value in call.options.items())
+        options = "".join(f", {name}={render(value)}" for name, value in call.options.items())
         stages.append(
             f"{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
             f"width={call.width}, depth={call.depth}, stride={call.stride}{options})"
