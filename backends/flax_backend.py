@@ -36,7 +36,6 @@ from rescompile.backends.source import (
     block_class,
     class_name,
     constant,
-    function_name,
     instance_nodes,
     is_default,
     load_source,
@@ -296,12 +295,12 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     (torchvision's ``downsample``) or a module class."""
     lowerings = _class_lowerings(shortcut.nodes)
     rngs = _needs_rngs(shortcut.nodes)
-    name = function_name(shortcut.spec.name) if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
+    name = shortcut.python_name
     items = []
     if shortcut.sequential:
         items = [_item(node, lowering) for node, lowering in zip(shortcut.nodes, lowerings, strict=True)]
     return {
-        "spec": shortcut.spec,
+        "definition": shortcut.definition,
         "name": name,
         "sequential": shortcut.sequential,
         "rngs": rngs,
@@ -317,10 +316,10 @@ def emit_source(graph: Graph) -> str:
     """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
     block = block_class(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
-    block_name = class_name(block.spec.name, "Block")
+    block_name = class_name(block.definition.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
     attribute = block.shortcut_attribute  # None for a plain network
-    constructors = {view["spec"].name: view["constructor"] for view in shortcuts}
+    constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
     block_lowerings = _class_lowerings(block.nodes)
     block_rngs = _needs_rngs(block.nodes)
     block_init = [f"{name} = {value}" for name, value in block.derived.items()]
@@ -354,7 +353,7 @@ def emit_source(graph: Graph) -> str:
         shortcuts=shortcuts,
         block={
             "name": block_name,
-            "spec": block.spec,
+            "definition": block.definition,
             "shortcut_attribute": attribute,
             "rngs": block_rngs,
             "parameters": parameter_declarations(block.parameters),
@@ -441,7 +440,7 @@ def _layout(tensor: Tensor) -> tuple[Callable[[Array], Array], Callable[[Array],
 
 def conversions(graph: Graph) -> dict[str, Conversion]:
     """Every canonical weight name of ``graph`` with its flax state path and layout conversion."""
-    sequential = {shortcut.spec.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
+    sequential = {shortcut.definition.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
         parts = node.name.split(".")

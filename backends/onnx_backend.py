@@ -593,7 +593,7 @@ def emit_model(
             outputs.append(_value_info(previous, module.out_shape))
     model = builder.model
     model.graph.name = graph.name
-    model.graph.doc_string = graph.network.description
+    model.graph.doc_string = graph.description
     model.graph.input.append(_value_info(INPUT_NAME, graph.input_shape))
     model.graph.output.extend([_value_info(OUTPUT_NAME, graph.output_shape), *outputs])
     opset_id = helper.make_opsetid("", opset)

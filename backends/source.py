@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import dataclasses
 import functools
 import keyword
 import sys
@@ -24,10 +23,11 @@ import jinja2
 
 from rescompile.compiler.ir import (
     MODULE_INPUT,
-    Add,
+    Attribute,
     AvgPool,
     BatchNorm,
     Conv,
+    Definition,
     Graph,
     Linear,
     MaxPool,
@@ -37,25 +37,13 @@ from rescompile.compiler.ir import (
     Padding,
     Pair,
     Subsample,
+    SymbolicNode,
 )
 from rescompile.spec.errors import RescompileError
-from rescompile.spec.expressions import Expression, Value, parse_expression
-from rescompile.spec.models import (
-    RESERVED_NAMES,
-    BatchNormSpec,
-    BlockSpec,
-    ConvSpec,
-    LinearSpec,
-    OpSpec,
-    PadChannelsSpec,
-    PartSpec,
-    ShortcutSpec,
-)
+from rescompile.spec.expressions import Expression, Value
+from rescompile.spec.models import RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
-Attribute = int | float | bool | Expression
-"""An attribute as source emitters see it: a concrete value (stems and heads, one instance each) or
-an expression over a part's parameters (block and shortcut classes, instantiated many times)."""
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
 
@@ -222,34 +210,9 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
     return {}
 
 
-def _plus(left: Expression, right: Expression) -> Expression:
-    tree = ast.BinOp(left.tree, ast.Add(), right.tree)
-    return Expression(ast.unparse(tree), tree)
-
-
-def symbolic_attributes(spec: OpSpec, in_channels: Expression) -> tuple[dict[str, Attribute], Expression]:
-    """Attributes from a part's expressions, and the output channel count as an expression."""
-    attributes: dict[str, Attribute] = {}
-    for field_name, value in spec:
-        if isinstance(value, Expression | bool | float):
-            attributes[field_name] = value
-    if isinstance(spec, LinearSpec):
-        raise RescompileError("a linear node inside a block or shortcut is not supported by source emitters")
-    if isinstance(spec, ConvSpec):
-        attributes["in_channels"] = in_channels
-        return attributes, spec.out_channels
-    if isinstance(spec, BatchNormSpec):
-        attributes["channels"] = in_channels
-    if isinstance(spec, PadChannelsSpec):
-        out = in_channels
-        for amount in (spec.before, spec.after):
-            if not is_default(amount, 0):
-                out = _plus(out, amount)
-        return attributes, out
-    return attributes, in_channels
-
-
-def _variables(nodes: list[Node], input_variable: str, chain_variable: str, renamed: dict[str, str]) -> dict[str, str]:
+def _variables(
+    nodes: list[SymbolicNode], input_variable: str, chain_variable: str, renamed: dict[str, str]
+) -> dict[str, str]:
     """Python variable per value: a straight chain reuses ``chain_variable`` (torchvision's ``out``),
     a value read elsewhere than by the very next node keeps a name of its own."""
     variables = {MODULE_INPUT: input_variable, **renamed}
@@ -264,26 +227,20 @@ def _variables(nodes: list[Node], input_variable: str, chain_variable: str, rena
 
 
 def source_nodes(
-    nodes: list[Node],
-    attributes: list[dict[str, Attribute]],
-    input_variable: str,
-    chain_variable: str,
-    renamed: dict[str, str] | None = None,
-    attribute_prefix: str = "",
+    nodes: list[SymbolicNode], input_variable: str, chain_variable: str, renamed: dict[str, str] | None = None
 ) -> list[SourceNode]:
     variables = _variables(nodes, input_variable, chain_variable, renamed or {})
     result: list[SourceNode] = []
-    for node, typed in zip(nodes, attributes, strict=True):
+    for node in nodes:
         readers = [other for other in nodes if node.inputs and node.inputs[0] in other.inputs]
         sole_reader = len(node.inputs) == 1 and node.inputs[0] != MODULE_INPUT and len(readers) == 1
         sole_reader = sole_reader and node.inputs[0] not in (renamed or {})
-        attribute = node.name.removeprefix(attribute_prefix)
         result.append(
             SourceNode(
-                name=attribute,
-                attribute=attribute,
-                kind=node.op.kind,
-                attributes=typed,
+                name=node.name,
+                attribute=node.name,
+                kind=node.kind,
+                attributes=dict(node.attributes),
                 inputs=tuple(variables[value] for value in node.inputs),
                 output=variables[node.name],
                 sole_reader=sole_reader,
@@ -294,17 +251,20 @@ def source_nodes(
 
 def instance_nodes(module: Module, input_variable: str = "x") -> list[SourceNode]:
     """A single-instance module (stem, head) with concrete attributes."""
-    nodes = list(module.nodes)
+    nodes = [
+        SymbolicNode(node.name, node.op.kind, tuple(concrete_attributes(node).items()), node.inputs, node.source)
+        for node in module.nodes
+    ]
     for node in nodes:
         check_identifier(node.name, "node name")
-    return source_nodes(nodes, [concrete_attributes(node) for node in nodes], input_variable, input_variable)
+    return source_nodes(nodes, input_variable, input_variable)
 
 
 @dataclass(frozen=True)
 class BlockClass:
     """What a block class is made of: its branch nodes (symbolic), parameters and shortcut slot."""
 
-    spec: BlockSpec
+    definition: Definition
     nodes: list[SourceNode]
     parameters: dict[str, Value]
     """The block's own parameters with their defaults (besides in_channels, width, stride)."""
@@ -318,89 +278,78 @@ class BlockClass:
 
 @dataclass(frozen=True)
 class ShortcutClass:
-    spec: ShortcutSpec
+    definition: Definition
     nodes: list[SourceNode]
     derived: dict[str, str]
     sequential: bool
     """Nodes named 0, 1, … in a chain: emitted as an nn.Sequential (torchvision's downsample)."""
 
+    @property
+    def python_name(self) -> str:
+        """The function (sequential) or class that builds it in generated source."""
+        name = self.definition.name
+        return function_name(name) if self.sequential else class_name(name, "Shortcut")
 
-def _symbolic(part: PartSpec, nodes: list[Node], prefix: str) -> list[dict[str, Attribute]]:
-    channels: dict[str, Expression] = {MODULE_INPUT: parse_expression("in_channels")}
-    result: list[dict[str, Attribute]] = []
-    for node in nodes:
-        spec = part.nodes[node.name.removeprefix(prefix)]
-        first_input = node.inputs[0] if node.inputs else MODULE_INPUT
-        in_channels = channels.get(first_input, channels[MODULE_INPUT])
-        attributes, out_channels = symbolic_attributes(spec, in_channels)
-        result.append(attributes)
-        channels[node.name] = out_channels
-    return result
+
+def _derived(definition: Definition) -> dict[str, str]:
+    return {name: expression_source(expression) for name, expression in definition.derived}
+
+
+def _class_nodes(definition: Definition) -> list[SymbolicNode]:
+    for node in definition.nodes:
+        if node.kind == "linear":
+            # Its in_features is a spatial size, which no parameter of the class states.
+            raise RescompileError(
+                f"a linear node inside a {definition.role} ({definition.name}.{node.name}) is not supported by "
+                "source emitters",
+                node.source,
+            )
+    return list(definition.nodes)
 
 
 def block_class(graph: Graph) -> BlockClass:
-    """The block class of ``graph``, checked to have one structure across all instances."""
-    spec = graph.parts.block
-    first = graph.blocks[0]
+    """The block class of ``graph``, from the block's definition."""
+    definition = graph.definition("block", graph.blocks[0].type_name)
     shortcut_attributes = {block.shortcut_module for block in graph.blocks if block.shortcut_module}
     if len(shortcut_attributes) > 1:
         raise RescompileError(
             f"shortcut kinds of {graph.name} keep their layers under different names "
             f"({', '.join(sorted(shortcut_attributes))}); give them one 'module' name"
         )
-    for name in [*spec.parameters, *spec.derived]:
+    parameters = dict(definition.parameters)
+    for name in [*parameters, *_derived(definition)]:
         check_identifier(name, "block parameter")
-    prefix = f"{next(iter(shortcut_attributes))}." if shortcut_attributes else None
-
-    def branch(module: Module) -> list[Node]:
-        return [node for node in module.nodes if prefix is None or not node.name.startswith(prefix)]
-
-    structure = [(node.name, node.op.kind) for node in branch(first)]
-    for block in graph.blocks:
-        if [(node.name, node.op.kind) for node in branch(block)] != structure:
-            raise RescompileError(f"{block.path} differs in structure from {first.path}; cannot share one class")
-    nodes: list[Node] = []
-    for node in branch(first):
+    nodes = _class_nodes(definition)
+    for node in nodes:
         check_identifier(node.name, "node name")
-        if isinstance(node.op, Add) and node.op.shortcut_input is not None:
-            # The shortcut's value is computed by the shortcut module, which the class receives.
-            inputs = list(node.inputs)
-            inputs[node.op.shortcut_input] = SHORTCUT_VARIABLE
-            node = dataclasses.replace(node, inputs=tuple(inputs), in_shapes=())
-        nodes.append(node)
-    renamed = {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}
-    attributes = _symbolic(spec, nodes, "")
-    source = source_nodes(nodes, attributes, "x", "out", renamed)
-    zero_init = [node.name for node in nodes if isinstance(node.op, BatchNorm) and node.op.zero_init]
-    own_parameters = {name: value for name, value in spec.parameters.items()}
+    # The shortcut's value is computed by the shortcut module, which the class receives.
+    source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
+    zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
     return BlockClass(
-        spec=spec,
+        definition=definition,
         nodes=source,
-        parameters=own_parameters,
+        parameters=parameters,
         shortcut_attribute=None if not graph.residual else (next(iter(shortcut_attributes), "downsample")),
         zero_init=zero_init if graph.residual else [],
-        derived={name: expression_source(expression) for name, expression in spec.derived.items()},
+        derived=_derived(definition),
     )
 
 
 def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
     classes: list[ShortcutClass] = []
-    for spec in graph.parts.shortcuts:
-        instance = next(block for block in graph.blocks if block.shortcut == spec.name)
-        prefix = f"{spec.module}."
-        nodes = [node for node in instance.nodes if node.name.startswith(prefix)]
-        names = [node.name.removeprefix(prefix) for node in nodes]
-        sequential = names == [str(index) for index in range(len(names))] and all(
+    for definition in graph.definitions:
+        if definition.role != "shortcut":
+            continue
+        nodes = _class_nodes(definition)
+        sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
             node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
             for index, node in enumerate(nodes)
         )
         if not sequential:
-            for name in names:
-                check_identifier(name, "shortcut node name")
-        attributes = _symbolic(spec, nodes, prefix)
-        renamed_nodes = source_nodes(nodes, attributes, "x", "out", attribute_prefix=prefix)
-        derived = {name: expression_source(expression) for name, expression in spec.derived.items()}
-        classes.append(ShortcutClass(spec, renamed_nodes, derived, sequential and not derived))
+            for node in nodes:
+                check_identifier(node.name, "shortcut node name")
+        derived = _derived(definition)
+        classes.append(ShortcutClass(definition, source_nodes(nodes, "x", "out"), derived, sequential and not derived))
     return classes
 
 
@@ -420,7 +369,7 @@ class StageCall:
 
 def stage_calls(graph: Graph) -> list[StageCall]:
     calls: list[StageCall] = []
-    defaults = graph.parts.block.parameters
+    defaults = dict(graph.definition("block", graph.blocks[0].type_name).parameters)
     for stage in graph.stage_names():
         blocks = [block for block in graph.blocks if block.stage == stage]
         first = blocks[0]

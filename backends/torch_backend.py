@@ -19,7 +19,6 @@ from rescompile.backends.source import (
     SourceNode,
     block_class,
     class_name,
-    function_name,
     instance_nodes,
     is_default,
     load_source,
@@ -167,16 +166,16 @@ def emit_source(graph: Graph) -> str:
     """Python source of a torch model for ``graph``: one class per block type, stages in loops."""
     block = block_class(graph)
     shortcuts = shortcut_classes(graph)
-    block_name = class_name(block.spec.name, "Block")
+    block_name = class_name(block.definition.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
     shortcut_names = {}
     shortcut_views = []
     for shortcut in shortcuts:
-        name = function_name(shortcut.spec.name) if shortcut.sequential else class_name(shortcut.spec.name, "Shortcut")
-        shortcut_names[shortcut.spec.name] = name
+        name = shortcut.python_name
+        shortcut_names[shortcut.definition.name] = name
         shortcut_views.append(
             {
-                "spec": shortcut.spec,
+                "definition": shortcut.definition,
                 "name": name,
                 "sequential": shortcut.sequential,
                 "layers": [_layer(node) for node in shortcut.nodes],
@@ -224,7 +223,7 @@ def emit_source(graph: Graph) -> str:
         shortcuts=shortcut_views,
         block={
             "name": block_name,
-            "spec": block.spec,
+            "definition": block.definition,
             "shortcut_attribute": attribute,
             "parameters": parameter_declarations(block.parameters),
             "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),

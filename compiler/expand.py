@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, ModuleRole, Node, Parts
-from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, show_shape
+from rescompile.compiler.ir import (
+    MODULE_INPUT,
+    Definition,
+    DefinitionRole,
+    Graph,
+    Module,
+    ModuleRole,
+    Node,
+    SymbolicNode,
+)
+from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, SymbolicAttributes, show_shape
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
-from rescompile.spec.expressions import Expression, ExpressionError, Value
+from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import Loaded, PartKind, load_part, resolve_part
 from rescompile.spec.models import (
     REQUIRED,
@@ -75,7 +84,7 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
     assert stem_module.out_shape is not None
     shape = stem_module.out_shape
 
-    used_shortcuts: dict[str, ShortcutSpec] = {}
+    used_shortcuts: dict[str, Loaded[PartSpec]] = {}
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
         for block_index in range(stage.depth):
@@ -92,7 +101,7 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
                 assert shortcut_name is not None
                 shortcut = parts.get("shortcuts", shortcut_name, network.locate("shortcut"))
                 assert isinstance(shortcut.spec, ShortcutSpec)
-                used_shortcuts.setdefault(shortcut_name, shortcut.spec)
+                used_shortcuts.setdefault(shortcut_name, shortcut)
             shortcut_bindings: dict[str, Value] = {
                 "in_channels": shape[0],
                 "out_channels": out_channels,
@@ -115,18 +124,59 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    definitions = [
+        _definition(stem, "stem"),
+        _definition(block, "block", residual=policy is not None),
+        _definition(head, "head"),
+        *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
+    ]
     return Graph(
         name=spec.name,
+        description=spec.description,
         input_shape=input_shape,
         modules=tuple(modules),
-        network=spec,
-        parts=Parts(
-            stem=stem.spec,
-            block=block.spec,
-            head=head.spec,
-            shortcuts=tuple(used_shortcuts[name] for name in sorted(used_shortcuts)),
-        ),
+        definitions=tuple(definitions),
         source=network.locate(),
+    )
+
+
+IN_CHANNELS = parse_expression("in_channels")
+
+
+def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = True) -> Definition:
+    """A part as a definition: each node's attributes as the spec states them (expressions over the
+    part's parameters) plus what its op derives from its input channels, by the op table's
+    symbolic rule. In a plain network (``residual`` False) a block's residual add is dropped and
+    whatever read it reads the branch instead, as in the block's instances."""
+    spec = part.spec
+    channels: dict[str, Expression | None] = {MODULE_INPUT: IN_CHANNELS}
+    if isinstance(spec, BlockSpec):
+        channels[SHORTCUT_VALUE] = spec.out_channels
+    renamed: dict[str, str] = {}
+    nodes: list[SymbolicNode] = []
+    previous = MODULE_INPUT
+    for name, node_spec in spec.nodes.items():
+        raw_inputs = node_spec.inputs if isinstance(node_spec, BinarySpec) else (node_spec.input or previous,)
+        inputs = tuple(renamed.get(value, value) for value in raw_inputs)
+        previous = name
+        if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
+            renamed[name] = _other(inputs)
+            continue
+        attributes: SymbolicAttributes = {
+            field: value
+            for field, value in node_spec
+            if field not in ("op", "input", "inputs") and isinstance(value, Expression | bool | float)
+        }
+        attributes, channels[name] = OPS[node_spec.op].symbolic(attributes, channels.get(inputs[0]))
+        nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
+    return Definition(
+        role=role,
+        name=spec.name,
+        description=spec.description,
+        parameters=tuple(spec.parameters.items()),
+        derived=tuple(spec.derived.items()),
+        nodes=tuple(nodes),
+        module=spec.module if isinstance(spec, ShortcutSpec) else None,
     )
 
 

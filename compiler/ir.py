@@ -11,13 +11,14 @@ with the node name, and are the torchvision state_dict prefixes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from rescompile.compiler.ops import (
     OP_KINDS,
     OP_TYPES,
     Add,
+    Attribute,
     AvgPool,
     BatchNorm,
     Conv,
@@ -34,8 +35,7 @@ from rescompile.compiler.ops import (
     Subsample,
 )
 from rescompile.spec.errors import Location
-from rescompile.spec.expressions import Value
-from rescompile.spec.models import BlockSpec, HeadSpec, NetworkSpec, ShortcutSpec, StemSpec
+from rescompile.spec.expressions import Expression, Value
 
 MODULE_INPUT = "input"
 
@@ -44,9 +44,12 @@ __all__ = [
     "OP_KINDS",
     "OP_TYPES",
     "Add",
+    "Attribute",
     "AvgPool",
     "BatchNorm",
     "Conv",
+    "Definition",
+    "DefinitionRole",
     "Flatten",
     "GlobalAveragePool",
     "Graph",
@@ -59,10 +62,10 @@ __all__ = [
     "PadChannels",
     "Padding",
     "Pair",
-    "Parts",
     "Relu",
     "Shape",
     "Subsample",
+    "SymbolicNode",
 ]
 
 
@@ -118,24 +121,62 @@ class Module:
         return dict(self.parameters)[name]
 
 
-@dataclass(frozen=True)
-class Parts:
-    """The part definitions a graph was expanded from; source emitters build classes from them."""
+DefinitionRole = Literal["stem", "block", "shortcut", "head"]
 
-    stem: StemSpec
-    block: BlockSpec
-    head: HeadSpec
-    shortcuts: tuple[ShortcutSpec, ...] = field(default=())
+
+@dataclass(frozen=True)
+class SymbolicNode:
+    """A node of a :class:`Definition`: an op kind with attributes over the definition's parameters
+    (``out_channels: width * expansion``), including those the op derives from its input
+    (a conv's ``in_channels``, itself an expression: ``in_channels``, ``width * 4``)."""
+
+    name: str
+    kind: str
+    attributes: tuple[tuple[str, Attribute], ...]
+    inputs: tuple[str, ...]
+    """Values read: ``input`` (the definition's input), ``shortcut`` (in a block's residual add), or
+    an earlier node's name."""
+    source: Location | None = None
+
+    def attribute(self, name: str) -> Attribute:
+        return dict(self.attributes)[name]
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A stem, block, shortcut or head as a definition with symbolic parameters: what a source
+    backend emits as one class (or function), whatever the number of its instances.
+
+    The names every definition of a role may use without declaring them are bound by the compiler:
+    ``in_channels`` always, ``width`` and ``stride`` in blocks, ``out_channels`` and ``stride`` in
+    shortcuts."""
+
+    role: DefinitionRole
+    name: str
+    description: str
+    parameters: tuple[tuple[str, Value], ...]
+    """Declared parameters with their defaults, in declaration order."""
+    derived: tuple[tuple[str, Expression], ...]
+    """Values computed from the parameters, in order; nodes may use them."""
+    nodes: tuple[SymbolicNode, ...]
+    module: str | None = None
+    """A shortcut's attribute name in its block (torchvision's ``downsample``)."""
 
 
 @dataclass(frozen=True)
 class Graph:
+    """The network: its definitions, and the flat view of its instances (``modules``: the stem,
+    every block in network order, the head), each with concrete shapes and canonical names."""
+
     name: str
+    description: str
     input_shape: Shape
     modules: tuple[Module, ...]
-    network: NetworkSpec
-    parts: Parts
+    definitions: tuple[Definition, ...]
     source: Location | None = None
+
+    def definition(self, role: DefinitionRole, name: str) -> Definition:
+        return next(item for item in self.definitions if item.role == role and item.name == name)
 
     @property
     def output_shape(self) -> Shape:

@@ -21,11 +21,14 @@ one class here, listed in :data:`OP_TYPES`, plus one emitter per backend.
 
 from __future__ import annotations
 
+import ast
 import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
+
+from rescompile.spec.expressions import Expression
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
@@ -131,8 +134,23 @@ def _padding(value: int) -> Padding:
     return ((value, value), (value, value))
 
 
+def _plus(left: Expression, right: Expression) -> Expression:
+    tree = ast.BinOp(left.tree, ast.Add(), right.tree)
+    return Expression(ast.unparse(tree), tree)
+
+
+def _is_zero(value: object) -> bool:
+    return isinstance(value, Expression) and isinstance(value.tree, ast.Constant) and value.tree.value == 0
+
+
+Attribute = int | float | bool | Expression
+"""An attribute of a definition's node: a value, or an expression over the definition's parameters."""
+SymbolicAttributes = dict[str, Attribute]
+
+
 class OpBase:
-    """What every op states; the defaults describe an op without parameters and without MACs."""
+    """What every op states; the defaults describe an op without parameters and without MACs that
+    keeps its input's channels."""
 
     kind: ClassVar[str]
     minimums: ClassVar[Mapping[str, int]] = {}
@@ -142,6 +160,15 @@ class OpBase:
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         """The op for a spec node (its evaluated attributes) reading values of ``in_shapes``."""
         return cls(**attributes)
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        """The symbolic form of :meth:`from_attributes`, for definitions: the attributes the op
+        derives from its input's channel count (an expression over the definition's parameters),
+        and its output's channel count. None: not expressible from channels (after a flatten)."""
+        return attributes, in_channels
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         raise NotImplementedError
@@ -178,6 +205,14 @@ class Conv(OpBase):
             groups=attributes["groups"],
             bias=attributes["bias"],
         )
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        out_channels = attributes["out_channels"]
+        assert in_channels is not None and isinstance(out_channels, Expression)
+        return {**attributes, "in_channels": in_channels}, out_channels
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, "conv")
@@ -220,6 +255,13 @@ class BatchNorm(OpBase):
         return cls(
             _one(in_shapes, "batch_norm")[0], attributes["epsilon"], attributes["momentum"], attributes["zero_init"]
         )
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        assert in_channels is not None
+        return {**attributes, "channels": in_channels}, in_channels
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) != 1 or in_shapes[0][0] != self.channels:
@@ -316,6 +358,12 @@ class Flatten(OpBase):
 
     kind: ClassVar[str] = "flatten"
 
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        return attributes, None  # channels × height × width: the spatial size is not a parameter
+
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return (math.prod(_one(in_shapes, self.kind)),)
 
@@ -333,6 +381,14 @@ class Linear(OpBase):
         if len(shape) != 1:
             raise ShapeError(f"linear needs a flat input of shape (features,), got {shape}; add a flatten node first")
         return cls(shape[0], attributes["out_features"], attributes["bias"])
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        out_features = attributes["out_features"]
+        assert isinstance(out_features, Expression)
+        return ({**attributes, "in_features": in_channels} if in_channels is not None else attributes), out_features
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) != 1 or in_shapes[0] != (self.in_features,):
@@ -426,6 +482,16 @@ class PadChannels(OpBase):
     minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
     before: int
     after: int
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        out = in_channels
+        for amount in (attributes["before"], attributes["after"]):
+            if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
+                out = _plus(out, amount)
+        return attributes, out
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)

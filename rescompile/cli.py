@@ -123,7 +123,7 @@ def _list(arguments: list[str]) -> int:
     for name in builtin_networks():
         graph = compile_spec(name)
         report = cost(graph)
-        print(f"{name:<18} {report.parameters:>12,} {report.macs / 1e9:>8.3f}  {graph.network.description}")
+        print(f"{name:<18} {report.parameters:>12,} {report.macs / 1e9:>8.3f}  {graph.description}")
     return 0
 
 

@@ -1,0 +1,66 @@
+"""The hierarchical IR: definitions with symbolic attributes, instances with concrete ones, and no
+pydantic spec object anywhere in a graph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pydantic import BaseModel
+
+from rescompile.compiler import compile_spec
+from rescompile.compiler.ir import Definition
+from rescompile.spec.expressions import Expression
+
+
+def _values(value: object) -> list[object]:
+    """Every value reachable from ``value`` through dataclass fields, tuples and dicts."""
+    found = [value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            found += _values(getattr(value, field.name))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            found += _values(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found += _values(key) + _values(item)
+    return found
+
+
+def test_a_graph_carries_no_pydantic_spec() -> None:
+    graph = compile_spec("resnet50", size=32)
+    values = _values(graph)
+    assert len(values) > 1000  # the walk does reach the modules and their nodes
+    assert not [value for value in values if isinstance(value, BaseModel)]
+
+
+def test_definitions_state_attributes_over_their_parameters() -> None:
+    graph = compile_spec("resnet50", size=32)
+    block = graph.definition("block", "bottleneck")
+    assert dict(block.parameters) == {"expansion": 4, "groups": 1, "base_width": 64, "stride_at": "conv2"}
+    nodes = {node.name: dict(node.attributes) for node in block.nodes}
+    texts = {
+        name: {key: value.text for key, value in attributes.items() if isinstance(value, Expression)}
+        for name, attributes in nodes.items()
+    }
+    # Channels flow symbolically: each conv reads what the node before it produced.
+    assert texts["conv1"]["in_channels"] == "in_channels"
+    assert texts["conv2"]["in_channels"] == "inner_width"
+    assert texts["conv3"]["in_channels"] == "inner_width"
+    assert texts["conv3"]["out_channels"] == "width * expansion"
+    assert texts["bn3"]["channels"] == "width * expansion"
+    assert nodes["bn3"]["zero_init"] is True
+    assert [node.inputs for node in block.nodes if node.kind == "add"] == [("bn3", "shortcut")]
+    projection = graph.definition("shortcut", "projection")
+    assert projection.module == "downsample"
+    assert [node.name for node in projection.nodes] == ["0", "1"]
+    roles = sorted((definition.role, definition.name) for definition in graph.definitions)
+    assert roles == [("block", "bottleneck"), ("head", "classifier"), ("shortcut", "projection"), ("stem", "imagenet")]
+
+
+def test_a_plain_network_defines_its_block_without_the_residual_add() -> None:
+    graph = compile_spec("plain20", size=32)
+    block: Definition = graph.definition("block", "basic")
+    assert "add" not in [node.kind for node in block.nodes]
+    relu2 = next(node for node in block.nodes if node.name == "relu2")
+    assert relu2.inputs == ("bn2",)  # it read the add, which read bn2 and the shortcut
