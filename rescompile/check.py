@@ -20,6 +20,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
+from rescompile.arguments import parse_size
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, check_weights, random_weights, read_weights
@@ -216,8 +217,6 @@ def _backends(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from rescompile.cli import parse_size
-
     result = argparse.ArgumentParser(
         prog="rescompile check",
         description="Compile SPEC to several backends, load the same weights, run the same inputs and compare "

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rescompile.arguments import parse_size
 from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import Graph
@@ -32,18 +33,6 @@ commands:
   rescompile check SPEC [--backends torch,flax,onnx]       compare backends numerically
 
 Run 'rescompile COMMAND --help' for a command's options."""
-
-
-def parse_size(text: str) -> int | tuple[int, int]:
-    """An argparse type for ``--size``: ``224`` or ``224x160`` (height × width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x160, got {text!r}") from None
-    if len(numbers) not in (1, 2) or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive size such as 224 or 224x160, got {text!r}")
-    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
 def _compile_parser() -> argparse.ArgumentParser:
