@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import rescompile
+from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.source import (
     ShortcutClass,
     SourceNode,
@@ -40,6 +41,7 @@ from rescompile.backends.source import (
     parameter_declarations,
     shortcut_choice,
     shortcut_classes,
+    source_writer,
     stage_calls,
     template,
     text,
@@ -383,6 +385,11 @@ def _item(node: SourceNode, lowering: Lowering) -> str:
     return _constructor(lowering, "", 8, ",")
 
 
+def emit(graph: Graph, options: EmitOptions) -> Writer:
+    """The generated source as the command line writes it; no option applies to it."""
+    return source_writer(emit_source(graph))
+
+
 def build_module(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> nnx.Module:
     """The flax module for ``graph``, built from the source :func:`emit_source` writes.
 
@@ -526,6 +533,13 @@ def to_weights(model: nnx.Module, graph: Graph) -> Weights:
     }
 
 
+def count_parameters(model: nnx.Module) -> int:
+    import jax
+    from flax import nnx
+
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
 # --- block outputs --------------------------------------------------------------------------------
 
 
@@ -583,3 +597,14 @@ def _flax_layout(array: np.ndarray) -> np.ndarray:
 
 def _torch_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else array
+
+
+def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
+    import jax
+
+    # jax's Config.update(name, val) is unannotated.
+    jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
+    model = module_for_weights(graph)  # in eval mode
+    load_weights(model, graph, weights)
+    outputs = block_outputs(model, inputs, jit=False)
+    return {name: outputs[name] for name in module_names(graph)}

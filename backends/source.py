@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import jinja2
 
+from rescompile.backends.interface import Writer
+from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     Add,
@@ -476,3 +478,9 @@ def load_source(source: str, backend: str, network: str) -> types.ModuleType:
     sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
+
+
+def source_writer(source: str) -> Writer:
+    """The writer of a generated source file."""
+    encoded = source.encode()
+    return lambda path: write_atomically([(path, [encoded])])

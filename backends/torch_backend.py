@@ -2,7 +2,8 @@
 
 :func:`emit_source` is the one lowering path: :func:`build_module` executes exactly that source,
 and ``rescompile SPEC --backend torch -o model.py`` writes it. The written file needs torch alone.
-Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, ``fc``).
+Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, ``fc``), so
+:func:`block_outputs` reads torchvision's models as well as this backend's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import rescompile
+from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.source import (
     SourceNode,
     block_class,
@@ -23,13 +25,14 @@ from rescompile.backends.source import (
     parameter_declarations,
     shortcut_choice,
     shortcut_classes,
+    source_writer,
     stage_calls,
     template,
     text,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Graph
-from rescompile.compiler.weights import Weights, check_weights, weight_shapes
+from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 
 if TYPE_CHECKING:
@@ -113,7 +116,7 @@ PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.before, self.after))'''
 
 # op kind -> the layer's constructor (None: no layer, computed inline in forward).
-LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
+EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "relu": _relu,
@@ -127,12 +130,12 @@ LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | None] = {
     "pad_channels": lambda node: ("PadChannels", [node.attributes["before"], node.attributes["after"]]),
 }
 HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
-assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
+assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
 def _layer(node: SourceNode, prefix: str = "") -> str:
     """The layer's constructor call after ``prefix``, wrapped for a line at the 8th column."""
-    emitter = LAYER_EMITTERS.get(node.kind)
+    emitter = EMITTERS.get(node.kind)
     if emitter is None:
         raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
     callee, arguments = emitter(node)
@@ -140,7 +143,7 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if LAYER_EMITTERS[node.kind] is not None]
+    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if EMITTERS[node.kind] is not None]
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
@@ -233,6 +236,11 @@ def emit_source(graph: Graph) -> str:
     )
 
 
+def emit(graph: Graph, options: EmitOptions) -> Writer:
+    """The generated source as the command line writes it; no option applies to it."""
+    return source_writer(emit_source(graph))
+
+
 def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:
     """The torch module for ``graph``, built from the source :func:`emit_source` writes."""
     module = load_source(emit_source(graph), "torch", graph.name)
@@ -257,3 +265,50 @@ def to_weights(model: nn.Module, graph: Graph) -> Weights:
     state = model.state_dict()
     names = weight_shapes(graph)
     return {name: state[name].detach().cpu().numpy().astype(np.float32, copy=True) for name in names}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def block_outputs(model: nn.Module, graph: Graph, images: Array) -> Outputs:
+    """Every module's output for one pass of ``images`` through a torch model with canonical names
+    (this backend's, or torchvision's), in the model's current mode, without gradients.
+
+    ``stem`` is the first block's input, each block (``layer1.0``, …) its output, both captured by
+    forward hooks; ``head`` is the model's output (the logits).
+    """
+    import torch
+
+    outputs: Outputs = {}
+
+    def keep_stem(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        outputs["stem"] = args[0].detach().numpy().copy()
+
+    def keep(path: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            outputs[path] = output.detach().numpy().copy()
+
+        return hook
+
+    handles = [model.get_submodule(graph.blocks[0].path).register_forward_pre_hook(keep_stem)]
+    handles += [model.get_submodule(block.path).register_forward_hook(keep(block.path)) for block in graph.blocks]
+    try:
+        with torch.no_grad():
+            outputs["head"] = model(torch.from_numpy(images)).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: outputs[name] for name in module_names(graph)}
+
+
+def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
+    import torch
+
+    # Pin fp32: no TF32 on GPUs, highest matmul precision, so differences mean something.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    model = build_module(graph).eval()
+    load_weights(model, graph, weights)
+    return block_outputs(model, graph, inputs)

@@ -387,6 +387,20 @@ def test_weights_are_checked() -> None:
         emit_model(graph, weights)
 
 
+def test_canonical_weights_cannot_go_into_or_out_of_a_model_with_bn_folded() -> None:
+    """Folding leaves no initializer for a BatchNorm's parameters: refused, not half loaded."""
+    graph = compile_spec("resnet20", size=SMALL)
+    weights = random_weights(graph)
+    folded = emit_model(graph, weights, fold_bn=True).proto()
+    before = folded.SerializeToString()
+    message = r"^the ONNX model does not hold the weights of resnet20: missing: bn1\.weight, bn1\.bias, "
+    with pytest.raises(RescompileError, match=message):
+        onnx_backend.load_weights(folded, graph, random_weights(graph, seed=1))
+    assert folded.SerializeToString() == before
+    with pytest.raises(RescompileError, match=message):
+        onnx_backend.to_weights(folded, graph)
+
+
 @pytest.mark.parametrize("opset", sorted({SUPPORTED_OPSETS[0], DEFAULT_OPSET, SUPPORTED_OPSETS[-1]}))
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
 def test_opsets_at_both_ends(name: str, opset: int) -> None:
