@@ -429,7 +429,9 @@ def _fields_around(message: Message, number: int) -> tuple[bytes, bytes]:
 
 
 def _byte_view(array: npt.NDArray[Any]) -> memoryview:
-    return memoryview(array.reshape(-1)).cast("B")
+    # ndarray.data: the array's buffer as a memoryview, which numpy's stubs type (memoryview(array)
+    # needs the buffer protocol, which they declare for Python 3.12 on only).
+    return array.reshape(-1).data.cast("B")
 
 
 Framed = bytes | TensorData
@@ -639,7 +641,7 @@ def run_onnxruntime(model: ModelSource, x: npt.NDArray[Any]) -> Array:
 def onnxruntime_outputs(model: ModelSource, x: npt.NDArray[Any]) -> dict[str, Array]:
     """Every graph output by name, in graph order: ``output``, then with ``block_outputs=True``
     ``stem``, ``layer1.0``, ..."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]  # ships no type information (no py.typed)
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only

@@ -342,7 +342,7 @@ def block_class(graph: Graph) -> BlockClass:
     attributes = _symbolic(spec, nodes, "")
     source = source_nodes(nodes, attributes, "x", "out", renamed)
     zero_init = [node.name for node in nodes if isinstance(node.op, BatchNorm) and node.op.zero_init]
-    own_parameters = {name: value for name, value in spec.parameters.items()}
+    own_parameters: dict[str, Value] = dict(spec.parameters)
     return BlockClass(
         spec=spec,
         nodes=source,
