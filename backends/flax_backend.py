@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 import rescompile
+from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
-    Attribute,
     ShortcutClass,
     SourceNode,
     block_class,
@@ -43,11 +43,12 @@ from rescompile.backends.source import (
     render,
     shortcut_choice,
     shortcut_classes,
+    source_writer,
     stage_calls,
     template,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Graph, Module, Shape
+from rescompile.compiler.ir import OP_KINDS, Attribute, Graph, Module, Shape
 from rescompile.compiler.ops import Role, Tensor
 from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
@@ -379,6 +380,11 @@ def _item(node: SourceNode, lowering: Lowering) -> str:
     return _constructor(lowering, "", 8, ",")
 
 
+def emit(graph: Graph, options: EmitOptions) -> Writer:
+    """The generated source as the command line writes it; no option applies to it."""
+    return source_writer(emit_source(graph))
+
+
 def build_module(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> nnx.Module:
     """The flax module for ``graph``, built from the source :func:`emit_source` writes.
 
@@ -489,7 +495,7 @@ def module_for_weights(graph: Graph) -> nnx.Module:
         model: nnx.Module = nnx.eval_shape(lambda: build_module(graph))
     else:
         model = build_module(graph)
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]  # flax's Module.eval(**attributes) is unannotated
     return model
 
 
@@ -521,6 +527,13 @@ def to_weights(model: nnx.Module, graph: Graph) -> Weights:
         name: np.ascontiguousarray(conversion.from_flax(np.asarray(state[conversion.path][1][...], dtype=np.float32)))
         for name, conversion in table.items()
     }
+
+
+def count_parameters(model: nnx.Module) -> int:
+    import jax
+    from flax import nnx
+
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 # --- block outputs --------------------------------------------------------------------------------
@@ -580,3 +593,14 @@ def _flax_layout(array: np.ndarray) -> np.ndarray:
 
 def _torch_layout(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(0, 3, 1, 2)) if array.ndim == 4 else array
+
+
+def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
+    import jax
+
+    # jax's Config.update(name, val) is unannotated.
+    jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
+    model = module_for_weights(graph)  # in eval mode
+    load_weights(model, graph, weights)
+    outputs = block_outputs(model, inputs, jit=False)
+    return {name: outputs[name] for name in module_names(graph)}

@@ -15,6 +15,7 @@ output is ``output``. The graph input is ``input``, ``(batch, C, H, W)`` with a 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ import numpy.typing as npt
 import onnx
 import onnx.defs
 from google.protobuf.message import Message
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import rescompile
+from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -45,7 +47,14 @@ from rescompile.compiler.ir import (
     Padding,
     Subsample,
 )
-from rescompile.compiler.weights import check_weights, initial_weights
+from rescompile.compiler.weights import (
+    Weights,
+    check_weights,
+    initial_weights,
+    read_weights,
+    shape_mismatches,
+    weight_shapes,
+)
 from rescompile.spec.errors import RescompileError
 
 # NOTE: 18 is the oldest opset the project accepts as a default, so the one the most deployed runtimes
@@ -431,7 +440,9 @@ def _fields_around(message: Message, number: int) -> tuple[bytes, bytes]:
 
 
 def _byte_view(array: npt.NDArray[Any]) -> memoryview:
-    return memoryview(array.reshape(-1)).cast("B")
+    # ndarray.data: the array's buffer as a memoryview, which numpy's stubs type (memoryview(array)
+    # needs the buffer protocol, which they declare for Python 3.12 on only).
+    return array.reshape(-1).data.cast("B")
 
 
 Framed = bytes | TensorData
@@ -641,7 +652,7 @@ def run_onnxruntime(model: ModelSource, x: npt.NDArray[Any]) -> Array:
 def onnxruntime_outputs(model: ModelSource, x: npt.NDArray[Any]) -> dict[str, Array]:
     """Every graph output by name, in graph order: ``output``, then with ``block_outputs=True``
     ``stem``, ``layer1.0``, ..."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]  # ships no type information (no py.typed)
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
@@ -658,6 +669,67 @@ def onnxruntime_outputs(model: ModelSource, x: npt.NDArray[Any]) -> dict[str, Ar
     return {name: np.asarray(result, dtype=np.float32) for name, result in zip(names, results, strict=True)}
 
 
+# --- the backend interface ------------------------------------------------------------------------
+
+
+def emit(graph: Graph, options: EmitOptions) -> Writer:
+    """The model as the command line writes it: ``options.weights`` embedded, or fresh weights
+    drawn with ``options.seed`` (and ``zero_init_residual``); the opset, BatchNorm folded or not."""
+    if options.weights is not None:
+        weights = read_weights(options.weights)
+    else:
+        weights = initial_weights(graph, options.seed, options.zero_init_residual)
+    opset = DEFAULT_OPSET if options.opset is None else options.opset
+    model = emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn)
+    return functools.partial(save_model, model)
+
+
+def build_module(graph: Graph) -> onnx.ModelProto:
+    """The model of ``graph`` with :func:`initial_weights`, as the ModelProto ONNX's own tools take
+    (its weights copied in; :func:`emit_model` is the form that writes files without copying)."""
+    return emit_model(graph).proto()
+
+
+def _weight_tensors(model: onnx.ModelProto, graph: Graph) -> dict[str, TensorProto]:
+    """The initializer of each canonical weight of ``graph``, checked to be there and of its shape:
+    a model with BatchNorm folded has no initializers for BatchNorm and is refused."""
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    expected = weight_shapes(graph)
+    problems = shape_mismatches(expected, {name: tuple(tensors[name].dims) for name in expected if name in tensors})
+    if problems:
+        raise RescompileError(f"the ONNX model does not hold the weights of {graph.name}: {problems}")
+    return {name: tensors[name] for name in expected}
+
+
+def load_weights(model: onnx.ModelProto, graph: Graph, weights: Mapping[str, Array]) -> None:
+    check_weights(graph, weights)
+    for name, tensor in _weight_tensors(model, graph).items():
+        tensor.raw_data = np.asarray(weights[name], dtype=_RAW_FLOAT).tobytes()
+
+
+def to_weights(model: onnx.ModelProto, graph: Graph) -> Weights:
+    return {
+        name: np.asarray(numpy_helper.to_array(tensor), dtype=np.float32)
+        for name, tensor in _weight_tensors(model, graph).items()
+    }
+
+
+def count_parameters(model: onnx.ModelProto) -> int:
+    """ONNX has no notion of trainable: the float initializers but BatchNorm's running statistics
+    (the others hold the index constants of Slice and Pad, int64)."""
+    statistics = (".running_mean", ".running_var")
+    return sum(
+        int(np.prod(tensor.dims))
+        for tensor in model.graph.initializer
+        if tensor.data_type == TensorProto.FLOAT and not tensor.name.endswith(statistics)
+    )
+
+
+def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
+    results = onnxruntime_outputs(emit_model(graph, weights, block_outputs=True), inputs)
+    return {name: results[module_output_name(graph, index)] for index, name in enumerate(module_names(graph))}
+
+
 __all__ = [
     "BATCH_DIMENSION",
     "DEFAULT_OPSET",
@@ -666,9 +738,15 @@ __all__ = [
     "OUTPUT_NAME",
     "SUPPORTED_OPSETS",
     "OnnxModel",
+    "build_module",
+    "count_parameters",
+    "emit",
     "emit_model",
+    "load_weights",
     "module_output_name",
+    "module_outputs",
     "onnxruntime_outputs",
     "run_onnxruntime",
     "save_model",
+    "to_weights",
 ]

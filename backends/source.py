@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import jinja2
 
+from rescompile.backends.interface import Writer
+from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     Attribute,
@@ -142,9 +144,9 @@ def expression_source(expression: Expression) -> str:
     return source
 
 
-def render(value: Attribute) -> str:
-    """The one renderer of attributes as Python source: expressions from their syntax tree, values
-    as literals."""
+def render(value: Value | Expression) -> str:
+    """The one renderer of attributes and parameter values as Python source: expressions from
+    their syntax tree, values as literals."""
     return expression_source(value) if isinstance(value, Expression) else _text(value)
 
 
@@ -153,7 +155,9 @@ def constant(value: Attribute) -> Value | None:
     else None (it names parameters)."""
     if not isinstance(value, Expression):
         return value
-    return value.tree.value if isinstance(value.tree, ast.Constant) else None
+    if isinstance(value.tree, ast.Constant) and isinstance(value.tree.value, int | float | str | bool):
+        return value.tree.value
+    return None
 
 
 def is_default(value: Attribute, default: Value) -> bool:
@@ -452,3 +456,9 @@ def load_source(source: str, backend: str, network: str) -> types.ModuleType:
     sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     return module
+
+
+def source_writer(source: str) -> Writer:
+    """The writer of a generated source file."""
+    encoded = source.encode()
+    return lambda path: write_atomically([(path, [encoded])])

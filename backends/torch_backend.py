@@ -2,7 +2,8 @@
 
 :func:`emit_source` is the one lowering path: :func:`build_module` executes exactly that source,
 and ``rescompile SPEC --backend torch -o model.py`` writes it. The written file needs torch alone.
-Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, ``fc``).
+Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, ``fc``), so
+:func:`block_outputs` reads torchvision's models as well as this backend's.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import rescompile
+from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
-    Attribute,
     SourceNode,
     block_class,
     class_name,
@@ -26,12 +27,13 @@ from rescompile.backends.source import (
     render,
     shortcut_choice,
     shortcut_classes,
+    source_writer,
     stage_calls,
     template,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Graph
-from rescompile.compiler.weights import Weights, check_weights, weight_shapes
+from rescompile.compiler.ir import OP_KINDS, Attribute, Graph
+from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
 
@@ -117,7 +119,7 @@ PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
 
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}").
-LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
+EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "relu": _relu,
@@ -133,12 +135,12 @@ LAYER_EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
 }
 HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
-assert set(LAYER_EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
+assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
 def _layer(node: SourceNode, prefix: str = "") -> str:
     """The layer's constructor call after ``prefix``, wrapped for a line at the 8th column."""
-    emitter = LAYER_EMITTERS.get(node.kind)
+    emitter = EMITTERS.get(node.kind)
     if not callable(emitter):
         raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
     callee, arguments = emitter(node)
@@ -146,7 +148,7 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if callable(LAYER_EMITTERS[node.kind])]
+    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if callable(EMITTERS[node.kind])]
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
@@ -154,7 +156,7 @@ def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = Non
     for node in nodes:
         if shortcut_attribute is not None and SHORTCUT_VARIABLE in node.inputs:
             lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
-        emitter = LAYER_EMITTERS[node.kind]
+        emitter = EMITTERS[node.kind]
         if isinstance(emitter, str):
             lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
         else:
@@ -240,6 +242,11 @@ def emit_source(graph: Graph) -> str:
     )
 
 
+def emit(graph: Graph, options: EmitOptions) -> Writer:
+    """The generated source as the command line writes it; no option applies to it."""
+    return source_writer(emit_source(graph))
+
+
 def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:
     """The torch module for ``graph``, built from the source :func:`emit_source` writes."""
     module = load_source(emit_source(graph), "torch", graph.name)
@@ -264,3 +271,50 @@ def to_weights(model: nn.Module, graph: Graph) -> Weights:
     state = model.state_dict()
     names = weight_shapes(graph)
     return {name: state[name].detach().cpu().numpy().astype(np.float32, copy=True) for name in names}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def block_outputs(model: nn.Module, graph: Graph, images: Array) -> Outputs:
+    """Every module's output for one pass of ``images`` through a torch model with canonical names
+    (this backend's, or torchvision's), in the model's current mode, without gradients.
+
+    ``stem`` is the first block's input, each block (``layer1.0``, …) its output, both captured by
+    forward hooks; ``head`` is the model's output (the logits).
+    """
+    import torch
+
+    outputs: Outputs = {}
+
+    def keep_stem(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        outputs["stem"] = args[0].detach().numpy().copy()
+
+    def keep(path: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            outputs[path] = output.detach().numpy().copy()
+
+        return hook
+
+    handles = [model.get_submodule(graph.blocks[0].path).register_forward_pre_hook(keep_stem)]
+    handles += [model.get_submodule(block.path).register_forward_hook(keep(block.path)) for block in graph.blocks]
+    try:
+        with torch.no_grad():
+            outputs["head"] = model(torch.from_numpy(images)).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: outputs[name] for name in module_names(graph)}
+
+
+def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
+    import torch
+
+    # Pin fp32: no TF32 on GPUs, highest matmul precision, so differences mean something.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    model = build_module(graph).eval()
+    load_weights(model, graph, weights)
+    return block_outputs(model, graph, inputs)

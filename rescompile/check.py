@@ -1,9 +1,10 @@
 """``rescompile check``: compile one spec to several backends, give them the same weights and
 inputs, and prove they compute the same function — or name the first block where they do not.
 
-Each backend is one entry of :data:`RUNNERS`: a function that builds the model from the graph,
-loads the canonical weights, runs the input in fp32 eval mode, and returns every module's output
-(``stem``, each block by canonical path ``layer1.0``, ``head``) in torch layout (NCHW).
+Each backend is one entry of :data:`~rescompile.backends.registry.BACKENDS`, whose
+``module_outputs`` builds the model from the graph, loads the canonical weights, runs the input in
+fp32 eval mode, and returns every module's output (``stem``, each block by canonical path
+``layer1.0``, ``head``) in torch layout (NCHW).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -20,78 +21,14 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
+from rescompile.arguments import parse_size
+from rescompile.backends.interface import Outputs, module_names
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, check_weights, random_weights, read_weights
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES, Tolerance, max_differences, within
-
-Outputs = dict[str, npt.NDArray[np.float32]]
-Runner = Callable[[Graph, Weights, npt.NDArray[np.float32]], Outputs]
-
-
-def module_names(graph: Graph) -> list[str]:
-    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``."""
-    return [module.path or module.role for module in graph.modules]
-
-
-def run_torch(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
-    import torch
-
-    from rescompile.backends import torch_backend
-
-    # Pin fp32: no TF32 on GPUs, highest matmul precision, so differences mean something.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    model = torch_backend.build_module(graph).eval()
-    torch_backend.load_weights(model, graph, weights)
-    outputs: Outputs = {}
-    layers = dict(model.named_modules())
-    handles = []
-    first_block = graph.blocks[0].path
-
-    def keep_stem(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        outputs["stem"] = args[0].detach().numpy().copy()
-
-    handles.append(layers[first_block].register_forward_pre_hook(keep_stem))
-    for block in graph.blocks:
-
-        def keep(
-            module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, path: str = block.path
-        ) -> None:
-            outputs[path] = out.detach().numpy().copy()
-
-        handles.append(layers[block.path].register_forward_hook(keep))
-    with torch.no_grad():
-        outputs["head"] = model(torch.from_numpy(inputs)).numpy()
-    for handle in handles:
-        handle.remove()
-    return {name: outputs[name] for name in module_names(graph)}
-
-
-def run_onnx(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
-    from rescompile.backends import onnx_backend
-
-    model = onnx_backend.emit_model(graph, weights, block_outputs=True)
-    results = onnx_backend.onnxruntime_outputs(model, inputs)
-    names = module_names(graph)
-    return {name: results[onnx_backend.module_output_name(graph, index)] for index, name in enumerate(names)}
-
-
-def run_flax(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> Outputs:
-    import jax
-
-    from rescompile.backends import flax_backend
-
-    jax.config.update("jax_default_matmul_precision", "highest")
-    model = flax_backend.module_for_weights(graph)  # in eval mode, like the other backends
-    flax_backend.load_weights(model, graph, weights)
-    outputs = flax_backend.block_outputs(model, inputs, jit=False)
-    return {name: np.asarray(outputs[name]) for name in module_names(graph)}
-
-
-RUNNERS: dict[str, Runner] = {"torch": run_torch, "flax": run_flax, "onnx": run_onnx}
 
 
 @dataclass(frozen=True)
@@ -177,7 +114,7 @@ def check(
         if progress is not None:
             progress.step(f"building and running {backend}")
         started = time.perf_counter()
-        outputs[backend] = RUNNERS[backend](graph, weights[backend], inputs)
+        outputs[backend] = BACKENDS[backend].module_outputs(graph, weights[backend], inputs)
         seconds[backend] = time.perf_counter() - started
     pairs = tuple(
         compare(graph, first, second, outputs[first], outputs[second], tolerance)
@@ -209,22 +146,20 @@ def format_result(result: CheckResult) -> str:
 
 def _backends(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in RUNNERS]
+    unknown = [name for name in names if name not in BACKENDS]
     if unknown or len(names) < 2 or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"expected two or more of {','.join(RUNNERS)}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected two or more of {','.join(BACKENDS)}, got {text!r}")
     return names
 
 
 def parser() -> argparse.ArgumentParser:
-    from rescompile.cli import parse_size
-
     result = argparse.ArgumentParser(
         prog="rescompile check",
         description="Compile SPEC to several backends, load the same weights, run the same inputs and compare "
         "them module by module. Exit status 0 when all agree within tolerance, 1 otherwise.",
     )
     result.add_argument("spec", help="a spec file or a built-in name")
-    result.add_argument("--backends", type=_backends, default=list(RUNNERS), help="comma-separated (default: all)")
+    result.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
     result.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     result.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     result.add_argument("--size", type=parse_size, help="input size (default: the spec's)")

@@ -8,42 +8,41 @@ Every user error is one line, ``file:LINE:COL: message``, with exit status 1 and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rescompile.arguments import parse_size
+from rescompile.backends.interface import Backend, EmitOptions
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.cost import CostReport, Totals, cost
-from rescompile.compiler.files import write_atomically
-from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import builtin_directory, builtin_networks
 
-BACKENDS = ("torch", "flax", "onnx")
 SUBCOMMANDS = ("validate", "cost", "list", "check")
-DESCRIPTION = """Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
+_NAMES = ",".join(BACKENDS)
+DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
 commands:
-  rescompile SPEC --backend {torch,flax,onnx} [-o PATH]   compile SPEC (a file or a built-in name)
+  rescompile SPEC --backend {{{_NAMES}}} [-o PATH]   compile SPEC (a file or a built-in name)
   rescompile validate SPEC [SPEC ...]                      check specs without compiling
   rescompile cost SPEC [--by stage|block|node]             parameters, MACs, activations
   rescompile list                                          the built-in architectures
-  rescompile check SPEC [--backends torch,flax,onnx]       compare backends numerically
+  rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
+# The options only some backends read (EmitOptions fields), in the order they are checked; the
+# fields of one group are refused in one message.
+_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"))
 
-def parse_size(text: str) -> int | tuple[int, int]:
-    """An argparse type for ``--size``: ``224`` or ``224x160`` (height × width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x160, got {text!r}") from None
-    if len(numbers) not in (1, 2) or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive size such as 224 or 224x160, got {text!r}")
-    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+
+def _readers(option: str) -> str:
+    """The backends that read ``option``, as help and errors name them: ``onnx``."""
+    return " or ".join(name for name, backend in BACKENDS.items() if option in backend.options)
 
 
 def _compile_parser() -> argparse.ArgumentParser:
@@ -55,17 +54,27 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("spec", help="a network spec file (.yaml) or a built-in name such as resnet50")
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="what to generate (default: torch)")
+    files = [f"NAME{backend.suffix}" for backend in BACKENDS.values()]
     parser.add_argument(
-        "-o", "--output", type=Path, help="where to write (default: NAME_torch.py, NAME_flax.py or NAME.onnx)"
+        "-o", "--output", type=Path, help=f"where to write (default: {', '.join(files[:-1])} or {files[-1]})"
     )
     parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
-    parser.add_argument("--weights", type=Path, help="onnx: canonical weights (.safetensors) to embed")
-    parser.add_argument("--seed", type=int, default=0, help="onnx: seed of fresh weights when --weights is absent")
+    # argparse's destinations are the EmitOptions fields.
     parser.add_argument(
-        "--zero-init-residual", action="store_true", help="onnx: zero the last BatchNorm of each residual branch"
+        "--weights", type=Path, help=f"{_readers('weights')}: canonical weights (.safetensors) to embed"
     )
-    parser.add_argument("--opset", type=int, help="onnx: the opset to target")
-    parser.add_argument("--fold-bn", action="store_true", help="onnx: fold BatchNorm into the preceding convolution")
+    parser.add_argument(
+        "--seed", type=int, default=0, help=f"{_readers('seed')}: seed of fresh weights when --weights is absent"
+    )
+    parser.add_argument(
+        "--zero-init-residual",
+        action="store_true",
+        help=f"{_readers('zero_init_residual')}: zero the last BatchNorm of each residual branch",
+    )
+    parser.add_argument("--opset", type=int, help=f"{_readers('opset')}: the opset to target")
+    parser.add_argument(
+        "--fold-bn", action="store_true", help=f"{_readers('fold_bn')}: fold BatchNorm into the preceding convolution"
+    )
     return parser
 
 
@@ -128,6 +137,7 @@ def _list(arguments: list[str]) -> int:
 
 
 def _check(arguments: list[str]) -> int:
+    # Imported here: check needs numpy, which the other commands do without (a third of their time).
     from rescompile.check import main as check_main
 
     return check_main(arguments)
@@ -162,58 +172,29 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(str(dimension) for dimension in shape) if shape else ""
 
 
-def _default_output(graph: Graph, backend: str) -> Path:
-    return Path(f"{graph.name}.onnx" if backend == "onnx" else f"{graph.name}_{backend}.py")
-
-
-def _require(backend: str, module: str, extra: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        raise RescompileError(
-            f"the {backend} backend needs {module}, which is not installed: pip install 'rescompile[{extra}]'"
-        ) from None
+def _refuse_unread_options(options: argparse.Namespace, backend: Backend) -> None:
+    defaults = EmitOptions()
+    for group in _BACKEND_OPTIONS:
+        given = any(getattr(options, name) != getattr(defaults, name) for name in group)
+        if given and not set(group) <= backend.options:
+            flags = " and ".join(f"--{name.replace('_', '-')}" for name in group)
+            raise RescompileError(
+                f"{flags} {'applies' if len(group) == 1 else 'apply'} to --backend {_readers(group[0])} only"
+            )
 
 
 def _compile(options: argparse.Namespace) -> int:
     started = time.perf_counter()
     graph = compile_spec(options.spec, options.size)
     report = cost(graph)
-    output: Path = options.output or _default_output(graph, options.backend)
-    if options.backend != "onnx":
-        for flag in ("weights", "opset"):
-            if getattr(options, flag) is not None:
-                raise RescompileError(f"--{flag} applies to --backend onnx only")
-        if options.fold_bn or options.zero_init_residual:
-            raise RescompileError("--fold-bn and --zero-init-residual apply to --backend onnx only")
-    if options.backend == "torch":
-        _require("torch", "torch", "torch")
-        from rescompile.backends import torch_backend
-
-        source = torch_backend.emit_source(graph)
-        model = torch_backend.build_module(graph)
-        built_parameters = sum(parameter.numel() for parameter in model.parameters())
-        if built_parameters != report.parameters:
-            raise AssertionError(f"built module has {built_parameters} parameters, cost pass {report.parameters}")
-        write_atomically([(output, [source.encode()])])
-    elif options.backend == "flax":
-        _require("flax", "flax", "jax")
-        from rescompile.backends import flax_backend
-
-        write_atomically([(output, [flax_backend.emit_source(graph).encode()])])
-    else:
-        _require("onnx", "onnx", "onnx")
-        from rescompile.backends import onnx_backend
-        from rescompile.compiler.weights import initial_weights, read_weights
-
-        weights = (
-            read_weights(options.weights)
-            if options.weights is not None
-            else initial_weights(graph, options.seed, options.zero_init_residual)
-        )
-        opset = options.opset if options.opset is not None else onnx_backend.DEFAULT_OPSET
-        model = onnx_backend.emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn)
-        onnx_backend.save_model(model, output)
+    backend = BACKENDS[options.backend]
+    output: Path = options.output or Path(f"{graph.name}{backend.suffix}")
+    _refuse_unread_options(options, backend)
+    emit_options = EmitOptions(
+        **{field.name: getattr(options, field.name) for field in dataclasses.fields(EmitOptions)}
+    )
+    write = backend.emit(graph, emit_options)
+    write(output)
     elapsed = time.perf_counter() - started
     print(f"{graph.name}: {report.parameters:,} parameters, {report.macs / 1e9:.3f} GMACs")
     print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} (batch dimension dynamic)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mypy --strict on the framework-free core (spec/, compiler/) and the package root.
+# mypy --strict on every package: the package root, spec/, compiler/ and backends/.
 # The folders are installed as subpackages of `rescompile` (see pyproject.toml), a mapping mypy
 # cannot follow through the editable install, so we check a symlinked `rescompile/` tree instead.
 set -euo pipefail
@@ -8,6 +8,6 @@ tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/rescompile"
 for file in "$root"/rescompile/*.py "$root"/rescompile/py.typed; do ln -s "$file" "$tree/rescompile/"; done
-for folder in spec compiler; do ln -s "$root/$folder" "$tree/rescompile/$folder"; done
+for folder in spec compiler backends; do ln -s "$root/$folder" "$tree/rescompile/$folder"; done
 cd "$tree"
-"$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" --strict -p rescompile.spec -p rescompile.compiler
+"$root/.venv/bin/mypy" --config-file "$root/pyproject.toml" --strict -p rescompile

@@ -66,10 +66,15 @@ def test_onnx_embeds_given_weights(tmp_path: Path) -> None:
     assert (initializers["layer2.0.conv1.weight"] == weights["layer2.0.conv1.weight"]).all()
 
 
-def test_compile_uses_a_default_output_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("backend", "name"), [("torch", "resnet20_torch.py"), ("flax", "resnet20_flax.py"), ("onnx", "resnet20.onnx")]
+)
+def test_compile_uses_a_default_output_name(
+    backend: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["resnet20", "--backend", "torch"]) == 0
-    assert (tmp_path / "resnet20_torch.py").is_file()
+    assert main(["resnet20", "--backend", backend]) == 0
+    assert [path.name for path in tmp_path.iterdir()] == [name]
 
 
 def test_spec_files_resolve_relative_parts_and_sizes_override(
@@ -96,10 +101,11 @@ def test_validate_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "resnet152_v1" in capsys.readouterr().out
 
 
-def test_validate_and_cost_never_import_a_framework(tmp_path: Path) -> None:
+def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None:
     script = (
         "import sys\nfrom rescompile.cli import main\n"
         "assert main(['validate', 'resnet50']) == 0 and main(['cost', 'resnet50', '--by', 'block']) == 0\n"
+        "assert main(['list']) == 0\n"
         "loaded = {'torch', 'jax', 'flax', 'onnx', 'onnxruntime'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )
@@ -119,6 +125,10 @@ def test_validate_and_cost_never_import_a_framework(tmp_path: Path) -> None:
         (["resnet20", "-o", "spec.yaml/out.py"], "cannot write spec.yaml/out.py: Not a directory"),
         (["resnet20", "-o", "."], "cannot write .: Is a directory"),
         (["resnet20", "--backend", "torch", "--opset", "18", "-o", "out.py"], "--opset applies to --backend onnx only"),
+        (
+            ["resnet20", "--backend", "flax", "--zero-init-residual", "-o", "out.py"],
+            "--fold-bn and --zero-init-residual apply to --backend onnx only",
+        ),
         (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.py"], "opset 7"),
         (
             ["resnet20", "--backend", "onnx", "--weights", "spec.yaml", "-o", "out.py"],

@@ -10,14 +10,15 @@ import numpy.typing as npt
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rescompile.check import RUNNERS, Outputs, check, module_names
+from rescompile.backends.interface import Outputs, module_names
+from rescompile.backends.registry import BACKENDS
+from rescompile.check import check
 from rescompile.compiler import Graph, cost, lower_spec
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
 from rescompile.spec import load_network
 from rescompile.spec.models import InputSpec, NetworkSpec
 from rescompile.testing import TOLERANCES, network_specs
 
-BACKENDS = tuple(RUNNERS)
 SMALL = {"widths": (4, 8), "max_size": 24, "max_depth": 2}
 RESIDUAL_POLICIES = ("A", "B", "C", "projection_where_needed")
 
@@ -27,36 +28,7 @@ def inputs_for(graph: Graph, seed: int, batch: int = 2) -> npt.NDArray[np.float3
 
 
 def run_all(graph: Graph, weights: Weights, inputs: npt.NDArray[np.float32]) -> dict[str, Outputs]:
-    return {backend: RUNNERS[backend](graph, weights, inputs) for backend in BACKENDS}
-
-
-def count_parameters(backend: str, graph: Graph) -> int:
-    """Trainable parameters as each framework itself counts them."""
-    if backend == "torch":
-        from rescompile.backends import torch_backend
-
-        return sum(parameter.numel() for parameter in torch_backend.build_module(graph).parameters())
-    if backend == "flax":
-        import jax
-        from flax import nnx
-
-        from rescompile.backends import flax_backend
-
-        state = nnx.state(flax_backend.build_module(graph), nnx.Param)
-        return sum(leaf.size for leaf in jax.tree.leaves(state))
-    import onnx
-
-    from rescompile.backends import onnx_backend
-
-    # Initializers also hold Slice/Pad index constants (int64); parameters are the float tensors
-    # other than BatchNorm's running statistics.
-    model = onnx_backend.emit_model(graph).skeleton
-    statistics = (".running_mean", ".running_var")
-    return sum(
-        int(np.prod(tensor.dims))
-        for tensor in model.graph.initializer
-        if tensor.data_type == onnx.TensorProto.FLOAT and not tensor.name.endswith(statistics)
-    )
+    return {name: backend.module_outputs(graph, weights, inputs) for name, backend in BACKENDS.items()}
 
 
 @given(network_specs(**SMALL), st.integers(0, 2**16))
@@ -69,7 +41,7 @@ def test_every_backend_has_the_ir_shapes_and_all_agree(spec: NetworkSpec, seed: 
         assert list(modules) == module_names(graph), backend
         for module, name in zip(graph.modules, module_names(graph), strict=True):
             assert modules[name].shape == (2, *module.out_shape), (backend, name)
-    result = check(graph, BACKENDS, dict.fromkeys(BACKENDS, weights), inputs, TOLERANCES["network"])
+    result = check(graph, tuple(BACKENDS), dict.fromkeys(BACKENDS, weights), inputs, TOLERANCES["network"])
     assert result.agree, [pair for pair in result.pairs if not pair.agree]
 
 
@@ -78,8 +50,9 @@ def test_every_backend_has_the_ir_shapes_and_all_agree(spec: NetworkSpec, seed: 
 def test_every_backend_counts_the_cost_pass_parameters(spec: NetworkSpec) -> None:
     graph = lower_spec(spec)
     expected = cost(graph).parameters
-    for backend in BACKENDS:
-        assert count_parameters(backend, graph) == expected, backend
+    for name, backend in BACKENDS.items():
+        # As each framework itself counts them.
+        assert backend.count_parameters(backend.build(graph)) == expected, name
 
 
 @given(network_specs(shortcuts=RESIDUAL_POLICIES, **SMALL), st.integers(0, 2**16))
@@ -137,10 +110,10 @@ def test_all_zero_initialised_network_equals_it_with_identity_blocks_removed(spe
     weights = initial_weights(graph, seed, zero_init_residual=True)
     reduced_weights = renamed_weights(weights, graph, reduced)
     inputs = inputs_for(graph, seed)
-    for backend in BACKENDS:
-        full = RUNNERS[backend](graph, weights, inputs)["head"]
-        short = RUNNERS[backend](reduced, reduced_weights, inputs)["head"]
-        assert np.array_equal(full, short), backend
+    for name, backend in BACKENDS.items():
+        full = backend.module_outputs(graph, weights, inputs)["head"]
+        short = backend.module_outputs(reduced, reduced_weights, inputs)["head"]
+        assert np.array_equal(full, short), name
 
 
 def test_removing_identity_blocks_from_resnet18_keeps_three_projecting_blocks() -> None:

@@ -3,19 +3,11 @@ compile-time error in that emitter, never a missing entry)."""
 
 import pytest
 
+from rescompile.backends.interface import Backend
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.ir import OP_KINDS
 
 
-def emitter_tables() -> dict[str, set[str]]:
-    from rescompile.backends import flax_backend, onnx_backend, torch_backend
-
-    return {
-        "torch": set(torch_backend.LAYER_EMITTERS),
-        "flax": set(flax_backend.EMITTERS),
-        "onnx": set(onnx_backend.EMITTERS),
-    }
-
-
-@pytest.mark.parametrize("backend", ["torch", "flax", "onnx"])
-def test_backend_has_an_emitter_for_every_op_kind(backend: str) -> None:
-    assert emitter_tables()[backend] == set(OP_KINDS)
+@pytest.mark.parametrize("backend", BACKENDS.values(), ids=BACKENDS)
+def test_backend_has_an_emitter_for_every_op_kind(backend: Backend) -> None:
+    assert backend.op_kinds() == set(OP_KINDS)

@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,28 +86,6 @@ def torch_model(graph: Graph, weights: Weights) -> nn.Module:
     return model
 
 
-def torch_block_outputs(model: nn.Module, graph: Graph, batch: np.ndarray) -> dict[str, np.ndarray]:
-    """The reference for :func:`flax_backend.block_outputs`: stem, every block and the logits of a
-    torch model with canonical names (the torch backend's, or torchvision's), via forward hooks."""
-    captured: dict[str, np.ndarray] = {}
-    targets = {"stem": graph.modules[0].nodes[-1].name, **{block.path: block.path for block in graph.blocks}}
-
-    def hook(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
-        def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            captured[name] = output.detach().clone().numpy()
-
-        return record
-
-    handles = [model.get_submodule(path).register_forward_hook(hook(name)) for name, path in targets.items()]
-    try:
-        with torch.no_grad():
-            captured["head"] = model(torch.from_numpy(batch)).numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: captured[name] for name in [*targets, "head"]}
-
-
 def compare_with_torch(
     flax: nnx.Module,
     reference: nn.Module,
@@ -119,7 +96,7 @@ def compare_with_torch(
 ) -> None:
     """One pass of each model, both in the same mode. First every module on identical inputs (the
     torch module's input, via ``feed``), then, if asked, the whole network on its own outputs."""
-    expected = torch_block_outputs(reference, graph, batch)
+    expected = torch_backend.block_outputs(reference, graph, batch)
     isolated = flax_backend.block_outputs(flax, batch, feed=expected, jit=jit)
     assert list(isolated) == list(expected)
     for name, array in expected.items():
@@ -412,7 +389,7 @@ def test_nnx_jit_and_jax_jit_match_torch(mode: str) -> None:
     batch = images(graph, seed=2)
     reference = torch_model(graph, weights)
     getattr(reference, mode)()
-    expected = torch_block_outputs(reference, graph, batch)["head"]
+    expected = torch_backend.block_outputs(reference, graph, batch)["head"]
     nhwc = batch.transpose(0, 2, 3, 1)
 
     model = flax_model(graph, weights)

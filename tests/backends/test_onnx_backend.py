@@ -28,7 +28,7 @@ import pytest
 import torch
 from google.protobuf.message import EncodeError
 
-from rescompile.backends import onnx_backend
+from rescompile.backends import onnx_backend, torch_backend
 from rescompile.backends.onnx_backend import (
     DEFAULT_OPSET,
     EMITTERS,
@@ -39,7 +39,6 @@ from rescompile.backends.onnx_backend import (
     run_onnxruntime,
     save_model,
 )
-from rescompile.backends.torch_backend import build_module, load_weights
 from rescompile.compiler.ir import OP_KINDS, AvgPool, BatchNorm, Graph, Linear, MaxPool, Module
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.shapes import infer_shapes
@@ -71,8 +70,8 @@ def batch(graph: Graph, size: int, seed: int = 0) -> np.ndarray:
 
 
 def torch_model(graph: Graph, weights: Weights) -> torch.nn.Module:
-    model = build_module(graph)
-    load_weights(model, graph, weights)
+    model = torch_backend.build_module(graph)
+    torch_backend.load_weights(model, graph, weights)
     return model.eval()
 
 
@@ -83,27 +82,6 @@ def reference(name: str, size: int | None, weights_kind: str) -> tuple[Graph, We
     graph = compile_spec(name, size=size)
     weights = tamed_weights(graph) if weights_kind == "tamed" else random_weights(graph)
     return graph, weights, torch_model(graph, weights)
-
-
-def torch_run(model: torch.nn.Module, graph: Graph, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Logits and every non-final module's output (named as the ONNX backend names them), from
-    forward hooks on the torch layers: a block's module, or the stem's last layer."""
-    captured: dict[str, np.ndarray] = {}
-    handles = []
-    for module in graph.modules[:-1]:
-        name, layer = ("stem", module.nodes[-1].name) if module.role == "stem" else (module.path, module.path)
-
-        def hook(_layer: Any, _inputs: Any, output: torch.Tensor, name: str = name) -> None:
-            captured[name] = output.detach().clone().numpy()
-
-        handles.append(model.get_submodule(layer).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            logits = model(torch.from_numpy(x)).numpy()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits, captured
 
 
 def torch_chain(model: torch.nn.Module, module: Module, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +131,7 @@ def built(request: pytest.FixtureRequest) -> Iterator[Built]:
     graph = compile_spec(request.param, size=SMALL)
     weights = tamed_weights(graph)
     x = batch(graph, 2)
-    reference, _ = torch_run(torch_model(graph, weights), graph, x)
+    reference = torch_backend.block_outputs(torch_model(graph, weights), graph, x)["head"]
     model = emit_model(graph, weights)
     yield Built(graph, weights, model, model.to_bytes(), x, reference)
 
@@ -279,7 +257,8 @@ def resnet50_224(weights_kind: str) -> Resnet50:
     """resnet50 at 224×224 and torch's outputs for a batch of 3 (the first sample is the batch of 1)."""
     graph, weights, model = reference("resnet50", None, weights_kind)
     x = batch(graph, 3)
-    logits, blocks = torch_run(model, graph, x)
+    blocks = torch_backend.block_outputs(model, graph, x)
+    logits = blocks.pop("head")
     return Resnet50(graph, weights, model, x, logits, blocks)
 
 
@@ -387,6 +366,20 @@ def test_weights_are_checked() -> None:
         emit_model(graph, weights)
 
 
+def test_canonical_weights_cannot_go_into_or_out_of_a_model_with_bn_folded() -> None:
+    """Folding leaves no initializer for a BatchNorm's parameters: refused, not half loaded."""
+    graph = compile_spec("resnet20", size=SMALL)
+    weights = random_weights(graph)
+    folded = emit_model(graph, weights, fold_bn=True).proto()
+    before = folded.SerializeToString()
+    message = r"^the ONNX model does not hold the weights of resnet20: missing: bn1\.weight, bn1\.bias, "
+    with pytest.raises(RescompileError, match=message):
+        onnx_backend.load_weights(folded, graph, random_weights(graph, seed=1))
+    assert folded.SerializeToString() == before
+    with pytest.raises(RescompileError, match=message):
+        onnx_backend.to_weights(folded, graph)
+
+
 @pytest.mark.parametrize("opset", sorted({SUPPORTED_OPSETS[0], DEFAULT_OPSET, SUPPORTED_OPSETS[-1]}))
 @pytest.mark.parametrize("name", ["resnet20", "resnet18"])
 def test_opsets_at_both_ends(name: str, opset: int) -> None:
@@ -396,7 +389,7 @@ def test_opsets_at_both_ends(name: str, opset: int) -> None:
     assert [(entry.domain, entry.version) for entry in model.skeleton.opset_import] == [("", opset)]
     onnx.checker.check_model(model.to_bytes(), full_check=True)
     x = batch(graph, 2)
-    expected, _ = torch_run(torch_reference, graph, x)
+    expected = torch_backend.block_outputs(torch_reference, graph, x)["head"]
     assert_close(run_onnxruntime(model, x), expected, tolerance="network", what=f"{name} opset {opset}")
 
 
@@ -424,12 +417,12 @@ def test_pools_the_architectures_do_not_use_match_torch(op: MaxPool | AvgPool) -
     graph = with_stem_pool(compile_spec("resnet18", size=SMALL), op)
     weights = random_weights(graph)
     x = batch(graph, 2)
-    reference, blocks = torch_run(torch_model(graph, weights), graph, x)
+    expected = torch_backend.block_outputs(torch_model(graph, weights), graph, x)
     outputs = onnxruntime_outputs(emit_model(graph, weights, block_outputs=True), x)
     stem_shape = graph.modules[0].out_shape
     assert stem_shape is not None and outputs["stem"].shape == (2, *stem_shape)
-    assert_close(outputs["stem"], blocks["stem"], tolerance="block", what="stem")
-    assert_close(outputs["output"], reference, tolerance="network")
+    assert_close(outputs["stem"], expected["stem"], tolerance="block", what="stem")
+    assert_close(outputs["output"], expected["head"], tolerance="network")
 
 
 def one_line(error: pytest.ExceptionInfo[RescompileError]) -> str:
@@ -592,7 +585,7 @@ def test_a_model_over_two_gigabytes(tmp_path: Path) -> None:
     assert path.with_name("huge.onnx.data").stat().st_size > 2**31
     x = batch(graph, 1)
     actual = run_onnxruntime(path, x)
-    reference, _ = torch_run(torch_model(graph, weights), graph, x)
+    reference = torch_backend.block_outputs(torch_model(graph, weights), graph, x)["head"]
     assert_close(actual, reference, tolerance="network")
 
 
@@ -600,7 +593,7 @@ def test_a_planted_difference_is_caught() -> None:
     """The comparisons above can fail: one running mean changed in the ONNX weights only."""
     graph, weights, model = reference("resnet20", SMALL, "tamed")
     x = batch(graph, 2)
-    expected, _ = torch_run(model, graph, x)
+    expected = torch_backend.block_outputs(model, graph, x)["head"]
     planted = dict(weights)
     planted["layer2.1.bn1.running_mean"] = weights["layer2.1.bn1.running_mean"] + np.float32(0.01)
     with pytest.raises(AssertionError, match="max abs diff"):
