@@ -33,17 +33,19 @@ from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ShortcutClass,
     SourceNode,
-    block_class,
-    class_name,
+    block_classes,
+    block_type,
     constant,
     instance_nodes,
     is_default,
     load_source,
     parameter_declarations,
     render,
+    shortcut_attribute,
     shortcut_choice,
     shortcut_classes,
     source_writer,
+    stage_arguments,
     stage_calls,
     template,
     wrap_call,
@@ -315,28 +317,37 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
 
 def emit_source(graph: Graph) -> str:
     """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
-    block = block_class(graph)
+    blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
-    block_name = class_name(block.definition.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
-    attribute = block.shortcut_attribute  # None for a plain network
+    attribute = shortcut_attribute(graph)  # None for a plain network
     constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
-    block_lowerings = _class_lowerings(block.nodes)
-    block_rngs = _needs_rngs(block.nodes)
-    block_init = [f"{name} = {value}" for name, value in block.derived.items()]
-    block_init += _init_lines(block.nodes, block_lowerings)
-    stored_lines = [*block_init, *(line for view in shortcuts for line in view["init_lines"] + view["items"])]
+    # One _make_stage builds every block type, so they all take rngs if one needs them.
+    rngs = any(_needs_rngs(block.nodes) for block in blocks)
+    block_views: list[dict[str, Any]] = []
+    for block in blocks:
+        lowerings = _class_lowerings(block.nodes)
+        init = [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes, lowerings)
+        call_lines = [*_call_lines(block.nodes, lowerings, attribute), f"return {block.nodes[-1].output}"]
+        block_views.append(
+            {
+                "name": block.python_name,
+                "definition": block.definition,
+                "parameters": parameter_declarations(block.parameters),
+                "init_lines": init,
+                "call_lines": call_lines,
+                "zero_init": block.zero_init,
+            }
+        )
+    stored_lines = [line for view in block_views for line in view["init_lines"]]
+    stored_lines += [line for view in shortcuts for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
-    block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if block_rngs else [])
+    block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
     stages = []
     for call in calls:
-        options = "".join(f", {name}={render(value)}" for name, value in call.options.items())
-        stages.append(
-            f"self.{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
-            f"width={call.width}, depth={call.depth}, stride={call.stride}{options}, rngs=rngs)"
-        )
+        stages.append(wrap_call(f"self.{call.attribute} = self._make_stage", [*stage_arguments(call), "rngs=rngs"], 8))
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -352,18 +363,12 @@ def emit_source(graph: Graph) -> str:
         uses_linear="linear" in kinds_used,
         options_used=options_used,
         shortcuts=shortcuts,
-        block={
-            "name": block_name,
-            "definition": block.definition,
-            "shortcut_attribute": attribute,
-            "rngs": block_rngs,
-            "parameters": parameter_declarations(block.parameters),
-            "init_lines": block_init,
-            "call_lines": [*_call_lines(block.nodes, block_lowerings, attribute), f"return {block.nodes[-1].output}"],
-            "zero_init": block.zero_init,
-        },
+        shortcut_attribute=attribute,
+        rngs=rngs,
+        blocks=block_views,
+        block_type=block_type(blocks),
         shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
-        block_call=wrap_call(f"blocks.append({block_name}", block_arguments, 12, ")"),
+        block_call=wrap_call("blocks.append(block", block_arguments, 12, ")"),
         stages=stages,
         stage_tuple=", ".join(f"self.{call.attribute}" for call in calls) + ("," if len(calls) == 1 else ""),
         stem_init=_init_lines(stem_nodes, stem_lowerings),

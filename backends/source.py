@@ -279,6 +279,10 @@ class BlockClass:
     derived: dict[str, str]
     """Derived values as source text, computed first in the constructor."""
 
+    @property
+    def python_name(self) -> str:
+        return class_name(self.definition.name, "Block")
+
 
 @dataclass(frozen=True)
 class ShortcutClass:
@@ -311,32 +315,49 @@ def _class_nodes(definition: Definition) -> list[SymbolicNode]:
     return list(definition.nodes)
 
 
-def block_class(graph: Graph) -> BlockClass:
-    """The block class of ``graph``, from the block's definition."""
-    definition = graph.definition("block", graph.blocks[0].type_name)
-    shortcut_attributes = {block.shortcut_module for block in graph.blocks if block.shortcut_module}
-    if len(shortcut_attributes) > 1:
+def shortcut_attribute(graph: Graph) -> str | None:
+    """Where every block keeps its shortcut module (``downsample``); None for a plain network."""
+    attributes = {block.shortcut_module for block in graph.blocks if block.shortcut_module}
+    if len(attributes) > 1:
         raise RescompileError(
             f"shortcut kinds of {graph.name} keep their layers under different names "
-            f"({', '.join(sorted(shortcut_attributes))}); give them one 'module' name"
+            f"({', '.join(sorted(attributes))}); give them one 'module' name"
         )
-    parameters = dict(definition.parameters)
-    for name in [*parameters, *_derived(definition)]:
-        check_identifier(name, "block parameter")
-    nodes = _class_nodes(definition)
-    for node in nodes:
-        check_identifier(node.name, "node name")
-    # The shortcut's value is computed by the shortcut module, which the class receives.
-    source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
-    zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
-    return BlockClass(
-        definition=definition,
-        nodes=source,
-        parameters=parameters,
-        shortcut_attribute=None if not graph.residual else (next(iter(shortcut_attributes), "downsample")),
-        zero_init=zero_init if graph.residual else [],
-        derived=_derived(definition),
-    )
+    return None if not graph.residual else next(iter(attributes), "downsample")
+
+
+def block_classes(graph: Graph) -> list[BlockClass]:
+    """One class per block definition of ``graph`` (a network may use several, one per stage)."""
+    attribute = shortcut_attribute(graph)
+    classes: list[BlockClass] = []
+    for definition in graph.definitions:
+        if definition.role != "block":
+            continue
+        parameters: dict[str, Value] = dict(definition.parameters)
+        for name in [*parameters, *_derived(definition)]:
+            check_identifier(name, "block parameter")
+        nodes = _class_nodes(definition)
+        for node in nodes:
+            check_identifier(node.name, "node name")
+        # The shortcut's value is computed by the shortcut module, which the class receives.
+        source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
+        zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
+        classes.append(
+            BlockClass(
+                definition=definition,
+                nodes=source,
+                parameters=parameters,
+                shortcut_attribute=attribute,
+                zero_init=zero_init if graph.residual else [],
+                derived=_derived(definition),
+            )
+        )
+    return classes
+
+
+def block_type(classes: list[BlockClass]) -> str:
+    """The annotation of a stage's blocks: ``BasicBlock``, or ``BasicBlock | BottleneckBlock``."""
+    return " | ".join(block.python_name for block in classes)
 
 
 def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
@@ -362,6 +383,8 @@ class StageCall:
     """One stage as the network's constructor builds it."""
 
     attribute: str
+    block: str
+    """The class of its blocks (``BottleneckBlock``)."""
     in_channels: int
     out_channels: int
     width: int
@@ -373,11 +396,11 @@ class StageCall:
 
 def stage_calls(graph: Graph) -> list[StageCall]:
     calls: list[StageCall] = []
-    defaults = dict(graph.definition("block", graph.blocks[0].type_name).parameters)
     for stage in graph.stage_names():
         blocks = [block for block in graph.blocks if block.stage == stage]
         first = blocks[0]
         assert first.out_shape is not None
+        defaults = dict(graph.definition("block", first.type_name).parameters)
         parameters = dict(first.parameters)
         options = {name: value for name, value in parameters.items() if name in defaults and defaults[name] != value}
         for block in blocks[1:]:
@@ -387,8 +410,18 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         width = parameters["width"]
         stride = parameters["stride"]
         assert isinstance(width, int) and isinstance(stride, int)
-        calls.append(StageCall(stage, first.in_shape[0], first.out_shape[0], width, len(blocks), stride, options))
+        block_name = class_name(first.type_name, "Block")
+        calls.append(
+            StageCall(stage, block_name, first.in_shape[0], first.out_shape[0], width, len(blocks), stride, options)
+        )
     return calls
+
+
+def stage_arguments(call: StageCall) -> list[str]:
+    """``_make_stage``'s arguments for one stage: ``BottleneckBlock, 64, 256, width=64, ...``."""
+    options = [f"{name}={render(value)}" for name, value in call.options.items()]
+    numbers = [f"width={call.width}", f"depth={call.depth}", f"stride={call.stride}"]
+    return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *options]
 
 
 def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str]) -> list[str]:

@@ -18,16 +18,18 @@ from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_n
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     SourceNode,
-    block_class,
-    class_name,
+    block_classes,
+    block_type,
     instance_nodes,
     is_default,
     load_source,
     parameter_declarations,
     render,
+    shortcut_attribute,
     shortcut_choice,
     shortcut_classes,
     source_writer,
+    stage_arguments,
     stage_calls,
     template,
     wrap_call,
@@ -166,50 +168,41 @@ def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = Non
 
 def emit_source(graph: Graph) -> str:
     """Python source of a torch model for ``graph``: one class per block type, stages in loops."""
-    block = block_class(graph)
+    blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
-    block_name = class_name(block.definition.name, "Block")
     kinds_used = {node.op.kind for _, node in graph.nodes()}
-    shortcut_names = {}
-    shortcut_views = []
-    for shortcut in shortcuts:
-        name = shortcut.python_name
-        shortcut_names[shortcut.definition.name] = name
-        shortcut_views.append(
-            {
-                "definition": shortcut.definition,
-                "name": name,
-                "sequential": shortcut.sequential,
-                "layers": [_layer(node) for node in shortcut.nodes],
-                "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
-                + _init_lines(shortcut.nodes),
-                "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
-            }
-        )
-
-    attribute = block.shortcut_attribute  # None for a plain network
+    shortcut_views = [
+        {
+            "definition": shortcut.definition,
+            "name": shortcut.python_name,
+            "sequential": shortcut.sequential,
+            "layers": [_layer(node) for node in shortcut.nodes],
+            "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
+            + _init_lines(shortcut.nodes),
+            "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
+        }
+        for shortcut in shortcuts
+    ]
+    attribute = shortcut_attribute(graph)  # None for a plain network
     shortcut_lines: list[str] = []
     if attribute is not None:
         constructors = {
-            name: f"{class_or_function}(in_channels, out_channels, block_stride)"
-            for name, class_or_function in shortcut_names.items()
+            shortcut.definition.name: f"{shortcut.python_name}(in_channels, out_channels, block_stride)"
+            for shortcut in shortcuts
         }
         shortcut_lines = shortcut_choice(graph, attribute, constructors)
     block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if attribute else "")
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
-    block_call = f"{block_name}({block_arguments}{', **options' if options_used else ''})"
-    stage_parameters = ["self", "in_channels: int", "out_channels: int", "width: int", "depth: int", "stride: int"]
+    block_call = f"block({block_arguments}{', **options' if options_used else ''})"
+    stage_parameters = ["self", f"block: type[{block_type(blocks)}]", "in_channels: int", "out_channels: int"]
+    stage_parameters += ["width: int", "depth: int", "stride: int"]
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
     stages = []
     for call in calls:
-        options = "".join(f", {name}={render(value)}" for name, value in call.options.items())
-        stages.append(
-            f"{call.attribute} = self._make_stage({call.in_channels}, {call.out_channels}, "
-            f"width={call.width}, depth={call.depth}, stride={call.stride}{options})"
-        )
+        stages.append(wrap_call(f"self.{call.attribute} = self._make_stage", stage_arguments(call), 8))
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + [f"x = self.{call.attribute}(x)" for call in calls] + _forward_lines(head)
@@ -223,15 +216,18 @@ def emit_source(graph: Graph) -> str:
         uses_functional="pad_channels" in kinds_used,
         options_used=options_used,
         shortcuts=shortcut_views,
-        block={
-            "name": block_name,
-            "definition": block.definition,
-            "shortcut_attribute": attribute,
-            "parameters": parameter_declarations(block.parameters),
-            "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
-            "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
-            "zero_init": block.zero_init,
-        },
+        shortcut_attribute=attribute,
+        blocks=[
+            {
+                "name": block.python_name,
+                "definition": block.definition,
+                "parameters": parameter_declarations(block.parameters),
+                "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
+                "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
+                "zero_init": block.zero_init,
+            }
+            for block in blocks
+        ],
         shortcut_choice=shortcut_lines,
         block_call=block_call,
         stage_signature=stage_signature,

@@ -68,9 +68,14 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
     spec = network.spec
     parts = _PartLoader(network_file)
     stem = parts.get("stems", spec.stem, network.locate("stem"))
-    block = parts.get("blocks", spec.block, network.locate("block"))
     head = parts.get("heads", spec.head, network.locate("head"))
-    assert isinstance(stem.spec, StemSpec) and isinstance(block.spec, BlockSpec) and isinstance(head.spec, HeadSpec)
+    assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
+    blocks = [
+        parts.get("blocks", stage.block, network.locate("stages", index, "block"))
+        if stage.block is not None
+        else parts.get("blocks", spec.block, network.locate("block"))
+        for index, stage in enumerate(spec.stages)
+    ]
     policy = _resolve_policy(spec.shortcut, network, parts)
 
     height, width = spec.input.height_width
@@ -85,12 +90,15 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
-    for stage_index, stage in enumerate(spec.stages):
+    for stage_index, (stage, block) in enumerate(zip(spec.stages, blocks, strict=True)):
+        assert isinstance(block.spec, BlockSpec)
         stage_location = network.locate("stages", stage_index)
+        # The network's block parameters are for its block; a stage of another block type has its own.
+        network_parameters = spec.block_parameters if stage.block in (None, spec.block) else {}
         for block_index in range(stage.depth):
             stride = stage.stride if block_index == 0 else 1
             builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stride}
-            overrides = {**spec.block_parameters, **stage.block_parameters}
+            overrides = {**network_parameters, **stage.block_parameters}
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index)
             path = f"layer{stage_index + 1}.{block_index}"
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
@@ -124,9 +132,17 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    distinct_blocks: dict[str, Loaded[PartSpec]] = {}
+    for index, block in enumerate(blocks):
+        if distinct_blocks.setdefault(block.spec.name, block) is not block:
+            raise RescompileError(
+                f"two different block files are both named '{block.spec.name}'; a network's block types need "
+                "distinct names",
+                network.locate("stages", index, "block"),
+            )
     definitions = [
         _definition(stem, "stem"),
-        _definition(block, "block", residual=policy is not None),
+        *(_definition(block, "block", residual=policy is not None) for block in distinct_blocks.values()),
         _definition(head, "head"),
         *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
     ]

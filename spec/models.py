@@ -242,7 +242,12 @@ class StageSpec(StrictModel):
     depth: PositiveInt
     width: PositiveInt
     stride: PositiveInt = 1
-    block_parameters: Parameters = Field(default_factory=dict)
+    block: str | None = Field(default=None, description="This stage's block type; default: the network's block.")
+    block_parameters: Parameters = Field(
+        default_factory=dict,
+        description="This stage's block parameters, over the network's (which apply where the stage keeps the "
+        "network's block).",
+    )
 
 
 class ShortcutPolicySpec(StrictModel):

@@ -153,20 +153,22 @@ class ResNet(nnx.Module):
             rngs=rngs,
         )
         self.bn1 = BatchNorm(64)
-        self.layer1 = self._make_stage(64, 256, width=64, depth=3, stride=1, rngs=rngs)
-        self.layer2 = self._make_stage(256, 512, width=128, depth=4, stride=2, rngs=rngs)
-        self.layer3 = self._make_stage(512, 1024, width=256, depth=6, stride=2, rngs=rngs)
-        self.layer4 = self._make_stage(1024, 2048, width=512, depth=3, stride=2, rngs=rngs)
+        self.layer1 = self._make_stage(BottleneckBlock, 64, 256, width=64, depth=3, stride=1, rngs=rngs)
+        self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2, rngs=rngs)
+        self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2, rngs=rngs)
+        self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, rngs=rngs)
         self.fc = nnx.Linear(2048, 1000, kernel_init=linear_init, rngs=rngs)
         if zero_init_residual:
             # Goyal et al. 2017: the last BatchNorm of every residual branch starts at 0, so each block
             # starts as its shortcut.
             for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
                 for block in stage:
-                    block.bn3.scale[...] = jnp.zeros_like(block.bn3.scale[...])
+                    if isinstance(block, BottleneckBlock):
+                        block.bn3.scale[...] = jnp.zeros_like(block.bn3.scale[...])
 
     def _make_stage(
         self,
+        block: type[BottleneckBlock],
         in_channels: int,
         out_channels: int,
         width: int,
@@ -182,7 +184,7 @@ class ResNet(nnx.Module):
                 downsample = projection(in_channels, out_channels, block_stride, rngs=rngs)
             else:
                 downsample = None
-            blocks.append(BottleneckBlock(in_channels, width, block_stride, downsample, rngs=rngs))
+            blocks.append(block(in_channels, width, block_stride, downsample, rngs=rngs))
             in_channels = out_channels
         return nnx.List(blocks)
 

@@ -72,16 +72,18 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_stage(64, 256, width=64, depth=3, stride=1)
-        self.layer2 = self._make_stage(256, 512, width=128, depth=4, stride=2)
-        self.layer3 = self._make_stage(512, 1024, width=256, depth=6, stride=2)
-        self.layer4 = self._make_stage(1024, 2048, width=512, depth=3, stride=2)
+        self.layer1 = self._make_stage(BottleneckBlock, 64, 256, width=64, depth=3, stride=1)
+        self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2)
+        self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2)
+        self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(2048, 1000)
         self.reset_parameters(zero_init_residual)
 
-    def _make_stage(self, in_channels: int, out_channels: int, width: int, depth: int, stride: int) -> nn.Sequential:
+    def _make_stage(
+        self, block: type[BottleneckBlock], in_channels: int, out_channels: int, width: int, depth: int, stride: int
+    ) -> nn.Sequential:
         blocks = []
         for index in range(depth):
             block_stride = stride if index == 0 else 1
@@ -89,7 +91,7 @@ class ResNet(nn.Module):
                 downsample = projection(in_channels, out_channels, block_stride)
             else:
                 downsample = None
-            blocks.append(BottleneckBlock(in_channels, width, block_stride, downsample))
+            blocks.append(block(in_channels, width, block_stride, downsample))
             in_channels = out_channels
         return nn.Sequential(*blocks)
 
