@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.compiler.files import write_atomically
+from rescompile.compiler.fold import Fold, fold_batch_norm, folded_bias, folded_scale
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     OP_KINDS,
@@ -95,8 +96,8 @@ class Site:
     name: str
     inputs: tuple[str, ...]
     output: str
-    folded: Node | None = None
-    """With ``fold_bn``, the BatchNorm node folded into this conv."""
+    folded: Fold | None = None
+    """With ``fold_bn``, the BatchNorm folded into this conv (by :func:`fold_batch_norm`)."""
 
 
 @dataclass(frozen=True)
@@ -206,26 +207,14 @@ def _conv(builder: _Builder, site: Site) -> None:
 
 
 def _fold(builder: _Builder, site: Site) -> tuple[ScaledWeight, Array]:
-    """Conv weights with the following BatchNorm folded in (inference form).
-
-    ``scale = gamma / sqrt(var + eps)``; ``W' = W * scale`` per output channel;
-    ``b' = beta + (b - mean) * scale``. The per-channel vectors are computed in float64; the
-    weight is scaled in float32 (one rounding of ``scale``, one of the product: within 2 ulp of
-    the float64 result), as torch's own ``fuse_conv_bn_weights`` does, because converting every
-    weight to float64 and back tripled the time of a folded emission. The weight is only scaled
-    when the model is written (:class:`ScaledWeight`).
-    """
-    op = site.node.op
-    assert isinstance(op, Conv) and site.folded is not None and isinstance(site.folded.op, BatchNorm)
-    bn = site.module.canonical(site.folded.name)
-    bias = builder.array(f"{site.name}.bias").astype(np.float64) if op.bias else np.zeros(op.out_channels)
-    scale = builder.array(f"{bn}.weight").astype(np.float64) / np.sqrt(
-        builder.array(f"{bn}.running_var").astype(np.float64) + site.folded.op.epsilon
-    )
-    folded_weight = ScaledWeight(builder.array(f"{site.name}.weight"), scale.astype(np.float32))
-    mean = builder.array(f"{bn}.running_mean").astype(np.float64)
-    folded_bias = builder.array(f"{bn}.bias").astype(np.float64) + (bias - mean) * scale
-    return folded_weight, folded_bias.astype(np.float32)
+    """The folded conv's weight and bias, from the canonical weights of the unfolded graph
+    (:mod:`rescompile.compiler.fold` states the arithmetic). The weight is only scaled when the
+    model is written (:class:`ScaledWeight`): folding allocates no second copy of the weights."""
+    fold = site.folded
+    assert fold is not None
+    scale = folded_scale(fold, builder.weights)
+    weight = ScaledWeight(builder.array(f"{fold.conv}.weight"), scale.astype(np.float32))
+    return weight, folded_bias(fold, builder.weights, scale)
 
 
 def _batch_norm(builder: _Builder, site: Site) -> None:
@@ -380,22 +369,6 @@ def module_output_name(graph: Graph, index: int) -> str:
     path (``layer1.0``), or its role where the path is empty (``stem``)."""
     module = graph.modules[index]
     return OUTPUT_NAME if index == len(graph.modules) - 1 else module.path or module.role
-
-
-def _folds(module: Module) -> dict[str, Node]:
-    """conv node name -> the BatchNorm that directly follows it and is the conv output's only reader."""
-    readers: dict[str, list[Node]] = {}
-    for node in module.nodes:
-        for value in node.inputs:
-            readers.setdefault(value, []).append(node)
-    kinds = {node.name: node.op for node in module.nodes}
-    folds: dict[str, Node] = {}
-    for node in module.nodes:
-        if isinstance(node.op, BatchNorm) and isinstance(kinds.get(node.inputs[0]), Conv):
-            conv = node.inputs[0]
-            if len(readers[conv]) == 1:
-                folds[conv] = node
-    return folds
 
 
 # Protobuf's wire format (protobuf.dev/programming-guides/encoding) for the three fields framed by
@@ -571,29 +544,27 @@ def emit_model(
         weights = initial_weights(graph, seed)
     else:
         check_weights(graph, weights)
+    folds: dict[str, Fold] = {}
+    if fold_bn:
+        folded = fold_batch_norm(graph)
+        graph, folds = folded.graph, {fold.conv: fold for fold in folded.folds}
     builder = _Builder(weights)
     value_names: set[str] = {INPUT_NAME}
     outputs: list[onnx.ValueInfoProto] = []
     previous = INPUT_NAME
     for index, module in enumerate(graph.modules):
-        folds = _folds(module) if fold_bn else {}
-        folded_away = {bn.name: conv for conv, bn in folds.items()}
         values = {MODULE_INPUT: previous}
         for node in module.nodes:
             name = module.canonical(node.name)
-            output = module_output_name(graph, index) if node.name == module.output else name
-            if node.name in folded_away:
-                # The conv before it already computes this value.
-                values[node.name] = values[folded_away[node.name]]
-                continue
-            if node.name in folds:
-                bn = folds[node.name]
-                output = module_output_name(graph, index) if bn.name == module.output else module.canonical(bn.name)
+            fold = folds.get(name)
+            # A folded conv computes the value its BatchNorm computed, and keeps that value's name.
+            value_name = fold.batch_norm if fold is not None else name
+            output = module_output_name(graph, index) if node.name == module.output else value_name
             if output in value_names:
                 raise RescompileError(f"{name}: the ONNX value name {output!r} is used twice", node.source)
             value_names.add(output)
             values[node.name] = output
-            site = Site(module, node, name, tuple(values[value] for value in node.inputs), output, folds.get(node.name))
+            site = Site(module, node, name, tuple(values[value] for value in node.inputs), output, fold)
             emitter = EMITTERS.get(node.op.kind)
             if emitter is None:
                 raise _cannot(site, "no emitter for this op kind")
