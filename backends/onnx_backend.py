@@ -686,13 +686,14 @@ def to_weights(model: onnx.ModelProto, graph: Graph) -> Weights:
 
 
 def count_parameters(model: onnx.ModelProto) -> int:
-    """ONNX has no notion of trainable: the float initializers but BatchNorm's running statistics
-    (the others hold the index constants of Slice and Pad, int64)."""
-    statistics = (".running_mean", ".running_var")
+    """ONNX has no notion of trainable: the float initializers but BatchNorm's running statistics,
+    which are the inputs 3 and 4 of a BatchNormalization node (the int64 initializers hold the
+    index constants of Slice and Pad)."""
+    statistics = {name for node in model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
     return sum(
         int(np.prod(tensor.dims))
         for tensor in model.graph.initializer
-        if tensor.data_type == TensorProto.FLOAT and not tensor.name.endswith(statistics)
+        if tensor.data_type == TensorProto.FLOAT and tensor.name not in statistics
     )
 
 
