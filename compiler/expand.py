@@ -9,7 +9,6 @@ rules as it builds: this is where a graph's shapes are computed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -22,9 +21,9 @@ from rescompile.compiler.ir import (
     SymbolicNode,
 )
 from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, SymbolicAttributes, show_shape
-from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
+from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import Loaded, PartKind, load_part, resolve_part
+from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -34,49 +33,17 @@ from rescompile.spec.models import (
     NetworkSpec,
     OpSpec,
     PartSpec,
-    ShortcutPolicySpec,
     ShortcutSpec,
     StemSpec,
 )
 from rescompile.spec.yaml_source import YamlPath
 
-IDENTITY = "identity"
-PLAIN = "none"
-# The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
-POLICIES: dict[str, tuple[str, str]] = {
-    "A": (IDENTITY, "zero_pad"),
-    "B": (IDENTITY, "projection"),
-    "C": ("projection", "projection"),
-}
 
-
-class _PartLoader:
-    """Loads each referenced part file once, relative to the network file or built-in."""
-
-    def __init__(self, network_file: Path | None) -> None:
-        self.network_file = network_file
-        self.cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
-
-    def get(self, kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
-        key = (kind, name)
-        if key not in self.cache:
-            self.cache[key] = load_part(resolve_part(kind, name, self.network_file, where), kind)
-        return self.cache[key]
-
-
-def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
+def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
+    """Pure: the network and the parts :func:`~rescompile.spec.loader.load_parts` read for it."""
     spec = network.spec
-    parts = _PartLoader(network_file)
-    stem = parts.get("stems", spec.stem, network.locate("stem"))
-    head = parts.get("heads", spec.head, network.locate("head"))
+    stem, head, blocks, policy = parts.stem, parts.head, parts.blocks, parts.policy
     assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
-    blocks = [
-        parts.get("blocks", stage.block, network.locate("stages", index, "block"))
-        if stage.block is not None
-        else parts.get("blocks", spec.block, network.locate("block"))
-        for index, stage in enumerate(spec.stages)
-    ]
-    policy = _resolve_policy(spec.shortcut, network, parts)
 
     height, width = spec.input.height_width
     shape: Shape = (spec.input.channels, height, width)
@@ -107,7 +74,7 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
             shortcut: Loaded[PartSpec] | None = None
             if shortcut_name not in (None, IDENTITY):
                 assert shortcut_name is not None
-                shortcut = parts.get("shortcuts", shortcut_name, network.locate("shortcut"))
+                shortcut = parts.shortcuts[shortcut_name]
                 assert isinstance(shortcut.spec, ShortcutSpec)
                 used_shortcuts.setdefault(shortcut_name, shortcut)
             shortcut_bindings: dict[str, Value] = {
@@ -194,41 +161,6 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         nodes=tuple(nodes),
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
     )
-
-
-def _resolve_policy(
-    shortcut: str | ShortcutPolicySpec, network: Loaded[NetworkSpec], parts: _PartLoader
-) -> tuple[str, str] | None:
-    """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
-    if isinstance(shortcut, ShortcutPolicySpec):
-        policy = (shortcut.where_shapes_match, shortcut.where_shapes_change)
-    elif shortcut == PLAIN:
-        return None
-    elif shortcut in POLICIES:
-        policy = POLICIES[shortcut]
-    else:
-        policy = (shortcut, shortcut)
-    for index, name in enumerate(policy):
-        if name == IDENTITY:
-            continue
-        path = (
-            ("shortcut",)
-            if isinstance(shortcut, str)
-            else ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
-        )
-        where = network.source.locate(path)
-        try:
-            parts.get("shortcuts", name, where)
-        except RescompileError as error:
-            if error.location != where:
-                raise
-            valid = [*POLICIES, PLAIN, IDENTITY, "projection", "zero_pad"]
-            raise RescompileError(
-                f"unknown shortcut '{name}'{did_you_mean(name, valid)}; use a policy ({one_of([*POLICIES, PLAIN])}) "
-                f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
-                where,
-            ) from None
-    return policy
 
 
 def _bind(
@@ -467,4 +399,4 @@ def _make_op(
         raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
 
 
-__all__ = ["IDENTITY", "PLAIN", "POLICIES", "expand"]
+__all__ = ["expand"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from rescompile.compiler.expand import expand
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.verify import verify
-from rescompile.spec.loader import Loaded, load_network, resolve_network
+from rescompile.spec.loader import Loaded, load_network, load_parts, resolve_network
 from rescompile.spec.models import InputSpec, NetworkSpec
 from rescompile.spec.yaml_source import SourceMap
 
@@ -21,7 +21,7 @@ builds, so shapes are computed once). Inference rewrites such as
 
 def lower(network: Loaded[NetworkSpec], network_file: Path | None = None) -> Graph:
     """Spec -> verified IR graph: expand, then every pass in :data:`PASSES`, verifying after each."""
-    graph = verify(expand(network, network_file))
+    graph = verify(expand(network, load_parts(network, network_file)))
     for _name, step in PASSES:
         graph = verify(step(graph))
     return graph

@@ -22,6 +22,7 @@ from rescompile.spec.models import (
     HeadSpec,
     NetworkSpec,
     PartSpec,
+    ShortcutPolicySpec,
     ShortcutSpec,
     StemSpec,
 )
@@ -142,6 +143,81 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     loaded: Loaded[PartSpec] = Loaded(part, document.source)
     check_part_references(loaded, kind)
     return loaded
+
+
+IDENTITY = "identity"
+PLAIN = "none"
+# The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
+POLICIES: dict[str, tuple[str, str]] = {
+    "A": (IDENTITY, "zero_pad"),
+    "B": (IDENTITY, "projection"),
+    "C": ("projection", "projection"),
+}
+
+
+@dataclass(frozen=True)
+class NetworkParts:
+    """Every part a network uses, read and validated: all the file reading compiling needs, done
+    before the (pure) expansion."""
+
+    stem: Loaded[PartSpec]
+    blocks: tuple[Loaded[PartSpec], ...]
+    """One per stage: the stage's block, else the network's."""
+    head: Loaded[PartSpec]
+    policy: tuple[str, str] | None
+    """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
+    shortcuts: dict[str, Loaded[PartSpec]]
+    """Every shortcut kind of the policy but ``identity``, by name."""
+
+
+def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> NetworkParts:
+    """Find and load every part of ``network``: next to ``network_file`` first, else built-in.
+    Each file is read once however often it is used."""
+    cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
+
+    def get(kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
+        if (kind, name) not in cache:
+            cache[(kind, name)] = load_part(resolve_part(kind, name, network_file, where), kind)
+        return cache[(kind, name)]
+
+    spec = network.spec
+    stem = get("stems", spec.stem, network.locate("stem"))
+    blocks = tuple(
+        get("blocks", stage.block, network.locate("stages", index, "block"))
+        if stage.block is not None
+        else get("blocks", spec.block, network.locate("block"))
+        for index, stage in enumerate(spec.stages)
+    )
+    head = get("heads", spec.head, network.locate("head"))
+    policy = _policy(spec.shortcut)
+    shortcuts: dict[str, Loaded[PartSpec]] = {}
+    for index, name in enumerate(policy or ()):
+        if name == IDENTITY:
+            continue
+        path: YamlPath = ("shortcut",)
+        if isinstance(spec.shortcut, ShortcutPolicySpec):
+            path = ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
+        where = network.source.locate(path)
+        try:
+            shortcuts[name] = get("shortcuts", name, where)
+        except RescompileError as error:
+            if error.location != where:
+                raise
+            valid = [*POLICIES, PLAIN, IDENTITY, "projection", "zero_pad"]
+            raise RescompileError(
+                f"unknown shortcut '{name}'{did_you_mean(name, valid)}; use a policy ({one_of([*POLICIES, PLAIN])}) "
+                f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
+                where,
+            ) from None
+    return NetworkParts(stem, blocks, head, policy, shortcuts)
+
+
+def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:
+    if isinstance(shortcut, ShortcutPolicySpec):
+        return (shortcut.where_shapes_match, shortcut.where_shapes_change)
+    if shortcut == PLAIN:
+        return None
+    return POLICIES.get(shortcut, (shortcut, shortcut))
 
 
 def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
