@@ -29,6 +29,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
+from rescompile.backends.names import attribute_access, containers
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ShortcutClass,
@@ -251,7 +252,7 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
     x = node.inputs[0]
     prefix = f"{node.output} = "
     if _stored(lowering):
-        return f"{prefix}self.{node.attribute}({x})"
+        return f"{prefix}self{attribute_access(node.attribute)}({x})"
     if lowering.expression is not None:
         return prefix + lowering.expression.format(*node.inputs)
     assert lowering.function is not None
@@ -259,11 +260,11 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
 
 
 def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]:
-    return [
-        _constructor(lowering, f"self.{node.attribute} = ", 8)
-        for node, lowering in zip(nodes, lowerings, strict=True)
-        if _stored(lowering)
-    ]
+    stored = [(node, lowering) for node, lowering in zip(nodes, lowerings, strict=True) if _stored(lowering)]
+    # A nested path (se.fc1, conv1.0) lives in containers, created before the layers in them.
+    paths = containers([node.attribute for node, _ in stored])
+    made = [f"self{attribute_access(path)} = nnx.Dict()" for path in paths]
+    return made + [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
 
 
 def _call_lines(nodes: list[SourceNode], lowerings: list[Lowering], shortcut_attribute: str | None = None) -> list[str]:
@@ -336,7 +337,7 @@ def emit_source(graph: Graph) -> str:
                 "parameters": parameter_declarations(block.parameters),
                 "init_lines": init,
                 "call_lines": call_lines,
-                "zero_init": block.zero_init,
+                "zero_init": [attribute_access(path) for path in block.zero_init],
             }
         )
     stored_lines = [line for view in block_views for line in view["init_lines"]]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import jinja2
 
 from rescompile.backends.interface import Writer
+from rescompile.backends.names import Namespace
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -57,7 +58,8 @@ class SourceNode:
     name: str
     """IR node name, relative to the class: ``conv1``, ``0``."""
     attribute: str
-    """Python attribute holding the layer (``conv1``); digits only inside a Sequential."""
+    """The module path of the layer (``conv1``, ``se.fc1``, ``conv1.0``); :func:`attribute_access`
+    renders it after ``self``."""
     kind: str
     attributes: dict[str, Attribute]
     """Attribute name -> typed value, e.g. ``{"out_channels": <Expression width * 4>, "bias": False}``;
@@ -220,13 +222,14 @@ def _variables(
     """Python variable per value: a straight chain reuses ``chain_variable`` (torchvision's ``out``),
     a value read elsewhere than by the very next node keeps a name of its own."""
     variables = {MODULE_INPUT: input_variable, **renamed}
+    namespace = Namespace({input_variable, chain_variable, *renamed.values()})
     for index, node in enumerate(nodes):
         readers = [other for other in nodes if node.name in other.inputs]
         following = nodes[index + 1] if index + 1 < len(nodes) else None
         if not readers or (len(readers) == 1 and readers[0] is following):
             variables[node.name] = chain_variable
         else:
-            variables[node.name] = node.name.replace(".", "_")
+            variables[node.name] = namespace.create_name(node.name)
     return variables
 
 
@@ -259,8 +262,6 @@ def instance_nodes(module: Module, input_variable: str = "x") -> list[SourceNode
         SymbolicNode(node.name, node.op.kind, tuple(concrete_attributes(node).items()), node.inputs, node.source)
         for node in module.nodes
     ]
-    for node in nodes:
-        check_identifier(node.name, "node name")
     return source_nodes(nodes, input_variable, input_variable)
 
 
@@ -337,8 +338,6 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         for name in [*parameters, *_derived(definition)]:
             check_identifier(name, "block parameter")
         nodes = _class_nodes(definition)
-        for node in nodes:
-            check_identifier(node.name, "node name")
         # The shortcut's value is computed by the shortcut module, which the class receives.
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
         zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
@@ -370,9 +369,13 @@ def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
             node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
             for index, node in enumerate(nodes)
         )
-        if not sequential:
-            for node in nodes:
-                check_identifier(node.name, "shortcut node name")
+        numbered = [node for node in nodes if node.name.split(".")[0].isdigit()]
+        if numbered and not sequential:
+            raise RescompileError(
+                f"shortcut '{definition.name}': node '{numbered[0].name}' is numbered, which only a chain of nodes "
+                "named 0, 1, 2, ... (a Sequential) may be; name it",
+                numbered[0].source,
+            )
         derived = _derived(definition)
         classes.append(ShortcutClass(definition, source_nodes(nodes, "x", "out"), derived, sequential and not derived))
     return classes

@@ -15,6 +15,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
+from rescompile.backends.names import attribute_access, containers
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     SourceNode,
@@ -150,7 +151,12 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    return [_layer(node, f"self.{node.attribute} = ") for node in nodes if callable(EMITTERS[node.kind])]
+    stored = [node for node in nodes if callable(EMITTERS[node.kind])]
+    # A nested path (se.fc1, conv1.0) lives in containers, created before the layers in them.
+    made = [
+        f"self{attribute_access(path)} = nn.ModuleDict()" for path in containers([node.attribute for node in stored])
+    ]
+    return made + [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
@@ -162,7 +168,7 @@ def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = Non
         if isinstance(emitter, str):
             lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
         else:
-            lines.append(f"{node.output} = self.{node.attribute}({node.inputs[0]})")
+            lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines
 
 
@@ -224,7 +230,7 @@ def emit_source(graph: Graph) -> str:
                 "parameters": parameter_declarations(block.parameters),
                 "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
                 "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
-                "zero_init": block.zero_init,
+                "zero_init": [attribute_access(path) for path in block.zero_init],
             }
             for block in blocks
         ],

@@ -256,6 +256,13 @@ def _build_module(
         if shortcut is not None:
             assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
             shortcut_module = shortcut.spec.module
+            for name in part.spec.nodes:
+                if name.split(".")[0] == shortcut_module:
+                    raise RescompileError(
+                        f"block '{part.spec.name}' has a node '{name}' where shortcut '{shortcut.spec.name}' keeps "
+                        f"its layers ('{shortcut_module}'); rename the node or the shortcut's module",
+                        part.source.locate(("nodes", name), key=True),
+                    )
             try:
                 shortcut_nodes = _build_nodes(
                     shortcut, shortcut_bindings, shapes, f"{shortcut_module}.", f"{label} shortcut", location

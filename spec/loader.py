@@ -254,12 +254,28 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"node name '{node_name}' is reserved for the part's input values",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
-        if not (node_name.isascii() and node_name.isdigit()) and not _is_plain_identifier(node_name):
+        segments = node_name.split(".")
+        if not all((segment.isascii() and segment.isdigit()) or _is_plain_identifier(segment) for segment in segments):
             raise RescompileError(
-                f"node name {node_name!r} must be a Python-style identifier or a number (a Sequential index), "
-                f"not a keyword, a dunder or one of {', '.join(sorted(RESERVED_NAMES))}",
+                f"node name {node_name!r} must be a module path: Python-style identifiers or numbers joined by '.' "
+                f"(conv1, se.fc1, conv1.0), not keywords, dunders or one of {', '.join(sorted(RESERVED_NAMES))}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
+        if segments[0].isdigit() and kind != "shortcuts":
+            raise RescompileError(
+                f"node name {node_name!r} starts with a number, which only a shortcut's Sequential layers may "
+                "(downsample.0); start it with a name",
+                loaded.source.locate(("nodes", node_name), key=True),
+            )
+        containers = {".".join(segments[:length]) for length in range(1, len(segments))}
+        for other in part.nodes:
+            if other in containers or other.startswith(f"{node_name}."):
+                layer, container = (other, node_name) if other in containers else (node_name, other)
+                raise RescompileError(
+                    f"node '{layer}' cannot also hold node '{container}': a module path is either a layer or a "
+                    "container of layers",
+                    loaded.source.locate(("nodes", node_name), key=True),
+                )
         inputs = node.inputs if isinstance(node, BinarySpec) else (node.input,)
         for index, value in enumerate(inputs):
             if value is not None and value not in available:

@@ -192,7 +192,7 @@ NETWORK = "input: {channels: 3, size: 32}\nstem: cifar\nblock: basic\nshortcut: 
                 "blocks/odd.yaml": "name: odd\nout_channels: width\nnodes:\n"
                 "  'a-b': {op: relu}\n  add: {op: add, inputs: [a-b, shortcut]}\n",
             },
-            "blocks/odd.yaml:4:3: node name 'a-b' must be a Python-style identifier or a number",
+            "blocks/odd.yaml:4:3: node name 'a-b' must be a module path: Python-style identifiers or numbers",
         ),
     ],
 )
