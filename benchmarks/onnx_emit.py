@@ -16,6 +16,8 @@ memory (``OnnxModel.to_bytes``; an ``io.BytesIO``; ``ONNXProgram.model_proto``),
 time ratios, the file sizes and ONNX Runtime's latency on each file (same input, CPU provider,
 warm-up runs, then the median of timed runs interleaved across the files). Not a test: timings
 depend on the machine. Run: ``.venv/bin/python benchmarks/onnx_emit.py [--architecture NAME]``.
+On cores shared with other work, prefix ``OMP_NUM_THREADS=1``: torch's OpenMP threads then cannot
+wait on each other, which made the legacy exporter's times vary several-fold (README.md, ONNX).
 """
 
 from __future__ import annotations
