@@ -61,9 +61,11 @@ def fold_batch_norm(graph: Graph) -> FoldedGraph:
                 bn = pairs[node.name]
                 assert isinstance(bn.op, BatchNorm)
                 folds.append(Fold(module.canonical(node.name), module.canonical(bn.name), bn.op.epsilon, node.op.bias))
-                node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True))
-            nodes.append(dataclasses.replace(node, inputs=inputs))
-        modules.append(dataclasses.replace(module, nodes=tuple(nodes)))
+                node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True), inputs=inputs)
+            elif inputs != node.inputs:
+                node = dataclasses.replace(node, inputs=inputs)
+            nodes.append(node)
+        modules.append(dataclasses.replace(module, nodes=tuple(nodes)) if pairs else module)
     folded = dataclasses.replace(graph, modules=tuple(modules))
     return FoldedGraph(verify(folded), tuple(folds))
 
