@@ -59,14 +59,6 @@ from rescompile.spec.errors import RescompileError
 if TYPE_CHECKING:
     from flax import nnx
 
-"""Generated lines are wrapped as ruff/black would at the project's line length."""
-
-# Names the generated file defines at module level or uses inside constructors; a block parameter
-# of the same name would shadow them.
-
-# Methods of the generated network class that a stem or head node must not overwrite.
-NETWORK_METHODS = frozenset({"stem", "head", "_make_stage"})
-
 
 # --- lowering table -------------------------------------------------------------------------------
 
@@ -282,9 +274,6 @@ def _class_lowerings(nodes: list[SourceNode]) -> list[Lowering]:
 
 def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
     nodes = instance_nodes(module)
-    for node in nodes:
-        if node.attribute in NETWORK_METHODS:
-            raise RescompileError(f"node name '{node.attribute}' is a method of the generated flax network")
     in_shapes = [node.in_shapes[0] if node.in_shapes else None for node in module.nodes]
     lowerings = [_lower(node, in_shape) for node, in_shape in zip(nodes, in_shapes, strict=True)]
     return nodes, lowerings

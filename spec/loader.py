@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keyword
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pydantic_core import ErrorDetails
 
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.models import (
+    MODULE_ATTRIBUTES,
     MODULE_LEVEL_NAMES,
     RESERVED_NAMES,
     BinarySpec,
@@ -259,6 +261,14 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
             raise RescompileError(
                 f"node name {node_name!r} must be a module path: Python-style identifiers or numbers joined by '.' "
                 f"(conv1, se.fc1, conv1.0), not keywords, dunders or one of {', '.join(sorted(RESERVED_NAMES))}",
+                loaded.source.locate(("nodes", node_name), key=True),
+            )
+        stage = kind in ("stems", "heads") and re.fullmatch(r"layer\d+", segments[0]) is not None
+        if segments[0] in MODULE_ATTRIBUTES or stage:
+            raise RescompileError(
+                f"node name {node_name!r} would replace the generated module's own '{segments[0]}' "
+                f"({'a stage of the network' if stage else 'an attribute of nn.Module, nnx.Module or the network'})"
+                "; rename the node",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
         if segments[0].isdigit() and kind != "shortcuts":

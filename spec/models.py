@@ -71,6 +71,30 @@ MODULE_LEVEL_NAMES = frozenset(
 """Names the generated torch and Flax files define at module level. Parameters and derived values
 (local variables of every constructor) may not shadow them; node names are attributes and may."""
 
+MODULE_ATTRIBUTES = frozenset(
+    {
+        # torch.nn.Module's public attributes (tests/spec/test_names.py checks this list against the
+        # installed torch and flax) ...
+        *("T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children"),
+        *("compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward"),
+        *("get_buffer", "get_extra_state", "get_parameter", "get_submodule", "half", "ipu", "load_state_dict"),
+        *("modules", "mtia", "named_buffers", "named_children", "named_modules", "named_parameters"),
+        *("parameters", "register_backward_hook", "register_buffer", "register_forward_hook"),
+        *("register_forward_pre_hook", "register_full_backward_hook", "register_full_backward_pre_hook"),
+        *("register_load_state_dict_post_hook", "register_load_state_dict_pre_hook", "register_module"),
+        *("register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook"),
+        *("requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to"),
+        *("to_empty", "train", "training", "type", "xpu", "zero_grad"),
+        # ... flax.nnx.Module's ...
+        *("iter_children", "iter_modules", "perturb", "set_attributes", "sow"),
+        # ... and the generated network class's own.
+        *("stem", "head", "reset_parameters", "_make_stage"),
+    }
+)
+"""Attributes of the generated module classes: a node (the first segment of its path) named so
+would replace one, and the module would silently compute something else. Stage attributes
+(``layer1``, ...) are refused for stem and head nodes apart."""
+
 Name = Annotated[str, AfterValidator(_check_name)]
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
 ParameterValue = int | str | bool
