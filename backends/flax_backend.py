@@ -51,7 +51,7 @@ from rescompile.backends.source import (
     template,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Attribute, Graph, Module, Shape
+from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import Role, Tensor
 from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
@@ -148,9 +148,13 @@ def _pool(function: str) -> Callable[[SourceNode, Shape | None], Lowering]:
     def emit(node: SourceNode, in_shape: Shape | None) -> Lowering:
         a = node.attributes
         if not is_default(a["ceil_mode"], False):
-            # flax's pools have no ceil_mode; extra high padding would match max-pool but not
-            # torch's divisor for average-pool windows that run over the edge.
-            raise RescompileError(f"the flax backend cannot express {node.kind} '{node.name}' with ceil_mode")
+            # flax's pools have no ceil_mode: the generated helpers pad the end further (and, for
+            # the average, divide by torch's count), which needs the input's size: computed in them.
+            helper = CEIL_MODE_FUNCTIONS[node.kind]
+            arguments = {name: (render(a[name]), a[name]) for name in ("kernel", "stride", "padding")}
+            if node.kind == "avg_pool":
+                arguments["count_include_pad"] = (render(a["count_include_pad"]), a["count_include_pad"])
+            return _function(helper, arguments)
         arguments = {
             "window_shape": (_pair(a["kernel"]), a["kernel"]),
             "strides": (_pair(a["stride"]), a["stride"]),
@@ -205,7 +209,40 @@ PAD_CHANNELS_FUNCTION = '''def pad_channels(x: jax.Array, before: int, after: in
     """Zero channels: ``before`` in front of the input's channels, ``after`` behind them."""
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (before, after)))'''
 
+CEIL_PADDING_FUNCTION = '''\
+def ceil_padding(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    """(low, high) padding under which floor-mode windows are torch's ceil_mode windows: one more
+    window where the last would be partial, unless it would start in the right padding."""
+    count = -(-(size + 2 * padding - kernel) // stride) + 1
+    if (count - 1) * stride >= size + padding:
+        count -= 1
+    return padding, max(padding, (count - 1) * stride + kernel - size - padding)'''
+
+MAX_POOL_CEIL_FUNCTION = '''\
+def max_pool_ceil(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
+    """torch's MaxPool2d(ceil_mode=True) over NHWC: the end padded (with -inf) to hold the last window."""
+    pads = tuple(ceil_padding(size, kernel, stride, padding) for size in x.shape[1:3])
+    return nnx.max_pool(x, (kernel, kernel), (stride, stride), pads)'''
+
+AVG_POOL_CEIL_FUNCTION = '''\
+def avg_pool_ceil(x: jax.Array, kernel: int, stride: int, padding: int, count_include_pad: bool) -> jax.Array:
+    """torch's AvgPool2d(ceil_mode=True) over NHWC. Each window's sum over the zero-padded input is
+    divided as torch divides it: by the window clipped to the padded input (count_include_pad),
+    or by the number of input values in it; the extra end padding of ceil_mode never counts."""
+    pads = [ceil_padding(size, kernel, stride, padding) for size in x.shape[1:3]]
+    window, strides = (1, kernel, kernel, 1), (1, stride, stride, 1)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, ((0, 0), *pads, (0, 0)))
+    counted = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    if count_include_pad:
+        counted = jnp.pad(counted, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=1)
+        pads = [(low - padding, high - padding) for low, high in pads]
+    count = jax.lax.reduce_window(counted, 0.0, jax.lax.add, window, strides, ((0, 0), *pads, (0, 0)))
+    return total / count'''
+
 HELPER_FUNCTIONS = {"subsample": SUBSAMPLE_FUNCTION, "pad_channels": PAD_CHANNELS_FUNCTION}
+# Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
+CEIL_MODE_FUNCTIONS = {"max_pool": "max_pool_ceil", "avg_pool": "avg_pool_ceil"}
+CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CEIL_FUNCTION}
 
 
 # --- source layout --------------------------------------------------------------------------------
@@ -310,6 +347,15 @@ def emit_source(graph: Graph) -> str:
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
     kinds_used = {node.op.kind for _, node in graph.nodes()}
+    ceil_kinds = [
+        kind
+        for kind in CEIL_MODE_SOURCES
+        if any(
+            node.op.kind == kind and isinstance(node.op, MaxPool | AvgPool) and node.op.ceil_mode
+            for _, node in graph.nodes()
+        )
+    ]
+    ceil_helpers = [CEIL_PADDING_FUNCTION, *(CEIL_MODE_SOURCES[kind] for kind in ceil_kinds)] if ceil_kinds else []
     attribute = shortcut_attribute(graph)  # None for a plain network
     constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
     # One _make_stage builds every block type, so they all take rngs if one needs them.
@@ -348,7 +394,7 @@ def emit_source(graph: Graph) -> str:
         input_example=", ".join(map(str, nhwc_input)),
         output_shape="×".join(map(str, graph.output_shape)),
         output_example=", ".join(map(str, graph.output_shape)),
-        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used],
+        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used] + ceil_helpers,
         uses_partial=any("partial(" in line for line in stored_lines),
         uses_linear="linear" in kinds_used,
         options_used=options_used,

@@ -232,22 +232,27 @@ def _relu(builder: _Builder, site: Site) -> None:
     builder.node("Relu", [site.inputs[0]], site)
 
 
-def _max_pool(builder: _Builder, site: Site) -> None:
-    op = site.node.op
-    assert isinstance(op, MaxPool)
+def _ceil_pads(site: Site, op: MaxPool | AvgPool) -> list[int]:
+    """``pads`` under which floor-mode windows are the IR's (torch's) windows: with ceil_mode, the
+    end padded further so that the last, partial window exists. Exact under every opset, whereas
+    ONNX's own ceil_mode rule was only pinned down in later opsets."""
     pads = _pads(op.padding)
     if op.ceil_mode:
-        # NOTE: ceil_mode is lowered as floor mode with extra padding at the end, sized so that the
-        # output is torch's (stored in the IR). Max pooling ignores padding, so this is exact under
-        # every opset, whereas ONNX's own ceil_mode rule was only pinned down in later opsets.
         _, height, width = site.node.in_shapes[0]
         assert site.node.shape is not None
         for axis, size in enumerate((height, width)):
             needed = (site.node.shape[axis + 1] - 1) * op.stride[axis] + op.kernel[axis]
             pads[axis + 2] += max(0, needed - (size + pads[axis] + pads[axis + 2]))
-            if pads[axis + 2] >= op.kernel[axis]:
-                # ONNX Runtime (and torch) refuse a pad as large as the kernel.
-                raise _cannot(site, "ceil_mode would need end padding as large as the kernel")
+    return pads
+
+
+def _max_pool(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, MaxPool)
+    pads = _ceil_pads(site, op)
+    if any(pad >= kernel for pad, kernel in zip(pads, [*op.kernel, *op.kernel], strict=True)):
+        # ONNX Runtime (and torch) refuse a pad as large as the kernel; max pooling ignores padding.
+        raise _cannot(site, "ceil_mode would need end padding as large as the kernel")
     builder.node(
         "MaxPool",
         [site.inputs[0]],
@@ -260,34 +265,32 @@ def _max_pool(builder: _Builder, site: Site) -> None:
 
 
 def _avg_pool(builder: _Builder, site: Site) -> None:
+    """Without a ceil_mode window, ONNX AveragePool means what torch's AvgPool2d means. With one,
+    torch divides the last window by its size clipped to the padded input (count_include_pad) or
+    by the number of input values in it, never counting the extra end padding; ONNX's
+    count_include_pad=0 counts every value that is not padding. So the declared padding, where it
+    counts, becomes a Pad node of zeros (values, then), and only the extra padding stays padding."""
     op = site.node.op
     assert isinstance(op, AvgPool)
-    _, height, width = site.node.in_shapes[0]
-    assert site.node.shape is not None
-    floor_shape = tuple(
-        (size + sum(padding) - kernel) // stride + 1
-        for size, padding, kernel, stride in zip((height, width), op.padding, op.kernel, op.stride, strict=True)
-    )
-    if op.ceil_mode and floor_shape != site.node.shape[1:]:
-        # torch divides the extra edge window by its part inside the padded input; ONNX AveragePool
-        # does not define that divisor (and runtimes differ), so the exact meaning cannot be stated.
-        raise _cannot(
-            site,
-            f"ceil_mode=True adds a partial window at the edge ({site.node.shape[1]}×{site.node.shape[2]} instead "
-            f"of {floor_shape[0]}×{floor_shape[1]}) whose divisor ONNX AveragePool does not define as torch does; "
-            "use ceil_mode=False or an input size where ceil and floor agree",
-        )
-    # Without an edge window every window lies inside the padded input, so count_include_pad=1
-    # divides by the kernel area exactly as torch does; ceil_mode can be dropped.
+    declared = _pads(op.padding)
+    pads = _ceil_pads(site, op)
+    source = site.inputs[0]
+    if pads != declared and op.count_include_pad and any(declared):
+        (top, bottom), (left, right) = op.padding
+        zeros = builder.tensor(f"{site.name}.pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+        source = f"{site.name}.padded"
+        pad = helper.make_node("Pad", [site.inputs[0], zeros], [source], name=f"{site.name}.pad", mode="constant")
+        builder.model.graph.node.append(pad)
+        pads = [pad - amount for pad, amount in zip(pads, declared, strict=True)]
     builder.node(
         "AveragePool",
-        [site.inputs[0]],
+        [source],
         site,
         kernel_shape=list(op.kernel),
         strides=list(op.stride),
-        pads=_pads(op.padding),
+        pads=pads,
         ceil_mode=0,
-        count_include_pad=int(op.count_include_pad),
+        count_include_pad=int(op.count_include_pad) if pads == declared else 0,
     )
 
 

@@ -208,23 +208,6 @@ def test_generated_file_runs_with_jax_and_flax_alone(tmp_path: Path) -> None:
     assert_close(np.load(tmp_path / "logits.npy"), np.asarray(model(batch)), tolerance=EXACT, what="logits")
 
 
-def test_ceil_mode_is_a_compile_time_error(tmp_path: Path) -> None:
-    network = write_parts(
-        tmp_path,
-        {
-            "net.yaml": "name: ceil\ninput: {channels: 3, size: 15}\nstem: ceil\nblock: basic\nshortcut: B\n"
-            "stages:\n  - {depth: 1, width: 8}\n",
-            "stems/ceil.yaml": "name: ceil\nparameters: {width: 8}\nnodes:\n"
-            "  conv1: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
-            "  maxpool: {op: max_pool, kernel: 3, stride: 2, ceil_mode: true}\n",
-        },
-    )
-    graph = compile_spec(network)
-    torch_backend.emit_source(graph)  # torch can express it; flax cannot, exactly
-    with pytest.raises(RescompileError, match="cannot express max_pool 'maxpool' with ceil_mode"):
-        flax_backend.emit_source(graph)
-
-
 # --- BatchNorm, hand-worked -----------------------------------------------------------------------
 
 
