@@ -47,11 +47,14 @@ class _PartLoader:
     def __init__(self, network_file: Path | None) -> None:
         self.network_file = network_file
         self.cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
+        self.files: list[Path] = []
 
     def get(self, kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
         key = (kind, name)
         if key not in self.cache:
-            self.cache[key] = load_part(resolve_part(kind, name, self.network_file, where), kind)
+            path = resolve_part(kind, name, self.network_file, where)
+            self.cache[key] = load_part(path, kind)
+            self.files.append(path)
         return self.cache[key]
 
 
@@ -127,6 +130,7 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
             shortcuts=tuple(used_shortcuts[name] for name in sorted(used_shortcuts)),
         ),
         source=network.locate(),
+        files=tuple(([network_file] if network_file is not None else []) + parts.files),
     )
 
 

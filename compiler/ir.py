@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from rescompile.compiler.ops import (
@@ -136,6 +137,8 @@ class Graph:
     network: NetworkSpec
     parts: Parts
     source: Location | None = None
+    files: tuple[Path, ...] = field(default=(), compare=False)
+    """The spec and part files the graph was read from: no output may replace them."""
 
     @property
     def output_shape(self) -> Shape:

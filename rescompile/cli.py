@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rescompile.compiler.cost import CostReport, Totals, cost
-from rescompile.compiler.files import write_atomically
+from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
@@ -163,6 +163,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _default_output(graph: Graph, backend: str) -> Path:
+    # NOTE: network names match NAME_PATTERN (no '/', no leading '.'), so this stays in the working
+    # directory; -o, the user's explicit choice, may go anywhere.
     return Path(f"{graph.name}.onnx" if backend == "onnx" else f"{graph.name}_{backend}.py")
 
 
@@ -180,6 +182,7 @@ def _compile(options: argparse.Namespace) -> int:
     graph = compile_spec(options.spec, options.size)
     report = cost(graph)
     output: Path = options.output or _default_output(graph, options.backend)
+    check_output(output, [*graph.files, *([options.weights] if options.weights is not None else [])])
     if options.backend != "onnx":
         for flag in ("weights", "opset"):
             if getattr(options, flag) is not None:
