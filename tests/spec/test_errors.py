@@ -136,7 +136,7 @@ CASES = {
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, conv, flatten, global_average_pool, linear, max_pool, pad_channels, relu, subsample",
+        "batch_norm, conv, flatten, global_average_pool, linear, max_pool, mul, pad_channels, relu, sigmoid, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
