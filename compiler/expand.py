@@ -31,6 +31,8 @@ from rescompile.spec.models import (
 )
 from rescompile.spec.yaml_source import YamlPath
 
+MAX_BLOCKS = 10_000
+"""The most blocks a network may have (resnet1202 has 600): expansion and emission take time per block."""
 IDENTITY = "identity"
 PLAIN = "none"
 # The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
@@ -60,6 +62,11 @@ class _PartLoader:
 
 def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
     spec = network.spec
+    blocks = sum(stage.depth for stage in spec.stages)
+    if blocks > MAX_BLOCKS:
+        raise RescompileError(
+            f"the stages hold {blocks:,} blocks; a network has at most {MAX_BLOCKS:,}", network.locate("stages")
+        )
     parts = _PartLoader(network_file)
     stem = parts.get("stems", spec.stem, network.locate("stem"))
     block = parts.get("blocks", spec.block, network.locate("block"))
@@ -405,4 +412,4 @@ def _make_op(
         raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
 
 
-__all__ = ["IDENTITY", "PLAIN", "POLICIES", "expand"]
+__all__ = ["IDENTITY", "MAX_BLOCKS", "PLAIN", "POLICIES", "expand"]

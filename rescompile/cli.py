@@ -19,6 +19,7 @@ from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import builtin_directory, builtin_networks
+from rescompile.spec.models import MAX_SIZE
 
 BACKENDS = ("torch", "flax", "onnx")
 SUBCOMMANDS = ("validate", "cost", "list", "check")
@@ -43,6 +44,8 @@ def parse_size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x160, got {text!r}") from None
     if len(numbers) not in (1, 2) or min(numbers) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive size such as 224 or 224x160, got {text!r}")
+    if max(numbers) > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"a size is at most {MAX_SIZE:,}, got {text!r}")
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 

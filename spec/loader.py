@@ -84,12 +84,13 @@ def resolve_network(reference: str | Path) -> Path:
     """A network file path, or a built-in name such as ``resnet50``."""
     text = str(reference)
     path = Path(text)
-    if path.suffix in {".yaml", ".yml"} or "/" in text or path.exists():
-        if not path.exists():
-            raise RescompileError(f"no such file: {text}", Location(text, 1, 1))
+    where = Location(text, 1, 1)
+    if path.suffix in {".yaml", ".yml"} or "/" in text or _exists(path, text, where):
+        if not _exists(path, text, where):
+            raise RescompileError(f"no such file: {text}", where)
         return path
     candidate = builtin_directory() / f"{text}.yaml"
-    if candidate.exists():
+    if _exists(candidate, text, where):
         return candidate
     names = builtin_networks()
     raise RescompileError(
@@ -119,7 +120,7 @@ def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Lo
     if name.endswith((".yaml", ".yml")):
         base = network_file.parent if network_file is not None else Path.cwd()
         path = base / name
-        if path.exists():
+        if _exists(path, name, where):
             return path
         raise RescompileError(f"no such {kind[:-1]} file: {name}", where)
     folders = [builtin_directory() / kind]
@@ -127,13 +128,21 @@ def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Lo
         folders.insert(0, network_file.parent / kind)
     for folder in folders:
         candidate = folder / f"{name}.yaml"
-        if candidate.exists():
+        if _exists(candidate, name, where):
             return candidate
     known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
     raise RescompileError(
         f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)}; known {kind}: {', '.join(known)}",
         where,
     )
+
+
+def _exists(path: Path, name: str, where: Location) -> bool:
+    """Whether ``path`` exists; a name the file system cannot look up (too long) is the user's error."""
+    try:
+        return path.exists()
+    except OSError as error:
+        raise RescompileError(f"cannot look up {name!r}: {error.strerror or error}", where) from None
 
 
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
