@@ -49,6 +49,17 @@ def parse_size(text: str) -> int | tuple[int, int]:
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
 
 
+def parse_seed(text: str) -> int:
+    """An argparse type for ``--seed``: numpy's generators take a non-negative seed."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 4294967295, got {text!r}")
+    return seed
+
+
 def _compile_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rescompile",
@@ -63,7 +74,9 @@ def _compile_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
     parser.add_argument("--weights", type=Path, help="onnx: canonical weights (.safetensors) to embed")
-    parser.add_argument("--seed", type=int, default=0, help="onnx: seed of fresh weights when --weights is absent")
+    parser.add_argument(
+        "--seed", type=parse_seed, default=0, help="onnx: seed of fresh weights when --weights is absent"
+    )
     parser.add_argument(
         "--zero-init-residual", action="store_true", help="onnx: zero the last BatchNorm of each residual branch"
     )

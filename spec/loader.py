@@ -246,14 +246,25 @@ def _validate(model: type[ModelT], document: YamlDocument) -> ModelT:
     try:
         return model.model_validate(document.data)
     except ValidationError as error:
-        # An unknown key usually explains the missing one next to it (a typo): report it first.
-        errors = sorted(error.errors(), key=lambda detail: detail["type"] != "extra_forbidden")
-        raise _describe(errors[0], model, document) from None
+        raise _describe(_most_helpful(error.errors(), document.data), model, document) from None
+
+
+def _most_helpful(errors: list[ErrorDetails], data: Any) -> ErrorDetails:
+    """The error to report. An unknown key usually explains the missing one next to it (a typo):
+    it comes first. A value of a union type (``size: 224`` or ``[224, 160]``) gets an error from
+    each member; the one that reached deepest into the value, then one that is not merely about
+    the value's type, says the most ('size[1]: input should be a valid integer', not 'size.int')."""
+
+    def rank(error: ErrorDetails) -> tuple[bool, int, bool]:
+        data_path, _ = _split_location(error, data)
+        return error["type"] != "extra_forbidden", -len(data_path), error["type"].endswith("_type")
+
+    return min(errors, key=rank)
 
 
 def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocument) -> RescompileError:
     """One pydantic error as a located, human message."""
-    data_path, schema_path = _split_location(error["loc"], document.data)
+    data_path, schema_path = _split_location(error, document.data)
     where = _dotted(data_path)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -288,28 +299,26 @@ def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocumen
 _MISSING = object()
 
 
-def _split_location(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, YamlPath]:
-    """Drop pydantic's union-member segments (e.g. the op tag) that are not keys of the data.
+def _split_location(error: ErrorDetails, data: Any) -> tuple[YamlPath, YamlPath]:
+    """Drop pydantic's union-member labels (``int``, ``str``, ``constrained-int``, ``tuple[...]``,
+    a model's name) that are not keys of the data.
 
-    Returns the path in the YAML data, and the path in the schema (data keys plus union tags).
+    Returns the path in the YAML data, and the path in the schema (data keys plus op tags).
     """
+    loc = error["loc"]
     data_path: list[str | int] = []
     schema_path: list[str | int] = []
     current: Any = data
-    for segment in loc:
+    for position, segment in enumerate(loc):
         child = _child(current, segment)
         if child is not _MISSING:
             current = child
             data_path.append(segment)
-        elif isinstance(current, dict) and (
-            current.get("op") == segment or (isinstance(segment, str) and "[" in segment)
-        ):
-            pass  # a union member's tag, not a key of the data
-        elif isinstance(current, dict | list):
-            data_path.append(segment)  # a missing key or an extra one
+        elif isinstance(current, dict) and error["type"] == "missing" and position == len(loc) - 1:
+            data_path.append(segment)  # the missing key
             current = _MISSING
-        else:
-            continue  # union members of scalar values (e.g. 'int', 'tuple[...]')
+        elif not (isinstance(current, dict) and current.get("op") == segment):
+            continue  # a union member's label; an op tag stays in the schema path
         schema_path.append(segment)
     return tuple(data_path), tuple(schema_path)
 

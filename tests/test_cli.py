@@ -190,3 +190,23 @@ def test_the_default_output_stays_in_the_working_directory(
         "(got '../escaped')\n"
     )
     assert sorted(path.name for path in tmp_path.parent.iterdir() if "escaped" in path.name) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["resnet20", "--size", "20000"], "argument --size: a size is at most 16,384, got '20000'"),
+        (["cost", "resnet20", "--size", "32x16385"], "argument --size: a size is at most 16,384, got '32x16385'"),
+        (
+            ["resnet20", "--backend", "onnx", "--seed", "-1"],
+            "argument --seed: expected a seed from 0 to 4294967295, got '-1'",
+        ),
+    ],
+)
+def test_option_values_out_of_range_are_usage_errors(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")

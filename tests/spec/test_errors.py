@@ -284,6 +284,32 @@ CASES = {
         {},
         "net.yaml:1:10: malformed YAML: special characters are not allowed: '\\x00'",
     ),
+    # Messages: one line whatever the user text, and no pydantic internals.
+    "newline_in_user_text": (
+        network(("block: basic", 'block: "bas\\nic\\e[31m"')),
+        {},
+        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: basic, bottleneck",
+    ),
+    "size_list_too_long": (
+        network(("size: 32", "size: [32, 32, 32]")),
+        {},
+        "net.yaml:2:28: input.size: tuple should have at most 2 items after validation, not 3",
+    ),
+    "size_list_with_a_boolean": (
+        network(("size: 32", "size: [32, true]")),
+        {},
+        "net.yaml:2:33: input.size[1]: input should be a valid integer (got True)",
+    ),
+    "policy_missing_a_key": (
+        network(("shortcut: B", "shortcut: {where_shapes_match: identity}")),
+        {},
+        "net.yaml:5:11: missing required key 'where_shapes_change' in shortcut",
+    ),
+    "policy_with_a_number": (
+        network(("shortcut: B", "shortcut: {where_shapes_match: identity, where_shapes_change: 3}")),
+        {},
+        "net.yaml:5:63: shortcut.where_shapes_change: input should be a valid string (got 3)",
+    ),
 }
 
 
@@ -354,3 +380,11 @@ def test_only_small_regular_text_files_are_read(
     with pytest.raises(RescompileError) as raised:
         compile_spec("net.yaml")
     assert str(raised.value) == expected
+
+
+def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "net\n.yaml").write_text("name: [")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net\n.yaml")
+    assert str(raised.value) == "net\\n.yaml:1:8: malformed YAML: expected the node content, but found '<stream end>'"
