@@ -17,6 +17,7 @@ from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_
 from rescompile.spec.models import (
     MODULE_LEVEL_NAMES,
     RESERVED_NAMES,
+    AddSpec,
     BinarySpec,
     BlockSpec,
     HeadSpec,
@@ -218,6 +219,13 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 )
         available.add(node_name)
     if isinstance(part, BlockSpec):
+        merges = [name for name, node in part.nodes.items() if isinstance(node, AddSpec) and "shortcut" in node.inputs]
+        if len(merges) != 1:
+            found = f"{len(merges)} ({', '.join(merges)})" if merges else "none"
+            raise RescompileError(
+                f"block '{part.name}' needs exactly one residual add (an add node reading 'shortcut'); it has {found}",
+                loaded.source.locate(("nodes", merges[1]) if merges else ("nodes",), key=True),
+            )
         for unknown in sorted(part.out_channels.names - known_names):
             raise RescompileError(
                 f"'{unknown}' in out_channels is not a parameter of block '{part.name}'"

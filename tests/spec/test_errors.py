@@ -171,6 +171,7 @@ CASES = {
         {
             "blocks/mine.yaml": "name: mine\nparameters: {ratio: required}\nout_channels: width\nnodes:\n"
             "  conv1: {op: conv, out_channels: width * ratio, kernel: 3}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
         },
         "net.yaml:4:8: block 'mine' needs parameter 'ratio'; set it in block_parameters",
     ),
@@ -225,6 +226,7 @@ CASES = {
         {
             "blocks/mine.yaml": "name: mine\nout_channels: width\nderived:\n  a: width * width\n  b: a * a\n"
             "  c: b * b\n  d: c * c\nnodes:\n  conv1: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
         },
         "blocks/mine.yaml:7:6: derived.d = c * c: a value exceeds 2**40 (1,099,511,627,776) in magnitude, "
         "the limit for spec arithmetic",
@@ -252,6 +254,7 @@ CASES = {
         {
             "blocks/mine.yaml": "name: mine\nparameters: {mode: wide}\nout_channels: width\nderived:\n"
             "  factor: 2 if mode > 1 else 1\nnodes:\n  conv1: {op: conv, out_channels: width, kernel: 3}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
         },
         "blocks/mine.yaml:5:11: derived.factor = 2 if mode > 1 else 1: a comparison needs integers, got 'wide'",
     ),
@@ -309,6 +312,26 @@ CASES = {
         network(("shortcut: B", "shortcut: {where_shapes_match: identity, where_shapes_change: 3}")),
         {},
         "net.yaml:5:63: shortcut.where_shapes_change: input should be a valid string (got 3)",
+    ),
+    # Found by the fuzzer (tests/fuzz): each was a StopIteration or VerificationError traceback.
+    "block_without_a_residual_add": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3}\n"
+        },
+        "blocks/mine.yaml:3:1: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
+        "it has none",
+    ),
+    "block_with_two_residual_adds": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n  add2: {op: add, inputs: [add, shortcut]}\n"
+        },
+        "blocks/mine.yaml:6:3: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
+        "it has 2 (add, add2)",
     ),
 }
 
