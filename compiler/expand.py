@@ -8,6 +8,7 @@ rules as it builds: this is where a graph's shapes are computed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from rescompile.spec.yaml_source import YamlPath
 
 MAX_BLOCKS = 10_000
 """The most blocks a network may have (resnet1202 has 600): expansion and emission take time per block."""
+MAX_WEIGHTS = 2**32
+"""The most weight values (parameters and buffers) a network may have: 16 GiB in fp32, a hundred
+times the largest built-in; a width of 2**31 asked every backend for terabytes."""
 IDENTITY = "identity"
 PLAIN = "none"
 # The paper's options (He et al. 2016, section 4.1) as (where shapes match, where shapes change).
@@ -125,6 +129,7 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    _check_weight_count(modules)
     return Graph(
         name=spec.name,
         input_shape=input_shape,
@@ -139,6 +144,19 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
         source=network.locate(),
         files=tuple(([network_file] if network_file is not None else []) + parts.files),
     )
+
+
+def _check_weight_count(modules: list[Module]) -> None:
+    """Refuse a network whose weights pass :data:`MAX_WEIGHTS`, at the module where they do."""
+    total = 0
+    for module in modules:
+        total += sum(math.prod(tensor.shape) for node in module.nodes for tensor in node.op.tensors().values())
+        if total > MAX_WEIGHTS:
+            raise RescompileError(
+                f"{module.path or module.role}: the network's weights pass {MAX_WEIGHTS:,} values (2**32) here; "
+                "use smaller widths",
+                module.source,
+            )
 
 
 def _resolve_policy(
@@ -412,4 +430,4 @@ def _make_op(
         raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
 
 
-__all__ = ["IDENTITY", "MAX_BLOCKS", "PLAIN", "POLICIES", "expand"]
+__all__ = ["IDENTITY", "MAX_BLOCKS", "MAX_WEIGHTS", "PLAIN", "POLICIES", "expand"]

@@ -216,6 +216,11 @@ CASES = {
         {},
         "net.yaml:7:3: the stages hold 10,001 blocks; a network has at most 10,000",
     ),
+    "weights_over_the_limit": (
+        network(("width: 32, stride: 2", "width: 2147483647, stride: 2")),
+        {},
+        "net.yaml:8:5: layer2.0: the network's weights pass 4,294,967,296 values (2**32) here; use smaller widths",
+    ),
     "epsilon_infinite": (
         network(("block: basic", "block: mine")),
         {"blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n  bn: {op: batch_norm, epsilon: .inf}\n"},
