@@ -129,6 +129,13 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    out_shape = modules[-1].out_shape
+    if out_shape is not None and len(out_shape) != 1:
+        raise RescompileError(
+            f"head '{head.spec.name}' must end with flat features (e.g. flatten, then linear); "
+            f"it ends with shape {show_shape(out_shape)}",
+            head.locate("nodes", list(head.spec.nodes)[-1]),
+        )
     _check_weight_count(modules)
     return Graph(
         name=spec.name,

@@ -328,6 +328,12 @@ CASES = {
         "blocks/mine.yaml:3:1: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
         "it has none",
     ),
+    "head_without_flat_features": (
+        network(("head: classifier", "head: mine"), ("head_parameters: {classes: 10}\n", "")),
+        {"heads/mine.yaml": "name: mine\nnodes:\n  avgpool: {op: global_average_pool}\n"},
+        "heads/mine.yaml:3:12: head 'mine' must end with flat features (e.g. flatten, then linear); "
+        "it ends with shape 32×1×1",
+    ),
     "block_with_two_residual_adds": (
         network(("block: basic", "block: mine")),
         {
