@@ -106,6 +106,13 @@ def expand(network: Loaded[NetworkSpec], network_file: Path | None) -> Graph:
                 assert shortcut_name is not None
                 shortcut = parts.get("shortcuts", shortcut_name, network.locate("shortcut"))
                 assert isinstance(shortcut.spec, ShortcutSpec)
+                if shortcut.spec.module in block.spec.nodes:
+                    # One attribute of the block module would hold both (the torch build lost a node).
+                    raise RescompileError(
+                        f"shortcut '{shortcut.spec.name}' is held in module '{shortcut.spec.module}', which is also "
+                        f"a node of block '{block.spec.name}'; rename one of them",
+                        shortcut.locate("module"),
+                    )
                 used_shortcuts.setdefault(shortcut_name, shortcut.spec)
             shortcut_bindings: dict[str, Value] = {
                 "in_channels": shape[0],

@@ -334,6 +334,15 @@ CASES = {
         "heads/mine.yaml:3:12: head 'mine' must end with flat features (e.g. flatten, then linear); "
         "it ends with shape 32×1×1",
     ),
+    "shortcut_module_named_like_a_node": (
+        network(),
+        {
+            "shortcuts/projection.yaml": "name: projection\nmodule: bn1\nnodes:\n"
+            "  conv: {op: conv, out_channels: out_channels, kernel: 1, stride: stride}\n"
+        },
+        "shortcuts/projection.yaml:2:9: shortcut 'projection' is held in module 'bn1', which is also a node of "
+        "block 'basic'; rename one of them",
+    ),
     "block_with_two_residual_adds": (
         network(("block: basic", "block: mine")),
         {
