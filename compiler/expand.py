@@ -8,6 +8,7 @@ rules as it builds: this is where a graph's shapes are computed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from rescompile.compiler.ir import (
@@ -38,10 +39,21 @@ from rescompile.spec.models import (
 )
 from rescompile.spec.yaml_source import YamlPath
 
+MAX_BLOCKS = 10_000
+"""The most blocks a network may have (resnet1202 has 600): expansion and emission take time per block."""
+MAX_WEIGHTS = 2**32
+"""The most weight values (parameters and buffers) a network may have: 16 GiB in fp32, a hundred
+times the largest built-in; a width of 2**31 asked every backend for terabytes."""
+
 
 def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     """Pure: the network and the parts :func:`~rescompile.spec.loader.load_parts` read for it."""
     spec = network.spec
+    block_count = sum(stage.depth for stage in spec.stages)
+    if block_count > MAX_BLOCKS:
+        raise RescompileError(
+            f"the stages hold {block_count:,} blocks; a network has at most {MAX_BLOCKS:,}", network.locate("stages")
+        )
     stem, head, blocks, policy = parts.stem, parts.head, parts.blocks, parts.policy
     assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
 
@@ -99,6 +111,14 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    out_shape = modules[-1].out_shape
+    if out_shape is not None and len(out_shape) != 1:
+        raise RescompileError(
+            f"head '{head.spec.name}' must end with flat features (e.g. flatten, then linear); "
+            f"it ends with shape {show_shape(out_shape)}",
+            head.locate("nodes", list(head.spec.nodes)[-1]),
+        )
+    _check_weight_count(modules)
     distinct_blocks: dict[str, Loaded[PartSpec]] = {}
     for index, block in enumerate(blocks):
         if distinct_blocks.setdefault(block.spec.name, block) is not block:
@@ -120,7 +140,21 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         modules=tuple(modules),
         definitions=tuple(definitions),
         source=network.locate(),
+        files=parts.files,
     )
+
+
+def _check_weight_count(modules: list[Module]) -> None:
+    """Refuse a network whose weights pass :data:`MAX_WEIGHTS`, at the module where they do."""
+    total = 0
+    for module in modules:
+        total += sum(math.prod(tensor.shape) for node in module.nodes for tensor in node.op.tensors().values())
+        if total > MAX_WEIGHTS:
+            raise RescompileError(
+                f"{module.path or module.role}: the network's weights pass {MAX_WEIGHTS:,} values (2**32) here; "
+                "use smaller widths",
+                module.source,
+            )
 
 
 IN_CHANNELS = parse_expression("in_channels")
@@ -258,10 +292,12 @@ def _build_module(
             shortcut_module = shortcut.spec.module
             for name in part.spec.nodes:
                 if name.split(".")[0] == shortcut_module:
+                    # One attribute of the block module would hold both (the torch build lost a node).
+                    what = "a node" if name == shortcut_module else f"the container of node '{name}'"
                     raise RescompileError(
-                        f"block '{part.spec.name}' has a node '{name}' where shortcut '{shortcut.spec.name}' keeps "
-                        f"its layers ('{shortcut_module}'); rename the node or the shortcut's module",
-                        part.source.locate(("nodes", name), key=True),
+                        f"shortcut '{shortcut.spec.name}' is held in module '{shortcut_module}', which is also "
+                        f"{what} of block '{part.spec.name}'; rename one of them",
+                        shortcut.locate("module"),
                     )
             try:
                 shortcut_nodes = _build_nodes(
@@ -406,4 +442,4 @@ def _make_op(
         raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
 
 
-__all__ = ["expand"]
+__all__ = ["MAX_BLOCKS", "MAX_WEIGHTS", "expand"]

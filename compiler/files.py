@@ -1,13 +1,51 @@
-"""Writing output files so that a failure never leaves a partial file nor damages an existing one."""
+"""Writing output files so that a failure never leaves a partial file nor damages an existing one.
+
+Outputs are only ever regular files: a path that names a symbolic link, a device, a FIFO or a
+socket is refused rather than replaced (``-o /dev/stdout`` would otherwise swap the link for a
+file), and so is a path that is one of the compile's own inputs.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import stat
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from rescompile.spec.errors import RescompileError
+
+# The kinds of file an output may not be, worded for "cannot write PATH: it is ...".
+_SPECIAL_FILES = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_output(path: Path, inputs: Collection[Path] = ()) -> None:
+    """Refuse ``path`` as an output unless it is absent or a regular file that is not one of
+    ``inputs`` (compared as files, so another spelling or a hard link of an input is refused too)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
+        raise RescompileError(f"cannot write {path}: Is a directory")  # the OS wording, as below
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise RescompileError(f"cannot write {path}: it is {kind}; rescompile writes only regular files")
+    for source in inputs:
+        if source.exists() and os.path.samefile(path, source):
+            raise RescompileError(f"cannot write {path}: it is an input of this compile ({source})")
 
 
 def write_atomically(files: Sequence[tuple[Path, Iterable[bytes | memoryview]]]) -> None:
@@ -15,26 +53,53 @@ def write_atomically(files: Sequence[tuple[Path, Iterable[bytes | memoryview]]])
     temporary beside it, then rename them all into place. Each chunk is written before the next is
     asked for, so a producer may reuse one buffer for all of them.
 
-    A failure before the renames (a missing folder, a full disk) leaves no partial file and every
-    existing file as it was. os.open with 0o666 gives the files the permissions the umask would
-    give any new file.
+    A failure before the renames (a missing folder, a full disk, Ctrl-C, SIGTERM) leaves no
+    partial file, no temporary and every existing file as it was. os.open with 0o666 gives the
+    files the permissions the umask would give any new file.
     """
     for path, _ in files:
-        if path.is_dir():
-            raise RescompileError(f"cannot write {path}: Is a directory")  # the OS wording, as below
+        check_output(path)
     temporaries: list[tuple[Path, Path]] = []
     path = files[0][0]
     try:
-        for path, chunks in files:
-            temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temporaries.append((temporary, path))
-            with os.fdopen(descriptor, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-        for temporary, path in temporaries:
-            os.replace(temporary, path)
-    except OSError as error:
+        with _terminate_as_exception():
+            for path, chunks in files:
+                temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+                # Listed before it exists, so that an interrupt between the two still removes it.
+                temporaries.append((temporary, path))
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                with os.fdopen(descriptor, "wb") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+            for temporary, path in temporaries:
+                os.replace(temporary, path)
+    except BaseException as error:
         for temporary, _ in temporaries:
             temporary.unlink(missing_ok=True)
-        raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+        if isinstance(error, OSError):
+            raise RescompileError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a write: raised so that the write removes its temporaries; it exits
+    with the status a shell reports for SIGTERM (128 + 15)."""
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` instead of killing the process outright
+    (SIGINT already raises KeyboardInterrupt). Only the main thread may set handlers, and a handler
+    someone else installed is theirs: in either case nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,7 +11,8 @@ with the node name, and are the torchvision state_dict prefixes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from rescompile.compiler.ops import (
@@ -174,6 +175,8 @@ class Graph:
     modules: tuple[Module, ...]
     definitions: tuple[Definition, ...]
     source: Location | None = None
+    files: tuple[Path, ...] = field(default=(), compare=False)
+    """The spec and part files the graph was read from: no output may replace them."""
 
     def definition(self, role: DefinitionRole, name: str) -> Definition:
         return next(item for item in self.definitions if item.role == role and item.name == name)

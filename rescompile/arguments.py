@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from rescompile.spec.models import MAX_SIZE
+
 
 def parse_size(text: str) -> int | tuple[int, int]:
     """An argparse type for ``--size``: ``224`` or ``224x160`` (height × width)."""
@@ -18,4 +20,17 @@ def parse_size(text: str) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected a size such as 224 or 224x160, got {text!r}") from None
     if len(numbers) not in (1, 2) or min(numbers) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive size such as 224 or 224x160, got {text!r}")
+    if max(numbers) > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"a size is at most {MAX_SIZE:,}, got {text!r}")
     return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+
+
+def parse_seed(text: str) -> int:
+    """An argparse type for ``--seed``: numpy's generators take a non-negative seed."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 4294967295, got {text!r}")
+    return seed

@@ -10,6 +10,7 @@ fp32 eval mode, and returns every module's output (``stem``, each block by canon
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -21,14 +22,18 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from rescompile.arguments import parse_size
+from rescompile.arguments import parse_seed, parse_size
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
+from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, check_weights, random_weights, read_weights
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES, Tolerance, max_differences, within
+
+MAX_CHECK_VALUES = 2**30
+"""The most activation values (batch × every node's output) one backend may compute in a check."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,17 @@ def _backends(text: str) -> list[str]:
     return names
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        # A NaN tolerance made every comparison pass: 'all backends agree' whatever they computed.
+        raise argparse.ArgumentTypeError(f"expected a finite tolerance of at least 0, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(
         prog="rescompile check",
@@ -160,16 +176,16 @@ def parser() -> argparse.ArgumentParser:
     )
     result.add_argument("spec", help="a spec file or a built-in name")
     result.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
-    result.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    result.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights and inputs (default 0)")
     result.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     result.add_argument("--size", type=parse_size, help="input size (default: the spec's)")
     result.add_argument("--weights", type=Path, help="canonical weights (.safetensors); default: random, seeded")
     network = TOLERANCES["network"]
     result.add_argument(
-        "--atol", type=float, default=network.atol, help=f"absolute tolerance (default {network.atol:g})"
+        "--atol", type=_tolerance, default=network.atol, help=f"absolute tolerance (default {network.atol:g})"
     )
     result.add_argument(
-        "--rtol", type=float, default=network.rtol, help=f"relative tolerance (default {network.rtol:g})"
+        "--rtol", type=_tolerance, default=network.rtol, help=f"relative tolerance (default {network.rtol:g})"
     )
     return result
 
@@ -182,6 +198,12 @@ def main(arguments: Sequence[str]) -> int:
     progress.step(f"compiling {options.spec}")
     try:
         graph = compile_spec(options.spec, options.size)
+        values = options.batch * cost(graph).activations
+        if values > MAX_CHECK_VALUES:
+            raise RescompileError(
+                f"--batch {options.batch} needs {values:,} activation values per backend, over the limit of "
+                f"{MAX_CHECK_VALUES:,} (4 GiB in fp32); use a smaller --batch or --size"
+            )
         weights = read_weights(options.weights) if options.weights else random_weights(graph, options.seed)
         check_weights(graph, weights)
         generator = np.random.default_rng(options.seed + 1)

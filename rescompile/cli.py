@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rescompile.arguments import parse_size
+from rescompile.arguments import parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.cost import CostReport, Totals, cost
+from rescompile.compiler.files import check_output
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import builtin_directory, builtin_networks
@@ -64,7 +65,7 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, help=f"{_readers('weights')}: canonical weights (.safetensors) to embed"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help=f"{_readers('seed')}: seed of fresh weights when --weights is absent"
+        "--seed", type=parse_seed, default=0, help=f"{_readers('seed')}: seed of fresh weights when --weights is absent"
     )
     parser.add_argument(
         "--zero-init-residual",
@@ -188,8 +189,11 @@ def _compile(options: argparse.Namespace) -> int:
     graph = compile_spec(options.spec, options.size)
     report = cost(graph)
     backend = BACKENDS[options.backend]
+    # NOTE: network names match NAME_PATTERN (no '/', no leading '.'), so the default output stays
+    # in the working directory; -o, the user's explicit choice, may go anywhere.
     output: Path = options.output or Path(f"{graph.name}{backend.suffix}")
     _refuse_unread_options(options, backend)
+    check_output(output, [*graph.files, *([options.weights] if options.weights is not None else [])])
     emit_options = EmitOptions(
         **{field.name: getattr(options, field.name) for field in dataclasses.fields(EmitOptions)}
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,8 +33,19 @@ class RescompileError(Exception):
 
     def __str__(self) -> str:
         if self.location is None:
-            return self.message
-        return f"{self.location}: {self.message}"
+            return one_line(self.message)
+        return one_line(f"{self.location}: {self.message}")
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped as Python's ``repr`` writes
+    them (``\\n``, ``\\x1b``, ``\\u2028``): user text quoted in a message (a name, a file name)
+    can then neither break the one-line contract nor send terminal escape sequences."""
+    return "".join(ascii(character)[1:-1] if _is_control(character) else character for character in text)
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) in ("Cc", "Zl", "Zp")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -31,6 +31,12 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Value, Value], bool]] = {
     ast.GtE: operator.ge,
 }
 ALLOWED_SYNTAX = "integers, parameter names, + - * // %, comparisons and 'a if condition else b'"
+# Bounds on an expression's size and on every integer it computes: Python's parser recurses (a
+# long chain is a RecursionError or MemoryError there), and squaring in a chain of derived values
+# (a = width * width, b = a * a, ...) doubles the digits each time.
+MAX_LENGTH = 1_000
+MAX_DEPTH = 32
+MAX_MAGNITUDE = 2**40
 
 
 _SYNTAX_NAMES: dict[type[ast.AST], str] = {
@@ -68,14 +74,31 @@ class Expression:
 def parse_expression(value: Value) -> Expression:
     """Parse a YAML value (a number, a boolean or an expression string) into an :class:`Expression`."""
     if isinstance(value, bool | int | float):
+        if isinstance(value, int):
+            _bounded(value)
         return Expression(repr(value), ast.Constant(value))
+    if len(value) > MAX_LENGTH:
+        raise ExpressionError(f"an expression has at most {MAX_LENGTH:,} characters; this one has {len(value):,}")
     try:
         tree = ast.parse(value.strip(), mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         raise ExpressionError(f"cannot parse expression '{value}'; use {ALLOWED_SYNTAX}") from None
     for node in ast.walk(tree):
         _check_syntax(node, value)
+    if _depth(tree) > MAX_DEPTH:
+        raise ExpressionError(f"'{value}' nests more than {MAX_DEPTH} operations deep; that is the limit")
     return Expression(ast.unparse(tree), tree)
+
+
+def _depth(tree: ast.AST) -> int:
+    """The depth of ``tree``'s deepest node, found without recursion."""
+    deepest = 0
+    pending = [(tree, 1)]
+    while pending:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_syntax(node: ast.AST, text: str) -> None:
@@ -98,6 +121,8 @@ def _check_syntax(node: ast.AST, text: str) -> None:
         raise ExpressionError(f"'{text}': chained comparisons are not allowed; compare two values at a time")
     if isinstance(node, ast.Constant) and not isinstance(node.value, int | str | bool):
         raise ExpressionError(f"'{text}': only integer, string and boolean constants are allowed")
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        _bounded(node.value)
 
 
 def _evaluate(node: ast.expr, bindings: Mapping[str, Value]) -> Value:
@@ -110,16 +135,18 @@ def _evaluate(node: ast.expr, bindings: Mapping[str, Value]) -> Value:
             raise ExpressionError(f"unknown name '{node.id}'")
         return bindings[node.id]
     if isinstance(node, ast.UnaryOp):
-        return -_number(_evaluate(node.operand, bindings))
+        return _bounded(-_number(_evaluate(node.operand, bindings)))
     if isinstance(node, ast.BinOp):
         left = _number(_evaluate(node.left, bindings))
         right = _number(_evaluate(node.right, bindings))
         if isinstance(node.op, ast.FloorDiv | ast.Mod) and right == 0:
             raise ExpressionError("division by zero")
-        return _BINARY[type(node.op)](left, right)
+        return _bounded(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.Compare):
         left_value = _evaluate(node.left, bindings)
         right_value = _evaluate(node.comparators[0], bindings)
+        if not isinstance(node.ops[0], ast.Eq | ast.NotEq):
+            left_value, right_value = _number(left_value, "a comparison"), _number(right_value, "a comparison")
         return _COMPARE[type(node.ops[0])](left_value, right_value)
     if isinstance(node, ast.IfExp):
         branch = node.body if _evaluate(node.test, bindings) else node.orelse
@@ -127,7 +154,13 @@ def _evaluate(node: ast.expr, bindings: Mapping[str, Value]) -> Value:
     raise ExpressionError(f"unsupported expression node {type(node).__name__}")
 
 
-def _number(value: Value) -> int:
+def _number(value: Value, what: str = "arithmetic") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ExpressionError(f"arithmetic needs integers, got {value!r}")
+        raise ExpressionError(f"{what} needs integers, got {value!r}")
+    return value
+
+
+def _bounded(value: int) -> int:
+    if abs(value) > MAX_MAGNITUDE:
+        raise ExpressionError(f"a value exceeds 2**40 ({MAX_MAGNITUDE:,}) in magnitude, the limit for spec arithmetic")
     return value

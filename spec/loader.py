@@ -19,6 +19,7 @@ from rescompile.spec.models import (
     MODULE_ATTRIBUTES,
     MODULE_LEVEL_NAMES,
     RESERVED_NAMES,
+    AddSpec,
     BinarySpec,
     BlockSpec,
     HeadSpec,
@@ -87,12 +88,13 @@ def resolve_network(reference: str | Path) -> Path:
     """A network file path, or a built-in name such as ``resnet50``."""
     text = str(reference)
     path = Path(text)
-    if path.suffix in {".yaml", ".yml"} or "/" in text or path.exists():
-        if not path.exists():
-            raise RescompileError(f"no such file: {text}", Location(text, 1, 1))
+    where = Location(text, 1, 1)
+    if path.suffix in {".yaml", ".yml"} or "/" in text or _exists(path, text, where):
+        if not _exists(path, text, where):
+            raise RescompileError(f"no such file: {text}", where)
         return path
     candidate = builtin_directory() / f"{text}.yaml"
-    if candidate.exists():
+    if _exists(candidate, text, where):
         return candidate
     names = builtin_networks()
     raise RescompileError(
@@ -122,7 +124,7 @@ def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Lo
     if name.endswith((".yaml", ".yml")):
         base = network_file.parent if network_file is not None else Path.cwd()
         path = base / name
-        if path.exists():
+        if _exists(path, name, where):
             return path
         raise RescompileError(f"no such {kind[:-1]} file: {name}", where)
     folders = [builtin_directory() / kind]
@@ -130,13 +132,21 @@ def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Lo
         folders.insert(0, network_file.parent / kind)
     for folder in folders:
         candidate = folder / f"{name}.yaml"
-        if candidate.exists():
+        if _exists(candidate, name, where):
             return candidate
     known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
     raise RescompileError(
         f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)}; known {kind}: {', '.join(known)}",
         where,
     )
+
+
+def _exists(path: Path, name: str, where: Location) -> bool:
+    """Whether ``path`` exists; a name the file system cannot look up (too long) is the user's error."""
+    try:
+        return path.exists()
+    except OSError as error:
+        raise RescompileError(f"cannot look up {name!r}: {error.strerror or error}", where) from None
 
 
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
@@ -170,16 +180,21 @@ class NetworkParts:
     """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
     shortcuts: dict[str, Loaded[PartSpec]]
     """Every shortcut kind of the policy but ``identity``, by name."""
+    files: tuple[Path, ...]
+    """The network file (where there is one) and every part file read: no output may replace them."""
 
 
 def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> NetworkParts:
     """Find and load every part of ``network``: next to ``network_file`` first, else built-in.
     Each file is read once however often it is used."""
     cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
+    files = [network_file] if network_file is not None else []
 
     def get(kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
         if (kind, name) not in cache:
-            cache[(kind, name)] = load_part(resolve_part(kind, name, network_file, where), kind)
+            path = resolve_part(kind, name, network_file, where)
+            cache[(kind, name)] = load_part(path, kind)
+            files.append(path)
         return cache[(kind, name)]
 
     spec = network.spec
@@ -211,7 +226,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
                 f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
                 where,
             ) from None
-    return NetworkParts(stem, blocks, head, policy, shortcuts)
+    return NetworkParts(stem, blocks, head, policy, shortcuts, tuple(files))
 
 
 def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:
@@ -311,6 +326,13 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 )
         available.add(node_name)
     if isinstance(part, BlockSpec):
+        merges = [name for name, node in part.nodes.items() if isinstance(node, AddSpec) and "shortcut" in node.inputs]
+        if len(merges) != 1:
+            found = f"{len(merges)} ({', '.join(merges)})" if merges else "none"
+            raise RescompileError(
+                f"block '{part.name}' needs exactly one residual add (an add node reading 'shortcut'); it has {found}",
+                loaded.source.locate(("nodes", merges[1]) if merges else ("nodes",), key=True),
+            )
         for unknown in sorted(part.out_channels.names - known_names):
             raise RescompileError(
                 f"'{unknown}' in out_channels is not a parameter of block '{part.name}'"
@@ -339,14 +361,25 @@ def _validate(model: type[ModelT], document: YamlDocument) -> ModelT:
     try:
         return model.model_validate(document.data)
     except ValidationError as error:
-        # An unknown key usually explains the missing one next to it (a typo): report it first.
-        errors = sorted(error.errors(), key=lambda detail: detail["type"] != "extra_forbidden")
-        raise _describe(errors[0], model, document) from None
+        raise _describe(_most_helpful(error.errors(), document.data), model, document) from None
+
+
+def _most_helpful(errors: list[ErrorDetails], data: Any) -> ErrorDetails:
+    """The error to report. An unknown key usually explains the missing one next to it (a typo):
+    it comes first. A value of a union type (``size: 224`` or ``[224, 160]``) gets an error from
+    each member; the one that reached deepest into the value, then one that is not merely about
+    the value's type, says the most ('size[1]: input should be a valid integer', not 'size.int')."""
+
+    def rank(error: ErrorDetails) -> tuple[bool, int, bool]:
+        data_path, _ = _split_location(error, data)
+        return error["type"] != "extra_forbidden", -len(data_path), error["type"].endswith("_type")
+
+    return min(errors, key=rank)
 
 
 def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocument) -> RescompileError:
     """One pydantic error as a located, human message."""
-    data_path, schema_path = _split_location(error["loc"], document.data)
+    data_path, schema_path = _split_location(error, document.data)
     where = _dotted(data_path)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -381,28 +414,26 @@ def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocumen
 _MISSING = object()
 
 
-def _split_location(loc: tuple[int | str, ...], data: Any) -> tuple[YamlPath, YamlPath]:
-    """Drop pydantic's union-member segments (e.g. the op tag) that are not keys of the data.
+def _split_location(error: ErrorDetails, data: Any) -> tuple[YamlPath, YamlPath]:
+    """Drop pydantic's union-member labels (``int``, ``str``, ``constrained-int``, ``tuple[...]``,
+    a model's name) that are not keys of the data.
 
-    Returns the path in the YAML data, and the path in the schema (data keys plus union tags).
+    Returns the path in the YAML data, and the path in the schema (data keys plus op tags).
     """
+    loc = error["loc"]
     data_path: list[str | int] = []
     schema_path: list[str | int] = []
     current: Any = data
-    for segment in loc:
+    for position, segment in enumerate(loc):
         child = _child(current, segment)
         if child is not _MISSING:
             current = child
             data_path.append(segment)
-        elif isinstance(current, dict) and (
-            current.get("op") == segment or (isinstance(segment, str) and "[" in segment)
-        ):
-            pass  # a union member's tag, not a key of the data
-        elif isinstance(current, dict | list):
-            data_path.append(segment)  # a missing key or an extra one
+        elif isinstance(current, dict) and error["type"] == "missing" and position == len(loc) - 1:
+            data_path.append(segment)  # the missing key
             current = _MISSING
-        else:
-            continue  # union members of scalar values (e.g. 'int', 'tuple[...]')
+        elif not (isinstance(current, dict) and current.get("op") == segment):
+            continue  # a union member's label; an op tag stays in the schema path
         schema_path.append(segment)
     return tuple(data_path), tuple(schema_path)
 

@@ -12,7 +12,7 @@ import keyword
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 
@@ -95,6 +95,11 @@ MODULE_ATTRIBUTES = frozenset(
 would replace one, and the module would silently compute something else. Stage attributes
 (``layer1``, ...) are refused for stem and head nodes apart."""
 
+MAX_SIZE = 16_384
+"""The largest input height or width: an image 16,384 pixels a side is 256 megapixels."""
+Count = Annotated[int, Field(strict=True, gt=0)]
+"""A positive integer, strictly: YAML's ``true`` and ``"3"`` are not counts."""
+Size = Annotated[int, Field(strict=True, gt=0, le=MAX_SIZE)]
 Name = Annotated[str, AfterValidator(_check_name)]
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
 ParameterValue = int | str | bool
@@ -122,7 +127,7 @@ class ConvSpec(OpBase):
 
 class BatchNormSpec(OpBase):
     op: Literal["batch_norm"]
-    epsilon: float = Field(default=1e-5, gt=0)
+    epsilon: float = Field(default=1e-5, gt=0, allow_inf_nan=False)
     momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
@@ -254,8 +259,8 @@ class ShortcutSpec(PartSpec):
 
 
 class InputSpec(StrictModel):
-    channels: PositiveInt = 3
-    size: PositiveInt | tuple[PositiveInt, PositiveInt]
+    channels: Count = 3
+    size: Size | tuple[Size, Size]
 
     @property
     def height_width(self) -> tuple[int, int]:
@@ -263,9 +268,9 @@ class InputSpec(StrictModel):
 
 
 class StageSpec(StrictModel):
-    depth: PositiveInt
-    width: PositiveInt
-    stride: PositiveInt = 1
+    depth: Count
+    width: Count
+    stride: Count = 1
     block: str | None = Field(default=None, description="This stage's block type; default: the network's block.")
     block_parameters: Parameters = Field(
         default_factory=dict,

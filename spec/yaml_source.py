@@ -7,6 +7,8 @@ every mapping key and value has a :class:`Location` for error messages.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,13 @@ from rescompile.spec.errors import Location, RescompileError
 
 YamlPath = tuple[str | int, ...]
 
+# Limits on what a spec file may hold, so that no input exhausts memory, time or the stack.
+MAX_FILE_BYTES = 2**20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+MAX_INTEGER = 2**31
+_MAX_INTEGER_DIGITS = 40  # more than any number within MAX_INTEGER has in any base (binary: 32)
+
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -25,6 +34,7 @@ _SCALAR_TAGS = {
     "tag:yaml.org,2002:null",
 }
 _MAPPING_TAG = "tag:yaml.org,2002:map"
+_INT_TAG = "tag:yaml.org,2002:int"
 _SEQUENCE_TAG = "tag:yaml.org,2002:seq"
 
 
@@ -60,52 +70,120 @@ def _location(file: str, mark: yaml.Mark | None) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
+class _Composer(yaml.SafeLoader):
+    """PyYAML's composer recurses once per nesting level: refuse a document nested past
+    :data:`MAX_DEPTH` before Python's recursion limit is reached."""
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _depth_error(_location(self.file, event.start_mark))
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def parse_yaml(text: str, file: str) -> YamlDocument:
     """Parse one YAML document into plain data plus a :class:`SourceMap`."""
+    composer: _Composer | None = None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        composer = _Composer(text, file)  # its reader checks every character here
+        root = composer.get_single_node()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or error.context or "malformed YAML"
         raise RescompileError(f"malformed YAML: {problem}", _location(file, mark)) from None
+    except yaml.reader.ReaderError as error:
+        # Its str() adds a second line ('in "<unicode string>", position N'); say it in one.
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        character = ascii(chr(error.character)) if isinstance(error.character, int) else repr(error.character)
+        raise RescompileError(f"malformed YAML: {error.reason}: {character}", Location(file, line, column)) from None
     except yaml.YAMLError as error:
         raise RescompileError(f"malformed YAML: {error}", Location(file, 1, 1)) from None
+    finally:
+        if composer is not None:
+            composer.dispose()
     if root is None:
         raise RescompileError("the file is empty; expected a YAML mapping", Location(file, 1, 1))
-    source = SourceMap(file)
-    constructor = yaml.SafeLoader("")
-    data = _build(root, (), source, constructor)
-    return YamlDocument(data, source)
+    builder = _Builder(SourceMap(file))
+    data = builder.build(root, ())
+    return YamlDocument(data, builder.source)
 
 
-def _build(node: yaml.Node, path: YamlPath, source: SourceMap, constructor: yaml.SafeLoader) -> Any:
-    location = _location(source.file, node.start_mark)
-    source.values[path] = location
-    if isinstance(node, yaml.MappingNode):
-        if node.tag != _MAPPING_TAG:
+class _Builder:
+    """Plain data from a composed node tree. An alias is the node it names, so the walk revisits
+    it: it counts every value it builds (billion laughs) and its depth (recursive aliases)."""
+
+    def __init__(self, source: SourceMap) -> None:
+        self.source = source
+        self.constructor = yaml.SafeLoader("")
+        self.values = 0
+
+    def build(self, node: yaml.Node, path: YamlPath) -> Any:
+        location = _location(self.source.file, node.start_mark)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise RescompileError(
+                f"the document holds more than {MAX_VALUES:,} values (counting each use of an alias); "
+                "that is the limit",
+                location,
+            )
+        if len(path) >= MAX_DEPTH:
+            raise _depth_error(location)
+        self.source.values[path] = location
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAPPING_TAG:
+                raise _tag_error(node.tag, location)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key_location = _location(self.source.file, key_node.start_mark)
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
+                    if key_node.tag not in _SCALAR_TAGS and not key_node.tag.startswith("tag:yaml.org"):
+                        raise _tag_error(key_node.tag, key_location)
+                    raise RescompileError("mapping keys must be plain words", key_location)
+                key = _encodable(str(key_node.value), key_location)
+                if key in result:
+                    raise RescompileError(f"duplicate key '{key}'", key_location)
+                self.source.keys[(*path, key)] = key_location
+                result[key] = self.build(value_node, (*path, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQUENCE_TAG:
+                raise _tag_error(node.tag, location)
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        if node.tag not in _SCALAR_TAGS:
             raise _tag_error(node.tag, location)
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key_location = _location(source.file, key_node.start_mark)
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
-                if key_node.tag not in _SCALAR_TAGS and not key_node.tag.startswith("tag:yaml.org"):
-                    raise _tag_error(key_node.tag, key_location)
-                raise RescompileError("mapping keys must be plain words", key_location)
-            key = _encodable(str(key_node.value), key_location)
-            if key in result:
-                raise RescompileError(f"duplicate key '{key}'", key_location)
-            source.keys[(*path, key)] = key_location
-            result[key] = _build(value_node, (*path, key), source, constructor)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        if node.tag != _SEQUENCE_TAG:
-            raise _tag_error(node.tag, location)
-        return [_build(item, (*path, index), source, constructor) for index, item in enumerate(node.value)]
-    assert isinstance(node, yaml.ScalarNode)
-    if node.tag not in _SCALAR_TAGS:
-        raise _tag_error(node.tag, location)
-    value = constructor.construct_object(node, deep=True)
-    return _encodable(value, location) if isinstance(value, str) else value
+        if node.tag == _INT_TAG and _significant_length(node.value) > _MAX_INTEGER_DIGITS:
+            raise _integer_error(location)  # before Python converts a 100,000-digit number
+        value = self.constructor.construct_object(node, deep=True)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            raise _integer_error(location)
+        return _encodable(value, location) if isinstance(value, str) else value
+
+
+def _significant_length(text: str) -> int:
+    """How many digits a YAML integer has, leaving out its sign, base prefix, '_' and leading zeros."""
+    digits = text.replace("_", "").lstrip("+-")
+    if digits[:2].lower() in ("0x", "0o", "0b"):
+        digits = digits[2:]
+    return len(digits.lstrip("0"))
+
+
+def _integer_error(location: Location) -> RescompileError:
+    return RescompileError(f"integer out of range: spec integers lie within ±2**31 (±{MAX_INTEGER:,})", location)
+
+
+def _depth_error(location: Location) -> RescompileError:
+    return RescompileError(f"the document nests deeper than {MAX_DEPTH} levels; that is the limit", location)
 
 
 def _encodable(text: str, location: Location) -> str:
@@ -128,14 +206,37 @@ def _tag_error(tag: str, location: Location) -> RescompileError:
 
 
 def read_yaml(path: Path, shown_as: str | None = None) -> YamlDocument:
-    """Read and parse ``path``; ``shown_as`` is the name used in error messages."""
+    """Read and parse ``path``; ``shown_as`` is the name used in error messages.
+
+    Only a regular file of at most :data:`MAX_FILE_BYTES` is read: a FIFO would block forever and
+    ``/dev/zero`` never ends. O_NONBLOCK keeps the open itself from blocking should the file be
+    swapped for a FIFO after the check; the check is repeated on what was opened.
+    """
     name = shown_as if shown_as is not None else str(path)
+    where = Location(name, 1, 1)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise RescompileError(f"{name} is a directory, not a YAML file", where)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                raise RescompileError(f"{name} is not a regular file; specs are read only from regular files", where)
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise RescompileError(f"no such file: {name}", Location(name, 1, 1)) from None
-    except IsADirectoryError:
-        raise RescompileError(f"{name} is a directory, not a YAML file", Location(name, 1, 1)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RescompileError(f"cannot read {name}: {error}", Location(name, 1, 1)) from None
+        raise RescompileError(f"no such file: {name}", where) from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL character in the path
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise RescompileError(f"cannot read {name}: {reason}", where) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise RescompileError(
+            f"{name} is larger than 1 MiB ({MAX_FILE_BYTES:,} bytes), the limit for a spec file", where
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise RescompileError(
+            f"{name} is not UTF-8 text (byte 0x{data[error.start]:02x})", Location(name, line, column)
+        ) from None
     return parse_yaml(text, name)

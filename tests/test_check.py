@@ -100,3 +100,33 @@ def test_check_loads_weights_from_a_safetensors_file(tmp_path: Path) -> None:
     save_weights(random_weights(wrong, seed=9), tmp_path / "wrong.safetensors")
     with pytest.raises(RescompileError, match=r"^weights do not fit resnet20: unexpected: layer1\.3\."):
         main(["resnet20", "--backends", "torch,onnx", "--weights", str(tmp_path / "wrong.safetensors")])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--atol", "nan"], "argument --atol: expected a finite tolerance of at least 0, got 'nan'"),
+        (["--rtol", "-0.1"], "argument --rtol: expected a finite tolerance of at least 0, got '-0.1'"),
+        (["--atol", "inf"], "argument --atol: expected a finite tolerance of at least 0, got 'inf'"),
+        (["--seed", "-1"], "argument --seed: expected a seed from 0 to 4294967295, got '-1'"),
+        (["--seed", "2**40"], "argument --seed: expected a seed from 0 to 4294967295, got '2**40'"),
+    ],
+)
+def test_check_refuses_meaningless_options(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NaN tolerance made every comparison pass; a negative seed was a numpy traceback."""
+    with pytest.raises(SystemExit) as raised:
+        main(["resnet20", *arguments])
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"rescompile check: error: {message}"
+
+
+def test_check_bounds_the_batch_by_the_memory_it_needs() -> None:
+    """resnet20 computes 669,834 activation values per input: a batch of 10^8 asked for 268 TB."""
+    with pytest.raises(RescompileError) as raised:
+        main(["resnet20", "--batch", "100000000", "--backends", "torch,onnx"])
+    assert str(raised.value) == (
+        "--batch 100000000 needs 66,983,400,000,000 activation values per backend, over the limit of "
+        "1,073,741,824 (4 GiB in fp32); use a smaller --batch or --size"
+    )

@@ -9,6 +9,8 @@ import pytest
 
 from rescompile.cli import main
 
+ROOT = Path(__file__).parent.parent
+
 BAD_SPEC = """\
 name: bad
 input: {channels: 3, size: 32}
@@ -155,3 +157,66 @@ def test_usage_errors_exit_2_and_help_works(tmp_path: Path) -> None:
     for arguments in (["--help"], ["validate", "--help"], ["cost", "--help"], ["list", "--help"]):
         result = run_cli(*arguments, cwd=tmp_path)
         assert result.returncode == 0 and "usage: rescompile" in result.stdout, arguments
+
+
+GOOD_SPEC = BAD_SPEC.replace("basik", "basic")
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("net.yaml", "cannot write net.yaml: it is an input of this compile (net.yaml)"),
+        ("./blocks/../net.yaml", "cannot write blocks/../net.yaml: it is an input of this compile (net.yaml)"),
+        ("blocks/basic.yaml", "cannot write blocks/basic.yaml: it is an input of this compile (blocks/basic.yaml)"),
+        ("stdout", "cannot write stdout: it is a symbolic link; rescompile writes only regular files"),
+        ("/dev/null", "cannot write /dev/null: it is a character device; rescompile writes only regular files"),
+    ],
+)
+def test_outputs_are_regular_files_and_never_an_input(
+    output: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.yaml").write_text(GOOD_SPEC)
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "basic.yaml").write_text((ROOT / "architectures" / "blocks" / "basic.yaml").read_text())
+    (tmp_path / "stdout").symlink_to("/proc/self/fd/1")
+    before = {path: path.read_bytes() for path in (tmp_path / "net.yaml", tmp_path / "blocks" / "basic.yaml")}
+    assert main(["net.yaml", "--backend", "onnx", "-o", output]) == 1
+    assert capsys.readouterr().err == expected + "\n"
+    assert {path: path.read_bytes() for path in before} == before
+    assert (tmp_path / "stdout").is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["blocks", "net.yaml", "stdout"]
+
+
+def test_the_default_output_stays_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default output is NAME.onnx or NAME_BACKEND.py, and a name cannot hold a path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.yaml").write_text(GOOD_SPEC.replace("name: bad", "name: ../escaped"))
+    assert main(["net.yaml", "--backend", "onnx"]) == 1
+    assert capsys.readouterr().err == (
+        "net.yaml:1:7: name: a name starts with a letter and has at most 64 letters, digits, '_' or '-' "
+        "(got '../escaped')\n"
+    )
+    assert sorted(path.name for path in tmp_path.parent.iterdir() if "escaped" in path.name) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["resnet20", "--size", "20000"], "argument --size: a size is at most 16,384, got '20000'"),
+        (["cost", "resnet20", "--size", "32x16385"], "argument --size: a size is at most 16,384, got '32x16385'"),
+        (
+            ["resnet20", "--backend", "onnx", "--seed", "-1"],
+            "argument --seed: expected a seed from 0 to 4294967295, got '-1'",
+        ),
+    ],
+)
+def test_option_values_out_of_range_are_usage_errors(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(arguments)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")

@@ -110,7 +110,8 @@ def test_nested_paths_in_flax_and_all_backends_agree(tmp_path: Path, capsys: pyt
             SE_BLOCK.replace("se.pool:", "downsample.pool:").replace(
                 "se.fc1: {op: conv,", "se.fc1: {input: downsample.pool, op: conv,"
             ),
-            "blocks/se_basic.yaml:9:3: block 'se_basic' has a node 'downsample.pool' where shortcut 'projection' keeps",
+            "shortcut 'projection' is held in module 'downsample', which is also the container of node "
+            "'downsample.pool' of block 'se_basic'; rename one of them",
         ),
     ],
 )
@@ -121,7 +122,9 @@ def test_names_that_cannot_be_honoured_are_located_errors(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RescompileError) as raised:
         compile_spec("net.yaml")
-    assert str(raised.value).startswith(expected), str(raised.value)
+    message = str(raised.value)
+    # The last case is located in the built-in shortcut's file, wherever the package is installed.
+    assert message.startswith(expected) or message.endswith(f"projection.yaml:5:9: {expected}"), message
 
 
 def test_attribute_access_and_containers() -> None:

@@ -4,6 +4,8 @@ Each case writes a small network (and, where needed, a part) into a temporary fo
 expected line and column can be read off the text below.
 """
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,8 +56,7 @@ CASES = {
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
         {},
-        "net.yaml:7:13: stages[0].depth: input should be a valid integer, unable to parse string as an integer "
-        "(got 'three')",
+        "net.yaml:7:13: stages[0].depth: input should be a valid integer (got 'three')",
     ),
     "unknown_block_near_miss": (
         network(("block: basic", "block: bottlenek")),
@@ -170,6 +171,7 @@ CASES = {
         {
             "blocks/mine.yaml": "name: mine\nparameters: {ratio: required}\nout_channels: width\nnodes:\n"
             "  conv1: {op: conv, out_channels: width * ratio, kernel: 3}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
         },
         "net.yaml:4:8: block 'mine' needs parameter 'ratio'; set it in block_parameters",
     ),
@@ -182,6 +184,174 @@ CASES = {
         },
         "blocks/mine.yaml:2:15: layer1.0: block 'mine' declares out_channels = width * 2 = 32, "
         "but its branch reaching 'add' produces 16 channels",
+    ),
+    # Limits, and the values pydantic's lax mode used to convert.
+    "boolean_width": (
+        network(("{depth: 1, width: 16}", "{depth: 1, width: true}")),
+        {},
+        "net.yaml:7:23: stages[0].width: input should be a valid integer (got True)",
+    ),
+    "numeric_string_depth": (
+        network(("{depth: 1, width: 16}", "{depth: '1', width: 16}")),
+        {},
+        "net.yaml:7:13: stages[0].depth: input should be a valid integer (got '1')",
+    ),
+    "integer_over_the_limit": (
+        network(("{depth: 1, width: 16}", "{depth: 1, width: 9223372036854775808}")),
+        {},
+        "net.yaml:7:23: integer out of range: spec integers lie within ±2**31 (±2,147,483,648)",
+    ),
+    "integer_of_5000_digits": (
+        network(("size: 32", "size: " + "9" * 5000)),
+        {},
+        "net.yaml:2:28: integer out of range: spec integers lie within ±2**31 (±2,147,483,648)",
+    ),
+    "size_over_the_limit": (
+        network(("size: 32", "size: 100000")),
+        {},
+        "net.yaml:2:28: input.size: input should be less than or equal to 16384 (got 100000)",
+    ),
+    "too_many_blocks": (
+        network(("{depth: 1, width: 16}", "{depth: 10000, width: 16}")),
+        {},
+        "net.yaml:7:3: the stages hold 10,001 blocks; a network has at most 10,000",
+    ),
+    "weights_over_the_limit": (
+        network(("width: 32, stride: 2", "width: 2147483647, stride: 2")),
+        {},
+        "net.yaml:8:5: layer2.0: the network's weights pass 4,294,967,296 values (2**32) here; use smaller widths",
+    ),
+    "epsilon_infinite": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n  bn: {op: batch_norm, epsilon: .inf}\n"},
+        "blocks/mine.yaml:4:33: nodes.bn.epsilon: input should be a finite number (got inf)",
+    ),
+    "derived_values_that_square": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nderived:\n  a: width * width\n  b: a * a\n"
+            "  c: b * b\n  d: c * c\nnodes:\n  conv1: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
+        },
+        "blocks/mine.yaml:7:6: derived.d = c * c: a value exceeds 2**40 (1,099,511,627,776) in magnitude, "
+        "the limit for spec arithmetic",
+    ),
+    "expression_too_long": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            f"  conv1: {{op: conv, out_channels: width{' + 0' * 300}, kernel: 3}}\n"
+        },
+        "blocks/mine.yaml:4:35: nodes.conv1.out_channels: an expression has at most 1,000 characters; "
+        f"this one has 1,205 (got 'width{' + 0' * 300}')",
+    ),
+    "expression_too_deep": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            f"  conv1: {{op: conv, out_channels: '{'-' * 40}width', kernel: 3}}\n"
+        },
+        f"blocks/mine.yaml:4:35: nodes.conv1.out_channels: '{'-' * 40}width' nests more than 32 operations deep; "
+        "that is the limit",
+    ),
+    "comparing_a_string_with_an_integer": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nparameters: {mode: wide}\nout_channels: width\nderived:\n"
+            "  factor: 2 if mode > 1 else 1\nnodes:\n  conv1: {op: conv, out_channels: width, kernel: 3}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n"
+        },
+        "blocks/mine.yaml:5:11: derived.factor = 2 if mode > 1 else 1: a comparison needs integers, got 'wide'",
+    ),
+    "part_name_too_long_for_the_file_system": (
+        network(("block: basic", "block: " + "b" * 300)),
+        {},
+        f"net.yaml:4:8: cannot look up '{'b' * 300}': File name too long",
+    ),
+    "deep_nesting": (
+        network(("head: classifier", "head: " + "[" * 100 + "]" * 100)),
+        {},
+        "net.yaml:9:70: the document nests deeper than 64 levels; that is the limit",
+    ),
+    "recursive_alias": (
+        network(("head: classifier", "head: &loop [*loop]")),
+        {},
+        "net.yaml:9:7: the document nests deeper than 64 levels; that is the limit",
+    ),
+    "billion_laughs_in_a_part": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+        },
+        "blocks/mine.yaml:1:35: the document holds more than 100,000 values (counting each use of an alias); "
+        "that is the limit",
+    ),
+    "control_character": (
+        network(("name: bad", "name: bad\x00")),
+        {},
+        "net.yaml:1:10: malformed YAML: special characters are not allowed: '\\x00'",
+    ),
+    # Messages: one line whatever the user text, and no pydantic internals.
+    "newline_in_user_text": (
+        network(("block: basic", 'block: "bas\\nic\\e[31m"')),
+        {},
+        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: basic, bottleneck",
+    ),
+    "size_list_too_long": (
+        network(("size: 32", "size: [32, 32, 32]")),
+        {},
+        "net.yaml:2:28: input.size: tuple should have at most 2 items after validation, not 3",
+    ),
+    "size_list_with_a_boolean": (
+        network(("size: 32", "size: [32, true]")),
+        {},
+        "net.yaml:2:33: input.size[1]: input should be a valid integer (got True)",
+    ),
+    "policy_missing_a_key": (
+        network(("shortcut: B", "shortcut: {where_shapes_match: identity}")),
+        {},
+        "net.yaml:5:11: missing required key 'where_shapes_change' in shortcut",
+    ),
+    "policy_with_a_number": (
+        network(("shortcut: B", "shortcut: {where_shapes_match: identity, where_shapes_change: 3}")),
+        {},
+        "net.yaml:5:63: shortcut.where_shapes_change: input should be a valid string (got 3)",
+    ),
+    # Found by the fuzzer (tests/fuzz): each was a StopIteration or VerificationError traceback.
+    "block_without_a_residual_add": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3}\n"
+        },
+        "blocks/mine.yaml:3:1: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
+        "it has none",
+    ),
+    "head_without_flat_features": (
+        network(("head: classifier", "head: mine"), ("head_parameters: {classes: 10}\n", "")),
+        {"heads/mine.yaml": "name: mine\nnodes:\n  avgpool: {op: global_average_pool}\n"},
+        "heads/mine.yaml:3:12: head 'mine' must end with flat features (e.g. flatten, then linear); "
+        "it ends with shape 32×1×1",
+    ),
+    "shortcut_module_named_like_a_node": (
+        network(),
+        {
+            "shortcuts/projection.yaml": "name: projection\nmodule: bn1\nnodes:\n"
+            "  conv: {op: conv, out_channels: out_channels, kernel: 1, stride: stride}\n"
+        },
+        "shortcuts/projection.yaml:2:9: shortcut 'projection' is held in module 'bn1', which is also a node of "
+        "block 'basic'; rename one of them",
+    ),
+    "block_with_two_residual_adds": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
+            "  add: {op: add, inputs: [conv1, shortcut]}\n  add2: {op: add, inputs: [add, shortcut]}\n"
+        },
+        "blocks/mine.yaml:6:3: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
+        "it has 2 (add, add2)",
     ),
 }
 
@@ -219,3 +389,45 @@ def test_a_python_tag_is_never_executed(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(RescompileError):
         compile_spec("net.yaml")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            os.mkfifo,
+            "blocks/mine.yaml:1:1: blocks/mine.yaml is not a regular file; specs are read only from regular files",
+        ),
+        (
+            lambda path: path.symlink_to("/dev/zero"),
+            "blocks/mine.yaml:1:1: blocks/mine.yaml is not a regular file; specs are read only from regular files",
+        ),
+        (
+            lambda path: path.write_bytes(b"# " + b"x" * 2**20),
+            "blocks/mine.yaml:1:1: blocks/mine.yaml is larger than 1 MiB (1,048,576 bytes), the limit for a spec file",
+        ),
+        (
+            lambda path: path.write_bytes(b"name: mine\ndescription: caf\xe9\n"),
+            "blocks/mine.yaml:2:17: blocks/mine.yaml is not UTF-8 text (byte 0xe9)",
+        ),
+    ],
+)
+def test_only_small_regular_text_files_are_read(
+    make: Callable[[Path], None], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO would block forever and /dev/zero never ends: both are refused before reading."""
+    (tmp_path / "net.yaml").write_text(network(("block: basic", "block: mine")))
+    (tmp_path / "blocks").mkdir()
+    make(tmp_path / "blocks" / "mine.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    assert str(raised.value) == expected
+
+
+def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "net\n.yaml").write_text("name: [")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net\n.yaml")
+    assert str(raised.value) == "net\\n.yaml:1:8: malformed YAML: expected the node content, but found '<stream end>'"

@@ -53,3 +53,33 @@ def test_unknown_name_and_division_by_zero_are_errors() -> None:
 
 def test_names_lists_referenced_parameters() -> None:
     assert parse_expression("a * b if c == 'x' else d").names == {"a", "b", "c", "d"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1" + " + 1" * 100_000, "an expression has at most 1,000 characters; this one has 400,001"),
+        ("-" * 33 + "1", f"'{'-' * 33}1' nests more than 32 operations deep; that is the limit"),
+        ("(" * 300 + "1" + ")" * 300, "cannot parse expression"),  # Python's own parser limit, not a crash
+        ("2199023255552", "a value exceeds 2**40 (1,099,511,627,776) in magnitude, the limit for spec arithmetic"),
+    ],
+)
+def test_expressions_are_bounded_in_size_and_constants(text: str, message: str) -> None:
+    with pytest.raises(ExpressionError) as raised:
+        parse_expression(text)
+    assert str(raised.value).startswith(message)
+
+
+def test_every_intermediate_value_is_bounded() -> None:
+    """Squaring twice from 2**20 would pass 2**80; the product past 2**40 is refused at once."""
+    with pytest.raises(ExpressionError) as raised:
+        parse_expression("a * a * a").evaluate({"a": 2**20})
+    assert str(raised.value) == "a value exceeds 2**40 (1,099,511,627,776) in magnitude, the limit for spec arithmetic"
+    assert parse_expression("a * a").evaluate({"a": 2**20}) == 2**40
+
+
+def test_order_comparisons_need_integers() -> None:
+    with pytest.raises(ExpressionError) as raised:
+        parse_expression("mode < 3").evaluate({"mode": "wide"})
+    assert str(raised.value) == "a comparison needs integers, got 'wide'"
+    assert parse_expression("mode == 3").evaluate({"mode": "wide"}) is False
