@@ -249,10 +249,10 @@ def _ceil_pads(site: Site, op: MaxPool | AvgPool) -> list[int]:
 def _max_pool(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, MaxPool)
+    # NOTE: every pad stays below the kernel, as ONNX Runtime requires: torch's declared padding is
+    # at most half the kernel, and ceil_mode's last window starts inside the input or its declared
+    # padding, so its end lies less than a kernel past them.
     pads = _ceil_pads(site, op)
-    if any(pad >= kernel for pad, kernel in zip(pads, [*op.kernel, *op.kernel], strict=True)):
-        # ONNX Runtime (and torch) refuse a pad as large as the kernel; max pooling ignores padding.
-        raise _cannot(site, "ceil_mode would need end padding as large as the kernel")
     builder.node(
         "MaxPool",
         [site.inputs[0]],
