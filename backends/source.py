@@ -304,26 +304,10 @@ def _derived(definition: Definition) -> dict[str, str]:
     return {name: expression_source(expression) for name, expression in definition.derived}
 
 
-def _class_nodes(definition: Definition) -> list[SymbolicNode]:
-    for node in definition.nodes:
-        if node.kind == "linear":
-            # Its in_features is a spatial size, which no parameter of the class states.
-            raise RescompileError(
-                f"a linear node inside a {definition.role} ({definition.name}.{node.name}) is not supported by "
-                "source emitters",
-                node.source,
-            )
-    return list(definition.nodes)
-
-
 def shortcut_attribute(graph: Graph) -> str | None:
     """Where every block keeps its shortcut module (``downsample``); None for a plain network."""
+    # NOTE: expand has checked that every shortcut kind of a network uses one attribute.
     attributes = {block.shortcut_module for block in graph.blocks if block.shortcut_module}
-    if len(attributes) > 1:
-        raise RescompileError(
-            f"shortcut kinds of {graph.name} keep their layers under different names "
-            f"({', '.join(sorted(attributes))}); give them one 'module' name"
-        )
     return None if not graph.residual else next(iter(attributes), "downsample")
 
 
@@ -337,7 +321,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         parameters: dict[str, Value] = dict(definition.parameters)
         for name in [*parameters, *_derived(definition)]:
             check_identifier(name, "block parameter")
-        nodes = _class_nodes(definition)
+        nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
         zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
@@ -364,18 +348,11 @@ def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
     for definition in graph.definitions:
         if definition.role != "shortcut":
             continue
-        nodes = _class_nodes(definition)
+        nodes = list(definition.nodes)
         sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
             node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
             for index, node in enumerate(nodes)
         )
-        numbered = [node for node in nodes if node.name.split(".")[0].isdigit()]
-        if numbered and not sequential:
-            raise RescompileError(
-                f"shortcut '{definition.name}': node '{numbered[0].name}' is numbered, which only a chain of nodes "
-                "named 0, 1, 2, ... (a Sequential) may be; name it",
-                numbered[0].source,
-            )
         derived = _derived(definition)
         classes.append(ShortcutClass(definition, source_nodes(nodes, "x", "out"), derived, sequential and not derived))
     return classes

@@ -119,6 +119,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             head.locate("nodes", list(head.spec.nodes)[-1]),
         )
     _check_weight_count(modules)
+    held_in = {shortcut.spec.module for shortcut in used_shortcuts.values() if isinstance(shortcut.spec, ShortcutSpec)}
+    if len(held_in) > 1:
+        raise RescompileError(
+            f"the network's shortcut kinds keep their layers under different names ({', '.join(sorted(held_in))}); "
+            "a block holds its shortcut in one attribute: give them one 'module'",
+            network.locate("shortcut"),
+        )
     distinct_blocks: dict[str, Loaded[PartSpec]] = {}
     for index, block in enumerate(blocks):
         if distinct_blocks.setdefault(block.spec.name, block) is not block:
@@ -142,6 +149,30 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         source=network.locate(),
         files=parts.files,
     )
+
+
+def _check_class_nodes(part: Loaded[PartSpec], role: DefinitionRole, nodes: list[SymbolicNode]) -> None:
+    """What the torch and flax backends need to write a block or shortcut as one class, checked
+    here so that ``validate`` refuses what they would refuse."""
+    for node in nodes:
+        if node.kind == "linear":
+            raise RescompileError(
+                f"{role} '{part.spec.name}': node '{node.name}' is a linear layer, which the torch and flax backends "
+                f"cannot write in a {role} class (its in_features is a spatial size no parameter states); "
+                "use a 1×1 conv",
+                part.source.locate(("nodes", node.name), key=True),
+            )
+    numbered = [node for node in nodes if node.name.split(".")[0].isdigit()]
+    chain = all(
+        node.name == str(index) and node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
+        for index, node in enumerate(nodes)
+    )
+    if numbered and not (chain and not part.spec.derived):
+        raise RescompileError(
+            f"{role} '{part.spec.name}': node '{numbered[0].name}' is numbered, which only a chain of nodes named "
+            "0, 1, 2, ... without derived values (a Sequential, torchvision's downsample) may be; name it",
+            part.source.locate(("nodes", numbered[0].name), key=True),
+        )
 
 
 def _check_weight_count(modules: list[Module]) -> None:
@@ -186,6 +217,8 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         }
         attributes, channels[name] = OPS[node_spec.op].symbolic(attributes, channels.get(inputs[0]))
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
+    if role in ("block", "shortcut"):
+        _check_class_nodes(part, role, nodes)
     return Definition(
         role=role,
         name=spec.name,

@@ -10,6 +10,7 @@ import pytest
 
 from rescompile.compiler.expand import expand
 from rescompile.compiler.pipeline import compile_spec
+from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import load_network, load_parts, resolve_network
 
 
@@ -35,3 +36,59 @@ def test_load_parts_reads_each_stage_block_once_per_name() -> None:
     assert all(block is parts.blocks[0] for block in parts.blocks)
     assert parts.policy == ("identity", "projection")
     assert list(parts.shortcuts) == ["projection"]
+
+
+NETWORK = "name: net\ninput: {channels: 3, size: 32}\nstem: cifar\nblock: mine\nshortcut: B\n"
+NETWORK += "stages:\n  - {depth: 1, width: 16}\n  - {depth: 1, width: 32, stride: 2}\n"
+BLOCK = "name: mine\nout_channels: width\nnodes:\n"
+BLOCK += "  conv1: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}\n"
+BLOCK += "  add: {op: add, inputs: [conv1, shortcut]}\n"
+
+
+@pytest.mark.parametrize(
+    ("network", "parts", "expected"),
+    [
+        (
+            NETWORK,
+            {
+                "blocks/mine.yaml": BLOCK.replace(
+                    "  add:",
+                    "  pool: {op: global_average_pool}\n  flat: {op: flatten}\n"
+                    "  fc: {op: linear, out_features: width}\n  add:",
+                )
+            },
+            "blocks/mine.yaml:7:3: block 'mine': node 'fc' is a linear layer, which the torch and flax backends "
+            "cannot write in a block class",
+        ),
+        (
+            NETWORK.replace("shortcut: B", "shortcut: {where_shapes_match: identity, where_shapes_change: odd}"),
+            {
+                "blocks/mine.yaml": BLOCK,
+                "shortcuts/odd.yaml": "name: odd\nnodes:\n  '1': {op: conv, out_channels: out_channels, kernel: 1, "
+                "stride: stride}\n  '0': {op: batch_norm}\n",
+            },
+            "shortcuts/odd.yaml:3:3: shortcut 'odd': node '1' is numbered, which only a chain of nodes named 0, 1, 2",
+        ),
+        (
+            NETWORK.replace("shortcut: B", "shortcut: {where_shapes_match: other, where_shapes_change: projection}"),
+            {
+                "blocks/mine.yaml": BLOCK,
+                "shortcuts/other.yaml": "name: other\nmodule: proj\nnodes:\n  conv: {op: conv, out_channels: "
+                "out_channels, kernel: 1, stride: stride}\n",
+            },
+            "net.yaml:5:11: the network's shortcut kinds keep their layers under different names (downsample, proj)",
+        ),
+    ],
+    ids=["linear-in-a-block", "numbered-shortcut-not-a-chain", "two-shortcut-modules"],
+)
+def test_what_a_source_backend_would_refuse_is_a_located_error_at_validate_time(
+    network: str, parts: dict[str, str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "net.yaml").write_text(network)
+    for name, text in parts.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    assert str(raised.value).startswith(expected), str(raised.value)
