@@ -9,15 +9,23 @@ back unchanged from the generated docstring or default value.
 from __future__ import annotations
 
 import ast
+import keyword
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rescompile.backends import flax_backend, onnx_backend, torch_backend
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.pipeline import compile_spec
+from rescompile.compiler.weights import random_weights
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.models import MODULE_ATTRIBUTES, MODULE_LEVEL_NAMES, RESERVED_NAMES
 
 PAYLOADS = [
     'x"""; __import__("pathlib").Path("PWNED").touch(); """',
@@ -206,3 +214,51 @@ def test_names_that_would_be_code_are_located_errors_at_validate_time(
     with pytest.raises(RescompileError) as raised:
         compile_spec(tmp_path / "net.yaml")
     assert str(raised.value).startswith(expected), str(raised.value)
+
+
+SEGMENT = st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True).filter(
+    lambda name: not keyword.iskeyword(name) and name not in RESERVED_NAMES | MODULE_LEVEL_NAMES | MODULE_ATTRIBUTES
+)
+NODE_NAMES = st.lists(
+    st.lists(SEGMENT, min_size=1, max_size=2).map(".".join), min_size=5, max_size=5, unique=True
+).filter(lambda names: "shortcut" not in names and "input" not in names)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=NODE_NAMES, description=st.text(max_size=30), value=st.text(max_size=30))
+def test_accepted_specs_with_drawn_names_and_text_compile_in_every_backend_to_the_ir_shapes(
+    names: list[str], description: str, value: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every spec validate accepts compiles in every backend, and its generated source parses and
+    computes the IR's shapes; every spec it refuses gets one located line."""
+    folder = tmp_path_factory.mktemp("drawn")
+    conv1, bn1, relu, conv2, bn2 = names
+    text = _yaml_string(description)
+    (folder / "blocks").mkdir()
+    (folder / "blocks" / "drawn.yaml").write_text(
+        f"name: drawn\ndescription: {text}\nparameters: {{tag: {_yaml_string(value)}}}\nout_channels: width\n"
+        "nodes:\n"
+        f"  {conv1}: {{op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}}\n"
+        f"  {bn1}: {{op: batch_norm}}\n"
+        f"  {relu}: {{op: relu}}\n"
+        f"  {conv2}: {{op: conv, out_channels: width, kernel: 3, padding: 1}}\n"
+        f"  {bn2}: {{op: batch_norm, zero_init: true}}\n"
+        f"  merge: {{op: add, inputs: [{bn2}, shortcut]}}\n"
+    )
+    (folder / "net.yaml").write_text(
+        f"name: drawn\ndescription: {text}\ninput: {{channels: 3, size: 12}}\nstem: cifar\nblock: drawn\n"
+        "shortcut: B\nstages:\n  - {depth: 1, width: 8}\n  - {depth: 1, width: 16, stride: 2}\n"
+        "head: classifier\nhead_parameters: {classes: 3}\n"
+    )
+    try:
+        graph = compile_spec(folder / "net.yaml")
+    except RescompileError as error:
+        assert re.fullmatch(r"[^\n]+:\d+:\d+: [^\n]+", str(error)), str(error)
+        return
+    for emit in (torch_backend.emit_source, flax_backend.emit_source):
+        ast.parse(emit(graph))
+    weights = random_weights(graph)
+    x = np.zeros((1, *graph.input_shape), np.float32)
+    for backend in BACKENDS.values():
+        outputs = backend.module_outputs(graph, weights, x)
+        assert [output.shape[1:] for output in outputs.values()] == [module.out_shape for module in graph.modules]
