@@ -132,7 +132,18 @@ def read_weights(path: Path) -> Weights:
         raise RescompileError(f"no such weights file: {path}") from None
     except (OSError, SafetensorError) as error:
         raise RescompileError(f"cannot read weights from {path}: {error}") from None
-    return {name: np.asarray(array, dtype=np.float32) for name, array in arrays.items()}
+    except (TypeError, AttributeError) as error:  # a dtype numpy has no type for: bfloat16, float8
+        raise RescompileError(f"cannot read weights from {path}: {error}; save them as float32") from None
+    weights: Weights = {}
+    for name, array in arrays.items():
+        # NOTE: float16/32/64 convert to float32 exactly or by rounding; anything else (bool, integers)
+        # is not a weight, and a NaN or infinity would make every backend "agree" on garbage.
+        if array.dtype.kind != "f":
+            raise RescompileError(f"weights in {path}: {name} is {array.dtype}, not floating point; save float32")
+        if not np.isfinite(array).all():
+            raise RescompileError(f"weights in {path}: {name} holds NaN or infinite values")
+        weights[name] = np.asarray(array, dtype=np.float32)
+    return weights
 
 
 def _normal(generator: np.random.Generator, shape: tuple[int, ...], std: float) -> Array:

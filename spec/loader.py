@@ -249,6 +249,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"not a keyword, a dunder or one of {taken}",
                 loaded.source.locate(("parameters", name), key=True),
             )
+        if name in BOUND_NAMES[kind]:
+            raise RescompileError(
+                f"parameter name '{name}' is bound by the compiler in every {kind[:-1]} "
+                f"({', '.join(sorted(BOUND_NAMES[kind]))}); declare another name",
+                loaded.source.locate(("parameters", name), key=True),
+            )
     for name, expression in part.derived.items():
         path: YamlPath = ("derived", name)
         if not _is_plain_identifier(name) or name in MODULE_LEVEL_NAMES or name in known_names:

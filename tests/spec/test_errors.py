@@ -334,6 +334,15 @@ CASES = {
         "heads/mine.yaml:3:12: head 'mine' must end with flat features (e.g. flatten, then linear); "
         "it ends with shape 32×1×1",
     ),
+    "parameter_named_like_a_bound_name": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nparameters: {width: 3}\nout_channels: width\nnodes:\n"
+            "  add: {op: add, inputs: [input, shortcut]}\n"
+        },
+        "blocks/mine.yaml:2:14: parameter name 'width' is bound by the compiler in every block "
+        "(in_channels, stride, width); declare another name",
+    ),
     "shortcut_module_named_like_a_node": (
         network(),
         {

@@ -1,0 +1,52 @@
+"""Reading canonical weights: what is not a finite floating-point weight is refused, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
+
+from rescompile.compiler.weights import read_weights
+from rescompile.spec.errors import RescompileError
+
+
+def test_float_weights_of_any_width_read_as_float32(tmp_path: Path) -> None:
+    save_file({"a": np.ones(3, np.float16), "b": np.full(2, 0.5, np.float64)}, tmp_path / "w.safetensors")
+    weights = read_weights(tmp_path / "w.safetensors")
+    assert {name: (array.dtype, array.tolist()) for name, array in weights.items()} == {
+        "a": (np.float32, [1.0, 1.0, 1.0]),
+        "b": (np.float32, [0.5, 0.5]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"fc.weight": np.array([1.0, np.nan], np.float32)}, "fc.weight holds NaN or infinite values"),
+        ({"fc.weight": np.array([1.0, np.inf], np.float32)}, "fc.weight holds NaN or infinite values"),
+        ({"fc.weight": np.array([True, False])}, "fc.weight is bool, not floating point; save float32"),
+        ({"fc.weight": np.array([1, 2], np.int64)}, "fc.weight is int64, not floating point; save float32"),
+    ],
+    ids=["nan", "infinity", "bool", "int64"],
+)
+def test_weights_that_are_not_finite_floats_are_refused(
+    arrays: dict[str, np.ndarray], expected: str, tmp_path: Path
+) -> None:
+    save_file(arrays, tmp_path / "w.safetensors")
+    with pytest.raises(RescompileError) as raised:
+        read_weights(tmp_path / "w.safetensors")
+    assert str(raised.value) == f"weights in {tmp_path / 'w.safetensors'}: {expected}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_weights_in_a_type_numpy_lacks_are_refused(dtype: torch.dtype, tmp_path: Path) -> None:
+    save_torch_file({"fc.weight": torch.ones(2).to(dtype)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(RescompileError) as raised:
+        read_weights(tmp_path / "w.safetensors")
+    message = str(raised.value)
+    assert message.startswith(f"cannot read weights from {tmp_path / 'w.safetensors'}: ") and "\n" not in message
+    assert message.endswith("; save them as float32")
