@@ -89,11 +89,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                 shortcut = parts.shortcuts[shortcut_name]
                 assert isinstance(shortcut.spec, ShortcutSpec)
                 used_shortcuts.setdefault(shortcut_name, shortcut)
-            shortcut_bindings: dict[str, Value] = {
-                "in_channels": shape[0],
-                "out_channels": out_channels,
-                "stride": stride,
-            }
+            shortcut_bindings = Bindings({"in_channels": shape[0], "out_channels": out_channels, "stride": stride})
             if shortcut is not None:
                 shortcut_bindings = _derive(shortcut, shortcut_bindings)
             module = _build_module(
@@ -230,6 +226,18 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
     )
 
 
+class Bindings(dict[str, Value]):
+    """A part's parameter values, remembering where the network set the ones it set: an error in
+    an expression over them is located at the user's line, not inside a (built-in) part file."""
+
+    def __init__(self, values: Mapping[str, Value], origins: Mapping[str, Location] | None = None) -> None:
+        super().__init__(values)
+        self.origins: dict[str, Location] = dict(origins or {})
+
+    def origin(self, expression: Expression) -> Location | None:
+        return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
+
+
 def _bind(
     part: Loaded[PartSpec],
     overrides: Mapping[str, Value],
@@ -237,7 +245,7 @@ def _bind(
     network: Loaded[NetworkSpec],
     field: str,
     stage_index: int | None = None,
-) -> dict[str, Value]:
+) -> Bindings:
     """Part defaults, then the network's values, then the values the compiler always binds."""
     declared = part.spec.parameters
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
@@ -255,7 +263,13 @@ def _bind(
                 f"its parameters: {', '.join(choices) or 'none'}",
                 where,
             )
-    bindings: dict[str, Value] = {**declared, **overrides, **builtins}
+    origins: dict[str, Location] = {}
+    for name in overrides:
+        path = (field, name)
+        if stage_index is not None and name in network.spec.stages[stage_index].block_parameters:
+            path = ("stages", stage_index, "block_parameters", name)
+        origins[name] = network.source.locate(path)
+    bindings = Bindings({**declared, **overrides, **builtins}, origins)
     for name, value in bindings.items():
         if value == REQUIRED:
             raise RescompileError(
@@ -267,39 +281,46 @@ def _bind(
     return _derive(part, bindings)
 
 
-def _derive(part: Loaded[PartSpec], bindings: dict[str, Value]) -> dict[str, Value]:
-    """Add the part's derived values, each evaluated from the parameters and earlier ones."""
+def _derive(part: Loaded[PartSpec], bindings: Bindings) -> Bindings:
+    """Add the part's derived values, each evaluated from the parameters and earlier ones; a
+    derived value computed from one the network set has that value's origin."""
     for name, expression in part.spec.derived.items():
+        origin = bindings.origin(expression)
         try:
             bindings[name] = expression.evaluate(bindings)
         except ExpressionError as error:
-            raise RescompileError(
-                f"derived.{name} = {expression.text}: {error}", part.locate("derived", name)
-            ) from None
+            raise _located(f"derived.{name} = {expression.text}: {error}", part, ("derived", name), origin) from None
+        if origin is not None:
+            bindings.origins[name] = origin
     return bindings
+
+
+def _located(message: str, part: Loaded[PartSpec], path: YamlPath, origin: Location | None) -> RescompileError:
+    """An error in a part's expression: at the network's line that set a value it reads, where
+    there is one (naming where the expression is), else at the expression."""
+    at = part.source.locate(path)
+    return RescompileError(message, at) if origin is None else RescompileError(f"{message} (computed at {at})", origin)
 
 
 def _evaluate_int(
     expression: Expression,
-    bindings: Mapping[str, Value],
+    bindings: Bindings,
     part: Loaded[PartSpec],
     path: tuple[str, ...],
     where: str,
     minimum: int,
 ) -> int:
-    location = part.source.locate(path)
+    origin = bindings.origin(expression)
     try:
         value = expression.evaluate(bindings)
     except ExpressionError as error:
-        raise RescompileError(f"{where}: {'.'.join(path)} = {expression.text}: {error}", location) from None
+        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RescompileError(
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer", location
-        )
+        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer"
+        raise _located(message, part, path, origin)
     if value < minimum:
-        raise RescompileError(
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}", location
-        )
+        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
+        raise _located(message, part, path, origin)
     return value
 
 
@@ -307,12 +328,12 @@ def _build_module(
     path: str,
     role: ModuleRole,
     part: Loaded[PartSpec],
-    bindings: dict[str, Value],
+    bindings: Bindings,
     in_shape: Shape,
     location: Location,
     shortcut_name: str | None,
     shortcut: Loaded[PartSpec] | None,
-    shortcut_bindings: dict[str, Value] | None = None,
+    shortcut_bindings: Bindings | None = None,
 ) -> Module:
     label = path or role
     shapes: dict[str, Shape] = {MODULE_INPUT: in_shape}
@@ -370,7 +391,7 @@ def _build_module(
 
 def _build_nodes(
     part: Loaded[PartSpec],
-    bindings: Mapping[str, Value],
+    bindings: Bindings,
     shapes: dict[str, Shape],
     prefix: str,
     label: str,
@@ -452,7 +473,7 @@ def _other(inputs: tuple[str, ...]) -> str:
 
 def _make_op(
     spec: OpSpec,
-    bindings: Mapping[str, Value],
+    bindings: Bindings,
     in_shapes: tuple[Shape, ...],
     part: Loaded[PartSpec],
     node_path: tuple[str, str],

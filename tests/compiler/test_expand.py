@@ -92,3 +92,34 @@ def test_what_a_source_backend_would_refuse_is_a_located_error_at_validate_time(
     with pytest.raises(RescompileError) as raised:
         compile_spec("net.yaml")
     assert str(raised.value).startswith(expected), str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected_start", "expected_end"),
+    [
+        (
+            "head_parameters: {classes: 0}",
+            "net.yaml:9:28: head: nodes.fc.out_features = classes gives 0; it must be at least 1 (computed at ",
+            "heads/classifier.yaml:8:34)",
+        ),
+        (
+            # Through a derived value: inner_width = width * base_width // 64 * groups.
+            "block_parameters: {base_width: 0}",
+            "net.yaml:9:32: layer1.0: nodes.conv1.out_channels = inner_width gives 0; it must be at least 1 "
+            "(computed at ",
+            "blocks/bottleneck.yaml:17:35)",
+        ),
+    ],
+    ids=["head-parameter", "derived-from-a-block-parameter"],
+)
+def test_an_error_in_a_built_in_part_is_located_at_the_users_line_that_set_the_value(
+    setting: str, expected_start: str, expected_end: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = "name: net\ninput: {channels: 3, size: 32}\nstem: cifar\nblock: bottleneck\nshortcut: B\n"
+    network += "stages:\n  - {depth: 1, width: 16}\nhead: classifier\n" + setting + "\n"
+    (tmp_path / "net.yaml").write_text(network)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    message = str(raised.value)
+    assert message.startswith(expected_start) and message.endswith(expected_end), message

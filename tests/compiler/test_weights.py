@@ -28,8 +28,14 @@ def test_float_weights_of_any_width_read_as_float32(tmp_path: Path) -> None:
     [
         ({"fc.weight": np.array([1.0, np.nan], np.float32)}, "fc.weight holds NaN or infinite values"),
         ({"fc.weight": np.array([1.0, np.inf], np.float32)}, "fc.weight holds NaN or infinite values"),
-        ({"fc.weight": np.array([True, False])}, "fc.weight is bool, not floating point; save float32"),
-        ({"fc.weight": np.array([1, 2], np.int64)}, "fc.weight is int64, not floating point; save float32"),
+        (
+            {"fc.weight": np.array([True, False])},
+            "fc.weight is bool, not float16, float32 or float64; save float32 weights",
+        ),
+        (
+            {"fc.weight": np.array([1, 2], np.int64)},
+            "fc.weight is int64, not float16, float32 or float64; save float32 weights",
+        ),
     ],
     ids=["nan", "infinity", "bool", "int64"],
 )
@@ -48,5 +54,6 @@ def test_weights_in_a_type_numpy_lacks_are_refused(dtype: torch.dtype, tmp_path:
     with pytest.raises(RescompileError) as raised:
         read_weights(tmp_path / "w.safetensors")
     message = str(raised.value)
-    assert message.startswith(f"cannot read weights from {tmp_path / 'w.safetensors'}: ") and "\n" not in message
-    assert message.endswith("; save them as float32")
+    # numpy reads these only where jax's ml_dtypes has registered them (then as a dtype we refuse).
+    assert str(tmp_path / "w.safetensors") in message and "\n" not in message
+    assert message.endswith("; save float32 weights")
