@@ -286,10 +286,13 @@ class Relu(OpBase):
         return _one(in_shapes, self.kind)
 
 
-def _check_pool_padding(kind: str, padding: Padding, kernel: Pair) -> None:
-    for (before, after), size in zip(padding, kernel, strict=True):
+def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
+    """The shape rule both pools share: torch's, padding at most half the kernel."""
+    channels, height, width = _image(in_shapes, op.kind)
+    for (before, after), size in zip(op.padding, op.kernel, strict=True):
         if max(before, after) * 2 > size:
-            raise ShapeError(f"{kind} padding must be at most half the kernel size ({size})")
+            raise ShapeError(f"{op.kind} padding must be at most half the kernel size ({size})")
+    return (channels, *_spatial(height, width, op.kernel, op.stride, op.padding, (1, 1), op.ceil_mode, op.kind))
 
 
 @dataclass(frozen=True)
@@ -307,10 +310,7 @@ class MaxPool(OpBase):
         return cls(_square(kernel), _square(stride), _padding(padding), attributes["ceil_mode"])
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        _check_pool_padding(self.kind, self.padding, self.kernel)
-        size = _spatial(height, width, self.kernel, self.stride, self.padding, (1, 1), self.ceil_mode, self.kind)
-        return (channels, *size)
+        return _pool_shape(self, in_shapes)
 
 
 @dataclass(frozen=True)
@@ -335,10 +335,7 @@ class AvgPool(OpBase):
         )
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        _check_pool_padding(self.kind, self.padding, self.kernel)
-        size = _spatial(height, width, self.kernel, self.stride, self.padding, (1, 1), self.ceil_mode, self.kind)
-        return (channels, *size)
+        return _pool_shape(self, in_shapes)
 
 
 @dataclass(frozen=True)
