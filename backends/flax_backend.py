@@ -29,7 +29,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, containers
+from rescompile.backends.names import attribute_access, container_statements
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ShortcutClass,
@@ -290,9 +290,7 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
 
 def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]:
     stored = [(node, lowering) for node, lowering in zip(nodes, lowerings, strict=True) if _stored(lowering)]
-    # A nested path (se.fc1, conv1.0) lives in containers, created before the layers in them.
-    paths = containers([node.attribute for node, _ in stored])
-    made = [f"self{attribute_access(path)} = nnx.Dict()" for path in paths]
+    made = container_statements([node.attribute for node, _ in stored], "nnx.Dict()")
     return made + [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
 
 
@@ -347,15 +345,12 @@ def emit_source(graph: Graph) -> str:
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
     kinds_used = {node.op.kind for _, node in graph.nodes()}
-    ceil_kinds = [
-        kind
-        for kind in CEIL_MODE_SOURCES
-        if any(
-            node.op.kind == kind and isinstance(node.op, MaxPool | AvgPool) and node.op.ceil_mode
-            for _, node in graph.nodes()
-        )
-    ]
-    ceil_helpers = [CEIL_PADDING_FUNCTION, *(CEIL_MODE_SOURCES[kind] for kind in ceil_kinds)] if ceil_kinds else []
+    ceil_kinds = {
+        node.op.kind for _, node in graph.nodes() if isinstance(node.op, MaxPool | AvgPool) and node.op.ceil_mode
+    }
+    ceil_helpers = [CEIL_MODE_SOURCES[kind] for kind in CEIL_MODE_SOURCES if kind in ceil_kinds]
+    if ceil_helpers:
+        ceil_helpers.insert(0, CEIL_PADDING_FUNCTION)
     attribute = shortcut_attribute(graph)  # None for a plain network
     constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
     # One _make_stage builds every block type, so they all take rngs if one needs them.

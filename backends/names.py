@@ -39,6 +39,12 @@ def containers(paths: list[str]) -> list[str]:
     return result
 
 
+def container_statements(paths: list[str], container: str) -> list[str]:
+    """The statements creating the containers of ``paths`` (``self.se = nn.ModuleDict()``), to run
+    before the layers in them are assigned."""
+    return [f"self{attribute_access(prefix)} = {container}" for prefix in containers(paths)]
+
+
 class Namespace:
     """Hands out legal, unique Python identifiers for local variables.
 

@@ -55,8 +55,6 @@ LINE_LENGTH = 120
 class SourceNode:
     """One node as generated code sees it."""
 
-    name: str
-    """IR node name, relative to the class: ``conv1``, ``0``."""
     attribute: str
     """The module path of the layer (``conv1``, ``se.fc1``, ``conv1.0``); :func:`attribute_access`
     renders it after ``self``."""
@@ -84,14 +82,6 @@ def function_name(part_name: str) -> str:
     plain name would be a keyword or shadow a name the generated source defines."""
     name = part_name.replace("-", "_")
     return f"{name}_shortcut" if keyword.iskeyword(name) or name in RESERVED_NAMES else name
-
-
-def check_identifier(name: str, what: str) -> None:
-    if not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED_NAMES:
-        raise RescompileError(
-            f"{what} '{name}' cannot be used as a Python name in generated code; "
-            f"use letters, digits and underscores, not a keyword or one of {', '.join(sorted(RESERVED_NAMES))}"
-        )
 
 
 def _text(value: Value) -> str:
@@ -244,7 +234,6 @@ def source_nodes(
         sole_reader = sole_reader and node.inputs[0] not in (renamed or {})
         result.append(
             SourceNode(
-                name=node.name,
                 attribute=node.name,
                 kind=node.kind,
                 attributes=dict(node.attributes),
@@ -318,9 +307,8 @@ def block_classes(graph: Graph) -> list[BlockClass]:
     for definition in graph.definitions:
         if definition.role != "block":
             continue
+        # NOTE: the loader has checked every parameter, derived and node name at validate time.
         parameters: dict[str, Value] = dict(definition.parameters)
-        for name in [*parameters, *_derived(definition)]:
-            check_identifier(name, "block parameter")
         nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})

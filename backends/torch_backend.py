@@ -15,7 +15,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, containers
+from rescompile.backends.names import attribute_access, container_statements
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     SourceNode,
@@ -152,10 +152,7 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
     stored = [node for node in nodes if callable(EMITTERS[node.kind])]
-    # A nested path (se.fc1, conv1.0) lives in containers, created before the layers in them.
-    made = [
-        f"self{attribute_access(path)} = nn.ModuleDict()" for path in containers([node.attribute for node in stored])
-    ]
+    made = container_statements([node.attribute for node in stored], "nn.ModuleDict()")
     return made + [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
 
 
