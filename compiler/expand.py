@@ -200,8 +200,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
     nodes: list[SymbolicNode] = []
     previous = MODULE_INPUT
     for name, node_spec in spec.nodes.items():
-        raw_inputs = node_spec.inputs if isinstance(node_spec, BinarySpec) else (node_spec.input or previous,)
-        inputs = tuple(renamed.get(value, value) for value in raw_inputs)
+        inputs = tuple(renamed.get(value, value) for value in _inputs(node_spec, previous))
         previous = name
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
@@ -406,10 +405,7 @@ def _build_nodes(
     previous = MODULE_INPUT
     for name, node_spec in part.spec.nodes.items():
         node_path = ("nodes", name)
-        if isinstance(node_spec, BinarySpec):
-            raw_inputs: tuple[str, ...] = node_spec.inputs
-        else:
-            raw_inputs = (node_spec.input if node_spec.input is not None else previous,)
+        raw_inputs = _inputs(node_spec, previous)
         is_merge = isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs
         if is_merge and shortcut_value is None and isinstance(part.spec, BlockSpec):
             renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
@@ -465,6 +461,13 @@ def _merge_error(
         "change (B, A or C), not the identity",
         location,
     )
+
+
+def _inputs(node: OpSpec, previous: str) -> tuple[str, ...]:
+    """The values a spec node reads: its ``inputs``, its ``input``, or else the node before it."""
+    if isinstance(node, BinarySpec):
+        return node.inputs
+    return (node.input if node.input is not None else previous,)
 
 
 def _other(inputs: tuple[str, ...]) -> str:
