@@ -29,7 +29,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, container_statements
+from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ShortcutClass,
@@ -290,8 +290,8 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
 
 def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]:
     stored = [(node, lowering) for node, lowering in zip(nodes, lowerings, strict=True) if _stored(lowering)]
-    made = container_statements([node.attribute for node, _ in stored], "nnx.Dict()")
-    return made + [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
+    layers = [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
+    return with_containers([node.attribute for node, _ in stored], layers, "nnx.Dict()")
 
 
 def _call_lines(nodes: list[SourceNode], lowerings: list[Lowering], shortcut_attribute: str | None = None) -> list[str]:

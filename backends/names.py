@@ -39,10 +39,20 @@ def containers(paths: list[str]) -> list[str]:
     return result
 
 
-def container_statements(paths: list[str], container: str) -> list[str]:
-    """The statements creating the containers of ``paths`` (``self.se = nn.ModuleDict()``), to run
-    before the layers in them are assigned."""
-    return [f"self{attribute_access(prefix)} = {container}" for prefix in containers(paths)]
+def with_containers(paths: list[str], statements: list[str], container: str) -> list[str]:
+    """``statements`` (one assigning each of ``paths``) with the statements creating their
+    containers (``self.se = nn.ModuleDict()``) inserted just before the first layer in each: a
+    container registers where its first layer stands, so state_dict keys keep the nodes' order
+    (timm's ``bn3``, ``se.fc1``, ``se.fc2``, ``downsample``)."""
+    made: set[str] = set()
+    lines: list[str] = []
+    for path, statement in zip(paths, statements, strict=True):
+        for prefix in containers([path]):
+            if prefix not in made:
+                made.add(prefix)
+                lines.append(f"self{attribute_access(prefix)} = {container}")
+        lines.append(statement)
+    return lines
 
 
 class Namespace:

@@ -15,7 +15,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, container_statements
+from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     SourceNode,
@@ -152,8 +152,8 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
     stored = [node for node in nodes if callable(EMITTERS[node.kind])]
-    made = container_statements([node.attribute for node in stored], "nn.ModuleDict()")
-    return made + [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
+    layers = [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
+    return with_containers([node.attribute for node in stored], layers, "nn.ModuleDict()")
 
 
 def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
