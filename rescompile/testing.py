@@ -6,11 +6,15 @@ goes through it, with the tolerances stated at the call site or taken from :data
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,48 @@ def network_specs(
         )
 
     return build()
+
+
+def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial statistics and affine parameters in every BatchNorm and GroupNorm of ``model``,
+    so that eval mode exercises all four (and a zero-initialised last norm does not hide its branch)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.GroupNorm):
+                channels = module.weight.shape[0]
+                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                assert module.running_mean is not None and module.running_var is not None
+                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+
+
+def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of the convolution and linear *modules* measured on a running model,
+    with forward hooks (independent of the cost pass): a conv counts output elements × input
+    channels per group × kernel area, a linear layer in × out features per sample. This is
+    torchvision's convention (and fvcore's for these layers); functional calls are not counted."""
+    import torch
+
+    total = 0
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d):
+            kernel = math.prod(module.kernel_size)
+            total += output[0].numel() * (module.in_channels // module.groups) * kernel
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total

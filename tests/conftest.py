@@ -33,3 +33,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REPEATED_PRESETS = frozenset({"resnet50c", "resnet50s", "resnet200d", "seresnet50"})
+"""Built-ins whose parts (stem, blocks, shortcuts) other built-ins already exercise in the default
+run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d seresnet50's block.
+Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
+comparison (tests/test_timm_presets.py) runs every preset by default."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or item.path.name == "test_timm_presets.py":
+            continue
+        if any(isinstance(value, str) and value in REPEATED_PRESETS for value in callspec.params.values()):
+            item.add_marker(pytest.mark.slow)

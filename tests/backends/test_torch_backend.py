@@ -10,7 +10,6 @@ import pytest
 import torch
 import torchvision
 from hypothesis import assume, given
-from torch import nn
 
 from rescompile.backends import torch_backend
 from rescompile.backends.interface import module_names
@@ -18,7 +17,7 @@ from rescompile.compiler import compile_spec, cost, lower_spec
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
 from rescompile.spec.models import NetworkSpec
-from rescompile.testing import assert_close, network_specs
+from rescompile.testing import assert_close, count_macs, network_specs, randomise_normalisation
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 TORCHVISION_MODELS = [
@@ -32,50 +31,17 @@ TORCHVISION_MODELS = [
 ]
 
 
-def randomise_batch_norm(model: nn.Module, seed: int) -> None:
-    """Non-trivial BN statistics and affine parameters, so that eval mode exercises all four."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                channels = module.num_features
-                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
-
-
 @pytest.mark.parametrize("name", TORCHVISION_MODELS)
 def test_loads_torchvision_state_dict_strictly_and_gives_its_outputs(name: str) -> None:
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(weights=None).eval()
-    randomise_batch_norm(reference, seed=1)
+    randomise_normalisation(reference, seed=1)
     model = torch_backend.build_module(compile_spec(name)).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     assert list(model.state_dict()) == list(reference.state_dict())
     inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework", what=name)
-
-
-def count_macs_with_hooks(model: nn.Module, inputs: torch.Tensor) -> int:
-    """MACs of convs and linears measured on the running module (independent of the cost pass)."""
-    total = 0
-
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1]
-            total += output[0].numel() * (module.in_channels // module.groups) * kernel
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
-
-    handles = [module.register_forward_hook(hook) for module in model.modules()]
-    with torch.no_grad():
-        model(inputs)
-    for handle in handles:
-        handle.remove()
-    return total
 
 
 @pytest.mark.parametrize("name", builtin_networks())
@@ -85,13 +51,13 @@ def test_built_module_has_the_cost_pass_parameters_and_macs(name: str) -> None:
     model = torch_backend.build_module(graph).eval()
     assert torch_backend.count_parameters(model) == report.parameters
     inputs = torch.zeros(1, *graph.input_shape)
-    assert count_macs_with_hooks(model, inputs) == report.macs
+    assert count_macs(model, inputs) == report.macs
 
 
 def test_torchvision_macs_at_224_match_the_cost_pass() -> None:
     graph = compile_spec("resnet50")
     reference = torchvision.models.resnet50(weights=None).eval()
-    assert count_macs_with_hooks(reference, torch.zeros(1, 3, 224, 224)) == cost(graph).macs
+    assert count_macs(reference, torch.zeros(1, 3, 224, 224)) == cost(graph).macs
 
 
 def test_generated_resnet50_source_matches_the_golden_file() -> None:

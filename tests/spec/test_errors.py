@@ -61,7 +61,8 @@ CASES = {
     "unknown_block_near_miss": (
         network(("block: basic", "block: bottlenek")),
         {},
-        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck",
+        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: "
+        "aa_bottleneck, basic, bottleneck, se_bottleneck",
     ),
     "channel_mismatch": (
         network(("shortcut: B", "shortcut: identity")),
@@ -296,7 +297,8 @@ CASES = {
     "newline_in_user_text": (
         network(("block: basic", 'block: "bas\\nic\\e[31m"')),
         {},
-        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: basic, bottleneck",
+        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: "
+        "aa_bottleneck, basic, bottleneck, se_bottleneck",
     ),
     "size_list_too_long": (
         network(("size: 32", "size: [32, 32, 32]")),

@@ -1,0 +1,135 @@
+"""Every built-in preset named after a timm model is that model: timm's state_dict loads with
+``strict=True`` and no key renaming, the parameter count and MACs are timm's, and eval outputs,
+train-mode outputs and the updated running statistics are timm's (random weights and random
+normalisation statistics and affine parameters, so that no zero-initialised layer hides a branch)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from conftest import REPEATED_PRESETS
+
+from rescompile.backends import torch_backend
+from rescompile.backends.registry import BACKENDS
+from rescompile.check import check, format_result
+from rescompile.compiler import compile_spec, cost
+from rescompile.compiler.ir import Graph
+from rescompile.compiler.weights import random_weights
+from rescompile.spec import builtin_networks
+from rescompile.testing import TOLERANCES, assert_close, count_macs, randomise_normalisation
+
+TIMM_PRESETS = [
+    "resnet50c",
+    "resnet50d",
+    "resnet50s",
+    "resnet50t",
+    "resnet200d",
+    "seresnet50",
+    "seresnext50_32x4d",
+    "resnetrs50",
+    "resnetaa50",
+]
+SIZE = 224
+SMALL_SIZE = {"resnet200d": 96}
+"""resnet200d runs at a smaller size by default and at 224 in the slow tail."""
+
+
+class Pair(NamedTuple):
+    graph: Graph
+    model: torch.nn.Module
+    reference: torch.nn.Module
+
+
+@functools.cache
+def pair(name: str, size: int) -> Pair:
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False)
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(name, size=size)
+    model = torch_backend.build_module(graph)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return Pair(graph, model, reference)
+
+
+def sizes() -> list[object]:
+    params: list[object] = []
+    for name in TIMM_PRESETS:
+        if name in SMALL_SIZE:
+            params.append(pytest.param(name, SMALL_SIZE[name], id=f"{name}-{SMALL_SIZE[name]}"))
+            params.append(pytest.param(name, SIZE, id=f"{name}-{SIZE}", marks=pytest.mark.slow))
+        else:
+            params.append(pytest.param(name, SIZE, id=f"{name}-{SIZE}"))
+    return params
+
+
+def test_every_builtin_timm_model_outside_torchvision_is_checked_here() -> None:
+    timm_names = set(builtin_networks()) & set(timm.list_models())
+    assert timm_names - set(torchvision.models.list_models()) == set(TIMM_PRESETS)
+
+
+@pytest.mark.parametrize("name", TIMM_PRESETS)
+def test_state_dict_keys_are_timms_in_timms_order(name: str) -> None:
+    graph = compile_spec(name, size=64)
+    model = torch_backend.build_module(graph)
+    reference = timm.create_model(name, pretrained=False)
+    assert list(model.state_dict()) == list(reference.state_dict())
+
+
+@pytest.mark.parametrize(("name", "size"), sizes())
+def test_parameters_and_macs_are_timms(name: str, size: int) -> None:
+    graph, _model, reference = pair(name, size)
+    report = cost(graph)
+    assert report.parameters == sum(parameter.numel() for parameter in reference.parameters())
+    assert report.macs == count_macs(reference.eval(), torch.zeros(1, 3, size, size))
+
+
+@pytest.mark.parametrize(("name", "size"), sizes())
+def test_eval_outputs_are_timms(name: str, size: int) -> None:
+    _graph, model, reference = pair(name, size)
+    inputs = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference.eval()(inputs)
+        actual = model.eval()(inputs)
+    assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{name} eval logits")
+
+
+@pytest.mark.parametrize(("name", "size"), sizes())
+def test_train_mode_outputs_and_running_statistics_are_timms(name: str, size: int) -> None:
+    _, model, reference = pair(name, size)
+    # Fresh copies: the pair is shared with the eval test, and a training pass moves statistics.
+    model, reference = copy.deepcopy(model), copy.deepcopy(reference)
+    inputs = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference.train()(inputs)
+        actual = model.train()(inputs)
+    assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{name} train logits")
+    expected_state, actual_state = reference.state_dict(), model.state_dict()
+    for key, value in expected_state.items():
+        if key.endswith(("running_mean", "running_var")):
+            assert_close(actual_state[key].numpy(), value.numpy(), tolerance="same_framework", what=key)
+
+
+def check_sizes() -> list[object]:
+    """Every preset at 224 in the slow tail; by default the presets with parts of their own at 97,
+    an odd size where ceil-mode and floor pooling differ (97 → 49 → 25 → 13 → 7 → 4)."""
+    return [
+        *(pytest.param(name, 97, id=f"{name}-97") for name in TIMM_PRESETS if name not in REPEATED_PRESETS),
+        *(pytest.param(name, SIZE, id=f"{name}-{SIZE}", marks=pytest.mark.slow) for name in TIMM_PRESETS),
+    ]
+
+
+@pytest.mark.parametrize(("name", "size"), check_sizes())
+def test_all_backends_agree(name: str, size: int) -> None:
+    graph = compile_spec(name, size=size)
+    weights = random_weights(graph, seed=0)
+    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    backends = tuple(BACKENDS)
+    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
+    assert all(pair.first_mismatch is None for pair in result.pairs), format_result(result)
