@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -133,3 +135,12 @@ def test_all_backends_agree(name: str, size: int) -> None:
     backends = tuple(BACKENDS)
     result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
     assert all(pair.first_mismatch is None for pair in result.pairs), format_result(result)
+
+
+def test_the_readme_lists_every_preset_with_its_parameters_and_macs() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in TIMM_PRESETS:
+        row = re.search(rf"^\| {name} \|.*\| ([\d,]+) \| ([\d.]+) \|$", readme, re.MULTILINE)
+        assert row is not None, f"README lists no row for {name}"
+        report = cost(compile_spec(name))
+        assert (row[1], row[2]) == (f"{report.parameters:,}", f"{report.macs / 1e9:.3f}"), name
