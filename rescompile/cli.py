@@ -18,12 +18,14 @@ from rescompile.arguments import parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.cost import CostReport, Totals, cost
-from rescompile.compiler.files import check_output
+from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import builtin_directory, builtin_networks
+from rescompile.spec.schema import KINDS as SCHEMA_KINDS
+from rescompile.spec.schema import file_name, schema_text
 
-SUBCOMMANDS = ("validate", "cost", "list", "check")
+SUBCOMMANDS = ("validate", "cost", "list", "check", "schema")
 _NAMES = ",".join(BACKENDS)
 DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
@@ -33,6 +35,7 @@ commands:
   rescompile cost SPEC [--by stage|block|node]             parameters, MACs, activations
   rescompile list                                          the built-in architectures
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
+  rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
@@ -91,6 +94,14 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     elif name == "list":
         parser.description = "List the built-in architectures with their parameters and MACs."
+    elif name == "schema":
+        parser.description = (
+            "Print the JSON Schema of a spec file kind, or write all of them into a folder "
+            "(network.schema.json, block.schema.json, ...), for yaml-language-server: put "
+            "'# yaml-language-server: $schema=PATH' at the top of a spec file."
+        )
+        parser.add_argument("--kind", choices=SCHEMA_KINDS, default="network", help="the file kind to print")
+        parser.add_argument("-o", "--output", type=Path, help="an existing folder to write every kind's schema into")
     return parser
 
 
@@ -144,11 +155,26 @@ def _check(arguments: list[str]) -> int:
     return check_main(arguments)
 
 
+def _schema(arguments: list[str]) -> int:
+    options = _subcommand_parser("schema").parse_args(arguments)
+    if options.output is None:
+        print(schema_text(options.kind), end="")
+        return 0
+    if not options.output.is_dir():
+        raise RescompileError(f"-o {options.output}: not a folder; create it first or name an existing one")
+    files = [(options.output / file_name(kind), [schema_text(kind).encode()]) for kind in SCHEMA_KINDS]
+    write_atomically(files)
+    for path, _ in files:
+        print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "cost": _cost,
     "list": _list,
     "check": _check,
+    "schema": _schema,
 }
 
 

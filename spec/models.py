@@ -12,7 +12,7 @@ import keyword
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 
@@ -31,7 +31,7 @@ def _to_expression(value: object) -> Expression:
     raise ValueError("expected an integer or an expression such as 'width * 4'")
 
 
-def _expression_to_yaml(expression: Expression) -> Value:
+def expression_to_yaml(expression: Expression) -> Value:
     # Plain constants dump as YAML numbers/booleans, everything else as its expression text.
     try:
         return expression.evaluate({})
@@ -39,10 +39,15 @@ def _expression_to_yaml(expression: Expression) -> Value:
         return expression.text
 
 
+EXPRESSION_SCHEMA = {
+    "anyOf": [{"type": "integer"}, {"type": "boolean"}, {"type": "string"}],
+    "description": "A value or an expression over the part's parameters, e.g. 64 or 'width * expansion'.",
+}
 Expr = Annotated[
     Expression,
     BeforeValidator(_to_expression),
-    PlainSerializer(_expression_to_yaml, return_type=Any),
+    PlainSerializer(expression_to_yaml, return_type=Any),
+    WithJsonSchema(EXPRESSION_SCHEMA),
 ]
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 """Network and part names: they become class names and file names, so they are plain words."""
