@@ -35,6 +35,7 @@ def test_built_wheel_installs_only_rescompile_and_finds_the_shipped_yaml(tmp_pat
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"rescompile", wheel.name.split("-py3")[0] + ".dist-info"}
     assert "rescompile/architectures/blocks/bottleneck.yaml" in names
+    assert "rescompile/architectures/schemas/network.schema.json" in names  # the modelines resolve
     assert "rescompile/backends/templates/torch_model.py.jinja" in names
     assert "rescompile/py.typed" in names
 
