@@ -134,16 +134,21 @@ def read_weights(path: Path) -> Weights:
         raise RescompileError(f"cannot read weights from {path}: {error}") from None
     except (TypeError, AttributeError) as error:  # a dtype numpy has no type for: bfloat16, float8
         raise RescompileError(f"cannot read weights from {path}: {error}; save float32 weights") from None
+    return float_weights(arrays, str(path))
+
+
+def float_weights(arrays: Mapping[str, npt.NDArray[np.generic]], source: str) -> Weights:
+    """``arrays`` as float32 weights, refusing what is not a weight: a non-float tensor, or a NaN or
+    infinity (with which every backend would "agree" on garbage). float16/32/64 convert to float32
+    exactly or by rounding."""
     weights: Weights = {}
     for name, array in arrays.items():
-        # NOTE: float16/32/64 convert to float32 exactly or by rounding; anything else (bool, integers)
-        # is not a weight, and a NaN or infinity would make every backend "agree" on garbage.
         if array.dtype not in (np.float16, np.float32, np.float64):
             raise RescompileError(
-                f"weights in {path}: {name} is {array.dtype}, not float16, float32 or float64; save float32 weights"
+                f"weights in {source}: {name} is {array.dtype}, not float16, float32 or float64; save float32 weights"
             )
         if not np.isfinite(array).all():
-            raise RescompileError(f"weights in {path}: {name} holds NaN or infinite values")
+            raise RescompileError(f"weights in {source}: {name} holds NaN or infinite values")
         weights[name] = np.asarray(array, dtype=np.float32)
     return weights
 

@@ -25,7 +25,7 @@ from rescompile.spec.loader import builtin_directory, builtin_networks
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
-SUBCOMMANDS = ("validate", "cost", "list", "check", "schema")
+SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights")
 _NAMES = ",".join(BACKENDS)
 DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
@@ -36,6 +36,7 @@ commands:
   rescompile list                                          the built-in architectures
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
+  rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
@@ -102,6 +103,19 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         )
         parser.add_argument("--kind", choices=SCHEMA_KINDS, default="network", help="the file kind to print")
         parser.add_argument("-o", "--output", type=Path, help="an existing folder to write every kind's schema into")
+    elif name == "weights":
+        parser.description = (
+            "Read a torchvision or timm checkpoint (.pth/.pt/.bin with torch.load(weights_only=True), or "
+            ".safetensors), check it strictly against SPEC's weights (missing, unexpected and mis-shaped names), "
+            "and write canonical safetensors (--backend torch) or the generated Flax module's layout (--backend flax)."
+        )
+        parser.add_argument("action", choices=("convert",), help="what to do (convert)")
+        parser.add_argument("checkpoint", type=Path, help="the checkpoint file")
+        parser.add_argument("--spec", required=True, help="the network it belongs to: a spec file or a built-in name")
+        parser.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
+        parser.add_argument(
+            "--backend", choices=("torch", "flax"), default="torch", help="layout to write (default: torch, canonical)"
+        )
     return parser
 
 
@@ -169,12 +183,25 @@ def _schema(arguments: list[str]) -> int:
     return 0
 
 
+def _weights(arguments: list[str]) -> int:
+    options = _subcommand_parser("weights").parse_args(arguments)
+    from rescompile.checkpoints import convert
+
+    graph = compile_spec(options.spec)
+    check_output(options.output, [*graph.files, options.checkpoint])
+    written = convert(graph, options.checkpoint, options.output, options.backend)
+    layout = f"{options.backend} layout"
+    print(f"{options.checkpoint} fits {graph.name}: wrote {written} tensors ({layout}) to {options.output}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "cost": _cost,
     "list": _list,
     "check": _check,
     "schema": _schema,
+    "weights": _weights,
 }
 
 
