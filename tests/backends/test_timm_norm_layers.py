@@ -9,6 +9,8 @@ key renamed, and compute what it computes."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from timm.layers import BlurPool2d, EcaModule, GroupNorm, StdConv2d
 from timm.models.resnet import Bottleneck
 from torch import nn
 
-from rescompile.backends import onnx_backend, torch_backend
+from rescompile.backends import flax_backend, onnx_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import BlurPool, Graph
@@ -240,11 +242,38 @@ def test_group_norm_and_standardised_conv_in_older_and_newer_opsets(tmp_path: Pa
 
 
 def test_zero_init_residual_zeroes_a_closing_group_norm(tmp_path: Path) -> None:
-    from rescompile.backends import flax_backend
-
     graph = network(tmp_path, GROUP_NORM)
     model = torch_backend.build_module(graph, zero_init_residual=True)
     assert torch.count_nonzero(model.layer1[0].bn3.weight) == 0
     assert torch.count_nonzero(model.layer1[0].bn2.weight) == 16
     flax_model = flax_backend.build_module(graph, zero_init_residual=True)
     assert not np.asarray(flax_model.layer1[0].bn3.scale[...]).any()
+
+
+def test_weights_round_trip_through_torch_and_flax(tmp_path: Path) -> None:
+    # The channel conv's (1, 1, k) kernel is (k, 1, 1) in flax; group norm's weight is its scale.
+    graph = network(tmp_path, GROUP_NORM, BLUR, ECA, STANDARDIZED_1X1)
+    weights = random_weights(graph, seed=6)
+    flax_model = flax_backend.module_for_weights(graph)
+    flax_backend.load_weights(flax_model, graph, weights)
+    assert np.asarray(flax_model.layer1[0].se["conv"].kernel[...]).shape == (3, 1, 1)
+    for backend, read in [
+        ("torch", torch_backend.to_weights(torch_model(graph, seed=6), graph)),
+        ("flax", flax_backend.to_weights(flax_model, graph)),
+    ]:
+        assert read.keys() == weights.keys(), backend
+        for name, array in weights.items():
+            np.testing.assert_array_equal(read[name], array, err_msg=f"{backend} {name}")
+
+
+def test_the_generated_sources_are_ruff_formatted_and_lint_clean() -> None:
+    graph = compile_spec(Path(__file__).parents[2] / "examples" / "timm_norm_variants.yaml")
+    settings = ["--isolated", "--line-length", "120", "--stdin-filename", "model.py"]
+    ruff = [sys.executable, "-m", "ruff"]
+    for emit in (torch_backend.emit_source, flax_backend.emit_source):
+        source = emit(graph)
+        assert "StdConv2d" in source or "standardized_conv(1e-08)" in source
+        formatted = subprocess.run([*ruff, "format", *settings, "-"], input=source, capture_output=True, text=True)
+        assert formatted.stdout == source
+        lint = subprocess.run([*ruff, "check", *settings, "-"], input=source, capture_output=True, text=True)
+        assert lint.returncode == 0, lint.stdout
