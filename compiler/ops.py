@@ -542,9 +542,9 @@ class BlurPool(OpBase):
     The filter is a constant of the op, not a weight: no canonical name, no parameter (timm keeps
     it as a non-persistent buffer, absent from its state_dict).
 
-    MACs: counted as fvcore counts the ``F.conv2d`` timm calls, a depthwise convolution,
-    ``channels × out_h × out_w × taps²``. (Module-hook counters such as ptflops count nothing for
-    it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
+    MACs: counted as fvcore and ``torch.utils.flop_counter`` count the ``F.conv2d`` timm calls, a
+    depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
+    ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
 
     kind: ClassVar[str] = "blur_pool"
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -576,7 +576,7 @@ class ChannelConv(OpBase):
     ``nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)``): on a pooled C×1×1 value, one
     1-D kernel of odd size ``kernel`` slides across the channel axis, zero-padded, so each output
     channel mixes its ``kernel`` neighbours. Weight ``(1, 1, kernel)``. MACs ``C × kernel``, as
-    fvcore and ptflops count a Conv1d (output length × kernel)."""
+    fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
 
     kind: ClassVar[str] = "channel_conv"
     kernel: int

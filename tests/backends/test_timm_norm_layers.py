@@ -20,6 +20,7 @@ import torch
 from timm.layers import BlurPool2d, EcaModule, GroupNorm, StdConv2d
 from timm.models.resnet import Bottleneck
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import flax_backend, onnx_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
@@ -142,6 +143,12 @@ def test_a_yaml_bottleneck_is_timms_bottleneck(
     x = images((2, 16, 11, 11))
     with torch.no_grad():
         assert_close(block(x).numpy(), reference(x).numpy(), tolerance="same_framework")
+    # MACs as torch's flop counter (like fvcore) counts timm's block: every aten convolution, the
+    # functional one of BlurPool2d and EcaModule's Conv1d included.
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        reference(x[:1])
+    block_macs = sum(node.macs for node in cost(graph).nodes if node.name.startswith("layer1.0."))
+    assert counter.get_total_flops() == 2 * block_macs
 
 
 def test_group_norm_equals_timms_group_norm_in_training_mode_too(tmp_path: Path) -> None:
@@ -277,3 +284,11 @@ def test_the_generated_sources_are_ruff_formatted_and_lint_clean() -> None:
         assert formatted.stdout == source
         lint = subprocess.run([*ruff, "check", *settings, "-"], input=source, capture_output=True, text=True)
         assert lint.returncode == 0, lint.stdout
+
+
+def test_the_cost_pass_counts_the_macs_torchs_flop_counter_counts() -> None:
+    graph = compile_spec(Path(__file__).parents[2] / "examples" / "timm_norm_variants.yaml")
+    model = torch_backend.build_module(graph).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *graph.input_shape))
+    assert counter.get_total_flops() == 2 * cost(graph).macs
