@@ -2,9 +2,10 @@
 against the timm layers they mirror (GroupNorm, StdConv2d, BlurPool2d, EcaModule) with copied
 weights, and across backends on small networks with random weights and random affine parameters.
 
-Three bottlenecks written in YAML load the state_dict of timm's own ``Bottleneck`` built with
-GroupNorm (resnet50_gn), BlurPool2d (resnetblur50) and EcaModule (ecaresnet50d) strictly, with no
-key renamed, and compute what it computes."""
+Bottlenecks written in YAML load the state_dict of timm's own blocks strictly, with no key renamed,
+and compute what they compute: resnet.py's ``Bottleneck`` built with GroupNorm (resnet50_gn),
+BlurPool2d (resnetblur50) and EcaModule (ecaresnet50d), and resnetv2.py's non-pre-activation
+``Bottleneck`` with StdConv2d, GroupNormAct and DownsampleConv (BiT's layers)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from timm.layers import BlurPool2d, EcaModule, GroupNorm, StdConv2d
+from timm.layers import BlurPool2d, EcaModule, GroupNorm, GroupNormAct, StdConv2d
 from timm.models.resnet import Bottleneck
+from timm.models.resnetv2 import Bottleneck as ResNetV2Bottleneck
+from timm.models.resnetv2 import DownsampleConv
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -292,3 +295,66 @@ def test_the_cost_pass_counts_the_macs_torchs_flop_counter_counts() -> None:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, *graph.input_shape))
     assert counter.get_total_flops() == 2 * cost(graph).macs
+
+
+BIT_BLOCK = """\
+name: bit_bottleneck
+description: timm's resnetv2 Bottleneck (non-pre-activation), BiT's layers.
+out_channels: width * 4
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1, standardize_weight: true, standardize_epsilon: 1e-8}
+  norm1: {op: group_norm, groups: 32}
+  act1: {op: relu}
+  conv2: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1, standardize_weight: true,
+          standardize_epsilon: 1e-8}
+  norm2: {op: group_norm, groups: 32}
+  act2: {op: relu}
+  conv3: {op: conv, out_channels: width * 4, kernel: 1, standardize_weight: true, standardize_epsilon: 1e-8}
+  norm3: {op: group_norm, groups: 32, zero_init: true}
+  add: {op: add, inputs: [norm3, shortcut]}
+  act3: {op: relu}
+"""
+BIT_SHORTCUT = """\
+name: std_projection
+description: timm's DownsampleConv, non-pre-activation.
+module: downsample
+nodes:
+  conv: {op: conv, out_channels: out_channels, kernel: 1, stride: stride, standardize_weight: true,
+         standardize_epsilon: 1e-8}
+  norm: {op: group_norm, groups: 32}
+"""
+BIT_NETWORK = """\
+name: bit_layers
+input: {channels: 3, size: 11}
+stem: cifar
+stem_parameters: {width: 32}
+block: bit_bottleneck
+shortcut: {where_shapes_match: identity, where_shapes_change: std_projection}
+stages:
+  - {depth: 1, width: 32, stride: 2}
+head: classifier
+head_parameters: {classes: 10}
+"""
+
+
+def test_a_yaml_bit_bottleneck_is_timms_resnetv2_bottleneck(tmp_path: Path) -> None:
+    for folder, name, text in [("blocks", "bit_bottleneck", BIT_BLOCK), ("shortcuts", "std_projection", BIT_SHORTCUT)]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.yaml").write_text(text)
+    (tmp_path / "net.yaml").write_text(BIT_NETWORK)
+    graph = compile_spec(tmp_path / "net.yaml")
+    block = torch_model(graph).layer1[0]
+    reference = ResNetV2Bottleneck(
+        32,
+        128,
+        stride=2,
+        conv_layer=partial(StdConv2d, eps=1e-8),
+        norm_layer=partial(GroupNormAct, num_groups=32),
+        proj_layer=DownsampleConv,
+    ).eval()
+    reference.load_state_dict(block.state_dict(), strict=True)
+    assert set(reference.state_dict()) == set(block.state_dict())  # downsample.conv.weight, norm1.weight, ...
+    x = images((2, 32, 11, 11))
+    with torch.no_grad():
+        assert_close(block(x).numpy(), reference(x).numpy(), tolerance="same_framework")
+    all_backends_agree(graph)
