@@ -284,11 +284,13 @@ def blur_pool(x: jax.Array, taps: int, stride: int, padding: int, padding_mode: 
     """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d) over NHWC: each channel padded
     ("zeros" or "reflect", numpy's and torch's reflect) and convolved with stride by the fixed
     taps×taps binomial filter, which sums to 1."""
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
+    if taps == 1:  # the one-tap filter [1]: nothing to multiply
+        return x[:, ::stride, ::stride, :]
     coefficients = jnp.array([math.comb(taps - 1, k) for k in range(taps)], jnp.float32) / 2 ** (taps - 1)
     channels = x.shape[-1]
     kernel = jnp.tile((coefficients[:, None] * coefficients[None, :])[:, :, None, None], (1, 1, 1, channels))
-    mode = "constant" if padding_mode == "zeros" else padding_mode
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels
     )'''

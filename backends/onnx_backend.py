@@ -307,6 +307,8 @@ def _blur_pool(builder: _Builder, site: Site) -> None:
         source, pads = f"{site.name}.padded", [0] * 4
         node = helper.make_node("Pad", [site.inputs[0], pad_amounts], [source], name=source, mode="reflect")
         builder.model.graph.node.append(node)
+    # NOTE: a one-tap filter is [1], and a Conv by it copies each value exactly (one product by 1,
+    # nothing added); ONNX has no cheaper exact form for every padding and stride.
     weight = _constant(builder, f"{site.name}.filter", filter_)
     kernel, stride = [op.taps] * 2, [op.stride] * 2
     builder.node("Conv", [source, weight], site, kernel_shape=kernel, strides=stride, pads=pads, group=channels)

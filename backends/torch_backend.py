@@ -165,7 +165,8 @@ STD_CONV_CLASS = '''class StdConv2d(nn.Conv2d):
 BLUR_POOL_CLASS = '''class BlurPool(nn.Module):
     """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d): each channel padded (``"zeros"`` or
     ``"reflect"``) and convolved with stride by the fixed ``taps``×``taps`` binomial filter, which sums
-    to 1. The filter is a non-persistent buffer: it is not in the state_dict."""
+    to 1 (one tap: a copy of every ``stride``-th pixel). The filter is a non-persistent buffer: it is
+    not in the state_dict."""
 
     def __init__(self, taps: int, stride: int, padding: int, padding_mode: str) -> None:
         super().__init__()
@@ -177,6 +178,8 @@ BLUR_POOL_CLASS = '''class BlurPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.padding, mode=self.mode)
+        if self.filter.shape[-1] == 1:  # the one-tap filter [1]: nothing to multiply
+            return x[:, :, :: self.stride, :: self.stride]
         channels = x.shape[1]
         return F.conv2d(x, self.filter.expand(channels, -1, -1, -1), stride=self.stride, groups=channels)'''
 

@@ -542,6 +542,11 @@ class BlurPool(OpBase):
     The filter is a constant of the op, not a weight: no canonical name, no parameter (timm keeps
     it as a non-persistent buffer, absent from its state_dict).
 
+    One tap is the filter ``[1]``: nothing is multiplied, the op pads and keeps every
+    ``stride``-th pixel (with stride 1 and no padding, the identity), and it costs no MACs. So
+    ``taps: "3 if stride == 2 else 1"`` blurs only where a block strides, as timm's blocks do (their
+    ``aa`` is an ``nn.Identity`` elsewhere).
+
     MACs: counted as fvcore and ``torch.utils.flop_counter`` count the ``F.conv2d`` timm calls, a
     depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
     ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
@@ -555,8 +560,6 @@ class BlurPool(OpBase):
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
-        if self.taps < 2:
-            raise ShapeError(f"blur_pool needs at least 2 taps, got {self.taps}")
         if self.padding_mode not in PADDING_MODES:
             raise ShapeError(f"blur_pool padding_mode must be one of {', '.join(PADDING_MODES)}")
         if self.padding_mode == "reflect" and self.padding >= min(height, width):
@@ -567,7 +570,7 @@ class BlurPool(OpBase):
         return (channels, *_spatial(height, width, kernel, stride, padding, (1, 1), False, self.kind))
 
     def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
-        return math.prod(out_shape) * self.taps * self.taps
+        return 0 if self.taps == 1 else math.prod(out_shape) * self.taps * self.taps
 
 
 @dataclass(frozen=True)

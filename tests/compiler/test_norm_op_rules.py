@@ -103,12 +103,19 @@ def test_the_binomial_filter_is_pascals_row_summing_to_one() -> None:
     assert all(sum(binomial_filter(taps)) == 1 for taps in range(2, 12))
 
 
-def test_blur_pool_refuses_reflect_padding_as_large_as_its_input_and_a_single_tap() -> None:
+def test_blur_pool_refuses_reflect_padding_as_large_as_its_input() -> None:
     with pytest.raises(ShapeError, match="reflect padding 2 must be smaller than the 2×2 input"):
         BlurPool(3, 2, 2, "reflect").output_shape(((4, 2, 2),))
     assert BlurPool(3, 1, 2, "zeros").output_shape(((4, 2, 2),)) == (4, 4, 4)
-    with pytest.raises(ShapeError, match="at least 2 taps"):
-        BlurPool(1, 1, 0, "zeros").output_shape(((4, 2, 2),))
+
+
+def test_a_one_tap_blur_pool_copies_and_costs_nothing() -> None:
+    # The filter [1]: the identity at stride 1 (timm's nn.Identity in a block that does not
+    # stride), a subsample at stride 2; no multiply-accumulates either way.
+    assert binomial_filter(1) == [1.0]
+    assert BlurPool(1, 1, 0, "reflect").output_shape(((4, 7, 7),)) == (4, 7, 7)
+    assert BlurPool(1, 1, 0, "reflect").macs(((4, 7, 7),), (4, 7, 7)) == 0
+    assert BlurPool(1, 2, 0, "zeros").output_shape(((4, 7, 7),)) == (4, 4, 4)
 
 
 def test_channel_conv_mixes_the_channels_of_a_pooled_value() -> None:
