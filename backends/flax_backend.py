@@ -51,7 +51,7 @@ from rescompile.backends.source import (
     template,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Graph, MaxPool, Module, Shape
+from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import Role, Tensor
 from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
 from rescompile.spec.errors import RescompileError
@@ -103,8 +103,25 @@ def _conv(node: SourceNode, in_shape: Shape | None) -> Lowering:
         arguments.append(f"kernel_dilation={render(a['dilation'])}")
     if not is_default(a["groups"], 1):
         arguments.append(f"feature_group_count={render(a['groups'])}")
-    arguments += [f"use_bias={render(a['bias'])}", "kernel_init=conv_init", "rngs=rngs"]
-    return Lowering(layer=("nnx.Conv", arguments))
+    arguments += [f"use_bias={render(a['bias'])}", "kernel_init=conv_init"]
+    if _standardized(node):
+        # nnx.Conv convolves through the function it is given: this one standardises the kernel first.
+        arguments.append(f"conv_general_dilated=standardized_conv({render(a['standardize_epsilon'])})")
+    return Lowering(layer=("nnx.Conv", [*arguments, "rngs=rngs"]))
+
+
+def _standardized(node: SourceNode) -> bool:
+    return node.kind == "conv" and is_default(node.attributes["standardize_weight"], True)
+
+
+def _group_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    epsilon = a["epsilon"]
+    assert isinstance(epsilon, float), "GroupNorm's epsilon is a number, not an expression"
+    # NOTE: epsilon always written (nnx.GroupNorm's default is 1e-6, torch's 1e-5), and the two-pass
+    # variance E[(x - mean)²] that torch computes, not nnx's default E[x²] - mean².
+    arguments = [render(a["channels"]), f"num_groups={render(a['groups'])}", f"epsilon={epsilon!r}"]
+    return Lowering(layer=("nnx.GroupNorm", [*arguments, "use_fast_variance=False", "rngs=rngs"]))
 
 
 def flax_momentum(torch_momentum: float) -> float:
@@ -175,6 +192,8 @@ def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(expression="{0}.transpose(0, 3, 1, 2).reshape({0}.shape[0], -1)")
 
 
+BLUR_POOL_ARGUMENTS = ("taps", "stride", "padding", "padding_mode")
+
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
 EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "conv": _conv,
@@ -197,6 +216,14 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "pad_channels": lambda node, in_shape: _function(
         "pad_channels",
         {name: (render(node.attributes[name]), node.attributes[name]) for name in ("before", "after")},
+    ),
+    "group_norm": _group_norm,
+    "blur_pool": lambda node, in_shape: _function(
+        "blur_pool",
+        {name: (render(node.attributes[name]), node.attributes[name]) for name in BLUR_POOL_ARGUMENTS},
+    ),
+    "channel_conv": lambda node, in_shape: Lowering(
+        layer=("ChannelConv", [render(node.attributes["kernel"]), "rngs=rngs"])
     ),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
@@ -239,7 +266,56 @@ def avg_pool_ceil(x: jax.Array, kernel: int, stride: int, padding: int, count_in
     count = jax.lax.reduce_window(counted, 0.0, jax.lax.add, window, strides, ((0, 0), *pads, (0, 0)))
     return total / count'''
 
-HELPER_FUNCTIONS = {"subsample": SUBSAMPLE_FUNCTION, "pad_channels": PAD_CHANNELS_FUNCTION}
+STANDARDIZED_CONV_FUNCTION = '''\
+def standardized_conv(epsilon: float) -> Callable[..., jax.Array]:
+    """jax.lax.conv_general_dilated with weight standardisation (timm's StdConv2d): each output
+    channel's HWIO kernel is (w - mean) / sqrt(var + epsilon) over (h, w, in), biased variance."""
+
+    def conv(x: jax.Array, kernel: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
+        variance = jnp.square(kernel - mean).mean(axis=(0, 1, 2), keepdims=True)
+        standardized = (kernel - mean) * jax.lax.rsqrt(variance + epsilon)
+        return jax.lax.conv_general_dilated(x, standardized, *args, **kwargs)
+
+    return conv'''
+
+BLUR_POOL_FUNCTION = '''\
+def blur_pool(x: jax.Array, taps: int, stride: int, padding: int, padding_mode: str) -> jax.Array:
+    """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d) over NHWC: each channel padded
+    ("zeros" or "reflect", numpy's and torch's reflect) and convolved with stride by the fixed
+    taps×taps binomial filter, which sums to 1."""
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
+    if taps == 1:  # the one-tap filter [1]: nothing to multiply
+        return x[:, ::stride, ::stride, :]
+    coefficients = jnp.array([math.comb(taps - 1, k) for k in range(taps)], jnp.float32) / 2 ** (taps - 1)
+    channels = x.shape[-1]
+    kernel = jnp.tile((coefficients[:, None] * coefficients[None, :])[:, :, None, None], (1, 1, 1, channels))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels
+    )'''
+
+CHANNEL_CONV_CLASS = '''\
+class ChannelConv(nnx.Conv):
+    """ECA's convolution across channels (timm's EcaModule.conv): one odd kernel slides over the
+    channels of a pooled (batch, 1, 1, C) value, zero-padded, no bias. Kernel (kernel, 1, 1)."""
+
+    def __init__(self, kernel: int, *, rngs: nnx.Rngs) -> None:
+        padding = (kernel - 1) // 2
+        padding_pairs = ((padding, padding),)
+        super().__init__(1, 1, (kernel,), padding=padding_pairs, use_bias=False, kernel_init=linear_init, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:  # type: ignore[override]
+        # The channels as a sequence of length C with one feature: (batch, C, 1).
+        return super().__call__(x.reshape(x.shape[0], x.shape[-1], 1)).reshape(x.shape)'''
+
+HELPER_FUNCTIONS = {
+    "subsample": SUBSAMPLE_FUNCTION,
+    "pad_channels": PAD_CHANNELS_FUNCTION,
+    "blur_pool": BLUR_POOL_FUNCTION,
+    "channel_conv": CHANNEL_CONV_CLASS,
+}
+
 # Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
 CEIL_MODE_FUNCTIONS = {"max_pool": "max_pool_ceil", "avg_pool": "avg_pool_ceil"}
 CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CEIL_FUNCTION}
@@ -315,7 +391,7 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
 
 
 def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    return any(node.kind in ("conv", "linear") for node in nodes)
+    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv") for node in nodes)
 
 
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
@@ -345,6 +421,7 @@ def emit_source(graph: Graph) -> str:
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
     kinds_used = {node.op.kind for _, node in graph.nodes()}
+    standardized = any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes())
     ceil_kinds = {
         node.op.kind for _, node in graph.nodes() if isinstance(node.op, MaxPool | AvgPool) and node.op.ceil_mode
     }
@@ -389,9 +466,15 @@ def emit_source(graph: Graph) -> str:
         input_example=", ".join(map(str, nhwc_input)),
         output_shape="×".join(map(str, graph.output_shape)),
         output_example=", ".join(map(str, graph.output_shape)),
-        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used] + ceil_helpers,
+        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used]
+        + ceil_helpers
+        + ([STANDARDIZED_CONV_FUNCTION] if standardized else []),
         uses_partial=any("partial(" in line for line in stored_lines),
-        uses_linear="linear" in kinds_used,
+        uses_linear="linear" in kinds_used or "channel_conv" in kinds_used,
+        uses_math="blur_pool" in kinds_used,
+        # The standardising conv function's signature names Callable and Any.
+        uses_callable=standardized,
+        uses_any=options_used or standardized,
         options_used=options_used,
         shortcuts=shortcuts,
         shortcut_attribute=attribute,
@@ -471,10 +554,17 @@ FLAX_VARIABLES = {
 }
 
 
+def _reverse(array: Array) -> Array:
+    return array.transpose(2, 1, 0)
+
+
 def _layout(tensor: Tensor) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
-    """(to flax, from flax): conv kernels OIHW <-> HWIO, linear kernels (out, in) <-> (in, out)."""
+    """(to flax, from flax): conv kernels OIHW <-> HWIO, 1-D conv kernels OIW <-> WIO, linear
+    kernels (out, in) <-> (in, out)."""
     if tensor.role is Role.KERNEL and len(tensor.shape) == 4:
         return _oihw_to_hwio, _hwio_to_oihw
+    if tensor.role is Role.KERNEL and len(tensor.shape) == 3:
+        return _reverse, _reverse
     if tensor.role is Role.KERNEL and len(tensor.shape) == 2:
         return _transpose, _transpose
     return _same, _same

@@ -38,8 +38,11 @@ from rescompile.compiler.ir import (
     OP_KINDS,
     AvgPool,
     BatchNorm,
+    BlurPool,
+    ChannelConv,
     Conv,
     Graph,
+    GroupNorm,
     Linear,
     MaxPool,
     Module,
@@ -48,6 +51,7 @@ from rescompile.compiler.ir import (
     Padding,
     Subsample,
 )
+from rescompile.compiler.ops import binomial_filter
 from rescompile.compiler.weights import (
     Weights,
     check_weights,
@@ -195,7 +199,16 @@ def _conv(builder: _Builder, site: Site) -> None:
         "group": op.groups,
     }
     inputs = [site.inputs[0]]
-    if site.folded is None:
+    if op.standardize_weight:
+        # NOTE: the raw weight stays the initializer (``.weight``, the canonical value, so the file
+        # reads back into canonical weights) and is standardised by nodes: every input of them is a
+        # constant, so runtimes fold them once when loading (fold_batch_norm never folds into it).
+        raw = builder.weight(f"{site.name}.weight")
+        grouped = _normalize_groups(builder, raw, [1, op.out_channels, -1], op.standardize_epsilon, site.name)
+        inputs.append(_reshape(builder, grouped, list(op.tensors()["weight"].shape), f"{site.name}.standardized"))
+        if op.bias:
+            inputs.append(builder.weight(f"{site.name}.bias"))
+    elif site.folded is None:
         inputs.append(builder.weight(f"{site.name}.weight"))
         if op.bias:
             inputs.append(builder.weight(f"{site.name}.bias"))
@@ -226,6 +239,99 @@ def _batch_norm(builder: _Builder, site: Site) -> None:
     # NOTE: inference form, as torch's eval mode: normalise with the running statistics. ONNX's
     # ``momentum`` only matters in training mode, so it is not emitted.
     builder.node("BatchNormalization", [site.inputs[0], *parameters], site, epsilon=op.epsilon)
+
+
+def _constant(builder: _Builder, name: str, array: npt.NDArray[Any]) -> str:
+    """A Constant node: a fixed value of the op (a filter, an epsilon), not a weight, so not an
+    initializer: it has no canonical name and is not counted as a parameter."""
+    node = helper.make_node("Constant", [], [name], name=name, value=numpy_helper.from_array(array, name))
+    builder.model.graph.node.append(node)
+    return name
+
+
+def _reshape(builder: _Builder, value: str, shape: list[int], name: str) -> str:
+    """``value`` reshaped to ``shape`` (0 copies that dimension, -1 is inferred), as ``name``."""
+    target = builder.tensor(f"{name}.shape", np.array(shape, np.int64))
+    builder.model.graph.node.append(helper.make_node("Reshape", [value, target], [name], name=name))
+    return name
+
+
+def _normalize_groups(builder: _Builder, value: str, grouped: list[int], epsilon: float, name: str) -> str:
+    """``value`` reshaped to ``grouped`` ``(batch, groups, -1)``, each group normalised to
+    ``(x - mean) / sqrt(var + epsilon)`` with its biased variance: GroupNorm without its affine,
+    and weight standardisation. Means are GlobalAveragePool over the last axis, which every
+    supported opset has in this form (ReduceMean's axes moved from an attribute to an input in 18).
+    Returns the normalised value, still of shape ``grouped``."""
+
+    def add(op_type: str, inputs: list[str], suffix: str) -> str:
+        output = f"{name}.{suffix}"
+        builder.model.graph.node.append(helper.make_node(op_type, inputs, [output], name=output))
+        return output
+
+    groups = _reshape(builder, value, grouped, f"{name}.grouped")
+    centred = add("Sub", [groups, add("GlobalAveragePool", [groups], "mean")], "centred")
+    variance = add("GlobalAveragePool", [add("Mul", [centred, centred], "squared")], "variance")
+    shifted = add("Add", [variance, _constant(builder, f"{name}.epsilon", np.array(epsilon, np.float32))], "shifted")
+    return add("Div", [centred, add("Sqrt", [shifted], "deviation")], "normalized")
+
+
+def _group_norm(builder: _Builder, site: Site) -> None:
+    # NOTE: decomposed rather than GroupNormalization, which exists only from opset 18, took one
+    # scale per group until opset 21 changed it to one per channel, and had bugs in older runtimes.
+    op = site.node.op
+    assert isinstance(op, GroupNorm)
+    channels, height, width = site.node.in_shapes[0]
+    normalized = _normalize_groups(builder, site.inputs[0], [0, op.groups, -1], op.epsilon, site.name)
+    image = _reshape(builder, normalized, [0, channels, height, width], f"{site.name}.image")
+    affine = [
+        _reshape(builder, builder.weight(f"{site.name}.{suffix}"), [channels, 1, 1], f"{site.name}.{suffix}.column")
+        for suffix in ("weight", "bias")
+    ]
+    scaled = f"{site.name}.scaled"
+    builder.model.graph.node.append(helper.make_node("Mul", [image, affine[0]], [scaled], name=scaled))
+    builder.node("Add", [scaled, affine[1]], site)
+
+
+def _blur_pool(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, BlurPool)
+    channels = site.node.in_shapes[0][0]
+    coefficients = np.array(binomial_filter(op.taps), np.float32)
+    square = np.outer(coefficients, coefficients)
+    filter_ = np.ascontiguousarray(np.broadcast_to(square, (channels, 1, op.taps, op.taps)))
+    source, pads = site.inputs[0], [op.padding] * 4
+    if op.padding_mode == "reflect":
+        # Pad's pads are all begins (N, C, H, W), then all ends; ONNX's reflect is torch's.
+        amounts = [0, 0, op.padding, op.padding] * 2
+        pad_amounts = builder.tensor(f"{site.name}.pads", np.array(amounts, np.int64))
+        source, pads = f"{site.name}.padded", [0] * 4
+        node = helper.make_node("Pad", [site.inputs[0], pad_amounts], [source], name=source, mode="reflect")
+        builder.model.graph.node.append(node)
+    # NOTE: a one-tap filter is [1], and a Conv by it copies each value exactly (one product by 1,
+    # nothing added); ONNX has no cheaper exact form for every padding and stride.
+    weight = _constant(builder, f"{site.name}.filter", filter_)
+    kernel, stride = [op.taps] * 2, [op.stride] * 2
+    builder.node("Conv", [source, weight], site, kernel_shape=kernel, strides=stride, pads=pads, group=channels)
+
+
+def _channel_conv(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, ChannelConv)
+    channels = site.node.in_shapes[0][0]
+    # (batch, C, 1, 1) as a one-channel sequence of length C, as timm's EcaModule views it.
+    sequence = _reshape(builder, site.inputs[0], [0, 1, channels], f"{site.name}.sequence")
+    mixed = f"{site.name}.mixed"
+    conv = helper.make_node(
+        "Conv",
+        [sequence, builder.weight(f"{site.name}.weight")],
+        [mixed],
+        name=mixed,
+        kernel_shape=[op.kernel],
+        pads=[op.padding, op.padding],
+    )
+    builder.model.graph.node.append(conv)
+    shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, 1, 1], np.int64))
+    builder.node("Reshape", [mixed, shape], site)
 
 
 def _relu(builder: _Builder, site: Site) -> None:
@@ -352,6 +458,7 @@ Emitter = Callable[[_Builder, Site], None]
 EMITTERS: dict[str, Emitter] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
+    "group_norm": _group_norm,
     "relu": _relu,
     "max_pool": _max_pool,
     "avg_pool": _avg_pool,
@@ -363,6 +470,8 @@ EMITTERS: dict[str, Emitter] = {
     "mul": _mul,
     "subsample": _subsample,
     "pad_channels": _pad_channels,
+    "blur_pool": _blur_pool,
+    "channel_conv": _channel_conv,
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
 
@@ -691,7 +800,7 @@ def to_weights(model: onnx.ModelProto, graph: Graph) -> Weights:
 def count_parameters(model: onnx.ModelProto) -> int:
     """ONNX has no notion of trainable: the float initializers but BatchNorm's running statistics,
     which are the inputs 3 and 4 of a BatchNormalization node (the int64 initializers hold the
-    index constants of Slice and Pad)."""
+    index and shape constants of Slice, Pad and Reshape; fixed filters are Constant nodes)."""
     statistics = {name for node in model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
     return sum(
         int(np.prod(tensor.dims))

@@ -29,9 +29,12 @@ from rescompile.compiler.ir import (
     Attribute,
     AvgPool,
     BatchNorm,
+    BlurPool,
+    ChannelConv,
     Conv,
     Definition,
     Graph,
+    GroupNorm,
     Linear,
     MaxPool,
     Module,
@@ -47,6 +50,8 @@ from rescompile.spec.expressions import Expression, Value
 from rescompile.spec.models import RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
+NORMALIZATIONS = ("batch_norm", "group_norm")
+"""Op kinds with an affine ``weight`` that ``zero_init`` zeroes for ``zero_init_residual``."""
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
 
@@ -184,9 +189,17 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
             "dilation": _square(op.dilation, "dilation"),
             "groups": op.groups,
             "bias": op.bias,
+            "standardize_weight": op.standardize_weight,
+            "standardize_epsilon": op.standardize_epsilon,
         }
     if isinstance(op, BatchNorm):
         return {"channels": op.channels, "epsilon": op.epsilon, "momentum": op.momentum}
+    if isinstance(op, GroupNorm):
+        return {"channels": op.channels, "groups": op.groups, "epsilon": op.epsilon}
+    if isinstance(op, BlurPool):
+        return {"taps": op.taps, "stride": op.stride, "padding": op.padding, "padding_mode": op.padding_mode}
+    if isinstance(op, ChannelConv):
+        return {"kernel": op.kernel}
     if isinstance(op, MaxPool | AvgPool):
         attributes: dict[str, Attribute] = {
             "kernel": _square(op.kernel, "kernel"),
@@ -312,7 +325,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
-        zero_init = [node.name for node in nodes if node.kind == "batch_norm" and node.attribute("zero_init") is True]
+        zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
         classes.append(
             BlockClass(
                 definition=definition,

@@ -35,7 +35,7 @@ from rescompile.backends.source import (
     template,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Attribute, Graph
+from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Graph
 from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 
 Layer = tuple[str, list[str]]
+STD_CONV = "standardized conv"
+"""The key of the weight-standardised conv's helper class (a conv attribute, not an op kind)."""
 """A layer's constructor and its arguments as source: ``("nn.ReLU", ["inplace=True"])``."""
 
 
@@ -54,19 +56,33 @@ def _optional(keyword: str, value: Attribute, default: Value) -> list[str]:
 
 def _conv(node: SourceNode) -> Layer:
     a = node.attributes
-    return (
-        "nn.Conv2d",
-        [
-            render(a["in_channels"]),
-            render(a["out_channels"]),
-            f"kernel_size={render(a['kernel'])}",
-            *_optional("stride", a["stride"], 1),
-            *_optional("padding", a["padding"], 0),
-            *_optional("dilation", a["dilation"], 1),
-            *_optional("groups", a["groups"], 1),
-            f"bias={render(a['bias'])}",
-        ],
-    )
+    arguments = [
+        render(a["in_channels"]),
+        render(a["out_channels"]),
+        f"kernel_size={render(a['kernel'])}",
+        *_optional("stride", a["stride"], 1),
+        *_optional("padding", a["padding"], 0),
+        *_optional("dilation", a["dilation"], 1),
+        *_optional("groups", a["groups"], 1),
+        f"bias={render(a['bias'])}",
+    ]
+    if _standardized(node):
+        return ("StdConv2d", [*arguments, *_optional("eps", a["standardize_epsilon"], 1e-6)])
+    return ("nn.Conv2d", arguments)
+
+
+def _standardized(node: SourceNode) -> bool:
+    return node.kind == "conv" and is_default(node.attributes["standardize_weight"], True)
+
+
+def _group_norm(node: SourceNode) -> Layer:
+    a = node.attributes
+    return ("nn.GroupNorm", [render(a["groups"]), render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5)])
+
+
+def _blur_pool(node: SourceNode) -> Layer:
+    a = node.attributes
+    return ("BlurPool", [render(a[name]) for name in ("taps", "stride", "padding", "padding_mode")])
 
 
 def _batch_norm(node: SourceNode) -> Layer:
@@ -120,11 +136,69 @@ PAD_CHANNELS_CLASS = '''class PadChannels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (0, 0, 0, 0, self.before, self.after))'''
 
+STD_CONV_CLASS = '''class StdConv2d(nn.Conv2d):
+    """A convolution with weight standardisation (timm's StdConv2d): each output channel's weight is
+    ``(w - mean) / sqrt(var + eps)`` over its inputs and taps (biased variance) before convolving.
+    The stored weight is the raw one."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
+        ).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)'''
+
+BLUR_POOL_CLASS = '''class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d): each channel padded (``"zeros"`` or
+    ``"reflect"``) and convolved with stride by the fixed ``taps``×``taps`` binomial filter, which sums
+    to 1 (one tap: a copy of every ``stride``-th pixel). The filter is a non-persistent buffer: it is
+    not in the state_dict."""
+
+    def __init__(self, taps: int, stride: int, padding: int, padding_mode: str) -> None:
+        super().__init__()
+        self.stride = stride
+        self.padding = (padding,) * 4
+        self.mode = "constant" if padding_mode == "zeros" else padding_mode
+        coefficients = torch.tensor([math.comb(taps - 1, k) for k in range(taps)]) / 2 ** (taps - 1)
+        self.register_buffer("filter", (coefficients[:, None] * coefficients[None, :])[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.padding, mode=self.mode)
+        if self.filter.shape[-1] == 1:  # the one-tap filter [1]: nothing to multiply
+            return x[:, :, :: self.stride, :: self.stride]
+        channels = x.shape[1]
+        return F.conv2d(x, self.filter.expand(channels, -1, -1, -1), stride=self.stride, groups=channels)'''
+
+CHANNEL_CONV_CLASS = '''class ChannelConv(nn.Conv1d):
+    """ECA's convolution across channels (timm's EcaModule.conv): one odd kernel slides over the
+    channels of a pooled (batch, C, 1, 1) value, zero-padded, no bias."""
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__(1, 1, kernel_size=kernel, padding=(kernel - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.view(x.shape[0], 1, -1)).view(x.shape)'''
+
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}").
 EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
+    "group_norm": _group_norm,
     "relu": _relu,
     "max_pool": _pool("nn.MaxPool2d"),
     "avg_pool": _pool("nn.AvgPool2d"),
@@ -136,8 +210,18 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "mul": "{0} * {1}",
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
+    "blur_pool": _blur_pool,
+    "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),
 }
-HELPER_CLASSES = {"subsample": SUBSAMPLE_CLASS, "pad_channels": PAD_CHANNELS_CLASS}
+HELPER_CLASSES = {
+    "subsample": SUBSAMPLE_CLASS,
+    "pad_channels": PAD_CHANNELS_CLASS,
+    "blur_pool": BLUR_POOL_CLASS,
+    "channel_conv": CHANNEL_CONV_CLASS,
+}
+# Helper classes that call torch.nn.functional, and those that need the math module.
+FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", STD_CONV)
+MATH_HELPERS = ("blur_pool",)
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
@@ -174,6 +258,8 @@ def emit_source(graph: Graph) -> str:
     blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
     kinds_used = {node.op.kind for _, node in graph.nodes()}
+    if any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes()):
+        kinds_used.add(STD_CONV)
     shortcut_views = [
         {
             "definition": shortcut.definition,
@@ -210,13 +296,15 @@ def emit_source(graph: Graph) -> str:
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + [f"x = self.{call.attribute}(x)" for call in calls] + _forward_lines(head)
     helpers = [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
+    helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     return template("torch_model.py.jinja").render(
         version=rescompile.__version__,
         graph=graph,
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
-        uses_functional="pad_channels" in kinds_used,
+        uses_functional=any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
+        uses_math=any(kind in kinds_used for kind in MATH_HELPERS),
         options_used=options_used,
         shortcuts=shortcut_views,
         shortcut_attribute=attribute,

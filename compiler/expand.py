@@ -208,7 +208,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         attributes: SymbolicAttributes = {
             field: value
             for field, value in node_spec
-            if field not in ("op", "input", "inputs") and isinstance(value, Expression | bool | float)
+            if field not in ("op", "input", "inputs") and isinstance(value, Expression | bool | float | str)
         }
         attributes, channels[name] = OPS[node_spec.op].symbolic(attributes, channels.get(inputs[0]))
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))

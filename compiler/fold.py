@@ -1,7 +1,7 @@
-"""BatchNorm folding, an IR rewrite for inference: each BatchNorm that directly follows a conv, and
-is the only reader of that conv's output, is folded into the conv (He et al.'s networks end every
-conv so). The conv gets a bias and computes what the BatchNorm computed; readers of the BatchNorm
-read the conv instead.
+"""BatchNorm folding, an IR rewrite for inference: each BatchNorm that directly follows a conv, and is
+the only reader of that conv's output, is folded into the conv (He et al.'s networks end every conv
+so), unless the conv standardises its weight. The conv gets a bias and computes what the BatchNorm
+computed; readers of the BatchNorm read the conv instead.
 
 In eval mode ``bn(conv(x)) = conv'(x)`` with, per output channel,
 ``scale = weight / sqrt(running_var + epsilon)``, ``W' = W * scale`` and
@@ -79,7 +79,10 @@ def _foldable(module: Module) -> dict[str, Node]:
     ops = {node.name: node.op for node in module.nodes}
     pairs: dict[str, Node] = {}
     for node in module.nodes:
-        if isinstance(node.op, BatchNorm) and isinstance(ops.get(node.inputs[0]), Conv):
+        conv_op = ops.get(node.inputs[0])
+        # NOTE: a weight-standardised conv is left alone: it standardises whatever weight it holds,
+        # so a BatchNorm scale folded into that weight would be normalised away.
+        if isinstance(node.op, BatchNorm) and isinstance(conv_op, Conv) and not conv_op.standardize_weight:
             conv = node.inputs[0]
             if len(readers[conv]) == 1:
                 pairs[conv] = node

@@ -12,7 +12,7 @@ an op is stated on it, once:
   layout, buffers marked, each with its role and initialiser; the canonical weight names are
   ``<node>.<suffix>`` (``layer1.0.conv1.weight``);
 * :meth:`~OpBase.macs`: multiply-accumulates, counted as torchvision's docs, fvcore and ptflops count
-  them (convolutions and linear layers only).
+  them (convolutions and linear layers only; a blur pool and a channel conv are convolutions).
 
 Cost, canonical weights (names, shapes, initial and random values), the Flax weight conversion and
 the shape pass all derive from this table; nothing recognises an op by a name suffix. A new op is
@@ -143,8 +143,9 @@ def _is_zero(value: object) -> bool:
     return isinstance(value, Expression) and isinstance(value.tree, ast.Constant) and value.tree.value == 0
 
 
-Attribute = int | float | bool | Expression
-"""An attribute of a definition's node: a value, or an expression over the definition's parameters."""
+Attribute = int | float | bool | str | Expression
+"""An attribute of a definition's node: a value (a string for a choice such as a padding mode), or
+an expression over the definition's parameters."""
 SymbolicAttributes = dict[str, Attribute]
 
 
@@ -182,6 +183,11 @@ class OpBase:
 
 @dataclass(frozen=True)
 class Conv(OpBase):
+    """A 2-D convolution (torch's ``Conv2d``). With ``standardize_weight`` it convolves with its
+    weight standardised per output channel, ``(w - mean) / sqrt(var + standardize_epsilon)`` over
+    ``(in/groups, kh, kw)`` with the biased variance (Qiao et al. 2019; timm's ``StdConv2d``); the
+    raw weight is what is stored (``.weight``), so timm's state_dicts load unchanged."""
+
     kind: ClassVar[str] = "conv"
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     in_channels: int
@@ -192,6 +198,8 @@ class Conv(OpBase):
     dilation: Pair
     groups: int
     bias: bool
+    standardize_weight: bool = False
+    standardize_epsilon: float = 1e-6
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -204,6 +212,8 @@ class Conv(OpBase):
             dilation=_square(attributes["dilation"]),
             groups=attributes["groups"],
             bias=attributes["bias"],
+            standardize_weight=attributes["standardize_weight"],
+            standardize_epsilon=attributes["standardize_epsilon"],
         )
 
     @classmethod
@@ -275,6 +285,47 @@ class BatchNorm(OpBase):
             "bias": Tensor(channels, Role.BIAS, Init.ZEROS),
             "running_mean": Tensor(channels, Role.MEAN, Init.ZEROS, buffer=True),
             "running_var": Tensor(channels, Role.VARIANCE, Init.ONES, buffer=True),
+        }
+
+
+@dataclass(frozen=True)
+class GroupNorm(OpBase):
+    """torch's ``GroupNorm`` (Wu and He 2018): the channels split into ``groups`` consecutive
+    groups, each sample's group normalised by its own mean and *biased* variance over
+    ``(channels / groups, height, width)``, ``epsilon`` inside the square root, then an affine
+    per-channel ``weight`` and ``bias``. No running statistics: training and eval compute the same."""
+
+    kind: ClassVar[str] = "group_norm"
+    channels: int
+    groups: int
+    epsilon: float
+    zero_init: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        channels = _one(in_shapes, "group_norm")[0]
+        return cls(channels, attributes["groups"], attributes["epsilon"], attributes["zero_init"])
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        assert in_channels is not None
+        return {**attributes, "channels": in_channels}, in_channels
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, _, _ = _image(in_shapes, self.kind)
+        if channels != self.channels:
+            raise ShapeError(f"group_norm has {self.channels} channels, its input has {channels}")
+        if channels % self.groups:
+            raise ShapeError(f"group_norm groups={self.groups} must divide the {channels} channels")
+        return in_shapes[0]
+
+    def tensors(self) -> dict[str, Tensor]:
+        channels = (self.channels,)
+        return {
+            "weight": Tensor(channels, Role.SCALE, Init.ONES, zeroed_for_residual=self.zero_init),
+            "bias": Tensor(channels, Role.BIAS, Init.ZEROS),
         }
 
 
@@ -471,6 +522,91 @@ class Subsample(OpBase):
         return (channels, -(-height // self.stride), -(-width // self.stride))
 
 
+def binomial_filter(taps: int) -> list[float]:
+    """The ``taps`` coefficients of the binomial low-pass filter, ``C(taps - 1, k) / 2**(taps - 1)``:
+    they sum to 1 (every value is exact in float32 up to 25 taps)."""
+    return [math.comb(taps - 1, k) / 2 ** (taps - 1) for k in range(taps)]
+
+
+PADDING_MODES = ("zeros", "reflect")
+"""How a blur pool pads: with zeros, or by reflecting the input about its edge without repeating
+the edge value (torch's and numpy's ``reflect``: ``c b | a b c d | c b``)."""
+
+
+@dataclass(frozen=True)
+class BlurPool(OpBase):
+    """Anti-aliased downsampling (Zhang 2019; timm's ``BlurPool2d``): each channel is padded by
+    ``padding`` on every side (``padding_mode``) and convolved, with ``stride``, with the fixed
+    ``taps``×``taps`` filter ``outer(b, b)``, ``b`` = :func:`binomial_filter` (it sums to 1).
+
+    The filter is a constant of the op, not a weight: no canonical name, no parameter (timm keeps
+    it as a non-persistent buffer, absent from its state_dict).
+
+    One tap is the filter ``[1]``: nothing is multiplied, the op pads and keeps every
+    ``stride``-th pixel (with stride 1 and no padding, the identity), and it costs no MACs. So
+    ``taps: "3 if stride == 2 else 1"`` blurs only where a block strides, as timm's blocks do (their
+    ``aa`` is an ``nn.Identity`` elsewhere).
+
+    MACs: counted as fvcore and ``torch.utils.flop_counter`` count the ``F.conv2d`` timm calls, a
+    depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
+    ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
+
+    kind: ClassVar[str] = "blur_pool"
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    taps: int
+    stride: int
+    padding: int
+    padding_mode: str
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if self.padding_mode not in PADDING_MODES:
+            raise ShapeError(f"blur_pool padding_mode must be one of {', '.join(PADDING_MODES)}")
+        if self.padding_mode == "reflect" and self.padding >= min(height, width):
+            raise ShapeError(
+                f"blur_pool reflect padding {self.padding} must be smaller than the {height}×{width} input"
+            )
+        kernel, stride, padding = _square(self.taps), _square(self.stride), _padding(self.padding)
+        return (channels, *_spatial(height, width, kernel, stride, padding, (1, 1), False, self.kind))
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return 0 if self.taps == 1 else math.prod(out_shape) * self.taps * self.taps
+
+
+@dataclass(frozen=True)
+class ChannelConv(OpBase):
+    """ECA's channel convolution (Wang et al. 2020; timm's ``EcaModule.conv``, an
+    ``nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)``): on a pooled C×1×1 value, one
+    1-D kernel of odd size ``kernel`` slides across the channel axis, zero-padded, so each output
+    channel mixes its ``kernel`` neighbours. Weight ``(1, 1, kernel)``. MACs ``C × kernel``, as
+    fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
+
+    kind: ClassVar[str] = "channel_conv"
+    kernel: int
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel - 1) // 2
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if (height, width) != (1, 1):
+            raise ShapeError(
+                f"channel_conv reads a pooled C×1×1 value, got {channels}×{height}×{width}; "
+                "add a global_average_pool before it"
+            )
+        if self.kernel % 2 == 0:
+            raise ShapeError(f"channel_conv needs an odd kernel, so that it keeps the channels; got {self.kernel}")
+        return in_shapes[0]
+
+    def tensors(self) -> dict[str, Tensor]:
+        # torch's Conv1d default (kept by timm's ResNet, which re-initialises only Conv2d): U(±1/sqrt(kernel)).
+        return {"weight": Tensor((1, 1, self.kernel), Role.KERNEL, Init.UNIFORM_FAN_IN, fan_in=self.kernel)}
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return out_shape[0] * self.kernel
+
+
 @dataclass(frozen=True)
 class PadChannels(OpBase):
     """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
@@ -500,6 +636,7 @@ class PadChannels(OpBase):
 Op = (
     Conv
     | BatchNorm
+    | GroupNorm
     | Relu
     | MaxPool
     | AvgPool
@@ -511,10 +648,13 @@ Op = (
     | Mul
     | Subsample
     | PadChannels
+    | BlurPool
+    | ChannelConv
 )
 OP_TYPES: tuple[type[Op], ...] = (
     Conv,
     BatchNorm,
+    GroupNorm,
     Relu,
     MaxPool,
     AvgPool,
@@ -526,6 +666,8 @@ OP_TYPES: tuple[type[Op], ...] = (
     Mul,
     Subsample,
     PadChannels,
+    BlurPool,
+    ChannelConv,
 )
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}

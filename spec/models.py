@@ -71,7 +71,10 @@ RESERVED_NAMES = frozenset(
 """Names generated methods use for themselves: no node, parameter or derived value may take them
 (a located error at validate time, not broken code at emit time)."""
 MODULE_LEVEL_NAMES = frozenset(
-    {"conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"}
+    {
+        *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
+        *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv"),
+    }
 )
 """Names the generated torch and Flax files define at module level. Parameters and derived values
 (local variables of every constructor) may not shadow them; node names are attributes and may."""
@@ -128,12 +131,30 @@ class ConvSpec(OpBase):
     dilation: Expr = parse_expression(1)
     groups: Expr = parse_expression(1)
     bias: bool = False
+    standardize_weight: bool = Field(
+        default=False,
+        description="Convolve with the weight standardised per output channel (timm's StdConv2d); the raw weight "
+        "is stored.",
+    )
+    standardize_epsilon: float = Field(
+        default=1e-6, gt=0, allow_inf_nan=False, description="Added to the weight's variance when standardising."
+    )
 
 
 class BatchNormSpec(OpBase):
     op: Literal["batch_norm"]
     epsilon: float = Field(default=1e-5, gt=0, allow_inf_nan=False)
     momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
+    zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
+
+
+class GroupNormSpec(OpBase):
+    """torch's GroupNorm: per sample, each of ``groups`` channel groups normalised over its channels
+    and pixels (biased variance), then a per-channel weight and bias."""
+
+    op: Literal["group_norm"]
+    groups: Expr
+    epsilon: float = Field(default=1e-5, gt=0, allow_inf_nan=False)
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
 
@@ -209,9 +230,29 @@ class PadChannelsSpec(OpBase):
     after: Expr
 
 
+class BlurPoolSpec(OpBase):
+    """A fixed binomial filter of ``taps``×``taps`` per channel, with ``stride``: anti-aliased
+    downsampling (timm's BlurPool2d). The filter is a constant, not a weight."""
+
+    op: Literal["blur_pool"]
+    taps: Expr
+    stride: Expr = parse_expression(1)
+    padding: Expr = parse_expression(0)
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+
+
+class ChannelConvSpec(OpBase):
+    """ECA's 1-D convolution across the channels of a pooled C×1×1 value: one odd ``kernel``, zero
+    padding, no bias (timm's EcaModule.conv)."""
+
+    op: Literal["channel_conv"]
+    kernel: Expr
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
+    | GroupNormSpec
     | ReluSpec
     | MaxPoolSpec
     | AvgPoolSpec
@@ -222,7 +263,9 @@ OpSpec = Annotated[
     | MulSpec
     | SigmoidSpec
     | SubsampleSpec
-    | PadChannelsSpec,
+    | PadChannelsSpec
+    | BlurPoolSpec
+    | ChannelConvSpec,
     Field(discriminator="op"),
 ]
 

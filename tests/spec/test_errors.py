@@ -138,7 +138,8 @@ CASES = {
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, conv, flatten, global_average_pool, linear, max_pool, mul, pad_channels, relu, sigmoid, subsample",
+        "batch_norm, blur_pool, channel_conv, conv, flatten, global_average_pool, group_norm, linear, max_pool, mul, "
+        "pad_channels, relu, sigmoid, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
