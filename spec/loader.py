@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keyword
-import re
 import types
 import typing
 from dataclasses import dataclass
@@ -284,12 +283,10 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"(conv1, se.fc1, conv1.0), not keywords, dunders or one of {', '.join(sorted(RESERVED_NAMES))}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
-        stage = kind in ("stems", "heads") and re.fullmatch(r"layer\d+", segments[0]) is not None
-        if segments[0] in MODULE_ATTRIBUTES or stage:
+        if segments[0] in MODULE_ATTRIBUTES:
             raise RescompileError(
                 f"node name {node_name!r} would replace the generated module's own '{segments[0]}' "
-                f"({'a stage of the network' if stage else 'an attribute of nn.Module, nnx.Module or the network'})"
-                "; rename the node",
+                "(an attribute of nn.Module, nnx.Module or the network); rename the node",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
         if segments[0].isdigit() and kind != "shortcuts":
@@ -338,6 +335,16 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
             raise RescompileError(
                 f"block '{part.name}' needs exactly one residual add (an add node reading 'shortcut'); it has {found}",
                 loaded.source.locate(("nodes", merges[1]) if merges else ("nodes",), key=True),
+            )
+        merge_index = list(part.nodes).index(merges[0])
+        readable = ["input", *list(part.nodes)[:merge_index]]
+        if part.shortcut_input not in readable:
+            where = "a later node" if part.shortcut_input in part.nodes else "not a node"
+            raise RescompileError(
+                f"shortcut_input '{part.shortcut_input}' is {where} of block '{part.name}'"
+                f"{did_you_mean(part.shortcut_input, readable)}; the shortcut reads the block input or a node "
+                f"before the residual add '{merges[0]}': {one_of(readable)}",
+                loaded.source.locate(("shortcut_input",)),
             )
         for unknown in sorted(part.out_channels.names - known_names):
             raise RescompileError(

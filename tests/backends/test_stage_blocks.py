@@ -91,5 +91,6 @@ def test_an_unknown_stage_block_is_a_located_error(tmp_path: Path, monkeypatch: 
     with pytest.raises(RescompileError) as raised:
         compile_spec("net.yaml")
     assert str(raised.value) == (
-        "net.yaml:9:45: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck"
+        "net.yaml:9:45: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck, "
+        "preact_bottleneck"
     )

@@ -51,7 +51,7 @@ CASES = {
         network(("head: classifier", "heads: classifier")),
         {},
         "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
-        "description, head, head_parameters, input, name, shortcut, stages, stem, stem_parameters",
+        "description, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
@@ -61,7 +61,8 @@ CASES = {
     "unknown_block_near_miss": (
         network(("block: basic", "block: bottlenek")),
         {},
-        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck",
+        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: basic, bottleneck, "
+        "preact_bottleneck",
     ),
     "channel_mismatch": (
         network(("shortcut: B", "shortcut: identity")),
@@ -296,7 +297,8 @@ CASES = {
     "newline_in_user_text": (
         network(("block: basic", 'block: "bas\\nic\\e[31m"')),
         {},
-        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: basic, bottleneck",
+        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: basic, bottleneck, "
+        "preact_bottleneck",
     ),
     "size_list_too_long": (
         network(("size: 32", "size: [32, 32, 32]")),

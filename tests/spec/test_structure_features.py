@@ -1,0 +1,110 @@
+"""The network's naming scheme and a block's shortcut_input: what they name, and their located errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rescompile.compiler import compile_spec
+from rescompile.compiler.weights import weight_shapes
+from rescompile.spec.errors import RescompileError
+
+NETWORK = """name: net
+input: {channels: 3, size: 16}
+naming: {stages: "stages.{index}.blocks"}
+stem: cifar
+block: mine
+shortcut: {where_shapes_match: identity, where_shapes_change: preact_projection}
+stages:
+  - {depth: 2, width: 8}
+  - {depth: 1, width: 16, stride: 2}
+head_parameters: {classes: 10}
+"""
+BLOCK = """name: mine
+out_channels: width
+shortcut_input: preact
+nodes:
+  norm1: {op: batch_norm}
+  preact: {op: relu}
+  conv1: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}
+  add: {op: add, inputs: [conv1, shortcut]}
+"""
+
+
+def _compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str = NETWORK, block: str = BLOCK) -> object:
+    (tmp_path / "blocks").mkdir(exist_ok=True)
+    (tmp_path / "blocks" / "mine.yaml").write_text(block)
+    (tmp_path / "net.yaml").write_text(network)
+    monkeypatch.chdir(tmp_path)
+    return compile_spec("net.yaml")
+
+
+def test_the_naming_scheme_names_stages_blocks_and_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = _compile(tmp_path, monkeypatch)
+    names = list(weight_shapes(graph))  # type: ignore[arg-type]
+    assert "stages.0.blocks.1.conv1.weight" in names
+    assert "stages.1.blocks.0.downsample.conv.weight" in names
+    assert not any(name.startswith("layer") for name in names)
+    numbered = _compile(tmp_path, monkeypatch, NETWORK.replace("stages.{index}.blocks", "stage{number}"))
+    assert [module.path for module in numbered.blocks] == ["stage1.0", "stage1.1", "stage2.0"]  # type: ignore[attr-defined]
+
+
+def test_a_projection_reads_the_shortcut_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = _compile(tmp_path, monkeypatch)
+    projecting = graph.blocks[2]  # type: ignore[attr-defined]
+    shortcut = next(node for node in projecting.nodes if node.name == "downsample.conv")
+    assert shortcut.inputs == ("preact",)
+    identity = graph.blocks[1]  # type: ignore[attr-defined]
+    assert next(node for node in identity.nodes if node.name == "add").inputs == ("conv1", "input")
+
+
+@pytest.mark.parametrize(
+    ("network", "block", "expected"),
+    [
+        (
+            NETWORK.replace("stages.{index}.blocks", "stages.blocks"),
+            BLOCK,
+            "net.yaml:3:18: naming.stages: a stage path holds exactly one of {index} (0, 1, ...) or {number} (1, 2, "
+            "...) (got 'stages.blocks')",
+        ),
+        (
+            NETWORK.replace("stages.{index}.blocks", "{index}.blocks"),
+            BLOCK,
+            "net.yaml:3:18: naming.stages: a stage path is a module path: Python-style identifiers or numbers joined "
+            "by '.', starting with an identifier (layer{number}, stages.{index}.blocks)",
+        ),
+        (
+            NETWORK.replace("stages.{index}.blocks", "conv1.{index}"),
+            BLOCK,
+            "stems/cifar.yaml:6:3: stem node 'conv1' would share the network module's attribute 'conv1' with a stage "
+            "of the network; rename the node or change the network's naming.stages",
+        ),
+        (
+            NETWORK,
+            BLOCK.replace("shortcut_input: preact", "shortcut_input: preakt"),
+            "blocks/mine.yaml:3:17: shortcut_input 'preakt' is not a node of block 'mine' (did you mean 'preact'?); "
+            "the shortcut reads the block input or a node before the residual add 'add': 'conv1', 'input', 'norm1' "
+            "or 'preact'",
+        ),
+        (
+            NETWORK,
+            BLOCK.replace("shortcut_input: preact", "shortcut_input: add"),
+            "blocks/mine.yaml:3:17: shortcut_input 'add' is a later node of block 'mine'; the shortcut reads the "
+            "block input or a node before the residual add 'add': 'conv1', 'input', 'norm1' or 'preact'",
+        ),
+        (
+            NETWORK,
+            BLOCK.replace("shortcut_input: preact", "shortcut_input: conv1"),
+            "blocks/mine.yaml:3:17: stages.0.blocks.0: shortcut_input 'conv1' has shape 8×16×16, but a shortcut reads "
+            "a value of the block input's shape (16×16×16)",
+        ),
+    ],
+)
+def test_bad_naming_and_shortcut_inputs_are_located_errors(
+    network: str, block: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(RescompileError) as raised:
+        _compile(tmp_path, monkeypatch, network, block)
+    # A built-in part is named by its installed path: compare from the part's folder on.
+    assert str(raised.value) == expected or str(raised.value).endswith(f"/architectures/{expected}")
