@@ -328,6 +328,7 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                     loaded.source.locate(("nodes", node_name, field_name)),
                 )
         available.add(node_name)
+    _check_every_node_is_read(loaded, kind)
     if isinstance(part, BlockSpec):
         merges = [name for name, node in part.nodes.items() if isinstance(node, AddSpec) and "shortcut" in node.inputs]
         if len(merges) != 1:
@@ -351,6 +352,25 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"'{unknown}' in out_channels is not a parameter of block '{part.name}'"
                 f"{did_you_mean(unknown, known_names)}",
                 loaded.source.locate(("out_channels",)),
+            )
+
+
+def _check_every_node_is_read(loaded: Loaded[PartSpec], kind: PartKind) -> None:
+    """A node whose value nothing reads (a typo in an ``add``'s inputs drops half a block) is an
+    error: the part's output is its last node, and every other node must feed something."""
+    part = loaded.spec
+    read: set[str] = {part.shortcut_input} if isinstance(part, BlockSpec) else set()
+    previous = "input"
+    for node_name, node in part.nodes.items():
+        read.update(node.inputs if isinstance(node, BinarySpec) else (node.input or previous,))
+        previous = node_name
+    last = list(part.nodes)[-1]
+    for node_name in part.nodes:
+        if node_name not in read and node_name != last:
+            raise RescompileError(
+                f"nothing reads node '{node_name}' of {kind[:-1]} '{part.name}': only the last node ('{last}') is "
+                "the part's output; read it (input: or inputs:) or remove it",
+                loaded.source.locate(("nodes", node_name), key=True),
             )
 
 

@@ -108,3 +108,34 @@ def test_bad_naming_and_shortcut_inputs_are_located_errors(
         _compile(tmp_path, monkeypatch, network, block)
     # A built-in part is named by its installed path: compare from the part's folder on.
     assert str(raised.value) == expected or str(raised.value).endswith(f"/architectures/{expected}")
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (  # a typo in the add's inputs: the branch's last BatchNorm is computed and dropped
+            BLOCK + "  bn: {op: batch_norm, input: conv1}\n  merged: {op: add, inputs: [add, conv1]}\n",
+            "blocks/mine.yaml:9:3: nothing reads node 'bn' of block 'mine': only the last node ('merged') is the "
+            "part's output; read it (input: or inputs:) or remove it",
+        ),
+        (
+            BLOCK.replace("  conv1:", "  spare: {op: relu}\n  conv1:").replace(
+                "stride, padding: 1}", "stride, padding: 1, input: preact}"
+            ),
+            "blocks/mine.yaml:7:3: nothing reads node 'spare' of block 'mine': only the last node ('add') is the "
+            "part's output; read it (input: or inputs:) or remove it",
+        ),
+    ],
+)
+def test_a_node_nothing_reads_is_a_located_error(
+    block: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(RescompileError) as raised:
+        _compile(tmp_path, monkeypatch, NETWORK, block)
+    assert str(raised.value) == expected
+
+
+def test_the_shortcut_input_counts_as_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = BLOCK.replace("stride, padding: 1}", "stride, padding: 1, input: norm1}")
+    graph = _compile(tmp_path, monkeypatch, NETWORK, block)  # preact is read by the shortcut alone
+    assert graph.blocks[2].nodes[2].name == "conv1"  # type: ignore[attr-defined]
