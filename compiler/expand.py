@@ -148,6 +148,11 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     )
 
 
+MODULE_VALUE_NAMES = ("stem", "output")
+"""Names of values flowing between modules (the stem's output, the network's) that a stem or head
+node's canonical name would collide with; blocks' outputs are their paths, which no node has."""
+
+
 def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec]) -> None:
     """The network class holds the stem's nodes, the stages and the head's nodes side by side: no
     two of these may share a first path segment (``layer1``, ``stages``, ``stem``), or one would
@@ -158,6 +163,13 @@ def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpe
         owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
     for role, part in (("stem", stem), ("head", head)):
         for node_name in part.spec.nodes:
+            if node_name in MODULE_VALUE_NAMES:
+                raise RescompileError(
+                    f"{role} node '{node_name}' is named like a value between modules "
+                    f"({', '.join(MODULE_VALUE_NAMES)}: the ONNX backend's names for the stem's and the network's "
+                    "outputs); rename the node",
+                    part.source.locate(("nodes", node_name), key=True),
+                )
             first = node_name.split(".")[0]
             owner = owners.setdefault(first, f"a node of the {role}")
             if owner != f"a node of the {role}":

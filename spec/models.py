@@ -341,6 +341,11 @@ class ShortcutPolicySpec(StrictModel):
 
 class NetworkSpec(StrictModel):
     name: Name
+    extends: str | None = Field(
+        default=None,
+        description="A built-in network's name or a network file (relative to this one) whose keys this file "
+        "overrides: *_parameters mappings are merged, every other key replaced (the loader merges them).",
+    )
     description: str = ""
     input: InputSpec
     stem: str

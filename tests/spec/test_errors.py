@@ -51,7 +51,7 @@ CASES = {
         network(("head: classifier", "heads: classifier")),
         {},
         "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
-        "description, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters",
+        "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from rescompile.compiler import compile_spec
+from rescompile.compiler.cost import cost
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.loader import load_network
 
 NETWORK = """name: net
 input: {channels: 3, size: 16}
@@ -139,3 +141,71 @@ def test_the_shortcut_input_counts_as_read(tmp_path: Path, monkeypatch: pytest.M
     block = BLOCK.replace("stride, padding: 1}", "stride, padding: 1, input: norm1}")
     graph = _compile(tmp_path, monkeypatch, NETWORK, block)  # preact is read by the shortcut alone
     assert graph.blocks[2].nodes[2].name == "conv1"  # type: ignore[attr-defined]
+
+
+def _write(tmp_path: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+
+def test_extends_overrides_keys_and_merges_parameters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, {"x.yaml": "extends: resnet50_v1\nname: x\nblock_parameters: {groups: 32, base_width: 4}\n"})
+    monkeypatch.chdir(tmp_path)
+    network = load_network("x.yaml")
+    assert network.spec.name == "x" and network.spec.extends == "resnet50_v1"
+    assert network.spec.block_parameters == {"stride_at": "conv1", "groups": 32, "base_width": 4}  # merged
+    assert cost(compile_spec("x.yaml")).parameters == cost(compile_spec("resnext50_32x4d")).parameters
+    _write(tmp_path, {"y.yaml": "extends: x.yaml\nname: y\nstages:\n  - {depth: 1, width: 64}\n"})
+    graph = compile_spec("y.yaml")
+    assert [module.path for module in graph.blocks] == ["layer1.0"]  # stages replaced as a whole
+    assert dict(graph.blocks[0].parameters)["groups"] == 32  # the chain's parameters kept
+    assert {path.name for path in graph.files} >= {"y.yaml", "x.yaml", "resnet50_v1.yaml"}  # no output replaces them
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"a.yaml": "extends: a.yaml\nname: a\n"},
+            "a.yaml:1:10: extends makes a cycle: a.yaml -> a.yaml",
+        ),
+        (
+            {"a.yaml": "extends: b.yaml\nname: a\n", "b.yaml": "extends: a.yaml\nname: b\n"},
+            "b.yaml:1:10: extends makes a cycle: a.yaml -> b.yaml -> a.yaml",
+        ),
+        (
+            {"a.yaml": "extends: resnet5\nname: a\n"},
+            "a.yaml:1:10: extends: 'resnet5' is not a built-in network (did you mean 'resnet56'?); built-ins: ",
+        ),
+        ({"a.yaml": "extends: c.yaml\nname: a\n"}, "a.yaml:1:10: extends: no such network file: c.yaml"),
+        ({"a.yaml": "extends: resnet50\n"}, "a.yaml:1:1: a network that extends 'resnet50' needs a name of its own"),
+        (  # the bad value is located in the file that set it, however deep the chain
+            {
+                "a.yaml": "extends: b.yaml\nname: a\n",
+                "b.yaml": "extends: resnet50\nname: b\nstem_parameters: {wdth: 3}\n",
+            },
+            "b.yaml:3:19: stem 'imagenet' has no parameter 'wdth' (did you mean 'width'?)",
+        ),
+    ],
+)
+def test_bad_extends_are_located_errors(
+    files: dict[str, str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(tmp_path, files)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("a.yaml")
+    assert str(raised.value).startswith(expected)
+
+
+def test_a_stem_node_named_like_a_module_value_is_a_located_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "stems").mkdir()
+    (tmp_path / "stems" / "mine.yaml").write_text(
+        "name: mine\nnodes:\n  stem: {op: conv, out_channels: 16, kernel: 3, padding: 1}\n  relu: {op: relu}\n"
+    )
+    network = NETWORK.replace("stem: cifar", "stem: mine")
+    with pytest.raises(RescompileError) as raised:
+        _compile(tmp_path, monkeypatch, network)
+    assert str(raised.value).startswith("stems/mine.yaml:3:3: stem node 'stem' is named like a value between modules")
