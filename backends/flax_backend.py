@@ -29,7 +29,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, container_statements
+from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
@@ -292,8 +292,8 @@ def _application(node: SourceNode, lowering: Lowering, indent: int) -> str:
 
 def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]:
     stored = [(node, lowering) for node, lowering in zip(nodes, lowerings, strict=True) if _stored(lowering)]
-    made = container_statements([node.attribute for node, _ in stored], "nnx.Dict()")
-    return made + [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
+    layers = [_constructor(lowering, f"self{attribute_access(node.attribute)} = ", 8) for node, lowering in stored]
+    return with_containers([node.attribute for node, _ in stored], layers, "nnx.Dict()")
 
 
 def _call_lines(
@@ -388,10 +388,16 @@ def emit_source(graph: Graph) -> str:
     options_used = any(call.options for call in calls)
     block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
     block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
-    stages = container_statements([call.attribute for call in calls], "nnx.Dict()")
-    for call in calls:
-        arguments = [*stage_arguments(call), "rngs=rngs"]
-        stages.append(wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", arguments, 8))
+    stages = with_containers(
+        [call.attribute for call in calls],
+        [
+            wrap_call(
+                f"self{attribute_access(call.attribute)} = self._make_stage", [*stage_arguments(call), "rngs=rngs"], 8
+            )
+            for call in calls
+        ],
+        "nnx.Dict()",
+    )
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])

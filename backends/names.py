@@ -39,10 +39,19 @@ def containers(paths: list[str]) -> list[str]:
     return result
 
 
-def container_statements(paths: list[str], container: str) -> list[str]:
-    """The statements creating the containers of ``paths`` (``self.se = nn.ModuleDict()``), to run
-    before the layers in them are assigned."""
-    return [f"self{attribute_access(prefix)} = {container}" for prefix in containers(paths)]
+def with_containers(paths: list[str], statements: list[str], container: str) -> list[str]:
+    """``statements``, each assigning the layer at the path of the same index, each preceded by the
+    statements creating those of its containers not created yet (``self.se = nn.ModuleDict()``): a
+    container comes right before its first layer, so a module lists its layers in node order."""
+    lines: list[str] = []
+    made: set[str] = set()
+    for path, statement in zip(paths, statements, strict=True):
+        for prefix in containers([path]):
+            if prefix not in made:
+                made.add(prefix)
+                lines.append(f"self{attribute_access(prefix)} = {container}")
+        lines.append(statement)
+    return lines
 
 
 class Namespace:

@@ -15,7 +15,7 @@ import numpy as np
 
 import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, container_statements
+from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     SourceNode,
@@ -152,8 +152,8 @@ def _layer(node: SourceNode, prefix: str = "") -> str:
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
     stored = [node for node in nodes if callable(EMITTERS[node.kind])]
-    made = container_statements([node.attribute for node in stored], "nn.ModuleDict()")
-    return made + [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
+    layers = [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
+    return with_containers([node.attribute for node in stored], layers, "nn.ModuleDict()")
 
 
 def _forward_lines(
@@ -207,9 +207,14 @@ def emit_source(graph: Graph) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
-    stages = container_statements([call.attribute for call in calls], "nn.ModuleDict()")
-    for call in calls:
-        stages.append(wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call), 8))
+    stages = with_containers(
+        [call.attribute for call in calls],
+        [
+            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call), 8)
+            for call in calls
+        ],
+        "nn.ModuleDict()",
+    )
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
     stage_lines = [f"x = self{attribute_access(call.attribute)}(x)" for call in calls]

@@ -4,14 +4,18 @@ outputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import timm
 import torch
 from torch import nn
 
 from rescompile.backends import torch_backend
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler import compile_spec
 from rescompile.compiler.cost import cost
-from rescompile.compiler.weights import weight_shapes
+from rescompile.compiler.weights import random_weights, weight_shapes
 from rescompile.testing import assert_close
 
 
@@ -43,3 +47,36 @@ def test_resnetv2_50_loads_timms_state_dict_strictly_and_gives_its_outputs() -> 
     with torch.no_grad():
         expected = reference(inputs).numpy()
         assert_close(model(inputs).numpy(), expected, tolerance="same_framework", what="resnetv2_50")
+
+
+SMALL_V2 = """extends: resnetv2_50
+name: small_v2
+input: {channels: 3, size: 33}
+stages:
+  - {depth: 2, width: 4}
+  - {depth: 2, width: 8, stride: 2}
+head_parameters: {classes: 5}
+"""
+
+
+def test_all_backends_agree_on_a_small_timm_style_network(tmp_path: Path) -> None:
+    (tmp_path / "net.yaml").write_text(SMALL_V2)
+    graph = compile_spec(tmp_path / "net.yaml")
+    weights = random_weights(graph, seed=0)
+    expected = {"stem.conv.weight", "stages.0.blocks.0.downsample.conv.weight", "stages.1.blocks.1.norm3.running_var"}
+    assert expected | {"norm.weight", "head.fc.bias"} <= set(weights)
+    state = torch_backend.build_module(graph).state_dict()
+    assert [name for name in state if not name.endswith("num_batches_tracked")] == list(weights)
+    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    outputs = {name: backend.module_outputs(graph, weights, inputs) for name, backend in BACKENDS.items()}
+    assert list(outputs["torch"]) == [
+        "stem",
+        "stages.0.blocks.0",
+        "stages.0.blocks.1",
+        "stages.1.blocks.0",
+        "stages.1.blocks.1",
+        "head",
+    ]
+    for name in ("flax", "onnx"):
+        for module, value in outputs["torch"].items():
+            assert_close(outputs[name][module], value, tolerance="network", what=f"{name} {module}")
