@@ -31,9 +31,11 @@ import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
+    LINE_LENGTH,
     SHORTCUT_VARIABLE,
     ShortcutClass,
     SourceNode,
+    StageCall,
     block_classes,
     block_type,
     constant,
@@ -370,11 +372,18 @@ def _init_lines(nodes: list[SourceNode], lowerings: list[Lowering]) -> list[str]
     return with_containers([node.attribute for node, _ in stored], layers, "nnx.Dict()")
 
 
-def _call_lines(nodes: list[SourceNode], lowerings: list[Lowering], shortcut_attribute: str | None = None) -> list[str]:
+def _call_lines(
+    nodes: list[SourceNode],
+    lowerings: list[Lowering],
+    shortcut_attribute: str | None = None,
+    shortcut_source: str = "x",
+) -> list[str]:
     lines: list[str] = []
     for node, lowering in zip(nodes, lowerings, strict=True):
         if shortcut_attribute is not None and SHORTCUT_VARIABLE in node.inputs:
-            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
+            # The identity reads the block input; a shortcut module reads the block's shortcut_input.
+            call = f"self.{shortcut_attribute}({shortcut_source})"
+            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else {call}")
         lines.append(_application(node, lowering, 8))
     return lines
 
@@ -436,7 +445,10 @@ def emit_source(graph: Graph) -> str:
     for block in blocks:
         lowerings = _class_lowerings(block.nodes)
         init = [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes, lowerings)
-        call_lines = [*_call_lines(block.nodes, lowerings, attribute), f"return {block.nodes[-1].output}"]
+        call_lines = [
+            *_call_lines(block.nodes, lowerings, attribute, block.shortcut_source),
+            f"return {block.nodes[-1].output}",
+        ]
         block_views.append(
             {
                 "name": block.python_name,
@@ -453,9 +465,16 @@ def emit_source(graph: Graph) -> str:
     options_used = any(call.options for call in calls)
     block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
     block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
-    stages = []
-    for call in calls:
-        stages.append(wrap_call(f"self.{call.attribute} = self._make_stage", [*stage_arguments(call), "rngs=rngs"], 8))
+    stages = with_containers(
+        [call.attribute for call in calls],
+        [
+            wrap_call(
+                f"self{attribute_access(call.attribute)} = self._make_stage", [*stage_arguments(call), "rngs=rngs"], 8
+            )
+            for call in calls
+        ],
+        "nnx.Dict()",
+    )
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -484,12 +503,22 @@ def emit_source(graph: Graph) -> str:
         shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
         block_call=wrap_call("blocks.append(block", block_arguments, 12, ")"),
         stages=stages,
-        stage_tuple=", ".join(f"self.{call.attribute}" for call in calls) + ("," if len(calls) == 1 else ""),
+        stage_loop={indent: _stage_loop(calls, indent) for indent in (8, 12)},
         stem_init=_init_lines(stem_nodes, stem_lowerings),
         head_init=_init_lines(head_nodes, head_lowerings),
         stem_lines=_call_lines(stem_nodes, stem_lowerings),
         head_lines=_call_lines(head_nodes, head_lowerings),
     )
+
+
+def _stage_loop(calls: list[StageCall], indent: int) -> str:
+    """``for stage in (self.layer1, ...):``, laid out for a line starting at column ``indent``."""
+    stages = [f"self{attribute_access(call.attribute)}" for call in calls]
+    line = f"for stage in ({', '.join(stages)}{',' if len(stages) == 1 else ''}):"
+    if indent + len(line) <= LINE_LENGTH:
+        return line
+    # A tuple too long for one line has one item per line, as ruff lays it out.
+    return "for stage in (\n" + "".join(f"    {stage},\n" for stage in stages) + "):"
 
 
 def _item(node: SourceNode, lowering: Lowering) -> str:
@@ -665,22 +694,29 @@ def count_parameters(model: nnx.Module) -> int:
 # --- block outputs --------------------------------------------------------------------------------
 
 
-def _stages(model: nnx.Module) -> list[tuple[str, Any]]:
-    """The network's stages (``layer1``, …): its ``nnx.List`` attributes, in the order built."""
+def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
+    """The network's stages by path (``layer1``, ``stages.0.blocks``, …): its ``nnx.List``
+    attributes, in the order built, looked for inside ``nnx.Dict`` containers too."""
     from flax import nnx
 
-    return [(name, value) for name, value in vars(model).items() if isinstance(value, nnx.List)]
+    stages: list[tuple[str, Any]] = []
+    for name, value in vars(model).items():
+        if isinstance(value, nnx.List):
+            stages.append((prefix + str(name), value))
+        elif isinstance(value, nnx.Dict):
+            stages += _stages(value, f"{prefix}{name}.")
+    return stages
 
 
 def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None) -> dict[str, Any]:
-    outputs = {"stem": model.stem(images)}
+    outputs = {"stem": model._stem(images)}
     previous = "stem"
     for stage_name, stage in _stages(model):
         for index, block in enumerate(stage):
             name = f"{stage_name}.{index}"
             outputs[name] = block(outputs[previous] if feed is None else feed[previous])
             previous = name
-    outputs["head"] = model.head(outputs[previous] if feed is None else feed[previous])
+    outputs["head"] = model._head(outputs[previous] if feed is None else feed[previous])
     return outputs
 
 

@@ -220,16 +220,22 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
 
 
 def _variables(
-    nodes: list[SymbolicNode], input_variable: str, chain_variable: str, renamed: dict[str, str]
+    nodes: list[SymbolicNode],
+    input_variable: str,
+    chain_variable: str,
+    renamed: dict[str, str],
+    also_read: frozenset[str],
 ) -> dict[str, str]:
     """Python variable per value: a straight chain reuses ``chain_variable`` (torchvision's ``out``),
-    a value read elsewhere than by the very next node keeps a name of its own."""
+    a value read elsewhere than by the very next node (or in ``also_read``) keeps a name of its own."""
     variables = {MODULE_INPUT: input_variable, **renamed}
     namespace = Namespace({input_variable, chain_variable, *renamed.values()})
     for index, node in enumerate(nodes):
         readers = [other for other in nodes if node.name in other.inputs]
         following = nodes[index + 1] if index + 1 < len(nodes) else None
-        if not readers or (len(readers) == 1 and readers[0] is following):
+        if node.name in also_read:
+            variables[node.name] = namespace.create_name(node.name)
+        elif not readers or (len(readers) == 1 and readers[0] is following):
             variables[node.name] = chain_variable
         else:
             variables[node.name] = namespace.create_name(node.name)
@@ -237,13 +243,19 @@ def _variables(
 
 
 def source_nodes(
-    nodes: list[SymbolicNode], input_variable: str, chain_variable: str, renamed: dict[str, str] | None = None
+    nodes: list[SymbolicNode],
+    input_variable: str,
+    chain_variable: str,
+    renamed: dict[str, str] | None = None,
+    also_read: frozenset[str] = frozenset(),
 ) -> list[SourceNode]:
-    variables = _variables(nodes, input_variable, chain_variable, renamed or {})
+    """The nodes with Python variables; ``also_read``: values that code besides the nodes reads
+    (a block's shortcut module reading a pre-activation), which keep a variable of their own."""
+    variables = _variables(nodes, input_variable, chain_variable, renamed or {}, also_read)
     result: list[SourceNode] = []
     for node in nodes:
         readers = [other for other in nodes if node.inputs and node.inputs[0] in other.inputs]
-        sole_reader = len(node.inputs) == 1 and node.inputs[0] != MODULE_INPUT and len(readers) == 1
+        sole_reader = len(node.inputs) == 1 and node.inputs[0] not in (MODULE_INPUT, *also_read) and len(readers) == 1
         sole_reader = sole_reader and node.inputs[0] not in (renamed or {})
         result.append(
             SourceNode(
@@ -281,6 +293,8 @@ class BlockClass:
     """Attributes of the BatchNorms zeroed by ``zero_init_residual``."""
     derived: dict[str, str]
     """Derived values as source text, computed first in the constructor."""
+    shortcut_source: str
+    """The Python variable the shortcut module reads: ``x`` (the block input) or a node's."""
 
     @property
     def python_name(self) -> str:
@@ -324,7 +338,9 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         parameters: dict[str, Value] = dict(definition.parameters)
         nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
-        source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE})
+        read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
+        source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
+        variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
         classes.append(
             BlockClass(
@@ -334,6 +350,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
                 shortcut_attribute=attribute,
                 zero_init=zero_init if graph.residual else [],
                 derived=_derived(definition),
+                shortcut_source=variables[definition.shortcut_input] if graph.residual else "x",
             )
         )
     return classes

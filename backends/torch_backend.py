@@ -240,11 +240,15 @@ def _init_lines(nodes: list[SourceNode]) -> list[str]:
     return with_containers([node.attribute for node in stored], layers, "nn.ModuleDict()")
 
 
-def _forward_lines(nodes: list[SourceNode], shortcut_attribute: str | None = None) -> list[str]:
+def _forward_lines(
+    nodes: list[SourceNode], shortcut_attribute: str | None = None, shortcut_source: str = "x"
+) -> list[str]:
     lines: list[str] = []
     for node in nodes:
         if shortcut_attribute is not None and SHORTCUT_VARIABLE in node.inputs:
-            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else self.{shortcut_attribute}(x)")
+            # The identity reads the block input; a shortcut module reads the block's shortcut_input.
+            call = f"self.{shortcut_attribute}({shortcut_source})"
+            lines.append(f"shortcut = x if self.{shortcut_attribute} is None else {call}")
         emitter = EMITTERS[node.kind]
         if isinstance(emitter, str):
             lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
@@ -289,12 +293,18 @@ def emit_source(graph: Graph) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
-    stages = []
-    for call in calls:
-        stages.append(wrap_call(f"self.{call.attribute} = self._make_stage", stage_arguments(call), 8))
+    stages = with_containers(
+        [call.attribute for call in calls],
+        [
+            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call), 8)
+            for call in calls
+        ],
+        "nn.ModuleDict()",
+    )
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
-    forward = _forward_lines(stem) + [f"x = self.{call.attribute}(x)" for call in calls] + _forward_lines(head)
+    stage_lines = [f"x = self{attribute_access(call.attribute)}(x)" for call in calls]
+    forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
     helpers = [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     return template("torch_model.py.jinja").render(
@@ -314,7 +324,10 @@ def emit_source(graph: Graph) -> str:
                 "definition": block.definition,
                 "parameters": parameter_declarations(block.parameters),
                 "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
-                "forward_lines": [*_forward_lines(block.nodes, attribute), f"return {block.nodes[-1].output}"],
+                "forward_lines": [
+                    *_forward_lines(block.nodes, attribute, block.shortcut_source),
+                    f"return {block.nodes[-1].output}",
+                ],
                 "zero_init": [attribute_access(path) for path in block.zero_init],
             }
             for block in blocks

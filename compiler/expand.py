@@ -9,7 +9,7 @@ rules as it builds: this is where a graph's shapes are computed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -56,6 +56,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         )
     stem, head, blocks, policy = parts.stem, parts.head, parts.blocks, parts.policy
     assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
+    _check_network_attributes(network, stem, head)
 
     height, width = spec.input.height_width
     shape: Shape = (spec.input.channels, height, width)
@@ -79,7 +80,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stride}
             overrides = {**network_parameters, **stage.block_parameters}
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index)
-            path = f"layer{stage_index + 1}.{block_index}"
+            path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
@@ -145,6 +146,38 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         source=network.locate(),
         files=parts.files,
     )
+
+
+MODULE_VALUE_NAMES = ("stem", "output")
+"""Names of values flowing between modules (the stem's output, the network's) that a stem or head
+node's canonical name would collide with; blocks' outputs are their paths, which no node has."""
+
+
+def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec]) -> None:
+    """The network class holds the stem's nodes, the stages and the head's nodes side by side: no
+    two of these may share a first path segment (``layer1``, ``stages``, ``stem``), or one would
+    replace the other's layer or container in the generated module."""
+    naming = network.spec.naming
+    owners: dict[str, str] = {}
+    for stage_index in range(len(network.spec.stages)):
+        owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
+    for role, part in (("stem", stem), ("head", head)):
+        for node_name in part.spec.nodes:
+            if node_name in MODULE_VALUE_NAMES:
+                raise RescompileError(
+                    f"{role} node '{node_name}' is named like a value between modules "
+                    f"({', '.join(MODULE_VALUE_NAMES)}: the ONNX backend's names for the stem's and the network's "
+                    "outputs); rename the node",
+                    part.source.locate(("nodes", node_name), key=True),
+                )
+            first = node_name.split(".")[0]
+            owner = owners.setdefault(first, f"a node of the {role}")
+            if owner != f"a node of the {role}":
+                raise RescompileError(
+                    f"{role} node {node_name!r} would share the network module's attribute '{first}' with {owner}; "
+                    "rename the node" + (" or change the network's naming.stages" if "stage" in owner else ""),
+                    part.source.locate(("nodes", node_name), key=True),
+                )
 
 
 def _check_class_nodes(part: Loaded[PartSpec], role: DefinitionRole, nodes: list[SymbolicNode]) -> None:
@@ -222,6 +255,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         derived=tuple(spec.derived.items()),
         nodes=tuple(nodes),
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
+        shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
     )
 
 
@@ -336,11 +370,13 @@ def _build_module(
 ) -> Module:
     label = path or role
     shapes: dict[str, Shape] = {MODULE_INPUT: in_shape}
-    shortcut_nodes: list[Node] = []
     shortcut_module: str | None = None
+    build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None
     if role == "block" and shortcut_name is not None:
-        shortcut_value = MODULE_INPUT
-        if shortcut is not None:
+        assert isinstance(part.spec, BlockSpec)
+        if shortcut is None:
+            build_shortcut = _identity
+        else:
             assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
             shortcut_module = shortcut.spec.module
             for name in part.spec.nodes:
@@ -352,28 +388,13 @@ def _build_module(
                         f"{what} of block '{part.spec.name}'; rename one of them",
                         shortcut.locate("module"),
                     )
-            try:
-                shortcut_nodes = _build_nodes(
-                    shortcut, shortcut_bindings, shapes, f"{shortcut_module}.", f"{label} shortcut", location
-                )
-            except RescompileError as error:
-                # Point at the network, whose shortcut choice the user can change, not the part file.
-                raise RescompileError(
-                    f"shortcut '{shortcut.spec.name}' cannot take {label} from {in_shape[0]} to "
-                    f"{shortcut_bindings['out_channels']} channels ({error.message})",
-                    location,
-                ) from None
-            shortcut_value = shortcut_nodes[-1].name
-        shapes[SHORTCUT_VALUE] = shapes[shortcut_value]
-    else:
-        shortcut_value = None
+            build_shortcut = _shortcut_builder(
+                part, shortcut, shortcut_bindings, f"{shortcut_module}.", label, in_shape, location
+            )
 
     declared = shortcut_bindings.get("out_channels") if shortcut_bindings else None
     assert declared is None or isinstance(declared, int)
-    nodes = _build_nodes(part, bindings, shapes, "", label, location, shortcut_value, declared)
-    if shortcut_nodes:
-        merge = next(index for index, node in enumerate(nodes) if isinstance(node.op, Add) and node.op.residual)
-        nodes = [*nodes[:merge], *shortcut_nodes, *nodes[merge:]]
+    nodes = _build_nodes(part, bindings, shapes, "", label, location, build_shortcut, declared)
     return Module(
         path=path,
         role=role,
@@ -388,6 +409,46 @@ def _build_module(
     )
 
 
+def _identity(shapes: dict[str, Shape]) -> list[Node]:
+    """The identity shortcut: no nodes; the residual add reads the block input."""
+    return []
+
+
+def _shortcut_builder(
+    block: Loaded[PartSpec],
+    shortcut: Loaded[PartSpec],
+    bindings: Bindings,
+    prefix: str,
+    label: str,
+    in_shape: Shape,
+    location: Location,
+) -> Callable[[dict[str, Shape]], list[Node]]:
+    """What builds a block's shortcut nodes once the value they read (the block's
+    ``shortcut_input``) is computed: they come right before the residual add."""
+    assert isinstance(block.spec, BlockSpec)
+    source = block.spec.shortcut_input
+
+    def build(shapes: dict[str, Shape]) -> list[Node]:
+        if shapes[source] != in_shape:
+            # The network builds the shortcut from the block's in_channels and stride.
+            raise RescompileError(
+                f"{label}: shortcut_input '{source}' has shape {show_shape(shapes[source])}, but a shortcut reads a "
+                f"value of the block input's shape ({show_shape(in_shape)})",
+                block.locate("shortcut_input"),
+            )
+        try:
+            return _build_nodes(shortcut, bindings, shapes, prefix, f"{label} shortcut", location, input_value=source)
+        except RescompileError as error:
+            # Point at the network, whose shortcut choice the user can change, not the part file.
+            raise RescompileError(
+                f"shortcut '{shortcut.spec.name}' cannot take {label} from {in_shape[0]} to "
+                f"{bindings['out_channels']} channels ({error.message})",
+                location,
+            ) from None
+
+    return build
+
+
 def _build_nodes(
     part: Loaded[PartSpec],
     bindings: Bindings,
@@ -395,19 +456,21 @@ def _build_nodes(
     prefix: str,
     label: str,
     location: Location,
-    shortcut_value: str | None = None,
+    build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
     declared_channels: int | None = None,
+    input_value: str = MODULE_INPUT,
 ) -> list[Node]:
-    """Evaluate a part's nodes in order. In a plain block (``shortcut_value`` None), the residual
-    add disappears and whatever read it reads the branch instead."""
+    """Evaluate a part's nodes in order; ``input`` reads ``input_value``. A block's shortcut nodes
+    (``build_shortcut``) come right before its residual add; in a plain block (``build_shortcut``
+    None), the residual add disappears and whatever read it reads the branch instead."""
     nodes: list[Node] = []
-    renamed: dict[str, str] = {SHORTCUT_VALUE: shortcut_value} if shortcut_value is not None else {}
+    renamed: dict[str, str] = {MODULE_INPUT: input_value}
     previous = MODULE_INPUT
     for name, node_spec in part.spec.nodes.items():
         node_path = ("nodes", name)
         raw_inputs = _inputs(node_spec, previous)
         is_merge = isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs
-        if is_merge and shortcut_value is None and isinstance(part.spec, BlockSpec):
+        if is_merge and build_shortcut is None and isinstance(part.spec, BlockSpec):
             renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
             previous = name
             continue
@@ -415,7 +478,11 @@ def _build_nodes(
             raise RescompileError(
                 f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate(*node_path)
             )
-        inputs = tuple(renamed.get(value, prefix + value if value != MODULE_INPUT else value) for value in raw_inputs)
+        if is_merge and build_shortcut is not None:
+            shortcut_nodes = build_shortcut(shapes)
+            nodes += shortcut_nodes
+            renamed[SHORTCUT_VALUE] = shortcut_nodes[-1].name if shortcut_nodes else MODULE_INPUT
+        inputs = tuple(renamed.get(value, prefix + value) for value in raw_inputs)
         in_shapes = tuple(shapes[value] for value in inputs)
         op = _make_op(node_spec, bindings, in_shapes, part, node_path, label)
         if isinstance(op, Add) and op.shortcut_input is not None and in_shapes[0] != in_shapes[1]:

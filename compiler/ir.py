@@ -95,8 +95,9 @@ ModuleRole = Literal["stem", "block", "head"]
 class Module:
     """A stem, a residual block or a head: an instance of one part, with its parameters bound.
 
-    ``path`` is the canonical prefix (``layer2.0``); the stem and head have an empty path because
-    torchvision keeps their layers at the top level (``conv1``, ``fc``).
+    ``path`` is the canonical prefix (``layer2.0``; the network's ``naming`` sets the stage's
+    part); the stem and head have an empty path because torchvision keeps their layers at the top
+    level (``conv1``, ``fc``); their node names may nest them (timm's ``stem.conv``, ``head.fc``).
     """
 
     path: str
@@ -118,8 +119,9 @@ class Module:
 
     @property
     def stage(self) -> str:
-        """``layer2`` for block ``layer2.0``; ``stem``/``head`` otherwise."""
-        return self.path.split(".")[0] if self.role == "block" else self.role
+        """The stage's path for a block (``layer2`` for ``layer2.0``, ``stages.1.blocks`` for
+        ``stages.1.blocks.0``: a block's path is its stage's and its index); ``stem``/``head`` otherwise."""
+        return self.path.rsplit(".", 1)[0] if self.role == "block" else self.role
 
     def canonical(self, node_name: str) -> str:
         return f"{self.path}.{node_name}" if self.path else node_name
@@ -168,6 +170,9 @@ class Definition:
     nodes: tuple[SymbolicNode, ...]
     module: str | None = None
     """A shortcut's attribute name in its block (torchvision's ``downsample``)."""
+    shortcut_input: str = MODULE_INPUT
+    """In a block: the value its shortcut module reads (the block input, or a node such as a
+    pre-activation); the identity shortcut always reads the block input."""
 
 
 @dataclass(frozen=True)

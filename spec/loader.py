@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import keyword
-import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -62,6 +61,8 @@ class Loaded(Generic[ModelT]):
 
     spec: ModelT
     source: SourceMap
+    extended: tuple[Path, ...] = field(default=(), compare=False)
+    """The network files an ``extends`` chain read besides the spec's own: no output may replace them."""
 
     def locate(self, *path: str | int) -> Location:
         return self.source.locate(path)
@@ -106,8 +107,85 @@ def resolve_network(reference: str | Path) -> Path:
 
 def load_network(reference: str | Path) -> Loaded[NetworkSpec]:
     path = resolve_network(reference)
+    document, extended = _read_network(path, ())
+    return Loaded(_validate(NetworkSpec, document), document.source, extended)
+
+
+def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tuple[Path, ...]]:
+    """A network file's document with its ``extends`` chain merged in (see :func:`_merge`), and
+    the base files read. Every value keeps the location of the file that set it."""
     document = read_yaml(path, display_name(path))
-    return Loaded(_validate(NetworkSpec, document), document.source)
+    if not isinstance(document.data, dict) or "extends" not in document.data:
+        return document, ()
+    reference = document.data["extends"]
+    where = document.source.locate(("extends",))
+    if not isinstance(reference, str):
+        raise RescompileError(
+            f"extends: expected a built-in network's name or a network file's path (got {reference!r})", where
+        )
+    if "name" not in document.data:
+        message = f"a network that extends '{reference}' needs a name of its own: add a 'name' key"
+        raise RescompileError(message, document.source.locate(()))
+    base_path = _resolve_base(reference, path, where)
+    seen = [*chain, path]
+    if base_path.resolve() in {file.resolve() for file in seen}:
+        cycle = " -> ".join(display_name(file) for file in (*seen, base_path))
+        raise RescompileError(f"extends makes a cycle: {cycle}", where)
+    base, extended = _read_network(base_path, tuple(seen))
+    if not isinstance(base.data, dict):
+        raise RescompileError(
+            f"expected a YAML mapping at the top level, got {type(base.data).__name__}", base.source.locate(())
+        )
+    return _merge(base, document), (*extended, base_path)
+
+
+def _resolve_base(reference: str, network_file: Path, where: Location) -> Path:
+    """What ``extends`` names: a file path (relative to the extending file), else a built-in."""
+    if reference.endswith((".yaml", ".yml")) or "/" in reference:
+        path = network_file.parent / reference
+        if not _exists(path, reference, where):
+            raise RescompileError(f"extends: no such network file: {reference}", where)
+        return path
+    candidate = builtin_directory() / f"{reference}.yaml"
+    if not _exists(candidate, reference, where):
+        names = builtin_networks()
+        raise RescompileError(
+            f"extends: '{reference}' is not a built-in network{did_you_mean(reference, names)}; built-ins: "
+            f"{', '.join(names)}; or name a file ending in .yaml",
+            where,
+        )
+    return candidate
+
+
+def _merge(base: YamlDocument, child: YamlDocument) -> YamlDocument:
+    """The child's keys over the base's: a ``*_parameters`` mapping is merged name by name, every
+    other key (``stages``, ``input``, ``shortcut``, ...) replaced as a whole."""
+    data = dict(base.data)
+    values, keys = dict(base.source.values), dict(base.source.keys)
+
+    def drop(prefix: YamlPath) -> None:
+        for table in (values, keys):
+            for path in [path for path in table if path[: len(prefix)] == prefix]:
+                del table[path]
+
+    def take(prefix: YamlPath) -> None:
+        for mine, table in ((child.source.values, values), (child.source.keys, keys)):
+            table.update({path: location for path, location in mine.items() if path[: len(prefix)] == prefix})
+
+    for key, value in child.data.items():
+        merged = isinstance(key, str) and key.endswith("_parameters") and isinstance(value, dict)
+        if merged and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+            for name in value:
+                drop((key, name))
+        else:
+            data[key] = value
+            drop((key,))
+        take((key,))
+    for mine, table in ((child.source.values, values), (child.source.keys, keys)):
+        if () in mine:
+            table[()] = mine[()]
+    return YamlDocument(data, SourceMap(child.source.file, values, keys))
 
 
 def dump_network(spec: NetworkSpec) -> str:
@@ -115,6 +193,7 @@ def dump_network(spec: NetworkSpec) -> str:
     import yaml
 
     data = spec.model_dump(mode="json", exclude_defaults=True)
+    data.pop("extends", None)  # the spec is written whole, its base merged in
     data["input"] = spec.input.model_dump(mode="json")  # always spell the input out
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
@@ -189,6 +268,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     Each file is read once however often it is used."""
     cache: dict[tuple[PartKind, str], Loaded[PartSpec]] = {}
     files = [network_file] if network_file is not None else []
+    files += network.extended
 
     def get(kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
         if (kind, name) not in cache:
@@ -284,12 +364,10 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"(conv1, se.fc1, conv1.0), not keywords, dunders or one of {', '.join(sorted(RESERVED_NAMES))}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
-        stage = kind in ("stems", "heads") and re.fullmatch(r"layer\d+", segments[0]) is not None
-        if segments[0] in MODULE_ATTRIBUTES or stage:
+        if segments[0] in MODULE_ATTRIBUTES:
             raise RescompileError(
                 f"node name {node_name!r} would replace the generated module's own '{segments[0]}' "
-                f"({'a stage of the network' if stage else 'an attribute of nn.Module, nnx.Module or the network'})"
-                "; rename the node",
+                "(an attribute of nn.Module, nnx.Module or the network); rename the node",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
         if segments[0].isdigit() and kind != "shortcuts":
@@ -331,6 +409,7 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                     loaded.source.locate(("nodes", node_name, field_name)),
                 )
         available.add(node_name)
+    _check_every_node_is_read(loaded, kind)
     if isinstance(part, BlockSpec):
         merges = [name for name, node in part.nodes.items() if isinstance(node, AddSpec) and "shortcut" in node.inputs]
         if len(merges) != 1:
@@ -339,11 +418,40 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 f"block '{part.name}' needs exactly one residual add (an add node reading 'shortcut'); it has {found}",
                 loaded.source.locate(("nodes", merges[1]) if merges else ("nodes",), key=True),
             )
+        merge_index = list(part.nodes).index(merges[0])
+        readable = ["input", *list(part.nodes)[:merge_index]]
+        if part.shortcut_input not in readable:
+            where = "a later node" if part.shortcut_input in part.nodes else "not a node"
+            raise RescompileError(
+                f"shortcut_input '{part.shortcut_input}' is {where} of block '{part.name}'"
+                f"{did_you_mean(part.shortcut_input, readable)}; the shortcut reads the block input or a node "
+                f"before the residual add '{merges[0]}': {one_of(readable)}",
+                loaded.source.locate(("shortcut_input",)),
+            )
         for unknown in sorted(part.out_channels.names - known_names):
             raise RescompileError(
                 f"'{unknown}' in out_channels is not a parameter of block '{part.name}'"
                 f"{did_you_mean(unknown, known_names)}",
                 loaded.source.locate(("out_channels",)),
+            )
+
+
+def _check_every_node_is_read(loaded: Loaded[PartSpec], kind: PartKind) -> None:
+    """A node whose value nothing reads (a typo in an ``add``'s inputs drops half a block) is an
+    error: the part's output is its last node, and every other node must feed something."""
+    part = loaded.spec
+    read: set[str] = {part.shortcut_input} if isinstance(part, BlockSpec) else set()
+    previous = "input"
+    for node_name, node in part.nodes.items():
+        read.update(node.inputs if isinstance(node, BinarySpec) else (node.input or previous,))
+        previous = node_name
+    last = list(part.nodes)[-1]
+    for node_name in part.nodes:
+        if node_name not in read and node_name != last:
+            raise RescompileError(
+                f"nothing reads node '{node_name}' of {kind[:-1]} '{part.name}': only the last node ('{last}') is "
+                "the part's output; read it (input: or inputs:) or remove it",
+                loaded.source.locate(("nodes", node_name), key=True),
             )
 
 

@@ -95,13 +95,15 @@ MODULE_ATTRIBUTES = frozenset(
         *("to_empty", "train", "training", "type", "xpu", "zero_grad"),
         # ... flax.nnx.Module's ...
         *("iter_children", "iter_modules", "perturb", "set_attributes", "sow"),
-        # ... and the generated network class's own.
-        *("stem", "head", "reset_parameters", "_make_stage"),
+        # ... and the generated network class's own (its stem and head methods are private, so that
+        # nodes may live under ``stem.`` and ``head.`` as timm's do).
+        *("_stem", "_head", "reset_parameters", "_make_stage"),
     }
 )
 """Attributes of the generated module classes: a node (the first segment of its path) named so
-would replace one, and the module would silently compute something else. Stage attributes
-(``layer1``, ...) are refused for stem and head nodes apart."""
+would replace one, and the module would silently compute something else. A stem or head node
+sharing its first segment with a stage (``layer1``, ``stages``) is refused apart, by ``expand``,
+which knows the network's naming."""
 
 MAX_SIZE = 16_384
 """The largest input height or width: an image 16,384 pixels a side is 256 megapixels."""
@@ -296,6 +298,11 @@ class BlockSpec(PartSpec):
     by an ``add`` whose inputs include ``shortcut`` is the residual merge."""
 
     out_channels: Expr
+    shortcut_input: str = Field(
+        default="input",
+        description="The value a shortcut with layers (a projection) reads: the block input, or an earlier node "
+        "of the input's shape (a pre-activation block's 'preact'). The identity always reads the block input.",
+    )
 
 
 class ShortcutSpec(PartSpec):
@@ -327,6 +334,52 @@ class StageSpec(StrictModel):
     )
 
 
+STAGE_PLACEHOLDERS = {"index": 0, "number": 1}
+"""The placeholders of a stage path pattern, by the first stage's value: ``{index}`` counts from 0,
+``{number}`` from 1."""
+
+
+def _check_stage_pattern(pattern: str) -> str:
+    placeholders = [name for name in STAGE_PLACEHOLDERS if f"{{{name}}}" in pattern]
+    if len(placeholders) != 1:
+        raise ValueError("a stage path holds exactly one of {index} (0, 1, ...) or {number} (1, 2, ...)")
+    example = pattern.replace(f"{{{placeholders[0]}}}", "0")
+    segments = example.split(".")
+    if (
+        not all(
+            (segment.isascii() and segment.isdigit()) or (segment.isidentifier() and segment.isascii())
+            for segment in segments
+        )
+        or not segments[0].isidentifier()
+    ):
+        raise ValueError(
+            "a stage path is a module path: Python-style identifiers or numbers joined by '.', starting with an "
+            "identifier (layer{number}, stages.{index}.blocks)"
+        )
+    if segments[0] in MODULE_ATTRIBUTES or segments[0] in RESERVED_NAMES or keyword.iskeyword(segments[0]):
+        raise ValueError(f"a stage path cannot start with '{segments[0]}', a name the generated module uses")
+    return pattern
+
+
+class NamingSpec(StrictModel):
+    """Where the network's layers live, so that state_dict keys match a foreign model's.
+
+    A block's path is its stage's path and its index in the stage (``layer1.0``,
+    ``stages.0.blocks.0``); stem and head nodes keep their own names (``conv1``, ``stem.conv``)."""
+
+    stages: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
+        default="layer{number}",
+        description="The path of each stage: {index} counts stages from 0, {number} from 1.",
+    )
+
+    def stage_path(self, stage_index: int) -> str:
+        """The path of stage ``stage_index`` (0-based): ``layer1`` or ``stages.0.blocks``."""
+        text = self.stages
+        for name, first in STAGE_PLACEHOLDERS.items():
+            text = text.replace(f"{{{name}}}", str(stage_index + first))
+        return text
+
+
 class ShortcutPolicySpec(StrictModel):
     """Which shortcut kind a block gets where its input and output shapes match, and where not."""
 
@@ -336,6 +389,11 @@ class ShortcutPolicySpec(StrictModel):
 
 class NetworkSpec(StrictModel):
     name: Name
+    extends: str | None = Field(
+        default=None,
+        description="A built-in network's name or a network file (relative to this one) whose keys this file "
+        "overrides: *_parameters mappings are merged, every other key replaced (the loader merges them).",
+    )
     description: str = ""
     input: InputSpec
     stem: str
@@ -346,3 +404,4 @@ class NetworkSpec(StrictModel):
     stages: tuple[StageSpec, ...] = Field(min_length=1)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
+    naming: NamingSpec = Field(default_factory=NamingSpec)

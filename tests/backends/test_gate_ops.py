@@ -91,7 +91,7 @@ def test_all_backends_agree_on_a_gated_network(network: Path, capsys: pytest.Cap
 def test_only_add_may_read_the_shortcut(tmp_path: Path) -> None:
     (tmp_path / "blocks").mkdir()
     (tmp_path / "blocks" / "se_basic.yaml").write_text(
-        SE_BLOCK.replace("inputs: [bn2, gate]", "inputs: [bn2, shortcut]")
+        SE_BLOCK.replace("inputs: [bn2, gate]", "inputs: [gate, shortcut]")
     )
     (tmp_path / "net.yaml").write_text(NETWORK)
     with pytest.raises(RescompileError, match="only an add node may read 'shortcut'"):

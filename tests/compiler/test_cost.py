@@ -19,6 +19,7 @@ REFERENCE = {
     "resnet152_v1": (60_192_808, 11.282),
     "wide_resnet50_2": (68_883_240, 11.398),
     "resnext50_32x4d": (25_028_904, 4.230),
+    "resnetv2_50": (25_549_352, 4.089),  # timm's, measured with forward hooks on timm's model
     "resnet20": (269_722, None),
     "resnet32": (464_154, None),
     "resnet44": (658_586, None),

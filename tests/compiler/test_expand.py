@@ -49,15 +49,14 @@ BLOCK += "  add: {op: add, inputs: [conv1, shortcut]}\n"
     ("network", "parts", "expected"),
     [
         (
-            NETWORK,
+            # One block ending with flat features, read by a head of one linear layer: every node is read.
+            NETWORK.replace("  - {depth: 1, width: 32, stride: 2}\n", "head: flat\n"),
             {
-                "blocks/mine.yaml": BLOCK.replace(
-                    "  add:",
-                    "  pool: {op: global_average_pool}\n  flat: {op: flatten}\n"
-                    "  fc: {op: linear, out_features: width}\n  add:",
-                )
+                "blocks/mine.yaml": BLOCK
+                + "  pool: {op: global_average_pool}\n  flat: {op: flatten}\n  fc: {op: linear, out_features: width}\n",
+                "heads/flat.yaml": "name: flat\nnodes:\n  fc: {op: linear, out_features: 10}\n",
             },
-            "blocks/mine.yaml:7:3: block 'mine': node 'fc' is a linear layer, which the torch and flax backends "
+            "blocks/mine.yaml:8:3: block 'mine': node 'fc' is a linear layer, which the torch and flax backends "
             "cannot write in a block class",
         ),
         (

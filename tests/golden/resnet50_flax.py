@@ -188,25 +188,25 @@ class ResNet(nnx.Module):
             in_channels = out_channels
         return nnx.List(blocks)
 
-    def stem(self, x: jax.Array) -> jax.Array:
+    def _stem(self, x: jax.Array) -> jax.Array:
         x = self.conv1(x)
         x = self.bn1(x)
         x = nnx.relu(x)
         x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
 
-    def head(self, x: jax.Array) -> jax.Array:
+    def _head(self, x: jax.Array) -> jax.Array:
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         x = x.reshape(x.shape[0], -1)
         x = self.fc(x)
         return x
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.stem(x)
+        x = self._stem(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x)
-        return self.head(x)
+        return self._head(x)
 
 
 def build(zero_init_residual: bool = False, seed: int = 0) -> ResNet:

@@ -12,6 +12,10 @@ import pytest
 
 from rescompile.compiler import compile_spec
 from rescompile.spec import RescompileError
+from rescompile.spec.loader import builtin_directory
+
+KNOWN_BLOCKS = ", ".join(sorted(path.stem for path in (builtin_directory() / "blocks").glob("*.yaml")))
+"""The built-in blocks, as an unknown block's error lists them."""
 
 BASE = """\
 name: bad
@@ -51,7 +55,7 @@ CASES = {
         network(("head: classifier", "heads: classifier")),
         {},
         "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
-        "description, head, head_parameters, input, name, shortcut, stages, stem, stem_parameters",
+        "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
@@ -61,8 +65,7 @@ CASES = {
     "unknown_block_near_miss": (
         network(("block: basic", "block: bottlenek")),
         {},
-        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: "
-        "aa_bottleneck, basic, bottleneck, se_bottleneck",
+        "net.yaml:4:8: unknown block 'bottlenek' (did you mean 'bottleneck'?); known blocks: " + KNOWN_BLOCKS,
     ),
     "channel_mismatch": (
         network(("shortcut: B", "shortcut: identity")),
@@ -298,8 +301,7 @@ CASES = {
     "newline_in_user_text": (
         network(("block: basic", 'block: "bas\\nic\\e[31m"')),
         {},
-        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: "
-        "aa_bottleneck, basic, bottleneck, se_bottleneck",
+        "net.yaml:4:8: unknown block 'bas\\nic\\x1b[31m' (did you mean 'basic'?); known blocks: " + KNOWN_BLOCKS,
     ),
     "size_list_too_long": (
         network(("size: 32", "size: [32, 32, 32]")),

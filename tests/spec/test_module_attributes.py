@@ -41,14 +41,20 @@ HEAD += "  flatten: {op: flatten}\n  fc: {op: linear, out_features: classes}\n"
         (
             "stems",
             STEM.replace("conv1", "layer1"),
-            "stems/mine.yaml:3:3: node name 'layer1' would replace the generated module's own 'layer1' "
-            "(a stage of the network); rename the node",
+            "stems/mine.yaml:3:3: stem node 'layer1' would share the network module's attribute 'layer1' with a "
+            "stage of the network; rename the node or change the network's naming.stages",
         ),
         (
             "heads",
-            HEAD.replace("pool:", "stem.pool:").replace("flatten}", "flatten, input: stem.pool}"),
-            "heads/mine.yaml:4:3: node name 'stem.pool' would replace the generated module's own 'stem' "
+            HEAD.replace("pool:", "_stem.pool:").replace("flatten}", "flatten, input: _stem.pool}"),
+            "heads/mine.yaml:4:3: node name '_stem.pool' would replace the generated module's own '_stem' "
             "(an attribute of nn.Module, nnx.Module or the network); rename the node",
+        ),
+        (
+            "heads",
+            HEAD.replace("  fc:", "  conv1.fc:"),
+            "heads/mine.yaml:6:3: head node 'conv1.fc' would share the network module's attribute 'conv1' with a "
+            "node of the stem; rename the node",
         ),
     ],
 )
