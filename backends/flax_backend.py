@@ -31,14 +31,18 @@ import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
+    BLOCK_INDEX_DECLARATIONS,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
     ShortcutClass,
     SourceNode,
     StageCall,
+    append_block_call,
     block_classes,
+    block_index_arguments,
     block_type,
     constant,
+    function_helpers,
     instance_nodes,
     is_default,
     load_source,
@@ -51,6 +55,8 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     template,
+    uses_block_index,
+    uses_math,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
@@ -227,6 +233,7 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "channel_conv": lambda node, in_shape: Lowering(
         layer=("ChannelConv", [render(node.attributes["kernel"]), "rngs=rngs"])
     ),
+    "drop_path": lambda node, in_shape: Lowering(layer=("DropPath", [render(node.attributes["rate"]), "rngs=rngs"])),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 
@@ -311,11 +318,33 @@ class ChannelConv(nnx.Conv):
         # The channels as a sequence of length C with one feature: (batch, C, 1).
         return super().__call__(x.reshape(x.shape[0], x.shape[-1], 1)).reshape(x.shape)'''
 
+DROP_PATH_CLASS = '''class DropPath(nnx.Module):
+    """Stochastic depth (Huang et al. 2016), as timm's DropPath: in training, each sample is zeroed
+    with probability ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity once
+    ``model.eval()`` has set ``deterministic``. Draws from the ``dropout`` stream of the model's rngs
+    (its ``default`` stream where it has none)."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs) -> None:
+        self.rate = rate
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def keep_mask(self, x: jax.Array) -> jax.Array:
+        """One draw per sample, 1 with probability 1 - rate, shaped to broadcast over the sample."""
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return jax.random.bernoulli(self.rngs(), 1 - self.rate, shape).astype(x.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0:
+            return x
+        return x * (self.keep_mask(x) / (1 - self.rate))'''
+
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
     "pad_channels": PAD_CHANNELS_FUNCTION,
     "blur_pool": BLUR_POOL_FUNCTION,
     "channel_conv": CHANNEL_CONV_CLASS,
+    "drop_path": DROP_PATH_CLASS,
 }
 
 # Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
@@ -400,7 +429,7 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
 
 
 def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv") for node in nodes)
+    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv", "drop_path") for node in nodes)
 
 
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
@@ -441,6 +470,7 @@ def emit_source(graph: Graph) -> str:
     constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
     # One _make_stage builds every block type, so they all take rngs if one needs them.
     rngs = any(_needs_rngs(block.nodes) for block in blocks)
+    indexed = uses_block_index(graph)
     block_views: list[dict[str, Any]] = []
     for block in blocks:
         lowerings = _class_lowerings(block.nodes)
@@ -453,7 +483,7 @@ def emit_source(graph: Graph) -> str:
             {
                 "name": block.python_name,
                 "definition": block.definition,
-                "parameters": parameter_declarations(block.parameters),
+                "parameters": parameter_declarations(block.parameters) + (BLOCK_INDEX_DECLARATIONS if indexed else []),
                 "init_lines": init,
                 "call_lines": call_lines,
                 "zero_init": [attribute_access(path) for path in block.zero_init],
@@ -464,12 +494,15 @@ def emit_source(graph: Graph) -> str:
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
+    block_arguments += block_index_arguments(graph) if indexed else []
     block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
     stages = with_containers(
         [call.attribute for call in calls],
         [
             wrap_call(
-                f"self{attribute_access(call.attribute)} = self._make_stage", [*stage_arguments(call), "rngs=rngs"], 8
+                f"self{attribute_access(call.attribute)} = self._make_stage",
+                [*stage_arguments(call, indexed), "rngs=rngs"],
+                8,
             )
             for call in calls
         ],
@@ -485,12 +518,14 @@ def emit_source(graph: Graph) -> str:
         input_example=", ".join(map(str, nhwc_input)),
         output_shape="×".join(map(str, graph.output_shape)),
         output_example=", ".join(map(str, graph.output_shape)),
-        helpers=[HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used]
+        helpers=function_helpers(graph)
+        + [HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used]
         + ceil_helpers
         + ([STANDARDIZED_CONV_FUNCTION] if standardized else []),
+        indexed=indexed,
         uses_partial=any("partial(" in line for line in stored_lines),
         uses_linear="linear" in kinds_used or "channel_conv" in kinds_used,
-        uses_math="blur_pool" in kinds_used,
+        uses_math=uses_math(graph) or "blur_pool" in kinds_used,
         # The standardising conv function's signature names Callable and Any.
         uses_callable=standardized,
         uses_any=options_used or standardized,
@@ -501,7 +536,7 @@ def emit_source(graph: Graph) -> str:
         blocks=block_views,
         block_type=block_type(blocks),
         shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
-        block_call=wrap_call("blocks.append(block", block_arguments, 12, ")"),
+        block_call=append_block_call(block_arguments, 12),
         stages=stages,
         stage_loop={indent: _stage_loop(calls, indent) for indent in (8, 12)},
         stem_init=_init_lines(stem_nodes, stem_lowerings),
@@ -619,7 +654,9 @@ def _flat_state(model: nnx.Module) -> dict[str, tuple[tuple[Any, ...], Any]]:
     """Every variable of ``model``: path joined with ``/`` -> (path, variable)."""
     from flax import nnx
 
-    return {"/".join(map(str, path)): (path, variable) for path, variable in nnx.to_flat_state(nnx.state(model))}
+    # Weights only: a DropPath's random stream is state too, but no weight.
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    return {"/".join(map(str, path)): (path, variable) for path, variable in nnx.to_flat_state(state)}
 
 
 def _check_model(graph: Graph, table: Mapping[str, Conversion], state: Mapping[str, Any]) -> None:
@@ -654,11 +691,31 @@ def module_for_weights(graph: Graph) -> nnx.Module:
     return model
 
 
+def _draw_abstract_streams(model: nnx.Module, seed: int = 0) -> None:
+    """Give the random streams (DropPath's) of a model built by ``nnx.eval_shape`` real keys and
+    counts: they are no weights, yet a model with its weights loaded must train."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    streams = nnx.to_flat_state(nnx.state(model, nnx.RngState))
+    values = {
+        path: jax.random.fold_in(jax.random.key(seed), index)
+        if isinstance(variable, nnx.RngKey)
+        else jnp.zeros(variable.shape, variable.dtype)
+        for index, (path, variable) in enumerate(streams)
+        if isinstance(variable.get_value(), jax.ShapeDtypeStruct)
+    }
+    if values:
+        nnx.update(model, nnx.from_flat_state(values))
+
+
 def load_weights(model: nnx.Module, graph: Graph, weights: Mapping[str, np.ndarray]) -> None:
     """Load canonical weights (torch layout) into a flax model built for ``graph``, strictly.
 
     Raises :class:`RescompileError` listing missing, unexpected and mis-shaped names when the weights
-    do not fit the graph, or the model's state does not fit the graph."""
+    do not fit the graph, or the model's state does not fit the graph. A model built abstractly
+    (``nnx.eval_shape``) also gets real keys for its random streams (DropPath's), which are no weights."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -671,6 +728,7 @@ def load_weights(model: nnx.Module, graph: Graph, weights: Mapping[str, np.ndarr
         for name, array in weights.items()
     }
     nnx.update(model, nnx.from_flat_state(update))
+    _draw_abstract_streams(model)
 
 
 def to_weights(model: nnx.Module, graph: Graph) -> Weights:

@@ -427,6 +427,12 @@ def _sigmoid(builder: _Builder, site: Site) -> None:
     builder.node("Sigmoid", [site.inputs[0]], site)
 
 
+def _drop_path(builder: _Builder, site: Site) -> None:
+    # The exported graph is for inference, where stochastic depth keeps every sample unscaled. An
+    # Identity node keeps one ONNX node per IR node, by its canonical name; runtimes remove it.
+    builder.node("Identity", [site.inputs[0]], site)
+
+
 def _mul(builder: _Builder, site: Site) -> None:
     # ONNX Mul broadcasts as numpy does, over NCHW as the IR's shapes state it.
     builder.node("Mul", list(site.inputs), site)
@@ -472,6 +478,7 @@ EMITTERS: dict[str, Emitter] = {
     "pad_channels": _pad_channels,
     "blur_pool": _blur_pool,
     "channel_conv": _channel_conv,
+    "drop_path": _drop_path,
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
 

@@ -15,6 +15,7 @@ import copy
 import functools
 import keyword
 import sys
+import textwrap
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from rescompile.compiler.ir import (
     SymbolicNode,
 )
 from rescompile.spec.errors import RescompileError
-from rescompile.spec.expressions import Expression, Value
+from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
 from rescompile.spec.models import RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
@@ -133,6 +134,13 @@ def expression_source(expression: Expression) -> str:
             literals.append(_text(node.value))
             # NUL cannot occur in an identifier or a rendered literal, so the placeholder is unambiguous.
             return ast.Name(id=f"\0{len(literals) - 1}\0", ctx=ast.Load())
+
+        def visit_Call(self, node: ast.Call) -> ast.expr:
+            self.generic_visit(node)
+            if isinstance(node.func, ast.Name) and node.func.id == "log2":
+                # The generated file imports math; the other functions are builtins or defined in it.
+                node.func = ast.Attribute(value=ast.Name(id="math", ctx=ast.Load()), attr="log2", ctx=ast.Load())
+            return node
 
     tree = _Placeholders().visit(copy.deepcopy(expression.tree))
     source = ast.unparse(tree)
@@ -279,6 +287,45 @@ def instance_nodes(module: Module, input_variable: str = "x") -> list[SourceNode
     return source_nodes(nodes, input_variable, input_variable)
 
 
+def _class_expressions(graph: Graph) -> list[Expression]:
+    """Every expression the block and shortcut classes write (stem and head are written with values)."""
+    expressions: list[Expression] = []
+    for definition in graph.definitions:
+        if definition.role in ("block", "shortcut"):
+            expressions += [expression for _, expression in definition.derived]
+            expressions += [
+                value for node in definition.nodes for _, value in node.attributes if isinstance(value, Expression)
+            ]
+    return expressions
+
+
+def uses_math(graph: Graph) -> bool:
+    """Whether generated source calls ``math.log2`` (and so imports math)."""
+    return any("log2" in expression.functions for expression in _class_expressions(graph))
+
+
+def function_helpers(graph: Graph) -> list[str]:
+    """Module-level functions that generated expressions call: ``make_divisible``, where used."""
+    used = any("make_divisible" in expression.functions for expression in _class_expressions(graph))
+    return [MAKE_DIVISIBLE_SOURCE] if used else []
+
+
+BLOCK_INDEX_NAMES = ("block_index", "block_count")
+BLOCK_INDEX_DECLARATIONS = ["block_index: int = 0", "block_count: int = 1"]
+"""The block constructors' keywords where a block reads its place in the network."""
+
+
+def uses_block_index(graph: Graph) -> bool:
+    """Whether a block class reads ``block_index`` or ``block_count``: each block is then built with
+    its own, which the network's ``_make_stage`` passes."""
+    return any(name in expression.names for expression in _class_expressions(graph) for name in BLOCK_INDEX_NAMES)
+
+
+def block_index_arguments(graph: Graph) -> list[str]:
+    """The block constructor's keywords in ``_make_stage``, from the stage's first block's index."""
+    return ["block_index=first_block_index + index", f"block_count={len(graph.blocks)}"]
+
+
 @dataclass(frozen=True)
 class BlockClass:
     """What a block class is made of: its branch nodes (symbolic), parameters and shortcut slot."""
@@ -390,6 +437,8 @@ class StageCall:
     stride: int
     options: dict[str, Value]
     """Block parameters that differ from the block's defaults."""
+    first_block_index: int
+    """The network-wide index of its first block (timm's ``net_block_idx``)."""
 
 
 def stage_calls(graph: Graph) -> list[StageCall]:
@@ -409,16 +458,29 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         stride = parameters["stride"]
         assert isinstance(width, int) and isinstance(stride, int)
         block_name = class_name(first.type_name, "Block")
+        first_index = graph.blocks.index(first)
         calls.append(
-            StageCall(stage, block_name, first.in_shape[0], first.out_shape[0], width, len(blocks), stride, options)
+            StageCall(
+                stage,
+                block_name,
+                first.in_shape[0],
+                first.out_shape[0],
+                width,
+                len(blocks),
+                stride,
+                options,
+                first_index,
+            )
         )
     return calls
 
 
-def stage_arguments(call: StageCall) -> list[str]:
-    """``_make_stage``'s arguments for one stage: ``BottleneckBlock, 64, 256, width=64, ...``."""
+def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
+    """``_make_stage``'s arguments for one stage: ``BottleneckBlock, 64, 256, width=64, ...``; with
+    ``indexed`` (:func:`uses_block_index`) the index of its first block too."""
     options = [f"{name}={render(value)}" for name, value in call.options.items()]
     numbers = [f"width={call.width}", f"depth={call.depth}", f"stride={call.stride}"]
+    numbers += [f"first_block_index={call.first_block_index}"] if indexed else []
     return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *options]
 
 
@@ -455,6 +517,14 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
     if indent + 4 + len(joined) <= LINE_LENGTH:
         return f"{head}(\n    {joined}\n){tail}"
     return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
+
+
+def append_block_call(arguments: list[str], indent: int) -> str:
+    """``_make_stage``'s ``blocks.append(block(arguments))`` laid out as ruff would at column ``indent``."""
+    line = f"blocks.append(block({', '.join(arguments)}))"
+    if indent + len(line) <= LINE_LENGTH:
+        return line
+    return "blocks.append(\n" + textwrap.indent(wrap_call("block", arguments, indent + 4), "    ") + "\n)"
 
 
 @functools.cache

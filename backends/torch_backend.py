@@ -17,10 +17,14 @@ import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
+    BLOCK_INDEX_DECLARATIONS,
     SHORTCUT_VARIABLE,
     SourceNode,
+    append_block_call,
     block_classes,
+    block_index_arguments,
     block_type,
+    function_helpers,
     instance_nodes,
     is_default,
     load_source,
@@ -33,6 +37,8 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     template,
+    uses_block_index,
+    uses_math,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Graph
@@ -192,6 +198,22 @@ CHANNEL_CONV_CLASS = '''class ChannelConv(nn.Conv1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.view(x.shape[0], 1, -1)).view(x.shape)'''
+DROP_PATH_CLASS = '''class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016), as timm's DropPath: in training, each sample is zeroed
+    with probability ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity in eval mode."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw per sample, 1 with probability 1 - rate, shaped to broadcast over the sample."""
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        return x * self.keep_mask(x).div_(1 - self.rate)'''
 
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}").
@@ -212,12 +234,14 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
     "blur_pool": _blur_pool,
     "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),
+    "drop_path": lambda node: ("DropPath", [render(node.attributes["rate"])]),
 }
 HELPER_CLASSES = {
     "subsample": SUBSAMPLE_CLASS,
     "pad_channels": PAD_CHANNELS_CLASS,
     "blur_pool": BLUR_POOL_CLASS,
     "channel_conv": CHANNEL_CONV_CLASS,
+    "drop_path": DROP_PATH_CLASS,
 }
 # Helper classes that call torch.nn.functional, and those that need the math module.
 FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", STD_CONV)
@@ -284,19 +308,21 @@ def emit_source(graph: Graph) -> str:
             for shortcut in shortcuts
         }
         shortcut_lines = shortcut_choice(graph, attribute, constructors)
-    block_arguments = "in_channels, width, block_stride" + (f", {attribute}" if attribute else "")
+    indexed = uses_block_index(graph)
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
-    block_call = f"block({block_arguments}{', **options' if options_used else ''})"
+    block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
+    block_arguments += (block_index_arguments(graph) if indexed else []) + (["**options"] if options_used else [])
+    block_call = append_block_call(block_arguments, 12)
     stage_parameters = ["self", f"block: type[{block_type(blocks)}]", "in_channels: int", "out_channels: int"]
-    stage_parameters += ["width: int", "depth: int", "stride: int"]
+    stage_parameters += ["width: int", "depth: int", "stride: int"] + (["first_block_index: int"] if indexed else [])
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
     stages = with_containers(
         [call.attribute for call in calls],
         [
-            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call), 8)
+            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8)
             for call in calls
         ],
         "nn.ModuleDict()",
@@ -305,7 +331,7 @@ def emit_source(graph: Graph) -> str:
     head = instance_nodes(graph.modules[-1])
     stage_lines = [f"x = self{attribute_access(call.attribute)}(x)" for call in calls]
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
-    helpers = [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
+    helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     return template("torch_model.py.jinja").render(
         version=rescompile.__version__,
@@ -314,7 +340,7 @@ def emit_source(graph: Graph) -> str:
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
         uses_functional=any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
-        uses_math=any(kind in kinds_used for kind in MATH_HELPERS),
+        uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
         options_used=options_used,
         shortcuts=shortcut_views,
         shortcut_attribute=attribute,
@@ -322,7 +348,7 @@ def emit_source(graph: Graph) -> str:
             {
                 "name": block.python_name,
                 "definition": block.definition,
-                "parameters": parameter_declarations(block.parameters),
+                "parameters": parameter_declarations(block.parameters) + (BLOCK_INDEX_DECLARATIONS if indexed else []),
                 "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
                 "forward_lines": [
                     *_forward_lines(block.nodes, attribute, block.shortcut_source),

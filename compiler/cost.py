@@ -3,7 +3,8 @@
 Conventions (those of torchvision's model docs, fvcore and ptflops): MACs count the
 multiply-accumulates of convolutions and linear layers only (each op states its own, in the op
 table); parameters are trainable tensors, not buffers such as BatchNorm's running statistics;
-activations are the output elements of every node for one input.
+activations are the output elements of every node for one input, but for a node that returns its
+input at inference (``drop_path``, which computes a new value in training only).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def cost(graph: Graph) -> CostReport:
                 kind=node.op.kind,
                 parameters=node_parameters(node),
                 macs=node_macs(node),
-                activations=math.prod(node.shape),
+                activations=0 if node.op.inference_identity else math.prod(node.shape),
             )
         )
         assert module.out_shape is not None

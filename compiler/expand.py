@@ -77,7 +77,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         network_parameters = spec.block_parameters if stage.block in (None, spec.block) else {}
         for block_index in range(stage.depth):
             stride = stage.stride if block_index == 0 else 1
-            builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stride}
+            builtins: dict[str, Value] = {
+                "in_channels": shape[0],
+                "width": stage.width,
+                "stride": stride,
+                "block_index": len(modules) - 1,  # over the whole network: the stem is modules[0]
+                "block_count": block_count,
+            }
             overrides = {**network_parameters, **stage.block_parameters}
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index)
             path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
@@ -348,6 +354,12 @@ def _evaluate_int(
         value = expression.evaluate(bindings)
     except ExpressionError as error:
         raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
+    if isinstance(value, float):
+        message = (
+            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}, a float; it must be an integer "
+            "(use //, int() or round())"
+        )
+        raise _located(message, part, path, origin)
     if isinstance(value, bool) or not isinstance(value, int):
         message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer"
         raise _located(message, part, path, origin)
@@ -355,6 +367,29 @@ def _evaluate_int(
         message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
         raise _located(message, part, path, origin)
     return value
+
+
+def _evaluate_real(
+    expression: Expression,
+    bindings: Bindings,
+    part: Loaded[PartSpec],
+    path: tuple[str, ...],
+    where: str,
+    bounds: tuple[float, float],
+) -> float:
+    """A real-valued attribute (a rate): a number in ``[low, high)``."""
+    origin = bindings.origin(expression)
+    try:
+        value = expression.evaluate(bindings)
+    except ExpressionError as error:
+        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
+        message = (
+            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; it must be a number in [{low}, {high})"
+        )
+        raise _located(message, part, path, origin)
+    return float(value)
 
 
 def _build_module(
@@ -556,7 +591,9 @@ def _make_op(
     for field, value in spec:
         if field in ("op", "input"):
             continue
-        if isinstance(value, Expression):
+        if isinstance(value, Expression) and field in op_type.real_ranges:
+            value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])
+        elif isinstance(value, Expression):
             minimum = op_type.minimums.get(field, 1)
             value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum)
         attributes[field] = value

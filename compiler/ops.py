@@ -156,6 +156,10 @@ class OpBase:
     kind: ClassVar[str]
     minimums: ClassVar[Mapping[str, int]] = {}
     """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
+    real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    """Attributes that are real numbers rather than integers, each with its range ``[low, high)``."""
+    inference_identity: ClassVar[bool] = False
+    """Whether it returns its input unchanged at inference (no activation of its own)."""
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -633,6 +637,21 @@ class PadChannels(OpBase):
         return (channels + self.before + self.after, height, width)
 
 
+@dataclass(frozen=True)
+class DropPath(OpBase):
+    """Stochastic depth (Huang et al. 2016; timm's ``DropPath``): in training, each sample's value is
+    zeroed with probability ``rate`` and kept ones are scaled by ``1 / (1 - rate)``, so the expected
+    value is unchanged; the identity in inference, and whenever ``rate`` is 0."""
+
+    kind: ClassVar[str] = "drop_path"
+    real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {"rate": (0.0, 1.0)}
+    inference_identity: ClassVar[bool] = True
+    rate: float
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _one(in_shapes, self.kind)
+
+
 Op = (
     Conv
     | BatchNorm
@@ -650,6 +669,7 @@ Op = (
     | PadChannels
     | BlurPool
     | ChannelConv
+    | DropPath
 )
 OP_TYPES: tuple[type[Op], ...] = (
     Conv,
@@ -668,6 +688,7 @@ OP_TYPES: tuple[type[Op], ...] = (
     PadChannels,
     BlurPool,
     ChannelConv,
+    DropPath,
 )
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}

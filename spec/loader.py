@@ -41,7 +41,8 @@ PART_MODELS: dict[PartKind, type[PartSpec]] = {
 }
 # Names every part of a kind may use in expressions without declaring them.
 BOUND_NAMES: dict[PartKind, frozenset[str]] = {
-    "blocks": frozenset({"in_channels", "width", "stride"}),
+    # block_index counts blocks over the whole network from 0 (timm's net_block_idx); block_count is their number.
+    "blocks": frozenset({"in_channels", "width", "stride", "block_index", "block_count"}),
     "stems": frozenset({"in_channels"}),
     "heads": frozenset({"in_channels"}),
     "shortcuts": frozenset({"in_channels", "out_channels", "stride"}),

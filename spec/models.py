@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
+from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 
 REQUIRED = "required"
 """The default of a part parameter that every use must supply."""
@@ -23,12 +23,12 @@ REQUIRED = "required"
 def _to_expression(value: object) -> Expression:
     if isinstance(value, Expression):
         return value
-    if isinstance(value, bool | int | str):
+    if isinstance(value, bool | int | float | str):
         try:
             return parse_expression(value)
         except ExpressionError as error:
             raise ValueError(str(error)) from None
-    raise ValueError("expected an integer or an expression such as 'width * 4'")
+    raise ValueError("expected a number or an expression such as 'width * 4'")
 
 
 def expression_to_yaml(expression: Expression) -> Value:
@@ -73,10 +73,12 @@ RESERVED_NAMES = frozenset(
 MODULE_LEVEL_NAMES = frozenset(
     {
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
-        *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv"),
+        *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath"),
     }
+    | set(FUNCTIONS)
 )
-"""Names the generated torch and Flax files define at module level. Parameters and derived values
+"""Names the generated torch and Flax files define at module level, or that expressions call
+(``min``, ``make_divisible``; ``log2`` is written ``math.log2``). Parameters and derived values
 (local variables of every constructor) may not shadow them; node names are attributes and may."""
 
 MODULE_ATTRIBUTES = frozenset(
@@ -112,7 +114,8 @@ Count = Annotated[int, Field(strict=True, gt=0)]
 Size = Annotated[int, Field(strict=True, gt=0, le=MAX_SIZE)]
 Name = Annotated[str, AfterValidator(_check_name)]
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
-ParameterValue = int | str | bool
+ParameterValue = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
+"""A part parameter's value: floats are finite (a rate such as ``drop_path_rate: 0.1``)."""
 Parameters = dict[str, ParameterValue]
 
 
@@ -251,6 +254,15 @@ class ChannelConvSpec(OpBase):
     kernel: Expr
 
 
+class DropPathSpec(OpBase):
+    """Stochastic depth (timm's ``DropPath``): in training, drop each sample's value with
+    probability ``rate`` (a number in [0, 1)) and scale the kept ones by 1 / (1 - rate); the
+    identity in inference."""
+
+    op: Literal["drop_path"]
+    rate: Expr
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
@@ -267,7 +279,8 @@ OpSpec = Annotated[
     | SubsampleSpec
     | PadChannelsSpec
     | BlurPoolSpec
-    | ChannelConvSpec,
+    | ChannelConvSpec
+    | DropPathSpec,
     Field(discriminator="op"),
 ]
 

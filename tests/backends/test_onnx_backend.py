@@ -217,7 +217,8 @@ def test_resnet50_reads_like_torchvision() -> None:
     shapes = {tensor.name: list(tensor.dims) for tensor in model.graph.initializer}
     assert shapes["layer3.4.conv2.weight"] == [256, 256, 3, 3]
     assert shapes["layer2.0.downsample.0.weight"] == [512, 256, 1, 1]
-    assert list(nodes["layer1.0.add"].input) == ["layer1.0.bn3", "layer1.0.downsample.1"]
+    assert list(nodes["layer1.0.add"].input) == ["layer1.0.drop_path", "layer1.0.downsample.1"]
+    assert nodes["layer1.0.drop_path"].op_type == "Identity"  # stochastic depth, in inference
     assert list(nodes["layer4.2.relu3"].output) == ["layer4.2"]
     assert (nodes["fc"].op_type, list(nodes["fc"].input)) == ("Gemm", ["flatten", "fc.weight", "fc.bias"])
 

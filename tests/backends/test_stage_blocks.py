@@ -56,8 +56,10 @@ def test_each_stage_gets_its_block_type_and_parameters(network: Path) -> None:
 def test_the_torch_source_has_one_class_per_block_type_and_counts_right(network: Path) -> None:
     graph = compile_spec(network)
     source = torch_backend.emit_source(graph)
-    assert "self.layer1 = self._make_stage(BasicBlock, 16, 16, width=16, depth=2, stride=1)" in source
-    assert "self._make_stage(BottleneckBlock, 16, 64, width=16, depth=1, stride=2, base_width=128, groups=2)" in source
+    layer1 = "self.layer1 = self._make_stage(BasicBlock, 16, 16, width=16, depth=2, stride=1, first_block_index=0)"
+    assert layer1 in source
+    layer2 = "BottleneckBlock, 16, 64, width=16, depth=1, stride=2, first_block_index=2, base_width=128, groups=2"
+    assert layer2 in source
     model = torch_backend.build_module(graph)
     assert [type(block).__name__ for stage in (model.layer1, model.layer2, model.layer3) for block in stage] == [
         "BasicBlock",

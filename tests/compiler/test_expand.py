@@ -106,7 +106,7 @@ def test_what_a_source_backend_would_refuse_is_a_located_error_at_validate_time(
             "block_parameters: {base_width: 0}",
             "net.yaml:9:32: layer1.0: nodes.conv1.out_channels = inner_width gives 0; it must be at least 1 "
             "(computed at ",
-            "blocks/bottleneck.yaml:17:35)",
+            "blocks/bottleneck.yaml:21:35)",
         ),
     ],
     ids=["head-parameter", "derived-from-a-block-parameter"],

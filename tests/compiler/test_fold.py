@@ -29,7 +29,9 @@ def test_every_batch_norm_after_a_conv_folds_and_its_readers_read_the_conv() -> 
     assert relu1.inputs == ("conv1",)
     downsample = folded.graph.modules[5]  # layer2.0
     add = next(node for node in downsample.nodes if node.op.kind == "add")
-    assert set(add.inputs) == {"conv2", "downsample.0"}
+    assert set(add.inputs) == {"drop_path", "downsample.0"}
+    drop_path = next(node for node in downsample.nodes if node.op.kind == "drop_path")
+    assert drop_path.inputs == ("conv2",)
 
 
 def test_a_batch_norm_whose_conv_output_has_another_reader_stays() -> None:

@@ -37,7 +37,13 @@ def test_a_graph_carries_no_pydantic_spec() -> None:
 def test_definitions_state_attributes_over_their_parameters() -> None:
     graph = compile_spec("resnet50", size=32)
     block = graph.definition("block", "bottleneck")
-    assert dict(block.parameters) == {"expansion": 4, "groups": 1, "base_width": 64, "stride_at": "conv2"}
+    assert dict(block.parameters) == {
+        "expansion": 4,
+        "groups": 1,
+        "base_width": 64,
+        "stride_at": "conv2",
+        "drop_path_rate": 0.0,
+    }
     nodes = {node.name: dict(node.attributes) for node in block.nodes}
     texts = {
         name: {key: value.text for key, value in attributes.items() if isinstance(value, Expression)}
@@ -50,7 +56,8 @@ def test_definitions_state_attributes_over_their_parameters() -> None:
     assert texts["conv3"]["out_channels"] == "width * expansion"
     assert texts["bn3"]["channels"] == "width * expansion"
     assert nodes["bn3"]["zero_init"] is True
-    assert [node.inputs for node in block.nodes if node.kind == "add"] == [("bn3", "shortcut")]
+    assert [node.inputs for node in block.nodes if node.kind == "add"] == [("drop_path", "shortcut")]
+    assert texts["drop_path"]["rate"] == "block_drop_rate"
     projection = graph.definition("shortcut", "projection")
     assert projection.module == "downsample"
     assert [node.name for node in projection.nodes] == ["0", "1"]
@@ -63,4 +70,4 @@ def test_a_plain_network_defines_its_block_without_the_residual_add() -> None:
     block: Definition = graph.definition("block", "basic")
     assert "add" not in [node.kind for node in block.nodes]
     relu2 = next(node for node in block.nodes if node.name == "relu2")
-    assert relu2.inputs == ("bn2",)  # it read the add, which read bn2 and the shortcut
+    assert relu2.inputs == ("drop_path",)  # it read the add, which read drop_path and the shortcut

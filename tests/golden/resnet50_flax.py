@@ -52,6 +52,28 @@ class BatchNorm(nnx.Module):
         return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * self.scale[...]) + self.bias[...]
 
 
+class DropPath(nnx.Module):
+    """Stochastic depth (Huang et al. 2016), as timm's DropPath: in training, each sample is zeroed
+    with probability ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity once
+    ``model.eval()`` has set ``deterministic``. Draws from the ``dropout`` stream of the model's rngs
+    (its ``default`` stream where it has none)."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs) -> None:
+        self.rate = rate
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def keep_mask(self, x: jax.Array) -> jax.Array:
+        """One draw per sample, 1 with probability 1 - rate, shaped to broadcast over the sample."""
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return jax.random.bernoulli(self.rngs(), 1 - self.rate, shape).astype(x.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0:
+            return x
+        return x * (self.keep_mask(x) / (1 - self.rate))
+
+
 def projection(in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Sequential:
     """Shortcut 'projection': 1×1 convolution with the block's stride, then BatchNorm."""
     return nnx.Sequential(
@@ -82,12 +104,16 @@ class BottleneckBlock(nnx.Module):
         groups: int = 1,
         base_width: int = 64,
         stride_at: str = "conv2",
+        drop_path_rate: float = 0.0,
+        block_index: int = 0,
+        block_count: int = 1,
         *,
         rngs: nnx.Rngs,
     ) -> None:
         inner_width = width * base_width // 64 * groups
         conv1_stride = stride if stride_at == "conv1" else 1
         conv2_stride = stride if stride_at == "conv2" else 1
+        block_drop_rate = drop_path_rate * block_index / max(block_count - 1, 1)
         self.conv1 = nnx.Conv(
             in_channels,
             inner_width,
@@ -121,6 +147,7 @@ class BottleneckBlock(nnx.Module):
             rngs=rngs,
         )
         self.bn3 = BatchNorm(width * expansion)
+        self.drop_path = DropPath(block_drop_rate, rngs=rngs)
         self.downsample = downsample
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -132,6 +159,7 @@ class BottleneckBlock(nnx.Module):
         out = nnx.relu(out)
         out = self.conv3(out)
         out = self.bn3(out)
+        out = self.drop_path(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = out + shortcut
         out = nnx.relu(out)
@@ -153,10 +181,18 @@ class ResNet(nnx.Module):
             rngs=rngs,
         )
         self.bn1 = BatchNorm(64)
-        self.layer1 = self._make_stage(BottleneckBlock, 64, 256, width=64, depth=3, stride=1, rngs=rngs)
-        self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2, rngs=rngs)
-        self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2, rngs=rngs)
-        self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, rngs=rngs)
+        self.layer1 = self._make_stage(
+            BottleneckBlock, 64, 256, width=64, depth=3, stride=1, first_block_index=0, rngs=rngs
+        )
+        self.layer2 = self._make_stage(
+            BottleneckBlock, 256, 512, width=128, depth=4, stride=2, first_block_index=3, rngs=rngs
+        )
+        self.layer3 = self._make_stage(
+            BottleneckBlock, 512, 1024, width=256, depth=6, stride=2, first_block_index=7, rngs=rngs
+        )
+        self.layer4 = self._make_stage(
+            BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, first_block_index=13, rngs=rngs
+        )
         self.fc = nnx.Linear(2048, 1000, kernel_init=linear_init, rngs=rngs)
         if zero_init_residual:
             # Goyal et al. 2017: the last BatchNorm of every residual branch starts at 0, so each block
@@ -174,6 +210,7 @@ class ResNet(nnx.Module):
         width: int,
         depth: int,
         stride: int,
+        first_block_index: int,
         *,
         rngs: nnx.Rngs,
     ) -> nnx.List[BottleneckBlock]:
@@ -184,7 +221,17 @@ class ResNet(nnx.Module):
                 downsample = projection(in_channels, out_channels, block_stride, rngs=rngs)
             else:
                 downsample = None
-            blocks.append(block(in_channels, width, block_stride, downsample, rngs=rngs))
+            blocks.append(
+                block(
+                    in_channels,
+                    width,
+                    block_stride,
+                    downsample,
+                    block_index=first_block_index + index,
+                    block_count=16,
+                    rngs=rngs,
+                )
+            )
             in_channels = out_channels
         return nnx.List(blocks)
 

@@ -9,6 +9,24 @@ import torch
 from torch import nn
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016), as timm's DropPath: in training, each sample is zeroed
+    with probability ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity in eval mode."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw per sample, 1 with probability 1 - rate, shaped to broadcast over the sample."""
+        return x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        return x * self.keep_mask(x).div_(1 - self.rate)
+
+
 def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     """Shortcut 'projection': 1×1 convolution with the block's stride, then BatchNorm."""
     return nn.Sequential(
@@ -30,11 +48,15 @@ class BottleneckBlock(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         stride_at: str = "conv2",
+        drop_path_rate: float = 0.0,
+        block_index: int = 0,
+        block_count: int = 1,
     ) -> None:
         super().__init__()
         inner_width = width * base_width // 64 * groups
         conv1_stride = stride if stride_at == "conv1" else 1
         conv2_stride = stride if stride_at == "conv2" else 1
+        block_drop_rate = drop_path_rate * block_index / max(block_count - 1, 1)
         self.conv1 = nn.Conv2d(in_channels, inner_width, kernel_size=1, stride=conv1_stride, bias=False)
         self.bn1 = nn.BatchNorm2d(inner_width)
         self.relu1 = nn.ReLU(inplace=True)
@@ -45,6 +67,7 @@ class BottleneckBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(inner_width, width * expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(width * expansion)
+        self.drop_path = DropPath(block_drop_rate)
         self.relu3 = nn.ReLU(inplace=True)
         self.downsample = downsample
 
@@ -57,6 +80,7 @@ class BottleneckBlock(nn.Module):
         out = self.relu2(out)
         out = self.conv3(out)
         out = self.bn3(out)
+        out = self.drop_path(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = out + shortcut
         out = self.relu3(out)
@@ -72,17 +96,24 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_stage(BottleneckBlock, 64, 256, width=64, depth=3, stride=1)
-        self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2)
-        self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2)
-        self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2)
+        self.layer1 = self._make_stage(BottleneckBlock, 64, 256, width=64, depth=3, stride=1, first_block_index=0)
+        self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2, first_block_index=3)
+        self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2, first_block_index=7)
+        self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, first_block_index=13)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(2048, 1000)
         self.reset_parameters(zero_init_residual)
 
     def _make_stage(
-        self, block: type[BottleneckBlock], in_channels: int, out_channels: int, width: int, depth: int, stride: int
+        self,
+        block: type[BottleneckBlock],
+        in_channels: int,
+        out_channels: int,
+        width: int,
+        depth: int,
+        stride: int,
+        first_block_index: int,
     ) -> nn.Sequential:
         blocks = []
         for index in range(depth):
@@ -91,7 +122,11 @@ class ResNet(nn.Module):
                 downsample = projection(in_channels, out_channels, block_stride)
             else:
                 downsample = None
-            blocks.append(block(in_channels, width, block_stride, downsample))
+            blocks.append(
+                block(
+                    in_channels, width, block_stride, downsample, block_index=first_block_index + index, block_count=16
+                )
+            )
             in_channels = out_channels
         return nn.Sequential(*blocks)
 

@@ -119,7 +119,7 @@ CASES = {
         network(("block: basic", "block: bottleneck\nblock_parameters: {strid_at: conv1}")),
         {},
         "net.yaml:5:20: block 'bottleneck' has no parameter 'strid_at' (did you mean 'stride_at'?); "
-        "its parameters: expansion, groups, base_width, stride_at",
+        "its parameters: expansion, groups, base_width, stride_at, drop_path_rate",
     ),
     "unknown_shortcut": (
         network(("shortcut: B", "shortcut: projecton")),
@@ -141,8 +141,8 @@ CASES = {
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, blur_pool, channel_conv, conv, flatten, global_average_pool, group_norm, linear, max_pool, mul, "
-        "pad_channels, relu, sigmoid, subsample",
+        "batch_norm, blur_pool, channel_conv, conv, drop_path, flatten, global_average_pool, group_norm, linear, "
+        "max_pool, mul, pad_channels, relu, sigmoid, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
@@ -150,8 +150,10 @@ CASES = {
             "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
             "  conv1: {op: conv, out_channels: \"__import__('os').getcwd()\", kernel: 3}\n"
         },
-        "blocks/mine.yaml:4:35: nodes.conv1.out_channels: '__import__('os').getcwd()' uses a function call, "
-        "which is not allowed; use integers, parameter names, + - * // %, comparisons and 'a if condition else b'",
+        "blocks/mine.yaml:4:35: nodes.conv1.out_channels: '__import__('os').getcwd()' calls "
+        "'__import__('os').getcwd', which is not a function here; the functions: abs(x), int(x), log2(x), "
+        "make_divisible(v, divisor=8, min_value=None, round_limit=0.9), max(a, b, ...), min(a, b, ...), "
+        "round(number, ndigits=None)",
     ),
     "expression_with_unknown_name": (
         network(("block: basic", "block: mine")),
@@ -160,7 +162,7 @@ CASES = {
             "  conv1: {op: conv, out_channels: widht * 2, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:35: 'widht' in conv1.out_channels is not a parameter of block 'mine' "
-        "(did you mean 'width'?); known: in_channels, stride, width",
+        "(did you mean 'width'?); known: block_count, block_index, in_channels, stride, width",
     ),
     "node_reads_unknown_value": (
         network(("block: basic", "block: mine")),
@@ -266,7 +268,7 @@ CASES = {
             "  factor: 2 if mode > 1 else 1\nnodes:\n  conv1: {op: conv, out_channels: width, kernel: 3}\n"
             "  add: {op: add, inputs: [conv1, shortcut]}\n"
         },
-        "blocks/mine.yaml:5:11: derived.factor = 2 if mode > 1 else 1: a comparison needs integers, got 'wide'",
+        "blocks/mine.yaml:5:11: derived.factor = 2 if mode > 1 else 1: a comparison needs numbers, got 'wide'",
     ),
     "part_name_too_long_for_the_file_system": (
         network(("block: basic", "block: " + "b" * 300)),
@@ -346,7 +348,7 @@ CASES = {
             "  add: {op: add, inputs: [input, shortcut]}\n"
         },
         "blocks/mine.yaml:2:14: parameter name 'width' is bound by the compiler in every block "
-        "(in_channels, stride, width); declare another name",
+        "(block_count, block_index, in_channels, stride, width); declare another name",
     ),
     "shortcut_module_named_like_a_node": (
         network(),
