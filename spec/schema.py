@@ -67,11 +67,14 @@ KEY_DESCRIPTIONS: Final = {
     "parameters": "The part's parameters and their defaults; a network's *_parameters override them.",
     "nodes": "The part's graph: node name -> op, in order; each node reads the previous one unless it says.",
     "module": "The attribute name of the shortcut's module in the block (torchvision's 'downsample').",
+    "naming": "How stage and block modules are named: torchvision's layer1.0 (the default) or, e.g., timm's "
+    "{stages: 'stages.{index}.blocks'}.",
     # Ops.
     "op": "The operation this node applies.",
     "out_channels": "Output channels.",
     "kernel": "Window size (square).",
     "padding": "Zero padding on every side.",
+    "padding_mode": "What padding repeats: 'zeros', or 'reflect' (the input mirrored at its edge, not repeating it).",
     "dilation": "Spacing between kernel taps.",
     "groups": "Grouped convolution: input and output channels split into this many groups.",
     "bias": "Whether the layer adds a learned bias.",

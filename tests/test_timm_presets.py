@@ -17,6 +17,7 @@ import timm
 import torch
 import torchvision
 from conftest import REPEATED_PRESETS
+from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
 from rescompile.backends.registry import BACKENDS
@@ -25,7 +26,7 @@ from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
-from rescompile.testing import TOLERANCES, assert_close, count_macs, randomise_normalisation
+from rescompile.testing import TOLERANCES, assert_close, randomise_normalisation
 
 TIMM_PRESETS = [
     "resnet50c",
@@ -37,7 +38,14 @@ TIMM_PRESETS = [
     "seresnext50_32x4d",
     "resnetrs50",
     "resnetaa50",
+    "resnetblur50",
+    "resnet50_gn",
+    "ecaresnet50d",
+    "resnetv2_50",
 ]
+OTHER_ORDER = {"resnetv2_50"}
+"""timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
+shortcut module last. The keys are the same (strict loading needs no order); so is every other key's order."""
 SIZE = 224
 SMALL_SIZE = {"resnet200d": 96}
 """resnet200d runs at a smaller size by default and at 224 in the slow tail."""
@@ -79,9 +87,15 @@ def test_every_builtin_timm_model_outside_torchvision_is_checked_here() -> None:
 @pytest.mark.parametrize("name", TIMM_PRESETS)
 def test_state_dict_keys_are_timms_in_timms_order(name: str) -> None:
     graph = compile_spec(name, size=64)
-    model = torch_backend.build_module(graph)
-    reference = timm.create_model(name, pretrained=False)
-    assert list(model.state_dict()) == list(reference.state_dict())
+    keys = list(torch_backend.build_module(graph).state_dict())
+    reference = list(timm.create_model(name, pretrained=False).state_dict())
+    assert set(keys) == set(reference)
+    if name in OTHER_ORDER:
+        keys, reference = (
+            [key for key in keys if ".downsample." not in key],
+            [k for k in reference if ".downsample." not in k],
+        )
+    assert keys == reference
 
 
 @pytest.mark.parametrize(("name", "size"), sizes())
@@ -89,7 +103,11 @@ def test_parameters_and_macs_are_timms(name: str, size: int) -> None:
     graph, _model, reference = pair(name, size)
     report = cost(graph)
     assert report.parameters == sum(parameter.numel() for parameter in reference.parameters())
-    assert report.macs == count_macs(reference.eval(), torch.zeros(1, 3, size, size))
+    # torch's own FLOP counter sees every convolution, functional ones too (timm's BlurPool2d calls
+    # F.conv2d), and counts a multiply-accumulate as 2 FLOPs.
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        reference.eval()(torch.zeros(1, 3, size, size))
+    assert counter.get_total_flops() == 2 * report.macs
 
 
 @pytest.mark.parametrize(("name", "size"), sizes())

@@ -99,14 +99,14 @@ def test_what_a_source_backend_would_refuse_is_a_located_error_at_validate_time(
         (
             "head_parameters: {classes: 0}",
             "net.yaml:9:28: head: nodes.fc.out_features = classes gives 0; it must be at least 1 (computed at ",
-            "heads/classifier.yaml:8:34)",
+            "heads/classifier.yaml:9:34)",
         ),
         (
             # Through a derived value: inner_width = width * base_width // 64 * groups.
             "block_parameters: {base_width: 0}",
             "net.yaml:9:32: layer1.0: nodes.conv1.out_channels = inner_width gives 0; it must be at least 1 "
             "(computed at ",
-            "blocks/bottleneck.yaml:21:35)",
+            "blocks/bottleneck.yaml:22:35)",
         ),
     ],
     ids=["head-parameter", "derived-from-a-block-parameter"],
