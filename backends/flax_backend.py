@@ -221,6 +221,9 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "subsample": lambda node, in_shape: _function(
         "subsample", {"stride": (render(node.attributes["stride"]), node.attributes["stride"])}
     ),
+    "pad": lambda node, in_shape: _function(
+        "pad", {"padding": (render(node.attributes["padding"]), node.attributes["padding"])}
+    ),
     "pad_channels": lambda node, in_shape: _function(
         "pad_channels",
         {name: (render(node.attributes[name]), node.attributes[name]) for name in ("before", "after")},
@@ -240,6 +243,10 @@ assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 SUBSAMPLE_FUNCTION = '''def subsample(x: jax.Array, stride: int) -> jax.Array:
     """Keep every ``stride``-th row and column (torch's ``x[:, :, ::stride, ::stride]``)."""
     return x[:, ::stride, ::stride, :]'''
+
+PAD_FUNCTION = '''def pad(x: jax.Array, padding: int) -> jax.Array:
+    """Zero rows and columns, ``padding`` on every side (torch's nn.ZeroPad2d)."""
+    return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))'''
 
 PAD_CHANNELS_FUNCTION = '''def pad_channels(x: jax.Array, before: int, after: int) -> jax.Array:
     """Zero channels: ``before`` in front of the input's channels, ``after`` behind them."""
@@ -341,6 +348,7 @@ DROP_PATH_CLASS = '''class DropPath(nnx.Module):
 
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
+    "pad": PAD_FUNCTION,
     "pad_channels": PAD_CHANNELS_FUNCTION,
     "blur_pool": BLUR_POOL_FUNCTION,
     "channel_conv": CHANNEL_CONV_CLASS,

@@ -47,6 +47,7 @@ from rescompile.compiler.ir import (
     MaxPool,
     Module,
     Node,
+    Pad,
     PadChannels,
     Padding,
     Subsample,
@@ -452,6 +453,14 @@ def _subsample(builder: _Builder, site: Site) -> None:
     builder.node("Slice", [site.inputs[0], *inputs], site)
 
 
+def _pad(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, Pad)
+    amount = op.padding
+    pads = builder.tensor(f"{site.name}.pads", np.array([0, 0, amount, amount, 0, 0, amount, amount], np.int64))
+    builder.node("Pad", [site.inputs[0], pads], site, mode="constant")
+
+
 def _pad_channels(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, PadChannels)
@@ -475,6 +484,7 @@ EMITTERS: dict[str, Emitter] = {
     "sigmoid": _sigmoid,
     "mul": _mul,
     "subsample": _subsample,
+    "pad": _pad,
     "pad_channels": _pad_channels,
     "blur_pool": _blur_pool,
     "channel_conv": _channel_conv,

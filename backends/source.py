@@ -40,6 +40,7 @@ from rescompile.compiler.ir import (
     MaxPool,
     Module,
     Node,
+    Pad,
     PadChannels,
     Padding,
     Pair,
@@ -222,6 +223,8 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
         return {"in_features": op.in_features, "out_features": op.out_features, "bias": op.bias}
     if isinstance(op, Subsample):
         return {"stride": op.stride}
+    if isinstance(op, Pad):
+        return {"padding": op.padding}
     if isinstance(op, PadChannels):
         return {"before": op.before, "after": op.after}
     return {}

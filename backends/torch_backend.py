@@ -231,6 +231,7 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": "{0} * {1}",
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
+    "pad": lambda node: ("nn.ZeroPad2d", [render(node.attributes["padding"])]),
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
     "blur_pool": _blur_pool,
     "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),

@@ -612,6 +612,21 @@ class ChannelConv(OpBase):
 
 
 @dataclass(frozen=True)
+class Pad(OpBase):
+    """Zero rows and columns: ``padding`` on every side of the height and width (torch's
+    ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
+    without padding, which differs from the pool's own padding (that never wins a max)."""
+
+    kind: ClassVar[str] = "pad"
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    padding: int
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        return (channels, height + 2 * self.padding, width + 2 * self.padding)
+
+
+@dataclass(frozen=True)
 class PadChannels(OpBase):
     """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
 
@@ -666,6 +681,7 @@ Op = (
     | Sigmoid
     | Mul
     | Subsample
+    | Pad
     | PadChannels
     | BlurPool
     | ChannelConv
@@ -685,6 +701,7 @@ OP_TYPES: tuple[type[Op], ...] = (
     Sigmoid,
     Mul,
     Subsample,
+    Pad,
     PadChannels,
     BlurPool,
     ChannelConv,

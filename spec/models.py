@@ -73,7 +73,7 @@ RESERVED_NAMES = frozenset(
 MODULE_LEVEL_NAMES = frozenset(
     {
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
-        *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath"),
+        *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
     }
     | set(FUNCTIONS)
 )
@@ -227,6 +227,13 @@ class SubsampleSpec(OpBase):
     stride: Expr
 
 
+class PadSpec(OpBase):
+    """Zero rows and columns, ``padding`` on every side (torch's ``nn.ZeroPad2d``)."""
+
+    op: Literal["pad"]
+    padding: Expr
+
+
 class PadChannelsSpec(OpBase):
     """Append zero channels (option A's channel half): ``before`` zeros first, ``after`` zeros last."""
 
@@ -277,6 +284,7 @@ OpSpec = Annotated[
     | MulSpec
     | SigmoidSpec
     | SubsampleSpec
+    | PadSpec
     | PadChannelsSpec
     | BlurPoolSpec
     | ChannelConvSpec

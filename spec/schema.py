@@ -105,6 +105,11 @@ def json_schema(kind: str) -> dict[str, Any]:
     schema = KINDS[kind].model_json_schema(mode="validation", schema_generator=_Generator)
     _describe(schema)
     schema = {"$schema": DIALECT, "title": f"rescompile {kind} file", **schema}
+    if kind == "network":
+        # A network that extends another states only what differs: nothing is required of it.
+        required = schema.pop("required")
+        schema["if"] = {"required": ["extends"]}
+        schema["else"] = {"required": required}
     nodes = schema.get("properties", {}).get("nodes")
     if nodes is not None:
         # A node is one of the op models, chosen by ``op``. pydantic states that as a oneOf with a

@@ -42,8 +42,9 @@ TIMM_PRESETS = [
     "resnet50_gn",
     "ecaresnet50d",
     "resnetv2_50",
+    "resnetv2_50x1_bit",
 ]
-OTHER_ORDER = {"resnetv2_50"}
+OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
 shortcut module last. The keys are the same (strict loading needs no order); so is every other key's order."""
 SIZE = 224

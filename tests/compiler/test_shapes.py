@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from rescompile.compiler import compile_spec
-from rescompile.compiler.ir import AvgPool, Conv, MaxPool, PadChannels, Subsample
+from rescompile.compiler.ir import AvgPool, Conv, MaxPool, Pad, PadChannels, Subsample
 from rescompile.compiler.ops import Mul, ShapeError, Sigmoid
 
 SQUARE_PAD_1 = ((1, 1), (1, 1))
@@ -49,6 +49,11 @@ def test_avg_pool_and_subsample_sizes() -> None:
 
 def test_pad_channels_adds_channels_only() -> None:
     assert PadChannels(1, 3).output_shape(((4, 5, 6),)) == (8, 5, 6)
+
+
+def test_pad_adds_rows_and_columns_on_every_side() -> None:
+    assert Pad(1).output_shape(((4, 5, 6),)) == (4, 7, 8)
+    assert Pad(0).output_shape(((4, 5, 6),)) == (4, 5, 6)
 
 
 def test_conv_rejects_groups_that_do_not_divide_channels() -> None:

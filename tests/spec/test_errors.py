@@ -142,7 +142,7 @@ CASES = {
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
         "batch_norm, blur_pool, channel_conv, conv, drop_path, flatten, global_average_pool, group_norm, linear, "
-        "max_pool, mul, pad_channels, relu, sigmoid, subsample",
+        "max_pool, mul, pad, pad_channels, relu, sigmoid, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),

@@ -24,4 +24,5 @@ def test_generated_spec_survives_a_yaml_round_trip(spec: NetworkSpec) -> None:
 def test_builtin_spec_survives_a_yaml_round_trip(name: str, tmp_path: Path) -> None:
     spec = load_network(name).spec
     (tmp_path / "again.yaml").write_text(dump_network(spec))
-    assert load_network(tmp_path / "again.yaml").spec == spec
+    # A network that extends another is dumped whole, its base merged in: no extends left.
+    assert load_network(tmp_path / "again.yaml").spec == spec.model_copy(update={"extends": None})
