@@ -79,7 +79,7 @@ def test_a_projection_reads_the_shortcut_input(tmp_path: Path, monkeypatch: pyte
         (
             NETWORK.replace("stages.{index}.blocks", "conv1.{index}"),
             BLOCK,
-            "stems/cifar.yaml:6:3: stem node 'conv1' would share the network module's attribute 'conv1' with a stage "
+            "stems/cifar.yaml:7:3: stem node 'conv1' would share the network module's attribute 'conv1' with a stage "
             "of the network; rename the node or change the network's naming.stages",
         ),
         (
