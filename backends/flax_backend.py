@@ -37,7 +37,7 @@ from rescompile.backends.source import (
     ShortcutClass,
     SourceNode,
     StageCall,
-    append_block_call,
+    block_calls,
     block_classes,
     block_index_arguments,
     block_type,
@@ -501,9 +501,13 @@ def emit_source(graph: Graph) -> str:
     stored_lines += [line for view in shortcuts for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
-    block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
-    block_arguments += block_index_arguments(graph) if indexed else []
-    block_arguments += (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
+    first_blocks = any(call.first_block for call in calls)
+    first_options_used = any(call.first_options for call in calls)
+    positional = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
+    positional += block_index_arguments(graph) if indexed else []
+    block_arguments = positional + (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
+    first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
+    first_arguments += ["rngs=rngs"] if rngs else []
     stages = with_containers(
         [call.attribute for call in calls],
         [
@@ -536,15 +540,17 @@ def emit_source(graph: Graph) -> str:
         uses_math=uses_math(graph) or "blur_pool" in kinds_used,
         # The standardising conv function's signature names Callable and Any.
         uses_callable=standardized,
-        uses_any=options_used or standardized,
+        uses_any=options_used or first_options_used or standardized,
         options_used=options_used,
+        first_blocks=first_blocks,
+        first_options_used=first_options_used,
         shortcuts=shortcuts,
         shortcut_attribute=attribute,
         rngs=rngs,
         blocks=block_views,
         block_type=block_type(blocks),
         shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
-        block_call=append_block_call(block_arguments, 12),
+        block_call=block_calls(block_arguments, first_arguments if first_blocks else None, 12),
         stages=stages,
         stage_loop={indent: _stage_loop(calls, indent) for indent in (8, 12)},
         stem_init=_init_lines(stem_nodes, stem_lowerings),

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jinja2
 
@@ -442,37 +442,48 @@ class StageCall:
     """Block parameters that differ from the block's defaults."""
     first_block_index: int
     """The network-wide index of its first block (timm's ``net_block_idx``)."""
+    first_block: str | None = None
+    """The class of its first block where that block differs (its type or parameters), else None."""
+    first_options: dict[str, Value] = field(default_factory=dict)
+    """The first block's parameters that differ from its defaults, where it differs."""
+
+
+def _options(graph: Graph, block: Module) -> dict[str, Value]:
+    """A block's parameters that differ from its definition's defaults."""
+    defaults = dict(graph.definition("block", block.type_name).parameters)
+    return {name: value for name, value in block.parameters if name in defaults and defaults[name] != value}
 
 
 def stage_calls(graph: Graph) -> list[StageCall]:
     calls: list[StageCall] = []
     for stage in graph.stage_names():
         blocks = [block for block in graph.blocks if block.stage == stage]
-        first = blocks[0]
-        assert first.out_shape is not None
-        defaults = dict(graph.definition("block", first.type_name).parameters)
-        parameters = dict(first.parameters)
-        options = {name: value for name, value in parameters.items() if name in defaults and defaults[name] != value}
-        for block in blocks[1:]:
-            other = dict(block.parameters)
-            if any(other[name] != parameters[name] for name in defaults):
+        first, last = blocks[0], blocks[-1]
+        # The stage's blocks are its later ones; a first block differing from them is passed apart.
+        typical = blocks[1:] or blocks
+        options = _options(graph, typical[0])
+        for block in typical[1:]:
+            if block.type_name != typical[0].type_name or _options(graph, block) != options:
                 raise RescompileError(f"{block.path}: block parameters differ inside one stage")
-        width = parameters["width"]
-        stride = parameters["stride"]
+        first_options = _options(graph, first)
+        differs = first.type_name != typical[0].type_name or first_options != options
+        assert last.out_shape is not None
+        width = first.parameter("width")
+        stride = first.parameter("stride")
         assert isinstance(width, int) and isinstance(stride, int)
-        block_name = class_name(first.type_name, "Block")
-        first_index = graph.blocks.index(first)
         calls.append(
             StageCall(
                 stage,
-                block_name,
+                class_name(typical[0].type_name, "Block"),
                 first.in_shape[0],
-                first.out_shape[0],
+                last.out_shape[0],
                 width,
                 len(blocks),
                 stride,
                 options,
-                first_index,
+                graph.blocks.index(first),
+                class_name(first.type_name, "Block") if differs else None,
+                first_options if differs else {},
             )
         )
     return calls
@@ -484,7 +495,25 @@ def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
     options = [f"{name}={render(value)}" for name, value in call.options.items()]
     numbers = [f"width={call.width}", f"depth={call.depth}", f"stride={call.stride}"]
     numbers += [f"first_block_index={call.first_block_index}"] if indexed else []
-    return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *options]
+    first: list[str] = []
+    if call.first_block is not None:
+        first.append(f"first_block={call.first_block}")
+        if call.first_options:
+            items = ", ".join(f"{render(name)}: {render(value)}" for name, value in call.first_options.items())
+            first.append(f"first_options={{{items}}}")
+    return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *first, *options]
+
+
+def block_calls(arguments: list[str], first_arguments: list[str] | None, indent: int) -> str:
+    """``_make_stage``'s statement appending a block (:func:`append_block_call`) at column
+    ``indent``; where a stage may have a different first block (``first_arguments`` given), the
+    first block is ``first_block(first_arguments)``."""
+    if first_arguments is None:
+        return append_block_call(arguments, indent)
+    first = append_block_call(first_arguments, indent + 4, "first_block")
+    other = append_block_call(arguments, indent + 4)
+    branches = ["if index == 0 and first_block is not None:", textwrap.indent(first, "    ")]
+    return "\n".join([*branches, "else:", textwrap.indent(other, "    ")])
 
 
 def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str]) -> list[str]:
@@ -522,12 +551,12 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
     return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
 
 
-def append_block_call(arguments: list[str], indent: int) -> str:
-    """``_make_stage``'s ``blocks.append(block(arguments))`` laid out as ruff would at column ``indent``."""
-    line = f"blocks.append(block({', '.join(arguments)}))"
+def append_block_call(arguments: list[str], indent: int, callee: str = "block") -> str:
+    """``_make_stage``'s ``blocks.append(callee(arguments))`` laid out as ruff would at column ``indent``."""
+    line = f"blocks.append({callee}({', '.join(arguments)}))"
     if indent + len(line) <= LINE_LENGTH:
         return line
-    return "blocks.append(\n" + textwrap.indent(wrap_call("block", arguments, indent + 4), "    ") + "\n)"
+    return "blocks.append(\n" + textwrap.indent(wrap_call(callee, arguments, indent + 4), "    ") + "\n)"
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     SHORTCUT_VARIABLE,
     SourceNode,
-    append_block_call,
+    block_calls,
     block_classes,
     block_index_arguments,
     block_type,
@@ -312,11 +312,19 @@ def emit_source(graph: Graph) -> str:
     indexed = uses_block_index(graph)
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
-    block_arguments = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
-    block_arguments += (block_index_arguments(graph) if indexed else []) + (["**options"] if options_used else [])
-    block_call = append_block_call(block_arguments, 12)
+    first_blocks = any(call.first_block for call in calls)
+    first_options_used = any(call.first_options for call in calls)
+    positional = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
+    positional += block_index_arguments(graph) if indexed else []
+    block_arguments = positional + (["**options"] if options_used else [])
+    first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
+    block_call = block_calls(block_arguments, first_arguments if first_blocks else None, 12)
     stage_parameters = ["self", f"block: type[{block_type(blocks)}]", "in_channels: int", "out_channels: int"]
     stage_parameters += ["width: int", "depth: int", "stride: int"] + (["first_block_index: int"] if indexed else [])
+    if first_blocks:
+        stage_parameters.append(f"first_block: type[{block_type(blocks)}] | None = None")
+    if first_options_used:
+        stage_parameters.append("first_options: dict[str, Any] | None = None")
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
@@ -342,7 +350,7 @@ def emit_source(graph: Graph) -> str:
         helpers=helpers,
         uses_functional=any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
         uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
-        options_used=options_used,
+        options_used=options_used or first_options_used,
         shortcuts=shortcut_views,
         shortcut_attribute=attribute,
         blocks=[

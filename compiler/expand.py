@@ -70,12 +70,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
-    for stage_index, (stage, block) in enumerate(zip(spec.stages, blocks, strict=True)):
-        assert isinstance(block.spec, BlockSpec)
+    for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
-        # The network's block parameters are for its block; a stage of another block type has its own.
-        network_parameters = spec.block_parameters if stage.block in (None, spec.block) else {}
         for block_index in range(stage.depth):
+            first = block_index == 0
+            block = parts.first_blocks[stage_index] if first else blocks[stage_index]
+            assert isinstance(block.spec, BlockSpec)
             stride = stage.stride if block_index == 0 else 1
             builtins: dict[str, Value] = {
                 "in_channels": shape[0],
@@ -84,8 +84,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                 "block_index": len(modules) - 1,  # over the whole network: the stem is modules[0]
                 "block_count": block_count,
             }
-            overrides = {**network_parameters, **stage.block_parameters}
-            bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index)
+            overrides = _block_overrides(spec, stage_index, first)
+            bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
             path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
@@ -130,13 +130,14 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             network.locate("shortcut"),
         )
     distinct_blocks: dict[str, Loaded[PartSpec]] = {}
-    for index, block in enumerate(blocks):
-        if distinct_blocks.setdefault(block.spec.name, block) is not block:
-            raise RescompileError(
-                f"two different block files are both named '{block.spec.name}'; a network's block types need "
-                "distinct names",
-                network.locate("stages", index, "block"),
-            )
+    for index, (first_block, block) in enumerate(zip(parts.first_blocks, blocks, strict=True)):
+        for key, part in (("first_block", first_block), ("block", block)):
+            if distinct_blocks.setdefault(part.spec.name, part) is not part:
+                raise RescompileError(
+                    f"two different block files are both named '{part.spec.name}'; a network's block types need "
+                    "distinct names",
+                    network.locate("stages", index, key),
+                )
     definitions = [
         _definition(stem, "stem"),
         *(_definition(block, "block", residual=policy is not None) for block in distinct_blocks.values()),
@@ -277,6 +278,35 @@ class Bindings(dict[str, Value]):
         return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
 
 
+def _block_overrides(spec: NetworkSpec, stage_index: int, first: bool) -> dict[str, Value]:
+    """A block's parameters as the network sets them. The network's and the stage's
+    ``block_parameters`` are for their block types; the first block's own come last."""
+    stage = spec.stages[stage_index]
+    stage_block = stage.block or spec.block
+    block = (stage.first_block or stage_block) if first else stage_block
+    overrides: dict[str, Value] = {}
+    if block == spec.block:
+        overrides.update(spec.block_parameters)
+    if block == stage_block:
+        overrides.update(stage.block_parameters)
+    if first:
+        overrides.update(stage.first_block_parameters)
+    return overrides
+
+
+def _parameter_path(
+    network: Loaded[NetworkSpec], field: str, stage_index: int | None, first: bool, name: str
+) -> YamlPath:
+    """Where the network set parameter ``name``: a stage's own mappings, else ``field``."""
+    if stage_index is not None:
+        stage = network.spec.stages[stage_index]
+        if first and name in stage.first_block_parameters:
+            return ("stages", stage_index, "first_block_parameters", name)
+        if name in stage.block_parameters:
+            return ("stages", stage_index, "block_parameters", name)
+    return (field, name)
+
+
 def _bind(
     part: Loaded[PartSpec],
     overrides: Mapping[str, Value],
@@ -284,15 +314,13 @@ def _bind(
     network: Loaded[NetworkSpec],
     field: str,
     stage_index: int | None = None,
+    first: bool = False,
 ) -> Bindings:
     """Part defaults, then the network's values, then the values the compiler always binds."""
     declared = part.spec.parameters
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
     for name in overrides:
-        path: YamlPath = (field, name)
-        if stage_index is not None and name in network.spec.stages[stage_index].block_parameters:
-            path = ("stages", stage_index, "block_parameters", name)
-        where = network.source.locate(path, key=True)
+        where = network.source.locate(_parameter_path(network, field, stage_index, first, name), key=True)
         if name in builtins:
             raise RescompileError(f"'{name}' is set by the compiler from the stage and input; remove it", where)
         if name not in declared:
@@ -302,12 +330,9 @@ def _bind(
                 f"its parameters: {', '.join(choices) or 'none'}",
                 where,
             )
-    origins: dict[str, Location] = {}
-    for name in overrides:
-        path = (field, name)
-        if stage_index is not None and name in network.spec.stages[stage_index].block_parameters:
-            path = ("stages", stage_index, "block_parameters", name)
-        origins[name] = network.source.locate(path)
+    origins = {
+        name: network.source.locate(_parameter_path(network, field, stage_index, first, name)) for name in overrides
+    }
     bindings = Bindings({**declared, **overrides, **builtins}, origins)
     for name, value in bindings.items():
         if value == REQUIRED:

@@ -255,6 +255,8 @@ class NetworkParts:
     stem: Loaded[PartSpec]
     blocks: tuple[Loaded[PartSpec], ...]
     """One per stage: the stage's block, else the network's."""
+    first_blocks: tuple[Loaded[PartSpec], ...]
+    """One per stage: the block type of its first block (its ``first_block``, else its block)."""
     head: Loaded[PartSpec]
     policy: tuple[str, str] | None
     """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
@@ -286,6 +288,12 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
         else get("blocks", spec.block, network.locate("block"))
         for index, stage in enumerate(spec.stages)
     )
+    first_blocks = tuple(
+        get("blocks", stage.first_block, network.locate("stages", index, "first_block"))
+        if stage.first_block is not None
+        else block
+        for index, (stage, block) in enumerate(zip(spec.stages, blocks, strict=True))
+    )
     head = get("heads", spec.head, network.locate("head"))
     policy = _policy(spec.shortcut)
     shortcuts: dict[str, Loaded[PartSpec]] = {}
@@ -307,7 +315,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
                 f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
                 where,
             ) from None
-    return NetworkParts(stem, blocks, head, policy, shortcuts, tuple(files))
+    return NetworkParts(stem, blocks, first_blocks, head, policy, shortcuts, tuple(files))
 
 
 def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:

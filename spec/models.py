@@ -353,6 +353,14 @@ class StageSpec(StrictModel):
         description="This stage's block parameters, over the network's (which apply where the stage keeps the "
         "network's block).",
     )
+    first_block: str | None = Field(
+        default=None, description="The block type of the stage's first block; default: the stage's block."
+    )
+    first_block_parameters: Parameters = Field(
+        default_factory=dict,
+        description="The first block's parameters, over the network's and the stage's block_parameters (which "
+        "apply to it where it is of their block type).",
+    )
 
 
 STAGE_PLACEHOLDERS = {"index": 0, "number": 1}
@@ -425,4 +433,7 @@ class NetworkSpec(StrictModel):
     stages: tuple[StageSpec, ...] = Field(min_length=1)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
-    naming: NamingSpec = Field(default_factory=NamingSpec)
+    naming: NamingSpec = Field(
+        default_factory=NamingSpec,
+        description="Where the network's layers live (state_dict keys): naming.stages is the stages' path pattern.",
+    )
