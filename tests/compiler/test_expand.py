@@ -122,3 +122,26 @@ def test_an_error_in_a_built_in_part_is_located_at_the_users_line_that_set_the_v
         compile_spec("net.yaml")
     message = str(raised.value)
     assert message.startswith(expected_start) and message.endswith(expected_end), message
+
+
+def test_a_drop_path_rate_out_of_range_is_located_at_the_users_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """timm's schedule gives the last block the full rate: 1.5 is refused there, at the network's line."""
+    network = "name: net\ninput: {channels: 3, size: 32}\nstem: cifar\nblock: basic\nshortcut: B\n"
+    network += "stages:\n  - {depth: 2, width: 16}\nhead: classifier\nblock_parameters: {drop_path_rate: 1.5}\n"
+    (tmp_path / "net.yaml").write_text(network)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    message = str(raised.value)
+    start = (
+        "net.yaml:9:36: layer1.1: nodes.drop_path.rate = block_drop_rate gives 1.5; it must be a number in [0.0, 1.0)"
+    )
+    assert message.startswith(start) and message.endswith("blocks/basic.yaml:16:36)"), message
+
+
+def test_block_index_counts_blocks_over_the_whole_network() -> None:
+    graph = compile_spec("resnet50", size=32)
+    assert [block.parameter("block_index") for block in graph.blocks] == list(range(16))
+    assert {block.parameter("block_count") for block in graph.blocks} == {16}

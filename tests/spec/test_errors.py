@@ -369,6 +369,48 @@ CASES = {
         "blocks/mine.yaml:6:3: block 'mine' needs exactly one residual add (an add node reading 'shortcut'); "
         "it has 2 (add, add2)",
     ),
+    "float_for_an_integer_attribute": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
+            "  conv1: {op: conv, out_channels: width / 2, kernel: 3}\n"
+            "  conv2: {op: conv, out_channels: width, kernel: 1}\n"
+            "  add: {op: add, inputs: [conv2, shortcut]}\n"
+        },
+        "blocks/mine.yaml:4:35: layer1.0: nodes.conv1.out_channels = width / 2 gives 8.0, a float; it must be an "
+        "integer (use //, int() or round())",
+    ),
+    "infinite_float_parameter": (
+        network(("block: basic", "block: basic\nblock_parameters: {drop_path_rate: .inf}")),
+        {},
+        "net.yaml:5:36: block_parameters.drop_path_rate: input should be a finite number (got inf)",
+    ),
+    "block_index_set_by_the_network": (
+        network(("block: basic", "block: basic\nblock_parameters: {block_index: 3}")),
+        {},
+        "net.yaml:5:20: 'block_index' is set by the compiler from the stage and input; remove it",
+    ),
+    "parameter_named_like_a_function": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nparameters: {make_divisible: 8}\nout_channels: width\nnodes:\n"
+            "  add: {op: add, inputs: [input, shortcut]}\n"
+        },
+        "blocks/mine.yaml:2:14: parameter name 'make_divisible' must be a Python-style identifier (ASCII letters, "
+        "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, DropPath, F, PadChannels, ResNet, "
+        "Subsample, abs, conv_init, int, jax, jnp, linear_init, log2, make_divisible, math, max, min, nn, nnx, out, "
+        "pad_channels, partial, rngs, round, self, shortcut, subsample, super, torch, x",
+    ),
+    "unknown_function": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nderived: {half: floor(width / 2)}\nout_channels: width\nnodes:\n"
+            "  add: {op: add, inputs: [input, shortcut]}\n"
+        },
+        "blocks/mine.yaml:2:17: derived.half: 'floor(width / 2)' calls 'floor', which is not a function here; the "
+        "functions: abs(x), int(x), log2(x), make_divisible(v, divisor=8, min_value=None, round_limit=0.9), "
+        "max(a, b, ...), min(a, b, ...), round(number, ndigits=None)",
+    ),
 }
 
 
