@@ -334,7 +334,8 @@ DROP_PATH_CLASS = '''class DropPath(nnx.Module):
     def __init__(self, rate: float, *, rngs: nnx.Rngs) -> None:
         self.rate = rate
         self.deterministic = False
-        self.rngs = rngs["dropout"].fork()
+        # No stream at rate 0: it would be state, and advance the initialisation keys, for nothing.
+        self.rngs = rngs["dropout"].fork() if rate > 0 else None
 
     def keep_mask(self, x: jax.Array) -> jax.Array:
         """One draw per sample, 1 with probability 1 - rate, shaped to broadcast over the sample."""

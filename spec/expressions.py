@@ -97,7 +97,7 @@ ALLOWED_SYNTAX = (
     "numbers, parameter names, + - * / // %, comparisons, 'a if condition else b' and the functions "
     + ", ".join(FUNCTIONS)
 )
-# Bounds on an expression's size and on every integer it computes: Python's parser recurses (a
+# Bounds on an expression's size and on every number it computes: Python's parser recurses (a
 # long chain is a RecursionError or MemoryError there), and squaring in a chain of derived values
 # (a = width * width, b = a * a, ...) doubles the digits each time.
 MAX_LENGTH = 1_000

@@ -152,6 +152,8 @@ def test_rate_zero_and_eval_mode_are_the_identity(tmp_path: Path) -> None:
     module = flax_class(0.5, rngs=nnx.Rngs(0))
     module.eval()  # type: ignore[no-untyped-call]
     assert module(y) is y
+    # At rate 0 a flax model holds no random stream: its state (and initialisation) is as without drop_path.
+    assert not nnx.to_flat_state(nnx.state(flax_backend.build_module(network(tmp_path, 0.0)), nnx.RngState))
 
 
 def test_inference_is_the_identity_in_every_backend(tmp_path: Path) -> None:
