@@ -171,23 +171,25 @@ STD_CONV_CLASS = '''class StdConv2d(nn.Conv2d):
 BLUR_POOL_CLASS = '''class BlurPool(nn.Module):
     """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d): each channel padded (``"zeros"`` or
     ``"reflect"``) and convolved with stride by the fixed ``taps``×``taps`` binomial filter, which sums
-    to 1 (one tap: a copy of every ``stride``-th pixel). The filter is a non-persistent buffer: it is
-    not in the state_dict."""
+    to 1 (one tap: a copy of every ``stride``-th pixel). The filter is not in the state_dict."""
 
     def __init__(self, taps: int, stride: int, padding: int, padding_mode: str) -> None:
         super().__init__()
         self.stride = stride
         self.padding = (padding,) * 4
         self.mode = "constant" if padding_mode == "zeros" else padding_mode
-        coefficients = torch.tensor([math.comb(taps - 1, k) for k in range(taps)]) / 2 ** (taps - 1)
-        self.register_buffer("filter", (coefficients[:, None] * coefficients[None, :])[None, None], persistent=False)
+        # NOTE: plain numbers, not a buffer: a model built on the meta device and materialised with
+        # to_empty() (which only load_state_dict fills) would otherwise blur with garbage.
+        self.coefficients = [math.comb(taps - 1, k) / 2 ** (taps - 1) for k in range(taps)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.padding, mode=self.mode)
-        if self.filter.shape[-1] == 1:  # the one-tap filter [1]: nothing to multiply
+        if len(self.coefficients) == 1:  # the one-tap filter [1]: nothing to multiply
             return x[:, :, :: self.stride, :: self.stride]
+        taps = torch.tensor(self.coefficients, dtype=x.dtype, device=x.device)
         channels = x.shape[1]
-        return F.conv2d(x, self.filter.expand(channels, -1, -1, -1), stride=self.stride, groups=channels)'''
+        kernel = (taps[:, None] * taps[None, :]).expand(channels, 1, -1, -1)
+        return F.conv2d(x, kernel, stride=self.stride, groups=channels)'''
 
 CHANNEL_CONV_CLASS = '''class ChannelConv(nn.Conv1d):
     """ECA's convolution across channels (timm's EcaModule.conv): one odd kernel slides over the

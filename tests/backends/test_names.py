@@ -124,7 +124,7 @@ def test_names_that_cannot_be_honoured_are_located_errors(
         compile_spec("net.yaml")
     message = str(raised.value)
     # The last case is located in the built-in shortcut's file, wherever the package is installed.
-    assert message.startswith(expected) or message.endswith(f"projection.yaml:5:9: {expected}"), message
+    assert message.startswith(expected) or message.endswith(f"projection.yaml:6:9: {expected}"), message
 
 
 def test_attribute_access_and_containers() -> None:

@@ -138,7 +138,7 @@ def test_a_drop_path_rate_out_of_range_is_located_at_the_users_line(
     start = (
         "net.yaml:9:36: layer1.1: nodes.drop_path.rate = block_drop_rate gives 1.5; it must be a number in [0.0, 1.0)"
     )
-    assert message.startswith(start) and message.endswith("blocks/basic.yaml:16:36)"), message
+    assert message.startswith(start) and message.endswith("blocks/basic.yaml:17:36)"), message
 
 
 def test_block_index_counts_blocks_over_the_whole_network() -> None:

@@ -397,9 +397,10 @@ CASES = {
             "  add: {op: add, inputs: [input, shortcut]}\n"
         },
         "blocks/mine.yaml:2:14: parameter name 'make_divisible' must be a Python-style identifier (ASCII letters, "
-        "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, DropPath, F, PadChannels, ResNet, "
-        "Subsample, abs, conv_init, int, jax, jnp, linear_init, log2, make_divisible, math, max, min, nn, nnx, out, "
-        "pad_channels, partial, rngs, round, self, shortcut, subsample, super, torch, x",
+        "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, BlurPool, ChannelConv, DropPath, F, "
+        "PadChannels, ResNet, StdConv2d, Subsample, abs, blur_pool, conv_init, int, jax, jnp, linear_init, log2, "
+        "make_divisible, math, max, min, nn, nnx, out, pad, pad_channels, partial, rngs, round, self, shortcut, "
+        "standardized_conv, subsample, super, torch, x",
     ),
     "unknown_function": (
         network(("block: basic", "block: mine")),
