@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import functools
 import keyword
 import sys
@@ -30,8 +31,6 @@ from rescompile.compiler.ir import (
     Attribute,
     AvgPool,
     BatchNorm,
-    BlurPool,
-    ChannelConv,
     Conv,
     Definition,
     Graph,
@@ -40,11 +39,8 @@ from rescompile.compiler.ir import (
     MaxPool,
     Module,
     Node,
-    Pad,
-    PadChannels,
     Padding,
     Pair,
-    Subsample,
     SymbolicNode,
 )
 from rescompile.spec.errors import RescompileError
@@ -186,7 +182,8 @@ def _symmetric(padding: Padding) -> int:
 
 
 def concrete_attributes(node: Node) -> dict[str, Attribute]:
-    """Attributes from an IR node's concrete values."""
+    """Attributes from an IR node's concrete values: the op's fields, with pairs made single values
+    where the source writes them so (a square kernel, symmetric padding)."""
     op = node.op
     if isinstance(op, Conv):
         return {
@@ -205,10 +202,6 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
         return {"channels": op.channels, "epsilon": op.epsilon, "momentum": op.momentum}
     if isinstance(op, GroupNorm):
         return {"channels": op.channels, "groups": op.groups, "epsilon": op.epsilon}
-    if isinstance(op, BlurPool):
-        return {"taps": op.taps, "stride": op.stride, "padding": op.padding, "padding_mode": op.padding_mode}
-    if isinstance(op, ChannelConv):
-        return {"kernel": op.kernel}
     if isinstance(op, MaxPool | AvgPool):
         attributes: dict[str, Attribute] = {
             "kernel": _square(op.kernel, "kernel"),
@@ -221,13 +214,10 @@ def concrete_attributes(node: Node) -> dict[str, Attribute]:
         return attributes
     if isinstance(op, Linear):
         return {"in_features": op.in_features, "out_features": op.out_features, "bias": op.bias}
-    if isinstance(op, Subsample):
-        return {"stride": op.stride}
-    if isinstance(op, Pad):
-        return {"padding": op.padding}
-    if isinstance(op, PadChannels):
-        return {"before": op.before, "after": op.after}
-    return {}
+    # Every other op's fields are plain values already (subsample's stride, pad's padding, blur_pool's
+    # taps, drop_path's rate, ...): a new op of that kind needs no entry here.
+    values = {field.name: getattr(op, field.name) for field in dataclasses.fields(op)}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _variables(

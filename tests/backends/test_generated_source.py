@@ -1,14 +1,21 @@
 """Generated source reads like hand-written code: for every built-in, the torch and flax files are
-exactly what ruff's formatter would write, and pass ruff's lint rules."""
+exactly what ruff's formatter would write, and pass ruff's lint rules; every op can be written
+where a spec may put it."""
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rescompile.backends import flax_backend, torch_backend
+from rescompile.backends.registry import BACKENDS
+from rescompile.check import check, format_result
 from rescompile.compiler import compile_spec
+from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
+from rescompile.testing import TOLERANCES
 
 EMITTERS = {"torch": torch_backend.emit_source, "flax": flax_backend.emit_source}
 RUFF = [sys.executable, "-m", "ruff"]
@@ -24,3 +31,38 @@ def test_generated_source_is_ruff_formatted_and_lint_clean(backend: str, name: s
     assert formatted.stdout == source
     lint = subprocess.run([*RUFF, "check", *SETTINGS, "-"], input=source, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+STEM_NETWORK = """\
+name: stem_ops
+input: {channels: 3, size: 32}
+stem: odd
+block: basic
+shortcut: B
+stages:
+  - {depth: 1, width: 16}
+head: classifier
+head_parameters: {classes: 10}
+"""
+STEM = """\
+name: odd
+nodes:
+  conv1: {op: conv, out_channels: 16, kernel: 3, padding: 1}
+  drop: {op: drop_path, rate: 0.2}
+  pad: {op: pad, padding: 1}
+  blur: {op: blur_pool, taps: 3, stride: 2, padding: 1, padding_mode: reflect}
+"""
+
+
+def test_ops_in_a_stem_are_written_from_their_fields_and_agree_across_backends(tmp_path: Path) -> None:
+    """The stem and head are written with concrete values taken from each op's fields: drop_path in
+    a stem was a KeyError ('rate') at emit time before."""
+    (tmp_path / "stems").mkdir()
+    (tmp_path / "stems" / "odd.yaml").write_text(STEM)
+    (tmp_path / "net.yaml").write_text(STEM_NETWORK)
+    graph = compile_spec(tmp_path / "net.yaml")
+    weights = random_weights(graph, seed=0)
+    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    backends = tuple(BACKENDS)
+    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
+    assert all(pair.first_mismatch is None for pair in result.pairs), format_result(result)
