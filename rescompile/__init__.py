@@ -3,8 +3,19 @@
 The pipeline: ``spec`` (YAML -> pydantic) -> ``compiler`` (typed IR, passes, cost) -> ``backends``.
 """
 
+from rescompile.api import create_graph, create_model, list_models
 from rescompile.compiler import Graph, compile_spec, cost
 from rescompile.spec import RescompileError, load_network
 
 __version__ = "0.1.0"
-__all__ = ["Graph", "RescompileError", "__version__", "compile_spec", "cost", "load_network"]
+__all__ = [
+    "Graph",
+    "RescompileError",
+    "__version__",
+    "compile_spec",
+    "cost",
+    "create_graph",
+    "create_model",
+    "list_models",
+    "load_network",
+]

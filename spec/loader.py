@@ -5,6 +5,7 @@ from __future__ import annotations
 import keyword
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,7 +29,7 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
 )
-from rescompile.spec.yaml_source import SourceMap, YamlDocument, YamlPath, read_yaml
+from rescompile.spec.yaml_source import SourceMap, YamlDocument, YamlPath, parse_yaml, read_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 PartKind = Literal["blocks", "stems", "heads", "shortcuts"]
@@ -110,6 +111,21 @@ def load_network(reference: str | Path) -> Loaded[NetworkSpec]:
     path = resolve_network(reference)
     document, extended = _read_network(path, ())
     return Loaded(_validate(NetworkSpec, document), document.source, extended)
+
+
+def load_network_with(reference: str | Path, overrides: Mapping[str, Any], label: str) -> Loaded[NetworkSpec]:
+    """A network with ``overrides`` over it, merged as a network that ``extends`` it would be
+    (``*_parameters`` by name, other keys whole) and validated like YAML: an override's error is
+    located in ``label``, the override written as YAML (``create_model(...):1:30: ...``)."""
+    import yaml
+
+    path = resolve_network(reference)
+    base, extended = _read_network(path, ())
+    if not overrides:
+        return Loaded(_validate(NetworkSpec, base), base.source, extended)
+    child = parse_yaml(yaml.safe_dump(dict(overrides), sort_keys=False, default_flow_style=True), label)
+    document = _merge(base, child)
+    return Loaded(_validate(NetworkSpec, document), document.source, (*extended, path))
 
 
 def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tuple[Path, ...]]:

@@ -1,0 +1,78 @@
+"""``rescompile.create_model`` and ``list_models``, shaped like timm's: a ready module of every
+backend, overrides validated as YAML is (one located line each), canonical weights loaded strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+from flax import nnx
+
+import rescompile
+from rescompile.backends import torch_backend
+from rescompile.compiler import compile_spec, cost
+from rescompile.compiler.weights import random_weights, save_weights
+from rescompile.testing import assert_close
+
+
+def test_list_models_matches_shell_patterns_over_the_builtins() -> None:
+    assert rescompile.list_models("resnet50?") == ["resnet50c", "resnet50d", "resnet50s", "resnet50t"]
+    assert "seresnext50_32x4d" in rescompile.list_models("*resnext*")
+    assert rescompile.list_models() == sorted(rescompile.list_models())
+    assert rescompile.list_models("nothing*") == []
+
+
+def test_create_model_gives_timms_model_with_its_class_count() -> None:
+    model = rescompile.create_model("resnet50d", num_classes=10)
+    reference = timm.create_model("resnet50d", pretrained=False, num_classes=10)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_close(model.eval()(inputs).numpy(), reference.eval()(inputs).numpy(), tolerance="same_framework")
+
+
+def test_block_parameters_and_input_overrides() -> None:
+    graph = rescompile.create_graph("resnet50", groups=32, base_width=4, input_size=(96, 64), in_channels=1)
+    assert cost(graph).parameters == cost(compile_spec("resnext50_32x4d")).parameters - 2 * 64 * 7 * 7
+    assert graph.input_shape == (1, 96, 64)
+
+
+def test_every_backend_returns_its_own_model_type() -> None:
+    assert isinstance(rescompile.create_model("resnet20", backend="torch"), torch.nn.Module)
+    assert isinstance(rescompile.create_model("resnet20", backend="flax"), nnx.Module)
+    assert isinstance(rescompile.create_model("resnet20", backend="onnx"), onnx.ModelProto)
+
+
+def test_weights_are_loaded_strictly(tmp_path: Path) -> None:
+    graph = compile_spec("resnet20")
+    weights = random_weights(graph, seed=4)
+    save_weights(weights, tmp_path / "w.safetensors")
+    model = rescompile.create_model("resnet20", weights=tmp_path / "w.safetensors")
+    loaded = torch_backend.to_weights(model, graph)
+    assert all(np.array_equal(loaded[name], weights[name]) for name in weights)
+    with pytest.raises(rescompile.RescompileError, match=r"^weights do not fit resnet32: missing: layer1\.3\."):
+        rescompile.create_model("resnet32", weights=tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"num_classes": 0},
+            "create_model(resnet18, num_classes=0):1:29: head: nodes.fc.out_features = classes gives 0; it must be "
+            "at least 1",
+        ),
+        ({"grups": 3}, "create_model(resnet18, grups=3):1:21: block 'basic' has no parameter 'grups'"),
+        ({"input_size": 0}, "create_model(resnet18, input_size=0):1:29: input.size: input should be greater than 0"),
+        ({"backend": "tensorflow"}, "unknown backend 'tensorflow'; use one of torch, flax, onnx"),
+    ],
+)
+def test_a_bad_override_is_one_located_line(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(rescompile.RescompileError) as raised:
+        rescompile.create_model("resnet18", **overrides)  # type: ignore[arg-type]
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
