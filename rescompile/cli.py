@@ -25,7 +25,7 @@ from rescompile.spec.loader import builtin_directory, builtin_networks
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
-SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights")
+SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw")
 _NAMES = ",".join(BACKENDS)
 DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
@@ -37,6 +37,7 @@ commands:
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
+  rescompile draw SPEC -o net.svg [--block NAME]           the network (or a block) as an SVG picture
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
@@ -116,6 +117,15 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--backend", choices=("torch", "flax"), default="torch", help="layout to write (default: torch, canonical)"
         )
+    elif name == "draw":
+        parser.description = (
+            "Draw the network as SVG: input, stem, each stage (block × repeats, width, stride, output shape, "
+            "parameters, MACs) and head; or, with --block, that block's op graph with its shortcut."
+        )
+        parser.add_argument("spec", help="a spec file or a built-in name")
+        parser.add_argument("-o", "--output", type=Path, required=True, help="the .svg file to write")
+        parser.add_argument("--block", help="draw this block type's op graph instead (e.g. bottleneck)")
+        parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     return parser
 
 
@@ -195,6 +205,18 @@ def _weights(arguments: list[str]) -> int:
     return 0
 
 
+def _draw(arguments: list[str]) -> int:
+    options = _subcommand_parser("draw").parse_args(arguments)
+    from rescompile.draw import draw_block, draw_network
+
+    graph = compile_spec(options.spec, options.size)
+    check_output(options.output, graph.files)
+    picture = draw_network(graph) if options.block is None else draw_block(graph, options.block)
+    write_atomically([(options.output, [picture.encode()])])
+    print(f"wrote {options.output} ({len(picture.encode()):,} bytes)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "validate": _validate,
     "cost": _cost,
@@ -202,6 +224,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "check": _check,
     "schema": _schema,
     "weights": _weights,
+    "draw": _draw,
 }
 
 
