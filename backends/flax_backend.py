@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
@@ -61,8 +60,16 @@ from rescompile.backends.source import (
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import Role, Tensor
-from rescompile.compiler.weights import Array, Weights, check_weights, shape_mismatches, weight_shapes
+from rescompile.compiler.weights import (
+    Array,
+    Weights,
+    check_weights,
+    read_weights,
+    shape_mismatches,
+    weight_shapes,
+)
 from rescompile.spec.errors import RescompileError
+from rescompile.version import __version__
 
 if TYPE_CHECKING:
     from flax import nnx
@@ -525,7 +532,7 @@ def emit_source(graph: Graph) -> str:
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
     return template("flax_model.py.jinja").render(
-        version=rescompile.__version__,
+        version=__version__,
         graph=graph,
         input_shape="×".join(map(str, nhwc_input)),
         input_example=", ".join(map(str, nhwc_input)),
@@ -579,8 +586,23 @@ def _item(node: SourceNode, lowering: Lowering) -> str:
 
 
 def emit(graph: Graph, options: EmitOptions) -> Writer:
-    """The generated source as the command line writes it; no option applies to it."""
-    return source_writer(emit_source(graph))
+    """The generated source as the command line writes it; with ``options.weights``, those weights,
+    checked strictly, written beside it as ``NAME.safetensors`` in the module's layout
+    (:func:`flax_layout`)."""
+    weights = None
+    if options.weights is not None:
+        weights = flax_layout(graph, read_weights(options.weights))
+    return source_writer(emit_source(graph), weights)
+
+
+def flax_layout(graph: Graph, weights: Mapping[str, np.ndarray]) -> dict[str, Array]:
+    """Canonical weights, checked strictly, in the layout of the generated module's state: keys are
+    nnx state paths joined with ``/`` (``layer1/0/conv1/kernel``), kernels HWIO, linear (in, out)."""
+    check_weights(graph, weights)
+    return {
+        conversion.path: np.ascontiguousarray(conversion.to_flax(np.asarray(weights[name], dtype=np.float32)))
+        for name, conversion in conversions(graph).items()
+    }
 
 
 def build_module(graph: Graph, seed: int = 0, zero_init_residual: bool = False) -> nnx.Module:

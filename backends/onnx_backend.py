@@ -29,7 +29,6 @@ import onnx.defs
 from google.protobuf.message import Message
 from onnx import TensorProto, helper, numpy_helper
 
-import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.fold import Fold, fold_batch_norm, folded_bias, folded_scale
@@ -62,6 +61,7 @@ from rescompile.compiler.weights import (
     weight_shapes,
 )
 from rescompile.spec.errors import RescompileError
+from rescompile.version import __version__
 
 # NOTE: 18 is the oldest opset the project accepts as a default, so the one the most deployed runtimes
 # load (ONNX Runtime >= 1.14, TensorRT 10, OpenVINO); none of the ops emitted here changed meaning after
@@ -712,7 +712,7 @@ def emit_model(
     # The oldest IR version that carries this opset, for the widest range of runtimes.
     model.ir_version = helper.find_min_ir_version_for([opset_id])
     model.producer_name = "rescompile"
-    model.producer_version = rescompile.__version__
+    model.producer_version = __version__
     model.doc_string = f"{graph.name}, compiled from its rescompile spec"
     return OnnxModel(model, tuple(builder.data))
 

@@ -14,8 +14,22 @@ from rescompile.backends.interface import Backend
 BACKENDS: dict[str, Backend] = {
     backend.name: backend
     for backend in (
-        Backend("torch", "_torch.py", requires="torch", extra="torch", module="rescompile.backends.torch_backend"),
-        Backend("flax", "_flax.py", requires="flax", extra="jax", module="rescompile.backends.flax_backend"),
+        Backend(
+            "torch",
+            "_torch.py",
+            requires="torch",
+            extra="torch",
+            module="rescompile.backends.torch_backend",
+            options=frozenset({"weights"}),
+        ),
+        Backend(
+            "flax",
+            "_flax.py",
+            requires="flax",
+            extra="jax",
+            module="rescompile.backends.flax_backend",
+            options=frozenset({"weights"}),
+        ),
         Backend(
             "onnx",
             ".onnx",

@@ -20,10 +20,16 @@ import textwrap
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from rescompile.backends.interface import Writer
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 from rescompile.backends.names import Namespace
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
@@ -581,7 +587,19 @@ def load_source(source: str, backend: str, network: str) -> types.ModuleType:
     return module
 
 
-def source_writer(source: str) -> Writer:
-    """The writer of a generated source file."""
+def weights_path(source_path: Path) -> Path:
+    """Where ``--weights`` are written beside a generated source file: ``model.py`` -> ``model.safetensors``."""
+    return source_path.with_suffix(".safetensors")
+
+
+def source_writer(source: str, weights: Mapping[str, npt.NDArray[np.float32]] | None = None) -> Writer:
+    """The writer of a generated source file and, with ``weights``, of those weights beside it
+    (:func:`weights_path`), both renamed into place together."""
     encoded = source.encode()
-    return lambda path: write_atomically([(path, [encoded])])
+    if weights is None:
+        return lambda path: write_atomically([(path, [encoded])])
+    import numpy as np
+    from safetensors.numpy import save
+
+    arrays = save({name: np.ascontiguousarray(array, dtype=np.float32) for name, array in weights.items()})
+    return lambda path: write_atomically([(path, [encoded]), (weights_path(path), [arrays])])

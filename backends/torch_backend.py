@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import rescompile
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
@@ -42,9 +41,10 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Graph
-from rescompile.compiler.weights import Array, Weights, check_weights, weight_shapes
+from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
+from rescompile.version import __version__
 
 if TYPE_CHECKING:
     from torch import nn
@@ -345,7 +345,7 @@ def emit_source(graph: Graph) -> str:
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     return template("torch_model.py.jinja").render(
-        version=rescompile.__version__,
+        version=__version__,
         graph=graph,
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
@@ -380,8 +380,14 @@ def emit_source(graph: Graph) -> str:
 
 
 def emit(graph: Graph, options: EmitOptions) -> Writer:
-    """The generated source as the command line writes it; no option applies to it."""
-    return source_writer(emit_source(graph))
+    """The generated source as the command line writes it; with ``options.weights``, those weights,
+    checked strictly, written beside it as ``NAME.safetensors`` under the state_dict's names
+    (``model.load_state_dict(safetensors.torch.load_file(...), strict=False)``: no batch counters)."""
+    weights = None
+    if options.weights is not None:
+        weights = read_weights(options.weights)
+        check_weights(graph, weights)
+    return source_writer(emit_source(graph), weights)
 
 
 def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:

@@ -6,8 +6,8 @@ The pipeline: ``spec`` (YAML -> pydantic) -> ``compiler`` (typed IR, passes, cos
 from rescompile.api import create_graph, create_model, list_models
 from rescompile.compiler import Graph, compile_spec, cost
 from rescompile.spec import RescompileError, load_network
+from rescompile.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "Graph",
     "RescompileError",

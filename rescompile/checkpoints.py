@@ -121,20 +121,12 @@ def canonical_weights(graph: Graph, checkpoint: Mapping[str, npt.NDArray[np.gene
     return float_weights(kept, source)
 
 
-def flax_weights(graph: Graph, weights: Mapping[str, npt.NDArray[np.float32]]) -> dict[str, npt.NDArray[np.float32]]:
-    """Canonical weights in the layout of the generated Flax module's state: ``layer1/0/conv1/kernel``
-    (HWIO) and so on; ``nnx.update`` takes them after splitting the keys at ``/``."""
-    from rescompile.backends.flax_backend import conversions
-
-    return {
-        conversion.path: np.ascontiguousarray(conversion.to_flax(np.asarray(weights[name], dtype=np.float32)))
-        for name, conversion in conversions(graph).items()
-    }
-
-
 def convert(graph: Graph, checkpoint_path: Path, output: Path, backend: str) -> int:
     """Read, check and write; returns the number of tensors written."""
     weights = canonical_weights(graph, read_checkpoint(checkpoint_path), str(checkpoint_path))
-    arrays = flax_weights(graph, weights) if backend == "flax" else weights
-    save_weights(arrays, output)
-    return len(arrays)
+    if backend == "flax":
+        from rescompile.backends.flax_backend import flax_layout
+
+        weights = flax_layout(graph, weights)
+    save_weights(weights, output)
+    return len(weights)

@@ -17,6 +17,7 @@ from pathlib import Path
 from rescompile.arguments import parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
+from rescompile.backends.source import weights_path
 from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.pipeline import compile_spec
@@ -67,7 +68,10 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
     # argparse's destinations are the EmitOptions fields.
     parser.add_argument(
-        "--weights", type=Path, help=f"{_readers('weights')}: canonical weights (.safetensors) to embed"
+        "--weights",
+        type=Path,
+        help=f"{_readers('weights')}: canonical weights (.safetensors), embedded in an ONNX file or checked and "
+        "written beside generated source as OUTPUT.safetensors",
     )
     parser.add_argument(
         "--seed", type=parse_seed, default=0, help=f"{_readers('seed')}: seed of fresh weights when --weights is absent"
@@ -269,7 +273,12 @@ def _compile(options: argparse.Namespace) -> int:
     # in the working directory; -o, the user's explicit choice, may go anywhere.
     output: Path = options.output or Path(f"{graph.name}{backend.suffix}")
     _refuse_unread_options(options, backend)
-    check_output(output, [*graph.files, *([options.weights] if options.weights is not None else [])])
+    inputs = [*graph.files, *([options.weights] if options.weights is not None else [])]
+    check_output(output, inputs)
+    # Source backends write --weights beside the source: that file must not be an input either.
+    companion = weights_path(output) if options.weights is not None and output.suffix == ".py" else None
+    if companion is not None:
+        check_output(companion, inputs)
     emit_options = EmitOptions(
         **{field.name: getattr(options, field.name) for field in dataclasses.fields(EmitOptions)}
     )
@@ -279,6 +288,8 @@ def _compile(options: argparse.Namespace) -> int:
     print(f"{graph.name}: {report.parameters:,} parameters, {report.macs / 1e9:.3f} GMACs")
     print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} (batch dimension dynamic)")
     print(f"wrote {output} ({options.backend}, {output.stat().st_size:,} bytes) in {elapsed:.2f} s")
+    if companion is not None:
+        print(f"wrote {companion} (the --weights, {companion.stat().st_size:,} bytes)")
     return 0
 
 

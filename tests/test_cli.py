@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rescompile.cli import main
+from rescompile.compiler import compile_spec
 
 ROOT = Path(__file__).parent.parent
 
@@ -101,6 +102,39 @@ def test_validate_and_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "resnet18: ok (resnet18: 11,689,512 parameters, output 1000)" in printed
     assert main(["list"]) == 0
     assert "resnet152_v1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_source_backends_write_the_given_weights_beside_the_source(backend: str, tmp_path: Path) -> None:
+    """--weights works for every backend: a source backend checks them strictly and writes them as
+    OUTPUT.safetensors in its own layout, which the generated module loads."""
+    from safetensors.numpy import load_file
+
+    from rescompile.backends import flax_backend, torch_backend
+    from rescompile.compiler.weights import random_weights, save_weights
+
+    graph = compile_spec("resnet20")
+    weights = random_weights(graph, seed=7)
+    save_weights(weights, tmp_path / "w.safetensors")
+    output = tmp_path / "model.py"
+    assert (
+        main(["resnet20", "--backend", backend, "--weights", str(tmp_path / "w.safetensors"), "-o", str(output)]) == 0
+    )
+    written = load_file(str(tmp_path / "model.safetensors"))
+    if backend == "torch":
+        assert written.keys() == weights.keys()
+        model = torch_backend.build_module(graph)
+        torch_backend.load_weights(model, graph, written)
+        assert all((torch_backend.to_weights(model, graph)[name] == weights[name]).all() for name in weights)
+    else:
+        assert written["layer1/0/conv1/kernel"].shape == (3, 3, 16, 16)  # HWIO
+        expected = flax_backend.flax_layout(graph, weights)
+        assert written.keys() == expected.keys() and all((written[key] == expected[key]).all() for key in expected)
+    wrong = random_weights(compile_spec("resnet32"), seed=7)
+    save_weights(wrong, tmp_path / "wrong.safetensors")
+    arguments = ["resnet20", "--backend", backend, "--weights", str(tmp_path / "wrong.safetensors")]
+    assert main([*arguments, "-o", str(tmp_path / "other.py")]) == 1
+    assert not (tmp_path / "other.py").exists() and not (tmp_path / "other.safetensors").exists()
 
 
 def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None:
