@@ -14,7 +14,7 @@ from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import random_weights
 
 
-@pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet18"])
+@pytest.mark.parametrize("name", ["resnet20", "plain20", pytest.param("resnet18", marks=pytest.mark.slow)])
 def test_ten_sgd_steps_in_torch_and_flax_give_the_same_model(name: str) -> None:
     graph = compile_spec(name, size=32)
     weights = random_weights(graph, seed=0)
