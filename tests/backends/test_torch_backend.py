@@ -136,3 +136,30 @@ def test_zero_initialised_branch_makes_identity_blocks_relu_of_their_input(spec:
             assert np.array_equal(block_output, np.maximum(block_input, 0)), (mode, block.path)
             # Block inputs come out of a ReLU, so they are >= 0 and the block is exactly the identity.
             assert np.array_equal(block_output, block_input), (mode, block.path)
+
+
+COMPILE_DEFAULT = {"resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"}
+"""Built-ins whose ops between them cover every op kind: compiled in the default run, the rest in
+the slow tail."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in COMPILE_DEFAULT else [pytest.mark.slow])
+        for name in builtin_networks()
+        if name != "resnet1202"  # its fresh eval-mode activations overflow float32 (NaN in any mode of running)
+    ],
+)
+def test_the_generated_module_compiles_without_graph_breaks_and_exports(name: str) -> None:
+    """torch.compile(fullgraph=True) refuses any graph break (dynamo's tracing; the "eager" backend
+    skips code generation, which needs a C++ compiler); torch.export gives the AOT route to ONNX."""
+    graph = compile_spec(name, size=32)
+    model = torch_backend.build_module(graph).eval()
+    inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(inputs)
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(inputs)
+        exported = torch.export.export(model, (inputs,)).module()(inputs)
+    assert_close(compiled.numpy(), expected.numpy(), tolerance="same_framework", what="compiled")
+    assert_close(exported.numpy(), expected.numpy(), tolerance="same_framework", what="exported")
