@@ -366,6 +366,18 @@ def _located(message: str, part: Loaded[PartSpec], path: YamlPath, origin: Locat
     return RescompileError(message, at) if origin is None else RescompileError(f"{message} (computed at {at})", origin)
 
 
+def _evaluate(
+    expression: Expression, bindings: Bindings, part: Loaded[PartSpec], path: tuple[str, ...], where: str
+) -> tuple[Value, Location | None]:
+    """The expression's value, and the network's location of a value it reads (for messages); an
+    expression that cannot be evaluated is a located error."""
+    origin = bindings.origin(expression)
+    try:
+        return expression.evaluate(bindings), origin
+    except ExpressionError as error:
+        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
+
+
 def _evaluate_int(
     expression: Expression,
     bindings: Bindings,
@@ -374,11 +386,7 @@ def _evaluate_int(
     where: str,
     minimum: int,
 ) -> int:
-    origin = bindings.origin(expression)
-    try:
-        value = expression.evaluate(bindings)
-    except ExpressionError as error:
-        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
+    value, origin = _evaluate(expression, bindings, part, path, where)
     if isinstance(value, float):
         message = (
             f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}, a float; it must be an integer "
@@ -403,11 +411,7 @@ def _evaluate_real(
     bounds: tuple[float, float],
 ) -> float:
     """A real-valued attribute (a rate): a number in ``[low, high)``."""
-    origin = bindings.origin(expression)
-    try:
-        value = expression.evaluate(bindings)
-    except ExpressionError as error:
-        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
+    value, origin = _evaluate(expression, bindings, part, path, where)
     low, high = bounds
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
         message = (

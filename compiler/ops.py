@@ -252,8 +252,19 @@ class Conv(OpBase):
         return math.prod(out_shape) * per_output
 
 
+class _Normalization(OpBase):
+    """A per-channel normalisation: its ``channels`` are its input's, and so are its output's."""
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        assert in_channels is not None
+        return {**attributes, "channels": in_channels}, in_channels
+
+
 @dataclass(frozen=True)
-class BatchNorm(OpBase):
+class BatchNorm(_Normalization):
     """``y = (x - mean) / sqrt(var + epsilon) * weight + bias``; in training the running statistics
     follow ``running = (1 - momentum) * running + momentum * batch``, the *unbiased* batch variance
     feeding ``running_var`` (torch's convention)."""
@@ -269,13 +280,6 @@ class BatchNorm(OpBase):
         return cls(
             _one(in_shapes, "batch_norm")[0], attributes["epsilon"], attributes["momentum"], attributes["zero_init"]
         )
-
-    @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        assert in_channels is not None
-        return {**attributes, "channels": in_channels}, in_channels
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) != 1 or in_shapes[0][0] != self.channels:
@@ -293,7 +297,7 @@ class BatchNorm(OpBase):
 
 
 @dataclass(frozen=True)
-class GroupNorm(OpBase):
+class GroupNorm(_Normalization):
     """torch's ``GroupNorm`` (Wu and He 2018): the channels split into ``groups`` consecutive
     groups, each sample's group normalised by its own mean and *biased* variance over
     ``(channels / groups, height, width)``, ``epsilon`` inside the square root, then an affine
@@ -309,13 +313,6 @@ class GroupNorm(OpBase):
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         channels = _one(in_shapes, "group_norm")[0]
         return cls(channels, attributes["groups"], attributes["epsilon"], attributes["zero_init"])
-
-    @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        assert in_channels is not None
-        return {**attributes, "channels": in_channels}, in_channels
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, _, _ = _image(in_shapes, self.kind)
