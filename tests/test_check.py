@@ -1,6 +1,5 @@
 """`rescompile check`: agreement across backends, and a planted mismatch found and named."""
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +8,11 @@ import numpy as np
 import pytest
 
 from rescompile.backends.interface import module_names
-from rescompile.backends.registry import BACKENDS
-from rescompile.check import Progress, check, format_result, main
+from rescompile.check import Progress, check, main
 from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import random_weights, save_weights
 from rescompile.spec import RescompileError, builtin_networks
-from rescompile.testing import TOLERANCES
+from rescompile.testing import TOLERANCES, assert_backends_agree
 
 TORCH_AND_ONNX = ("torch", "onnx")
 
@@ -83,12 +81,7 @@ def test_progress_writes_one_line_per_step_when_not_a_terminal(tmp_path: Path) -
 @pytest.mark.parametrize("name", builtin_networks())
 def test_check_passes_for_every_builtin_at_a_small_size(name: str) -> None:
     graph = compile_spec(name, size=32)
-    weights = random_weights(graph, seed=0)
-    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert [pair.first_mismatch for pair in result.pairs] == [None] * math.comb(len(backends), 2), format_result(result)
-    assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)
+    assert_backends_agree(graph)
 
 
 def test_check_loads_weights_from_a_safetensors_file(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -20,13 +19,10 @@ from conftest import REPEATED_PRESETS
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
-from rescompile.backends.registry import BACKENDS
-from rescompile.check import check, format_result
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import Graph
-from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
-from rescompile.testing import TOLERANCES, assert_close, randomise_normalisation
+from rescompile.testing import assert_backends_agree, assert_close, randomise_normalisation
 
 TIMM_PRESETS = [
     "resnet50c",
@@ -149,11 +145,7 @@ def check_sizes() -> list[object]:
 @pytest.mark.parametrize(("name", "size"), check_sizes())
 def test_all_backends_agree(name: str, size: int) -> None:
     graph = compile_spec(name, size=size)
-    weights = random_weights(graph, seed=0)
-    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert all(pair.first_mismatch is None for pair in result.pairs), format_result(result)
+    assert_backends_agree(graph)
 
 
 def test_the_readme_lists_every_preset_with_its_parameters_and_macs() -> None:

@@ -6,16 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rescompile.backends import flax_backend, torch_backend
-from rescompile.backends.registry import BACKENDS
-from rescompile.check import check, format_result
 from rescompile.compiler import compile_spec
-from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
-from rescompile.testing import TOLERANCES
+from rescompile.testing import assert_backends_agree
 
 EMITTERS = {"torch": torch_backend.emit_source, "flax": flax_backend.emit_source}
 RUFF = [sys.executable, "-m", "ruff"]
@@ -61,8 +57,4 @@ def test_ops_in_a_stem_are_written_from_their_fields_and_agree_across_backends(t
     (tmp_path / "stems" / "odd.yaml").write_text(STEM)
     (tmp_path / "net.yaml").write_text(STEM_NETWORK)
     graph = compile_spec(tmp_path / "net.yaml")
-    weights = random_weights(graph, seed=0)
-    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert all(pair.first_mismatch is None for pair in result.pairs), format_result(result)
+    assert_backends_agree(graph)
