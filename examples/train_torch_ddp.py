@@ -81,6 +81,10 @@ def main() -> int:
     fell = sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     if rank == 0:
         print(f"replicas identical: {identical}; loss {losses[0]:.4f} -> {losses[-1]:.4f} (fell: {fell})")
+    # Every process past its last collective before any tears the group down: a gloo process
+    # destroying it while a peer still uses it aborts ("terminate called without an active exception").
+    dist.barrier()
+    del model
     dist.destroy_process_group()
     return 0 if identical and fell else 1
 

@@ -16,8 +16,6 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-    from rescompile.compiler.ir import Graph
-
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -204,19 +202,3 @@ def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
     return total
-
-
-def assert_backends_agree(graph: Graph, seed: int = 0, batch: int = 2) -> None:
-    """``rescompile check`` in a test: every registered backend, the same random weights and inputs
-    (seeded), every pair compared module by module within :data:`TOLERANCES` ``"network"``, and
-    every output finite."""
-    from rescompile.backends.registry import BACKENDS
-    from rescompile.check import check, format_result
-    from rescompile.compiler.weights import random_weights
-
-    weights = random_weights(graph, seed=seed)
-    inputs = np.random.default_rng(seed + 1).standard_normal((batch, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert [pair.first_mismatch for pair in result.pairs] == [None] * math.comb(len(backends), 2), format_result(result)
-    assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from rescompile.backends.interface import module_names
-from rescompile.check import Progress, check, main
+from rescompile.check import Progress, assert_backends_agree, check, main
 from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import random_weights, save_weights
 from rescompile.spec import RescompileError, builtin_networks
-from rescompile.testing import TOLERANCES, assert_backends_agree
+from rescompile.testing import TOLERANCES
 
 TORCH_AND_ONNX = ("torch", "onnx")
 

@@ -19,10 +19,11 @@ from conftest import REPEATED_PRESETS
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
+from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import Graph
 from rescompile.spec import builtin_networks
-from rescompile.testing import assert_backends_agree, assert_close, randomise_normalisation
+from rescompile.testing import assert_close, randomise_normalisation
 
 TIMM_PRESETS = [
     "resnet50c",

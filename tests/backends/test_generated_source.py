@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rescompile.backends import flax_backend, torch_backend
+from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec
 from rescompile.spec import builtin_networks
-from rescompile.testing import assert_backends_agree
 
 EMITTERS = {"torch": torch_backend.emit_source, "flax": flax_backend.emit_source}
 RUFF = [sys.executable, "-m", "ruff"]
