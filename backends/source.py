@@ -56,6 +56,8 @@ from rescompile.spec.models import RESERVED_NAMES
 SHORTCUT_VARIABLE = "shortcut"
 NORMALIZATIONS = ("batch_norm", "group_norm")
 """Op kinds with an affine ``weight`` that ``zero_init`` zeroes for ``zero_init_residual``."""
+VIEW_KINDS = ("channel_slice",)
+"""Op kinds whose torch output is a view of their input (no in-place op may write into it)."""
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
 
@@ -259,10 +261,13 @@ def source_nodes(
     """The nodes with Python variables; ``also_read``: values that code besides the nodes reads
     (a block's shortcut module reading a pre-activation), which keep a variable of their own."""
     variables = _variables(nodes, input_variable, chain_variable, renamed or {}, also_read)
+    # A channel slice is a view of its input: writing into one in place would change its siblings.
+    views = {node.name for node in nodes if node.kind in VIEW_KINDS}
     result: list[SourceNode] = []
     for node in nodes:
         readers = [other for other in nodes if node.inputs and node.inputs[0] in other.inputs]
-        sole_reader = len(node.inputs) == 1 and node.inputs[0] not in (MODULE_INPUT, *also_read) and len(readers) == 1
+        sole_reader = len(node.inputs) == 1 and node.inputs[0] not in (MODULE_INPUT, *also_read, *views)
+        sole_reader = sole_reader and len(readers) == 1
         sole_reader = sole_reader and node.inputs[0] not in (renamed or {})
         result.append(
             SourceNode(
@@ -363,7 +368,16 @@ class ShortcutClass:
 
 
 def _derived(definition: Definition) -> dict[str, str]:
-    return {name: expression_source(expression) for name, expression in definition.derived}
+    """The derived values a class computes: those its nodes or later kept values read (a value
+    only a ``when`` or a placeholder read was spent unrolling the class)."""
+    read = {name for node in definition.nodes for _, value in node.attributes if isinstance(value, Expression)
+            for name in value.names}
+    kept: dict[str, str] = {}
+    for name, expression in reversed(definition.derived):
+        if name in read:
+            kept[name] = expression_source(expression)
+            read |= expression.names
+    return dict(reversed(kept.items()))
 
 
 def shortcut_attribute(graph: Graph) -> str | None:

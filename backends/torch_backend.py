@@ -217,9 +217,52 @@ DROP_PATH_CLASS = '''class DropPath(nn.Module):
             return x
         return x * self.keep_mask(x).div_(1 - self.rate)'''
 
+CHANNEL_SLICE_CLASS = '''class ChannelSlice(nn.Module):
+    """Channels ``start:stop`` of the input: one part of a split along channels (torch.split(x, sizes, 1))."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start = start
+        self.stop = stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.start : self.stop]'''
+
+CHANNEL_SOFTMAX_CLASS = '''class ChannelSoftmax(nn.Module):
+    """A softmax across groups of channels: the channels viewed as (groups, over, rest) and normalised
+    across ``over``; with ``transpose`` laid out as (over, groups, rest), as timm's RadixSoftmax."""
+
+    def __init__(self, over: int, groups: int = 1, transpose: bool = False) -> None:
+        super().__init__()
+        self.over = over
+        self.groups = groups
+        self.transpose = transpose
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grouped = x.reshape(x.shape[0], self.groups, self.over, -1)
+        if self.transpose:
+            return torch.softmax(grouped.transpose(1, 2), dim=1).reshape(x.shape)
+        return torch.softmax(grouped, dim=2).reshape(x.shape)'''
+
+
+def _channel_softmax(node: SourceNode) -> Layer:
+    a = node.attributes
+    arguments = [render(a["over"]), *_optional("groups", a["groups"], 1), *_optional("transpose", a["transpose"], False)]
+    return ("ChannelSoftmax", arguments)
+
+
+class Inline(str):
+    """An op computed inline in forward: its expression over the input variables, ``{0}``, ``{1}``,
+    ..., or ``{all}`` (every input, comma-separated)."""
+
+
+def _inline(node: SourceNode, expression: str) -> str:
+    return expression.format(*node.inputs, all=", ".join(node.inputs))
+
+
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}").
-EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
+EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | Inline] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
@@ -229,15 +272,18 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
-    "add": "{0} + {1}",
+    "add": lambda node: Inline(" + ".join(node.inputs)),
     "sigmoid": lambda node: ("nn.Sigmoid", []),
-    "mul": "{0} * {1}",
+    "mul": Inline("{0} * {1}"),
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
     "pad": lambda node: ("nn.ZeroPad2d", [render(node.attributes["padding"])]),
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
     "blur_pool": _blur_pool,
     "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),
     "drop_path": lambda node: ("DropPath", [render(node.attributes["rate"])]),
+    "channel_slice": lambda node: ("ChannelSlice", [render(node.attributes["start"]), render(node.attributes["stop"])]),
+    "concat": Inline("torch.cat([{all}], 1)"),
+    "softmax": _channel_softmax,
 }
 HELPER_CLASSES = {
     "subsample": SUBSAMPLE_CLASS,
@@ -245,6 +291,8 @@ HELPER_CLASSES = {
     "blur_pool": BLUR_POOL_CLASS,
     "channel_conv": CHANNEL_CONV_CLASS,
     "drop_path": DROP_PATH_CLASS,
+    "channel_slice": CHANNEL_SLICE_CLASS,
+    "softmax": CHANNEL_SOFTMAX_CLASS,
 }
 # Helper classes that call torch.nn.functional, and those that need the math module.
 FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", STD_CONV)
@@ -252,17 +300,22 @@ MATH_HELPERS = ("blur_pool",)
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
+def _lowered(node: SourceNode) -> Layer | Inline:
+    emitter = EMITTERS[node.kind]
+    return emitter if isinstance(emitter, Inline) else emitter(node)
+
+
 def _layer(node: SourceNode, prefix: str = "") -> str:
     """The layer's constructor call after ``prefix``, wrapped for a line at the 8th column."""
-    emitter = EMITTERS.get(node.kind)
-    if not callable(emitter):
+    lowered = _lowered(node)
+    if isinstance(lowered, Inline):
         raise RescompileError(f"the torch backend cannot express op '{node.kind}' as a layer")
-    callee, arguments = emitter(node)
+    callee, arguments = lowered
     return wrap_call(prefix + callee, arguments, 8)
 
 
 def _init_lines(nodes: list[SourceNode]) -> list[str]:
-    stored = [node for node in nodes if callable(EMITTERS[node.kind])]
+    stored = [node for node in nodes if not isinstance(_lowered(node), Inline)]
     layers = [_layer(node, f"self{attribute_access(node.attribute)} = ") for node in stored]
     return with_containers([node.attribute for node in stored], layers, "nn.ModuleDict()")
 
@@ -276,9 +329,9 @@ def _forward_lines(
             # The identity reads the block input; a shortcut module reads the block's shortcut_input.
             call = f"self.{shortcut_attribute}({shortcut_source})"
             lines.append(f"shortcut = x if self.{shortcut_attribute} is None else {call}")
-        emitter = EMITTERS[node.kind]
-        if isinstance(emitter, str):
-            lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
+        lowered = _lowered(node)
+        if isinstance(lowered, Inline):
+            lines.append(f"{node.output} = {_inline(node, lowered)}")
         else:
             lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines

@@ -8,6 +8,7 @@ rules as it builds: this is where a graph's shapes are computed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -25,6 +26,7 @@ from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeEr
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts
+from rescompile.spec.unroll import instantiate
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -64,12 +66,15 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     modules: list[Module] = []
 
     stem_bindings = _bind(stem, spec.stem_parameters, {"in_channels": shape[0]}, network, "stem_parameters")
+    stem = instantiate(stem, stem_bindings, "stems")
     stem_module = _build_module("", "stem", stem, stem_bindings, shape, network.locate("stem"), None, None)
     modules.append(stem_module)
     assert stem_module.out_shape is not None
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
+    instances: list[tuple[int, bool, Loaded[PartSpec]]] = []
+    """(module index, whether first of its stage, the block unrolled for it), for block variants."""
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
         for block_index in range(stage.depth):
@@ -86,6 +91,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             }
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
+            block = instantiate(block, bindings, "blocks")
+            instances.append((len(modules), first, block))
             path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
@@ -113,6 +120,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             shape = module.out_shape
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
+    head = instantiate(head, head_bindings, "heads")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
     out_shape = modules[-1].out_shape
     if out_shape is not None and len(out_shape) != 1:
@@ -138,9 +146,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     "distinct names",
                     network.locate("stages", index, key),
                 )
+    variants = _variants(instances)
+    for index, _, block in instances:
+        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)].spec.name)
+    unique = {part.spec.name: part for part in variants.values()}
     definitions = [
         _definition(stem, "stem"),
-        *(_definition(block, "block", residual=policy is not None) for block in distinct_blocks.values()),
+        *(_definition(block, "block", residual=policy is not None) for block in unique.values()),
         _definition(head, "head"),
         *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
     ]
@@ -153,6 +165,39 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         source=network.locate(),
         files=parts.files,
     )
+
+
+def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, Loaded[PartSpec]]:
+    """Each block instance's part as a class is written: a block type whose templates unroll to
+    different nodes in different instances (a ``when`` on the stride, a repeat count) is one
+    block type per distinct unrolling. The one most blocks use keeps the type's name; one that
+    only first blocks of stages use is ``NAME_first``; others are ``NAME_2``, ``NAME_3``, ..."""
+    by_name: dict[str, list[tuple[bool, Loaded[PartSpec]]]] = {}
+    for _, first, block in instances:
+        by_name.setdefault(block.spec.name, []).append((first, block))
+    chosen: dict[int, Loaded[PartSpec]] = {}
+    for name, uses in by_name.items():
+        kinds: list[tuple[dict[str, object], list[bool], Loaded[PartSpec]]] = []
+        for first, block in uses:
+            match = next((kind for kind in kinds if kind[0] == block.spec.nodes), None)
+            if match is None:
+                kinds.append((dict(block.spec.nodes), [first], block))
+            else:
+                match[1].append(first)
+        kinds.sort(key=lambda kind: -len(kind[1]))
+        renamed: list[Loaded[PartSpec]] = []
+        for number, (_, firsts, block) in enumerate(kinds):
+            new_name = name
+            if number > 0:
+                only_first = all(firsts) and sum(all(other[1]) for other in kinds[1:]) == 1
+                new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
+            renamed.append(block if new_name == name else Loaded(
+                block.spec.model_copy(update={"name": new_name}), block.source, block.extended
+            ))
+        for first, block in uses:
+            position = next(index for index, kind in enumerate(kinds) if kind[0] == block.spec.nodes)
+            chosen[id(block)] = renamed[position]
+    return chosen
 
 
 MODULE_VALUE_NAMES = ("stem", "output")
@@ -250,7 +295,8 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
             for field, value in node_spec
             if field not in ("op", "input", "inputs") and isinstance(value, Expression | bool | float | str)
         }
-        attributes, channels[name] = OPS[node_spec.op].symbolic(attributes, channels.get(inputs[0]))
+        in_channels = tuple(channels.get(value) for value in inputs)
+        attributes, channels[name] = OPS[node_spec.op].symbolic_inputs(attributes, in_channels)
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
     if role in ("block", "shortcut"):
         _check_class_nodes(part, role, nodes)
@@ -618,7 +664,7 @@ def _make_op(
     op_type = OPS[spec.op]
     attributes: dict[str, object] = {}
     for field, value in spec:
-        if field in ("op", "input"):
+        if field in ("op", "input", "when"):
             continue
         if isinstance(value, Expression) and field in op_type.real_ranges:
             value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])

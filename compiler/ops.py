@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from rescompile.spec.expressions import Expression
+from rescompile.spec.expressions import Expression, parse_expression
 
 Shape = tuple[int, ...]
 Pair = tuple[int, int]
@@ -139,6 +139,25 @@ def _plus(left: Expression, right: Expression) -> Expression:
     return Expression(ast.unparse(tree), tree)
 
 
+def _quotient(dividend: Expression, divisor: Expression) -> Expression:
+    """``dividend // divisor``, written ``a`` where the dividend is ``a * divisor``."""
+    tree = dividend.tree
+    if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult):
+        for kept, dropped in ((tree.left, tree.right), (tree.right, tree.left)):
+            if ast.unparse(dropped) == divisor.text:
+                return Expression(ast.unparse(kept), kept)
+    quotient = ast.BinOp(dividend.tree, ast.FloorDiv(), divisor.tree)
+    return Expression(ast.unparse(quotient), quotient)
+
+
+def _times(factor: Expression, value: Expression) -> Expression:
+    """``factor * value``, written ``0`` or ``value`` where the factor is 0 or 1."""
+    if isinstance(factor.tree, ast.Constant) and factor.tree.value in (0, 1):
+        return value if factor.tree.value == 1 else factor
+    tree = ast.BinOp(factor.tree, ast.Mult(), value.tree)
+    return Expression(ast.unparse(tree), tree)
+
+
 def _is_zero(value: object) -> bool:
     return isinstance(value, Expression) and isinstance(value.tree, ast.Constant) and value.tree.value == 0
 
@@ -174,6 +193,13 @@ class OpBase:
         derives from its input's channel count (an expression over the definition's parameters),
         and its output's channel count. None: not expressible from channels (after a flatten)."""
         return attributes, in_channels
+
+    @classmethod
+    def symbolic_inputs(
+        cls, attributes: SymbolicAttributes, in_channels: tuple[Expression | None, ...]
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        """:meth:`symbolic` given every input's channel count; most ops need the first only."""
+        return cls.symbolic(attributes, in_channels[0])
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         raise NotImplementedError
@@ -474,9 +500,10 @@ class Add(OpBase):
         return self.shortcut_input is not None
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        if len(in_shapes) != 2 or in_shapes[0] != in_shapes[1]:
+        """The sum of two or more values of one shape (a sum over branches), added left to right."""
+        if len(in_shapes) < 2 or any(shape != in_shapes[0] for shape in in_shapes):
             shown = " and ".join(show_shape(shape) for shape in in_shapes)
-            raise ShapeError(f"add needs two inputs of the same shape, got {shown}")
+            raise ShapeError(f"add needs two or more inputs of the same shape, got {shown}")
         return in_shapes[0]
 
 
@@ -664,6 +691,109 @@ class DropPath(OpBase):
         return _one(in_shapes, self.kind)
 
 
+@dataclass(frozen=True)
+class ChannelSlice(OpBase):
+    """Channels ``[start, stop)`` of its input, in order (``x[:, start:stop]``): one part of a spec's
+    ``split``, which cuts the channels into consecutive parts (torch.split along dim 1). No MACs."""
+
+    kind: ClassVar[str] = "channel_slice"
+    minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
+    start: int
+    stop: int
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        """Part ``index`` of ``parts`` equal ones, or ``size`` channels from ``start``."""
+        if attributes["parts"] is None:
+            return cls(attributes["start"], attributes["start"] + attributes["size"])
+        channels, parts = _one(in_shapes, "split")[0], attributes["parts"]
+        if channels % parts:
+            raise ShapeError(f"split into {parts} equal parts needs channels divisible by {parts}, got {channels}")
+        size = channels // parts
+        return cls(attributes["index"] * size, (attributes["index"] + 1) * size)
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        parts, index = attributes.get("parts"), attributes["index"]
+        assert isinstance(index, Expression)
+        if isinstance(parts, Expression):
+            assert in_channels is not None
+            size = _quotient(in_channels, parts)
+            number = index.evaluate({})
+            assert isinstance(number, int)
+            return {"start": _times(index, size), "stop": _times(parse_expression(number + 1), size)}, size
+        start, size = attributes["start"], attributes["size"]
+        assert isinstance(start, Expression) and isinstance(size, Expression)
+        return {"start": start, "stop": size if _is_zero(start) else _plus(start, size)}, size
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if not 0 <= self.start < self.stop <= channels:
+            raise ShapeError(f"split: channels {self.start}:{self.stop} are not a part of the input's {channels}")
+        return (self.stop - self.start, height, width)
+
+
+@dataclass(frozen=True)
+class Concat(OpBase):
+    """Its inputs' channels one after another, in the order of its inputs (``torch.cat(xs, 1)``);
+    their heights and widths are equal. No MACs."""
+
+    kind: ClassVar[str] = "concat"
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls()  # its only attribute in a spec is ``inputs``, which the node records
+
+    @classmethod
+    def symbolic_inputs(
+        cls, attributes: SymbolicAttributes, in_channels: tuple[Expression | None, ...]
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        first = in_channels[0]
+        if first is not None and all(channels == first for channels in in_channels):
+            return attributes, _times(parse_expression(len(in_channels)), first)
+        total = first
+        for channels in in_channels[1:]:
+            total = None if total is None or channels is None else _plus(total, channels)
+        return attributes, total
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        if len(in_shapes) < 2 or any(len(shape) != 3 or shape[1:] != in_shapes[0][1:] for shape in in_shapes):
+            shown = " and ".join(show_shape(shape) for shape in in_shapes)
+            raise ShapeError(f"concat needs two or more C×H×W inputs of one height and width, got {shown}")
+        return (sum(shape[0] for shape in in_shapes), *in_shapes[0][1:])
+
+
+@dataclass(frozen=True)
+class Softmax(OpBase):
+    """A softmax across groups of channels. The C channels are viewed, channel-major, as
+    ``(groups, over, C / (groups * over))``; each value becomes ``exp(v) / sum(exp)`` across the
+    ``over`` axis, separately for every group, remaining channel, pixel and sample. The result keeps
+    that layout, or with ``transpose`` is laid out as ``(over, groups, C / (groups * over))``:
+    ResNeSt's rSoftMax (``view(B, groups, over, -1).transpose(1, 2)``, softmax on dim 1) and SK's
+    softmax across paths (``groups`` 1, where both layouts are the same). No MACs (torch's
+    FlopCounterMode counts none)."""
+
+    kind: ClassVar[str] = "softmax"
+    over: int
+    groups: int
+    transpose: bool
+
+    def inner_channels(self, channels: int) -> int:
+        """The size of the view's last axis, ``C / (groups * over)``."""
+        return channels // (self.groups * self.over)
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, _, _ = _image(in_shapes, self.kind)
+        if channels % (self.groups * self.over):
+            raise ShapeError(
+                f"softmax over {self.over} in {self.groups} groups needs channels divisible by "
+                f"{self.groups * self.over}, got {channels}"
+            )
+        return in_shapes[0]
+
+
 Op = (
     Conv
     | BatchNorm
@@ -683,6 +813,9 @@ Op = (
     | BlurPool
     | ChannelConv
     | DropPath
+    | ChannelSlice
+    | Concat
+    | Softmax
 )
 OP_TYPES: tuple[type[Op], ...] = (
     Conv,
@@ -703,6 +836,9 @@ OP_TYPES: tuple[type[Op], ...] = (
     BlurPool,
     ChannelConv,
     DropPath,
+    ChannelSlice,
+    Concat,
+    Softmax,
 )
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}

@@ -249,7 +249,10 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     document = read_yaml(path, display_name(path))
     part = _validate(PART_MODELS[kind], document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source)
-    check_part_references(loaded, kind)
+    if not part.templated:
+        # A part with templates (repeat, when, split, placeholders) is checked once unrolled for
+        # an instance (rescompile.spec.unroll), when its parameters are known.
+        check_part_references(loaded, kind)
     return loaded
 
 
@@ -442,6 +445,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
             raise RescompileError(
                 f"block '{part.name}' needs exactly one residual add (an add node reading 'shortcut'); it has {found}",
                 loaded.source.locate(("nodes", merges[1]) if merges else ("nodes",), key=True),
+            )
+        merge = part.nodes[merges[0]]
+        if isinstance(merge, AddSpec) and len(merge.inputs) != 2:
+            raise RescompileError(
+                f"the residual add '{merges[0]}' adds two values, the branch and 'shortcut'; sum the branches first",
+                loaded.source.locate(("nodes", merges[0], "inputs")),
             )
         merge_index = list(part.nodes).index(merges[0])
         readable = ["input", *list(part.nodes)[:merge_index]]

@@ -123,7 +123,17 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
-class OpBase(StrictModel):
+class ConditionalSpec(StrictModel):
+    """What every node may state: whether it exists."""
+
+    when: Expr | None = Field(
+        default=None,
+        description="A condition over the part's parameters (and a repeat's index): the node exists only where it "
+        "holds. Nothing may read a node that does not exist.",
+    )
+
+
+class OpBase(ConditionalSpec):
     input: str | None = Field(default=None, description="Input value; default: the previous node.")
 
 
@@ -198,15 +208,19 @@ class LinearSpec(OpBase):
     bias: bool = True
 
 
-class BinarySpec(StrictModel):
-    """An op of two values, named in ``inputs`` (no ``input``: neither is implied)."""
+class BinarySpec(ConditionalSpec):
+    """An op of several values, named in ``inputs`` (no ``input``: none is implied)."""
 
-    inputs: tuple[str, str] = Field(description="The two values it reads.")
+    inputs: tuple[str, ...] = Field(min_length=2, description="The values it reads.")
 
 
 class AddSpec(BinarySpec):
     op: Literal["add"]
-    inputs: tuple[str, str] = Field(description="The two values to add; 'shortcut' names the block's shortcut.")
+    inputs: tuple[str, ...] = Field(
+        min_length=2,
+        description="The values to add (two or more, of one shape); 'shortcut' names the block's shortcut, in a "
+        "residual add of two values.",
+    )
 
 
 class MulSpec(BinarySpec):
@@ -214,6 +228,7 @@ class MulSpec(BinarySpec):
     shape C×1×1 scales each channel of a C×H×W value (squeeze-and-excitation)."""
 
     op: Literal["mul"]
+    inputs: tuple[str, str] = Field(description="The two values to multiply.")
 
 
 class SigmoidSpec(OpBase):
@@ -270,6 +285,58 @@ class DropPathSpec(OpBase):
     rate: Expr
 
 
+class SplitSpec(OpBase):
+    """The input's channels cut into consecutive parts, in order: ``parts`` equal ones, or ``sizes``
+    listed. Each part is a value of its own, ``NAME.0``, ``NAME.1``, ... (torch.split along channels)."""
+
+    op: Literal["split"]
+    parts: Expr | None = Field(default=None, description="How many equal parts; they must divide the channels.")
+    sizes: tuple[Expr, ...] | None = Field(
+        default=None, min_length=1, description="The parts' channel counts, in order; they must sum to the channels."
+    )
+
+
+class ChannelSliceSpec(OpBase):
+    """One part of a ``split`` (what a split unrolls to): part ``index`` of ``parts`` equal ones, or
+    ``size`` channels from ``start``."""
+
+    op: Literal["channel_slice"]
+    index: Expr = parse_expression(0)
+    parts: Expr | None = None
+    start: Expr = parse_expression(0)
+    size: Expr | None = None
+
+
+class ConcatSpec(BinarySpec):
+    """The values' channels one after another, in the order of ``inputs`` (torch.cat along channels)."""
+
+    op: Literal["concat"]
+
+
+class SoftmaxSpec(OpBase):
+    """A softmax across groups of channels: the C channels are viewed as (groups, over, C / (groups *
+    over)) and normalised across the ``over`` axis, per group, remaining channel and pixel. With
+    ``transpose`` the result is laid out as (over, groups, C / (groups * over)), ResNeSt's radix-major
+    rSoftMax; without, as its input."""
+
+    op: Literal["softmax"]
+    over: Expr = Field(description="The size of the axis normalised across (SK's paths, ResNeSt's radix).")
+    groups: Expr = Field(default=parse_expression(1), description="Independent groups in front of that axis.")
+    transpose: bool = Field(default=False, description="Lay the result out as (over, groups, rest).")
+
+
+class RepeatSpec(OpBase):
+    """Its ``nodes`` written ``count`` times, with ``index`` bound to ``start``, ``start + 1``, ...
+    Node names and the values nodes read may hold ``{expression}`` placeholders (``convs.{i}``);
+    ``input`` is what the first node of the first repetition reads by default."""
+
+    op: Literal["repeat"]
+    index: Identifier = Field(description="The name bound to each repetition's number.")
+    count: Expr = Field(description="How many times (0 or more).")
+    start: Expr = Field(default=parse_expression(0), description="The index of the first repetition.")
+    nodes: dict[str, OpSpec] = Field(min_length=1, description="The nodes of one repetition.")
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
@@ -288,9 +355,15 @@ OpSpec = Annotated[
     | PadChannelsSpec
     | BlurPoolSpec
     | ChannelConvSpec
-    | DropPathSpec,
+    | DropPathSpec
+    | SplitSpec
+    | ChannelSliceSpec
+    | ConcatSpec
+    | SoftmaxSpec
+    | RepeatSpec,
     Field(discriminator="op"),
 ]
+RepeatSpec.model_rebuild()
 
 
 class PartSpec(StrictModel):
@@ -304,6 +377,22 @@ class PartSpec(StrictModel):
         description="Named values computed from the parameters, in order; nodes may use them.",
     )
     nodes: dict[str, OpSpec] = Field(min_length=1)
+
+    @property
+    def templated(self) -> bool:
+        """Whether its nodes hold a template form (``repeat``, ``when``, ``split``, a placeholder,
+        a conditional read or a comprehension): :mod:`rescompile.spec.unroll` unrolls them."""
+        return any(_templated(name, node) for name, node in self.nodes.items())
+
+
+def _templated(name: str, node: Any) -> bool:
+    reads = node.inputs if isinstance(node, BinarySpec) else (node.input or "",)
+    return (
+        isinstance(node, RepeatSpec | SplitSpec)
+        or node.when is not None
+        or "{" in name
+        or any("{" in value or " if " in value or " for " in value for value in reads)
+    )
 
 
 class StemSpec(PartSpec):

@@ -1,0 +1,259 @@
+"""Unrolling a part's templates for one instance: ``repeat`` groups, ``when`` conditions, ``split``
+nodes and ``{expression}`` placeholders become plain nodes, given the instance's parameters.
+
+A part that uses none of them is returned unchanged. Otherwise the result is an ordinary part,
+checked as the loader checks one (every read names an earlier node, every node is read), whose
+source map places each produced node at the template it came from, so that errors keep pointing
+at the user's lines.
+
+The forms a template may take:
+
+* a node ``{op: repeat, index: i, count: N, start: S, nodes: {...}}``: its nodes ``N`` times,
+  with ``i`` bound to ``S``, ``S + 1``, ... (in expressions, names and reads);
+* ``when: CONDITION`` on any node: the node exists only where the condition holds;
+* ``{expression}`` in a node name or a value read (``convs.{i}``, ``split.{scale - 1}``): the
+  expression's value (an integer or a string) written in its place;
+* a value read written ``A if CONDITION else B``: ``A`` where the condition holds, else ``B``;
+* in ``inputs``, an item written ``VALUE for NAME in range(ARGUMENTS)``: one value per number,
+  as Python's comprehension (``relus.{k} for k in range(scale - 1)``);
+* ``{op: split, parts: P}`` or ``{op: split, sizes: [a, b]}``: one ``channel_slice`` node per part,
+  named ``NAME.0``, ``NAME.1``, ...
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rescompile.spec.errors import RescompileError
+from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
+from rescompile.spec.loader import Loaded, PartKind, check_part_references
+from rescompile.spec.models import (
+    BinarySpec,
+    ChannelSliceSpec,
+    OpSpec,
+    PartSpec,
+    RepeatSpec,
+    SplitSpec,
+)
+from rescompile.spec.yaml_source import SourceMap, YamlPath
+
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+COMPREHENSION = re.compile(r"^(?P<value>.+?) for (?P<name>[A-Za-z_][A-Za-z0-9_]*) in range\((?P<arguments>.*)\)$")
+MAX_UNROLLED_NODES = 10_000
+"""The most nodes one part may unroll to: a repeat count is an expression over parameters."""
+
+
+def instantiate(part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind) -> Loaded[PartSpec]:
+    """The part with its templates unrolled for an instance whose parameters are ``bindings``."""
+    if not part.spec.templated:
+        return part
+    unroller = _Unroller(part, dict(bindings))
+    nodes: dict[str, OpSpec] = {}
+    for name, node, template in unroller.nodes(part.spec.nodes, ("nodes",), {}):
+        if name in nodes:
+            raise RescompileError(
+                f"part '{part.spec.name}' makes node '{name}' twice; give each repetition its own name "
+                "(a placeholder such as convs.{i})",
+                part.source.locate(template, key=True),
+            )
+        nodes[name] = node
+        unroller.origins[name] = template
+        unroller.previous = name
+        if len(nodes) > MAX_UNROLLED_NODES:
+            raise RescompileError(
+                f"part '{part.spec.name}' unrolls to more than {MAX_UNROLLED_NODES:,} nodes; that is the limit",
+                part.source.locate(template, key=True),
+            )
+    if not nodes:
+        raise RescompileError(f"part '{part.spec.name}' has no nodes for these parameters", part.locate("nodes"))
+    spec = part.spec.model_copy(update={"nodes": nodes})
+    unrolled: Loaded[PartSpec] = Loaded(spec, _moved(part.source, unroller.origins), part.extended)
+    check_part_references(unrolled, kind)
+    return unrolled
+
+
+def _moved(source: SourceMap, origins: Mapping[str, YamlPath]) -> SourceMap:
+    """A source map where each produced node's paths are its template's."""
+    values = {path: location for path, location in source.values.items() if path[:1] != ("nodes",)}
+    keys = {path: location for path, location in source.keys.items() if path[:1] != ("nodes",)}
+    for table, original in ((values, source.values), (keys, source.keys)):
+        for name, template in origins.items():
+            for path, location in original.items():
+                if path[: len(template)] == template:
+                    table[("nodes", name, *path[len(template) :])] = location
+        if ("nodes",) in original:
+            table[("nodes",)] = original[("nodes",)]
+    return SourceMap(source.file, values, keys)
+
+
+class _Unroller:
+    def __init__(self, part: Loaded[PartSpec], bindings: dict[str, Value]) -> None:
+        self.part = part
+        self.bindings = bindings
+        self.origins: dict[str, YamlPath] = {}
+        self.previous = "input"
+        """The last node produced: what a node without ``input`` reads."""
+
+    def error(self, message: str, path: YamlPath, key: bool = False) -> RescompileError:
+        return RescompileError(f"part '{self.part.spec.name}': {message}", self.part.source.locate(path, key=key))
+
+    def evaluate(self, expression: Expression, scope: Mapping[str, Value], path: YamlPath) -> Value:
+        try:
+            return expression.evaluate({**self.bindings, **scope})
+        except ExpressionError as error:
+            raise self.error(f"{'.'.join(map(str, path[1:]))} = {expression.text}: {error}", path) from None
+
+    def integer(self, expression: Expression, scope: Mapping[str, Value], path: YamlPath, minimum: int) -> int:
+        value = self.evaluate(expression, scope, path)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(f"{expression.text} gives {value!r}; expected an integer of at least {minimum}", path)
+        return value
+
+    def text(self, template: str, scope: Mapping[str, Value], path: YamlPath, key: bool = False) -> str:
+        """``template`` with every ``{expression}`` replaced by its value."""
+
+        def fill(match: re.Match[str]) -> str:
+            try:
+                value = parse_expression(match.group(1)).evaluate({**self.bindings, **scope})
+            except ExpressionError as error:
+                raise self.error(f"in '{template}': {error}", path, key) from None
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise self.error(f"in '{template}': {{{match.group(1)}}} gives {value!r}; expected an integer or a "
+                                 "string", path, key)
+            return str(value)
+
+        return PLACEHOLDER.sub(fill, template)
+
+    def read(self, value: str, scope: Mapping[str, Value], path: YamlPath) -> str:
+        """A value read: ``A if CONDITION else B`` chooses, then placeholders are filled."""
+        parts = _top_level_split(value, (" if ", " else "))
+        if parts is not None:
+            chosen, condition, other = parts
+            value = chosen if self.evaluate(_parse(condition, self, path), scope, path) else other
+        return self.text(value.strip(), scope, path)
+
+    def reads(self, values: tuple[str, ...], scope: Mapping[str, Value], path: YamlPath) -> tuple[str, ...]:
+        result: list[str] = []
+        for index, value in enumerate(values):
+            match = COMPREHENSION.match(value.strip()) if _top_level_split(value, (" for ",)) else None
+            if match is None:
+                result.append(self.read(value, scope, (*path, index)))
+                continue
+            arguments = _top_level_commas(match["arguments"])
+            bounds = [
+                self.integer(_parse(argument, self, (*path, index)), scope, (*path, index), -(2**31))
+                for argument in arguments
+            ]
+            if not 1 <= len(bounds) <= 2:
+                raise self.error(f"'{value}': range takes a stop, or a start and a stop", (*path, index))
+            for number in range(*bounds):
+                result.append(self.read(match["value"], {**scope, match["name"]: number}, (*path, index)))
+        return tuple(result)
+
+    def nodes(
+        self, nodes: Mapping[str, OpSpec], prefix: YamlPath, scope: dict[str, Value]
+    ) -> Iterator[tuple[str, OpSpec, YamlPath]]:
+        """Each produced node: its name, its plain spec and the path of its template."""
+        for template_name, node in nodes.items():
+            path = (*prefix, template_name)
+            if node.when is not None and not self.evaluate(_bound(node.when, scope), scope, (*path, "when")):
+                continue
+            if isinstance(node, RepeatSpec):
+                start = self.integer(node.start, scope, (*path, "start"), -(2**31))
+                count = self.integer(node.count, scope, (*path, "count"), 0)
+                for number in range(start, start + count):
+                    inner = {**scope, node.index: number}
+                    for index, produced in enumerate(self.nodes(node.nodes, (*path, "nodes"), inner)):
+                        name, spec, origin = produced
+                        if index == 0 and number == start and node.input is not None and _reads_previous(spec):
+                            spec = spec.model_copy(update={"input": self.read(node.input, scope, (*path, "input"))})
+                        yield name, spec, origin
+                continue
+            name = self.text(template_name, scope, path, key=True)
+            yield from self.plain(name, node, path, scope)
+
+    def plain(self, name: str, node: OpSpec, path: YamlPath, scope: dict[str, Value]) -> Iterator[tuple[str, OpSpec, YamlPath]]:
+        update: dict[str, Any] = {"when": None}
+        for field, value in node:
+            if isinstance(value, Expression) and field != "when":
+                update[field] = _bound(value, scope)
+        if isinstance(node, BinarySpec):
+            update["inputs"] = self.reads(node.inputs, scope, (*path, "inputs"))
+        elif node.input is not None:
+            update["input"] = self.read(node.input, scope, (*path, "input"))
+        spec = node.model_copy(update=update)
+        if not isinstance(spec, SplitSpec):
+            yield name, spec, path
+            return
+        if (spec.parts is None) == (spec.sizes is None):
+            raise self.error("a split states either parts (equal parts) or sizes (listed), not both", path)
+        count = self.integer(spec.parts, scope, (*path, "parts"), 1) if spec.parts is not None else len(spec.sizes or ())
+        source = spec.input or self.previous  # every part reads what the split reads
+        start: Expression = parse_expression(0)
+        for index in range(count):
+            size = None if spec.sizes is None else spec.sizes[index]
+            part = ChannelSliceSpec(
+                op="channel_slice", input=source, index=parse_expression(index), parts=spec.parts, start=start, size=size
+            )
+            if size is not None:
+                tree = size.tree if index == 0 else ast.BinOp(start.tree, ast.Add(), size.tree)
+                start = Expression(ast.unparse(tree), tree)
+            yield f"{name}.{index}", part, path
+
+
+def _reads_previous(spec: OpSpec) -> bool:
+    return not isinstance(spec, BinarySpec) and spec.input is None
+
+
+def _bound(expression: Expression, scope: Mapping[str, Value]) -> Expression:
+    """``expression`` with the repeat indices of ``scope`` written as their numbers."""
+    if not scope or not expression.names & set(scope):
+        return expression
+
+    class _Substitute(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.expr:
+            return ast.Constant(scope[node.id]) if node.id in scope else node
+
+    tree = _Substitute().visit(ast.parse(expression.text, mode="eval").body)
+    return Expression(ast.unparse(tree), tree)
+
+
+def _parse(text: str, unroller: _Unroller, path: YamlPath) -> Expression:
+    try:
+        return parse_expression(text)
+    except ExpressionError as error:
+        raise unroller.error(str(error), path) from None
+
+
+def _top_level_commas(text: str) -> list[str]:
+    """``text`` cut at its commas outside parentheses."""
+    pieces, depth, start = [], 0, 0
+    for position, character in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            pieces.append(text[start:position])
+            start = position + 1
+    return [*pieces, text[start:]]
+
+
+def _top_level_split(text: str, separators: tuple[str, ...]) -> list[str] | None:
+    """``text`` cut at ``separators`` in order, outside ``{...}`` placeholders and parentheses; None
+    if one is missing."""
+    pieces: list[str] = []
+    depth, start, position, wanted = 0, 0, 0, list(separators)
+    while position < len(text) and wanted:
+        character = text[position]
+        depth += {"{": 1, "}": -1, "(": 1, ")": -1}.get(character, 0)
+        if depth == 0 and text.startswith(wanted[0], position):
+            pieces.append(text[start:position])
+            position += len(wanted.pop(0))
+            start = position
+            continue
+        position += 1
+    if wanted:
+        return None
+    pieces.append(text[start:])
+    return pieces
