@@ -169,6 +169,11 @@ def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(layer=("nnx.Linear", arguments))
 
 
+def _placeholders(node: SourceNode) -> list[str]:
+    """``{0}``, ``{1}``, ...: one per input, for an expression over a variable number of inputs."""
+    return [f"{{{index}}}" for index in range(len(node.inputs))]
+
+
 def _function(function: str, arguments: dict[str, tuple[str, Attribute]]) -> Lowering:
     """A function applied in ``__call__``, keyword -> (source text, the attribute it writes)."""
     symbolic = any(constant(attribute) is None for _, attribute in arguments.values())
@@ -221,7 +226,7 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": lambda node, in_shape: Lowering(expression="{0} + {1}"),
+    "add": lambda node, in_shape: Lowering(expression=" + ".join(_placeholders(node))),
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
     "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
@@ -244,6 +249,21 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
         layer=("ChannelConv", [render(node.attributes["kernel"]), "rngs=rngs"])
     ),
     "drop_path": lambda node, in_shape: Lowering(layer=("DropPath", [render(node.attributes["rate"]), "rngs=rngs"])),
+    "channel_slice": lambda node, in_shape: _function(
+        "channel_slice", {name: (render(node.attributes[name]), node.attributes[name]) for name in ("start", "stop")}
+    ),
+    # NHWC: channels are the last axis.
+    "concat": lambda node, in_shape: Lowering(
+        expression=f"jnp.concatenate([{', '.join(_placeholders(node))}], axis=-1)"
+    ),
+    "softmax": lambda node, in_shape: _function(
+        "channel_softmax",
+        {
+            name: (render(node.attributes[name]), node.attributes[name])
+            for name, default in (("over", None), ("groups", 1), ("transpose", False))
+            if default is None or not is_default(node.attributes[name], default)
+        },
+    ),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 
@@ -354,6 +374,19 @@ DROP_PATH_CLASS = '''class DropPath(nnx.Module):
             return x
         return x * (self.keep_mask(x) / (1 - self.rate))'''
 
+CHANNEL_SLICE_FUNCTION = '''def channel_slice(x: jax.Array, start: int, stop: int) -> jax.Array:
+    """Channels ``start:stop`` (the last axis, NHWC): one part of a split along channels."""
+    return x[..., start:stop]'''
+
+CHANNEL_SOFTMAX_FUNCTION = '''\
+def channel_softmax(x: jax.Array, over: int, groups: int = 1, transpose: bool = False) -> jax.Array:
+    """A softmax across groups of channels: the channels viewed as (groups, over, rest) and normalised
+    across ``over``; with ``transpose`` laid out as (over, groups, rest), as timm's RadixSoftmax."""
+    normalised = jax.nn.softmax(x.reshape(*x.shape[:-1], groups, over, -1), axis=-2)
+    if transpose:
+        normalised = jnp.swapaxes(normalised, -3, -2)
+    return normalised.reshape(x.shape)'''
+
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
     "pad": PAD_FUNCTION,
@@ -361,6 +394,8 @@ HELPER_FUNCTIONS = {
     "blur_pool": BLUR_POOL_FUNCTION,
     "channel_conv": CHANNEL_CONV_CLASS,
     "drop_path": DROP_PATH_CLASS,
+    "channel_slice": CHANNEL_SLICE_FUNCTION,
+    "softmax": CHANNEL_SOFTMAX_FUNCTION,
 }
 
 # Pool kind -> the generated function lowering it with ceil_mode, and that function's source.

@@ -39,6 +39,7 @@ from rescompile.compiler.ir import (
     BatchNorm,
     BlurPool,
     ChannelConv,
+    ChannelSlice,
     Conv,
     Graph,
     GroupNorm,
@@ -49,6 +50,7 @@ from rescompile.compiler.ir import (
     Pad,
     PadChannels,
     Padding,
+    Softmax,
     Subsample,
 )
 from rescompile.compiler.ops import binomial_filter
@@ -421,7 +423,8 @@ def _linear(builder: _Builder, site: Site) -> None:
 
 
 def _add(builder: _Builder, site: Site) -> None:
-    builder.node("Add", list(site.inputs), site)
+    # Add for two values (it broadcasts, harmlessly: the IR's shapes are equal); Sum for more.
+    builder.node("Add" if len(site.inputs) == 2 else "Sum", list(site.inputs), site)
 
 
 def _sigmoid(builder: _Builder, site: Site) -> None:
@@ -469,6 +472,37 @@ def _pad_channels(builder: _Builder, site: Site) -> None:
     builder.node("Pad", [site.inputs[0], pads], site, mode="constant")
 
 
+def _channel_slice(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, ChannelSlice)
+    constants = {"starts": [op.start], "ends": [op.stop], "axes": [1]}
+    inputs = [builder.tensor(f"{site.name}.{key}", np.array(value, np.int64)) for key, value in constants.items()]
+    builder.node("Slice", [site.inputs[0], *inputs], site)
+
+
+def _concat(builder: _Builder, site: Site) -> None:
+    builder.node("Concat", list(site.inputs), site, axis=1)
+
+
+def _softmax(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, Softmax)
+    channels, height, width = site.node.in_shapes[0]
+    # (batch, groups, over, rest·H·W), then ``over`` made the last axis, where Softmax means the
+    # same in every opset (before 13 it normalises over every axis from ``axis`` on).
+    grouped = _reshape(builder, site.inputs[0], [0, op.groups, op.over, -1], f"{site.name}.grouped")
+    last = f"{site.name}.over_last"
+    builder.model.graph.node.append(helper.make_node("Transpose", [grouped], [last], name=last, perm=[0, 1, 3, 2]))
+    normalised = f"{site.name}.normalised"
+    builder.model.graph.node.append(helper.make_node("Softmax", [last], [normalised], name=normalised, axis=3))
+    ordered = f"{site.name}.ordered"
+    # Back to (batch, groups, over, rest) or, transposed, (batch, over, groups, rest).
+    perm = [0, 3, 1, 2] if op.transpose else [0, 1, 3, 2]
+    builder.model.graph.node.append(helper.make_node("Transpose", [normalised], [ordered], name=ordered, perm=perm))
+    shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, height, width], np.int64))
+    builder.node("Reshape", [ordered, shape], site)
+
+
 Emitter = Callable[[_Builder, Site], None]
 EMITTERS: dict[str, Emitter] = {
     "conv": _conv,
@@ -489,6 +523,9 @@ EMITTERS: dict[str, Emitter] = {
     "blur_pool": _blur_pool,
     "channel_conv": _channel_conv,
     "drop_path": _drop_path,
+    "channel_slice": _channel_slice,
+    "concat": _concat,
+    "softmax": _softmax,
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
 

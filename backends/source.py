@@ -370,8 +370,13 @@ class ShortcutClass:
 def _derived(definition: Definition) -> dict[str, str]:
     """The derived values a class computes: those its nodes or later kept values read (a value
     only a ``when`` or a placeholder read was spent unrolling the class)."""
-    read = {name for node in definition.nodes for _, value in node.attributes if isinstance(value, Expression)
-            for name in value.names}
+    read = {
+        name
+        for node in definition.nodes
+        for _, value in node.attributes
+        if isinstance(value, Expression)
+        for name in value.names
+    }
     kept: dict[str, str] = {}
     for name, expression in reversed(definition.derived):
         if name in read:

@@ -247,7 +247,11 @@ CHANNEL_SOFTMAX_CLASS = '''class ChannelSoftmax(nn.Module):
 
 def _channel_softmax(node: SourceNode) -> Layer:
     a = node.attributes
-    arguments = [render(a["over"]), *_optional("groups", a["groups"], 1), *_optional("transpose", a["transpose"], False)]
+    arguments = [
+        render(a["over"]),
+        *_optional("groups", a["groups"], 1),
+        *_optional("transpose", a["transpose"], False),
+    ]
     return ("ChannelSoftmax", arguments)
 
 

@@ -26,7 +26,6 @@ from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeEr
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts
-from rescompile.spec.unroll import instantiate
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -39,6 +38,7 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
 )
+from rescompile.spec.unroll import instantiate
 from rescompile.spec.yaml_source import YamlPath
 
 MAX_BLOCKS = 10_000
@@ -92,6 +92,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
             block = instantiate(block, bindings, "blocks")
+            assert isinstance(block.spec, BlockSpec)
             instances.append((len(modules), first, block))
             path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
@@ -191,10 +192,12 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
             if number > 0:
                 only_first = all(firsts) and sum(all(other[1]) for other in kinds[1:]) == 1
                 new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
-            renamed.append(block if new_name == name else Loaded(
-                block.spec.model_copy(update={"name": new_name}), block.source, block.extended
-            ))
-        for first, block in uses:
+            renamed.append(
+                block
+                if new_name == name
+                else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
+            )
+        for _, block in uses:
             position = next(index for index, kind in enumerate(kinds) if kind[0] == block.spec.nodes)
             chosen[id(block)] = renamed[position]
     return chosen

@@ -24,6 +24,8 @@ from rescompile.compiler.ops import (
     BatchNorm,
     BlurPool,
     ChannelConv,
+    ChannelSlice,
+    Concat,
     Conv,
     DropPath,
     Flatten,
@@ -38,6 +40,7 @@ from rescompile.compiler.ops import (
     Pair,
     Relu,
     Shape,
+    Softmax,
     Subsample,
 )
 from rescompile.spec.errors import Location
@@ -55,6 +58,8 @@ __all__ = [
     "BatchNorm",
     "BlurPool",
     "ChannelConv",
+    "ChannelSlice",
+    "Concat",
     "Conv",
     "Definition",
     "DefinitionRole",
@@ -75,6 +80,7 @@ __all__ = [
     "Pair",
     "Relu",
     "Shape",
+    "Softmax",
     "Subsample",
     "SymbolicNode",
 ]

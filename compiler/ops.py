@@ -724,9 +724,9 @@ class ChannelSlice(OpBase):
             number = index.evaluate({})
             assert isinstance(number, int)
             return {"start": _times(index, size), "stop": _times(parse_expression(number + 1), size)}, size
-        start, size = attributes["start"], attributes["size"]
-        assert isinstance(start, Expression) and isinstance(size, Expression)
-        return {"start": start, "stop": size if _is_zero(start) else _plus(start, size)}, size
+        first, count = attributes["start"], attributes["size"]
+        assert isinstance(first, Expression) and isinstance(count, Expression)
+        return {"start": first, "stop": count if _is_zero(first) else _plus(first, count)}, count
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)

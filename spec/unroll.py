@@ -121,8 +121,9 @@ class _Unroller:
             except ExpressionError as error:
                 raise self.error(f"in '{template}': {error}", path, key) from None
             if isinstance(value, bool) or not isinstance(value, int | str):
-                raise self.error(f"in '{template}': {{{match.group(1)}}} gives {value!r}; expected an integer or a "
-                                 "string", path, key)
+                raise self.error(
+                    f"in '{template}': {{{match.group(1)}}} gives {value!r}; expected an integer or a string", path, key
+                )
             return str(value)
 
         return PLACEHOLDER.sub(fill, template)
@@ -175,7 +176,9 @@ class _Unroller:
             name = self.text(template_name, scope, path, key=True)
             yield from self.plain(name, node, path, scope)
 
-    def plain(self, name: str, node: OpSpec, path: YamlPath, scope: dict[str, Value]) -> Iterator[tuple[str, OpSpec, YamlPath]]:
+    def plain(
+        self, name: str, node: OpSpec, path: YamlPath, scope: dict[str, Value]
+    ) -> Iterator[tuple[str, OpSpec, YamlPath]]:
         update: dict[str, Any] = {"when": None}
         for field, value in node:
             if isinstance(value, Expression) and field != "when":
@@ -190,13 +193,20 @@ class _Unroller:
             return
         if (spec.parts is None) == (spec.sizes is None):
             raise self.error("a split states either parts (equal parts) or sizes (listed), not both", path)
-        count = self.integer(spec.parts, scope, (*path, "parts"), 1) if spec.parts is not None else len(spec.sizes or ())
+        count = (
+            self.integer(spec.parts, scope, (*path, "parts"), 1) if spec.parts is not None else len(spec.sizes or ())
+        )
         source = spec.input or self.previous  # every part reads what the split reads
         start: Expression = parse_expression(0)
         for index in range(count):
             size = None if spec.sizes is None else spec.sizes[index]
             part = ChannelSliceSpec(
-                op="channel_slice", input=source, index=parse_expression(index), parts=spec.parts, start=start, size=size
+                op="channel_slice",
+                input=source,
+                index=parse_expression(index),
+                parts=spec.parts,
+                start=start,
+                size=size,
             )
             if size is not None:
                 tree = size.tree if index == 0 else ast.BinOp(start.tree, ast.Add(), size.tree)
