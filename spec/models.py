@@ -302,10 +302,10 @@ class ChannelSliceSpec(OpBase):
     ``size`` channels from ``start``."""
 
     op: Literal["channel_slice"]
-    index: Expr = parse_expression(0)
-    parts: Expr | None = None
-    start: Expr = parse_expression(0)
-    size: Expr | None = None
+    index: Expr = Field(default=parse_expression(0), description="Which of the equal parts (from 0).")
+    parts: Expr | None = Field(default=None, description="How many equal parts the channels are cut into.")
+    start: Expr = Field(default=parse_expression(0), description="Without parts: the first channel taken.")
+    size: Expr | None = Field(default=None, description="Without parts: how many channels are taken.")
 
 
 class ConcatSpec(BinarySpec):
@@ -365,6 +365,8 @@ OpSpec = Annotated[
     Field(discriminator="op"),
 ]
 RepeatSpec.model_rebuild()
+TEMPLATE_OPS = ("split", "repeat")
+"""Spec ops that are not IR ops: :mod:`rescompile.spec.unroll` writes them as IR ops' nodes."""
 
 
 class PartSpec(StrictModel):

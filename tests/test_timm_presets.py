@@ -40,6 +40,7 @@ TIMM_PRESETS = [
     "ecaresnet50d",
     "resnetv2_50",
     "resnetv2_50x1_bit",
+    "res2net50_26w_4s",
 ]
 OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the

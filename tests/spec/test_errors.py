@@ -141,8 +141,8 @@ CASES = {
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, blur_pool, channel_conv, conv, drop_path, flatten, global_average_pool, group_norm, linear, "
-        "max_pool, mul, pad, pad_channels, relu, sigmoid, subsample",
+        "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, global_average_pool, "
+        "group_norm, linear, max_pool, mul, pad, pad_channels, relu, repeat, sigmoid, softmax, split, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
@@ -397,10 +397,10 @@ CASES = {
             "  add: {op: add, inputs: [input, shortcut]}\n"
         },
         "blocks/mine.yaml:2:14: parameter name 'make_divisible' must be a Python-style identifier (ASCII letters, "
-        "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, BlurPool, ChannelConv, DropPath, F, "
-        "PadChannels, ResNet, StdConv2d, Subsample, abs, blur_pool, conv_init, int, jax, jnp, linear_init, log2, "
-        "make_divisible, math, max, min, nn, nnx, out, pad, pad_channels, partial, rngs, round, self, shortcut, "
-        "standardized_conv, subsample, super, torch, x",
+        "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, BlurPool, ChannelConv, ChannelSlice, "
+        "ChannelSoftmax, DropPath, F, PadChannels, ResNet, StdConv2d, Subsample, abs, blur_pool, channel_slice, "
+        "channel_softmax, conv_init, int, jax, jnp, linear_init, log2, make_divisible, math, max, min, nn, nnx, out, "
+        "pad, pad_channels, partial, rngs, round, self, shortcut, standardized_conv, subsample, super, torch, x",
     ),
     "unknown_function": (
         network(("block: basic", "block: mine")),

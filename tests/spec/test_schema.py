@@ -15,6 +15,7 @@ from rescompile.cli import main
 from rescompile.compiler.ops import OP_TYPES
 from rescompile.spec import RescompileError, builtin_directory
 from rescompile.spec.loader import load_network
+from rescompile.spec.models import TEMPLATE_OPS
 from rescompile.spec.schema import FOLDERS, KINDS, file_name, json_schema, modeline, op_names, schema_text
 
 SCHEMAS = builtin_directory() / "schemas"
@@ -78,7 +79,8 @@ def test_every_key_has_a_description_and_op_is_an_enum_of_the_op_table() -> None
 
     for kind in KINDS:
         assert undescribed(json_schema(kind), kind) == []
-    assert set(op_names()) == {op.kind for op in OP_TYPES}
+    # Every IR op, and the template forms that unroll into IR ops (spec/unroll.py).
+    assert set(op_names()) == {op.kind for op in OP_TYPES} | set(TEMPLATE_OPS)
     op = json_schema("block")["properties"]["nodes"]["additionalProperties"]["properties"]["op"]
     assert op["enum"] == op_names()
 
