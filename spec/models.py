@@ -212,13 +212,15 @@ class LinearSpec(OpBase):
 class BinarySpec(ConditionalSpec):
     """An op of several values, named in ``inputs`` (no ``input``: none is implied)."""
 
-    inputs: tuple[str, ...] = Field(min_length=2, description="The values it reads.")
+    inputs: tuple[str, ...] = Field(
+        min_length=1, description="The values it reads (an item 'VALUE for i in range(N)' stands for N of them)."
+    )
 
 
 class AddSpec(BinarySpec):
     op: Literal["add"]
     inputs: tuple[str, ...] = Field(
-        min_length=2,
+        min_length=1,
         description="The values to add (two or more, of one shape); 'shortcut' names the block's shortcut, in a "
         "residual add of two values.",
     )

@@ -228,7 +228,9 @@ def _bound(expression: Expression, scope: Mapping[str, Value]) -> Expression:
             return ast.Constant(scope[node.id]) if node.id in scope else node
 
     tree = _Substitute().visit(ast.parse(expression.text, mode="eval").body)
-    return Expression(ast.unparse(tree), tree)
+    substituted = Expression(ast.unparse(tree), tree)
+    # A value of the index alone (padding: p + 1) is written as its number.
+    return substituted if substituted.names else parse_expression(substituted.evaluate({}))
 
 
 def _parse(text: str, unroller: _Unroller, path: YamlPath) -> Expression:
