@@ -42,6 +42,7 @@ TIMM_PRESETS = [
     "resnetv2_50x1_bit",
     "res2net50_26w_4s",
     "skresnet18",
+    "resnest50d",
 ]
 OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
