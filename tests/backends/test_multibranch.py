@@ -1,0 +1,220 @@
+"""Multi-branch blocks (issue 11): the ops ``split`` (``channel_slice``), ``concat``, ``softmax`` and
+the sum of several branches, and the templates that write them (``repeat``, ``when``,
+placeholders, comprehensions). Variants the presets do not cover are compared with timm at small
+sizes: Res2Net at two scales and as Res2NeXt, ResNeSt with cardinality 2 and radix 4 (where the
+radix softmax's transposed layout matters), and across every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rescompile.backends import torch_backend
+from rescompile.check import assert_backends_agree
+from rescompile.compiler import compile_spec, cost
+from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
+from rescompile.spec.errors import RescompileError
+from rescompile.testing import assert_close, count_macs, randomise_normalisation
+
+SIZE = 64
+
+
+def softmax_reference(values: np.ndarray, over: int, groups: int, transpose: bool) -> np.ndarray:
+    """The stated semantics, by hand: channels viewed as (groups, over, rest), normalised across
+    ``over``, laid out (over, groups, rest) when transposed."""
+    batch, channels, height, width = values.shape
+    viewed = values.reshape(batch, groups, over, channels // (groups * over), height, width).astype(np.float64)
+    exponentials = np.exp(viewed - viewed.max(axis=2, keepdims=True))
+    normalised = exponentials / exponentials.sum(axis=2, keepdims=True)
+    if transpose:
+        normalised = normalised.transpose(0, 2, 1, 3, 4, 5)
+    return normalised.reshape(values.shape)
+
+
+def test_shape_rules_of_the_new_ops() -> None:
+    assert ChannelSlice(26, 52).output_shape(((104, 5, 5),)) == (26, 5, 5)
+    assert Concat().output_shape(((26, 5, 5), (26, 5, 5), (52, 5, 5))) == (104, 5, 5)
+    assert Softmax(over=2, groups=2, transpose=True).output_shape(((12, 1, 1),)) == (12, 1, 1)
+    with pytest.raises(ShapeError, match="not a part"):
+        ChannelSlice(100, 110).output_shape(((104, 5, 5),))
+    with pytest.raises(ShapeError, match="one height and width"):
+        Concat().output_shape(((26, 5, 5), (26, 3, 3)))
+    with pytest.raises(ShapeError, match="divisible by 6"):
+        Softmax(over=3, groups=2, transpose=False).output_shape(((8, 1, 1),))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_generated_softmax_is_the_stated_semantics(transpose: bool) -> None:
+    values = np.random.default_rng(0).standard_normal((2, 24, 3, 2)).astype(np.float32)
+    namespace: dict[str, object] = {}
+    exec(torch_backend.CHANNEL_SOFTMAX_CLASS, {"torch": torch, "nn": torch.nn}, namespace)
+    layer = namespace["ChannelSoftmax"](3, 2, transpose)  # type: ignore[operator]
+    actual = layer(torch.from_numpy(values)).numpy()
+    assert_close(actual, softmax_reference(values, 3, 2, transpose), tolerance="same_framework", what="softmax")
+
+
+def test_timms_radix_softmax_is_the_transposed_softmax() -> None:
+    values = np.random.default_rng(1).standard_normal((2, 24, 1, 1)).astype(np.float32)
+    radix_softmax = timm.layers.split_attn.RadixSoftmax(radix=4, cardinality=2)
+    expected = radix_softmax(torch.from_numpy(values)).reshape(values.shape).numpy()
+    assert_close(softmax_reference(values, 4, 2, True), expected, tolerance="same_framework", what="rsoftmax")
+
+
+def test_the_new_ops_cost_no_macs_as_torchs_counter_counts_them() -> None:
+    values = torch.randn(1, 8, 4, 4)
+    namespace: dict[str, object] = {}
+    exec(torch_backend.CHANNEL_SOFTMAX_CLASS, {"torch": torch, "nn": torch.nn}, namespace)
+    with FlopCounterMode(display=False) as counter:
+        torch.cat([values[:, :4], values[:, 4:]], 1)
+        namespace["ChannelSoftmax"](2)(values)  # type: ignore[operator]
+        values + values + values
+    assert counter.get_total_flops() == 0
+    assert ChannelSlice(0, 4).macs(((8, 4, 4),), (4, 4, 4)) == 0
+    assert Softmax(2, 1, False).macs(((8, 4, 4),), (8, 4, 4)) == 0
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "skresnet18", "resnest50d"])
+def test_macs_equal_forward_hook_counts_on_timms_module(name: str) -> None:
+    reference = timm.create_model(name, pretrained=False)
+    assert count_macs(reference.eval(), torch.zeros(1, 3, SIZE, SIZE)) == cost(compile_spec(name, size=SIZE)).macs
+
+
+VARIANTS = {
+    # A name for the test, the built-in it extends with overrides, timm's model and its overrides.
+    "res2net_48w_2s": (
+        "res2net50_26w_4s",
+        "block_parameters: {base_width: 48, scale: 2}",
+        "res2net50_48w_2s",
+        {"layers": [2, 1, 1, 1]},
+    ),
+    "res2next_8x4_4s": (
+        "res2net50_26w_4s",
+        "block_parameters: {base_width: 4, cardinality: 8, scale: 4}",
+        "res2next50",
+        {"layers": [2, 1, 1, 1]},
+    ),
+    "resnest_2x40_4s_avd_first": (
+        "resnest50d",
+        "block_parameters: {radix: 4, cardinality: 2, base_width: 40, avd_first: true}",
+        "resnest14d",
+        {
+            "layers": [2, 1, 1, 1],
+            "cardinality": 2,
+            "base_width": 40,
+            "block_args": {"radix": 4, "avd": True, "avd_first": True},
+        },
+    ),
+}
+STAGES = """stages:
+  - {depth: 2, width: 64}
+  - {depth: 1, width: 128, stride: 2}
+  - {depth: 1, width: 256, stride: 2}
+  - {depth: 1, width: 512, stride: 2}
+"""
+
+
+def variant(tmp_path: Path, key: str) -> Path:
+    base, overrides, _, _ = VARIANTS[key]
+    path = tmp_path / f"{key}.yaml"
+    path.write_text(f"name: {key}\nextends: {base}\n{overrides}\n{STAGES}")
+    return path
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_variants_written_by_parameters_are_timms(tmp_path: Path, key: str) -> None:
+    _, _, timm_name, timm_overrides = VARIANTS[key]
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name, pretrained=False, **timm_overrides)
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(variant(tmp_path, key), size=SIZE)
+    model = torch_backend.build_module(graph)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    assert count_macs(reference.eval(), torch.zeros(1, 3, SIZE, SIZE)) == cost(graph).macs
+    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    for mode in ("eval", "train"):
+        with torch.no_grad():
+            expected = getattr(reference, mode)()(inputs)
+            actual = getattr(model, mode)()(inputs)
+        assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{key} {mode}")
+
+
+SMALL_RESNEST = """name: small_resnest
+input: {channels: 3, size: 11}
+stem: cifar
+stem_parameters: {width: 8}
+block: resnest_bottleneck
+block_parameters: {radix: 4, cardinality: 2, avd_first: true}
+shortcut: {where_shapes_match: identity, where_shapes_change: avg_down}
+stages:
+  - {depth: 1, width: 8}
+  - {depth: 1, width: 16, stride: 2}
+head: classifier
+head_parameters: {classes: 3}
+"""
+
+
+def test_the_transposed_radix_softmax_agrees_in_every_backend(tmp_path: Path) -> None:
+    (tmp_path / "net.yaml").write_text(SMALL_RESNEST)
+    assert_backends_agree(compile_spec(tmp_path / "net.yaml"))
+
+
+def test_first_blocks_unroll_to_classes_of_their_own() -> None:
+    source = torch_backend.emit_source(compile_spec("res2net50_26w_4s", size=SIZE))
+    assert "class Bottle2neckBlock(nn.Module)" in source
+    assert "class Bottle2neckFirstBlock(nn.Module)" in source
+    assert "first_block=Bottle2neckFirstBlock" in source
+
+
+BLOCK = """name: branches
+parameters: {paths: 2}
+out_channels: width
+nodes:
+  split: {op: split, parts: paths}
+  each:
+    op: repeat
+    index: p
+    count: paths
+    nodes:
+      convs.{p}: {op: conv, input: "split.{p}", out_channels: width // paths, kernel: 3, padding: 1}
+  concat: {op: concat, inputs: ["convs.{p} for p in range(paths)"]}
+  extra: {op: relu, input: concat, when: paths > 2}
+  add: {op: add, inputs: [READ, shortcut]}
+"""
+NETWORK = """name: net
+input: {channels: 3, size: 9}
+stem: cifar
+stem_parameters: {width: 8}
+block: branches
+shortcut: B
+stages:
+  - {depth: 1, width: 8}
+head: classifier
+head_parameters: {classes: 3}
+"""
+
+
+def test_reading_a_node_that_a_when_removed_is_a_located_error(tmp_path: Path) -> None:
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "branches.yaml").write_text(BLOCK.replace("READ", "extra"))
+    (tmp_path / "net.yaml").write_text(NETWORK)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(tmp_path / "net.yaml")
+    assert "branches.yaml:14:" in str(raised.value)  # the add's line
+    assert "reads 'extra', which is not an earlier node" in str(raised.value)
+
+
+def test_a_repeat_and_a_split_unroll_to_named_nodes(tmp_path: Path) -> None:
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "branches.yaml").write_text(BLOCK.replace("READ", "concat"))
+    (tmp_path / "net.yaml").write_text(NETWORK)
+    block = compile_spec(tmp_path / "net.yaml").blocks[0]
+    assert [node.name for node in block.nodes] == ["split.0", "split.1", "convs.0", "convs.1", "concat", "add"]
+    assert block.nodes[2].inputs == ("split.0",)
+    assert [node.op for node in block.nodes[:2]] == [ChannelSlice(0, 4), ChannelSlice(4, 8)]
