@@ -2,7 +2,8 @@
 the sum of several branches, and the templates that write them (``repeat``, ``when``,
 placeholders, comprehensions). Variants the presets do not cover are compared with timm at small
 sizes: Res2Net at two scales and as Res2NeXt, ResNeSt with cardinality 2 and radix 4 (where the
-radix softmax's transposed layout matters), and across every backend."""
+radix softmax's transposed layout matters) and with radix 1 (a sigmoid gate), SK-ResNeXt (the
+selective-kernel bottleneck, grouped paths reading the whole input), and across every backend."""
 
 from __future__ import annotations
 
@@ -96,6 +97,24 @@ VARIANTS = {
         "res2net50_26w_4s",
         "block_parameters: {base_width: 4, cardinality: 8, scale: 4}",
         "res2next50",
+        {"layers": [2, 1, 1, 1]},
+    ),
+    "resnest_4x24_1s_avd_first": (
+        "resnest50d",
+        "block_parameters: {radix: 1, cardinality: 4, base_width: 24, avd_first: true}",
+        "resnest14d",
+        {
+            "layers": [2, 1, 1, 1],
+            "cardinality": 4,
+            "base_width": 24,
+            "block_args": {"radix": 1, "avd": True, "avd_first": True},
+        },
+    ),
+    "skresnext_32x4d": (
+        "skresnet18",
+        "block: selective_kernel_bottleneck\nblock_parameters: {cardinality: 32, base_width: 4, split_input: false, "
+        "attention_ratio: 0.0625, attention_divisor: 32}",
+        "skresnext50_32x4d",
         {"layers": [2, 1, 1, 1]},
     ),
     "resnest_2x40_4s_avd_first": (
