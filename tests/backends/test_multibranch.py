@@ -7,6 +7,7 @@ selective-kernel bottleneck, grouped paths reading the whole input), and across 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,44 @@ def test_a_repeat_and_a_split_unroll_to_named_nodes(tmp_path: Path) -> None:
     assert [node.name for node in block.nodes] == ["split.0", "split.1", "convs.0", "convs.1", "concat", "add"]
     assert block.nodes[2].inputs == ("split.0",)
     assert [node.op for node in block.nodes[:2]] == [ChannelSlice(0, 4), ChannelSlice(4, 8)]
+
+
+LISTED = """name: listed
+out_channels: width
+nodes:
+  parts: {op: split, sizes: [2, width - 2]}
+  narrow: {op: conv, input: parts.0, out_channels: 2, kernel: 1}
+  wide: {op: conv, input: parts.1, out_channels: width - 2, kernel: 3, padding: 1}
+  joined: {op: concat, inputs: [narrow, wide]}
+  add: {op: add, inputs: [joined, shortcut]}
+"""
+
+
+def test_a_split_into_listed_sizes_agrees_in_every_backend(tmp_path: Path) -> None:
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "listed.yaml").write_text(LISTED)
+    (tmp_path / "net.yaml").write_text(NETWORK.replace("block: branches", "block: listed"))
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [node.op for node in graph.blocks[0].nodes[:2]] == [ChannelSlice(0, 2), ChannelSlice(2, 8)]
+    assert_backends_agree(graph)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("parts: paths}", "parts: paths, sizes: [4, 4]}", "a split states either parts (equal parts) or sizes"),
+        ('input: "split.{p}"', 'input: "split.{p / 2}"', "gives 0.0; expected an integer or a string"),
+        ("count: paths", "count: paths - 3", "gives -1; expected an integer of at least 0"),
+        ("when: paths > 2", "when: widht > 2", "unknown name 'widht'"),
+    ],
+)
+def test_template_mistakes_are_located_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
+    block = BLOCK.replace("READ", "concat")
+    assert old in block
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "branches.yaml").write_text(block.replace(old, new))
+    (tmp_path / "net.yaml").write_text(NETWORK)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(tmp_path / "net.yaml")
+    assert message in str(raised.value)
+    assert re.match(r"\S*blocks/branches\.yaml:\d+:\d+: ", str(raised.value))  # located in the block file
