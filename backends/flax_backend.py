@@ -20,6 +20,7 @@ flax's names and momentum convention but torch's training semantics, updating ``
 from __future__ import annotations
 
 import functools
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,8 +32,10 @@ from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_n
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
+    CLASS_KIND,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
+    ContainerClass,
     ShortcutClass,
     SourceNode,
     StageCall,
@@ -41,6 +44,8 @@ from rescompile.backends.source import (
     block_index_arguments,
     block_type,
     constant,
+    container_classes,
+    docstring_text,
     function_helpers,
     instance_nodes,
     is_default,
@@ -407,6 +412,10 @@ CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CE
 
 
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
+    if node.kind == CLASS_KIND:
+        class_attribute = node.attributes["class"]
+        assert isinstance(class_attribute, str)
+        return Lowering(layer=(class_attribute, [*node.class_arguments, "rngs=rngs"]))
     emitter = EMITTERS.get(node.kind)
     if emitter is None:
         raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")
@@ -480,7 +489,31 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
 
 
 def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv", "drop_path") for node in nodes)
+    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv", "drop_path", CLASS_KIND) for node in nodes)
+
+
+def _container_source(container: ContainerClass) -> tuple[str, list[str]]:
+    """A container of a block's nodes as a class of its own (``SplitAttn``), and its init lines.
+    It always takes ``rngs``, as the blocks' constructors pass it."""
+    lowerings = _class_lowerings(container.nodes)
+    parameters = [f"{name}: {type(value).__name__}" for name, value in container.parameters.items()]
+    signature = wrap_call("def __init__", ["self", *parameters, "*", "rngs: nnx.Rngs"], 4, " -> None:")
+    body = _init_lines(container.nodes, lowerings) or ["pass"]
+    call = [*_call_lines(container.nodes, lowerings), f"return {container.nodes[-1].output}"]
+    docstring = f'"""{docstring_text(container.prefix)} of block \'{docstring_text(container.block)}\'."""'
+    source = "\n".join(
+        [
+            f"class {container.name}(nnx.Module):",
+            f"    {docstring}",
+            "",
+            textwrap.indent(signature, "    "),
+            *(textwrap.indent(line, " " * 8) for line in body),
+            "",
+            "    def __call__(self, x: jax.Array) -> jax.Array:",
+            *(textwrap.indent(line, " " * 8) for line in call),
+        ]
+    )
+    return source, body
 
 
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
@@ -540,7 +573,9 @@ def emit_source(graph: Graph) -> str:
                 "zero_init": [attribute_access(path) for path in block.zero_init],
             }
         )
+    containers = [_container_source(container) for container in container_classes(blocks)]
     stored_lines = [line for view in block_views for line in view["init_lines"]]
+    stored_lines += [line for _, body in containers for line in body]
     stored_lines += [line for view in shortcuts for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
@@ -576,7 +611,8 @@ def emit_source(graph: Graph) -> str:
         helpers=function_helpers(graph)
         + [HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used]
         + ceil_helpers
-        + ([STANDARDIZED_CONV_FUNCTION] if standardized else []),
+        + ([STANDARDIZED_CONV_FUNCTION] if standardized else [])
+        + [source for source, _ in containers],
         indexed=indexed,
         uses_partial=any("partial(" in line for line in stored_lines),
         uses_linear="linear" in kinds_used or "channel_conv" in kinds_used,

@@ -80,6 +80,27 @@ class SourceNode:
     sole_reader: bool
     """True when nothing but this node reads its (single) input, and the input is not the class
     input: an in-place activation is then safe."""
+    class_arguments: tuple[str, ...] = ()
+    """For a :data:`CLASS_KIND` node: the constructor's keyword arguments (``radix=radix``)."""
+
+
+CLASS_KIND = "class"
+"""The kind of a :class:`SourceNode` standing for a container of a block's nodes written as a class
+of its own (a block's ``classes``): its ``attributes["class"]`` is the class name."""
+
+
+@dataclass(frozen=True)
+class ContainerClass:
+    """A container of a block's nodes (``conv2``) as a class of its own (``SplitAttn``): its nodes,
+    named inside it (``conv``, ``fc1``), reading its one input as ``x``."""
+
+    name: str
+    block: str
+    """The block type it was written from (for its docstring)."""
+    prefix: str
+    nodes: list[SourceNode]
+    parameters: dict[str, Value]
+    """Its constructor's parameters (the names its attributes read), each with a value of its type."""
 
 
 def class_name(part_name: str, suffix: str) -> str:
@@ -346,6 +367,8 @@ class BlockClass:
     """Derived values as source text, computed first in the constructor."""
     shortcut_source: str
     """The Python variable the shortcut module reads: ``x`` (the block input) or a node's."""
+    classes: list[ContainerClass] = field(default_factory=list)
+    """Its containers written as classes of their own; ``nodes`` holds one :data:`CLASS_KIND` node each."""
 
     @property
     def python_name(self) -> str:
@@ -407,9 +430,14 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
+        containers: list[ContainerClass] = []
+        for prefix, name in definition.classes:
+            container, source = _container(graph, definition, prefix, name, nodes, source)
+            containers.append(container)
         classes.append(
             BlockClass(
                 definition=definition,
+                classes=containers,
                 nodes=source,
                 parameters=parameters,
                 shortcut_attribute=attribute,
@@ -419,6 +447,84 @@ def block_classes(graph: Graph) -> list[BlockClass]:
             )
         )
     return classes
+
+
+def _container(
+    graph: Graph, definition: Definition, prefix: str, name: str, nodes: list[SymbolicNode], source: list[SourceNode]
+) -> tuple[ContainerClass, list[SourceNode]]:
+    """The container ``prefix`` of a block written as class ``name``, and the block's source nodes
+    with the container's run of nodes replaced by one :data:`CLASS_KIND` node."""
+    inside = [index for index, node in enumerate(nodes) if node.name.startswith(f"{prefix}.")]
+    where = f"block '{definition.name}': classes.{prefix}"
+    if not inside or inside != list(range(inside[0], inside[-1] + 1)):
+        raise RescompileError(f"{where}: its nodes ({prefix}.*) must be consecutive, and there must be some")
+    names = {nodes[index].name for index in inside}
+    outside = sorted({value for index in inside for value in nodes[index].inputs if value not in names})
+    last = nodes[inside[-1]].name
+    leaks = {value for node in nodes if node.name not in names for value in node.inputs} & (names - {last})
+    if len(outside) != 1 or outside[0] == SHORTCUT_VARIABLE or leaks or definition.shortcut_input in names - {last}:
+        raise RescompileError(
+            f"{where}: a class reads one value from outside it ({', '.join(outside)}) and only its last node "
+            f"({last}) is read from outside it"
+        )
+    start = len(prefix) + 1
+    inner = [
+        SymbolicNode(
+            node.name[start:],
+            node.kind,
+            node.attributes,
+            tuple(value[start:] if value in names else MODULE_INPUT for value in node.inputs),
+            node.source,
+        )
+        for node in (nodes[index] for index in inside)
+    ]
+    read = sorted(
+        {n for node in inner for _, value in node.attributes if isinstance(value, Expression) for n in value.names}
+    )
+    values = _definition_values(graph, definition)
+    external = next(
+        variable
+        for index in inside
+        for value, variable in zip(nodes[index].inputs, source[index].inputs, strict=True)
+        if value == outside[0]
+    )
+    container = ContainerClass(
+        name, definition.name, prefix, source_nodes(inner, "x", "out"), {key: values[key] for key in read}
+    )
+    call = SourceNode(
+        attribute=prefix,
+        kind=CLASS_KIND,
+        attributes={"class": name},
+        inputs=(external,),
+        output=source[inside[-1]].output,
+        sole_reader=False,
+        class_arguments=tuple(f"{key}={key}" for key in read),
+    )
+    return container, [*source[: inside[0]], call, *source[inside[-1] + 1 :]]
+
+
+def _definition_values(graph: Graph, definition: Definition) -> dict[str, Value]:
+    """The parameters and derived values of a block definition's first instance (for their types)."""
+    module = next(block for block in graph.blocks if block.type_name == definition.name)
+    values = dict(module.parameters)
+    for key, expression in definition.derived:
+        values[key] = expression.evaluate(values)
+    return values
+
+
+def container_classes(classes: list[BlockClass]) -> list[ContainerClass]:
+    """Every container class of the blocks, once each (variants of a block share theirs); two
+    different containers given one class name are an error."""
+    unique: dict[str, ContainerClass] = {}
+    for block in classes:
+        for container in block.classes:
+            known = unique.setdefault(container.name, container)
+            if known.nodes != container.nodes:
+                raise RescompileError(
+                    f"blocks '{known.block}' and '{container.block}' write different containers as class "
+                    f"'{container.name}'; name them apart"
+                )
+    return list(unique.values())
 
 
 def block_type(classes: list[BlockClass]) -> str:

@@ -8,6 +8,7 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,12 +18,16 @@ from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_n
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
+    CLASS_KIND,
     SHORTCUT_VARIABLE,
+    ContainerClass,
     SourceNode,
     block_calls,
     block_classes,
     block_index_arguments,
     block_type,
+    container_classes,
+    docstring_text,
     function_helpers,
     instance_nodes,
     is_default,
@@ -305,6 +310,10 @@ assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
 def _lowered(node: SourceNode) -> Layer | Inline:
+    if node.kind == CLASS_KIND:
+        class_attribute = node.attributes["class"]
+        assert isinstance(class_attribute, str)
+        return (class_attribute, list(node.class_arguments))
     emitter = EMITTERS[node.kind]
     return emitter if isinstance(emitter, Inline) else emitter(node)
 
@@ -339,6 +348,27 @@ def _forward_lines(
         else:
             lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines
+
+
+def _container_source(container: ContainerClass) -> str:
+    """A container of a block's nodes as a class of its own (``SplitAttn``)."""
+    parameters = [f"{name}: {type(value).__name__}" for name, value in container.parameters.items()]
+    signature = wrap_call("def __init__", ["self", *parameters], 4, " -> None:")
+    body = ["super().__init__()", *_init_lines(container.nodes)]
+    forward = [*_forward_lines(container.nodes), f"return {container.nodes[-1].output}"]
+    docstring = f'"""{docstring_text(container.prefix)} of block \'{docstring_text(container.block)}\'."""'
+    return "\n".join(
+        [
+            f"class {container.name}(nn.Module):",
+            f"    {docstring}",
+            "",
+            textwrap.indent(signature, "    "),
+            *(textwrap.indent(line, " " * 8) for line in body),
+            "",
+            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
+            *(f"        {line}" for line in forward),
+        ]
+    )
 
 
 def emit_source(graph: Graph) -> str:
@@ -401,6 +431,7 @@ def emit_source(graph: Graph) -> str:
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
+    helpers += [_container_source(container) for container in container_classes(blocks)]
     return template("torch_model.py.jinja").render(
         version=__version__,
         graph=graph,

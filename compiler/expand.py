@@ -312,6 +312,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         nodes=tuple(nodes),
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
+        classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
     )
 
 

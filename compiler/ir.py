@@ -181,6 +181,9 @@ class Definition:
     module: str | None = None
     """A shortcut's attribute name in its block (torchvision's ``downsample``)."""
     shortcut_input: str = MODULE_INPUT
+    classes: tuple[tuple[str, str], ...] = ()
+    """In a block: containers of nodes (``conv2``) that source backends write as classes of their
+    own (``SplitAttn``), by path prefix."""
     """In a block: the value its shortcut module reads (the block input, or a node such as a
     pre-activation); the identity shortcut always reads the block input."""
 

@@ -59,6 +59,12 @@ def _check_name(value: str) -> str:
     return value
 
 
+def _check_class_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Z][A-Za-z0-9]{0,63}", value) or value in MODULE_LEVEL_NAMES:
+        raise ValueError("a class name is CamelCase ASCII letters and digits, not a name generated code defines")
+    return value
+
+
 def _check_identifier(value: str) -> str:
     if not value.isidentifier() or not value.isascii() or keyword.iskeyword(value) or value.startswith("__"):
         raise ValueError("expected a Python-style identifier (ASCII letters, digits, '_'), not a keyword or dunder")
@@ -417,6 +423,11 @@ class BlockSpec(PartSpec):
         default="input",
         description="The value a shortcut with layers (a projection) reads: the block input, or an earlier node "
         "of the input's shape (a pre-activation block's 'preact'). The identity always reads the block input.",
+    )
+    classes: dict[str, Annotated[str, AfterValidator(_check_class_name)]] = Field(
+        default_factory=dict,
+        description="Containers of nodes that generated source writes as classes of their own: a node path prefix "
+        "(conv2) -> a class name (SplitAttn). Its nodes must be consecutive and read one value from outside.",
     )
 
 
