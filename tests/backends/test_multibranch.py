@@ -16,7 +16,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rescompile.backends import torch_backend
+from rescompile.backends import flax_backend, torch_backend
 from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
@@ -183,6 +183,36 @@ head_parameters: {classes: 3}
 def test_the_transposed_radix_softmax_agrees_in_every_backend(tmp_path: Path) -> None:
     (tmp_path / "net.yaml").write_text(SMALL_RESNEST)
     assert_backends_agree(compile_spec(tmp_path / "net.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "container", "attribute"),
+    [
+        ("resnest50d", "ResnestBottleneckBlock", "SplitAttn", "conv2"),
+        ("skresnet18", "SelectiveKernelBasicBlock", "SelectiveKernel", "conv1"),
+    ],
+)
+def test_a_blocks_classes_are_written_as_timm_names_them(name: str, block: str, container: str, attribute: str) -> None:
+    graph = compile_spec(name, size=SIZE)
+    torch_source = torch_backend.emit_source(graph)
+    assert f"class {container}(nn.Module):" in torch_source
+    assert f"self.{attribute} = {container}(" in torch_source
+    assert torch_source.count(f"class {container}(") == 1  # shared by the block's variants
+    assert f"class {container}(nnx.Module):" in flax_backend.emit_source(graph)
+    model = torch_backend.build_module(graph)
+    assert type(model.get_submodule(f"layer1.0.{attribute}")).__name__ == container
+    assert type(model.get_submodule("layer1.0")).__name__ == block
+
+
+def test_a_class_that_is_not_self_contained_is_an_error(tmp_path: Path) -> None:
+    block = BLOCK.replace("READ", "concat").replace(
+        "out_channels: width\n", "out_channels: width\nclasses: {convs: Convs}\n"
+    )
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "branches.yaml").write_text(block)  # convs.0 and convs.1 are both read outside
+    (tmp_path / "net.yaml").write_text(NETWORK)
+    with pytest.raises(RescompileError, match="only its last node"):
+        torch_backend.emit_source(compile_spec(tmp_path / "net.yaml"))
 
 
 def test_first_blocks_unroll_to_classes_of_their_own() -> None:
