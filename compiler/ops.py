@@ -705,7 +705,10 @@ class ChannelSlice(OpBase):
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         """Part ``index`` of ``parts`` equal ones, or ``size`` channels from ``start``."""
         if attributes["parts"] is None:
-            return cls(attributes["start"], attributes["start"] + attributes["size"])
+            channels, stop = _one(in_shapes, "split")[0], attributes["start"] + attributes["size"]
+            if attributes["last"] and stop != channels:
+                raise ShapeError(f"split sizes add up to {stop} channels; the input has {channels}")
+            return cls(attributes["start"], stop)
         channels, parts = _one(in_shapes, "split")[0], attributes["parts"]
         if channels % parts:
             raise ShapeError(f"split into {parts} equal parts needs channels divisible by {parts}, got {channels}")

@@ -296,12 +296,16 @@ class DropPathSpec(OpBase):
 
 class SplitSpec(OpBase):
     """The input's channels cut into consecutive parts, in order: ``parts`` equal ones, or ``sizes``
-    listed. Each part is a value of its own, ``NAME.0``, ``NAME.1``, ... (torch.split along channels)."""
+    listed. Each part is a value of its own, ``NAME.0``, ``NAME.1``, ... or ``NAME.`` each of
+    ``names`` (torch.split along channels)."""
 
     op: Literal["split"]
     parts: Expr | None = Field(default=None, description="How many equal parts; they must divide the channels.")
     sizes: tuple[Expr, ...] | None = Field(
         default=None, min_length=1, description="The parts' channel counts, in order; they must sum to the channels."
+    )
+    names: tuple[Identifier, ...] | None = Field(
+        default=None, min_length=1, description="The parts' names, in order (NAME.query, ...); default 0, 1, ..."
     )
 
 
@@ -314,6 +318,7 @@ class ChannelSliceSpec(OpBase):
     parts: Expr | None = Field(default=None, description="How many equal parts the channels are cut into.")
     start: Expr = Field(default=parse_expression(0), description="Without parts: the first channel taken.")
     size: Expr | None = Field(default=None, description="Without parts: how many channels are taken.")
+    last: bool = Field(default=False, description="Whether it is a split's last part, which ends at the last channel.")
 
 
 class ConcatSpec(BinarySpec):

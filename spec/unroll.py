@@ -196,6 +196,8 @@ class _Unroller:
         count = (
             self.integer(spec.parts, scope, (*path, "parts"), 1) if spec.parts is not None else len(spec.sizes or ())
         )
+        if spec.names is not None and len(spec.names) != count:
+            raise self.error(f"a split into {count} parts names {len(spec.names)}", (*path, "names"))
         source = spec.input or self.previous  # every part reads what the split reads
         start: Expression = parse_expression(0)
         for index in range(count):
@@ -207,11 +209,12 @@ class _Unroller:
                 parts=spec.parts,
                 start=start,
                 size=size,
+                last=index == count - 1,
             )
             if size is not None:
                 tree = size.tree if index == 0 else ast.BinOp(start.tree, ast.Add(), size.tree)
                 start = Expression(ast.unparse(tree), tree)
-            yield f"{name}.{index}", part, path
+            yield f"{name}.{index if spec.names is None else spec.names[index]}", part, path
 
 
 def _reads_previous(spec: OpSpec) -> bool:

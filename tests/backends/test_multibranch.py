@@ -273,9 +273,9 @@ def test_a_repeat_and_a_split_unroll_to_named_nodes(tmp_path: Path) -> None:
 LISTED = """name: listed
 out_channels: width
 nodes:
-  parts: {op: split, sizes: [2, width - 2]}
-  narrow: {op: conv, input: parts.0, out_channels: 2, kernel: 1}
-  wide: {op: conv, input: parts.1, out_channels: width - 2, kernel: 3, padding: 1}
+  parts: {op: split, sizes: [2, width - 2], names: [narrow, wide]}
+  narrow: {op: conv, input: parts.narrow, out_channels: 2, kernel: 1}
+  wide: {op: conv, input: parts.wide, out_channels: width - 2, kernel: 3, padding: 1}
   joined: {op: concat, inputs: [narrow, wide]}
   add: {op: add, inputs: [joined, shortcut]}
 """
@@ -296,6 +296,8 @@ def test_a_split_into_listed_sizes_agrees_in_every_backend(tmp_path: Path) -> No
         ("parts: paths}", "parts: paths, sizes: [4, 4]}", "a split states either parts (equal parts) or sizes"),
         ('input: "split.{p}"', 'input: "split.{p / 2}"', "gives 0.0; expected an integer or a string"),
         ("count: paths", "count: paths - 3", "gives -1; expected an integer of at least 0"),
+        ("parts: paths}", "sizes: [3, 4]}", "split sizes add up to 7 channels; the input has 8"),
+        ("parts: paths}", "parts: paths, names: [a]}", "a split into 2 parts names 1"),
         ("when: paths > 2", "when: widht > 2", "unknown name 'widht'"),
     ],
 )
