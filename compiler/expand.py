@@ -172,7 +172,8 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
     """Each block instance's part as a class is written: a block type whose templates unroll to
     different nodes in different instances (a ``when`` on the stride, a repeat count) is one
     block type per distinct unrolling. The one most blocks use keeps the type's name; one that
-    only first blocks of stages use is ``NAME_first``; others are ``NAME_2``, ``NAME_3``, ..."""
+    only first blocks of stages use, beside a main one that holds the others, is ``NAME_first``;
+    others are ``NAME_2``, ``NAME_3``, ..."""
     by_name: dict[str, list[tuple[bool, Loaded[PartSpec]]]] = {}
     for _, first, block in instances:
         by_name.setdefault(block.spec.name, []).append((first, block))
@@ -190,7 +191,8 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
         for number, (_, firsts, block) in enumerate(kinds):
             new_name = name
             if number > 0:
-                only_first = all(firsts) and sum(all(other[1]) for other in kinds[1:]) == 1
+                # NAME_first where the main kind holds the other blocks (not where every block is a first one).
+                only_first = all(firsts) and not all(kinds[0][1]) and sum(all(other[1]) for other in kinds[1:]) == 1
                 new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
             renamed.append(
                 block
