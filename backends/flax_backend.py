@@ -20,7 +20,6 @@ flax's names and momentum convention but torch's training semantics, updating ``
 from __future__ import annotations
 
 import functools
-import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -45,7 +44,7 @@ from rescompile.backends.source import (
     block_type,
     constant,
     container_classes,
-    docstring_text,
+    container_source,
     function_helpers,
     instance_nodes,
     is_default,
@@ -496,24 +495,10 @@ def _container_source(container: ContainerClass) -> tuple[str, list[str]]:
     """A container of a block's nodes as a class of its own (``SplitAttn``), and its init lines.
     It always takes ``rngs``, as the blocks' constructors pass it."""
     lowerings = _class_lowerings(container.nodes)
-    parameters = [f"{name}: {type(value).__name__}" for name, value in container.parameters.items()]
-    signature = wrap_call("def __init__", ["self", *parameters, "*", "rngs: nnx.Rngs"], 4, " -> None:")
-    body = _init_lines(container.nodes, lowerings) or ["pass"]
+    init = _init_lines(container.nodes, lowerings)
     call = [*_call_lines(container.nodes, lowerings), f"return {container.nodes[-1].output}"]
-    docstring = f'"""{docstring_text(container.prefix)} of block \'{docstring_text(container.block)}\'."""'
-    source = "\n".join(
-        [
-            f"class {container.name}(nnx.Module):",
-            f"    {docstring}",
-            "",
-            textwrap.indent(signature, "    "),
-            *(textwrap.indent(line, " " * 8) for line in body),
-            "",
-            "    def __call__(self, x: jax.Array) -> jax.Array:",
-            *(textwrap.indent(line, " " * 8) for line in call),
-        ]
-    )
-    return source, body
+    method = "def __call__(self, x: jax.Array) -> jax.Array:"
+    return container_source(container, "nnx.Module", ["rngs: nnx.Rngs"], init, method, call), init
 
 
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:

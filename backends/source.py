@@ -503,6 +503,27 @@ def _container(
     return container, [*source[: inside[0]], call, *source[inside[-1] + 1 :]]
 
 
+def container_source(
+    container: ContainerClass,
+    base: str,
+    keyword_only: list[str],
+    init_lines: list[str],
+    method: str,
+    method_lines: list[str],
+) -> str:
+    """The source of a container class, laid out as ruff would: ``class NAME(base)``, a docstring,
+    ``__init__`` taking its parameters (then ``keyword_only`` ones) and running ``init_lines``,
+    and ``method`` (its ``def`` line) running ``method_lines``."""
+    parameters = [f"{name}: {type(value).__name__}" for name, value in container.parameters.items()]
+    keywords = ["*", *keyword_only] if keyword_only else []
+    signature = wrap_call("def __init__", ["self", *parameters, *keywords], 4, " -> None:")
+    docstring = f'"""{docstring_text(container.prefix)} of block \'{docstring_text(container.block)}\'."""'
+    lines = [f"class {container.name}({base}):", f"    {docstring}", "", textwrap.indent(signature, "    ")]
+    lines += [textwrap.indent(line, " " * 8) for line in init_lines or ["pass"]]
+    lines += ["", f"    {method}", *(textwrap.indent(line, " " * 8) for line in method_lines)]
+    return "\n".join(lines)
+
+
 def _definition_values(graph: Graph, definition: Definition) -> dict[str, Value]:
     """The parameters and derived values of a block definition's first instance (for their types)."""
     module = next(block for block in graph.blocks if block.type_name == definition.name)

@@ -8,7 +8,6 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from rescompile.backends.source import (
     block_index_arguments,
     block_type,
     container_classes,
-    docstring_text,
+    container_source,
     function_helpers,
     instance_nodes,
     is_default,
@@ -352,23 +351,10 @@ def _forward_lines(
 
 def _container_source(container: ContainerClass) -> str:
     """A container of a block's nodes as a class of its own (``SplitAttn``)."""
-    parameters = [f"{name}: {type(value).__name__}" for name, value in container.parameters.items()]
-    signature = wrap_call("def __init__", ["self", *parameters], 4, " -> None:")
-    body = ["super().__init__()", *_init_lines(container.nodes)]
+    init = ["super().__init__()", *_init_lines(container.nodes)]
     forward = [*_forward_lines(container.nodes), f"return {container.nodes[-1].output}"]
-    docstring = f'"""{docstring_text(container.prefix)} of block \'{docstring_text(container.block)}\'."""'
-    return "\n".join(
-        [
-            f"class {container.name}(nn.Module):",
-            f"    {docstring}",
-            "",
-            textwrap.indent(signature, "    "),
-            *(textwrap.indent(line, " " * 8) for line in body),
-            "",
-            "    def forward(self, x: torch.Tensor) -> torch.Tensor:",
-            *(f"        {line}" for line in forward),
-        ]
-    )
+    method = "def forward(self, x: torch.Tensor) -> torch.Tensor:"
+    return container_source(container, "nn.Module", [], init, method, forward)
 
 
 def emit_source(graph: Graph) -> str:
