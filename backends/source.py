@@ -48,6 +48,7 @@ from rescompile.compiler.ir import (
     Padding,
     Pair,
     SymbolicNode,
+    container_span,
 )
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
@@ -454,19 +455,11 @@ def _container(
 ) -> tuple[ContainerClass, list[SourceNode]]:
     """The container ``prefix`` of a block written as class ``name``, and the block's source nodes
     with the container's run of nodes replaced by one :data:`CLASS_KIND` node."""
-    inside = [index for index, node in enumerate(nodes) if node.name.startswith(f"{prefix}.")]
-    where = f"block '{definition.name}': classes.{prefix}"
-    if not inside or inside != list(range(inside[0], inside[-1] + 1)):
-        raise RescompileError(f"{where}: its nodes ({prefix}.*) must be consecutive, and there must be some")
+    try:
+        inside, outside = container_span(definition, prefix)
+    except ValueError as error:
+        raise RescompileError(f"block '{definition.name}': classes.{prefix}: {error}") from None
     names = {nodes[index].name for index in inside}
-    outside = sorted({value for index in inside for value in nodes[index].inputs if value not in names})
-    last = nodes[inside[-1]].name
-    leaks = {value for node in nodes if node.name not in names for value in node.inputs} & (names - {last})
-    if len(outside) != 1 or outside[0] == SHORTCUT_VARIABLE or leaks or definition.shortcut_input in names - {last}:
-        raise RescompileError(
-            f"{where}: a class reads one value from outside it ({', '.join(outside)}) and only its last node "
-            f"({last}) is read from outside it"
-        )
     start = len(prefix) + 1
     inner = [
         SymbolicNode(
@@ -486,7 +479,7 @@ def _container(
         variable
         for index in inside
         for value, variable in zip(nodes[index].inputs, source[index].inputs, strict=True)
-        if value == outside[0]
+        if value == outside
     )
     container = ContainerClass(
         name, definition.name, prefix, source_nodes(inner, "x", "out"), {key: values[key] for key in read}

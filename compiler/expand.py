@@ -21,6 +21,7 @@ from rescompile.compiler.ir import (
     ModuleRole,
     Node,
     SymbolicNode,
+    container_span,
 )
 from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, SymbolicAttributes, show_shape
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
@@ -305,7 +306,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
     if role in ("block", "shortcut"):
         _check_class_nodes(part, role, nodes)
-    return Definition(
+    definition = Definition(
         role=role,
         name=spec.name,
         description=spec.description,
@@ -316,6 +317,14 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
     )
+    for prefix in dict(definition.classes):
+        try:
+            container_span(definition, prefix)
+        except ValueError as error:
+            raise RescompileError(
+                f"block '{spec.name}': classes.{prefix}: {error}", part.source.locate(("classes", prefix))
+            ) from None
+    return definition
 
 
 class Bindings(dict[str, Value]):

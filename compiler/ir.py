@@ -83,6 +83,7 @@ __all__ = [
     "Softmax",
     "Subsample",
     "SymbolicNode",
+    "container_span",
 ]
 
 
@@ -186,6 +187,27 @@ class Definition:
     own (``SplitAttn``), by path prefix."""
     """In a block: the value its shortcut module reads (the block input, or a node such as a
     pre-activation); the identity shortcut always reads the block input."""
+
+
+def container_span(definition: Definition, prefix: str) -> tuple[range, str]:
+    """The indices of a block definition's nodes under ``prefix`` (a container its ``classes``
+    writes as a class) and the one value they read from outside; a ValueError says why a
+    container cannot be a class (its nodes not consecutive, reading several values, or read from
+    outside other than by its last node)."""
+    nodes = definition.nodes
+    inside = [index for index, node in enumerate(nodes) if node.name.startswith(f"{prefix}.")]
+    if not inside or inside != list(range(inside[0], inside[-1] + 1)):
+        raise ValueError(f"its nodes ({prefix}.*) must be consecutive, and there must be some")
+    names = {nodes[index].name for index in inside}
+    outside = sorted({value for index in inside for value in nodes[index].inputs if value not in names})
+    last = nodes[inside[-1]].name
+    leaks = {value for node in nodes if node.name not in names for value in node.inputs} & (names - {last})
+    if len(outside) != 1 or outside[0] == "shortcut" or leaks or definition.shortcut_input in names - {last}:
+        raise ValueError(
+            f"a class reads one value from outside it ({', '.join(outside)}) and only its last node ({last}) is "
+            "read from outside it"
+        )
+    return range(inside[0], inside[-1] + 1), outside[0]
 
 
 @dataclass(frozen=True)
