@@ -17,9 +17,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import flax_backend, torch_backend
+from rescompile.backends.onnx_backend import SUPPORTED_OPSETS, emit_model, run_onnxruntime
 from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
+from rescompile.compiler.weights import random_weights
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import assert_close, count_macs, randomise_normalisation
 
@@ -311,3 +313,16 @@ def test_template_mistakes_are_located_errors(tmp_path: Path, old: str, new: str
         compile_spec(tmp_path / "net.yaml")
     assert message in str(raised.value)
     assert re.match(r"\S*blocks/branches\.yaml:\d+:\d+: ", str(raised.value))  # located in the block file
+
+
+@pytest.mark.parametrize("opset", [SUPPORTED_OPSETS[0], SUPPORTED_OPSETS[-1]])
+def test_the_new_ops_lower_exactly_in_the_oldest_and_newest_opsets(tmp_path: Path, opset: int) -> None:
+    """Softmax normalised over its last axis only (before opset 13 it flattens from ``axis`` on),
+    Slice on channels, Concat, and Sum for a sum of four splits."""
+    (tmp_path / "net.yaml").write_text(SMALL_RESNEST)
+    graph = compile_spec(tmp_path / "net.yaml")
+    weights = random_weights(graph, seed=0)
+    inputs = np.random.default_rng(1).standard_normal((2, *graph.input_shape)).astype(np.float32)
+    model = emit_model(graph, weights, opset=opset)
+    expected = torch_backend.module_outputs(graph, weights, inputs)["head"]
+    assert_close(run_onnxruntime(model, inputs), expected, tolerance="network", what=f"opset {opset}")
