@@ -183,6 +183,8 @@ class _Unroller:
         for field, value in node:
             if isinstance(value, Expression) and field != "when":
                 update[field] = _bound(value, scope)
+            elif isinstance(value, tuple) and all(isinstance(item, Expression) for item in value):
+                update[field] = tuple(_bound(item, scope) for item in value)  # a split's sizes
         if isinstance(node, BinarySpec):
             update["inputs"] = self.reads(node.inputs, scope, (*path, "inputs"))
         elif node.input is not None:
