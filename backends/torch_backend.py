@@ -269,8 +269,8 @@ def _inline(node: SourceNode, expression: str) -> str:
 
 
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
-# the input variables ("{0} + {1}").
-EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | Inline] = {
+# the input variables ("{0} + {1}", a plain string or an Inline), or a function of the node giving one.
+EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | str] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
@@ -314,7 +314,7 @@ def _lowered(node: SourceNode) -> Layer | Inline:
         assert isinstance(class_attribute, str)
         return (class_attribute, list(node.class_arguments))
     emitter = EMITTERS[node.kind]
-    return emitter if isinstance(emitter, Inline) else emitter(node)
+    return Inline(emitter) if isinstance(emitter, str) else emitter(node)
 
 
 def _layer(node: SourceNode, prefix: str = "") -> str:
