@@ -59,7 +59,7 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
-from rescompile.compiler.ops import Role, Tensor
+from rescompile.compiler.ops import Role, Tensor, weight_name
 from rescompile.compiler.weights import (
     Array,
     Weights,
@@ -162,11 +162,25 @@ def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
 
 def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
     a = node.attributes
-    arguments = [render(a["in_features"]), render(a["out_features"])]
-    if not is_default(a["bias"], True):
-        arguments.append(f"use_bias={render(a['bias'])}")
+    return _linear_layer(a["in_features"], a["out_features"], a["bias"])
+
+
+def _linear_layer(in_features: Attribute, out_features: Attribute, bias: Attribute) -> Lowering:
+    arguments = [render(in_features), render(out_features)]
+    if not is_default(bias, True):
+        arguments.append(f"use_bias={render(bias)}")
     arguments += ["kernel_init=linear_init", "rngs=rngs"]
     return Lowering(layer=("nnx.Linear", arguments))
+
+
+def _layer_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    epsilon = a["epsilon"]
+    assert isinstance(epsilon, float), "LayerNorm's epsilon is a number, not an expression"
+    # NOTE: epsilon always written (nnx.LayerNorm's default is 1e-6, torch's 1e-5), and torch's
+    # two-pass variance. nnx.LayerNorm normalises the last axis: the channels of an NHWC value.
+    arguments = [render(a["channels"]), f"epsilon={epsilon!r}", "use_fast_variance=False", "rngs=rngs"]
+    return Lowering(layer=("nnx.LayerNorm", arguments))
 
 
 def _function(function: str, arguments: dict[str, tuple[str, Attribute]]) -> Lowering:
@@ -244,6 +258,16 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
         layer=("ChannelConv", [render(node.attributes["kernel"]), "rngs=rngs"])
     ),
     "drop_path": lambda node, in_shape: Lowering(layer=("DropPath", [render(node.attributes["rate"]), "rngs=rngs"])),
+    "layer_norm": _layer_norm,
+    # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
+    "gelu": lambda node, in_shape: Lowering(function="nnx.gelu", arguments=[("approximate", "False")]),
+    "layer_scale": lambda node, in_shape: Lowering(
+        layer=("LayerScale", [render(node.attributes["channels"]), render(node.attributes["init"])])
+    ),
+    # nnx.Linear acts on the last axis, the channels of an NHWC value: a linear layer at every pixel.
+    "pointwise_linear": lambda node, in_shape: _linear_layer(
+        node.attributes["in_channels"], node.attributes["out_channels"], node.attributes["bias"]
+    ),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 
@@ -354,6 +378,15 @@ DROP_PATH_CLASS = '''class DropPath(nnx.Module):
             return x
         return x * (self.keep_mask(x) / (1 - self.rate))'''
 
+LAYER_SCALE_CLASS = '''class LayerScale(nnx.Module):
+    """A learned per-channel scale (ConvNeXt's gamma): multiplies the last (channel) axis."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        self.scale = nnx.Param(jnp.full((channels,), init, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.scale[...]'''
+
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
     "pad": PAD_FUNCTION,
@@ -361,6 +394,7 @@ HELPER_FUNCTIONS = {
     "blur_pool": BLUR_POOL_FUNCTION,
     "channel_conv": CHANNEL_CONV_CLASS,
     "drop_path": DROP_PATH_CLASS,
+    "layer_scale": LAYER_SCALE_CLASS,
 }
 
 # Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
@@ -445,7 +479,8 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
 
 
 def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv", "drop_path") for node in nodes)
+    kinds = ("conv", "linear", "group_norm", "channel_conv", "drop_path", "layer_norm", "pointwise_linear")
+    return any(node.kind in kinds for node in nodes)
 
 
 def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
@@ -544,7 +579,7 @@ def emit_source(graph: Graph) -> str:
         + ([STANDARDIZED_CONV_FUNCTION] if standardized else []),
         indexed=indexed,
         uses_partial=any("partial(" in line for line in stored_lines),
-        uses_linear="linear" in kinds_used or "channel_conv" in kinds_used,
+        uses_linear=bool({"linear", "channel_conv", "pointwise_linear"} & kinds_used),
         uses_math=uses_math(graph) or "blur_pool" in kinds_used,
         # The standardising conv function's signature names Callable and Any.
         uses_callable=standardized,
@@ -683,7 +718,7 @@ def conversions(graph: Graph) -> dict[str, Conversion]:
         for suffix, tensor in node.op.tensors().items():
             to_flax, from_flax = _layout(tensor)
             path = f"{prefix}/{FLAX_VARIABLES[tensor.role]}"
-            table[f"{module.canonical(node.name)}.{suffix}"] = Conversion(path, to_flax, from_flax)
+            table[weight_name(module.canonical(node.name), suffix)] = Conversion(path, to_flax, from_flax)
     return table
 
 

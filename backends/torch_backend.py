@@ -217,6 +217,38 @@ DROP_PATH_CLASS = '''class DropPath(nn.Module):
             return x
         return x * self.keep_mask(x).div_(1 - self.rate)'''
 
+LAYER_NORM_CLASS = '''class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channels of each pixel of an NCHW tensor (timm's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)'''
+POINTWISE_LINEAR_CLASS = '''class PointwiseLinear(nn.Linear):
+    """A linear layer over the channels at every pixel of an NCHW tensor: nn.Linear on channels-last,
+    weight (out_features, in_features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)'''
+
+
+def _layer_norm(node: SourceNode) -> Layer:
+    a = node.attributes
+    return ("LayerNorm2d", [render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5)])
+
+
+def _layer_scale(node: SourceNode) -> Layer:
+    # A parameter held by the block itself, as timm's ConvNeXt block holds ``gamma``.
+    a = node.attributes
+    return ("nn.Parameter", [f"torch.full(({render(a['channels'])},), {render(a['init'])})"])
+
+
+def _pointwise_linear(node: SourceNode) -> Layer:
+    a = node.attributes
+    arguments = [render(a["in_channels"]), render(a["out_channels"]), *_optional("bias", a["bias"], True)]
+    return ("PointwiseLinear", arguments)
+
+
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}").
 EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
@@ -238,16 +270,25 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | str] = {
     "blur_pool": _blur_pool,
     "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),
     "drop_path": lambda node: ("DropPath", [render(node.attributes["rate"])]),
+    "layer_norm": _layer_norm,
+    "gelu": lambda node: ("nn.GELU", []),
+    "layer_scale": _layer_scale,
+    "pointwise_linear": _pointwise_linear,
 }
+# Stored nodes that are not called as ``self.layer(x)``: how forward applies them ("{layer}" is the
+# attribute, "{0}" the input). A layer scale is a parameter, broadcast over (batch, C, H, W).
+APPLICATIONS = {"layer_scale": "{0} * {layer}.view(1, -1, 1, 1)"}
 HELPER_CLASSES = {
     "subsample": SUBSAMPLE_CLASS,
     "pad_channels": PAD_CHANNELS_CLASS,
     "blur_pool": BLUR_POOL_CLASS,
     "channel_conv": CHANNEL_CONV_CLASS,
     "drop_path": DROP_PATH_CLASS,
+    "layer_norm": LAYER_NORM_CLASS,
+    "pointwise_linear": POINTWISE_LINEAR_CLASS,
 }
 # Helper classes that call torch.nn.functional, and those that need the math module.
-FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", STD_CONV)
+FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", "layer_norm", STD_CONV)
 MATH_HELPERS = ("blur_pool",)
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
@@ -279,6 +320,9 @@ def _forward_lines(
         emitter = EMITTERS[node.kind]
         if isinstance(emitter, str):
             lines.append(f"{node.output} = {emitter.format(*node.inputs)}")
+        elif node.kind in APPLICATIONS:
+            layer = f"self{attribute_access(node.attribute)}"
+            lines.append(f"{node.output} = {APPLICATIONS[node.kind].format(*node.inputs, layer=layer)}")
         else:
             lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines

@@ -74,6 +74,7 @@ MODULE_LEVEL_NAMES = frozenset(
     {
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
+        *("LayerNorm2d", "PointwiseLinear", "LayerScale"),
     }
     | set(FUNCTIONS)
 )
@@ -270,6 +271,39 @@ class DropPathSpec(OpBase):
     rate: Expr
 
 
+class LayerNormSpec(OpBase):
+    """Layer normalisation over the channels of each pixel (timm's LayerNorm2d): mean and biased
+    variance over C, then a per-channel weight and bias."""
+
+    op: Literal["layer_norm"]
+    epsilon: float = Field(
+        default=1e-5, gt=0, allow_inf_nan=False, description="Added to the variance (ConvNeXt: 1e-6)."
+    )
+
+
+class GeluSpec(OpBase):
+    """The exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (torch's default)."""
+
+    op: Literal["gelu"]
+
+
+class LayerScaleSpec(OpBase):
+    """A learned per-channel scale (ConvNeXt's gamma), stored under the node's own name."""
+
+    op: Literal["layer_scale"]
+    init: float = Field(
+        default=1e-6, allow_inf_nan=False, description="The scale's initial value (timm's ls_init_value)."
+    )
+
+
+class PointwiseLinearSpec(OpBase):
+    """A linear layer over the channels at every pixel (nn.Linear on channels-last): weight (out, in)."""
+
+    op: Literal["pointwise_linear"]
+    out_channels: Expr
+    bias: bool = True
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
@@ -288,7 +322,11 @@ OpSpec = Annotated[
     | PadChannelsSpec
     | BlurPoolSpec
     | ChannelConvSpec
-    | DropPathSpec,
+    | DropPathSpec
+    | LayerNormSpec
+    | GeluSpec
+    | LayerScaleSpec
+    | PointwiseLinearSpec,
     Field(discriminator="op"),
 ]
 
