@@ -54,6 +54,7 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     template,
+    transition_calls,
     uses_block_index,
     uses_math,
     wrap_call,
@@ -492,8 +493,13 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     items = []
     if shortcut.sequential:
         items = [_item(node, lowering) for node, lowering in zip(shortcut.nodes, lowerings, strict=True)]
+    arguments = shortcut.arguments + (["*", "rngs: nnx.Rngs"] if rngs else [])
     return {
         "definition": shortcut.definition,
+        "kind": shortcut.definition.role.capitalize(),
+        "signature": wrap_call(f"def {name}", arguments, 0, " -> nnx.Sequential:")
+        if shortcut.sequential
+        else wrap_call("def __init__", ["self", *arguments], 4, " -> None:"),
         "name": name,
         "sequential": shortcut.sequential,
         "rngs": rngs,
@@ -509,6 +515,7 @@ def emit_source(graph: Graph) -> str:
     """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
+    transition_views = [_shortcut_view(transition) for transition in shortcut_classes(graph, "transition")]
     kinds_used = {node.op.kind for _, node in graph.nodes()}
     standardized = any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes())
     ceil_kinds = {
@@ -541,7 +548,7 @@ def emit_source(graph: Graph) -> str:
             }
         )
     stored_lines = [line for view in block_views for line in view["init_lines"]]
-    stored_lines += [line for view in shortcuts for line in view["init_lines"] + view["items"]]
+    stored_lines += [line for view in shortcuts + transition_views for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     first_blocks = any(call.first_block for call in calls)
@@ -551,18 +558,30 @@ def emit_source(graph: Graph) -> str:
     block_arguments = positional + (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
     first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
     first_arguments += ["rngs=rngs"] if rngs else []
-    stages = with_containers(
-        [call.attribute for call in calls],
-        [
+    transitions = transition_calls(graph)
+    rngs_transitions = {view["definition"].name for view in transition_views if view["rngs"]}
+    paths: list[str] = []
+    statements: list[str] = []
+    stage_lines: list[str] = []
+    for call in calls:
+        if call.attribute in transitions:
+            path, constructor = transitions[call.attribute]
+            module = next(module for module in graph.transitions if module.path == path)
+            if module.type_name in rngs_transitions:
+                constructor = constructor[:-1] + ", rngs=rngs)"
+            paths.append(path)
+            statements.append(f"self{attribute_access(path)} = {constructor}")
+            stage_lines.append(f"x = self{attribute_access(path)}(x)")
+        paths.append(call.attribute)
+        statements.append(
             wrap_call(
                 f"self{attribute_access(call.attribute)} = self._make_stage",
                 [*stage_arguments(call, indexed), "rngs=rngs"],
                 8,
             )
-            for call in calls
-        ],
-        "nnx.Dict()",
-    )
+        )
+        stage_lines += [f"for block in self{attribute_access(call.attribute)}:", "    x = block(x)"]
+    stages = with_containers(paths, statements, "nnx.Dict()")
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -587,7 +606,8 @@ def emit_source(graph: Graph) -> str:
         options_used=options_used,
         first_blocks=first_blocks,
         first_options_used=first_options_used,
-        shortcuts=shortcuts,
+        shortcuts=transition_views + shortcuts,
+        stage_lines=stage_lines if transitions else [],
         shortcut_attribute=attribute,
         rngs=rngs,
         blocks=block_views,
@@ -709,11 +729,14 @@ def _layout(tensor: Tensor) -> tuple[Callable[[Array], Array], Callable[[Array],
 def conversions(graph: Graph) -> dict[str, Conversion]:
     """Every canonical weight name of ``graph`` with its flax state path and layout conversion."""
     sequential = {shortcut.definition.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
+    sequential_transitions = {item.definition.name for item in shortcut_classes(graph, "transition") if item.sequential}
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
         parts = node.name.split(".")
         if len(parts) == 2 and parts[0] in sequential:
             parts = [parts[0], "layers", parts[1]]
+        if module.role == "transition" and module.type_name in sequential_transitions:
+            parts = ["layers", *parts]
         prefix = "/".join([*module.path.split("."), *parts] if module.path else parts)
         for suffix, tensor in node.op.tensors().items():
             to_flax, from_flax = _layout(tensor)
@@ -838,27 +861,56 @@ def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
     return stages
 
 
-def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None) -> dict[str, Any]:
+Transitions = tuple[tuple[str, str], ...]
+"""(stage path, its transition's path) for each stage with a transition (:func:`stage_transitions`)."""
+
+
+def stage_transitions(graph: Graph) -> Transitions:
+    return tuple((module.stage, module.path) for module in graph.transitions)
+
+
+def _submodule(model: Any, path: str) -> Any:
+    for segment in path.split("."):
+        model = model[segment] if segment.isdigit() else getattr(model, segment)
+    return model
+
+
+def _module_names(model: Any, transitions: Transitions) -> list[str]:
+    entered = dict(transitions)
+    names = ["stem"]
+    for stage_name, stage in _stages(model):
+        names += [entered[stage_name]] if stage_name in entered else []
+        names += [f"{stage_name}.{index}" for index in range(len(stage))]
+    return [*names, "head"]
+
+
+def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None, transitions: Transitions) -> dict[str, Any]:
     outputs = {"stem": model._stem(images)}
     previous = "stem"
+    entered = dict(transitions)
     for stage_name, stage in _stages(model):
-        for index, block in enumerate(stage):
-            name = f"{stage_name}.{index}"
-            outputs[name] = block(outputs[previous] if feed is None else feed[previous])
+        layers = [(entered[stage_name], _submodule(model, entered[stage_name]))] if stage_name in entered else []
+        layers += [(f"{stage_name}.{index}", block) for index, block in enumerate(stage)]
+        for name, layer in layers:
+            outputs[name] = layer(outputs[previous] if feed is None else feed[previous])
             previous = name
     outputs["head"] = model._head(outputs[previous] if feed is None else feed[previous])
     return outputs
 
 
 @functools.cache
-def _jitted_blocks() -> Callable[[Any, Any, dict[str, Any] | None], dict[str, Any]]:
+def _jitted_blocks() -> Callable[[Any, Any, dict[str, Any] | None, Transitions], dict[str, Any]]:
     from flax import nnx
 
-    return nnx.jit(_run_blocks)
+    return nnx.jit(_run_blocks, static_argnums=3)
 
 
 def block_outputs(
-    model: nnx.Module, images: np.ndarray, feed: Mapping[str, np.ndarray] | None = None, jit: bool = True
+    model: nnx.Module,
+    images: np.ndarray,
+    feed: Mapping[str, np.ndarray] | None = None,
+    jit: bool = True,
+    transitions: Transitions = (),
 ) -> dict[str, np.ndarray]:
     """Every module's output by canonical module name, in torch layout, for comparing backends.
 
@@ -870,10 +922,10 @@ def block_outputs(
     The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
     one forward pass would. ``jit=False`` runs eagerly (faster for one call on a small input).
     """
-    names = ["stem", *(f"{name}.{index}" for name, stage in _stages(model) for index in range(len(stage))), "head"]
+    names = _module_names(model, transitions)
     fed = None if feed is None else {name: _flax_layout(feed[name]) for name in names[:-1]}
     run = _jitted_blocks() if jit else _run_blocks
-    outputs = run(model, _flax_layout(images), fed)
+    outputs = run(model, _flax_layout(images), fed, transitions)
     # jax returns dicts with sorted keys: restore network order.
     return {name: _torch_layout(np.asarray(outputs[name])) for name in names}
 
@@ -894,5 +946,5 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
-    outputs = block_outputs(model, inputs, jit=False)
+    outputs = block_outputs(model, inputs, jit=False, transitions=stage_transitions(graph))
     return {name: outputs[name] for name in module_names(graph)}

@@ -39,6 +39,7 @@ from rescompile.compiler.ir import (
     BatchNorm,
     Conv,
     Definition,
+    DefinitionRole,
     Graph,
     GroupNorm,
     Linear,
@@ -349,6 +350,9 @@ class BlockClass:
 
 @dataclass(frozen=True)
 class ShortcutClass:
+    """A shortcut or a transition part: a function returning a Sequential, or a class, built from
+    the values the compiler binds (:data:`BOUND_ARGUMENTS`) and the part's own parameters."""
+
     definition: Definition
     nodes: list[SourceNode]
     derived: dict[str, str]
@@ -359,7 +363,21 @@ class ShortcutClass:
     def python_name(self) -> str:
         """The function (sequential) or class that builds it in generated source."""
         name = self.definition.name
-        return function_name(name) if self.sequential else class_name(name, "Shortcut")
+        suffix = "Transition" if self.definition.role == "transition" else "Shortcut"
+        return function_name(name) if self.sequential else class_name(name, suffix)
+
+    @property
+    def arguments(self) -> list[str]:
+        """Its constructor's parameters: the bound values, then the part's own with defaults."""
+        bound = [f"{name}: int" for name in BOUND_ARGUMENTS[self.definition.role]]
+        return bound + parameter_declarations(dict(self.definition.parameters))
+
+
+BOUND_ARGUMENTS = {
+    "shortcut": ("in_channels", "out_channels", "stride"),
+    "transition": ("in_channels", "width", "stride"),
+}
+"""What a shortcut and a transition are built from, in order (the values the compiler binds)."""
 
 
 def _derived(definition: Definition) -> dict[str, str]:
@@ -407,10 +425,11 @@ def block_type(classes: list[BlockClass]) -> str:
     return " | ".join(block.python_name for block in classes)
 
 
-def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
+def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:
+    """The shortcut kinds of ``graph`` (or, with ``role="transition"``, its transitions)."""
     classes: list[ShortcutClass] = []
     for definition in graph.definitions:
-        if definition.role != "shortcut":
+        if definition.role != role:
             continue
         nodes = list(definition.nodes)
         sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
@@ -482,6 +501,20 @@ def stage_calls(graph: Graph) -> list[StageCall]:
                 first_options if differs else {},
             )
         )
+    return calls
+
+
+def transition_calls(graph: Graph) -> dict[str, tuple[str, str]]:
+    """Each stage with a transition, by stage path: the transition's path and the source building it
+    (``convnext_downsample(96, 192, 2)``, its parameters that differ from their defaults by keyword)."""
+    calls: dict[str, tuple[str, str]] = {}
+    for module in graph.transitions:
+        definition = graph.definition("transition", module.type_name)
+        sequential = next(item for item in shortcut_classes(graph, "transition") if item.definition is definition)
+        bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
+        defaults = dict(definition.parameters)
+        options = [f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value]
+        calls[module.stage] = (module.path, f"{sequential.python_name}({', '.join(bound + options)})")
     return calls
 
 

@@ -36,6 +36,7 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     template,
+    transition_calls,
     uses_block_index,
     uses_math,
     wrap_call,
@@ -338,14 +339,18 @@ def emit_source(graph: Graph) -> str:
     shortcut_views = [
         {
             "definition": shortcut.definition,
+            "kind": shortcut.definition.role.capitalize(),
             "name": shortcut.python_name,
+            "signature": wrap_call(f"def {shortcut.python_name}", shortcut.arguments, 0, " -> nn.Sequential:")
+            if shortcut.sequential
+            else wrap_call("def __init__", ["self", *shortcut.arguments], 4, " -> None:"),
             "sequential": shortcut.sequential,
             "layers": [_layer(node) for node in shortcut.nodes],
             "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
             + _init_lines(shortcut.nodes),
             "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
         }
-        for shortcut in shortcuts
+        for shortcut in [*shortcut_classes(graph, "transition"), *shortcuts]
     ]
     attribute = shortcut_attribute(graph)  # None for a plain network
     shortcut_lines: list[str] = []
@@ -374,17 +379,24 @@ def emit_source(graph: Graph) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
-    stages = with_containers(
-        [call.attribute for call in calls],
-        [
+    transitions = transition_calls(graph)
+    paths: list[str] = []
+    statements: list[str] = []
+    stage_lines: list[str] = []
+    for call in calls:
+        if call.attribute in transitions:
+            path, constructor = transitions[call.attribute]
+            paths.append(path)
+            statements.append(f"self{attribute_access(path)} = {constructor}")
+            stage_lines.append(f"x = self{attribute_access(path)}(x)")
+        paths.append(call.attribute)
+        statements.append(
             wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8)
-            for call in calls
-        ],
-        "nn.ModuleDict()",
-    )
+        )
+        stage_lines.append(f"x = self{attribute_access(call.attribute)}(x)")
+    stages = with_containers(paths, statements, "nn.ModuleDict()")
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
-    stage_lines = [f"x = self{attribute_access(call.attribute)}(x)" for call in calls]
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
@@ -484,8 +496,11 @@ def block_outputs(model: nn.Module, graph: Graph, images: Array) -> Outputs:
 
         return hook
 
-    handles = [model.get_submodule(graph.blocks[0].path).register_forward_pre_hook(keep_stem)]
-    handles += [model.get_submodule(block.path).register_forward_hook(keep(block.path)) for block in graph.blocks]
+    # The stem's output is what the module after it reads (a block, or a first stage's transition).
+    handles = [model.get_submodule(graph.modules[1].path).register_forward_pre_hook(keep_stem)]
+    handles += [
+        model.get_submodule(module.path).register_forward_hook(keep(module.path)) for module in graph.modules[1:-1]
+    ]
     try:
         with torch.no_grad():
             outputs["head"] = model(torch.from_numpy(images)).numpy()

@@ -8,6 +8,7 @@ rules as it builds: this is where a graph's shapes are computed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -70,23 +71,40 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
+    used_transitions: dict[str, Loaded[PartSpec]] = {}
+    blocks_built = 0
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
+        transition = parts.transitions[stage_index]
+        if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
+            _check_distinct(used_transitions, transition, network.locate("transition"))
+            builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stage.stride}
+            bindings = _bind(transition, spec.transition_parameters, builtins, network, "transition_parameters")
+            path = spec.naming.transition_path(stage_index)
+            module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
+            module = dataclasses.replace(module, stage_path=spec.naming.stage_path(stage_index))
+            modules.append(module)
+            assert module.out_shape is not None
+            shape = module.out_shape
+        else:
+            transition = None
         for block_index in range(stage.depth):
             first = block_index == 0
             block = parts.first_blocks[stage_index] if first else blocks[stage_index]
             assert isinstance(block.spec, BlockSpec)
-            stride = stage.stride if block_index == 0 else 1
-            builtins: dict[str, Value] = {
+            # A stage's transition takes its stride; its blocks then keep the resolution.
+            stride = stage.stride if block_index == 0 and transition is None else 1
+            builtins = {
                 "in_channels": shape[0],
                 "width": stage.width,
                 "stride": stride,
-                "block_index": len(modules) - 1,  # over the whole network: the stem is modules[0]
+                "block_index": blocks_built,  # over the whole network (timm's net_block_idx)
                 "block_count": block_count,
             }
+            blocks_built += 1
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
-            path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
+            path = spec.naming.block_path(stage_index, block_index)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
@@ -140,6 +158,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                 )
     definitions = [
         _definition(stem, "stem"),
+        *(_definition(transition, "transition") for transition in used_transitions.values()),
         *(_definition(block, "block", residual=policy is not None) for block in distinct_blocks.values()),
         _definition(head, "head"),
         *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
@@ -153,6 +172,14 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         source=network.locate(),
         files=parts.files,
     )
+
+
+def _check_distinct(used: dict[str, Loaded[PartSpec]], part: Loaded[PartSpec], where: Location) -> None:
+    """Record ``part``; two different files of one name would be one class in generated source."""
+    if used.setdefault(part.spec.name, part) is not part:
+        raise RescompileError(
+            f"two different transition files are both named '{part.spec.name}'; give them distinct names", where
+        )
 
 
 MODULE_VALUE_NAMES = ("stem", "output")
@@ -252,7 +279,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         }
         attributes, channels[name] = OPS[node_spec.op].symbolic(attributes, channels.get(inputs[0]))
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
-    if role in ("block", "shortcut"):
+    if role in ("block", "shortcut", "transition"):
         _check_class_nodes(part, role, nodes)
     return Definition(
         role=role,

@@ -92,7 +92,7 @@ class Node:
     source: Location | None = None
 
 
-ModuleRole = Literal["stem", "block", "head"]
+ModuleRole = Literal["stem", "transition", "block", "head"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ class Module:
     in_shape: Shape
     out_shape: Shape | None = None
     source: Location | None = None
+    stage_path: str | None = None
+    """A transition's stage (``stages.1.blocks``): it runs before that stage's blocks."""
 
     @property
     def output(self) -> str:
@@ -125,6 +127,9 @@ class Module:
     def stage(self) -> str:
         """The stage's path for a block (``layer2`` for ``layer2.0``, ``stages.1.blocks`` for
         ``stages.1.blocks.0``: a block's path is its stage's and its index); ``stem``/``head`` otherwise."""
+        if self.role == "transition":
+            assert self.stage_path is not None
+            return self.stage_path
         return self.path.rsplit(".", 1)[0] if self.role == "block" else self.role
 
     def canonical(self, node_name: str) -> str:
@@ -134,7 +139,7 @@ class Module:
         return dict(self.parameters)[name]
 
 
-DefinitionRole = Literal["stem", "block", "shortcut", "head"]
+DefinitionRole = Literal["stem", "transition", "block", "shortcut", "head"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,10 @@ class Graph:
     @property
     def blocks(self) -> tuple[Module, ...]:
         return tuple(module for module in self.modules if module.role == "block")
+
+    @property
+    def transitions(self) -> tuple[Module, ...]:
+        return tuple(module for module in self.modules if module.role == "transition")
 
     @property
     def residual(self) -> bool:
