@@ -730,6 +730,12 @@ def conversions(graph: Graph) -> dict[str, Conversion]:
     """Every canonical weight name of ``graph`` with its flax state path and layout conversion."""
     sequential = {shortcut.definition.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
     sequential_transitions = {item.definition.name for item in shortcut_classes(graph, "transition") if item.sequential}
+    # A stage's blocks are an nnx.List: a block's state path is its stage's and its position there,
+    # whatever the network names it (timm's RegNet: s1.b1 is s1/0).
+    positions: dict[str, str] = {}
+    for stage in graph.stage_names():
+        blocks = [block for block in graph.blocks if block.stage == stage]
+        positions.update({block.path: f"{stage}.{index}" for index, block in enumerate(blocks)})
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
         parts = node.name.split(".")
@@ -737,7 +743,8 @@ def conversions(graph: Graph) -> dict[str, Conversion]:
             parts = [parts[0], "layers", parts[1]]
         if module.role == "transition" and module.type_name in sequential_transitions:
             parts = ["layers", *parts]
-        prefix = "/".join([*module.path.split("."), *parts] if module.path else parts)
+        path = positions.get(module.path, module.path)
+        prefix = "/".join([*path.split("."), *parts] if path else parts)
         for suffix, tensor in node.op.tensors().items():
             to_flax, from_flax = _layout(tensor)
             path = f"{prefix}/{FLAX_VARIABLES[tensor.role]}"
@@ -947,4 +954,6 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
     outputs = block_outputs(model, inputs, jit=False, transitions=stage_transitions(graph))
-    return {name: outputs[name] for name in module_names(graph)}
+    # The same modules in the same order; blocks here are named by position (s1.0 for timm's s1.b1).
+    assert len(outputs) == len(graph.modules)
+    return dict(zip(module_names(graph), outputs.values(), strict=True))

@@ -426,6 +426,7 @@ def emit_source(graph: Graph) -> str:
             for block in blocks
         ],
         shortcut_choice=shortcut_lines,
+        block_name=graph.block_name_source(),
         block_call=block_call,
         stage_signature=stage_signature,
         stages=stages,

@@ -171,6 +171,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         definitions=tuple(definitions),
         source=network.locate(),
         files=parts.files,
+        block_names=spec.naming.blocks,
     )
 
 

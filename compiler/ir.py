@@ -197,6 +197,16 @@ class Graph:
     source: Location | None = None
     files: tuple[Path, ...] = field(default=(), compare=False)
     """The spec and part files the graph was read from: no output may replace them."""
+    block_names: str = "{index}"
+    """How a stage names its blocks (the network's ``naming.blocks``): ``{index}`` (``layer1.0``, an
+    ``nn.Sequential`` of blocks) or a pattern such as ``b{number}`` (timm's RegNet: ``s1.b1``)."""
+
+    def block_name_source(self) -> str | None:
+        """The Python f-string naming block ``index`` of a stage (``f"b{index + 1}"``), or None
+        where blocks are numbered from 0 (positions in a Sequential)."""
+        if self.block_names == "{index}":
+            return None
+        return 'f"' + self.block_names.replace("{number}", "{index + 1}") + '"'
 
     def definition(self, role: DefinitionRole, name: str) -> Definition:
         return next(item for item in self.definitions if item.role == role and item.name == name)

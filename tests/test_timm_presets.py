@@ -41,6 +41,8 @@ TIMM_PRESETS = [
     "resnetv2_50",
     "resnetv2_50x1_bit",
     "convnext_tiny",
+    "regnetx_016",
+    "regnety_016",
 ]
 OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
