@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rescompile.spec.expressions import make_divisible
+
 QUANTUM = 8
 """Block widths are multiples of this (the paper's q = 8)."""
 
@@ -42,13 +44,14 @@ class Stage:
 
 
 def regnet_stages(
-    w0: int, wa: float, wm: float, depth: int, group_width: int, bottle_ratio: float = 1.0
+    w0: int, wa: float, wm: float, depth: int, group_width: int, bottle_ratio: float = 1.0, group_min_ratio: float = 0.0
 ) -> list[Stage]:
     """The stages of a RegNet: per-block widths ``u_j = w0 + wa·j`` (``j < depth``), each snapped
     to ``w0·wm^round(log(u_j / w0) / log(wm))`` and to a multiple of :data:`QUANTUM`; blocks of one
     width form a stage (in increasing width). Then, per stage, the group width is at most the
     bottleneck width (``width × bottle_ratio``), and the bottleneck width is rounded to a multiple
-    of the group width (timm's ``quantize_float``)."""
+    of the group width (timm's ``quantize_float``; with ``group_min_ratio``, torchvision's rounding,
+    timm's ``make_divisible`` with that minimum, as its ``*_tv`` models)."""
     if not (wa >= 0 and w0 > 0 and wm > 1 and w0 % QUANTUM == 0 and depth > 0 and group_width > 0):
         raise ValueError("RegNet needs wa >= 0, w0 > 0 a multiple of 8, wm > 1, depth > 0 and group_width > 0")
     f32 = np.float32
@@ -60,7 +63,10 @@ def regnet_stages(
     for width, count in zip(stage_widths.tolist(), stage_depths.tolist(), strict=True):
         bottleneck = int(width * bottle_ratio)
         groups = min(group_width, bottleneck)
-        bottleneck = int(round(bottleneck / groups) * groups)
+        if group_min_ratio:
+            bottleneck = int(make_divisible(bottleneck, groups, group_min_ratio))
+        else:
+            bottleneck = int(round(bottleneck / groups) * groups)
         stages.append(Stage(depth=count, width=int(bottleneck / bottle_ratio), group_width=groups))
     return stages
 
@@ -74,13 +80,18 @@ def regnet_spec(
     group_width: int,
     se_ratio: float = 0.0,
     command: str = "",
+    bottle_ratio: float = 1.0,
+    group_min_ratio: float = 0.0,
 ) -> str:
     """A network spec (YAML text) for the RegNet of these numbers, with timm's keys (``s1.b1``):
     the ``regnet`` stem, ``regnet_x`` blocks (``regnet_y`` with squeeze-and-excitation where
     ``se_ratio`` is set), ``conv_bn_projection`` where shapes change, and every stage stride 2."""
-    stages = regnet_stages(w0, wa, wm, depth, group_width)
+    stages = regnet_stages(w0, wa, wm, depth, group_width, bottle_ratio, group_min_ratio)
     block = "regnet_y" if se_ratio else "regnet_x"
-    parameters = f"{{group_width: {group_width}" + (f", se_ratio: {se_ratio}}}" if se_ratio else "}")
+    parameters = f"{{group_width: {group_width}"
+    parameters += (f", bottle_ratio: {bottle_ratio}" if bottle_ratio != 1 else "") + (
+        f", se_ratio: {se_ratio}}}" if se_ratio else "}"
+    )
     lines = [
         "# yaml-language-server: $schema=schemas/network.schema.json",
         "# Written by rescompile.regnet (the quantised linear widths of Radosavovic et al. 2020, as timm computes",
@@ -117,11 +128,17 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, required=True, help="blocks in all stages together")
     parser.add_argument("--group-width", type=int, required=True, help="channels per group of the 3×3 conv")
     parser.add_argument("--se-ratio", type=float, default=0.0, help="squeeze-and-excitation ratio (RegNetY: 0.25)")
+    parser.add_argument("--bottle-ratio", type=float, default=1.0, help="bottleneck width / block width")
+    parser.add_argument(
+        "--group-min-ratio", type=float, default=0.0, help="torchvision's rounding of bottleneck widths (timm's *_tv)"
+    )
     parser.add_argument("-o", "--output", type=Path, help="the file to write (default: stdout)")
     options = parser.parse_args(arguments)
     words = [options.name, "--w0", str(options.w0), "--wa", str(options.wa), "--wm", str(options.wm)]
     words += ["--depth", str(options.depth), "--group-width", str(options.group_width)]
     words += ["--se-ratio", str(options.se_ratio)] if options.se_ratio else []
+    words += ["--bottle-ratio", str(options.bottle_ratio)] if options.bottle_ratio != 1 else []
+    words += ["--group-min-ratio", str(options.group_min_ratio)] if options.group_min_ratio else []
     command = "python -m rescompile.regnet " + shlex.join(words)
     try:
         text = regnet_spec(
@@ -133,6 +150,8 @@ def main(arguments: list[str] | None = None) -> int:
             options.group_width,
             options.se_ratio,
             command,
+            options.bottle_ratio,
+            options.group_min_ratio,
         )
     except ValueError as error:
         print(f"rescompile.regnet: {error}", file=sys.stderr)
