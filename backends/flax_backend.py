@@ -53,8 +53,9 @@ from rescompile.backends.source import (
     source_writer,
     stage_arguments,
     stage_calls,
+    stage_construction,
     template,
-    transition_calls,
+    transition_arguments,
     uses_block_index,
     uses_math,
     wrap_call,
@@ -558,30 +559,29 @@ def emit_source(graph: Graph) -> str:
     block_arguments = positional + (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
     first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
     first_arguments += ["rngs=rngs"] if rngs else []
-    transitions = transition_calls(graph)
     rngs_transitions = {view["definition"].name for view in transition_views if view["rngs"]}
-    paths: list[str] = []
-    statements: list[str] = []
-    stage_lines: list[str] = []
-    for call in calls:
-        if call.attribute in transitions:
-            path, constructor = transitions[call.attribute]
-            module = next(module for module in graph.transitions if module.path == path)
-            if module.type_name in rngs_transitions:
-                constructor = constructor[:-1] + ", rngs=rngs)"
-            paths.append(path)
-            statements.append(f"self{attribute_access(path)} = {constructor}")
-            stage_lines.append(f"x = self{attribute_access(path)}(x)")
-        paths.append(call.attribute)
-        statements.append(
-            wrap_call(
-                f"self{attribute_access(call.attribute)} = self._make_stage",
-                [*stage_arguments(call, indexed), "rngs=rngs"],
-                8,
-            )
+
+    def transition_call(module: Module, callee: str) -> str:
+        arguments = transition_arguments(graph, module) + (
+            ["rngs=rngs"] if module.type_name in rngs_transitions else []
         )
-        stage_lines += [f"for block in self{attribute_access(call.attribute)}:", "    x = block(x)"]
-    stages = with_containers(paths, statements, "nnx.Dict()")
+        return f"{callee}({', '.join(arguments)})"
+
+    stages, order = stage_construction(
+        graph,
+        calls,
+        lambda call: wrap_call(
+            f"self{attribute_access(call.attribute)} = self._make_stage",
+            [*stage_arguments(call, indexed), "rngs=rngs"],
+            8,
+        ),
+        transition_call,
+        "nnx.Dict()",
+    )
+    stage_lines: list[str] = []
+    for transition, stage in order:
+        stage_lines += [f"x = self{attribute_access(transition)}(x)"] if transition is not None else []
+        stage_lines += [f"for block in self{attribute_access(stage)}:", "    x = block(x)"]
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -607,7 +607,7 @@ def emit_source(graph: Graph) -> str:
         first_blocks=first_blocks,
         first_options_used=first_options_used,
         shortcuts=transition_views + shortcuts,
-        stage_lines=stage_lines if transitions else [],
+        stage_lines=stage_lines if graph.transitions else [],
         shortcut_attribute=attribute,
         rngs=rngs,
         blocks=block_views,

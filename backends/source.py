@@ -18,7 +18,7 @@ import keyword
 import sys
 import textwrap
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from rescompile.backends.interface import Writer
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-from rescompile.backends.names import Namespace
+from rescompile.backends.names import Namespace, attribute_access, with_containers
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -504,18 +504,43 @@ def stage_calls(graph: Graph) -> list[StageCall]:
     return calls
 
 
-def transition_calls(graph: Graph) -> dict[str, tuple[str, str]]:
-    """Each stage with a transition, by stage path: the transition's path and the source building it
-    (``convnext_downsample(96, 192, 2)``, its parameters that differ from their defaults by keyword)."""
-    calls: dict[str, tuple[str, str]] = {}
-    for module in graph.transitions:
-        definition = graph.definition("transition", module.type_name)
-        sequential = next(item for item in shortcut_classes(graph, "transition") if item.definition is definition)
-        bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
-        defaults = dict(definition.parameters)
-        options = [f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value]
-        calls[module.stage] = (module.path, f"{sequential.python_name}({', '.join(bound + options)})")
-    return calls
+def transition_arguments(graph: Graph, module: Module) -> list[str]:
+    """A transition's constructor arguments: the bound values, then its parameters that differ from
+    their defaults, by keyword (``96, 192, 2``)."""
+    definition = graph.definition("transition", module.type_name)
+    defaults = dict(definition.parameters)
+    bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
+    return bound + [
+        f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value
+    ]
+
+
+def stage_construction(
+    graph: Graph,
+    calls: list[StageCall],
+    stage_statement: Callable[[StageCall], str],
+    transition_call: Callable[[Module, str], str],
+    container: str,
+) -> tuple[list[str], list[tuple[str | None, str]]]:
+    """The network constructor's statements building each stage (``stage_statement``) and, before
+    it, its transition (``self.stages["1"].downsample = `` and ``transition_call(module, callee)``),
+    with their containers; and per stage, in order, the attribute paths forward runs: its
+    transition's (None where it has none) and its own."""
+    callees = {item.definition.name: item.python_name for item in shortcut_classes(graph, "transition")}
+    entered = {module.stage: module for module in graph.transitions}
+    paths: list[str] = []
+    statements: list[str] = []
+    order: list[tuple[str | None, str]] = []
+    for call in calls:
+        transition = entered.get(call.attribute)
+        if transition is not None:
+            paths.append(transition.path)
+            call_source = transition_call(transition, callees[transition.type_name])
+            statements.append(f"self{attribute_access(transition.path)} = {call_source}")
+        paths.append(call.attribute)
+        statements.append(stage_statement(call))
+        order.append((None if transition is None else transition.path, call.attribute))
+    return with_containers(paths, statements, container), order
 
 
 def stage_arguments(call: StageCall, indexed: bool) -> list[str]:

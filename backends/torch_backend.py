@@ -35,8 +35,9 @@ from rescompile.backends.source import (
     source_writer,
     stage_arguments,
     stage_calls,
+    stage_construction,
     template,
-    transition_calls,
+    transition_arguments,
     uses_block_index,
     uses_math,
     wrap_call,
@@ -379,22 +380,16 @@ def emit_source(graph: Graph) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
-    transitions = transition_calls(graph)
-    paths: list[str] = []
-    statements: list[str] = []
-    stage_lines: list[str] = []
-    for call in calls:
-        if call.attribute in transitions:
-            path, constructor = transitions[call.attribute]
-            paths.append(path)
-            statements.append(f"self{attribute_access(path)} = {constructor}")
-            stage_lines.append(f"x = self{attribute_access(path)}(x)")
-        paths.append(call.attribute)
-        statements.append(
-            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8)
-        )
-        stage_lines.append(f"x = self{attribute_access(call.attribute)}(x)")
-    stages = with_containers(paths, statements, "nn.ModuleDict()")
+    stages, order = stage_construction(
+        graph,
+        calls,
+        lambda call: wrap_call(
+            f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8
+        ),
+        lambda module, callee: f"{callee}({', '.join(transition_arguments(graph, module))})",
+        "nn.ModuleDict()",
+    )
+    stage_lines = [f"x = self{attribute_access(path)}(x)" for pair in order for path in pair if path is not None]
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)

@@ -674,6 +674,14 @@ class DropPath(OpBase):
         return _one(in_shapes, self.kind)
 
 
+def _per_channel(kind: str, channels: int, in_shapes: tuple[Shape, ...]) -> Shape:
+    """The shape rule of an op with one value per channel of an image: it keeps the shape."""
+    found, _, _ = _image(in_shapes, kind)
+    if found != channels:
+        raise ShapeError(f"{kind} has {channels} channels, its input has {found}")
+    return in_shapes[0]
+
+
 @dataclass(frozen=True)
 class LayerNorm(_Normalization):
     """Layer normalisation over the channels of each pixel (timm's ``LayerNorm2d``, and ConvNeXt's
@@ -690,10 +698,7 @@ class LayerNorm(_Normalization):
         return cls(_image(in_shapes, cls.kind)[0], attributes["epsilon"])
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, _, _ = _image(in_shapes, self.kind)
-        if channels != self.channels:
-            raise ShapeError(f"layer_norm has {self.channels} channels, its input has {channels}")
-        return in_shapes[0]
+        return _per_channel(self.kind, self.channels, in_shapes)
 
     def tensors(self) -> dict[str, Tensor]:
         channels = (self.channels,)
@@ -729,10 +734,7 @@ class LayerScale(_Normalization):
         return cls(_image(in_shapes, cls.kind)[0], attributes["init"])
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, _, _ = _image(in_shapes, self.kind)
-        if channels != self.channels:
-            raise ShapeError(f"layer_scale has {self.channels} channels, its input has {channels}")
-        return in_shapes[0]
+        return _per_channel(self.kind, self.channels, in_shapes)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"": Tensor((self.channels,), Role.SCALE, Init.CONSTANT, value=self.init)}
