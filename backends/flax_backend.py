@@ -917,7 +917,7 @@ def block_outputs(
     images: np.ndarray,
     feed: Mapping[str, np.ndarray] | None = None,
     jit: bool = True,
-    transitions: Transitions = (),
+    graph: Graph | None = None,
 ) -> dict[str, np.ndarray]:
     """Every module's output by canonical module name, in torch layout, for comparing backends.
 
@@ -928,13 +928,20 @@ def block_outputs(
     output, so each module is compared on identical inputs and differences do not accumulate.
     The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
     one forward pass would. ``jit=False`` runs eagerly (faster for one call on a small input).
+
+    Without ``graph``, blocks are named by their position in their stage (``layer1.0``) and stage
+    transitions are not run; ``graph`` (the model's) runs its transitions and names every module
+    canonically (timm's RegNet: ``s1.b1``, ConvNeXt's ``stages.1.downsample``).
     """
-    names = _module_names(model, transitions)
-    fed = None if feed is None else {name: _flax_layout(feed[name]) for name in names[:-1]}
+    transitions = () if graph is None else stage_transitions(graph)
+    positions = _module_names(model, transitions)
+    names = positions if graph is None else module_names(graph)
+    pairs = list(zip(positions, names, strict=True))  # the same modules in the same order
+    fed = None if feed is None else {position: _flax_layout(feed[name]) for position, name in pairs}
     run = _jitted_blocks() if jit else _run_blocks
     outputs = run(model, _flax_layout(images), fed, transitions)
     # jax returns dicts with sorted keys: restore network order.
-    return {name: _torch_layout(np.asarray(outputs[name])) for name in names}
+    return {name: _torch_layout(np.asarray(outputs[position])) for position, name in pairs}
 
 
 def _flax_layout(array: np.ndarray) -> np.ndarray:
@@ -953,7 +960,4 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
-    outputs = block_outputs(model, inputs, jit=False, transitions=stage_transitions(graph))
-    # The same modules in the same order; blocks here are named by position (s1.0 for timm's s1.b1).
-    assert len(outputs) == len(graph.modules)
-    return dict(zip(module_names(graph), outputs.values(), strict=True))
+    return block_outputs(model, inputs, jit=False, graph=graph)

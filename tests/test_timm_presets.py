@@ -50,8 +50,9 @@ shortcut module last. The keys are the same (strict loading needs no order); so 
 SIZE = 224
 SMALL_SIZE = {"resnet200d": 96}
 """resnet200d runs at a smaller size by default and at 224 in the slow tail."""
-ODD_SIZE = {"convnext_tiny": 97}
-"""Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24)."""
+ODD_SIZE = {"convnext_tiny": 97, "regnetx_016": 97, "regnety_016": 97}
+"""Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's
+strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4)."""
 
 
 class Pair(NamedTuple):
