@@ -9,10 +9,11 @@ import pytest
 import timm
 import torch
 
+from rescompile.api import create_graph
 from rescompile.backends import torch_backend
 from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
-from rescompile.compiler.ops import LayerNorm, LayerScale, PointwiseLinear
+from rescompile.compiler.ops import DropPath, LayerNorm, LayerScale, PointwiseLinear
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import count_macs
@@ -134,3 +135,13 @@ def test_generated_convnext_reads_like_timms_stage() -> None:
     assert 'self.stages["1"].downsample = convnext_downsample(96, 192, 2)' in source
     assert 'x = self.stages["1"].downsample(x)\n        x = self.stages["1"].blocks(x)' in source
     assert "out = out * self.gamma.view(1, -1, 1, 1)" in source
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "regnety_016"])
+def test_drop_path_rates_follow_timms_schedule(name: str) -> None:
+    """timm's linspace(0, rate, blocks) over all blocks (its DropPath is absent at rate 0)."""
+    reference = timm.create_model(name, pretrained=False, drop_path_rate=0.2)
+    expected = [0.0] + [module.drop_prob for module in reference.modules() if type(module).__name__ == "DropPath"]
+    graph = create_graph(name, drop_path_rate=0.2)
+    rates = [node.op.rate for block in graph.blocks for node in block.nodes if isinstance(node.op, DropPath)]
+    assert rates == pytest.approx(expected, abs=1e-7)  # timm's are float32
