@@ -57,7 +57,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         )
     stem, head, blocks, policy = parts.stem, parts.head, parts.blocks, parts.policy
     assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
-    _check_network_attributes(network, stem, head)
+    _check_network_attributes(network, stem, head, parts)
 
     height, width = spec.input.height_width
     shape: Shape = (spec.input.channels, height, width)
@@ -81,8 +81,16 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stage.stride}
             bindings = _bind(transition, spec.transition_parameters, builtins, network, "transition_parameters")
             path = spec.naming.transition_path(stage_index)
+            stage_path = spec.naming.stage_path(stage_index)
+            if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
+                raise RescompileError(
+                    f"stage {stage_index}'s transition '{path}' and its blocks '{stage_path}' would hold one another; "
+                    "give naming.transitions and naming.stages distinct paths (stages.{index}.downsample and "
+                    "stages.{index}.blocks)",
+                    network.locate("naming"),
+                )
             module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
-            module = dataclasses.replace(module, stage_path=spec.naming.stage_path(stage_index))
+            module = dataclasses.replace(module, stage_path=stage_path)
             modules.append(module)
             assert module.out_shape is not None
             shape = module.out_shape
@@ -188,7 +196,9 @@ MODULE_VALUE_NAMES = ("stem", "output")
 node's canonical name would collide with; blocks' outputs are their paths, which no node has."""
 
 
-def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec]) -> None:
+def _check_network_attributes(
+    network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec], parts: NetworkParts
+) -> None:
     """The network class holds the stem's nodes, the stages and the head's nodes side by side: no
     two of these may share a first path segment (``layer1``, ``stages``, ``stem``), or one would
     replace the other's layer or container in the generated module."""
@@ -196,6 +206,8 @@ def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpe
     owners: dict[str, str] = {}
     for stage_index in range(len(network.spec.stages)):
         owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
+        if parts.transitions[stage_index] is not None:
+            owners.setdefault(naming.transition_path(stage_index).split(".")[0], "a stage transition of the network")
     for role, part in (("stem", stem), ("head", head)):
         for node_name in part.spec.nodes:
             if node_name in MODULE_VALUE_NAMES:

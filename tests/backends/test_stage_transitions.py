@@ -103,6 +103,14 @@ def test_a_transition_part_must_exist(network: Path) -> None:
         compile_spec(network)
 
 
+def test_a_transition_cannot_live_inside_its_stage(network: Path) -> None:
+    network.write_text(
+        NETWORK.replace('transitions: "stages.{index}.downsample"', 'transitions: "stages.{index}.blocks.x"')
+    )
+    with pytest.raises(RescompileError, match=r"net\.yaml:3:9: .*would hold one another"):
+        compile_spec(network)
+
+
 def test_block_names_are_one_path_segment_with_one_placeholder(tmp_path: Path) -> None:
     path = tmp_path / "net.yaml"
     path.write_text(NETWORK.replace('transitions: "stages.{index}.downsample"', 'blocks: "b.{number}"'))
