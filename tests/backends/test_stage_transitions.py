@@ -16,7 +16,7 @@ from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import DropPath, LayerNorm, LayerScale, PointwiseLinear
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
-from rescompile.testing import count_macs
+from rescompile.testing import assert_close, count_macs, randomise_normalisation
 
 # A transition whose nodes are named (a class, not a Sequential) and that normalises with GELU.
 NAMED_TRANSITION = """name: norm_conv
@@ -153,3 +153,44 @@ def test_drop_path_rates_follow_timms_schedule(name: str) -> None:
     graph = create_graph(name, drop_path_rate=0.2)
     rates = [node.op.rate for block in graph.blocks for node in block.nodes if isinstance(node.op, DropPath)]
     assert rates == pytest.approx(expected, abs=1e-7)  # timm's are float32
+
+
+# timm's convnext_nano: other depths and widths, and conv_mlp (1×1 convs with bias in the MLP).
+CONV_MLP_BLOCK = """name: convnext_conv_mlp
+description: ConvNeXt's block with its MLP as 1×1 convolutions (timm's conv_mlp).
+out_channels: width
+nodes:
+  conv_dw: {op: conv, out_channels: width, kernel: 7, padding: 3, groups: width, bias: true}
+  norm: {op: layer_norm, epsilon: 1.0e-6}
+  mlp.fc1: {op: conv, out_channels: 4 * width, kernel: 1, bias: true}
+  mlp.act: {op: gelu}
+  mlp.fc2: {op: conv, out_channels: width, kernel: 1, bias: true}
+  gamma: {op: layer_scale}
+  add: {op: add, inputs: [gamma, shortcut]}
+"""
+NANO = """extends: convnext_tiny
+name: convnext_nano
+stem_parameters: {width: 80}
+block: convnext_conv_mlp
+stages:
+  - {depth: 2, width: 80}
+  - {depth: 2, width: 160, stride: 2}
+  - {depth: 8, width: 320, stride: 2}
+  - {depth: 2, width: 640, stride: 2}
+"""
+
+
+def test_another_convnext_written_from_the_readme_is_timms(tmp_path: Path) -> None:
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "convnext_conv_mlp.yaml").write_text(CONV_MLP_BLOCK)
+    (tmp_path / "convnext_nano.yaml").write_text(NANO)
+    torch.manual_seed(0)
+    reference = timm.create_model("convnext_nano", pretrained=False).eval()
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(tmp_path / "convnext_nano.yaml", size=65)
+    model = torch_backend.build_module(graph).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    inputs = torch.randn(2, 3, 65, 65, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework", what="logits")
