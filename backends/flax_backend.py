@@ -57,13 +57,15 @@ from rescompile.backends.source import (
     source_writer,
     stage_arguments,
     stage_calls,
+    stage_construction,
     template,
+    transition_arguments,
     uses_block_index,
     uses_math,
     wrap_call,
 )
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
-from rescompile.compiler.ops import Role, Tensor
+from rescompile.compiler.ops import Role, Tensor, weight_name
 from rescompile.compiler.weights import (
     Array,
     Weights,
@@ -166,9 +168,13 @@ def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
 
 def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
     a = node.attributes
-    arguments = [render(a["in_features"]), render(a["out_features"])]
-    if not is_default(a["bias"], True):
-        arguments.append(f"use_bias={render(a['bias'])}")
+    return _linear_layer(a["in_features"], a["out_features"], a["bias"])
+
+
+def _linear_layer(in_features: Attribute, out_features: Attribute, bias: Attribute) -> Lowering:
+    arguments = [render(in_features), render(out_features)]
+    if not is_default(bias, True):
+        arguments.append(f"use_bias={render(bias)}")
     arguments += ["kernel_init=linear_init", "rngs=rngs"]
     return Lowering(layer=("nnx.Linear", arguments))
 
@@ -176,6 +182,16 @@ def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
 def _placeholders(node: SourceNode) -> list[str]:
     """``{0}``, ``{1}``, ...: one per input, for an expression over a variable number of inputs."""
     return [f"{{{index}}}" for index in range(len(node.inputs))]
+
+
+def _layer_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    a = node.attributes
+    epsilon = a["epsilon"]
+    assert isinstance(epsilon, float), "LayerNorm's epsilon is a number, not an expression"
+    # NOTE: epsilon always written (nnx.LayerNorm's default is 1e-6, torch's 1e-5), and torch's
+    # two-pass variance. nnx.LayerNorm normalises the last axis: the channels of an NHWC value.
+    arguments = [render(a["channels"]), f"epsilon={epsilon!r}", "use_fast_variance=False", "rngs=rngs"]
+    return Lowering(layer=("nnx.LayerNorm", arguments))
 
 
 def _function(function: str, arguments: dict[str, tuple[str, Attribute]]) -> Lowering:
@@ -267,6 +283,16 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
             for name, default in (("over", None), ("groups", 1), ("transpose", False))
             if default is None or not is_default(node.attributes[name], default)
         },
+    ),
+    "layer_norm": _layer_norm,
+    # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
+    "gelu": lambda node, in_shape: Lowering(function="nnx.gelu", arguments=[("approximate", "False")]),
+    "layer_scale": lambda node, in_shape: Lowering(
+        layer=("LayerScale", [render(node.attributes["channels"]), render(node.attributes["init"])])
+    ),
+    # nnx.Linear acts on the last axis, the channels of an NHWC value: a linear layer at every pixel.
+    "pointwise_linear": lambda node, in_shape: _linear_layer(
+        node.attributes["in_channels"], node.attributes["out_channels"], node.attributes["bias"]
     ),
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
@@ -390,6 +416,14 @@ def channel_softmax(x: jax.Array, over: int, groups: int = 1, transpose: bool = 
     if transpose:
         normalised = jnp.swapaxes(normalised, -3, -2)
     return normalised.reshape(x.shape)'''
+LAYER_SCALE_CLASS = '''class LayerScale(nnx.Module):
+    """A learned per-channel scale (ConvNeXt's gamma): multiplies the last (channel) axis."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        self.scale = nnx.Param(jnp.full((channels,), init, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.scale[...]'''
 
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
@@ -400,6 +434,7 @@ HELPER_FUNCTIONS = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_FUNCTION,
     "softmax": CHANNEL_SOFTMAX_FUNCTION,
+    "layer_scale": LAYER_SCALE_CLASS,
 }
 
 # Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
@@ -488,7 +523,8 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
 
 
 def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    return any(node.kind in ("conv", "linear", "group_norm", "channel_conv", "drop_path", CLASS_KIND) for node in nodes)
+    kinds = ("conv", "linear", "group_norm", "channel_conv", "drop_path", "layer_norm", "pointwise_linear", CLASS_KIND)
+    return any(node.kind in kinds for node in nodes)
 
 
 def _container_source(container: ContainerClass) -> tuple[str, list[str]]:
@@ -510,8 +546,13 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     items = []
     if shortcut.sequential:
         items = [_item(node, lowering) for node, lowering in zip(shortcut.nodes, lowerings, strict=True)]
+    arguments = shortcut.arguments + (["*", "rngs: nnx.Rngs"] if rngs else [])
     return {
         "definition": shortcut.definition,
+        "kind": shortcut.definition.role.capitalize(),
+        "signature": wrap_call(f"def {name}", arguments, 0, " -> nnx.Sequential:")
+        if shortcut.sequential
+        else wrap_call("def __init__", ["self", *arguments], 4, " -> None:"),
         "name": name,
         "sequential": shortcut.sequential,
         "rngs": rngs,
@@ -527,6 +568,7 @@ def emit_source(graph: Graph) -> str:
     """Python source of a ``flax.nnx`` model for ``graph``: one class per block type, stages in loops."""
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
+    transition_views = [_shortcut_view(transition) for transition in shortcut_classes(graph, "transition")]
     kinds_used = {node.op.kind for _, node in graph.nodes()}
     standardized = any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes())
     ceil_kinds = {
@@ -561,7 +603,7 @@ def emit_source(graph: Graph) -> str:
     containers = [_container_source(container) for container in container_classes(blocks)]
     stored_lines = [line for view in block_views for line in view["init_lines"]]
     stored_lines += [line for _, body in containers for line in body]
-    stored_lines += [line for view in shortcuts for line in view["init_lines"] + view["items"]]
+    stored_lines += [line for view in shortcuts + transition_views for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
     options_used = any(call.options for call in calls)
     first_blocks = any(call.first_block for call in calls)
@@ -571,18 +613,29 @@ def emit_source(graph: Graph) -> str:
     block_arguments = positional + (["**options"] if options_used else []) + (["rngs=rngs"] if rngs else [])
     first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
     first_arguments += ["rngs=rngs"] if rngs else []
-    stages = with_containers(
-        [call.attribute for call in calls],
-        [
-            wrap_call(
-                f"self{attribute_access(call.attribute)} = self._make_stage",
-                [*stage_arguments(call, indexed), "rngs=rngs"],
-                8,
-            )
-            for call in calls
-        ],
+    rngs_transitions = {view["definition"].name for view in transition_views if view["rngs"]}
+
+    def transition_call(module: Module, callee: str) -> str:
+        arguments = transition_arguments(graph, module) + (
+            ["rngs=rngs"] if module.type_name in rngs_transitions else []
+        )
+        return f"{callee}({', '.join(arguments)})"
+
+    stages, order = stage_construction(
+        graph,
+        calls,
+        lambda call: wrap_call(
+            f"self{attribute_access(call.attribute)} = self._make_stage",
+            [*stage_arguments(call, indexed), "rngs=rngs"],
+            8,
+        ),
+        transition_call,
         "nnx.Dict()",
     )
+    stage_lines: list[str] = []
+    for transition, stage in order:
+        stage_lines += [f"x = self{attribute_access(transition)}(x)"] if transition is not None else []
+        stage_lines += [f"for block in self{attribute_access(stage)}:", "    x = block(x)"]
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -600,7 +653,7 @@ def emit_source(graph: Graph) -> str:
         + [source for source, _ in containers],
         indexed=indexed,
         uses_partial=any("partial(" in line for line in stored_lines),
-        uses_linear="linear" in kinds_used or "channel_conv" in kinds_used,
+        uses_linear=bool({"linear", "channel_conv", "pointwise_linear"} & kinds_used),
         uses_math=uses_math(graph) or "blur_pool" in kinds_used,
         # The standardising conv function's signature names Callable and Any.
         uses_callable=standardized,
@@ -608,7 +661,8 @@ def emit_source(graph: Graph) -> str:
         options_used=options_used,
         first_blocks=first_blocks,
         first_options_used=first_options_used,
-        shortcuts=shortcuts,
+        shortcuts=transition_views + shortcuts,
+        stage_lines=stage_lines if graph.transitions else [],
         shortcut_attribute=attribute,
         rngs=rngs,
         blocks=block_views,
@@ -730,16 +784,26 @@ def _layout(tensor: Tensor) -> tuple[Callable[[Array], Array], Callable[[Array],
 def conversions(graph: Graph) -> dict[str, Conversion]:
     """Every canonical weight name of ``graph`` with its flax state path and layout conversion."""
     sequential = {shortcut.definition.module for shortcut in shortcut_classes(graph) if shortcut.sequential}
+    sequential_transitions = {item.definition.name for item in shortcut_classes(graph, "transition") if item.sequential}
+    # A stage's blocks are an nnx.List: a block's state path is its stage's and its position there,
+    # whatever the network names it (timm's RegNet: s1.b1 is s1/0).
+    positions: dict[str, str] = {}
+    for stage in graph.stage_names():
+        blocks = [block for block in graph.blocks if block.stage == stage]
+        positions.update({block.path: f"{stage}.{index}" for index, block in enumerate(blocks)})
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
         parts = node.name.split(".")
         if len(parts) == 2 and parts[0] in sequential:
             parts = [parts[0], "layers", parts[1]]
-        prefix = "/".join([*module.path.split("."), *parts] if module.path else parts)
+        if module.role == "transition" and module.type_name in sequential_transitions:
+            parts = ["layers", *parts]
+        path = positions.get(module.path, module.path)
+        prefix = "/".join([*path.split("."), *parts] if path else parts)
         for suffix, tensor in node.op.tensors().items():
             to_flax, from_flax = _layout(tensor)
             path = f"{prefix}/{FLAX_VARIABLES[tensor.role]}"
-            table[f"{module.canonical(node.name)}.{suffix}"] = Conversion(path, to_flax, from_flax)
+            table[weight_name(module.canonical(node.name), suffix)] = Conversion(path, to_flax, from_flax)
     return table
 
 
@@ -859,27 +923,56 @@ def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
     return stages
 
 
-def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None) -> dict[str, Any]:
+Transitions = tuple[tuple[str, str], ...]
+"""(stage path, its transition's path) for each stage with a transition (:func:`stage_transitions`)."""
+
+
+def stage_transitions(graph: Graph) -> Transitions:
+    return tuple((module.stage, module.path) for module in graph.transitions)
+
+
+def _submodule(model: Any, path: str) -> Any:
+    for segment in path.split("."):
+        model = model[segment] if segment.isdigit() else getattr(model, segment)
+    return model
+
+
+def _module_names(model: Any, transitions: Transitions) -> list[str]:
+    entered = dict(transitions)
+    names = ["stem"]
+    for stage_name, stage in _stages(model):
+        names += [entered[stage_name]] if stage_name in entered else []
+        names += [f"{stage_name}.{index}" for index in range(len(stage))]
+    return [*names, "head"]
+
+
+def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None, transitions: Transitions) -> dict[str, Any]:
     outputs = {"stem": model._stem(images)}
     previous = "stem"
+    entered = dict(transitions)
     for stage_name, stage in _stages(model):
-        for index, block in enumerate(stage):
-            name = f"{stage_name}.{index}"
-            outputs[name] = block(outputs[previous] if feed is None else feed[previous])
+        layers = [(entered[stage_name], _submodule(model, entered[stage_name]))] if stage_name in entered else []
+        layers += [(f"{stage_name}.{index}", block) for index, block in enumerate(stage)]
+        for name, layer in layers:
+            outputs[name] = layer(outputs[previous] if feed is None else feed[previous])
             previous = name
     outputs["head"] = model._head(outputs[previous] if feed is None else feed[previous])
     return outputs
 
 
 @functools.cache
-def _jitted_blocks() -> Callable[[Any, Any, dict[str, Any] | None], dict[str, Any]]:
+def _jitted_blocks() -> Callable[[Any, Any, dict[str, Any] | None, Transitions], dict[str, Any]]:
     from flax import nnx
 
-    return nnx.jit(_run_blocks)
+    return nnx.jit(_run_blocks, static_argnums=3)
 
 
 def block_outputs(
-    model: nnx.Module, images: np.ndarray, feed: Mapping[str, np.ndarray] | None = None, jit: bool = True
+    model: nnx.Module,
+    images: np.ndarray,
+    feed: Mapping[str, np.ndarray] | None = None,
+    jit: bool = True,
+    graph: Graph | None = None,
 ) -> dict[str, np.ndarray]:
     """Every module's output by canonical module name, in torch layout, for comparing backends.
 
@@ -890,13 +983,20 @@ def block_outputs(
     output, so each module is compared on identical inputs and differences do not accumulate.
     The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
     one forward pass would. ``jit=False`` runs eagerly (faster for one call on a small input).
+
+    Without ``graph``, blocks are named by their position in their stage (``layer1.0``) and stage
+    transitions are not run; ``graph`` (the model's) runs its transitions and names every module
+    canonically (timm's RegNet: ``s1.b1``, ConvNeXt's ``stages.1.downsample``).
     """
-    names = ["stem", *(f"{name}.{index}" for name, stage in _stages(model) for index in range(len(stage))), "head"]
-    fed = None if feed is None else {name: _flax_layout(feed[name]) for name in names[:-1]}
+    transitions = () if graph is None else stage_transitions(graph)
+    positions = _module_names(model, transitions)
+    names = positions if graph is None else module_names(graph)
+    pairs = list(zip(positions, names, strict=True))  # the same modules in the same order
+    fed = None if feed is None else {position: _flax_layout(feed[name]) for position, name in pairs}
     run = _jitted_blocks() if jit else _run_blocks
-    outputs = run(model, _flax_layout(images), fed)
+    outputs = run(model, _flax_layout(images), fed, transitions)
     # jax returns dicts with sorted keys: restore network order.
-    return {name: _torch_layout(np.asarray(outputs[name])) for name in names}
+    return {name: _torch_layout(np.asarray(outputs[position])) for position, name in pairs}
 
 
 def _flax_layout(array: np.ndarray) -> np.ndarray:
@@ -915,5 +1015,4 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
-    outputs = block_outputs(model, inputs, jit=False)
-    return {name: outputs[name] for name in module_names(graph)}
+    return block_outputs(model, inputs, jit=False, graph=graph)

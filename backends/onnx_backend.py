@@ -53,7 +53,7 @@ from rescompile.compiler.ir import (
     Softmax,
     Subsample,
 )
-from rescompile.compiler.ops import binomial_filter
+from rescompile.compiler.ops import LayerNorm, LayerScale, PointwiseLinear, binomial_filter
 from rescompile.compiler.weights import (
     Weights,
     check_weights,
@@ -504,6 +504,60 @@ def _softmax(builder: _Builder, site: Site) -> None:
 
 
 Emitter = Callable[[_Builder, Site], None]
+
+
+def _append(builder: _Builder, op_type: str, inputs: list[str], output: str, **attributes: Any) -> str:
+    builder.model.graph.node.append(helper.make_node(op_type, inputs, [output], name=output, **attributes))
+    return output
+
+
+def _layer_norm(builder: _Builder, site: Site) -> None:
+    # NOTE: decomposed (LayerNormalization exists only from opset 17): channels last, one row of C
+    # values per pixel, each row normalised as a GroupNorm group is, then the per-channel affine,
+    # which broadcasts over the last axis, and back to NCHW.
+    op = site.node.op
+    assert isinstance(op, LayerNorm)
+    channels, height, width = site.node.in_shapes[0]
+    last = _append(builder, "Transpose", [site.inputs[0]], f"{site.name}.channels_last", perm=[0, 2, 3, 1])
+    rows = _normalize_groups(builder, last, [0, height * width, channels], op.epsilon, site.name)
+    scaled = _append(builder, "Mul", [rows, builder.weight(f"{site.name}.weight")], f"{site.name}.times_weight")
+    shifted = _append(builder, "Add", [scaled, builder.weight(f"{site.name}.bias")], f"{site.name}.plus_bias")
+    image = _reshape(builder, shifted, [0, height, width, channels], f"{site.name}.image")
+    builder.node("Transpose", [image], site, perm=[0, 3, 1, 2])
+
+
+def _gelu(builder: _Builder, site: Site) -> None:
+    # x * (1 + erf(x / sqrt(2))) / 2, as torch computes it (Gelu exists only from opset 20).
+    x, name = site.inputs[0], site.name
+    scaled = _append(
+        builder, "Mul", [x, _constant(builder, f"{name}.sqrt_half", np.array(0.5**0.5, np.float32))], f"{name}.scaled"
+    )
+    erf = _append(builder, "Erf", [scaled], f"{name}.erf")
+    plus_one = _append(
+        builder, "Add", [erf, _constant(builder, f"{name}.one", np.array(1.0, np.float32))], f"{name}.plus_one"
+    )
+    product = _append(builder, "Mul", [x, plus_one], f"{name}.product")
+    builder.node("Mul", [product, _constant(builder, f"{name}.half", np.array(0.5, np.float32))], site)
+
+
+def _layer_scale(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, LayerScale)
+    # The (C,) parameter, under the node's own name, as a (C, 1, 1) column broadcast over NCHW.
+    column = _reshape(builder, builder.weight(site.name), [op.channels, 1, 1], f"{site.name}.column")
+    builder.node("Mul", [site.inputs[0], column], site)
+
+
+def _pointwise_linear(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, PointwiseLinear)
+    # The (out, in) weight viewed as a 1×1 convolution's (out, in, 1, 1): the same sums per pixel.
+    weight = builder.weight(f"{site.name}.weight")
+    kernel = _reshape(builder, weight, [op.out_channels, op.in_channels, 1, 1], f"{site.name}.kernel")
+    inputs = [site.inputs[0], kernel] + ([builder.weight(f"{site.name}.bias")] if op.bias else [])
+    builder.node("Conv", inputs, site, kernel_shape=[1, 1])
+
+
 EMITTERS: dict[str, Emitter] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
@@ -526,6 +580,10 @@ EMITTERS: dict[str, Emitter] = {
     "channel_slice": _channel_slice,
     "concat": _concat,
     "softmax": _softmax,
+    "layer_norm": _layer_norm,
+    "gelu": _gelu,
+    "layer_scale": _layer_scale,
+    "pointwise_linear": _pointwise_linear,
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
 
@@ -725,6 +783,8 @@ def emit_model(
             fold = folds.get(name)
             # A folded conv computes the value its BatchNorm computed, and keeps that value's name.
             value_name = fold.batch_norm if fold is not None else name
+            if "" in node.op.tensors():  # its weight holds the node's own name (a layer scale's)
+                value_name = f"{name}.output"
             output = module_output_name(graph, index) if node.name == module.output else value_name
             if output in value_names:
                 raise RescompileError(f"{name}: the ONNX value name {output!r} is used twice", node.source)

@@ -18,7 +18,7 @@ import keyword
 import sys
 import textwrap
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from rescompile.backends.interface import Writer
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-from rescompile.backends.names import Namespace
+from rescompile.backends.names import Namespace, attribute_access, with_containers
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -39,6 +39,7 @@ from rescompile.compiler.ir import (
     BatchNorm,
     Conv,
     Definition,
+    DefinitionRole,
     Graph,
     GroupNorm,
     Linear,
@@ -378,6 +379,9 @@ class BlockClass:
 
 @dataclass(frozen=True)
 class ShortcutClass:
+    """A shortcut or a transition part: a function returning a Sequential, or a class, built from
+    the values the compiler binds (:data:`BOUND_ARGUMENTS`) and the part's own parameters."""
+
     definition: Definition
     nodes: list[SourceNode]
     derived: dict[str, str]
@@ -388,7 +392,21 @@ class ShortcutClass:
     def python_name(self) -> str:
         """The function (sequential) or class that builds it in generated source."""
         name = self.definition.name
-        return function_name(name) if self.sequential else class_name(name, "Shortcut")
+        suffix = "Transition" if self.definition.role == "transition" else "Shortcut"
+        return function_name(name) if self.sequential else class_name(name, suffix)
+
+    @property
+    def arguments(self) -> list[str]:
+        """Its constructor's parameters: the bound values, then the part's own with defaults."""
+        bound = [f"{name}: int" for name in BOUND_ARGUMENTS[self.definition.role]]
+        return bound + parameter_declarations(dict(self.definition.parameters))
+
+
+BOUND_ARGUMENTS = {
+    "shortcut": ("in_channels", "out_channels", "stride"),
+    "transition": ("in_channels", "width", "stride"),
+}
+"""What a shortcut and a transition are built from, in order (the values the compiler binds)."""
 
 
 def _derived(definition: Definition) -> dict[str, str]:
@@ -546,10 +564,11 @@ def block_type(classes: list[BlockClass]) -> str:
     return " | ".join(block.python_name for block in classes)
 
 
-def shortcut_classes(graph: Graph) -> list[ShortcutClass]:
+def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:
+    """The shortcut kinds of ``graph`` (or, with ``role="transition"``, its transitions)."""
     classes: list[ShortcutClass] = []
     for definition in graph.definitions:
-        if definition.role != "shortcut":
+        if definition.role != role:
             continue
         nodes = list(definition.nodes)
         sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
@@ -622,6 +641,45 @@ def stage_calls(graph: Graph) -> list[StageCall]:
             )
         )
     return calls
+
+
+def transition_arguments(graph: Graph, module: Module) -> list[str]:
+    """A transition's constructor arguments: the bound values, then its parameters that differ from
+    their defaults, by keyword (``96, 192, 2``)."""
+    definition = graph.definition("transition", module.type_name)
+    defaults = dict(definition.parameters)
+    bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
+    return bound + [
+        f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value
+    ]
+
+
+def stage_construction(
+    graph: Graph,
+    calls: list[StageCall],
+    stage_statement: Callable[[StageCall], str],
+    transition_call: Callable[[Module, str], str],
+    container: str,
+) -> tuple[list[str], list[tuple[str | None, str]]]:
+    """The network constructor's statements building each stage (``stage_statement``) and, before
+    it, its transition (``self.stages["1"].downsample = `` and ``transition_call(module, callee)``),
+    with their containers; and per stage, in order, the attribute paths forward runs: its
+    transition's (None where it has none) and its own."""
+    callees = {item.definition.name: item.python_name for item in shortcut_classes(graph, "transition")}
+    entered = {module.stage: module for module in graph.transitions}
+    paths: list[str] = []
+    statements: list[str] = []
+    order: list[tuple[str | None, str]] = []
+    for call in calls:
+        transition = entered.get(call.attribute)
+        if transition is not None:
+            paths.append(transition.path)
+            call_source = transition_call(transition, callees[transition.type_name])
+            statements.append(f"self{attribute_access(transition.path)} = {call_source}")
+        paths.append(call.attribute)
+        statements.append(stage_statement(call))
+        order.append((None if transition is None else transition.path, call.attribute))
+    return with_containers(paths, statements, container), order
 
 
 def stage_arguments(call: StageCall, indexed: bool) -> list[str]:

@@ -39,7 +39,9 @@ from rescompile.backends.source import (
     source_writer,
     stage_arguments,
     stage_calls,
+    stage_construction,
     template,
+    transition_arguments,
     uses_block_index,
     uses_math,
     wrap_call,
@@ -268,6 +270,38 @@ def _inline(node: SourceNode, expression: str) -> str:
     return expression.format(*node.inputs, all=", ".join(node.inputs))
 
 
+LAYER_NORM_CLASS = '''class LayerNorm2d(nn.LayerNorm):
+    """Layer normalisation over the channels of each pixel of an NCHW tensor (timm's LayerNorm2d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)'''
+POINTWISE_LINEAR_CLASS = '''class PointwiseLinear(nn.Linear):
+    """A linear layer over the channels at every pixel of an NCHW tensor: nn.Linear on channels-last,
+    weight (out_features, in_features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)'''
+
+
+def _layer_norm(node: SourceNode) -> Layer:
+    a = node.attributes
+    return ("LayerNorm2d", [render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5)])
+
+
+def _layer_scale(node: SourceNode) -> Layer:
+    # A parameter held by the block itself, as timm's ConvNeXt block holds ``gamma``.
+    a = node.attributes
+    return ("nn.Parameter", [f"torch.full(({render(a['channels'])},), {render(a['init'])})"])
+
+
+def _pointwise_linear(node: SourceNode) -> Layer:
+    a = node.attributes
+    arguments = [render(a["in_channels"]), render(a["out_channels"]), *_optional("bias", a["bias"], True)]
+    return ("PointwiseLinear", arguments)
+
+
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}", a plain string or an Inline), or a function of the node giving one.
 EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | str] = {
@@ -292,7 +326,14 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "channel_slice": lambda node: ("ChannelSlice", [render(node.attributes["start"]), render(node.attributes["stop"])]),
     "concat": Inline("torch.cat([{all}], 1)"),
     "softmax": _channel_softmax,
+    "layer_norm": _layer_norm,
+    "gelu": lambda node: ("nn.GELU", []),
+    "layer_scale": _layer_scale,
+    "pointwise_linear": _pointwise_linear,
 }
+# Stored nodes that are not called as ``self.layer(x)``: how forward applies them ("{layer}" is the
+# attribute, "{0}" the input). A layer scale is a parameter, broadcast over (batch, C, H, W).
+APPLICATIONS = {"layer_scale": "{0} * {layer}.view(1, -1, 1, 1)"}
 HELPER_CLASSES = {
     "subsample": SUBSAMPLE_CLASS,
     "pad_channels": PAD_CHANNELS_CLASS,
@@ -301,9 +342,11 @@ HELPER_CLASSES = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_CLASS,
     "softmax": CHANNEL_SOFTMAX_CLASS,
+    "layer_norm": LAYER_NORM_CLASS,
+    "pointwise_linear": POINTWISE_LINEAR_CLASS,
 }
 # Helper classes that call torch.nn.functional, and those that need the math module.
-FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", STD_CONV)
+FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", "layer_norm", STD_CONV)
 MATH_HELPERS = ("blur_pool",)
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
@@ -344,6 +387,9 @@ def _forward_lines(
         lowered = _lowered(node)
         if isinstance(lowered, Inline):
             lines.append(f"{node.output} = {_inline(node, lowered)}")
+        elif node.kind in APPLICATIONS:
+            layer = f"self{attribute_access(node.attribute)}"
+            lines.append(f"{node.output} = {APPLICATIONS[node.kind].format(*node.inputs, layer=layer)}")
         else:
             lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines
@@ -367,14 +413,18 @@ def emit_source(graph: Graph) -> str:
     shortcut_views = [
         {
             "definition": shortcut.definition,
+            "kind": shortcut.definition.role.capitalize(),
             "name": shortcut.python_name,
+            "signature": wrap_call(f"def {shortcut.python_name}", shortcut.arguments, 0, " -> nn.Sequential:")
+            if shortcut.sequential
+            else wrap_call("def __init__", ["self", *shortcut.arguments], 4, " -> None:"),
             "sequential": shortcut.sequential,
             "layers": [_layer(node) for node in shortcut.nodes],
             "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
             + _init_lines(shortcut.nodes),
             "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
         }
-        for shortcut in shortcuts
+        for shortcut in [*shortcut_classes(graph, "transition"), *shortcuts]
     ]
     attribute = shortcut_attribute(graph)  # None for a plain network
     shortcut_lines: list[str] = []
@@ -403,17 +453,18 @@ def emit_source(graph: Graph) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
-    stages = with_containers(
-        [call.attribute for call in calls],
-        [
-            wrap_call(f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8)
-            for call in calls
-        ],
+    stages, order = stage_construction(
+        graph,
+        calls,
+        lambda call: wrap_call(
+            f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8
+        ),
+        lambda module, callee: f"{callee}({', '.join(transition_arguments(graph, module))})",
         "nn.ModuleDict()",
     )
+    stage_lines = [f"x = self{attribute_access(path)}(x)" for pair in order for path in pair if path is not None]
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
-    stage_lines = [f"x = self{attribute_access(call.attribute)}(x)" for call in calls]
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
@@ -444,6 +495,7 @@ def emit_source(graph: Graph) -> str:
             for block in blocks
         ],
         shortcut_choice=shortcut_lines,
+        block_name=graph.block_name_source(),
         block_call=block_call,
         stage_signature=stage_signature,
         stages=stages,
@@ -514,8 +566,11 @@ def block_outputs(model: nn.Module, graph: Graph, images: Array) -> Outputs:
 
         return hook
 
-    handles = [model.get_submodule(graph.blocks[0].path).register_forward_pre_hook(keep_stem)]
-    handles += [model.get_submodule(block.path).register_forward_hook(keep(block.path)) for block in graph.blocks]
+    # The stem's output is what the module after it reads (a block, or a first stage's transition).
+    handles = [model.get_submodule(graph.modules[1].path).register_forward_pre_hook(keep_stem)]
+    handles += [
+        model.get_submodule(module.path).register_forward_hook(keep(module.path)) for module in graph.modules[1:-1]
+    ]
     try:
         with torch.no_grad():
             outputs["head"] = model(torch.from_numpy(images)).numpy()

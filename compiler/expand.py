@@ -59,7 +59,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         )
     stem, head, blocks, policy = parts.stem, parts.head, parts.blocks, parts.policy
     assert isinstance(stem.spec, StemSpec) and isinstance(head.spec, HeadSpec)
-    _check_network_attributes(network, stem, head)
+    _check_network_attributes(network, stem, head, parts)
 
     height, width = spec.input.height_width
     shape: Shape = (spec.input.channels, height, width)
@@ -76,26 +76,51 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
     instances: list[tuple[int, bool, Loaded[PartSpec]]] = []
     """(module index, whether first of its stage, the block unrolled for it), for block variants."""
+    used_transitions: dict[str, Loaded[PartSpec]] = {}
+    blocks_built = 0
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
+        transition = parts.transitions[stage_index]
+        if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
+            _check_distinct(used_transitions, transition, network.locate("transition"))
+            builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stage.stride}
+            bindings = _bind(transition, spec.transition_parameters, builtins, network, "transition_parameters")
+            path = spec.naming.transition_path(stage_index)
+            stage_path = spec.naming.stage_path(stage_index)
+            if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
+                raise RescompileError(
+                    f"stage {stage_index}'s transition '{path}' and its blocks '{stage_path}' would hold one another; "
+                    "give naming.transitions and naming.stages distinct paths (stages.{index}.downsample and "
+                    "stages.{index}.blocks)",
+                    network.locate("naming"),
+                )
+            module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
+            module = dataclasses.replace(module, stage_path=stage_path)
+            modules.append(module)
+            assert module.out_shape is not None
+            shape = module.out_shape
+        else:
+            transition = None
         for block_index in range(stage.depth):
             first = block_index == 0
             block = parts.first_blocks[stage_index] if first else blocks[stage_index]
             assert isinstance(block.spec, BlockSpec)
-            stride = stage.stride if block_index == 0 else 1
-            builtins: dict[str, Value] = {
+            # A stage's transition takes its stride; its blocks then keep the resolution.
+            stride = stage.stride if block_index == 0 and transition is None else 1
+            builtins = {
                 "in_channels": shape[0],
                 "width": stage.width,
                 "stride": stride,
-                "block_index": len(modules) - 1,  # over the whole network: the stem is modules[0]
+                "block_index": blocks_built,  # over the whole network (timm's net_block_idx)
                 "block_count": block_count,
             }
+            blocks_built += 1
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
             block = instantiate(block, bindings, "blocks")
             assert isinstance(block.spec, BlockSpec)
             instances.append((len(modules), first, block))
-            path = f"{spec.naming.stage_path(stage_index)}.{block_index}"
+            path = spec.naming.block_path(stage_index, block_index)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
@@ -154,6 +179,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unique = {part.spec.name: part for part in variants.values()}
     definitions = [
         _definition(stem, "stem"),
+        *(_definition(transition, "transition") for transition in used_transitions.values()),
         *(_definition(block, "block", residual=policy is not None) for block in unique.values()),
         _definition(head, "head"),
         *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
@@ -166,6 +192,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         definitions=tuple(definitions),
         source=network.locate(),
         files=parts.files,
+        block_names=spec.naming.blocks,
     )
 
 
@@ -206,12 +233,22 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
     return chosen
 
 
+def _check_distinct(used: dict[str, Loaded[PartSpec]], part: Loaded[PartSpec], where: Location) -> None:
+    """Record ``part``; two different files of one name would be one class in generated source."""
+    if used.setdefault(part.spec.name, part) is not part:
+        raise RescompileError(
+            f"two different transition files are both named '{part.spec.name}'; give them distinct names", where
+        )
+
+
 MODULE_VALUE_NAMES = ("stem", "output")
 """Names of values flowing between modules (the stem's output, the network's) that a stem or head
 node's canonical name would collide with; blocks' outputs are their paths, which no node has."""
 
 
-def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec]) -> None:
+def _check_network_attributes(
+    network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec], parts: NetworkParts
+) -> None:
     """The network class holds the stem's nodes, the stages and the head's nodes side by side: no
     two of these may share a first path segment (``layer1``, ``stages``, ``stem``), or one would
     replace the other's layer or container in the generated module."""
@@ -219,6 +256,8 @@ def _check_network_attributes(network: Loaded[NetworkSpec], stem: Loaded[PartSpe
     owners: dict[str, str] = {}
     for stage_index in range(len(network.spec.stages)):
         owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
+        if parts.transitions[stage_index] is not None:
+            owners.setdefault(naming.transition_path(stage_index).split(".")[0], "a stage transition of the network")
     for role, part in (("stem", stem), ("head", head)):
         for node_name in part.spec.nodes:
             if node_name in MODULE_VALUE_NAMES:
@@ -304,7 +343,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         in_channels = tuple(channels.get(value) for value in inputs)
         attributes, channels[name] = OPS[node_spec.op].symbolic_inputs(attributes, in_channels)
         nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
-    if role in ("block", "shortcut"):
+    if role in ("block", "shortcut", "transition"):
         _check_class_nodes(part, role, nodes)
     definition = Definition(
         role=role,

@@ -99,7 +99,7 @@ class Node:
     source: Location | None = None
 
 
-ModuleRole = Literal["stem", "block", "head"]
+ModuleRole = Literal["stem", "transition", "block", "head"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,8 @@ class Module:
     in_shape: Shape
     out_shape: Shape | None = None
     source: Location | None = None
+    stage_path: str | None = None
+    """A transition's stage (``stages.1.blocks``): it runs before that stage's blocks."""
 
     @property
     def output(self) -> str:
@@ -132,6 +134,9 @@ class Module:
     def stage(self) -> str:
         """The stage's path for a block (``layer2`` for ``layer2.0``, ``stages.1.blocks`` for
         ``stages.1.blocks.0``: a block's path is its stage's and its index); ``stem``/``head`` otherwise."""
+        if self.role == "transition":
+            assert self.stage_path is not None
+            return self.stage_path
         return self.path.rsplit(".", 1)[0] if self.role == "block" else self.role
 
     def canonical(self, node_name: str) -> str:
@@ -141,7 +146,7 @@ class Module:
         return dict(self.parameters)[name]
 
 
-DefinitionRole = Literal["stem", "block", "shortcut", "head"]
+DefinitionRole = Literal["stem", "transition", "block", "shortcut", "head"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,16 @@ class Graph:
     source: Location | None = None
     files: tuple[Path, ...] = field(default=(), compare=False)
     """The spec and part files the graph was read from: no output may replace them."""
+    block_names: str = "{index}"
+    """How a stage names its blocks (the network's ``naming.blocks``): ``{index}`` (``layer1.0``, an
+    ``nn.Sequential`` of blocks) or a pattern such as ``b{number}`` (timm's RegNet: ``s1.b1``)."""
+
+    def block_name_source(self) -> str | None:
+        """The Python f-string naming block ``index`` of a stage (``f"b{index + 1}"``), or None
+        where blocks are numbered from 0 (positions in a Sequential)."""
+        if self.block_names == "{index}":
+            return None
+        return 'f"' + self.block_names.replace("{number}", "{index + 1}") + '"'
 
     def definition(self, role: DefinitionRole, name: str) -> Definition:
         return next(item for item in self.definitions if item.role == role and item.name == name)
@@ -236,6 +251,10 @@ class Graph:
     @property
     def blocks(self) -> tuple[Module, ...]:
         return tuple(module for module in self.modules if module.role == "block")
+
+    @property
+    def transitions(self) -> tuple[Module, ...]:
+        return tuple(module for module in self.modules if module.role == "transition")
 
     @property
     def residual(self) -> bool:

@@ -67,6 +67,8 @@ class Init(enum.Enum):
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's nn.Linear default; ``fan_in`` on :class:`Tensor`."""
     ZEROS = "zeros"
     ONES = "ones"
+    CONSTANT = "constant"
+    """Every value :attr:`Tensor.value` (a layer scale's initial value)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,14 @@ class Tensor:
     """For :attr:`Init.UNIFORM_FAN_IN`."""
     zeroed_for_residual: bool = False
     """Set to 0 by ``zero_init_residual`` (Goyal et al. 2017): the last BatchNorm scale of a branch."""
+    value: float = 0.0
+    """For :attr:`Init.CONSTANT`."""
+
+
+def weight_name(node: str, suffix: str) -> str:
+    """A tensor's canonical name: ``<node>.<suffix>`` (``layer1.0.conv1.weight``), or the node's own
+    name where the suffix is empty (a parameter held directly by the block: timm's ``gamma``)."""
+    return f"{node}.{suffix}" if suffix else node
 
 
 def _image(shapes: tuple[Shape, ...], what: str) -> tuple[int, int, int]:
@@ -797,6 +807,113 @@ class Softmax(OpBase):
         return in_shapes[0]
 
 
+def _per_channel(kind: str, channels: int, in_shapes: tuple[Shape, ...]) -> Shape:
+    """The shape rule of an op with one value per channel of an image: it keeps the shape."""
+    found, _, _ = _image(in_shapes, kind)
+    if found != channels:
+        raise ShapeError(f"{kind} has {channels} channels, its input has {found}")
+    return in_shapes[0]
+
+
+@dataclass(frozen=True)
+class LayerNorm(_Normalization):
+    """Layer normalisation over the channels of each pixel (timm's ``LayerNorm2d``, and ConvNeXt's
+    channels-last ``nn.LayerNorm``, which compute the same): per sample and pixel,
+    ``(x - mean) / sqrt(var + epsilon) * weight + bias`` with the mean and *biased* variance over
+    the C channels. No running statistics: training and eval compute the same."""
+
+    kind: ClassVar[str] = "layer_norm"
+    channels: int
+    epsilon: float
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls(_image(in_shapes, cls.kind)[0], attributes["epsilon"])
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _per_channel(self.kind, self.channels, in_shapes)
+
+    def tensors(self) -> dict[str, Tensor]:
+        channels = (self.channels,)
+        return {
+            "weight": Tensor(channels, Role.SCALE, Init.ONES),
+            "bias": Tensor(channels, Role.BIAS, Init.ZEROS),
+        }
+
+
+@dataclass(frozen=True)
+class Gelu(OpBase):
+    """The exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` elementwise (torch's default, not the
+    tanh approximation)."""
+
+    kind: ClassVar[str] = "gelu"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _one(in_shapes, self.kind)
+
+
+@dataclass(frozen=True)
+class LayerScale(_Normalization):
+    """A learned per-channel scale (Touvron et al. 2021; ConvNeXt's ``gamma``): ``x * gamma[c]``
+    over each channel ``c`` of a C×H×W value. Its one tensor, ``(C,)``, is named by the node itself
+    (no suffix: timm stores ``stages.0.blocks.0.gamma`` on the block), initialised to ``init``."""
+
+    kind: ClassVar[str] = "layer_scale"
+    channels: int
+    init: float
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls(_image(in_shapes, cls.kind)[0], attributes["init"])
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _per_channel(self.kind, self.channels, in_shapes)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"": Tensor((self.channels,), Role.SCALE, Init.CONSTANT, value=self.init)}
+
+
+@dataclass(frozen=True)
+class PointwiseLinear(OpBase):
+    """A linear layer over the channel axis, applied at every pixel: ``y[o, h, w] = sum_i W[o, i] *
+    x[i, h, w] + b[o]`` for a C×H×W input (timm's ``nn.Linear`` on a channels-last tensor, as in
+    ConvNeXt's MLP). Weight ``(out_channels, in_channels)``, a linear layer's layout, not a 1×1
+    conv's. MACs ``H × W × in × out``, as torch's flop counter counts that ``nn.Linear``."""
+
+    kind: ClassVar[str] = "pointwise_linear"
+    in_channels: int
+    out_channels: int
+    bias: bool
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls(_image(in_shapes, cls.kind)[0], attributes["out_channels"], attributes["bias"])
+
+    @classmethod
+    def symbolic(
+        cls, attributes: SymbolicAttributes, in_channels: Expression | None
+    ) -> tuple[SymbolicAttributes, Expression | None]:
+        out_channels = attributes["out_channels"]
+        assert in_channels is not None and isinstance(out_channels, Expression)
+        return {**attributes, "in_channels": in_channels}, out_channels
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if channels != self.in_channels:
+            raise ShapeError(f"pointwise_linear expects {self.in_channels} input channels, got {channels}")
+        return (self.out_channels, height, width)
+
+    def tensors(self) -> dict[str, Tensor]:
+        shape = (self.out_channels, self.in_channels)
+        result = {"weight": Tensor(shape, Role.KERNEL, Init.UNIFORM_FAN_IN, fan_in=self.in_channels)}
+        if self.bias:
+            result["bias"] = Tensor((self.out_channels,), Role.BIAS, Init.UNIFORM_FAN_IN, fan_in=self.in_channels)
+        return result
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return math.prod(out_shape) * self.in_channels
+
+
 Op = (
     Conv
     | BatchNorm
@@ -819,6 +936,10 @@ Op = (
     | ChannelSlice
     | Concat
     | Softmax
+    | LayerNorm
+    | Gelu
+    | LayerScale
+    | PointwiseLinear
 )
 OP_TYPES: tuple[type[Op], ...] = (
     Conv,
@@ -842,6 +963,10 @@ OP_TYPES: tuple[type[Op], ...] = (
     ChannelSlice,
     Concat,
     Softmax,
+    LayerNorm,
+    Gelu,
+    LayerScale,
+    PointwiseLinear,
 )
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}

@@ -6,7 +6,7 @@ import math
 from typing import NoReturn
 
 from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Graph
-from rescompile.compiler.ops import Shape
+from rescompile.compiler.ops import Shape, weight_name
 
 
 class VerificationError(AssertionError):
@@ -54,16 +54,16 @@ def verify(graph: Graph) -> Graph:
                 _fail(f"{name}: stored shape {node.shape} not positive")
             assert node.shape is not None
             shapes[node.name] = node.shape
-            for suffix, tensor in node.op.tensors().items():
-                weight = f"{name}.{suffix}"
-                if not _positive(tensor.shape):
-                    _fail(f"{weight}: tensor shape {tensor.shape} not positive")
-                if weight in canonical_names:
-                    _fail(f"{weight}: duplicate canonical name")
-                canonical_names.add(weight)
             if name in canonical_names:
                 _fail(f"{name}: duplicate canonical name")
             canonical_names.add(name)
+            for suffix, tensor in node.op.tensors().items():
+                weight = weight_name(name, suffix)
+                if not _positive(tensor.shape):
+                    _fail(f"{weight}: tensor shape {tensor.shape} not positive")
+                if weight != name and weight in canonical_names:  # a tensor without suffix is the node's name
+                    _fail(f"{weight}: duplicate canonical name")
+                canonical_names.add(weight)
         if module.out_shape != module.nodes[-1].shape:
             _fail(f"{where}: out_shape is stale")
         merges = [node for node in module.nodes if isinstance(node.op, Add) and node.op.residual]

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import Graph, Module
-from rescompile.compiler.ops import Init, Role, Tensor
+from rescompile.compiler.ops import Init, Role, Tensor, weight_name
 from rescompile.spec.errors import RescompileError
 
 Array = npt.NDArray[np.float32]
@@ -27,7 +27,7 @@ def weight_tensors(graph: Graph) -> dict[str, tuple[Module, Tensor]]:
     """Every canonical weight name (``layer1.0.conv1.weight``) with its module and the op table's
     description of it, in network order."""
     return {
-        f"{module.canonical(node.name)}.{suffix}": (module, tensor)
+        weight_name(module.canonical(node.name), suffix): (module, tensor)
         for module, node in graph.nodes()
         for suffix, tensor in node.op.tensors().items()
     }
@@ -88,6 +88,8 @@ def _initial(generator: np.random.Generator, tensor: Tensor) -> Array:
         return _normal(generator, tensor.shape, math.sqrt(2.0 / fan_out))
     if tensor.init is Init.UNIFORM_FAN_IN:
         return _uniform(generator, tensor.shape, 1.0 / math.sqrt(tensor.fan_in))
+    if tensor.init is Init.CONSTANT:
+        return np.full(tensor.shape, tensor.value, np.float32)
     return np.full(tensor.shape, 1.0 if tensor.init is Init.ONES else 0.0, np.float32)
 
 

@@ -160,14 +160,19 @@ def network_specs(
 
 
 def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial statistics and affine parameters in every BatchNorm and GroupNorm of ``model``,
-    so that eval mode exercises all four (and a zero-initialised last norm does not hide its branch)."""
+    """Non-trivial statistics and affine parameters in every BatchNorm, GroupNorm and LayerNorm of
+    ``model``, so that eval mode exercises all four (and a zero-initialised last norm does not hide
+    its branch), and in every layer scale (a 1-D parameter ``gamma``, 1e-6 in a fresh ConvNeXt, which
+    would hide its block's branch)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.GroupNorm):
+            gamma = getattr(module, "gamma", None)
+            if isinstance(gamma, torch.nn.Parameter) and gamma.ndim == 1:
+                gamma.copy_(torch.rand(gamma.shape[0], generator=generator) + 0.5)
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.GroupNorm | torch.nn.LayerNorm):
                 channels = module.weight.shape[0]
                 module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
@@ -180,7 +185,8 @@ def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
 def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     """Multiply-accumulates of the convolution and linear *modules* measured on a running model,
     with forward hooks (independent of the cost pass): a conv counts output elements × input
-    channels per group × kernel area, a linear layer in × out features per sample. This is
+    channels per group × kernel area, a linear layer output elements × in features (in × out per
+    sample on flat features; × pixels on a channels-last image, as ConvNeXt's MLP). This is
     torchvision's convention (and fvcore's for these layers); functional calls are not counted."""
     import torch
 
@@ -192,7 +198,7 @@ def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
             kernel = math.prod(module.kernel_size)
             total += output[0].numel() * (module.in_channels // module.groups) * kernel
         elif isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features
+            total += output[0].numel() * module.in_features
 
     handles = [module.register_forward_hook(hook) for module in model.modules()]
     try:

@@ -28,17 +28,19 @@ from rescompile.spec.models import (
     ShortcutPolicySpec,
     ShortcutSpec,
     StemSpec,
+    TransitionSpec,
 )
 from rescompile.spec.yaml_source import SourceMap, YamlDocument, YamlPath, parse_yaml, read_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-PartKind = Literal["blocks", "stems", "heads", "shortcuts"]
+PartKind = Literal["blocks", "stems", "heads", "shortcuts", "transitions"]
 
 PART_MODELS: dict[PartKind, type[PartSpec]] = {
     "blocks": BlockSpec,
     "stems": StemSpec,
     "heads": HeadSpec,
     "shortcuts": ShortcutSpec,
+    "transitions": TransitionSpec,
 }
 # Names every part of a kind may use in expressions without declaring them.
 BOUND_NAMES: dict[PartKind, frozenset[str]] = {
@@ -47,6 +49,7 @@ BOUND_NAMES: dict[PartKind, frozenset[str]] = {
     "stems": frozenset({"in_channels"}),
     "heads": frozenset({"in_channels"}),
     "shortcuts": frozenset({"in_channels", "out_channels", "stride"}),
+    "transitions": frozenset({"in_channels", "width", "stride"}),
 }
 # Values a node may read besides earlier nodes.
 SPECIAL_INPUTS: dict[PartKind, frozenset[str]] = {
@@ -54,6 +57,7 @@ SPECIAL_INPUTS: dict[PartKind, frozenset[str]] = {
     "stems": frozenset({"input"}),
     "heads": frozenset({"input"}),
     "shortcuts": frozenset({"input"}),
+    "transitions": frozenset({"input"}),
 }
 
 
@@ -249,6 +253,13 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     document = read_yaml(path, display_name(path))
     part = _validate(PART_MODELS[kind], document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source)
+    if part.templated and kind in ("shortcuts", "transitions"):
+        # Shortcuts and transitions are written once per network, not unrolled per instance.
+        raise RescompileError(
+            f"{kind[:-1]} '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional "
+            "read or a comprehension); templates work in stems, blocks and heads only",
+            document.source.locate(("nodes",), key=True),
+        )
     if not part.templated:
         # A part with templates (repeat, when, split, placeholders) is checked once unrolled for
         # an instance (rescompile.spec.unroll), when its parameters are known.
@@ -281,6 +292,9 @@ class NetworkParts:
     """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
     shortcuts: dict[str, Loaded[PartSpec]]
     """Every shortcut kind of the policy but ``identity``, by name."""
+    transitions: tuple[Loaded[PartSpec] | None, ...]
+    """One per stage: the transition its blocks follow, or None (the stage decides where it names one,
+    else the network's applies where the stage's stride is not 1 or its width changes the channels)."""
     files: tuple[Path, ...]
     """The network file (where there is one) and every part file read: no output may replace them."""
 
@@ -334,7 +348,19 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
                 f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
                 where,
             ) from None
-    return NetworkParts(stem, blocks, first_blocks, head, policy, shortcuts, tuple(files))
+    transitions: list[Loaded[PartSpec] | None] = []
+    for index, stage in enumerate(spec.stages):
+        transition = stage.transition or spec.transition
+        if transition is None or transition == NO_TRANSITION:
+            transitions.append(None)
+            continue
+        where = network.locate("stages", index, "transition") if stage.transition else network.locate("transition")
+        transitions.append(get("transitions", transition, where))
+    return NetworkParts(stem, blocks, first_blocks, head, policy, shortcuts, tuple(transitions), tuple(files))
+
+
+NO_TRANSITION = "none"
+"""A stage's ``transition: none``: no transition, whatever the network's."""
 
 
 def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:
@@ -398,7 +424,7 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                 "(an attribute of nn.Module, nnx.Module or the network); rename the node",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
-        if segments[0].isdigit() and kind != "shortcuts":
+        if segments[0].isdigit() and kind not in ("shortcuts", "transitions"):
             raise RescompileError(
                 f"node name {node_name!r} starts with a number, which only a shortcut's Sequential layers may "
                 "(downsample.0); start it with a name",

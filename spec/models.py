@@ -81,6 +81,7 @@ MODULE_LEVEL_NAMES = frozenset(
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
         *("ChannelSlice", "channel_slice", "ChannelSoftmax", "channel_softmax"),
+        *("LayerNorm2d", "PointwiseLinear", "LayerScale"),
     }
     | set(FUNCTIONS)
 )
@@ -351,6 +352,39 @@ class RepeatSpec(OpBase):
     nodes: dict[str, OpSpec] = Field(min_length=1, description="The nodes of one repetition.")
 
 
+class LayerNormSpec(OpBase):
+    """Layer normalisation over the channels of each pixel (timm's LayerNorm2d): mean and biased
+    variance over C, then a per-channel weight and bias."""
+
+    op: Literal["layer_norm"]
+    epsilon: float = Field(
+        default=1e-5, gt=0, allow_inf_nan=False, description="Added to the variance (ConvNeXt: 1e-6)."
+    )
+
+
+class GeluSpec(OpBase):
+    """The exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (torch's default)."""
+
+    op: Literal["gelu"]
+
+
+class LayerScaleSpec(OpBase):
+    """A learned per-channel scale (ConvNeXt's gamma), stored under the node's own name."""
+
+    op: Literal["layer_scale"]
+    init: float = Field(
+        default=1e-6, allow_inf_nan=False, description="The scale's initial value (timm's ls_init_value)."
+    )
+
+
+class PointwiseLinearSpec(OpBase):
+    """A linear layer over the channels at every pixel (nn.Linear on channels-last): weight (out, in)."""
+
+    op: Literal["pointwise_linear"]
+    out_channels: Expr
+    bias: bool = True
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
@@ -374,7 +408,11 @@ OpSpec = Annotated[
     | ChannelSliceSpec
     | ConcatSpec
     | SoftmaxSpec
-    | RepeatSpec,
+    | RepeatSpec
+    | LayerNormSpec
+    | GeluSpec
+    | LayerScaleSpec
+    | PointwiseLinearSpec,
     Field(discriminator="op"),
 ]
 RepeatSpec.model_rebuild()
@@ -444,6 +482,12 @@ class ShortcutSpec(PartSpec):
     module: Identifier = "downsample"
 
 
+class TransitionSpec(PartSpec):
+    """What a stage does before its blocks, outside them and without a shortcut (ConvNeXt's
+    ``downsample``: a LayerNorm and a 2×2 stride-2 conv). Bound: ``in_channels``, the stage's
+    ``width`` and ``stride``; the stage's blocks then all have stride 1."""
+
+
 class InputSpec(StrictModel):
     channels: Count = 3
     size: Size | tuple[Size, Size]
@@ -470,6 +514,11 @@ class StageSpec(StrictModel):
         default_factory=dict,
         description="The first block's parameters, over the network's and the stage's block_parameters (which "
         "apply to it where it is of their block type).",
+    )
+    transition: str | None = Field(
+        default=None,
+        description="This stage's transition (a file in transitions/), or 'none'; default: the network's "
+        "transition where the stage's stride is not 1 or its width differs from its input channels.",
     )
 
 
@@ -500,6 +549,17 @@ def _check_stage_pattern(pattern: str) -> str:
     return pattern
 
 
+def _check_block_pattern(pattern: str) -> str:
+    placeholders = [name for name in STAGE_PLACEHOLDERS if f"{{{name}}}" in pattern]
+    example = pattern.replace(f"{{{placeholders[0]}}}", "0") if len(placeholders) == 1 else ""
+    if len(placeholders) != 1 or not (example.isdigit() or example.isidentifier()) or not example.isascii():
+        raise ValueError(
+            "a block name holds exactly one of {index} (0, 1, ...) or {number} (1, 2, ...) and is one path "
+            "segment: a number ({index}) or an identifier (b{number})"
+        )
+    return pattern
+
+
 class NamingSpec(StrictModel):
     """Where the network's layers live, so that state_dict keys match a foreign model's.
 
@@ -510,13 +570,34 @@ class NamingSpec(StrictModel):
         default="layer{number}",
         description="The path of each stage: {index} counts stages from 0, {number} from 1.",
     )
+    blocks: Annotated[str, AfterValidator(_check_block_pattern)] = Field(
+        default="{index}",
+        description="The name of each block in its stage: {index} counts blocks from 0 (layer1.0), {number} "
+        "from 1 (timm's RegNet: b{number}, s1.b1).",
+    )
+    transitions: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
+        default="transition{number}",
+        description="The path of each stage's transition, where it has one: {index} counts stages from 0, "
+        "{number} from 1 (ConvNeXt: stages.{index}.downsample).",
+    )
 
     def stage_path(self, stage_index: int) -> str:
         """The path of stage ``stage_index`` (0-based): ``layer1`` or ``stages.0.blocks``."""
-        text = self.stages
-        for name, first in STAGE_PLACEHOLDERS.items():
-            text = text.replace(f"{{{name}}}", str(stage_index + first))
-        return text
+        return _fill(self.stages, stage_index)
+
+    def block_path(self, stage_index: int, block_index: int) -> str:
+        """The path of block ``block_index`` (0-based) of a stage: ``layer1.0``, ``s1.b1``."""
+        return f"{self.stage_path(stage_index)}.{_fill(self.blocks, block_index)}"
+
+    def transition_path(self, stage_index: int) -> str:
+        """The path of stage ``stage_index``'s transition: ``stages.1.downsample``."""
+        return _fill(self.transitions, stage_index)
+
+
+def _fill(pattern: str, index: int) -> str:
+    for name, first in STAGE_PLACEHOLDERS.items():
+        pattern = pattern.replace(f"{{{name}}}", str(index + first))
+    return pattern
 
 
 class ShortcutPolicySpec(StrictModel):
@@ -541,6 +622,12 @@ class NetworkSpec(StrictModel):
     block_parameters: Parameters = Field(default_factory=dict)
     shortcut: str | ShortcutPolicySpec
     stages: tuple[StageSpec, ...] = Field(min_length=1)
+    transition: str | None = Field(
+        default=None,
+        description="A transition (a file in transitions/) run before the blocks of every stage whose stride is "
+        "not 1 or whose width differs from its input channels (ConvNeXt's downsample); a stage may set its own.",
+    )
+    transition_parameters: Parameters = Field(default_factory=dict)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
     naming: NamingSpec = Field(

@@ -25,6 +25,7 @@ from rescompile.spec.models import (
     OpSpec,
     ShortcutSpec,
     StemSpec,
+    TransitionSpec,
     expression_to_yaml,
 )
 
@@ -34,10 +35,17 @@ KINDS: Final[dict[str, type[BaseModel]]] = {
     "block": BlockSpec,
     "stem": StemSpec,
     "shortcut": ShortcutSpec,
+    "transition": TransitionSpec,
     "head": HeadSpec,
 }
 """Each file kind and the model its files validate against (``blocks/*.yaml`` are blocks, ...)."""
-FOLDERS: Final = {"block": "blocks", "stem": "stems", "shortcut": "shortcuts", "head": "heads"}
+FOLDERS: Final = {
+    "block": "blocks",
+    "stem": "stems",
+    "shortcut": "shortcuts",
+    "transition": "transitions",
+    "head": "heads",
+}
 """The folder of a part kind beside a network file (and among the built-ins)."""
 
 KEY_DESCRIPTIONS: Final = {
@@ -62,6 +70,12 @@ KEY_DESCRIPTIONS: Final = {
     "stride": "The stride: a stage's first block (and its shortcut) downsamples by it; a conv or pool window "
     "moves by it.",
     "head": "The head: a file in heads/ or a built-in head (classifier).",
+    "transition": "What runs before a stage's blocks, outside them (ConvNeXt's downsample): a file in "
+    "transitions/; a stage's 'none' has none.",
+    "transition_parameters": "Values for the transition's parameters.",
+    "transitions": "The path of each stage's transition, with {index} (from 0) or {number} (from 1).",
+    "blocks": "The name of each block in its stage, with {index} (from 0) or {number} (from 1): b{number}.",
+    "init": "The layer scale's initial value (timm's ls_init_value, 1e-6 in ConvNeXt).",
     "head_parameters": "Values for the head's parameters, e.g. {classes: 1000}.",
     # Part files.
     "parameters": "The part's parameters and their defaults; a network's *_parameters override them.",

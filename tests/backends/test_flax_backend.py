@@ -98,7 +98,7 @@ def compare_with_torch(
     """One pass of each model, both in the same mode. First every module on identical inputs (the
     torch module's input, via ``feed``), then, if asked, the whole network on its own outputs."""
     expected = torch_backend.block_outputs(reference, graph, batch)
-    isolated = flax_backend.block_outputs(flax, batch, feed=expected, jit=jit)
+    isolated = flax_backend.block_outputs(flax, batch, feed=expected, jit=jit, graph=graph)
     assert list(isolated) == list(expected)
     for name, array in expected.items():
         assert_close(isolated[name], array, tolerance="block", what=f"{name} on torch's input")
@@ -107,7 +107,7 @@ def compare_with_torch(
         assert_running_statistics_close(flax, reference, graph)
     if whole_network is None:
         return
-    actual = flax_backend.block_outputs(flax, batch, jit=jit)
+    actual = flax_backend.block_outputs(flax, batch, jit=jit, graph=graph)
     if whole_network == "every module":
         for name, array in expected.items():
             assert_close(actual[name], array, tolerance="block", what=f"{name} in the whole network")

@@ -95,17 +95,20 @@ def torch_chain(model: torch.nn.Module, module: Module, x: torch.Tensor) -> torc
 
 
 def onnx_value_names(graph: Graph) -> dict[str, tuple[int, ...]]:
-    """The documented naming: node values by canonical name, module outputs by module path
-    (``stem`` for the stem), the last one ``output``; with the IR's shape for each."""
+    """The documented naming: node values by canonical name (``.output`` appended where a weight
+    has the node's name), module outputs by module path (``stem`` for the stem), the last one
+    ``output``; with the IR's shape for each."""
     names: dict[str, tuple[int, ...]] = {}
     for index, module in enumerate(graph.modules):
         for node in module.nodes:
             if node.name != module.output:
                 name = module.canonical(node.name)
+                if "" in node.op.tensors():  # its weight holds that name (a layer scale's gamma)
+                    name += ".output"
             elif index == len(graph.modules) - 1:
                 name = "output"
             else:
-                name = module.path if module.role == "block" else "stem"
+                name = module.path or "stem"  # a block's or a stage transition's path
             assert node.shape is not None
             names[name] = node.shape
     return names

@@ -49,13 +49,15 @@ CASES = {
         network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")),
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
-        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, stride, width",
+        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, stride, transition, "
+        "width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
         {},
         "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
-        "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters",
+        "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters, "
+        "transition, transition_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
@@ -141,8 +143,9 @@ CASES = {
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
         "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, global_average_pool, "
-        "group_norm, linear, max_pool, mul, pad, pad_channels, relu, repeat, sigmoid, softmax, split, subsample",
+        "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, gelu, "
+        "global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, pad, pad_channels, "
+        "pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
@@ -398,9 +401,10 @@ CASES = {
         },
         "blocks/mine.yaml:2:14: parameter name 'make_divisible' must be a Python-style identifier (ASCII letters, "
         "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, BlurPool, ChannelConv, ChannelSlice, "
-        "ChannelSoftmax, DropPath, F, PadChannels, ResNet, StdConv2d, Subsample, abs, blur_pool, channel_slice, "
-        "channel_softmax, conv_init, int, jax, jnp, linear_init, log2, make_divisible, math, max, min, nn, nnx, out, "
-        "pad, pad_channels, partial, rngs, round, self, shortcut, standardized_conv, subsample, super, torch, x",
+        "ChannelSoftmax, DropPath, F, LayerNorm2d, LayerScale, PadChannels, PointwiseLinear, ResNet, StdConv2d, "
+        "Subsample, abs, blur_pool, channel_slice, channel_softmax, conv_init, int, jax, jnp, linear_init, log2, "
+        "make_divisible, math, max, min, nn, nnx, out, pad, pad_channels, partial, rngs, round, self, shortcut, "
+        "standardized_conv, subsample, super, torch, x",
     ),
     "unknown_function": (
         network(("block: basic", "block: mine")),
