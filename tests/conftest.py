@@ -35,9 +35,10 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-REPEATED_PRESETS = frozenset({"resnet50c", "resnet50s", "resnet200d", "seresnet50"})
+REPEATED_PRESETS = frozenset({"resnet50c", "resnet50s", "resnet200d", "seresnet50", "plain32", "plain44"})
 """Built-ins whose parts (stem, blocks, shortcuts) other built-ins already exercise in the default
-run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d seresnet50's block.
+run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d seresnet50's block,
+plain20 and plain56 the parts of plain32 and plain44.
 Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
 comparison (tests/test_timm_presets.py) runs every preset by default."""
 
