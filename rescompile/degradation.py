@@ -211,7 +211,7 @@ def table(curves: Sequence[Curve]) -> str:
     comparisons the paper's claim rests on."""
     grouped = by_net(curves)
     rows = [
-        "| net | final training error (%) | final test error (%) | seconds per run |",
+        "| net | final training error (%) | final test error (%) | wall seconds per run |",
         "|---|---:|---:|---:|",
     ]
     for net, runs in grouped.items():
@@ -302,7 +302,8 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="./dev experiment degradation",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--nets", default=",".join(NETS), help=f"built-in nets, comma-separated (default: {','.join(NETS)})"
