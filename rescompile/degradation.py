@@ -1,7 +1,7 @@
 """The degradation experiment of He et al. 2016 (section 4.2, Figure 6), on a real dataset that ships
 inside a package: scikit-learn's handwritten digits (1,797 grey 8×8 images, 10 classes).
 
-    ./dev experiment degradation                  # the full run: 8 nets × 3 seeds, docs/degradation.{png,md}
+    ./dev experiment degradation                  # the full run: 8 nets × 3 seeds, docs/degradation.{png,md,json}
     ./dev experiment degradation --nets plain20,resnet20 --seeds 1 --epochs 2 --output /tmp/smoke
 
 The nets are the built-in specs, compiled by the torch backend (``rescompile.create_model`` with the
@@ -13,10 +13,10 @@ translations of up to 1 pixel (the paper pads 32×32 images by 4 and crops: the 
 side). The schedule is scaled to the data by epochs: the paper's 64k iterations are ~180 epochs of
 its 45k images; here ``--epochs`` (default 120) of 1,347 images, 11 steps each.
 
-Training error is measured as the paper's curves are, on the augmented batches as they are trained
-(train mode); test error on the 450 held-out images (a fixed stratified quarter) in eval mode,
-after every epoch. Everything is deterministic given the seed (one seed sets the weights, the
-shuffling and the translations).
+Training error is the running error on the augmented batches as they are trained (train mode);
+test error is on the 450 held-out images (a fixed stratified quarter) in eval mode, after every
+epoch. Everything is deterministic given the seed (one seed sets the weights, the shuffling and the
+translations).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def run(
 
     NOTE: runs in worker processes of one torch thread by default: these nets' 8×8 convolutions gain
     little from a second thread, and torch's OpenMP threads busy-wait at every barrier, so on a
-    shared machine two threads in one process ran plain56 ~10 times slower than one (measured)."""
+    shared machine two threads in one process ran plain56 5-10 times slower than one (measured)."""
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     steps = len(nets) * len(seeds) * recipe.epochs * math.ceil(len(load_digits().train_labels) / recipe.batch)
