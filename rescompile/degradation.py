@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rescompile.api import create_model, list_models
+from rescompile.api import create_graph, create_model, list_models
+from rescompile.spec.errors import RescompileError
 
 if TYPE_CHECKING:
     import torch
@@ -234,9 +235,8 @@ def table(curves: Sequence[Curve]) -> str:
         nets = [net for net in grouped if net.startswith(family)]
         if len(nets) > 1:
             shallow, deep = nets[0], nets[-1]
-            difference = (
-                mean_and_deviation([run.train_error[-1] for run in grouped[deep]])[0]
-                - mean_and_deviation([run.train_error[-1] for run in grouped[shallow]])[0]
+            difference = statistics.fmean(run.train_error[-1] for run in grouped[deep]) - statistics.fmean(
+                run.train_error[-1] for run in grouped[shallow]
             )
             lines += ["", f"{deep} minus {shallow}, final training error: {difference:+.2f} points."]
     return "\n".join(lines) + "\n"
@@ -319,9 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     nets = [net.strip() for net in options.nets.split(",") if net.strip()]
     if min(options.seeds, options.epochs, options.jobs, options.threads) < 1 or not nets:
         parser.error("--seeds, --epochs, --jobs and --threads must be at least 1, and --nets must name a net")
-    unknown = [net for net in nets if net not in list_models()]
+    unknown = [net for net in nets if net not in list_models("plain*") + list_models("resnet*")]
     if unknown:
-        parser.error(f"--nets: unknown built-in {', '.join(unknown)}; use names from `rescompile list`")
+        parser.error(f"--nets: unknown built-in {', '.join(unknown)}; use plain or resnet nets from `rescompile list`")
+    for net in nets:
+        try:
+            create_graph(net, in_channels=1, input_size=SIDE)
+        except RescompileError as error:
+            parser.error(f"--nets: {net} cannot take the 8×8 digits: {error}")
     run(nets, range(options.seeds), Recipe(epochs=options.epochs), options.output, options.jobs, options.threads)
     print((options.output / "degradation.md").read_text())
     return 0
