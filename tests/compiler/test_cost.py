@@ -39,9 +39,9 @@ def test_preset_matches_published_parameters_and_macs(name: str) -> None:
 
 
 def test_plain_networks_have_the_parameters_of_their_residual_twins_without_projections() -> None:
-    # Option A adds no parameters, so plain20/56 equal resnet20/56 exactly (the paper's fair comparison).
-    assert cost(compile_spec("plain20")).parameters == REFERENCE["resnet20"][0]
-    assert cost(compile_spec("plain56")).parameters == REFERENCE["resnet56"][0]
+    # Option A adds no parameters, so plain20…56 equal resnet20…56 exactly (the paper's fair comparison).
+    for depth in (20, 32, 44, 56):
+        assert cost(compile_spec(f"plain{depth}")).parameters == REFERENCE[f"resnet{depth}"][0]
     # plain18 lacks resnet18's three projection shortcuts (1×1 conv + BN each).
     projections = sum(cin * cout + 2 * cout for cin, cout in [(64, 128), (128, 256), (256, 512)])
     assert cost(compile_spec("plain18")).parameters == REFERENCE["resnet18"][0] - projections
