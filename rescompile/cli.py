@@ -44,7 +44,7 @@ Run 'rescompile COMMAND --help' for a command's options."""
 
 # The options only some backends read (EmitOptions fields), in the order they are checked; the
 # fields of one group are refused in one message.
-_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"))
+_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"), ("inference",))
 
 
 def _readers(option: str) -> str:
@@ -84,6 +84,12 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help=f"{_readers('opset')}: the opset to target")
     parser.add_argument(
         "--fold-bn", action="store_true", help=f"{_readers('fold_bn')}: fold BatchNorm into the preceding convolution"
+    )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help=f"{_readers('inference')}: lower for evaluation (BatchNorm folded into the convolutions as canonical "
+        "weights load, channels_last, in-place ReLU)",
     )
     return parser
 

@@ -74,6 +74,7 @@ MODULE_LEVEL_NAMES = frozenset(
     {
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
+        "fold_batch_norms_on_load",
     }
     | set(FUNCTIONS)
 )
