@@ -239,6 +239,8 @@ def _torch_models(
     if options.device == "cuda" and not torch.cuda.is_available():
         raise RescompileError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
     device = torch.device(options.device)
+    # NOTE: cuDNN picks its fastest algorithm per shape (for both models); the first steps, untimed, try them.
+    torch.backends.cudnn.benchmark = options.device == "cuda"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[options.dtype]
     device_name = (
         torch.cuda.get_device_name(device) if options.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
