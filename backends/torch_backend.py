@@ -343,9 +343,12 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     folded = fold_batch_norm(graph) if inference else None
     network_folds: list[str] = []
     if folded is not None:
-        stem_and_head = folded.module_folds(graph.modules[0]) + folded.module_folds(graph.modules[-1])
-        network_folds = [_fold_call("self", [(f.conv, f.batch_norm, f.epsilon) for f in stem_and_head], 8)]
-        network_folds = network_folds if stem_and_head else []
+        # The stem's and head's layers live in the network class itself, under their own names.
+        stem_and_head = [
+            (fold.conv, fold.batch_norm, fold.epsilon)
+            for fold in folded.module_folds(graph.modules[0]) + folded.module_folds(graph.modules[-1])
+        ]
+        network_folds = [_fold_call("self", stem_and_head, 8)] if stem_and_head else []
         graph = folded.graph
     blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
