@@ -8,7 +8,7 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -314,7 +314,7 @@ def _forward_lines(
     return lines
 
 
-def _fold_call(target: str, folds: list[tuple[str, str, Attribute]], indent: int) -> str:
+def _fold_call(target: str, folds: Sequence[tuple[str, str, Attribute]], indent: int) -> str:
     """``fold_batch_norms_on_load(target, {conv: (batch_norm, eps), ...})`` laid out as ruff would at
     column ``indent``."""
     items = [f"{render(conv)}: ({render(batch_norm)}, {render(epsilon)})" for conv, batch_norm, epsilon in folds]
