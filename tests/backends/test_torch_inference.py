@@ -73,3 +73,17 @@ def test_the_generated_file_says_what_was_lowered() -> None:
     assert "BatchNorm" in docstring and "channels_last" in docstring
     assert "nn.BatchNorm2d(" not in source
     assert 'fold_batch_norms_on_load(self, {"conv1": ("bn1", 1e-05)})' in source
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50d"])
+def test_the_lowered_module_compiles_without_graph_breaks_and_exports(name: str) -> None:
+    graph = compile_spec(name, size=32)
+    lowered = torch_backend.build_module(graph, inference=True).eval()
+    torch_backend.load_weights(lowered, graph, random_weights(graph, seed=1))
+    inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = lowered(inputs)
+        compiled = torch.compile(lowered, fullgraph=True, backend="eager")(inputs)
+        exported = torch.export.export(lowered, (inputs,)).module()(inputs)
+    assert_close(compiled.numpy(), expected.numpy(), tolerance="same_framework", what="compiled")
+    assert_close(exported.numpy(), expected.numpy(), tolerance="same_framework", what="exported")
