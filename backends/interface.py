@@ -49,6 +49,8 @@ class EmitOptions:
     opset: int | None = None
     """None: the backend's default."""
     fold_bn: bool = False
+    inference: bool = False
+    """Lower for evaluation: BatchNorm folded (on load, from canonical weights), channels_last."""
 
 
 def module_names(graph: Graph) -> list[str]:

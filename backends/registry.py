@@ -20,7 +20,7 @@ BACKENDS: dict[str, Backend] = {
             requires="torch",
             extra="torch",
             module="rescompile.backends.torch_backend",
-            options=frozenset({"weights"}),
+            options=frozenset({"weights", "inference"}),
         ),
         Backend(
             "flax",

@@ -8,7 +8,7 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     CLASS_KIND,
+    LINE_LENGTH,
     SHORTCUT_VARIABLE,
     ContainerClass,
     SourceNode,
@@ -46,7 +47,8 @@ from rescompile.backends.source import (
     uses_math,
     wrap_call,
 )
-from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Graph
+from rescompile.compiler.fold import DefinitionFold, FoldedGraph, fold_batch_norm
+from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, DefinitionRole, Graph
 from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
@@ -302,6 +304,34 @@ def _pointwise_linear(node: SourceNode) -> Layer:
     return ("PointwiseLinear", arguments)
 
 
+FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms_on_load(module: nn.Module, folds: dict[str, tuple[str, float]]) -> None:
+    """Let ``module`` load canonical weights (torchvision's state_dict keys, BatchNorms included): as a
+    state_dict loads, each BatchNorm of ``folds`` (``conv: (batch_norm, eps)``) is folded into its conv.
+    Per output channel, ``s = gamma / sqrt(running_var + eps)`` (in float64), ``W' = W * s`` and
+    ``b' = beta + (b - running_mean) * s``. A state_dict already folded (this module's own) loads as it is."""
+
+    def fold(owner: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+        for conv, (batch_norm, eps) in folds.items():
+            statistics = [f"{prefix}{batch_norm}.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
+            if not all(key in state_dict for key in statistics):
+                continue  # folded already, or incomplete: load_state_dict reports what is missing
+            gamma, beta, mean, variance = (state_dict.pop(key).double() for key in statistics)
+            state_dict.pop(f"{prefix}{batch_norm}.num_batches_tracked", None)
+            scale = gamma / torch.sqrt(variance + eps)
+            weight = state_dict[f"{prefix}{conv}.weight"]
+            own_bias = state_dict.get(f"{prefix}{conv}.bias")
+            bias = beta + ((0.0 if own_bias is None else own_bias.double()) - mean) * scale
+            state_dict[f"{prefix}{conv}.weight"] = weight * scale.to(weight.dtype).reshape(-1, 1, 1, 1)
+            state_dict[f"{prefix}{conv}.bias"] = bias.to(weight.dtype)
+
+    module.register_load_state_dict_pre_hook(fold)'''
+
+INFERENCE_NOTE = (
+    "Lowered for inference (--inference): each BatchNorm after a convolution is folded into it, the folding\n"
+    "done by load_state_dict from canonical weights (torchvision's state_dict loads as it is), weights and\n"
+    "activations in the channels_last memory format, ReLUs in place. Evaluation only: no BatchNorm to train."
+)
+
 # op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
 # the input variables ("{0} + {1}", a plain string or an Inline), or a function of the node giving one.
 EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | str] = {
@@ -403,8 +433,42 @@ def _container_source(container: ContainerClass) -> str:
     return container_source(container, "nn.Module", [], init, method, forward)
 
 
-def emit_source(graph: Graph) -> str:
-    """Python source of a torch model for ``graph``: one class per block type, stages in loops."""
+def _fold_call(target: str, folds: Sequence[tuple[str, str, Attribute]], indent: int) -> str:
+    """``fold_batch_norms_on_load(target, {conv: (batch_norm, eps), ...})`` laid out as ruff would at
+    column ``indent``."""
+    items = [f"{render(conv)}: ({render(batch_norm)}, {render(epsilon)})" for conv, batch_norm, epsilon in folds]
+    call = wrap_call("fold_batch_norms_on_load", [target, "{" + ", ".join(items) + "}"], indent)
+    if all(indent + len(line) <= LINE_LENGTH for line in call.splitlines()):
+        return call
+    entries = "".join(f"        {item},\n" for item in items)
+    return f"fold_batch_norms_on_load(\n    {target},\n    {{\n{entries}    }},\n)"
+
+
+def _definition_fold_call(
+    folded: FoldedGraph | None, role: DefinitionRole, name: str, target: str, indent: int
+) -> list[str]:
+    """The line folding a class's BatchNorms on load (none when nothing in it folds)."""
+    inside: tuple[DefinitionFold, ...] = () if folded is None else folded.definition_folds[(role, name)]
+    folds = [(fold.conv, fold.batch_norm, fold.epsilon) for fold in inside]
+    return [_fold_call(target, folds, indent)] if folds else []
+
+
+def emit_source(graph: Graph, inference: bool = False) -> str:
+    """Python source of a torch model for ``graph``: one class per block type, stages in loops.
+
+    With ``inference``, the model is lowered for evaluation (:data:`INFERENCE_NOTE`, which the
+    file's docstring repeats): BatchNorms folded into their convs (:func:`fold_batch_norm`), with
+    the folding of canonical weights done as they load, and channels_last."""
+    folded = fold_batch_norm(graph) if inference else None
+    network_folds: list[str] = []
+    if folded is not None:
+        # The stem's and head's layers live in the network class itself, under their own names.
+        stem_and_head = [
+            (fold.conv, fold.batch_norm, fold.epsilon)
+            for fold in folded.module_folds(graph.modules[0]) + folded.module_folds(graph.modules[-1])
+        ]
+        network_folds = [_fold_call("self", stem_and_head, 8)] if stem_and_head else []
+        graph = folded.graph
     blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
     kinds_used = {node.op.kind for _, node in graph.nodes()}
@@ -421,7 +485,11 @@ def emit_source(graph: Graph) -> str:
             "sequential": shortcut.sequential,
             "layers": [_layer(node) for node in shortcut.nodes],
             "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
-            + _init_lines(shortcut.nodes),
+            + _init_lines(shortcut.nodes)
+            + _definition_fold_call(folded, shortcut.definition.role, shortcut.definition.name, "self", 8),
+            "fold_lines": _definition_fold_call(
+                folded, shortcut.definition.role, shortcut.definition.name, "layers", 4
+            ),
             "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
         }
         for shortcut in [*shortcut_classes(graph, "transition"), *shortcuts]
@@ -469,9 +537,15 @@ def emit_source(graph: Graph) -> str:
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     helpers += [_container_source(container) for container in container_classes(blocks)]
+    network_lines: list[str] = []
+    if folded is not None:
+        helpers.append(FOLD_ON_LOAD_FUNCTION)
+        network_lines = [*network_folds, "self.to(memory_format=torch.channels_last)"]
+        forward = ["x = x.contiguous(memory_format=torch.channels_last)", *forward]
     return template("torch_model.py.jinja").render(
         version=__version__,
         graph=graph,
+        inference_note=INFERENCE_NOTE if folded is not None else "",
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
@@ -485,7 +559,9 @@ def emit_source(graph: Graph) -> str:
                 "name": block.python_name,
                 "definition": block.definition,
                 "parameters": parameter_declarations(block.parameters) + (BLOCK_INDEX_DECLARATIONS if indexed else []),
-                "init_lines": [f"{name} = {value}" for name, value in block.derived.items()] + _init_lines(block.nodes),
+                "init_lines": [f"{name} = {value}" for name, value in block.derived.items()]
+                + _init_lines(block.nodes)
+                + _definition_fold_call(folded, "block", block.definition.name, "self", 8),
                 "forward_lines": [
                     *_forward_lines(block.nodes, attribute, block.shortcut_source),
                     f"return {block.nodes[-1].output}",
@@ -501,6 +577,7 @@ def emit_source(graph: Graph) -> str:
         stages=stages,
         stem_lines=_init_lines(stem),
         head_lines=_init_lines(head),
+        network_lines=network_lines,
         forward_lines=forward,
     )
 
@@ -513,12 +590,15 @@ def emit(graph: Graph, options: EmitOptions) -> Writer:
     if options.weights is not None:
         weights = read_weights(options.weights)
         check_weights(graph, weights)
-    return source_writer(emit_source(graph), weights)
+    return source_writer(emit_source(graph, options.inference), weights)
 
 
-def build_module(graph: Graph, zero_init_residual: bool = False) -> nn.Module:
-    """The torch module for ``graph``, built from the source :func:`emit_source` writes."""
-    module = load_source(emit_source(graph), "torch", graph.name)
+def build_module(graph: Graph, zero_init_residual: bool = False, inference: bool = False) -> nn.Module:
+    """The torch module for ``graph``, built from the source :func:`emit_source` writes; with
+    ``inference``, lowered for evaluation. Canonical weights load into either (:func:`load_weights`,
+    or ``load_state_dict`` of a torchvision/timm state_dict)."""
+    source = emit_source(graph, inference)
+    module = load_source(source, "torch-inference" if inference else "torch", graph.name)
     model: nn.Module = module.ResNet(zero_init_residual)
     return model
 

@@ -6,7 +6,13 @@ computed; readers of the BatchNorm read the conv instead.
 In eval mode ``bn(conv(x)) = conv'(x)`` with, per output channel,
 ``scale = weight / sqrt(running_var + epsilon)``, ``W' = W * scale`` and
 ``b' = bias + (b - running_mean) * scale``. :func:`fold_weights` computes those canonical weights;
-a backend that streams weights (ONNX) computes them itself from the :class:`Fold` records.
+a backend that streams weights (ONNX) computes them itself from the :class:`Fold` records, and a
+source backend writes the :class:`DefinitionFold` records into its classes, which fold canonical
+weights as they load them.
+
+Both views of the graph are rewritten alike: the flat modules (concrete, canonical names) and the
+definitions (symbolic, local names) that source backends emit classes from. Whether a BatchNorm
+folds depends only on the part's structure, which every instance shares, so the two agree.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from rescompile.compiler.ir import Graph, Module, Node
-from rescompile.compiler.ops import BatchNorm, Conv
+from rescompile.compiler.ir import MODULE_INPUT, Definition, DefinitionRole, Graph, Module, Node, SymbolicNode
+from rescompile.compiler.ops import Attribute, BatchNorm, Conv
 from rescompile.compiler.verify import verify
 from rescompile.compiler.weights import Array, Weights
 
@@ -36,10 +42,30 @@ class Fold:
 
 
 @dataclass(frozen=True)
+class DefinitionFold:
+    """One BatchNorm folded into the conv before it, inside a definition (local node names)."""
+
+    conv: str
+    batch_norm: str
+    epsilon: Attribute
+    """The BatchNorm's epsilon: a value, or an expression over the definition's parameters."""
+
+
+@dataclass(frozen=True)
 class FoldedGraph:
     graph: Graph
-    """The rewritten graph: folded convs have ``bias=True``, the folded BatchNorms are gone."""
+    """The rewritten graph: folded convs have ``bias=True``, the folded BatchNorms are gone, in the
+    modules and in the definitions."""
     folds: tuple[Fold, ...]
+    definition_folds: dict[tuple[DefinitionRole, str], tuple[DefinitionFold, ...]] = dataclasses.field(
+        default_factory=dict
+    )
+    """(role, definition name) -> the folds inside that definition, in node order."""
+
+    def module_folds(self, module: Module) -> tuple[Fold, ...]:
+        """The folds inside one module of the original graph (its convs by canonical name)."""
+        convs = {module.canonical(node.name) for node in module.nodes}
+        return tuple(fold for fold in self.folds if fold.conv in convs)
 
 
 def fold_batch_norm(graph: Graph) -> FoldedGraph:
@@ -66,8 +92,54 @@ def fold_batch_norm(graph: Graph) -> FoldedGraph:
                 node = dataclasses.replace(node, inputs=inputs)
             nodes.append(node)
         modules.append(dataclasses.replace(module, nodes=tuple(nodes)) if pairs else module)
-    folded = dataclasses.replace(graph, modules=tuple(modules))
-    return FoldedGraph(verify(folded), tuple(folds))
+    definitions: list[Definition] = []
+    definition_folds: dict[tuple[DefinitionRole, str], tuple[DefinitionFold, ...]] = {}
+    for definition in graph.definitions:
+        folded_definition, inside = _fold_definition(definition)
+        definitions.append(folded_definition)
+        definition_folds[(definition.role, definition.name)] = inside
+    folded = dataclasses.replace(graph, modules=tuple(modules), definitions=tuple(definitions))
+    return FoldedGraph(verify(folded), tuple(folds), definition_folds)
+
+
+def _fold_definition(definition: Definition) -> tuple[Definition, tuple[DefinitionFold, ...]]:
+    """The definition with its foldable BatchNorms folded (the rule of :func:`_foldable`)."""
+    readers: dict[str, list[SymbolicNode]] = {}
+    for node in definition.nodes:
+        for value in node.inputs:
+            readers.setdefault(value, []).append(node)
+    nodes_by_name = {node.name: node for node in definition.nodes}
+    pairs: dict[str, SymbolicNode] = {}
+    for node in definition.nodes:
+        conv = nodes_by_name.get(node.inputs[0]) if node.inputs else None
+        if node.kind != "batch_norm" or conv is None or conv.kind != "conv":
+            continue
+        # A value the block's shortcut module reads has that reader too (never a conv output in
+        # the built-ins, but the flat view counts the shortcut's nodes, so this must as well).
+        shortcut_reads = definition.shortcut_input == conv.name and definition.role == "block"
+        if conv.attribute("standardize_weight") is False and len(readers[conv.name]) == 1 and not shortcut_reads:
+            pairs[conv.name] = node
+    if not pairs:
+        return definition, ()
+    renamed = {bn.name: conv for conv, bn in pairs.items()}
+    nodes: list[SymbolicNode] = []
+    inside: list[DefinitionFold] = []
+    for node in definition.nodes:
+        if node.name in renamed:
+            continue
+        inputs = tuple(renamed.get(value, value) for value in node.inputs)
+        if node.name in pairs:
+            bn = pairs[node.name]
+            inside.append(DefinitionFold(node.name, bn.name, bn.attribute("epsilon")))
+            attributes = tuple((key, True if key == "bias" else value) for key, value in node.attributes)
+            node = dataclasses.replace(node, attributes=attributes, inputs=inputs)
+        elif inputs != node.inputs:
+            node = dataclasses.replace(node, inputs=inputs)
+        nodes.append(node)
+    shortcut_input = definition.shortcut_input
+    if shortcut_input != MODULE_INPUT:
+        shortcut_input = renamed.get(shortcut_input, shortcut_input)
+    return dataclasses.replace(definition, nodes=tuple(nodes), shortcut_input=shortcut_input), tuple(inside)
 
 
 def _foldable(module: Module) -> dict[str, Node]:

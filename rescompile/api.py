@@ -67,19 +67,32 @@ def create_model(
     num_classes: int | None = None,
     input_size: int | tuple[int, int] | None = None,
     in_channels: int | None = None,
+    inference: bool = False,
     **block_parameters: Value,
 ) -> Any:
     """A ready model of ``name``: a torch ``nn.Module`` (``backend="torch"``), a flax ``nnx.Module``
     (``"flax"``) or an ``onnx.ModelProto`` (``"onnx"``), freshly initialised as torchvision would
     initialise it, or holding ``weights`` (canonical safetensors, e.g. from ``rescompile weights
-    convert``). Overrides as :func:`create_graph`."""
+    convert``). Overrides as :func:`create_graph`. ``inference=True`` (torch only) lowers the model
+    for evaluation, as ``--inference`` does: BatchNorm folded into the convs as canonical weights
+    load (a torchvision state_dict loads as it is), channels_last."""
     if backend not in BACKENDS:
         raise RescompileError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    implementation = BACKENDS[backend]
+    if inference and "inference" not in implementation.options:
+        readers = ", ".join(name for name, entry in BACKENDS.items() if "inference" in entry.options)
+        raise RescompileError(f"inference=True applies to backend {readers} only, not '{backend}'")
     graph = create_graph(
         name, num_classes=num_classes, input_size=input_size, in_channels=in_channels, **block_parameters
     )
-    implementation = BACKENDS[backend]
-    model = implementation.build(graph)
+    if inference:
+        # NOTE: the one backend option a model (not only a written file) takes; Implementation's
+        # build_module has no options, so the lowering's own builder is called by name.
+        from rescompile.backends.torch_backend import build_module
+
+        model = build_module(graph, inference=True)
+    else:
+        model = implementation.build(graph)
     if weights is not None:
         implementation.load_weights(model, graph, read_weights(Path(weights)))
     return model

@@ -26,7 +26,7 @@ from rescompile.spec.loader import builtin_directory, builtin_networks
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
-SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw")
+SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw", "bench")
 _NAMES = ",".join(BACKENDS)
 DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
@@ -39,12 +39,13 @@ commands:
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
   rescompile draw SPEC -o net.svg [--block NAME]           the network (or a block) as an SVG picture
+  rescompile bench SPEC [--backend B] [--train] ...        time the generated model beside its reference
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
 # The options only some backends read (EmitOptions fields), in the order they are checked; the
 # fields of one group are refused in one message.
-_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"))
+_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"), ("inference",))
 
 
 def _readers(option: str) -> str:
@@ -84,6 +85,12 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help=f"{_readers('opset')}: the opset to target")
     parser.add_argument(
         "--fold-bn", action="store_true", help=f"{_readers('fold_bn')}: fold BatchNorm into the preceding convolution"
+    )
+    parser.add_argument(
+        "--inference",
+        action="store_true",
+        help=f"{_readers('inference')}: lower for evaluation (BatchNorm folded into the convolutions as canonical "
+        "weights load, channels_last, in-place ReLU)",
     )
     return parser
 
@@ -183,6 +190,13 @@ def _check(arguments: list[str]) -> int:
     return check_main(arguments)
 
 
+def _bench(arguments: list[str]) -> int:
+    # Imported here, as check: it needs numpy and the frameworks.
+    from rescompile.bench import main as bench_main
+
+    return bench_main(arguments)
+
+
 def _schema(arguments: list[str]) -> int:
     options = _subcommand_parser("schema").parse_args(arguments)
     if options.output is None:
@@ -229,6 +243,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "schema": _schema,
     "weights": _weights,
     "draw": _draw,
+    "bench": _bench,
 }
 
 

@@ -82,6 +82,7 @@ MODULE_LEVEL_NAMES = frozenset(
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
         *("ChannelSlice", "channel_slice", "ChannelSoftmax", "channel_softmax"),
         *("LayerNorm2d", "PointwiseLinear", "LayerScale"),
+        "fold_batch_norms_on_load",
     }
     | set(FUNCTIONS)
 )

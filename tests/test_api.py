@@ -35,6 +35,18 @@ def test_create_model_gives_timms_model_with_its_class_count() -> None:
         assert_close(model.eval()(inputs).numpy(), reference.eval()(inputs).numpy(), tolerance="same_framework")
 
 
+def test_create_model_for_inference_loads_timms_state_dict_and_gives_its_outputs() -> None:
+    model = rescompile.create_model("resnet50d", num_classes=10, inference=True)
+    reference = timm.create_model("resnet50d", pretrained=False, num_classes=10).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
+    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert_close(model.eval()(inputs).numpy(), reference(inputs).numpy(), tolerance="network")
+    with pytest.raises(rescompile.RescompileError, match=r"^inference=True applies to backend torch only, not 'flax'$"):
+        rescompile.create_model("resnet20", backend="flax", inference=True)
+
+
 def test_block_parameters_and_input_overrides() -> None:
     graph = rescompile.create_graph("resnet50", groups=32, base_width=4, input_size=(96, 64), in_channels=1)
     assert cost(graph).parameters == cost(compile_spec("resnext50_32x4d")).parameters - 2 * 64 * 7 * 7

@@ -165,6 +165,10 @@ def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None
             ["resnet20", "--backend", "flax", "--zero-init-residual", "-o", "out.py"],
             "--fold-bn and --zero-init-residual apply to --backend onnx only",
         ),
+        (
+            ["resnet20", "--backend", "onnx", "--inference", "-o", "out.py"],
+            "--inference applies to --backend torch only",
+        ),
         (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.py"], "opset 7"),
         (
             ["resnet20", "--backend", "onnx", "--weights", "spec.yaml", "-o", "out.py"],

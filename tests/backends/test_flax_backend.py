@@ -499,3 +499,30 @@ def test_weight_layouts_and_safetensors_round_trip(tmp_path: Path) -> None:
     flax_backend.load_weights(fresh, graph, read_weights(path))
     restored = flax_backend.to_weights(fresh, graph)
     assert_weights_equal(restored, weights, what="canonical -> flax -> safetensors -> flax -> canonical")
+
+
+JIT_DEFAULT = {"resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"}
+"""Built-ins whose ops between them cover every op kind (as the torch compile test's): jitted in
+the default run, the rest in the slow tail."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in JIT_DEFAULT else [pytest.mark.slow])
+        for name in builtin_networks()
+        if name not in OVERFLOWS_IN_EVAL  # random running statistics overflow float32 in eval mode
+    ],
+)
+def test_the_generated_module_compiles_under_nnx_jit(name: str) -> None:
+    """``nnx.jit`` traces the whole module (no Python-level value reaches a traced one), and the
+    jitted forward computes the torch backend's logits (torch runs eagerly: faster than Flax op by op)."""
+    graph = compile_spec(name, size=SMALL_SIZE)
+    weights = random_weights(graph, seed=1)
+    model = flax_model(graph, weights)
+    model.eval()
+    batch = images(graph, seed=2)
+    expected = torch_backend.block_outputs(torch_model(graph, weights).eval(), graph, batch)["head"]
+    jitted = nnx.jit(lambda model, x: model(x))(model, batch.transpose(0, 2, 3, 1))
+    assert np.isfinite(expected).all()
+    assert_close(np.asarray(jitted), expected, tolerance="network", what=f"{name} under nnx.jit")

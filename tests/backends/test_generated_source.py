@@ -13,7 +13,11 @@ from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec
 from rescompile.spec import builtin_networks
 
-EMITTERS = {"torch": torch_backend.emit_source, "flax": flax_backend.emit_source}
+EMITTERS = {
+    "torch": torch_backend.emit_source,
+    "torch-inference": lambda graph: torch_backend.emit_source(graph, inference=True),
+    "flax": flax_backend.emit_source,
+}
 RUFF = [sys.executable, "-m", "ruff"]
 SETTINGS = ["--isolated", "--line-length", "120", "--stdin-filename", "model.py"]
 
