@@ -402,7 +402,8 @@ CASES = {
         "blocks/mine.yaml:2:14: parameter name 'make_divisible' must be a Python-style identifier (ASCII letters, "
         "digits, underscores), not a keyword, a dunder or one of Any, BatchNorm, BlurPool, ChannelConv, ChannelSlice, "
         "ChannelSoftmax, DropPath, F, LayerNorm2d, LayerScale, PadChannels, PointwiseLinear, ResNet, StdConv2d, "
-        "Subsample, abs, blur_pool, channel_slice, channel_softmax, conv_init, int, jax, jnp, linear_init, log2, "
+        "Subsample, abs, blur_pool, channel_slice, channel_softmax, conv_init, fold_batch_norms_on_load, int, jax, "
+        "jnp, linear_init, log2, "
         "make_divisible, math, max, min, nn, nnx, out, pad, pad_channels, partial, rngs, round, self, shortcut, "
         "standardized_conv, subsample, super, torch, x",
     ),
