@@ -362,6 +362,16 @@ CASES = {
         "shortcuts/projection.yaml:2:9: shortcut 'projection' is held in module 'bn1', which is also a node of "
         "block 'basic'; rename one of them",
     ),
+    "shortcut_with_a_template": (
+        network(),
+        {
+            "shortcuts/projection.yaml": "name: projection\nmodule: downsample\nnodes:\n"
+            "  halves: {op: split, parts: 2}\n"
+            "  conv: {op: conv, input: halves.0, out_channels: out_channels, kernel: 1, stride: stride}\n"
+        },
+        "shortcuts/projection.yaml:3:1: shortcut 'projection' uses a template (repeat, split, when, a placeholder, "
+        "a conditional read or a comprehension); templates work in stems, blocks and heads only",
+    ),
     "block_with_two_residual_adds": (
         network(("block: basic", "block: mine")),
         {
