@@ -97,6 +97,10 @@ write_atomically([(Path(sys.argv[1]), chunks())])
 """
 
 
+def _default_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("signal_number", "status"), [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 143)])
 def test_an_interrupted_write_leaves_no_temporary_and_the_old_file_intact(
     signal_number: int, status: int, tmp_path: Path
@@ -110,6 +114,10 @@ def test_an_interrupted_write_leaves_no_temporary_and_the_old_file_intact(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A job started in the background by a shell without job control inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler: give the writer the default, as a
+        # terminal's foreground process has.
+        preexec_fn=_default_interrupt,
     )
     assert writer.stdout is not None
     assert writer.stdout.readline() == "writing\n"
