@@ -59,9 +59,21 @@ def _check_name(value: str) -> str:
     return value
 
 
+GENERATED_CLASS_SUFFIXES = ("Block", "Shortcut", "Transition")
+"""Generated code names a part's class after the part with one of these (``bottleneck`` ->
+``BottleneckBlock``), so a container class ending so could take a part class's name."""
+
+
 def _check_class_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Z][A-Za-z0-9]{0,63}", value) or value in MODULE_LEVEL_NAMES:
-        raise ValueError("a class name is CamelCase ASCII letters and digits, not a name generated code defines")
+    if (
+        not re.fullmatch(r"[A-Z][A-Za-z0-9]{0,63}", value)
+        or value in MODULE_LEVEL_NAMES
+        or value.endswith(GENERATED_CLASS_SUFFIXES)
+    ):
+        raise ValueError(
+            "a class name is CamelCase ASCII letters and digits, not a name generated code defines "
+            "(nor ending in Block, Shortcut or Transition, as the parts' classes do)"
+        )
     return value
 
 

@@ -362,6 +362,17 @@ CASES = {
         "shortcuts/projection.yaml:2:9: shortcut 'projection' is held in module 'bn1', which is also a node of "
         "block 'basic'; rename one of them",
     ),
+    "container_class_named_like_a_block_class": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": "name: mine\nout_channels: width\nclasses: {g: MineBlock}\nnodes:\n"
+            "  g.conv: {op: conv, out_channels: width, kernel: 3, padding: 1}\n"
+            "  g.bn: {op: batch_norm}\n"
+            "  add: {op: add, inputs: [g.bn, shortcut]}\n"
+        },
+        "blocks/mine.yaml:3:14: classes.g: a class name is CamelCase ASCII letters and digits, not a name generated "
+        "code defines (nor ending in Block, Shortcut or Transition, as the parts' classes do) (got 'MineBlock')",
+    ),
     "shortcut_with_a_template": (
         network(),
         {
