@@ -46,6 +46,16 @@ Tests parametrised over every built-in run these only in the slow tail (``-m slo
 comparison (tests/test_timm_presets.py) runs every preset by default."""
 
 
+OP_COVERING_PRESETS = frozenset(
+    {
+        *("resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"),
+        *("res2net50_26w_4s", "resnest50d", "convnext_tiny"),
+    }
+)
+"""Built-ins whose ops between them cover every op kind (tests/backends/test_emitter_tables.py checks it): the
+torch.compile and nnx.jit tests run these by default and the other built-ins in the slow tail."""
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)

@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import OP_COVERING_PRESETS
 from flax import nnx
 from torch import nn
 
@@ -501,15 +502,10 @@ def test_weight_layouts_and_safetensors_round_trip(tmp_path: Path) -> None:
     assert_weights_equal(restored, weights, what="canonical -> flax -> safetensors -> flax -> canonical")
 
 
-JIT_DEFAULT = {"resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"}
-"""Built-ins whose ops between them cover every op kind (as the torch compile test's): jitted in
-the default run, the rest in the slow tail."""
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=[] if name in JIT_DEFAULT else [pytest.mark.slow])
+        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
         for name in builtin_networks()
         if name not in OVERFLOWS_IN_EVAL  # random running statistics overflow float32 in eval mode
     ],

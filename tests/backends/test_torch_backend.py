@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import OP_COVERING_PRESETS
 from hypothesis import assume, given
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -138,18 +139,10 @@ def test_zero_initialised_branch_makes_identity_blocks_relu_of_their_input(spec:
             assert np.array_equal(block_output, block_input), (mode, block.path)
 
 
-COMPILE_DEFAULT = {
-    *("resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"),
-    *("res2net50_26w_4s", "resnest50d"),  # split, concat, softmax, a container class
-}
-"""Built-ins whose ops between them cover every op kind: compiled in the default run, the rest in
-the slow tail."""
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=[] if name in COMPILE_DEFAULT else [pytest.mark.slow])
+        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
         for name in builtin_networks()
         if name != "resnet1202"  # its fresh eval-mode activations overflow float32 (NaN in any mode of running)
     ],
