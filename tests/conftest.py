@@ -36,12 +36,16 @@ def one_torch_thread() -> Iterator[None]:
 
 
 REPEATED_PRESETS = frozenset(
-    {"resnet50c", "resnet50s", "resnet200d", "seresnet50", "regnetx_016", "plain32", "plain44"}
+    {
+        *("resnet50c", "resnet50s", "resnet200d", "seresnet50", "regnetx_016", "plain32", "plain44"),
+        *("resnet101", "resnet152", "resnet101_v1", "resnet152_v1", "resnet110"),
+    }
 )
 """Built-ins whose parts (stem, blocks, shortcuts) other built-ins already exercise in the default
 run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d seresnet50's block,
 regnety_016 regnetx_016's stem, shortcut, head and every op of its block (regnet_y is regnet_x with SE),
-plain20 and plain56 the parts of plain32 and plain44.
+plain20 and plain56 the parts of plain32 and plain44, resnet50 and resnet50_v1 those of the deeper
+torchvision nets, resnet20 and resnet56 resnet110's.
 Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
 comparison (tests/test_timm_presets.py) runs every preset by default."""
 
