@@ -5,9 +5,10 @@
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
+from _pytest.mark import ParameterSet
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -37,13 +38,12 @@ def one_torch_thread() -> Iterator[None]:
 
 REPEATED_PRESETS = frozenset(
     {
-        *("resnet50c", "resnet50s", "resnet200d", "seresnet50", "regnetx_016", "plain32", "plain44"),
+        *("resnet50c", "resnet50s", "resnet200d", "seresnet50", "plain32", "plain44"),
         *("resnet101", "resnet152", "resnet101_v1", "resnet152_v1", "resnet110"),
     }
 )
 """Built-ins whose parts (stem, blocks, shortcuts) other built-ins already exercise in the default
 run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d seresnet50's block,
-regnety_016 regnetx_016's stem, shortcut, head and every op of its block (regnet_y is regnet_x with SE),
 plain20 and plain56 the parts of plain32 and plain44, resnet50 and resnet50_v1 those of the deeper
 torchvision nets, resnet20 and resnet56 resnet110's.
 Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
@@ -58,6 +58,24 @@ OP_COVERING_PRESETS = frozenset(
 )
 """Built-ins whose ops between them cover every op kind (tests/backends/test_emitter_tables.py checks it): the
 torch.compile and nnx.jit tests run these by default and the other built-ins in the slow tail."""
+
+
+PART_COVERING_PRESETS = frozenset(
+    {
+        *("resnet20", "resnet50", "resnest50d", "convnext_tiny", "resnetv2_50", "resnetv2_50x1_bit", "skresnet18"),
+        *("regnetx_016", "regnety_016", "res2net50_26w_4s", "preact_resnet110", "preact_resnet164", "resnet50_gn"),
+        *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d"),
+    }
+)
+"""Built-ins that between them use every op kind and every stem, block, shortcut, transition and head
+of the built-ins (tests/backends/test_emitter_tables.py checks it). A part compiles to the same code in
+every network that uses it, so tests that compare backends network by network run these by default
+and the other built-ins in the slow tail."""
+
+
+def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:
+    """``names`` as pytest parameters, those outside ``default`` marked slow."""
+    return [pytest.param(name, id=name, marks=[] if name in default else [pytest.mark.slow]) for name in names]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import builtin_params
 
 from rescompile.backends.interface import module_names
 from rescompile.check import Progress, assert_backends_agree, check, main
@@ -78,7 +79,7 @@ def test_progress_writes_one_line_per_step_when_not_a_terminal(tmp_path: Path) -
     ]
 
 
-@pytest.mark.parametrize("name", builtin_networks())
+@pytest.mark.parametrize("name", builtin_params(builtin_networks()))
 def test_check_passes_for_every_builtin_at_a_small_size(name: str) -> None:
     graph = compile_spec(name, size=32)
     assert_backends_agree(graph)

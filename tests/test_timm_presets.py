@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import REPEATED_PRESETS
+from conftest import PART_COVERING_PRESETS
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
@@ -151,10 +151,13 @@ def test_train_mode_outputs_and_running_statistics_are_timms(name: str, size: in
 
 
 def check_sizes() -> list[object]:
-    """Every preset at 224 in the slow tail; by default the presets with parts of their own at 97,
-    an odd size where ceil-mode and floor pooling differ (97 → 49 → 25 → 13 → 7 → 4)."""
+    """Every preset at 224 and 97 in the slow tail; by default the part-covering presets at 97, an odd
+    size where ceil-mode and floor pooling differ (97 → 49 → 25 → 13 → 7 → 4)."""
     return [
-        *(pytest.param(name, 97, id=f"{name}-97") for name in TIMM_PRESETS if name not in REPEATED_PRESETS),
+        *(
+            pytest.param(name, 97, id=f"{name}-97", marks=[] if name in PART_COVERING_PRESETS else [pytest.mark.slow])
+            for name in TIMM_PRESETS
+        ),
         *(pytest.param(name, SIZE, id=f"{name}-{SIZE}", marks=pytest.mark.slow) for name in TIMM_PRESETS),
     ]
 

@@ -2,12 +2,13 @@
 compile-time error in that emitter, never a missing entry)."""
 
 import pytest
-from conftest import OP_COVERING_PRESETS
+from conftest import OP_COVERING_PRESETS, PART_COVERING_PRESETS
 
 from rescompile import create_graph
 from rescompile.backends.interface import Backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.ir import OP_KINDS
+from rescompile.spec.loader import builtin_networks
 
 
 @pytest.mark.parametrize("backend", BACKENDS.values(), ids=BACKENDS)
@@ -19,3 +20,18 @@ def test_the_op_covering_presets_use_every_op_kind() -> None:
     """The compile tests run OP_COVERING_PRESETS by default on the strength of this."""
     used = {node.op.kind for name in OP_COVERING_PRESETS for _, node in create_graph(name).nodes()}
     assert used == set(OP_KINDS), f"no default-run preset uses {sorted(set(OP_KINDS) - used)}"
+
+
+def test_the_part_covering_presets_use_every_op_kind_and_every_built_in_part() -> None:
+    """The backend comparisons run PART_COVERING_PRESETS by default on the strength of this."""
+
+    def used(name: str) -> set[tuple[str, str]]:
+        graph = create_graph(name)
+        return {(str(item.role), item.name) for item in graph.definitions} | {
+            ("op", n.op.kind) for _, n in graph.nodes()
+        }
+
+    everything = set().union(*(used(name) for name in builtin_networks()))
+    covered = set().union(*(used(name) for name in PART_COVERING_PRESETS))
+    assert everything - covered == set()
+    assert {kind for role, kind in covered if role == "op"} == set(OP_KINDS)

@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import OP_COVERING_PRESETS
+from conftest import OP_COVERING_PRESETS, builtin_params
 from flax import nnx
 from torch import nn
 
@@ -232,10 +232,7 @@ def test_batch_norm_matches_torch_hand_computed() -> None:
 # --- every architecture against the torch backend -------------------------------------------------
 
 
-ARCHITECTURES = [
-    pytest.param(name, marks=[pytest.mark.slow] if name in SLOW_ARCHITECTURES else [], id=name)
-    for name in builtin_networks()
-]
+ARCHITECTURES = builtin_params(builtin_networks())
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
