@@ -31,7 +31,6 @@ from google.protobuf.message import EncodeError
 from rescompile.backends import onnx_backend, torch_backend
 from rescompile.backends.onnx_backend import (
     DEFAULT_OPSET,
-    EMITTERS,
     SUPPORTED_OPSETS,
     OnnxModel,
     emit_model,
@@ -39,7 +38,7 @@ from rescompile.backends.onnx_backend import (
     run_onnxruntime,
     save_model,
 )
-from rescompile.compiler.ir import OP_KINDS, AvgPool, BatchNorm, Conv, Graph, Linear, MaxPool, Module
+from rescompile.compiler.ir import AvgPool, BatchNorm, Conv, Graph, Linear, MaxPool, Module
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
@@ -137,10 +136,6 @@ def built(request: pytest.FixtureRequest) -> Iterator[Built]:
     reference = torch_backend.block_outputs(torch_model(graph, weights), graph, x)["head"]
     model = emit_model(graph, weights)
     yield Built(graph, weights, model, model.to_bytes(), x, reference)
-
-
-def test_every_op_kind_has_an_emitter() -> None:
-    assert set(EMITTERS) == set(OP_KINDS)
 
 
 def test_opset_range() -> None:
