@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.registry import BACKENDS
 from rescompile.check import Progress
 from rescompile.compiler.cost import cost
@@ -94,7 +94,7 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rescompile bench",
         description="Time SPEC's generated model, interleaved with a reference model of the same name "
         "(torchvision or timm; hand-written Flax for resnet50) in the same run, and print the ratio.",

@@ -22,7 +22,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.cost import cost
@@ -66,7 +66,8 @@ class CheckResult:
 
 
 class Progress:
-    """One status line on stderr: rewritten in place on a terminal, one line per step otherwise."""
+    """One status line on stderr, rewritten in place, on a terminal only: in a log or a pipe a
+    progress line would stand before an error and make it two lines."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = total
@@ -80,9 +81,7 @@ class Progress:
         line = f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {message}"
         if self.live:
             self.stream.write(f"\r\033[K{line}")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def close(self) -> None:
         if self.live:
@@ -169,7 +168,7 @@ def _tolerance(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = ArgumentParser(
         prog="rescompile check",
         description="Compile SPEC to several backends, load the same weights, run the same inputs and compare "
         "them module by module. Exit status 0 when all agree within tolerance, 1 otherwise.",

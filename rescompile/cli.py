@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
 from rescompile.backends.source import weights_path
@@ -54,7 +56,7 @@ def _readers(option: str) -> str:
 
 
 def _compile_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rescompile",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,7 +98,7 @@ def _compile_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"rescompile {name}")
+    parser = ArgumentParser(prog=f"rescompile {name}")
     if name == "validate":
         parser.description = "Load and lower specs, checking shapes and channels, without compiling them."
         parser.add_argument("specs", nargs="+", help="spec files or built-in names")
@@ -144,10 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         if arguments and arguments[0] in SUBCOMMANDS:
-            return COMMANDS[arguments[0]](arguments[1:])
-        return _compile(_compile_parser().parse_args(arguments))
+            status = COMMANDS[arguments[0]](arguments[1:])
+        else:
+            status = _compile(_compile_parser().parse_args(arguments))
+        # Flushed here, where a closed pipe is still caught, not by the interpreter at exit.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (`rescompile cost resnet1202 --by node | head -1`): stop quietly, as
+        # a tool that SIGPIPE ends does, with the status a shell gives that (128 + 13). stdout goes
+        # to /dev/null so that the interpreter's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except RescompileError as error:
         print(str(error), file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        # A bound that should have refused the request first is missing: still one line, not a traceback.
+        print(f"rescompile: out of memory{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rescompile: interrupted", file=sys.stderr)

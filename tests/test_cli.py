@@ -190,8 +190,32 @@ def test_errors_are_one_line_with_status_1_and_leave_the_output_untouched(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.py", "spec.yaml"]
 
 
-def test_usage_errors_exit_2_and_help_works(tmp_path: Path) -> None:
-    assert run_cli("resnet20", "--backend", "caffe", cwd=tmp_path).returncode == 2
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (
+            ["resnet20", "--backend", "caffe"],
+            "rescompile: argument --backend: invalid choice: 'caffe' (choose from 'torch', 'flax', 'onnx'); "
+            "see 'rescompile --help'",
+        ),
+        ([], "rescompile: the following arguments are required: spec; see 'rescompile --help'"),
+        (["cost", "resnet20", "--by", "x"], "rescompile cost: argument --by: invalid choice: 'x'"),
+        (["validate"], "rescompile validate: the following arguments are required: specs"),
+        (["weights", "convert", "a.pth"], "rescompile weights: the following arguments are required: --spec, -o"),
+        (["bench", "resnet20", "--rounds", "x"], "rescompile bench: argument --rounds: invalid int value: 'x'"),
+        (["list", "--bogus"], "rescompile list: unrecognized arguments: --bogus; see 'rescompile list --help'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_1_pointing_at_help(
+    arguments: list[str], expected: str, tmp_path: Path
+) -> None:
+    result = run_cli(*arguments, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(expected), result.stderr
+    assert "help'" in result.stderr and "usage:" not in result.stderr
+
+
+def test_help_works(tmp_path: Path) -> None:
     for arguments in (["--help"], ["validate", "--help"], ["cost", "--help"], ["list", "--help"]):
         result = run_cli(*arguments, cwd=tmp_path)
         assert result.returncode == 0 and "usage: rescompile" in result.stdout, arguments
@@ -254,7 +278,24 @@ def test_the_default_output_stays_in_the_working_directory(
 def test_option_values_out_of_range_are_usage_errors(
     arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(arguments)
-    assert raised.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert main(arguments) == 1
+    assert capsys.readouterr().err.count(f": {message}; see '") == 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["cost", "resnet1202", "--by", "node"], ["list"], ["schema"], ["validate", *["resnet20"] * 40]],
+)
+def test_a_closed_pipe_ends_a_printing_command_quietly(arguments: list[str], tmp_path: Path) -> None:
+    """`rescompile cost resnet1202 --by node | head -1` was a BrokenPipeError traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rescompile", *arguments],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # as `head -1` does once it has its line; here before any, so every write fails
+    stderr = process.stderr.read()
+    assert process.wait() == 141 and stderr == ""  # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
