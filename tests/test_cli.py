@@ -1,6 +1,7 @@
 """The command line: compile, validate, cost, list; and its error contract (one located line,
 exit status 1, no traceback, nothing written, nothing existing damaged)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,37 @@ def test_a_closed_pipe_ends_a_printing_command_quietly(arguments: list[str], tmp
     process.stdout.close()  # as `head -1` does once it has its line; here before any, so every write fails
     stderr = process.stderr.read()
     assert process.wait() == 141 and stderr == ""  # 128 + SIGPIPE, as a shell reports a tool SIGPIPE ended
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax", "onnx"])
+def test_a_negative_running_var_is_refused_by_every_backend_by_key(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ONNX accepted it and computed NaN."""
+    from rescompile.compiler.weights import random_weights, save_weights
+
+    monkeypatch.chdir(tmp_path)
+    weights = random_weights(compile_spec("resnet20"))
+    weights["layer2.1.bn2.running_var"][3] = -0.5
+    save_weights(weights, tmp_path / "w.safetensors")
+    assert main(["resnet20", "--backend", backend, "--weights", "w.safetensors"]) == 1
+    assert capsys.readouterr().err == (
+        "weights do not fit resnet20: layer2.1.bn2.running_var holds a negative variance (-0.5); "
+        "a BatchNorm's running_var is at least 0\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+@pytest.mark.parametrize("command", [["resnet20", "--backend", "onnx"], ["check", "resnet20"]])
+def test_a_fifo_as_weights_is_refused_at_once(command: list[str], tmp_path: Path) -> None:
+    """It blocked for ever, waiting for a writer."""
+    os.mkfifo(tmp_path / "w.safetensors")
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", *command, "--weights", "w.safetensors"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "cannot read w.safetensors: it is a FIFO, not a weights file\n"

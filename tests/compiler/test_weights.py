@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,47 @@ def test_weights_in_a_type_numpy_lacks_are_refused(dtype: torch.dtype, tmp_path:
     # numpy reads these only where jax's ml_dtypes has registered them (then as a dtype we refuse).
     assert str(tmp_path / "w.safetensors") in message and "\n" not in message
     assert message.endswith("; save float32 weights")
+
+
+def test_float64_beyond_float32_range_is_refused_after_the_cast(tmp_path: Path) -> None:
+    """1e300 is finite in float64 and was written as inf with exit status 0."""
+    save_file({"fc.weight": np.array([1.0, -1e300], np.float64)}, tmp_path / "w.safetensors")
+    with pytest.raises(RescompileError) as raised:
+        read_weights(tmp_path / "w.safetensors")
+    assert str(raised.value) == (
+        f"weights in {tmp_path / 'w.safetensors'}: fc.weight holds values beyond float32's range (±3.4e+38), "
+        "which would become infinite"
+    )
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "device"])
+def test_weights_must_be_a_regular_file(kind: str, tmp_path: Path) -> None:
+    """A FIFO blocked for ever; a directory was 'no such weights file'."""
+    path = {"device": Path("/dev/zero")}.get(kind, tmp_path / "w.safetensors")
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(RescompileError) as raised:
+        read_weights(path)
+    expected = {
+        "missing": f"no such weights file: {path}",
+        "directory": f"cannot read {path}: it is a directory, not a weights file",
+        "fifo": f"cannot read {path}: it is a FIFO, not a weights file",
+        "device": f"cannot read {path}: it is a character device, not a weights file",
+    }[kind]
+    assert str(raised.value) == expected
+
+
+@pytest.mark.parametrize("name", ["w.pth", "w.pt", "w.bin", "w.safetensors"])
+def test_a_torch_checkpoint_as_weights_points_at_weights_convert(name: str, tmp_path: Path) -> None:
+    """It was a safetensors header error."""
+    path = tmp_path / name
+    torch.save({"fc.weight": torch.ones(2)}, path)
+    with pytest.raises(RescompileError) as raised:
+        read_weights(path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.endswith(f"convert it first: rescompile weights convert {path} --spec SPEC -o w.safetensors")
+    if name != "w.safetensors":
+        assert message.startswith(f"{path}: --weights takes canonical safetensors, not a torch checkpoint")
