@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from rescompile.arguments import ArgumentParser, parse_seed, parse_size
@@ -66,7 +66,10 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="what to generate (default: torch)")
     files = [f"NAME{backend.suffix}" for backend in BACKENDS.values()]
     parser.add_argument(
-        "-o", "--output", type=Path, help=f"where to write (default: {', '.join(files[:-1])} or {files[-1]})"
+        "-o",
+        "--output",
+        help=f"where to write: a file ending as the backend's do, or a folder to write the default name into "
+        f"(default: {', '.join(files[:-1])} or {files[-1]})",
     )
     parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
     # argparse's destinations are the EmitOptions fields.
@@ -116,7 +119,7 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
             "'# yaml-language-server: $schema=PATH' at the top of a spec file."
         )
         parser.add_argument("--kind", choices=SCHEMA_KINDS, default="network", help="the file kind to print")
-        parser.add_argument("-o", "--output", type=Path, help="an existing folder to write every kind's schema into")
+        parser.add_argument("-o", "--output", type=Path, help="a folder to write every kind's schema into (created)")
     elif name == "weights":
         parser.description = (
             "Read a torchvision or timm checkpoint (.pth/.pt/.bin with torch.load(weights_only=True), or "
@@ -126,7 +129,7 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("action", choices=("convert",), help="what to do (convert)")
         parser.add_argument("checkpoint", type=Path, help="the checkpoint file")
         parser.add_argument("--spec", required=True, help="the network it belongs to: a spec file or a built-in name")
-        parser.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
+        parser.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
         parser.add_argument(
             "--backend", choices=("torch", "flax"), default="torch", help="layout to write (default: torch, canonical)"
         )
@@ -136,7 +139,9 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
             "parameters, MACs) and head; or, with --block, that block's op graph with its shortcut."
         )
         parser.add_argument("spec", help="a spec file or a built-in name")
-        parser.add_argument("-o", "--output", type=Path, required=True, help="the .svg file to write")
+        parser.add_argument(
+            "-o", "--output", required=True, help="the .svg file to write (or .png, where pymupdf is installed)"
+        )
         parser.add_argument("--block", help="draw this block type's op graph instead (e.g. bottleneck)")
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     return parser
@@ -218,9 +223,13 @@ def _schema(arguments: list[str]) -> int:
     if options.output is None:
         print(schema_text(options.kind), end="")
         return 0
-    if not options.output.is_dir():
-        raise RescompileError(f"-o {options.output}: not a folder; create it first or name an existing one")
+    if options.output.exists() and not options.output.is_dir():
+        raise RescompileError(f"-o {options.output}: not a folder; schema -o names the folder to write into")
     files = [(options.output / file_name(kind), [schema_text(kind).encode()]) for kind in SCHEMA_KINDS]
+    try:
+        options.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RescompileError(f"cannot create {options.output}: {error.strerror or error}") from None
     write_atomically(files)
     for path, _ in files:
         print(f"wrote {path}")
@@ -232,10 +241,11 @@ def _weights(arguments: list[str]) -> int:
     from rescompile.checkpoints import convert
 
     graph = compile_spec(options.spec)
-    check_output(options.output, [*graph.files, options.checkpoint])
-    written = convert(graph, options.checkpoint, options.output, options.backend)
+    inputs = [*graph.files, options.checkpoint]
+    output = output_file(options.output, (".safetensors",), "weights convert writes safetensors", inputs)
+    written = convert(graph, options.checkpoint, output, options.backend)
     layout = f"{options.backend} layout"
-    print(f"{options.checkpoint} fits {graph.name}: wrote {written} tensors ({layout}) to {options.output}")
+    print(f"{options.checkpoint} fits {graph.name}: wrote {written} tensors ({layout}) to {output}")
     return 0
 
 
@@ -244,11 +254,49 @@ def _draw(arguments: list[str]) -> int:
     from rescompile.draw import draw_block, draw_network
 
     graph = compile_spec(options.spec, options.size)
-    check_output(options.output, graph.files)
-    picture = draw_network(graph) if options.block is None else draw_block(graph, options.block)
-    write_atomically([(options.output, [picture.encode()])])
-    print(f"wrote {options.output} ({len(picture.encode()):,} bytes)")
+    output = output_file(options.output, (".svg", ".png"), "draw writes an SVG picture (or PNG)", graph.files)
+    picture = (draw_network(graph) if options.block is None else draw_block(graph, options.block)).encode()
+    if output.suffix == ".png":
+        picture = _png(picture)
+    write_atomically([(output, [picture])])
+    print(f"wrote {output} ({len(picture):,} bytes)")
     return 0
+
+
+def _png(svg: bytes) -> bytes:
+    """The picture rendered to PNG by MuPDF, the one SVG renderer among rescompile's optional packages."""
+    try:
+        import pymupdf  # type: ignore[import-untyped]  # ships no type information
+    except ModuleNotFoundError:
+        raise RescompileError(
+            "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows"
+        ) from None
+    page = pymupdf.open(stream=svg, filetype="svg")[0]
+    png: bytes = page.get_pixmap(dpi=144).tobytes("png")
+    return png
+
+
+def output_file(
+    text: str, suffixes: tuple[str, ...], writes: str, inputs: Collection[Path], default: str | None = None
+) -> Path:
+    """``-o TEXT`` as the file to write. A folder (an existing one, or any TEXT ending in '/')
+    takes ``default`` inside it, or is refused where there is no default name; the file must pass
+    :func:`check_output` (checked first: overwriting an input is the worse mistake) and end in
+    one of ``suffixes`` (``writes`` says why: "--backend onnx writes an ONNX model")."""
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        if default is None:
+            raise RescompileError(
+                f"-o {text}: is a folder; name the file to write, such as {path / 'out'}{suffixes[0]}"
+            )
+        if not path.is_dir():
+            raise RescompileError(f"-o {text}: no such folder; create it first")
+        path = path / default
+    check_output(path, inputs)
+    if path.suffix not in suffixes:
+        wanted = " or ".join(suffixes)
+        raise RescompileError(f"-o {text}: {writes}; name a file ending in {wanted}")
+    return path
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -302,9 +350,14 @@ def _compile(options: argparse.Namespace) -> int:
     backend = BACKENDS[options.backend]
     # NOTE: network names match NAME_PATTERN (no '/', no leading '.'), so the default output stays
     # in the working directory; -o, the user's explicit choice, may go anywhere.
-    output: Path = options.output or Path(f"{graph.name}{backend.suffix}")
+    default = f"{graph.name}{backend.suffix}"
     _refuse_unread_options(options, backend)
+    suffix = "." + backend.suffix.rpartition(".")[2]  # '_torch.py' -> '.py'
+    writes = f"--backend {options.backend} writes {'Python source' if suffix == '.py' else 'an ONNX model'}"
     inputs = [*graph.files, *([options.weights] if options.weights is not None else [])]
+    output = (
+        Path(default) if options.output is None else output_file(options.output, (suffix,), writes, inputs, default)
+    )
     check_output(output, inputs)
     # Source backends write --weights beside the source: that file must not be an input either.
     companion = weights_path(output) if options.weights is not None and output.suffix == ".py" else None

@@ -160,7 +160,18 @@ def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None
         (["missing.yaml", "-o", "out.py"], "missing.yaml:1:1: no such file: missing.yaml"),
         (["resnet20", "--backend", "torch", "-o", "no/such/folder/out.py"], "cannot write no/such/folder/out.py"),
         (["resnet20", "-o", "spec.yaml/out.py"], "cannot write spec.yaml/out.py: Not a directory"),
-        (["resnet20", "-o", "."], "cannot write .: Is a directory"),
+        (["resnet20", "-o", "newdir/"], "-o newdir/: no such folder; create it first"),
+        (["resnet20", "-o", "m.onnx"], "-o m.onnx: --backend torch writes Python source; name a file ending in .py"),
+        (
+            ["resnet20", "--backend", "onnx", "-o", "m.py"],
+            "-o m.py: --backend onnx writes an ONNX model; name a file ending in .onnx",
+        ),
+        (["draw", "resnet20", "-o", "net.pdf"], "-o net.pdf: draw writes an SVG picture (or PNG); name a file ending"),
+        (["draw", "resnet20", "-o", "."], "-o .: is a folder; name the file to write, such as out.svg"),
+        (
+            ["weights", "convert", "spec.yaml", "--spec", "resnet20", "-o", "w.pth"],
+            "-o w.pth: weights convert writes safetensors; name a file ending in .safetensors",
+        ),
         (["resnet20", "--backend", "torch", "--opset", "18", "-o", "out.py"], "--opset applies to --backend onnx only"),
         (
             ["resnet20", "--backend", "flax", "--zero-init-residual", "-o", "out.py"],
@@ -170,9 +181,9 @@ def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None
             ["resnet20", "--backend", "onnx", "--inference", "-o", "out.py"],
             "--inference applies to --backend torch only",
         ),
-        (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.py"], "opset 7"),
+        (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.onnx"], "opset 7"),
         (
-            ["resnet20", "--backend", "onnx", "--weights", "spec.yaml", "-o", "out.py"],
+            ["resnet20", "--backend", "onnx", "--weights", "spec.yaml", "-o", "out.onnx"],
             "cannot read weights from spec.yaml",
         ),
     ],
@@ -334,3 +345,31 @@ def test_a_fifo_as_weights_is_refused_at_once(command: list[str], tmp_path: Path
     )
     assert result.returncode == 1
     assert result.stderr == "cannot read w.safetensors: it is a FIFO, not a weights file\n"
+
+
+@pytest.mark.parametrize("output", ["out", "out/", "./out//"])
+def test_a_folder_as_output_takes_the_default_name(
+    output: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`-o newdir/` wrote a file named newdir."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    assert main(["resnet20", "--backend", "onnx", "-o", output]) == 0
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["resnet20.onnx"]
+    assert "wrote out/resnet20.onnx" in capsys.readouterr().out
+
+
+def test_draw_writes_png_by_rendering_the_svg(tmp_path: Path) -> None:
+    assert main(["draw", "resnet20", "-o", str(tmp_path / "net.png")]) == 0
+    assert (tmp_path / "net.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_draw_refuses_png_in_one_line_without_pymupdf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "pymupdf", None)  # import pymupdf now raises ModuleNotFoundError
+    assert main(["draw", "resnet20", "-o", str(tmp_path / "net.png")]) == 1
+    assert capsys.readouterr().err == (
+        "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows\n"
+    )
+    assert list(tmp_path.iterdir()) == []
