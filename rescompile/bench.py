@@ -31,7 +31,7 @@ import numpy as np
 
 from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.registry import BACKENDS
-from rescompile.check import Progress
+from rescompile.check import Progress, refuse_large_batch
 from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
@@ -139,10 +139,16 @@ def _refuse_combinations(options: argparse.Namespace) -> None:
         )
 
 
+MAX_BENCH_VALUES = 2**35
+"""The most activation values (batch × every node's output) a benchmarked batch may have: 128 GiB
+in fp32, beyond any one device (resnet50 at batch 256, 224×224, has 9.6e9)."""
+
+
 def main(arguments: Sequence[str]) -> int:
     options = parser().parse_args(arguments)
     _refuse_combinations(options)
     graph = compile_spec(options.spec, options.size)
+    refuse_large_batch(graph, options.batch, MAX_BENCH_VALUES, 128)
     BACKENDS[options.backend].op_kinds()  # a missing framework is one line, before anything else
     weights = random_weights(graph, options.seed)
     images = np.random.default_rng(options.seed).standard_normal((options.batch, *graph.input_shape), np.float32)

@@ -124,6 +124,43 @@ def test_check_refuses_meaningless_options(
     assert str(raised.value) == f"rescompile check: {message}; see 'rescompile check --help'"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--train-steps", "3", "--batch", "1000000"],
+            "--batch 1000000 needs 669,834,000,000 activation values per backend, over the limit of 1,073,741,824",
+        ),
+        (["--train-steps", "1000000000"], "--train-steps must be from 1 to 10,000, got 1,000,000,000"),
+        (["--train-steps", "0"], "--train-steps must be from 1 to 10,000, got 0"),
+        (
+            ["--train-steps", "3", "--backends", "torch,onnx"],
+            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,onnx",
+        ),
+        (
+            ["--train-steps", "3", "--backends", "torch,flax,onnx"],
+            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,flax,onnx",
+        ),
+    ],
+)
+def test_train_steps_are_bounded_and_honour_backends(arguments: list[str], message: str) -> None:
+    """10**9 steps or a batch of 10**6 pre-allocated every batch (a numpy MemoryError traceback);
+    --backends was ignored."""
+    with pytest.raises(RescompileError) as raised:
+        main(["resnet20", *arguments])
+    assert str(raised.value).startswith(message)
+
+
+def test_training_batches_are_drawn_lazily_and_alike_on_every_pass() -> None:
+    from rescompile.training import batches
+
+    data = batches(compile_spec("resnet20"), steps=10**9, batch=2, seed=1)  # nothing drawn yet
+    first = next(iter(data))
+    again = next(iter(data))
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[0].shape == (2, 3, 32, 32) and len(data) == 10**9
+
+
 def test_check_bounds_the_batch_by_the_memory_it_needs() -> None:
     """resnet20 computes 669,834 activation values per input: a batch of 10^8 asked for 268 TB."""
     with pytest.raises(RescompileError) as raised:
