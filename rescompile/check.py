@@ -266,6 +266,8 @@ def _train_check(options: argparse.Namespace) -> int:
             f"--train-steps compares {' and '.join(TRAINING_BACKENDS)} (ONNX Runtime does not train); "
             f"got --backends {','.join(options.backends)}"
         )
+    for backend in TRAINING_BACKENDS:
+        BACKENDS[backend].op_kinds()  # a missing or broken framework is one line, before anything else
     progress = Progress(total=3)
     try:
         progress.step(f"compiling {options.spec}")

@@ -28,6 +28,7 @@ from rescompile.compiler.weights import (
     shape_mismatches,
     weight_shapes,
 )
+from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError
 
 TORCH_SUFFIXES = TORCH_CHECKPOINT_SUFFIXES
@@ -40,6 +41,7 @@ def read_checkpoint(path: Path) -> dict[str, npt.NDArray[np.generic]]:
     """Every tensor of a checkpoint file by name, as numpy arrays (bfloat16 widened to float32,
     which is exact)."""
     require_regular_file(path, "checkpoint file")
+    import_framework("torch", "weights convert", "torch")  # it reads either format into torch tensors
     if path.suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(path)
     if path.suffix in TORCH_SUFFIXES:
