@@ -8,8 +8,9 @@ from pathlib import Path
 from rescompile.compiler.expand import expand
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.verify import verify
+from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import Loaded, load_network, load_parts, resolve_network
-from rescompile.spec.models import InputSpec, NetworkSpec
+from rescompile.spec.models import MAX_SIZE, InputSpec, NetworkSpec
 from rescompile.spec.yaml_source import SourceMap
 
 Pass = Callable[[Graph], Graph]
@@ -48,5 +49,17 @@ def lower_spec(spec: NetworkSpec, network_file: Path | None = None) -> Graph:
 
 def with_input_size(network: Loaded[NetworkSpec], size: int | tuple[int, int]) -> Loaded[NetworkSpec]:
     spec = network.spec
-    resized = spec.model_copy(update={"input": InputSpec(channels=spec.input.channels, size=size)})
+    resized = spec.model_copy(update={"input": InputSpec(channels=spec.input.channels, size=checked_size(size))})
     return Loaded(resized, network.source)
+
+
+def checked_size(size: object, argument: str = "size") -> int | tuple[int, int]:
+    """An input size from Python (``224``, ``(224, 160)``, numpy integers too) checked as a spec's
+    ``input.size`` is, so that a bad one is one line naming ``argument``, not pydantic's report."""
+    sides = list(size) if isinstance(size, tuple | list) else [size]
+    numbers = [side.item() if hasattr(side, "item") and hasattr(side, "dtype") else side for side in sides]
+    if len(numbers) not in (1, 2) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise RescompileError(f"{argument}={size!r}: expected a positive integer or a (height, width) pair of them")
+    if not all(1 <= n <= MAX_SIZE for n in numbers):
+        raise RescompileError(f"{argument}={size!r}: each side is from 1 to {MAX_SIZE:,}")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
