@@ -23,8 +23,8 @@ from rescompile.backends.source import weights_path
 from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.spec.errors import RescompileError
-from rescompile.spec.loader import builtin_directory, builtin_networks
+from rescompile.spec.errors import RescompileError, one_line
+from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, builtin_networks, load_part
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
@@ -36,7 +36,7 @@ commands:
   rescompile SPEC --backend {{{_NAMES}}} [-o PATH]   compile SPEC (a file or a built-in name)
   rescompile validate SPEC [SPEC ...]                      check specs without compiling
   rescompile cost SPEC [--by stage|block|node]             parameters, MACs, activations
-  rescompile list                                          the built-in architectures
+  rescompile list [--parts]                                the built-in architectures (or parts)
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
@@ -111,7 +111,13 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--by", choices=("stage", "block", "node"), default="stage", help="rows of the table")
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     elif name == "list":
-        parser.description = "List the built-in architectures with their parameters and MACs."
+        parser.description = "List the built-in architectures with their parameters and MACs (or, with --parts, "
+        "every built-in part a spec can name)."
+        parser.add_argument(
+            "--parts",
+            action="store_true",
+            help="list the built-in parts instead: blocks, stems, heads, shortcuts and transitions, each described",
+        )
     elif name == "schema":
         parser.description = (
             "Print the JSON Schema of a spec file kind, or write all of them into a folder "
@@ -194,13 +200,32 @@ def _cost(arguments: list[str]) -> int:
 
 
 def _list(arguments: list[str]) -> int:
-    _subcommand_parser("list").parse_args(arguments)
+    if _subcommand_parser("list").parse_args(arguments).parts:
+        return _list_parts()
     print(f"built-in architectures ({builtin_directory()}):")
     print(f"{'name':<18} {'parameters':>12} {'GMACs':>8}  description")
     for name in builtin_networks():
         graph = compile_spec(name)
         report = cost(graph)
         print(f"{name:<18} {report.parameters:>12,} {report.macs / 1e9:>8.3f}  {graph.description}")
+    return 0
+
+
+def _list_parts() -> int:
+    """Every built-in part by kind, as a spec names it (``block: bottleneck``), with its description."""
+    parts = {
+        kind: [load_part(path, kind).spec for path in sorted((builtin_directory() / kind).glob("*.yaml"))]
+        for kind in PART_MODELS
+    }
+    width = max(len(part.name) for kind_parts in parts.values() for part in kind_parts)
+    for kind, kind_parts in parts.items():
+        print(f"{kind} ({builtin_directory() / kind}):")
+        if kind == "shortcuts":
+            # The paper's policies name shortcut kinds too (where shapes match, where they change).
+            for letter, (same, changed) in POLICIES.items():
+                print(f"  {letter:<{width}}  policy: {same} where shapes match, {changed} where they change")
+        for part in kind_parts:
+            print(f"  {part.name:<{width}}  {one_line(part.description or '')}")
     return 0
 
 

@@ -373,3 +373,22 @@ def test_draw_refuses_png_in_one_line_without_pymupdf(
         "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_parts_names_every_builtin_part_of_every_kind_with_its_description(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rescompile.spec.loader import PART_MODELS, builtin_directory
+
+    assert main(["list", "--parts"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = [line.split(" (")[0] for line in lines if not line.startswith("  ")]
+    assert headers == list(PART_MODELS) == ["blocks", "stems", "heads", "shortcuts", "transitions"]
+    listed = {line.split()[0] for line in lines if line.startswith("  ")}
+    on_disk = {path.stem for kind in PART_MODELS for path in (builtin_directory() / kind).glob("*.yaml")}
+    assert listed == on_disk | {"A", "B", "C"}
+    assert "  bottleneck" in "\n".join(lines) and all(len(line.split(maxsplit=1)) == 2 for line in lines)
+    assert any(
+        line.split() == ["basic", "Two", "3×3", "convolutions;", "the", "first", "one", "carries", "the", "stride."]
+        for line in lines
+    )
