@@ -1,6 +1,7 @@
 """The command line: compile, validate, cost, list; and its error contract (one located line,
 exit status 1, no traceback, nothing written, nothing existing damaged)."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -392,3 +393,23 @@ def test_list_parts_names_every_builtin_part_of_every_kind_with_its_description(
         line.split() == ["basic", "Two", "3×3", "convolutions;", "the", "first", "one", "carries", "the", "stride."]
         for line in lines
     )
+
+
+def test_dev_keeps_the_callers_working_directory(tmp_path: Path) -> None:
+    """./dev changed into the repository, so `../main/dev rescompile ./x.yaml` from another folder
+    found no x.yaml (and would have written its output into the repository)."""
+    stamp = ROOT / ".venv" / ".rescompile-setup"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes())
+    if not stamp.is_file() or stamp.read_text().strip() != wanted.hexdigest():
+        pytest.skip("./dev would set up .venv first")
+    (tmp_path / "x.yaml").write_text(GOOD_SPEC.replace("name: bad", "name: x"))
+    result = subprocess.run(
+        [str(ROOT / "dev"), "rescompile", "draw", "./x.yaml", "-o", "x.svg"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "x.svg").read_text().startswith("<svg")
+    assert not (ROOT / "x.svg").exists()
