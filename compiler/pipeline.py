@@ -56,9 +56,15 @@ def with_input_size(network: Loaded[NetworkSpec], size: int | tuple[int, int]) -
 def checked_size(size: object, argument: str = "size") -> int | tuple[int, int]:
     """An input size from Python (``224``, ``(224, 160)``, numpy integers too) checked as a spec's
     ``input.size`` is, so that a bad one is one line naming ``argument``, not pydantic's report."""
-    sides = list(size) if isinstance(size, tuple | list) else [size]
-    numbers = [side.item() if hasattr(side, "item") and hasattr(side, "dtype") else side for side in sides]
-    if len(numbers) not in (1, 2) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+    sides: list[object] = list(size) if isinstance(size, tuple | list) else [size]
+    numbers: list[int] = []
+    for side in sides:
+        # A numpy integer counts as its int (numpy is not imported for it: validate and cost do without).
+        value = getattr(side, "item")() if type(side).__module__ == "numpy" else side  # noqa: B009
+        if not isinstance(value, int) or isinstance(value, bool):
+            break
+        numbers.append(value)
+    if len(numbers) != len(sides) or len(numbers) not in (1, 2):
         raise RescompileError(f"{argument}={size!r}: expected a positive integer or a (height, width) pair of them")
     if not all(1 <= n <= MAX_SIZE for n in numbers):
         raise RescompileError(f"{argument}={size!r}: each side is from 1 to {MAX_SIZE:,}")

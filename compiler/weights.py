@@ -50,7 +50,7 @@ def check_weights(graph: Graph, weights: Mapping[str, npt.NDArray[np.generic]]) 
     if problems:
         raise RescompileError(f"weights do not fit {graph.name}: {problems}")
     for name, (_, tensor) in tensors.items():
-        if tensor.role is Role.VARIANCE and (weights[name] < 0).any():
+        if tensor.role is Role.VARIANCE and np.less(weights[name], 0).any():
             raise RescompileError(
                 f"weights do not fit {graph.name}: {name} holds a negative variance "
                 f"({float(weights[name].min()):g}); a BatchNorm's running_var is at least 0"

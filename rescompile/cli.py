@@ -291,13 +291,13 @@ def _draw(arguments: list[str]) -> int:
 def _png(svg: bytes) -> bytes:
     """The picture rendered to PNG by MuPDF, the one SVG renderer among rescompile's optional packages."""
     try:
-        import pymupdf  # type: ignore[import-untyped]  # ships no type information
+        import pymupdf
     except ModuleNotFoundError:
         raise RescompileError(
             "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows"
         ) from None
-    page = pymupdf.open(stream=svg, filetype="svg")[0]
-    png: bytes = page.get_pixmap(dpi=144).tobytes("png")
+    page = pymupdf.open(stream=svg, filetype="svg")[0]  # type: ignore[no-untyped-call]
+    png: bytes = page.get_pixmap(dpi=144).tobytes("png")  # type: ignore[no-untyped-call]
     return png
 
 
