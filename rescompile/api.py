@@ -145,8 +145,13 @@ def create_model(
     convert``). Overrides as :func:`create_graph`. ``inference=True`` (torch only) lowers the model
     for evaluation, as ``--inference`` does: BatchNorm folded into the convs as canonical weights
     load (a torchvision state_dict loads as it is), channels_last."""
-    if backend not in BACKENDS:
-        raise RescompileError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise RescompileError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if weights is not None and not isinstance(weights, str | Path):
+        raise RescompileError(
+            f"create_model({name}): weights={weights!r}: expected the path of a .safetensors file, "
+            f"not {type(weights).__name__}"
+        )
     implementation = BACKENDS[backend]
     if inference and "inference" not in implementation.options:
         readers = ", ".join(name for name, entry in BACKENDS.items() if "inference" in entry.options)

@@ -104,6 +104,11 @@ def test_weights_are_loaded_strictly(tmp_path: Path) -> None:
         ({"num_classes": 1.5}, "create_model(resnet18): num_classes=1.5: expected a positive integer"),
         ({"num_classes": np.float32(3)}, "create_model(resnet18): num_classes=3.0: expected a positive integer"),
         ({"input_size": "224"}, "create_model(resnet18): input_size='224': expected a positive integer or a"),
+        (
+            {"weights": {"fc.weight": 1}},
+            "create_model(resnet18): weights={'fc.weight': 1}: expected the path of a .safetensors file, not dict",
+        ),
+        ({"backend": ["torch"]}, "unknown backend ['torch']; use one of torch, flax, onnx"),
     ],
 )
 def test_a_bad_override_is_one_line_naming_the_argument(overrides: dict[str, object], message: str) -> None:
