@@ -11,6 +11,8 @@ import pytest
 import timm
 import torch
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rescompile
 from rescompile.api import create_graph
@@ -145,3 +147,35 @@ def test_compile_spec_refuses_a_bad_size_in_one_line(size: object, message: str)
     with pytest.raises(rescompile.RescompileError) as raised:
         compile_spec("resnet18", size=size)  # type: ignore[arg-type]
     assert str(raised.value) == message
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.builds(np.int64, st.integers(-(2**31), 2**31)),
+    st.builds(np.float32, st.floats(-10, 10, width=32)),
+    st.builds(np.float64, st.floats(-10, 10)),
+    st.builds(np.bool_, st.booleans()),
+    st.builds(Path, st.text(max_size=3)),
+    st.builds(torch.tensor, st.floats(-1, 1)),
+    st.lists(st.integers(-5, 300), max_size=3).map(tuple),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    st.builds(object),
+)
+
+
+@given(argument=st.sampled_from(["num_classes", "input_size", "in_channels", "drop_path_rate", "grups"]), value=VALUES)
+def test_any_python_value_as_any_argument_is_a_graph_or_one_line_naming_it(argument: str, value: object) -> None:
+    """The class: whatever a caller passes, create_graph builds a graph or raises RescompileError in
+    one line that names the argument (yaml's RepresenterError, pydantic's report and unlocated
+    columns were the failures)."""
+    try:
+        graph = create_graph("resnet20", **{argument: value})  # type: ignore[arg-type]
+    except rescompile.RescompileError as error:
+        message = str(error)
+        assert "\n" not in message and message.startswith(f"create_model(resnet20): {argument}="), message
+    else:
+        assert graph.name == "resnet20"

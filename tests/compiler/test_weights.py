@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
 
@@ -102,3 +105,23 @@ def test_a_torch_checkpoint_as_weights_points_at_weights_convert(name: str, tmp_
     assert message.endswith(f"convert it first: rescompile weights convert {path} --spec SPEC -o w.safetensors")
     if name != "w.safetensors":
         assert message.startswith(f"{path}: --weights takes canonical safetensors, not a torch checkpoint")
+
+
+@given(
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=6),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int64, np.uint8, np.bool_]),
+)
+def test_read_weights_gives_finite_float32_or_one_line(values: list[float], dtype: type, tmp_path_factory: Any) -> None:
+    """The class: whatever a safetensors file holds, the weights read are finite float32 (every
+    backend agreed on inf once: the finiteness check ran before the cast) or one line refuses them."""
+    with np.errstate(all="ignore"):
+        array = np.array(values).astype(dtype)
+    path = tmp_path_factory.mktemp("w") / "w.safetensors"
+    save_file({"fc.weight": array}, path)
+    try:
+        weights = read_weights(path)
+    except RescompileError as error:
+        assert "\n" not in str(error) and "fc.weight" in str(error)
+    else:
+        assert weights["fc.weight"].dtype == np.float32 and np.isfinite(weights["fc.weight"]).all()
+        assert np.array_equal(weights["fc.weight"], array.astype(np.float32))
