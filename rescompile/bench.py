@@ -36,6 +36,7 @@ from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, random_weights
+from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES, max_differences, within
 
@@ -204,14 +205,16 @@ def _run(models: list[Timed], warmup: int, rounds: int) -> list[Result]:
             model.step()
     seconds: dict[str, list[float]] = {model.name: [] for model in models}
     progress = Progress(rounds)
-    for index in range(rounds):
-        # Alternate the order, so that neither model always runs right after the other.
-        for model in models if index % 2 == 0 else models[::-1]:
-            started = time.perf_counter()
-            model.step()
-            seconds[model.name].append(time.perf_counter() - started)
-        progress.step(" ".join(f"{name} {statistics.median(times) * 1e3:.1f} ms" for name, times in seconds.items()))
-    progress.close()
+    try:
+        for index in range(rounds):
+            # Alternate the order, so that neither model always runs right after the other.
+            for model in models if index % 2 == 0 else models[::-1]:
+                started = time.perf_counter()
+                model.step()
+                seconds[model.name].append(time.perf_counter() - started)
+            progress.step(" ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in seconds.items()))
+    finally:
+        progress.close()  # an error (or Ctrl-C) then stands on a line of its own
     return [Result(model.name, seconds[model.name]) for model in models]
 
 
@@ -220,8 +223,7 @@ def _run(models: list[Timed], warmup: int, rounds: int) -> list[Result]:
 
 def torch_reference(name: str) -> torch.nn.Module | None:
     """torchvision's model of this name, else timm's, else None."""
-    import torchvision  # type: ignore[import-untyped]  # ships no type information
-
+    torchvision: Any = import_framework("torchvision", "bench's reference model (or --no-reference)", "test")
     if name in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(name, weights=None)  # type: ignore[no-any-return]
     try:
@@ -421,7 +423,7 @@ def _onnx_models(
 ) -> tuple[str, list[Timed]]:
     import io
 
-    import onnxruntime  # type: ignore[import-untyped]  # ships no type information
+    onnxruntime: Any = import_framework("onnxruntime", "bench --backend onnx", "onnx")
 
     from rescompile.backends import onnx_backend
 
