@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rescompile import cli
 from rescompile.cli import main
 from rescompile.compiler import compile_spec
 
@@ -443,3 +444,17 @@ def test_any_command_line_ends_in_status_0_or_one_line_and_status_1(
     assert status in (0, 1), (arguments, status)
     if status == 1:
         assert stderr.getvalue().count("\n") == 1 and "Traceback" not in stderr.getvalue(), stderr.getvalue()
+
+
+def test_an_allocation_no_bound_caught_is_still_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def allocate(arguments: list[str]) -> int:
+        raise MemoryError("Unable to allocate 1.00 PiB for an array with shape (2**48,) and data type float32")
+
+    monkeypatch.setitem(cli.COMMANDS, "cost", allocate)
+    assert main(["cost", "resnet20"]) == 1
+    assert capsys.readouterr().err == (
+        "rescompile: out of memory: Unable to allocate 1.00 PiB for an array with shape (2**48,) and data type "
+        "float32\n"
+    )
