@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
-from rescompile.spec.errors import RescompileError
+from rescompile.frameworks import import_framework
 
 if TYPE_CHECKING:
     # NOTE: for annotations only. The command line imports this module, and numpy (which
@@ -114,13 +114,7 @@ class Backend:
     """The :class:`EmitOptions` fields :meth:`emit` reads; the command line refuses the others."""
 
     def _implementation(self) -> Implementation:
-        try:
-            importlib.import_module(self.requires)
-        except ImportError:
-            raise RescompileError(
-                f"the {self.name} backend needs {self.requires}, which is not installed: "
-                f"pip install 'rescompile[{self.extra}]'"
-            ) from None
+        import_framework(self.requires, f"the {self.name} backend", self.extra)
         # registry.py has mypy check that the module implements the protocol.
         return cast(Implementation, importlib.import_module(self.module))
 

@@ -82,24 +82,31 @@ def write_atomically(files: Sequence[tuple[Path, Iterable[bytes | memoryview]]])
 
 
 class Terminated(SystemExit):
-    """SIGTERM arrived during a write: raised so that the write removes its temporaries; it exits
-    with the status a shell reports for SIGTERM (128 + 15)."""
+    """SIGTERM or SIGHUP arrived during a write: raised so that the write removes its temporaries;
+    it exits with the status a shell reports for that signal (128 + its number)."""
+
+
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""The signals whose default action ends the process and which a write turns into :class:`Terminated`
+(SIGINT already raises KeyboardInterrupt; SIGKILL cannot be caught)."""
 
 
 @contextmanager
 def _terminate_as_exception() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` instead of killing the process outright
-    (SIGINT already raises KeyboardInterrupt). Only the main thread may set handlers, and a handler
-    someone else installed is theirs: in either case nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    """Within the block, each of :data:`TERMINATING_SIGNALS` raises :class:`Terminated` instead of
+    killing the process outright. Only the main thread may set handlers, and a handler someone else
+    installed (or an ignored signal: ``nohup``) is theirs: those stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
         raise Terminated(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    handled = [number for number in TERMINATING_SIGNALS if signal.getsignal(number) == signal.SIG_DFL]
+    previous = {number: signal.signal(number, terminate) for number in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -8,8 +8,9 @@ from pathlib import Path
 from rescompile.compiler.expand import expand
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.verify import verify
+from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import Loaded, load_network, load_parts, resolve_network
-from rescompile.spec.models import InputSpec, NetworkSpec
+from rescompile.spec.models import MAX_SIZE, InputSpec, NetworkSpec
 from rescompile.spec.yaml_source import SourceMap
 
 Pass = Callable[[Graph], Graph]
@@ -48,5 +49,23 @@ def lower_spec(spec: NetworkSpec, network_file: Path | None = None) -> Graph:
 
 def with_input_size(network: Loaded[NetworkSpec], size: int | tuple[int, int]) -> Loaded[NetworkSpec]:
     spec = network.spec
-    resized = spec.model_copy(update={"input": InputSpec(channels=spec.input.channels, size=size)})
+    resized = spec.model_copy(update={"input": InputSpec(channels=spec.input.channels, size=checked_size(size))})
     return Loaded(resized, network.source)
+
+
+def checked_size(size: object, argument: str = "size") -> int | tuple[int, int]:
+    """An input size from Python (``224``, ``(224, 160)``, numpy integers too) checked as a spec's
+    ``input.size`` is, so that a bad one is one line naming ``argument``, not pydantic's report."""
+    sides: list[object] = list(size) if isinstance(size, tuple | list) else [size]
+    numbers: list[int] = []
+    for side in sides:
+        # A numpy integer counts as its int (numpy is not imported for it: validate and cost do without).
+        value = getattr(side, "item")() if type(side).__module__ == "numpy" else side  # noqa: B009
+        if not isinstance(value, int) or isinstance(value, bool):
+            break
+        numbers.append(value)
+    if len(numbers) != len(sides) or len(numbers) not in (1, 2):
+        raise RescompileError(f"{argument}={size!r}: expected a positive integer or a (height, width) pair of them")
+    if not all(1 <= n <= MAX_SIZE for n in numbers):
+        raise RescompileError(f"{argument}={size!r}: each side is from 1 to {MAX_SIZE:,}")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])

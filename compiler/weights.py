@@ -8,6 +8,7 @@ one form; torch's ``num_batches_tracked`` counters are not part of it.
 from __future__ import annotations
 
 import math
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,10 +40,21 @@ def weight_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
 
 
 def check_weights(graph: Graph, weights: Mapping[str, npt.NDArray[np.generic]]) -> None:
-    """Strict check: every expected name present once, nothing unexpected, every shape right."""
-    problems = shape_mismatches(weight_shapes(graph), {name: array.shape for name, array in weights.items()})
+    """Strict check: every expected name present once, nothing unexpected, every shape right, and
+    no negative BatchNorm variance (its square root is NaN in every backend)."""
+    tensors = weight_tensors(graph)
+    problems = shape_mismatches(
+        {name: tensor.shape for name, (_, tensor) in tensors.items()},
+        {name: array.shape for name, array in weights.items()},
+    )
     if problems:
         raise RescompileError(f"weights do not fit {graph.name}: {problems}")
+    for name, (_, tensor) in tensors.items():
+        if tensor.role is Role.VARIANCE and np.less(weights[name], 0).any():
+            raise RescompileError(
+                f"weights do not fit {graph.name}: {name} holds a negative variance "
+                f"({float(weights[name].min()):g}); a BatchNorm's running_var is at least 0"
+            )
 
 
 def shape_mismatches(expected: Mapping[str, tuple[int, ...]], actual: Mapping[str, tuple[int, ...]]) -> str:
@@ -123,17 +135,50 @@ def save_weights(weights: Mapping[str, npt.NDArray[np.generic]], path: Path) -> 
     write_atomically([(path, [save(arrays)])])
 
 
+TORCH_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin")
+"""The suffixes of torch.save files (checkpoints.py reads them; ``--weights`` does not)."""
+
+
+def require_regular_file(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it is a regular file (or a link to one): reading a FIFO blocks for
+    ever, a device may never end. ``what`` names it in the message: ``weights file``."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise RescompileError(f"no such {what}: {path}") from None
+    except OSError as error:
+        raise RescompileError(f"cannot read {path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in NOT_REGULAR if test(mode)), "not a regular file")
+        raise RescompileError(f"cannot read {path}: it is {kind}, not a {what}")
+
+
+NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def read_weights(path: Path) -> Weights:
     """Read canonical weights from a safetensors file."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    require_regular_file(path, "weights file")
+    convert = f"rescompile weights convert {path} --spec SPEC -o {path.stem}.safetensors"
+    if path.suffix in TORCH_CHECKPOINT_SUFFIXES:
+        raise RescompileError(
+            f"{path}: --weights takes canonical safetensors, not a torch checkpoint ({path.suffix}); convert it "
+            f"first: {convert}"
+        )
     try:
         arrays = load_file(str(path))
-    except FileNotFoundError:
-        raise RescompileError(f"no such weights file: {path}") from None
     except (OSError, SafetensorError) as error:
-        raise RescompileError(f"cannot read weights from {path}: {error}") from None
+        hint = f"; if it is a torch checkpoint, convert it first: {convert}" if _torch_saved(path) else ""
+        raise RescompileError(f"cannot read weights from {path}: {error}{hint}") from None
     except (TypeError, AttributeError) as error:  # a dtype numpy has no type for: bfloat16, float8
         raise RescompileError(f"cannot read weights from {path}: {error}; save float32 weights") from None
     return float_weights(arrays, str(path))
@@ -151,8 +196,22 @@ def float_weights(arrays: Mapping[str, npt.NDArray[np.generic]], source: str) ->
             )
         if not np.isfinite(array).all():
             raise RescompileError(f"weights in {source}: {name} holds NaN or infinite values")
-        weights[name] = np.asarray(array, dtype=np.float32)
+        # Checked again after the cast: a float64 beyond float32's range (3.4e38) becomes infinite.
+        with np.errstate(over="ignore"):
+            weights[name] = np.asarray(array, dtype=np.float32)
+        if not np.isfinite(weights[name]).all():
+            raise RescompileError(
+                f"weights in {source}: {name} holds values beyond float32's range "
+                f"(±{float(np.finfo(np.float32).max):.3g}), which would become infinite"
+            )
     return weights
+
+
+def _torch_saved(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save's files do: a zip archive, or a bare pickle."""
+    with path.open("rb") as file:
+        start = file.read(4)
+    return start.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _normal(generator: np.random.Generator, shape: tuple[int, ...], std: float) -> Array:

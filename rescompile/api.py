@@ -5,19 +5,24 @@
 >>> rescompile.list_models("resnet50*")
 
 Overrides are validated as YAML is: they are merged over the named network exactly as a network
-file that ``extends`` it would be, and a bad one is the usual one-line error, located in the
-overrides (``create_model(resnet18, ...):1:29: head: nodes.fc.out_features = classes gives 0; ...``).
+file that ``extends`` it would be, and a bad one is the usual one-line error, naming the argument
+(``create_model(resnet18): num_classes=0: head: nodes.fc.out_features = classes gives 0; ...``).
+Numpy scalars count as their Python values; a value no YAML spec could hold (a tensor, a Path,
+None) is refused by name.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.ir import Graph
-from rescompile.compiler.pipeline import lower
+from rescompile.compiler.pipeline import checked_size, lower
 from rescompile.compiler.weights import read_weights
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
@@ -40,6 +45,14 @@ def create_graph(
     """The verified IR of ``name`` (a built-in or a spec file) with the overrides applied:
     ``num_classes`` sets the head's ``classes``, ``input_size`` and ``in_channels`` the input, and
     every other keyword is a block parameter (``groups=32``, ``drop_path_rate=0.1``)."""
+    label = f"create_model({name})"
+    try:
+        num_classes = _count("num_classes", num_classes)
+        in_channels = _count("in_channels", in_channels)
+        input_size = None if input_size is None else checked_size(input_size, "input_size")
+        block_parameters = {key: _value(key, value) for key, value in block_parameters.items()}
+    except RescompileError as error:
+        raise RescompileError(f"{label}: {error}") from None
     overrides: dict[str, Any] = {}
     if input_size is not None or in_channels is not None:
         declared = load_network(name).spec.input
@@ -54,9 +67,65 @@ def create_graph(
     if num_classes is not None:
         overrides["head_parameters"] = {"classes": num_classes}
     named = {"num_classes": num_classes, "input_size": input_size, "in_channels": in_channels, **block_parameters}
-    shown = ", ".join([str(name), *(f"{key}={value!r}" for key, value in named.items() if value is not None)])
-    network = load_network_with(name, overrides, f"create_model({shown})")
-    return lower(network, resolve_network(name))
+    try:
+        network = load_network_with(name, overrides, label)
+        return lower(network, resolve_network(name))
+    except RescompileError as error:
+        if error.location is None or error.location.file != label:
+            raise
+        # Located in the overrides as the loader writes them (YAML text the caller never saw):
+        # name the argument instead.
+        argument = _argument_at(overrides, error.location.line, error.location.column)
+        given = [argument] if argument in named else [key for key, value in named.items() if value is not None]
+        shown = ", ".join(f"{key}={named[key]!r}" for key in given)
+        raise RescompileError(f"{label}: {shown}: {error.message}") from None
+
+
+_ARGUMENTS = {
+    ("input", "channels"): "in_channels",
+    ("input", "size"): "input_size",
+    ("head_parameters", "classes"): "num_classes",
+}
+"""Where the overrides put an argument -> its name (a block parameter keeps its own)."""
+
+
+def _argument_at(overrides: Mapping[str, Any], line: int, column: int) -> str | None:
+    """The argument whose override holds 1-based ``line``:``column`` of the overrides' YAML text,
+    as :func:`~rescompile.spec.loader.load_network_with` writes it."""
+    import yaml
+
+    text = yaml.safe_dump(dict(overrides), sort_keys=False, default_flow_style=True)
+    position = (line - 1, column - 1)
+    top = yaml.compose(text)
+    for section, body in top.value if isinstance(top, yaml.MappingNode) else ():
+        for key, value in body.value if isinstance(body, yaml.MappingNode) else ():
+            start, end = key.start_mark, value.end_mark
+            if (start.line, start.column) <= position <= (end.line, end.column):
+                path = (section.value, key.value)
+                return key.value if section.value == "block_parameters" else _ARGUMENTS.get(path)
+    return None
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as its Python value (``np.int64(10)`` -> ``10``); anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _count(argument: str, value: object) -> int | None:
+    value = _plain(value)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise RescompileError(f"{argument}={value!r}: expected a positive integer")
+    return value
+
+
+def _value(argument: str, value: object) -> Value:
+    """A block parameter: a number, a string or a boolean, as a YAML spec could give it."""
+    value = _plain(value)
+    if not isinstance(value, int | float | str):  # bool is an int
+        raise RescompileError(
+            f"{argument}={value!r}: a block parameter is a number, a string or a boolean, not {type(value).__name__}"
+        )
+    return value
 
 
 def create_model(
@@ -76,8 +145,13 @@ def create_model(
     convert``). Overrides as :func:`create_graph`. ``inference=True`` (torch only) lowers the model
     for evaluation, as ``--inference`` does: BatchNorm folded into the convs as canonical weights
     load (a torchvision state_dict loads as it is), channels_last."""
-    if backend not in BACKENDS:
-        raise RescompileError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise RescompileError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if weights is not None and not isinstance(weights, str | Path):
+        raise RescompileError(
+            f"create_model({name}): weights={weights!r}: expected the path of a .safetensors file, "
+            f"not {type(weights).__name__}"
+        )
     implementation = BACKENDS[backend]
     if inference and "inference" not in implementation.options:
         readers = ", ".join(name for name, entry in BACKENDS.items() if "inference" in entry.options)

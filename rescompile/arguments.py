@@ -7,8 +7,19 @@ importing the module that dispatches to it.
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
+from rescompile.spec.errors import RescompileError
 from rescompile.spec.models import MAX_SIZE
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the command line's error contract: a usage error is one line
+    (``rescompile check: argument --batch: ...; see 'rescompile check --help'``), raised as
+    :class:`RescompileError` (exit status 1), not the whole usage text with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise RescompileError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
 
 def parse_size(text: str) -> int | tuple[int, int]:

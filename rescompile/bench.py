@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.registry import BACKENDS
-from rescompile.check import Progress
+from rescompile.check import Progress, refuse_large_batch
 from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, random_weights
+from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES, max_differences, within
 
@@ -94,7 +95,7 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rescompile bench",
         description="Time SPEC's generated model, interleaved with a reference model of the same name "
         "(torchvision or timm; hand-written Flax for resnet50) in the same run, and print the ratio.",
@@ -139,10 +140,16 @@ def _refuse_combinations(options: argparse.Namespace) -> None:
         )
 
 
+MAX_BENCH_VALUES = 2**35
+"""The most activation values (batch × every node's output) a benchmarked batch may have: 128 GiB
+in fp32, beyond any one device (resnet50 at batch 256, 224×224, has 9.6e9)."""
+
+
 def main(arguments: Sequence[str]) -> int:
     options = parser().parse_args(arguments)
     _refuse_combinations(options)
     graph = compile_spec(options.spec, options.size)
+    refuse_large_batch(graph, options.batch, MAX_BENCH_VALUES, 128)
     BACKENDS[options.backend].op_kinds()  # a missing framework is one line, before anything else
     weights = random_weights(graph, options.seed)
     images = np.random.default_rng(options.seed).standard_normal((options.batch, *graph.input_shape), np.float32)
@@ -198,14 +205,16 @@ def _run(models: list[Timed], warmup: int, rounds: int) -> list[Result]:
             model.step()
     seconds: dict[str, list[float]] = {model.name: [] for model in models}
     progress = Progress(rounds)
-    for index in range(rounds):
-        # Alternate the order, so that neither model always runs right after the other.
-        for model in models if index % 2 == 0 else models[::-1]:
-            started = time.perf_counter()
-            model.step()
-            seconds[model.name].append(time.perf_counter() - started)
-        progress.step(" ".join(f"{name} {statistics.median(times) * 1e3:.1f} ms" for name, times in seconds.items()))
-    progress.close()
+    try:
+        for index in range(rounds):
+            # Alternate the order, so that neither model always runs right after the other.
+            for model in models if index % 2 == 0 else models[::-1]:
+                started = time.perf_counter()
+                model.step()
+                seconds[model.name].append(time.perf_counter() - started)
+            progress.step(" ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in seconds.items()))
+    finally:
+        progress.close()  # an error (or Ctrl-C) then stands on a line of its own
     return [Result(model.name, seconds[model.name]) for model in models]
 
 
@@ -214,8 +223,7 @@ def _run(models: list[Timed], warmup: int, rounds: int) -> list[Result]:
 
 def torch_reference(name: str) -> torch.nn.Module | None:
     """torchvision's model of this name, else timm's, else None."""
-    import torchvision  # type: ignore[import-untyped]  # ships no type information
-
+    torchvision: Any = import_framework("torchvision", "bench's reference model (or --no-reference)", "test")
     if name in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(name, weights=None)  # type: ignore[no-any-return]
     try:
@@ -415,7 +423,7 @@ def _onnx_models(
 ) -> tuple[str, list[Timed]]:
     import io
 
-    import onnxruntime  # type: ignore[import-untyped]  # ships no type information
+    onnxruntime: Any = import_framework("onnxruntime", "bench --backend onnx", "onnx")
 
     from rescompile.backends import onnx_backend
 

@@ -22,7 +22,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.cost import cost
@@ -34,6 +34,24 @@ from rescompile.testing import TOLERANCES, Tolerance, max_differences, within
 
 MAX_CHECK_VALUES = 2**30
 """The most activation values (batch × every node's output) one backend may compute in a check."""
+
+MAX_TRAIN_STEPS = 10_000
+"""The most steps ``check --train-steps`` takes (each keeps its loss; a float64 step of resnet20
+takes about a tenth of a second on a CPU)."""
+
+TRAINING_BACKENDS = ("torch", "flax")
+"""The backends ``check --train-steps`` trains: ONNX Runtime runs inference only."""
+
+
+def refuse_large_batch(graph: Graph, batch: int, limit: int, gib: int) -> None:
+    """Refuse a ``--batch`` whose activations (batch × every node's output) pass ``limit`` values
+    (``gib`` GiB in fp32), before anything is allocated."""
+    values = batch * cost(graph).activations
+    if values > limit:
+        raise RescompileError(
+            f"--batch {batch} needs {values:,} activation values per backend, over the limit of "
+            f"{limit:,} ({gib} GiB in fp32); use a smaller --batch or --size"
+        )
 
 
 @dataclass(frozen=True)
@@ -66,7 +84,8 @@ class CheckResult:
 
 
 class Progress:
-    """One status line on stderr: rewritten in place on a terminal, one line per step otherwise."""
+    """One status line on stderr, rewritten in place, on a terminal only: in a log or a pipe a
+    progress line would stand before an error and make it two lines."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total = total
@@ -80,9 +99,7 @@ class Progress:
         line = f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} {message}"
         if self.live:
             self.stream.write(f"\r\033[K{line}")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def close(self) -> None:
         if self.live:
@@ -169,13 +186,17 @@ def _tolerance(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    result = argparse.ArgumentParser(
+    result = ArgumentParser(
         prog="rescompile check",
         description="Compile SPEC to several backends, load the same weights, run the same inputs and compare "
         "them module by module. Exit status 0 when all agree within tolerance, 1 otherwise.",
     )
     result.add_argument("spec", help="a spec file or a built-in name")
-    result.add_argument("--backends", type=_backends, default=list(BACKENDS), help="comma-separated (default: all)")
+    result.add_argument(
+        "--backends",
+        type=_backends,
+        help=f"comma-separated (default: all; with --train-steps, {','.join(TRAINING_BACKENDS)}, the ones it trains)",
+    )
     result.add_argument("--seed", type=parse_seed, default=0, help="seed of the random weights and inputs (default 0)")
     result.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
     result.add_argument("--size", type=parse_size, help="input size (default: the spec's)")
@@ -203,16 +224,13 @@ def main(arguments: Sequence[str]) -> int:
         raise RescompileError(f"--batch must be at least 1, got {options.batch}")
     if options.train_steps is not None:
         return _train_check(options)
+    if options.backends is None:
+        options.backends = list(BACKENDS)
     progress = Progress(total=len(options.backends) + 2)
     progress.step(f"compiling {options.spec}")
     try:
         graph = compile_spec(options.spec, options.size)
-        values = options.batch * cost(graph).activations
-        if values > MAX_CHECK_VALUES:
-            raise RescompileError(
-                f"--batch {options.batch} needs {values:,} activation values per backend, over the limit of "
-                f"{MAX_CHECK_VALUES:,} (4 GiB in fp32); use a smaller --batch or --size"
-            )
+        refuse_large_batch(graph, options.batch, MAX_CHECK_VALUES, 4)
         weights = read_weights(options.weights) if options.weights else random_weights(graph, options.seed)
         check_weights(graph, weights)
         generator = np.random.default_rng(options.seed + 1)
@@ -241,15 +259,23 @@ gradients are ~1% from their own float64 ones in torch alone (plain20, batch 16)
 def _train_check(options: argparse.Namespace) -> int:
     from rescompile.training import batches, compare, train_flax, train_torch
 
-    if options.train_steps < 1:
-        raise RescompileError(f"--train-steps must be at least 1, got {options.train_steps}")
+    if not 1 <= options.train_steps <= MAX_TRAIN_STEPS:
+        raise RescompileError(f"--train-steps must be from 1 to {MAX_TRAIN_STEPS:,}, got {options.train_steps:,}")
+    if options.backends is not None and sorted(options.backends) != sorted(TRAINING_BACKENDS):
+        raise RescompileError(
+            f"--train-steps compares {' and '.join(TRAINING_BACKENDS)} (ONNX Runtime does not train); "
+            f"got --backends {','.join(options.backends)}"
+        )
+    for backend in TRAINING_BACKENDS:
+        BACKENDS[backend].op_kinds()  # a missing or broken framework is one line, before anything else
     progress = Progress(total=3)
     try:
         progress.step(f"compiling {options.spec}")
         graph = compile_spec(options.spec, options.size)
+        batch = max(options.batch, 2)  # BatchNorm in training needs two values per channel
+        refuse_large_batch(graph, batch, MAX_CHECK_VALUES, 4)
         weights = read_weights(options.weights) if options.weights else random_weights(graph, options.seed)
         check_weights(graph, weights)
-        batch = max(options.batch, 2)  # BatchNorm in training needs two values per channel
         data = batches(graph, options.train_steps, batch, options.seed + 1)
         progress.step(f"training torch, {options.train_steps} steps")
         torch_run = train_torch(graph, weights, data, float64=True)

@@ -18,10 +18,20 @@ import numpy as np
 import numpy.typing as npt
 
 from rescompile.compiler.ir import BatchNorm, Graph
-from rescompile.compiler.weights import Weights, float_weights, save_weights, shape_mismatches, weight_shapes
+from rescompile.compiler.weights import (
+    TORCH_CHECKPOINT_SUFFIXES,
+    Weights,
+    check_weights,
+    float_weights,
+    require_regular_file,
+    save_weights,
+    shape_mismatches,
+    weight_shapes,
+)
+from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError
 
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+TORCH_SUFFIXES = TORCH_CHECKPOINT_SUFFIXES
 SAFETENSORS_SUFFIX = ".safetensors"
 WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 """Keys under which training scripts (timm's train.py, torchvision's references) nest the weights."""
@@ -30,8 +40,8 @@ WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
 def read_checkpoint(path: Path) -> dict[str, npt.NDArray[np.generic]]:
     """Every tensor of a checkpoint file by name, as numpy arrays (bfloat16 widened to float32,
     which is exact)."""
-    if not path.is_file():
-        raise RescompileError(f"no such checkpoint file: {path}")
+    require_regular_file(path, "checkpoint file")
+    import_framework("torch", "weights convert", "torch")  # it reads either format into torch tensors
     if path.suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(path)
     if path.suffix in TORCH_SUFFIXES:
@@ -45,18 +55,23 @@ def _read_safetensors(path: Path) -> dict[str, npt.NDArray[np.generic]]:
 
     try:
         with safe_open(str(path), framework="pt") as file:
-            return {name: _to_numpy(file.get_tensor(name)) for name in file.keys()}  # noqa: SIM118
+            return {name: _to_numpy(name, file.get_tensor(name), path) for name in file.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as error:
         raise RescompileError(f"cannot read {path}: {error}") from None
 
 
 def _read_torch(path: Path) -> dict[str, npt.NDArray[np.generic]]:
     import pickle
+    import warnings
 
     import torch
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        # Quiet: torch warns (about an old pickle protocol, say) before it refuses, and a warning
+        # would stand before the one-line error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch's message advises weights_only=False, which would run code from the file: never.
         reason = _unpickler_reason(str(error))
@@ -68,7 +83,12 @@ def _read_torch(path: Path) -> dict[str, npt.NDArray[np.generic]]:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RescompileError(f"cannot read {path} as a torch checkpoint: {first_line}") from None
     state = _state_dict(loaded, path)
-    return {name: _to_numpy(tensor) for name, tensor in state.items()}
+    for name in state:
+        if not isinstance(name, str):
+            raise RescompileError(
+                f"{path} holds a weight named {name!r} ({type(name).__name__}); a state_dict's names are strings"
+            )
+    return {name: _to_numpy(name, tensor, path) for name, tensor in state.items()}
 
 
 def _unpickler_reason(message: str) -> str:
@@ -95,12 +115,24 @@ def _state_dict(loaded: object, path: Path) -> Mapping[str, Any]:
     )
 
 
-def _to_numpy(tensor: Any) -> npt.NDArray[np.generic]:
+def _to_numpy(name: str, tensor: Any, path: Path) -> npt.NDArray[np.generic]:
+    """One tensor as a numpy array; floats numpy lacks (bfloat16, the float8s) widened to float32,
+    which is exact. A tensor that holds no plain array of values is refused, by name."""
     import torch
 
-    if tensor.dtype == torch.bfloat16:
+    if tensor.is_meta:
+        raise RescompileError(f"{path}: {name} is a meta tensor, which holds no values; save the materialised weights")
+    if tensor.layout != torch.strided:
+        raise RescompileError(f"{path}: {name} is a sparse tensor ({tensor.layout}); save it dense (to_dense())")
+    if tensor.is_quantized:
+        raise RescompileError(f"{path}: {name} is quantized ({tensor.dtype}); save float weights (dequantize())")
+    if tensor.dtype.is_floating_point and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
         tensor = tensor.float()
-    return np.asarray(tensor.detach().cpu().numpy())
+    try:
+        return np.asarray(tensor.detach().cpu().numpy())
+    except (TypeError, RuntimeError) as error:  # a dtype numpy has no type for: complex32, say
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RescompileError(f"{path}: {name} is {tensor.dtype}, which rescompile cannot read ({reason})") from None
 
 
 def canonical_weights(graph: Graph, checkpoint: Mapping[str, npt.NDArray[np.generic]], source: str) -> Weights:
@@ -118,7 +150,9 @@ def canonical_weights(graph: Graph, checkpoint: Mapping[str, npt.NDArray[np.gene
     problems = shape_mismatches(weight_shapes(graph), {name: tuple(array.shape) for name, array in kept.items()})
     if problems:
         raise RescompileError(f"{source} does not fit {graph.name}: {problems}")
-    return float_weights(kept, source)
+    weights = float_weights(kept, source)
+    check_weights(graph, weights)  # values now: a negative running_var, say
+    return weights
 
 
 def convert(graph: Graph, checkpoint_path: Path, output: Path, backend: str) -> int:

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from rescompile.arguments import parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
 from rescompile.backends.source import weights_path
 from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.spec.errors import RescompileError
-from rescompile.spec.loader import builtin_directory, builtin_networks
+from rescompile.spec.errors import RescompileError, one_line
+from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, builtin_networks, load_part
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
@@ -34,7 +36,7 @@ commands:
   rescompile SPEC --backend {{{_NAMES}}} [-o PATH]   compile SPEC (a file or a built-in name)
   rescompile validate SPEC [SPEC ...]                      check specs without compiling
   rescompile cost SPEC [--by stage|block|node]             parameters, MACs, activations
-  rescompile list                                          the built-in architectures
+  rescompile list [--parts]                                the built-in architectures (or parts)
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
@@ -54,7 +56,7 @@ def _readers(option: str) -> str:
 
 
 def _compile_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rescompile",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -64,7 +66,10 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="what to generate (default: torch)")
     files = [f"NAME{backend.suffix}" for backend in BACKENDS.values()]
     parser.add_argument(
-        "-o", "--output", type=Path, help=f"where to write (default: {', '.join(files[:-1])} or {files[-1]})"
+        "-o",
+        "--output",
+        help=f"where to write: a file ending as the backend's do, or a folder to write the default name into "
+        f"(default: {', '.join(files[:-1])} or {files[-1]})",
     )
     parser.add_argument("--size", type=parse_size, help="override the spec's input size, e.g. 160 or 224x160")
     # argparse's destinations are the EmitOptions fields.
@@ -96,7 +101,7 @@ def _compile_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_parser(name: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"rescompile {name}")
+    parser = ArgumentParser(prog=f"rescompile {name}")
     if name == "validate":
         parser.description = "Load and lower specs, checking shapes and channels, without compiling them."
         parser.add_argument("specs", nargs="+", help="spec files or built-in names")
@@ -106,7 +111,13 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--by", choices=("stage", "block", "node"), default="stage", help="rows of the table")
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     elif name == "list":
-        parser.description = "List the built-in architectures with their parameters and MACs."
+        parser.description = "List the built-in architectures with their parameters and MACs (or, with --parts, "
+        "every built-in part a spec can name)."
+        parser.add_argument(
+            "--parts",
+            action="store_true",
+            help="list the built-in parts instead: blocks, stems, heads, shortcuts and transitions, each described",
+        )
     elif name == "schema":
         parser.description = (
             "Print the JSON Schema of a spec file kind, or write all of them into a folder "
@@ -114,7 +125,7 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
             "'# yaml-language-server: $schema=PATH' at the top of a spec file."
         )
         parser.add_argument("--kind", choices=SCHEMA_KINDS, default="network", help="the file kind to print")
-        parser.add_argument("-o", "--output", type=Path, help="an existing folder to write every kind's schema into")
+        parser.add_argument("-o", "--output", type=Path, help="a folder to write every kind's schema into (created)")
     elif name == "weights":
         parser.description = (
             "Read a torchvision or timm checkpoint (.pth/.pt/.bin with torch.load(weights_only=True), or "
@@ -124,7 +135,7 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("action", choices=("convert",), help="what to do (convert)")
         parser.add_argument("checkpoint", type=Path, help="the checkpoint file")
         parser.add_argument("--spec", required=True, help="the network it belongs to: a spec file or a built-in name")
-        parser.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
+        parser.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
         parser.add_argument(
             "--backend", choices=("torch", "flax"), default="torch", help="layout to write (default: torch, canonical)"
         )
@@ -134,7 +145,9 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
             "parameters, MACs) and head; or, with --block, that block's op graph with its shortcut."
         )
         parser.add_argument("spec", help="a spec file or a built-in name")
-        parser.add_argument("-o", "--output", type=Path, required=True, help="the .svg file to write")
+        parser.add_argument(
+            "-o", "--output", required=True, help="the .svg file to write (or .png, where pymupdf is installed)"
+        )
         parser.add_argument("--block", help="draw this block type's op graph instead (e.g. bottleneck)")
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     return parser
@@ -144,10 +157,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         if arguments and arguments[0] in SUBCOMMANDS:
-            return COMMANDS[arguments[0]](arguments[1:])
-        return _compile(_compile_parser().parse_args(arguments))
+            status = COMMANDS[arguments[0]](arguments[1:])
+        else:
+            status = _compile(_compile_parser().parse_args(arguments))
+        # Flushed here, where a closed pipe is still caught, not by the interpreter at exit.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (`rescompile cost resnet1202 --by node | head -1`): stop quietly, as
+        # a tool that SIGPIPE ends does, with the status a shell gives that (128 + 13). stdout goes
+        # to /dev/null so that the interpreter's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except RescompileError as error:
         print(str(error), file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        # A bound that should have refused the request first is missing: still one line, not a traceback.
+        print(f"rescompile: out of memory{': ' + str(error) if str(error) else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rescompile: interrupted", file=sys.stderr)
@@ -173,13 +200,32 @@ def _cost(arguments: list[str]) -> int:
 
 
 def _list(arguments: list[str]) -> int:
-    _subcommand_parser("list").parse_args(arguments)
+    if _subcommand_parser("list").parse_args(arguments).parts:
+        return _list_parts()
     print(f"built-in architectures ({builtin_directory()}):")
     print(f"{'name':<18} {'parameters':>12} {'GMACs':>8}  description")
     for name in builtin_networks():
         graph = compile_spec(name)
         report = cost(graph)
         print(f"{name:<18} {report.parameters:>12,} {report.macs / 1e9:>8.3f}  {graph.description}")
+    return 0
+
+
+def _list_parts() -> int:
+    """Every built-in part by kind, as a spec names it (``block: bottleneck``), with its description."""
+    parts = {
+        kind: [load_part(path, kind).spec for path in sorted((builtin_directory() / kind).glob("*.yaml"))]
+        for kind in PART_MODELS
+    }
+    width = max(len(part.name) for kind_parts in parts.values() for part in kind_parts)
+    for kind, kind_parts in parts.items():
+        print(f"{kind} ({builtin_directory() / kind}):")
+        if kind == "shortcuts":
+            # The paper's policies name shortcut kinds too (where shapes match, where they change).
+            for letter, (same, changed) in POLICIES.items():
+                print(f"  {letter:<{width}}  policy: {same} where shapes match, {changed} where they change")
+        for part in kind_parts:
+            print(f"  {part.name:<{width}}  {one_line(part.description or '')}")
     return 0
 
 
@@ -202,9 +248,13 @@ def _schema(arguments: list[str]) -> int:
     if options.output is None:
         print(schema_text(options.kind), end="")
         return 0
-    if not options.output.is_dir():
-        raise RescompileError(f"-o {options.output}: not a folder; create it first or name an existing one")
+    if options.output.exists() and not options.output.is_dir():
+        raise RescompileError(f"-o {options.output}: not a folder; schema -o names the folder to write into")
     files = [(options.output / file_name(kind), [schema_text(kind).encode()]) for kind in SCHEMA_KINDS]
+    try:
+        options.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RescompileError(f"cannot create {options.output}: {error.strerror or error}") from None
     write_atomically(files)
     for path, _ in files:
         print(f"wrote {path}")
@@ -216,10 +266,11 @@ def _weights(arguments: list[str]) -> int:
     from rescompile.checkpoints import convert
 
     graph = compile_spec(options.spec)
-    check_output(options.output, [*graph.files, options.checkpoint])
-    written = convert(graph, options.checkpoint, options.output, options.backend)
+    inputs = [*graph.files, options.checkpoint]
+    output = output_file(options.output, (".safetensors",), "weights convert writes safetensors", inputs)
+    written = convert(graph, options.checkpoint, output, options.backend)
     layout = f"{options.backend} layout"
-    print(f"{options.checkpoint} fits {graph.name}: wrote {written} tensors ({layout}) to {options.output}")
+    print(f"{options.checkpoint} fits {graph.name}: wrote {written} tensors ({layout}) to {output}")
     return 0
 
 
@@ -228,11 +279,49 @@ def _draw(arguments: list[str]) -> int:
     from rescompile.draw import draw_block, draw_network
 
     graph = compile_spec(options.spec, options.size)
-    check_output(options.output, graph.files)
-    picture = draw_network(graph) if options.block is None else draw_block(graph, options.block)
-    write_atomically([(options.output, [picture.encode()])])
-    print(f"wrote {options.output} ({len(picture.encode()):,} bytes)")
+    output = output_file(options.output, (".svg", ".png"), "draw writes an SVG picture (or PNG)", graph.files)
+    picture = (draw_network(graph) if options.block is None else draw_block(graph, options.block)).encode()
+    if output.suffix == ".png":
+        picture = _png(picture)
+    write_atomically([(output, [picture])])
+    print(f"wrote {output} ({len(picture):,} bytes)")
     return 0
+
+
+def _png(svg: bytes) -> bytes:
+    """The picture rendered to PNG by MuPDF, the one SVG renderer among rescompile's optional packages."""
+    try:
+        import pymupdf
+    except ModuleNotFoundError:
+        raise RescompileError(
+            "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows"
+        ) from None
+    page = pymupdf.open(stream=svg, filetype="svg")[0]  # type: ignore[no-untyped-call]
+    png: bytes = page.get_pixmap(dpi=144).tobytes("png")  # type: ignore[no-untyped-call]
+    return png
+
+
+def output_file(
+    text: str, suffixes: tuple[str, ...], writes: str, inputs: Collection[Path], default: str | None = None
+) -> Path:
+    """``-o TEXT`` as the file to write. A folder (an existing one, or any TEXT ending in '/')
+    takes ``default`` inside it, or is refused where there is no default name; the file must pass
+    :func:`check_output` (checked first: overwriting an input is the worse mistake) and end in
+    one of ``suffixes`` (``writes`` says why: "--backend onnx writes an ONNX model")."""
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        if default is None:
+            raise RescompileError(
+                f"-o {text}: is a folder; name the file to write, such as {path / 'out'}{suffixes[0]}"
+            )
+        if not path.is_dir():
+            raise RescompileError(f"-o {text}: no such folder; create it first")
+        path = path / default
+    check_output(path, inputs)
+    if path.suffix not in suffixes:
+        wanted = " or ".join(suffixes)
+        raise RescompileError(f"-o {text}: {writes}; name a file ending in {wanted}")
+    return path
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
@@ -286,9 +375,14 @@ def _compile(options: argparse.Namespace) -> int:
     backend = BACKENDS[options.backend]
     # NOTE: network names match NAME_PATTERN (no '/', no leading '.'), so the default output stays
     # in the working directory; -o, the user's explicit choice, may go anywhere.
-    output: Path = options.output or Path(f"{graph.name}{backend.suffix}")
+    default = f"{graph.name}{backend.suffix}"
     _refuse_unread_options(options, backend)
+    suffix = "." + backend.suffix.rpartition(".")[2]  # '_torch.py' -> '.py'
+    writes = f"--backend {options.backend} writes {'Python source' if suffix == '.py' else 'an ONNX model'}"
     inputs = [*graph.files, *([options.weights] if options.weights is not None else [])]
+    output = (
+        Path(default) if options.output is None else output_file(options.output, (suffix,), writes, inputs, default)
+    )
     check_output(output, inputs)
     # Source backends write --weights beside the source: that file must not be an input either.
     companion = weights_path(output) if options.weights is not None and output.suffix == ".py" else None

@@ -11,6 +11,7 @@ step are compared, and the first value that differs is named.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,20 +45,36 @@ class Comparison:
     worst_weight: str
 
 
-def batches(graph: Graph, steps: int, batch: int, seed: int) -> list[Batch]:
-    """``steps`` seeded batches of images (NCHW) and labels over the network's output classes."""
-    generator = np.random.default_rng(seed)
-    classes = graph.output_shape[0]
-    return [
-        (
-            generator.standard_normal((batch, *graph.input_shape)).astype(np.float32),
-            generator.integers(0, classes, batch).astype(np.int64),
-        )
-        for _ in range(steps)
-    ]
+@dataclass(frozen=True)
+class Batches:
+    """``steps`` seeded batches of images (NCHW) and labels over the network's output classes,
+    drawn as they are iterated (one batch in memory at a time: every batch at once was 10**9 of
+    them), the same ones on every iteration, so that torch and Flax see the same data."""
+
+    graph: Graph
+    steps: int
+    batch: int
+    seed: int
+
+    def __iter__(self) -> Iterator[Batch]:
+        generator = np.random.default_rng(self.seed)
+        classes = self.graph.output_shape[0]
+        for _ in range(self.steps):
+            yield (
+                generator.standard_normal((self.batch, *self.graph.input_shape)).astype(np.float32),
+                generator.integers(0, classes, self.batch).astype(np.int64),
+            )
+
+    def __len__(self) -> int:
+        return self.steps
 
 
-def train_torch(graph: Graph, weights: Weights, data: list[Batch], float64: bool = False) -> Run:
+def batches(graph: Graph, steps: int, batch: int, seed: int) -> Batches:
+    """:class:`Batches` by keyword-free call, as the tests and ``check --train-steps`` use it."""
+    return Batches(graph, steps, batch, seed)
+
+
+def train_torch(graph: Graph, weights: Weights, data: Iterable[Batch], float64: bool = False) -> Run:
     import torch
 
     from rescompile.backends import torch_backend
@@ -77,14 +94,14 @@ def train_torch(graph: Graph, weights: Weights, data: list[Batch], float64: bool
     return Run(losses, torch_backend.to_weights(model.float(), graph))
 
 
-def train_flax(graph: Graph, weights: Weights, data: list[Batch], float64: bool = False) -> Run:
+def train_flax(graph: Graph, weights: Weights, data: Iterable[Batch], float64: bool = False) -> Run:
     import jax
 
     with jax.enable_x64(float64):
         return _train_flax(graph, weights, data, float64)
 
 
-def _train_flax(graph: Graph, weights: Weights, data: list[Batch], float64: bool) -> Run:
+def _train_flax(graph: Graph, weights: Weights, data: Iterable[Batch], float64: bool) -> Run:
     import jax
     import jax.numpy as jnp
     import optax  # type: ignore[import-untyped]

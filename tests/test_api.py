@@ -11,8 +11,11 @@ import pytest
 import timm
 import torch
 from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
 
 import rescompile
+from rescompile.api import create_graph
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.weights import random_weights, save_weights
@@ -75,16 +78,104 @@ def test_weights_are_loaded_strictly(tmp_path: Path) -> None:
     [
         (
             {"num_classes": 0},
-            "create_model(resnet18, num_classes=0):1:29: head: nodes.fc.out_features = classes gives 0; it must be "
+            "create_model(resnet18): num_classes=0: head: nodes.fc.out_features = classes gives 0; it must be "
             "at least 1",
         ),
-        ({"grups": 3}, "create_model(resnet18, grups=3):1:21: block 'basic' has no parameter 'grups'"),
-        ({"input_size": 0}, "create_model(resnet18, input_size=0):1:29: input.size: input should be greater than 0"),
+        ({"grups": 3}, "create_model(resnet18): grups=3: block 'basic' has no parameter 'grups'"),
+        ({"input_size": 0}, "create_model(resnet18): input_size=0: each side is from 1 to 16,384"),
         ({"backend": "tensorflow"}, "unknown backend 'tensorflow'; use one of torch, flax, onnx"),
+        (
+            {"num_classes": 10, "in_channels": 4, "drop_path_rate": 2.5},
+            "create_model(resnet18): drop_path_rate=2.5: layer2.1: nodes.drop_path.rate = block_drop_rate gives",
+        ),
+        (
+            {"input_size": (224, 160), "in_channels": -1},
+            "create_model(resnet18): in_channels=-1: input.channels: input should be greater than 0 (got -1)",
+        ),
+        (
+            {"drop_path_rate": None},
+            "create_model(resnet18): drop_path_rate=None: a block parameter is a number, a string or a boolean, "
+            "not NoneType",
+        ),
+        (
+            {"drop_path_rate": torch.tensor(0.1)},
+            "create_model(resnet18): drop_path_rate=tensor(0.1000): a block parameter is a number, a string or a "
+            "boolean, not Tensor",
+        ),
+        ({"drop_path_rate": Path("x")}, "create_model(resnet18): drop_path_rate=PosixPath('x'): a block parameter"),
+        ({"num_classes": 1.5}, "create_model(resnet18): num_classes=1.5: expected a positive integer"),
+        ({"num_classes": np.float32(3)}, "create_model(resnet18): num_classes=3.0: expected a positive integer"),
+        ({"input_size": "224"}, "create_model(resnet18): input_size='224': expected a positive integer or a"),
+        (
+            {"weights": {"fc.weight": 1}},
+            "create_model(resnet18): weights={'fc.weight': 1}: expected the path of a .safetensors file, not dict",
+        ),
+        ({"backend": ["torch"]}, "unknown backend ['torch']; use one of torch, flax, onnx"),
     ],
 )
-def test_a_bad_override_is_one_located_line(overrides: dict[str, object], message: str) -> None:
+def test_a_bad_override_is_one_line_naming_the_argument(overrides: dict[str, object], message: str) -> None:
+    """Errors were located in YAML the caller never saw (`create_model(resnet18):1:37:`, the column
+    past the text shown); a tensor, a Path or None was a yaml RepresenterError traceback or said a
+    float parameter 'should be a valid integer'."""
     with pytest.raises(rescompile.RescompileError) as raised:
         rescompile.create_model("resnet18", **overrides)  # type: ignore[arg-type]
     assert str(raised.value).startswith(message)
     assert "\n" not in str(raised.value)
+
+
+def test_numpy_scalars_are_their_python_values() -> None:
+    given = create_graph(
+        "resnet20", num_classes=np.int64(10), input_size=(np.int32(40), np.int64(48)), drop_path_rate=np.float64(0.1)
+    )
+    plain = create_graph("resnet20", num_classes=10, input_size=(40, 48), drop_path_rate=0.1)
+    assert given == plain and given.output_shape == (10,)
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (0, "size=0: each side is from 1 to 16,384"),
+        ((224, 0), "size=(224, 0): each side is from 1 to 16,384"),
+        (20000, "size=20000: each side is from 1 to 16,384"),
+        ("224", "size='224': expected a positive integer or a (height, width) pair of them"),
+        (True, "size=True: expected a positive integer or a (height, width) pair of them"),
+        ((1, 2, 3), "size=(1, 2, 3): expected a positive integer or a (height, width) pair of them"),
+    ],
+)
+def test_compile_spec_refuses_a_bad_size_in_one_line(size: object, message: str) -> None:
+    """size=0 was pydantic's multi-line report."""
+    with pytest.raises(rescompile.RescompileError) as raised:
+        compile_spec("resnet18", size=size)  # type: ignore[arg-type]
+    assert str(raised.value) == message
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.builds(np.int64, st.integers(-(2**31), 2**31)),
+    st.builds(np.float32, st.floats(-10, 10, width=32)),
+    st.builds(np.float64, st.floats(-10, 10)),
+    st.builds(np.bool_, st.booleans()),
+    st.builds(Path, st.text(max_size=3)),
+    st.builds(torch.tensor, st.floats(-1, 1)),
+    st.lists(st.integers(-5, 300), max_size=3).map(tuple),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    st.builds(object),
+)
+
+
+@given(argument=st.sampled_from(["num_classes", "input_size", "in_channels", "drop_path_rate", "grups"]), value=VALUES)
+def test_any_python_value_as_any_argument_is_a_graph_or_one_line_naming_it(argument: str, value: object) -> None:
+    """The class: whatever a caller passes, create_graph builds a graph or raises RescompileError in
+    one line that names the argument (yaml's RepresenterError, pydantic's report and unlocated
+    columns were the failures)."""
+    try:
+        graph = create_graph("resnet20", **{argument: value})  # type: ignore[arg-type]
+    except rescompile.RescompileError as error:
+        message = str(error)
+        assert "\n" not in message and message.startswith(f"create_model(resnet20): {argument}="), message
+    else:
+        assert graph.name == "resnet20"

@@ -72,6 +72,12 @@ def test_bench_prints_positive_rates_and_the_ratio_to_the_reference(
         (["resnet20", "--backend", "flax", "--inference"], "--inference applies to --backend torch and onnx"),
         (["resnet20", "--rounds", "0"], "--batch and --rounds must be at least 1"),
         (["resnet2O"], "resnet2O"),
+        (
+            ["resnet20", "--batch", "100000000"],
+            "--batch 100000000 needs 66,983,400,000,000 activation values per backend, over the limit of "
+            "34,359,738,368 (128 GiB in fp32)",
+        ),
+        (["resnet50", "--size", "16384"], "--batch 8 needs 1,607,391,551,296 activation values per backend"),
     ],
 )
 def test_bench_errors_are_one_line(arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

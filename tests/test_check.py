@@ -51,7 +51,7 @@ def test_check_command_prints_the_table_and_exits_0(tmp_path: Path) -> None:
     assert lines[0].startswith("resnet20: input 3×32×32, 9 blocks, tolerance atol=0.0001 rtol=0.0001")
     assert lines[2].split()[:3] == ["torch", "/", "onnx"] and lines[2].endswith("none")
     assert lines[-1].startswith("all backends agree")
-    assert "4/4 compared" in result.stderr  # the progress display
+    assert result.stderr == ""  # the progress display is for terminals only
 
 
 @pytest.mark.parametrize(
@@ -65,18 +65,28 @@ def test_check_rejects_bad_backend_lists(arguments: list[str], message: str, tmp
     result = subprocess.run(
         [sys.executable, "-m", "rescompile", "check", *arguments], cwd=tmp_path, capture_output=True, text=True
     )
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 1 and message in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_progress_writes_one_line_per_step_when_not_a_terminal(tmp_path: Path) -> None:
+def test_progress_writes_nothing_when_not_a_terminal(tmp_path: Path) -> None:
+    """In a log a progress line stood before the error, making it two lines."""
     with (tmp_path / "log").open("w") as stream:
         progress = Progress(total=2, stream=stream)
         progress.step("one")
         progress.step("two")
-    assert (tmp_path / "log").read_text().splitlines() == [
-        "[##########..........] 1/2 one",
-        "[####################] 2/2 two",
-    ]
+        progress.close()
+    assert (tmp_path / "log").read_text() == ""
+
+
+def test_check_error_is_one_line_on_a_non_terminal_stderr(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", "check", "resnet20", "--weights", "missing.safetensors"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "no such weights file: missing.safetensors\n"
 
 
 @pytest.mark.parametrize("name", builtin_params(builtin_networks()))
@@ -110,10 +120,46 @@ def test_check_refuses_meaningless_options(
     arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A NaN tolerance made every comparison pass; a negative seed was a numpy traceback."""
-    with pytest.raises(SystemExit) as raised:
+    with pytest.raises(RescompileError) as raised:
         main(["resnet20", *arguments])
-    assert raised.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"rescompile check: error: {message}"
+    assert str(raised.value) == f"rescompile check: {message}; see 'rescompile check --help'"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--train-steps", "3", "--batch", "1000000"],
+            "--batch 1000000 needs 669,834,000,000 activation values per backend, over the limit of 1,073,741,824",
+        ),
+        (["--train-steps", "1000000000"], "--train-steps must be from 1 to 10,000, got 1,000,000,000"),
+        (["--train-steps", "0"], "--train-steps must be from 1 to 10,000, got 0"),
+        (
+            ["--train-steps", "3", "--backends", "torch,onnx"],
+            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,onnx",
+        ),
+        (
+            ["--train-steps", "3", "--backends", "torch,flax,onnx"],
+            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,flax,onnx",
+        ),
+    ],
+)
+def test_train_steps_are_bounded_and_honour_backends(arguments: list[str], message: str) -> None:
+    """10**9 steps or a batch of 10**6 pre-allocated every batch (a numpy MemoryError traceback);
+    --backends was ignored."""
+    with pytest.raises(RescompileError) as raised:
+        main(["resnet20", *arguments])
+    assert str(raised.value).startswith(message)
+
+
+def test_training_batches_are_drawn_lazily_and_alike_on_every_pass() -> None:
+    from rescompile.training import batches
+
+    data = batches(compile_spec("resnet20"), steps=10**9, batch=2, seed=1)  # nothing drawn yet
+    first = next(iter(data))
+    again = next(iter(data))
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[0].shape == (2, 3, 32, 32) and len(data) == 10**9
 
 
 def test_check_bounds_the_batch_by_the_memory_it_needs() -> None:

@@ -4,6 +4,10 @@ Flax weights that give the reference's outputs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +176,135 @@ def test_an_unknown_format_names_the_known_ones(tmp_path: Path, capsys: pytest.C
         "unknown checkpoint format '.ckpt'; expected a file ending in .pth, .pt, .bin, .safetensors"
         in capsys.readouterr().err
     )
+
+
+def _resnet20_state() -> dict[str, torch.Tensor]:
+    from rescompile.compiler.weights import random_weights
+
+    return {name: torch.from_numpy(array) for name, array in random_weights(compile_spec("resnet20")).items()}
+
+
+def _convert(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    output = checkpoint.parent / "out.safetensors"
+    status = main(["weights", "convert", str(checkpoint), "--spec", "resnet20", "-o", str(output)])
+    assert status == 0 or not output.exists()
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (torch.empty(16, 3, 3, 3, device="meta"), "conv1.weight is a meta tensor, which holds no values"),
+        (torch.ones(16, 3, 3, 3).to_sparse(), "conv1.weight is a sparse tensor (torch.sparse_coo); save it dense"),
+        (torch.ones(16, 27).to_sparse_csr(), "conv1.weight is a sparse tensor (torch.sparse_csr)"),
+        (
+            torch.quantize_per_tensor(torch.ones(16, 3, 3, 3), 0.1, 0, torch.qint8),
+            "conv1.weight is quantized (torch.qint8); save float weights (dequantize())",
+        ),
+        (torch.ones(16, 3, 3, 3, dtype=torch.complex32), "conv1.weight is torch.complex32, which rescompile cannot"),
+        (torch.ones(16, 3, 3, 3, dtype=torch.complex64), "conv1.weight is complex64, not float16, float32 or float64"),
+    ],
+    ids=["meta", "sparse-coo", "sparse-csr", "quantized", "complex32", "complex64"],
+)
+def test_tensors_without_plain_values_are_refused_by_name_in_one_line(
+    value: torch.Tensor, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _resnet20_state()
+    state["conv1.weight"] = value
+    torch.save(state, tmp_path / "w.pth")
+    status, error = _convert(tmp_path / "w.pth", capsys)
+    assert status == 1 and error.count("\n") == 1 and expected in error, error
+
+
+@pytest.mark.parametrize("key", [3, ("conv1", "weight"), None, 1.5])
+def test_non_string_names_are_refused_in_one_line(
+    key: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state: dict[object, torch.Tensor] = dict(_resnet20_state())
+    state[key] = torch.ones(1)
+    torch.save(state, tmp_path / "w.pth")
+    status, error = _convert(tmp_path / "w.pth", capsys)
+    assert status == 1
+    assert (
+        error == f"{tmp_path / 'w.pth'} holds a weight named {key!r} ({type(key).__name__}); "
+        "a state_dict's names are strings\n"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_narrow_floats_numpy_lacks_widen_exactly(
+    dtype: torch.dtype, suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fp8 checkpoints were a TypeError traceback; every float8 and bfloat16 value is a float32."""
+    state = {
+        name: tensor.to(dtype) if name.endswith("weight") else tensor for name, tensor in _resnet20_state().items()
+    }
+    if suffix == ".pth":
+        torch.save(state, tmp_path / f"w{suffix}")
+    else:
+        save_file(state, str(tmp_path / f"w{suffix}"))
+    status, error = _convert(tmp_path / f"w{suffix}", capsys)
+    assert status == 0, error
+    converted = read_weights(tmp_path / "out.safetensors")
+    assert all(np.array_equal(converted[name], tensor.float().numpy()) for name, tensor in state.items())
+
+
+def test_an_old_pickle_protocol_refusal_is_one_line_without_torchs_warning(tmp_path: Path) -> None:
+    torch.save(_resnet20_state(), tmp_path / "old.pth", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rescompile",
+            "weights",
+            "convert",
+            "old.pth",
+            "--spec",
+            "resnet20",
+            "-o",
+            "o.safetensors",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("cannot read old.pth: torch.load"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda state: state.update({"bn1.running_var": -state["bn1.running_var"].double()}),
+            "weights do not fit resnet20: bn1.running_var holds a negative variance",
+        ),
+        (
+            lambda state: state.update({"fc.bias": state["fc.bias"].double() * 1e300}),
+            "fc.bias holds values beyond float32's range (±3.4e+38), which would become infinite",
+        ),
+    ],
+    ids=["negative-variance", "beyond-float32"],
+)
+def test_values_no_backend_can_use_are_refused_and_nothing_is_written(
+    change: Callable[[dict[str, torch.Tensor]], None], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _resnet20_state()
+    change(state)
+    torch.save(state, tmp_path / "w.pth")
+    status, error = _convert(tmp_path / "w.pth", capsys)
+    assert status == 1 and error.count("\n") == 1 and expected in error, error
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_named_so(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory or FIFO that exists was 'no such checkpoint file' (and a FIFO could block)."""
+    path = tmp_path / "w.pth"
+    path.mkdir() if kind == "directory" else os.mkfifo(path)
+    status, error = _convert(path, capsys)
+    assert status == 1
+    assert error == f"cannot read {path}: it is a {kind if kind == 'directory' else 'FIFO'}, not a checkpoint file\n"
+    assert _convert(tmp_path / "absent.pth", capsys) == (1, f"no such checkpoint file: {tmp_path / 'absent.pth'}\n")

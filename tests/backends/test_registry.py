@@ -52,3 +52,27 @@ def test_a_missing_framework_is_one_error_naming_the_extra_that_installs_it() ->
     assert str(error.value) == (
         "the caffe backend needs caffe_not_installed, which is not installed: pip install 'rescompile[caffe]'"
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("raise OSError('libcudnn.so.9: cannot open shared object file')", "OSError: libcudnn.so.9: cannot open"),
+        ("import rescompile_absent_dependency", "ModuleNotFoundError: No module named 'rescompile_absent_dependency'"),
+        ("raise ImportError('numpy.core.multiarray failed to import\\nsecond line')", "ImportError: numpy.core"),
+        ("raise AttributeError('module has no attribute x')", "AttributeError: module has no attribute x"),
+    ],
+    ids=["shared-library", "missing-dependency", "import-error", "version-mismatch"],
+)
+def test_an_installed_framework_that_fails_to_load_is_not_called_missing(
+    source: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every failed import was 'not installed', though the framework was there and broken."""
+    (tmp_path / "caffe_broken.py").write_text(source + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    backend = Backend("caffe", ".caffemodel", requires="caffe_broken", extra="caffe", module="caffe_backend")
+    with pytest.raises(RescompileError) as error:
+        backend.emit(compile_spec("resnet20"), EmitOptions())
+    message = str(error.value)
+    assert message.startswith("the caffe backend needs caffe_broken, which is installed but fails to import (")
+    assert reason in message and "\n" not in message and "not installed" not in message

@@ -98,15 +98,19 @@ write_atomically([(Path(sys.argv[1]), chunks())])
 
 
 def _default_interrupt() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # as nohup or a background job may not have them
+        signal.signal(number, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize(("signal_number", "status"), [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signal_number", "status"), [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_an_interrupted_write_leaves_no_temporary_and_the_old_file_intact(
     signal_number: int, status: int, tmp_path: Path
 ) -> None:
     """SIGINT raises KeyboardInterrupt (uncaught in a bare script, Python then dies of SIGINT; the
-    CLI says 'interrupted' with status 130); SIGTERM becomes an exit with status 143. Both clean up."""
+    CLI says 'interrupted' with status 130); SIGTERM and SIGHUP (a closed terminal) become exits with
+    status 143 and 129. All clean up (SIGHUP left the .partial temporary)."""
     target = tmp_path / "out"
     target.write_bytes(b"before")
     writer = subprocess.Popen(

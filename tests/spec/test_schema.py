@@ -48,10 +48,14 @@ def test_schema_writes_every_kind_into_a_folder(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out.endswith(schema_text("stem"))
 
 
-def test_schema_refuses_a_missing_folder_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["schema", "-o", str(tmp_path / "missing")]) == 1
-    message = f"-o {tmp_path / 'missing'}: not a folder; create it first or name an existing one\n"
-    assert capsys.readouterr().err == message
+def test_schema_creates_its_folder_and_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "-o", str(tmp_path / "new" / "schemas")]) == 0
+    assert len(list((tmp_path / "new" / "schemas").iterdir())) == len(KINDS)
+    (tmp_path / "file").write_text("kept")
+    assert main(["schema", "-o", str(tmp_path / "file")]) == 1
+    message = f"-o {tmp_path / 'file'}: not a folder; schema -o names the folder to write into\n"
+    assert capsys.readouterr().err.endswith(message)
+    assert (tmp_path / "file").read_text() == "kept"
 
 
 @pytest.mark.parametrize(("kind", "path"), builtin_files(), ids=lambda value: getattr(value, "name", value))
