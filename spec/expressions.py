@@ -69,6 +69,10 @@ def _int(x: Number, /) -> int:
 
 
 def _round(number: Number, ndigits: int | None = None) -> Number:
+    # Python's round(5, -10**8) computes 10**(10**8): its time grows with ndigits. Values are at
+    # most 2**40 (13 digits), so a wider ndigits changes nothing a spec could mean.
+    if ndigits is not None and isinstance(ndigits, int) and not -MAX_NDIGITS <= ndigits <= MAX_NDIGITS:
+        raise ExpressionError(f"round's ndigits lies within ±{MAX_NDIGITS}, got {ndigits:,}")
     return round(number, ndigits)  # Python's: halves to even, an int without ndigits
 
 
@@ -103,6 +107,8 @@ ALLOWED_SYNTAX = (
 MAX_LENGTH = 1_000
 MAX_DEPTH = 32
 MAX_MAGNITUDE = 2**40
+MAX_NDIGITS = 32
+"""The widest ``ndigits`` of ``round``: every function's work is bounded by its arguments' bounds."""
 
 
 _SYNTAX_NAMES: dict[type[ast.AST], str] = {
