@@ -15,6 +15,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 Value = int | float | str | bool
 Number = int | float
@@ -133,7 +134,7 @@ class Expression:
     text: str
     tree: ast.expr = field(compare=False, repr=False)  # equal texts parse to equal trees
 
-    @property
+    @cached_property  # read at every evaluation while unrolling: walking the tree each time was most of it
     def names(self) -> frozenset[str]:
         """The parameters and derived values it reads (not the functions it calls)."""
         called = {id(node.func) for node in ast.walk(self.tree) if isinstance(node, ast.Call)}
@@ -141,7 +142,7 @@ class Expression:
             node.id for node in ast.walk(self.tree) if isinstance(node, ast.Name) and id(node) not in called
         )
 
-    @property
+    @cached_property
     def functions(self) -> frozenset[str]:
         """The functions of :data:`FUNCTIONS` it calls."""
         return frozenset(

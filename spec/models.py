@@ -83,6 +83,16 @@ def _check_identifier(value: str) -> str:
     return value
 
 
+def _check_index_name(value: str) -> str:
+    _check_identifier(value)
+    if value in FUNCTIONS:
+        raise ValueError(
+            f"'{value}' is a function expressions call ({', '.join(sorted(FUNCTIONS))}); an index named so would "
+            f"hide it: use another name (i, j, {value}_index)"
+        )
+    return value
+
+
 RESERVED_NAMES = frozenset(
     {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial", "Any"}
 )
@@ -135,6 +145,8 @@ Count = Annotated[int, Field(strict=True, gt=0)]
 Size = Annotated[int, Field(strict=True, gt=0, le=MAX_SIZE)]
 Name = Annotated[str, AfterValidator(_check_name)]
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
+IndexName = Annotated[str, AfterValidator(_check_index_name)]
+"""A repeat's index: an identifier that is not a function's name."""
 ParameterValue = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
 """A part parameter's value: floats are finite (a rate such as ``drop_path_rate: 0.1``)."""
 Parameters = dict[str, ParameterValue]
@@ -359,7 +371,7 @@ class RepeatSpec(OpBase):
     ``input`` is what the first node of the first repetition reads by default."""
 
     op: Literal["repeat"]
-    index: Identifier = Field(description="The name bound to each repetition's number.")
+    index: IndexName = Field(description="The name bound to each repetition's number.")
     count: Expr = Field(description="How many times (0 or more).")
     start: Expr = Field(default=parse_expression(0), description="The index of the first repetition.")
     nodes: dict[str, OpSpec] = Field(min_length=1, description="The nodes of one repetition.")
