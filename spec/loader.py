@@ -132,32 +132,47 @@ def load_network_with(reference: str | Path, overrides: Mapping[str, Any], label
     return Loaded(_validate(NetworkSpec, document), document.source, (*extended, path))
 
 
+MAX_EXTENDS = 64
+"""The most files an ``extends`` chain may read (the network's own too): real chains are one or
+two long, and each file read merges every value of the files below it."""
+
+
 def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A network file's document with its ``extends`` chain merged in (see :func:`_merge`), and
-    the base files read. Every value keeps the location of the file that set it."""
-    document = read_yaml(path, display_name(path))
-    if not isinstance(document.data, dict) or "extends" not in document.data:
-        return document, ()
-    reference = document.data["extends"]
-    where = document.source.locate(("extends",))
-    if not isinstance(reference, str):
-        raise RescompileError(
-            f"extends: expected a built-in network's name or a network file's path (got {reference!r})", where
-        )
-    if "name" not in document.data:
-        message = f"a network that extends '{reference}' needs a name of its own: add a 'name' key"
-        raise RescompileError(message, document.source.locate(()))
-    base_path = _resolve_base(reference, path, where)
+    the base files read. Every value keeps the location of the file that set it. The chain is
+    walked in a loop, not by recursion: 1,500 files were a RecursionError."""
+    documents = [read_yaml(path, display_name(path))]
     seen = [*chain, path]
-    if base_path.resolve() in {file.resolve() for file in seen}:
-        cycle = " -> ".join(display_name(file) for file in (*seen, base_path))
-        raise RescompileError(f"extends makes a cycle: {cycle}", where)
-    base, extended = _read_network(base_path, tuple(seen))
-    if not isinstance(base.data, dict):
-        raise RescompileError(
-            f"expected a YAML mapping at the top level, got {type(base.data).__name__}", base.source.locate(())
-        )
-    return _merge(base, document), (*extended, base_path)
+    while isinstance(documents[-1].data, dict) and "extends" in documents[-1].data:
+        document = documents[-1]
+        reference = document.data["extends"]
+        where = document.source.locate(("extends",))
+        if not isinstance(reference, str):
+            raise RescompileError(
+                f"extends: expected a built-in network's name or a network file's path (got {reference!r})", where
+            )
+        if "name" not in document.data:
+            message = f"a network that extends '{reference}' needs a name of its own: add a 'name' key"
+            raise RescompileError(message, document.source.locate(()))
+        base_path = _resolve_base(reference, seen[-1], where)
+        if base_path.resolve() in {file.resolve() for file in seen}:
+            cycle = " -> ".join(display_name(file) for file in (*seen, base_path))
+            raise RescompileError(f"extends makes a cycle: {cycle}", where)
+        if len(documents) >= MAX_EXTENDS:
+            raise RescompileError(
+                f"extends: a chain of network files is at most {MAX_EXTENDS} files long; this one is longer", where
+            )
+        base = read_yaml(base_path, display_name(base_path))
+        if not isinstance(base.data, dict):
+            raise RescompileError(
+                f"expected a YAML mapping at the top level, got {type(base.data).__name__}", base.source.locate(())
+            )
+        documents.append(base)
+        seen.append(base_path)
+    merged = documents.pop()
+    while documents:
+        merged = _merge(merged, documents.pop())
+    return merged, tuple(reversed(seen[len(chain) + 1 :]))
 
 
 def _resolve_base(reference: str, network_file: Path, where: Location) -> Path:

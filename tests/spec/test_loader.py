@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rescompile.spec.loader import _PathTree, load_part
+from rescompile.spec.errors import RescompileError
+from rescompile.spec.loader import MAX_EXTENDS, _PathTree, load_network, load_part
 
 PATHS = st.lists(st.lists(st.sampled_from("abc"), min_size=1, max_size=3).map(".".join), unique=True, min_size=1)
 
@@ -41,3 +43,40 @@ def test_a_block_of_20000_nodes_is_checked_in_linear_time(tmp_path: Path) -> Non
     part = load_part(path, "blocks")
     assert len(part.spec.nodes) == 20_002
     assert time.perf_counter() - started < 20
+
+
+def _chain(folder: Path, length: int) -> Path:
+    """``net0.yaml`` extends ``net1.yaml`` ... extends resnet20: ``length`` files of the user's."""
+    for index in range(length):
+        base = f"net{index + 1}.yaml" if index + 1 < length else "resnet20"
+        (folder / f"net{index}.yaml").write_text(f"name: net{index}\nextends: {base}\n")
+    return folder / "net0.yaml"
+
+
+@settings(max_examples=10, deadline=None)
+@given(length=st.one_of(st.integers(1, 70), st.just(MAX_EXTENDS - 1), st.just(MAX_EXTENDS)))
+def test_an_extends_chain_loads_or_is_refused_at_its_limit(
+    length: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    network = _chain(tmp_path_factory.mktemp("chain"), length)
+    if length + 1 <= MAX_EXTENDS:  # the built-in at its end is read too
+        loaded = load_network(network)
+        assert loaded.spec.name == "net0" and len(loaded.extended) == length
+        return
+    with pytest.raises(RescompileError) as raised:
+        load_network(network)
+    assert str(raised.value).endswith(
+        f"2:10: extends: a chain of network files is at most {MAX_EXTENDS} files long; this one is longer"
+    )
+
+
+def test_an_extends_chain_of_1500_files_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was a RecursionError traceback."""
+    network = _chain(tmp_path, 1_500)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        load_network(network.name)
+    assert (
+        str(raised.value)
+        == "net63.yaml:2:10: extends: a chain of network files is at most 64 files long; this one is longer"
+    )
