@@ -505,6 +505,7 @@ def _evaluate_int(
     path: tuple[str, ...],
     where: str,
     minimum: int,
+    maximum: int | None = None,
 ) -> int:
     value, origin = _evaluate(expression, bindings, part, path, where)
     if isinstance(value, float):
@@ -518,6 +519,9 @@ def _evaluate_int(
         raise _located(message, part, path, origin)
     if value < minimum:
         message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
+        raise _located(message, part, path, origin)
+    if maximum is not None and value > maximum:
+        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value:,}; it must be at most {maximum:,}"
         raise _located(message, part, path, origin)
     return value
 
@@ -743,8 +747,8 @@ def _make_op(
         if isinstance(value, Expression) and field in op_type.real_ranges:
             value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])
         elif isinstance(value, Expression):
-            minimum = op_type.minimums.get(field, 1)
-            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum)
+            minimum, maximum = op_type.minimums.get(field, 1), op_type.maximums.get(field)
+            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum, maximum)
         attributes[field] = value
     try:
         return op_type.from_attributes(attributes, in_shapes)
