@@ -679,7 +679,9 @@ def _build_nodes(
         try:
             shape = op.output_shape(in_shapes)
         except ShapeError as error:
-            raise RescompileError(f"{label}: {name}: {error}", location) from None
+            # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
+            # pointed at the network's head: line, a layer_norm's at the node).
+            raise RescompileError(f"{label}: {name}: {error}", part.locate(*node_path)) from None
         full_name = prefix + name
         shapes[full_name] = shape
         nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
@@ -753,7 +755,7 @@ def _make_op(
     try:
         return op_type.from_attributes(attributes, in_shapes)
     except ShapeError as error:
-        raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
+        raise RescompileError(f"{label}: {node_path[1]}: {error}", part.locate(*node_path)) from None
 
 
 __all__ = ["MAX_BLOCKS", "MAX_NODES", "MAX_WEIGHTS", "expand"]

@@ -189,3 +189,50 @@ def test_a_blur_pools_taps_are_capped_where_it_is_written(taps: int, tmp_path_fa
     else:
         assert taps <= MAX_BLUR_TAPS
         assert graph.blocks[0].nodes[1].op.taps == taps  # type: ignore[attr-defined]
+
+
+IMAGE_NODES = (
+    "{op: group_norm, groups: 1}",
+    "{op: layer_norm}",
+    "{op: conv, out_channels: 4, kernel: 1}",
+    "{op: max_pool, kernel: 1}",
+    "{op: blur_pool, taps: 1}",
+    "{op: global_average_pool}",
+    "{op: layer_scale}",
+    "{op: pointwise_linear, out_channels: 4}",
+    "{op: channel_conv, kernel: 3}",
+    "{op: softmax, over: 2}",
+)
+FLAT_HEAD = """name: h
+nodes:
+  pool: {op: global_average_pool}
+  flatten: {op: flatten}
+  probe: NODE
+  fc: {op: linear, out_features: 3}
+"""
+
+
+@settings(max_examples=15, deadline=None)
+@given(node=st.sampled_from(IMAGE_NODES), where=st.sampled_from(["head", "block"]))
+def test_a_nodes_shape_error_points_at_the_node(
+    node: str, where: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An op given a value of the wrong rank is refused at its own line, whichever op it is and
+    whether its op or its shape rule finds it (group_norm's pointed at the network's head: line,
+    layer_norm's at the node)."""
+    folder = tmp_path_factory.mktemp("shapes")
+    (folder / "heads").mkdir()
+    (folder / "blocks").mkdir()
+    (folder / "heads" / "h.yaml").write_text(FLAT_HEAD.replace("NODE", node if where == "head" else "{op: relu}"))
+    block = BLURRED.replace(
+        "  blur: {op: blur_pool, taps: TAPS, padding: (TAPS - 1) // 2}", "  flat: {op: flatten}\n  probe: NODE"
+    )
+    (folder / "blocks" / "t.yaml").write_text(
+        block.replace("NODE", node).replace("[blur, shortcut]", "[probe, shortcut]")
+    )
+    network = SMALL_NETWORK.replace("head: classifier", "head: h").replace("{classes: 10}", "{}")
+    (folder / "net.yaml").write_text(network if where == "block" else network.replace("block: t", "block: basic"))
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(folder / "net.yaml")
+    file, label = ("heads/h.yaml:5:", "head") if where == "head" else ("blocks/t.yaml:6:", "layer1.0")
+    assert re.fullmatch(rf"\S+{file}\d+: {label}: probe: .+", str(raised.value)), str(raised.value)
