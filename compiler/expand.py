@@ -39,11 +39,14 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
 )
-from rescompile.spec.unroll import instantiate
+from rescompile.spec.unroll import Unrolling
 from rescompile.spec.yaml_source import YamlPath
 
 MAX_BLOCKS = 10_000
 """The most blocks a network may have (resnet1202 has 600): expansion and emission take time per block."""
+MAX_NODES = 500_000
+"""The most nodes a network's modules may hold together (resnet1202 has 4,810): a block's templates
+may unroll to 10,000 nodes, and a network may have 10,000 blocks."""
 MAX_WEIGHTS = 2**32
 """The most weight values (parameters and buffers) a network may have: 16 GiB in fp32, a hundred
 times the largest built-in; a width of 2**31 asked every backend for terabytes."""
@@ -66,8 +69,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     input_shape = shape
     modules: list[Module] = []
 
+    unrolling = Unrolling()
     stem_bindings = _bind(stem, spec.stem_parameters, {"in_channels": shape[0]}, network, "stem_parameters")
-    stem = instantiate(stem, stem_bindings, "stems")
+    stem = unrolling.instantiate(stem, stem_bindings, "stems")
     stem_module = _build_module("", "stem", stem, stem_bindings, shape, network.locate("stem"), None, None)
     modules.append(stem_module)
     assert stem_module.out_shape is not None
@@ -78,6 +82,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     """(module index, whether first of its stage, the block unrolled for it), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
+    node_count = len(stem_module.nodes)
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
         transition = parts.transitions[stage_index]
@@ -97,6 +102,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
             module = dataclasses.replace(module, stage_path=stage_path)
             modules.append(module)
+            node_count = _count_nodes(node_count, module)
             assert module.out_shape is not None
             shape = module.out_shape
         else:
@@ -117,7 +123,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             blocks_built += 1
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
-            block = instantiate(block, bindings, "blocks")
+            block = unrolling.instantiate(block, bindings, "blocks")
             assert isinstance(block.spec, BlockSpec)
             instances.append((len(modules), first, block))
             path = spec.naming.block_path(stage_index, block_index)
@@ -144,10 +150,11 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     block.locate("out_channels"),
                 )
             modules.append(module)
+            node_count = _count_nodes(node_count, module)
             shape = module.out_shape
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
-    head = instantiate(head, head_bindings, "heads")
+    head = unrolling.instantiate(head, head_bindings, "heads")
     modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
     out_shape = modules[-1].out_shape
     if out_shape is not None and len(out_shape) != 1:
@@ -299,6 +306,19 @@ def _check_class_nodes(part: Loaded[PartSpec], role: DefinitionRole, nodes: list
             "0, 1, 2, ... without derived values (a Sequential, torchvision's downsample) may be; name it",
             part.source.locate(("nodes", numbered[0].name), key=True),
         )
+
+
+def _count_nodes(total: int, module: Module) -> int:
+    """``total`` and ``module``'s nodes; a network passing :data:`MAX_NODES` is refused at the module
+    where it does."""
+    total += len(module.nodes)
+    if total > MAX_NODES:
+        raise RescompileError(
+            f"{module.path or module.role}: the network's modules hold more than {MAX_NODES:,} nodes here; "
+            "that is the limit",
+            module.source,
+        )
+    return total
 
 
 def _check_weight_count(modules: list[Module]) -> None:
@@ -485,6 +505,7 @@ def _evaluate_int(
     path: tuple[str, ...],
     where: str,
     minimum: int,
+    maximum: int | None = None,
 ) -> int:
     value, origin = _evaluate(expression, bindings, part, path, where)
     if isinstance(value, float):
@@ -498,6 +519,9 @@ def _evaluate_int(
         raise _located(message, part, path, origin)
     if value < minimum:
         message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
+        raise _located(message, part, path, origin)
+    if maximum is not None and value > maximum:
+        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value:,}; it must be at most {maximum:,}"
         raise _located(message, part, path, origin)
     return value
 
@@ -655,7 +679,9 @@ def _build_nodes(
         try:
             shape = op.output_shape(in_shapes)
         except ShapeError as error:
-            raise RescompileError(f"{label}: {name}: {error}", location) from None
+            # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
+            # pointed at the network's head: line, a layer_norm's at the node).
+            raise RescompileError(f"{label}: {name}: {error}", part.locate(*node_path)) from None
         full_name = prefix + name
         shapes[full_name] = shape
         nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
@@ -723,13 +749,13 @@ def _make_op(
         if isinstance(value, Expression) and field in op_type.real_ranges:
             value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])
         elif isinstance(value, Expression):
-            minimum = op_type.minimums.get(field, 1)
-            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum)
+            minimum, maximum = op_type.minimums.get(field, 1), op_type.maximums.get(field)
+            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum, maximum)
         attributes[field] = value
     try:
         return op_type.from_attributes(attributes, in_shapes)
     except ShapeError as error:
-        raise RescompileError(f"{label}: {error}", part.locate(*node_path)) from None
+        raise RescompileError(f"{label}: {node_path[1]}: {error}", part.locate(*node_path)) from None
 
 
-__all__ = ["MAX_BLOCKS", "MAX_WEIGHTS", "expand"]
+__all__ = ["MAX_BLOCKS", "MAX_NODES", "MAX_WEIGHTS", "expand"]

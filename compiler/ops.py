@@ -185,6 +185,8 @@ class OpBase:
     kind: ClassVar[str]
     minimums: ClassVar[Mapping[str, int]] = {}
     """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
+    maximums: ClassVar[Mapping[str, int]] = {}
+    """Largest value of an integer attribute whose cost grows with it beyond what weights or shapes bound."""
     real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {}
     """Attributes that are real numbers rather than integers, each with its range ``[low, high)``."""
     inference_identity: ClassVar[bool] = False
@@ -560,6 +562,10 @@ class Subsample(OpBase):
         return (channels, -(-height // self.stride), -(-width // self.stride))
 
 
+MAX_BLUR_TAPS = 64
+"""The most taps a blur pool's filter may have."""
+
+
 def binomial_filter(taps: int) -> list[float]:
     """The ``taps`` coefficients of the binomial low-pass filter, ``C(taps - 1, k) / 2**(taps - 1)``:
     they sum to 1 (every value is exact in float32 up to 25 taps)."""
@@ -591,6 +597,9 @@ class BlurPool(OpBase):
 
     kind: ClassVar[str] = "blur_pool"
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    # Its filter is a constant per channel (no weight bounds it): 4,001 taps wrote a 1.5 GB ONNX
+    # file. timm blurs with 3 to 7 taps; the filter is exact in float32 up to 25.
+    maximums: ClassVar[Mapping[str, int]] = {"taps": MAX_BLUR_TAPS}
     taps: int
     stride: int
     padding: int

@@ -15,6 +15,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 Value = int | float | str | bool
 Number = int | float
@@ -69,6 +70,10 @@ def _int(x: Number, /) -> int:
 
 
 def _round(number: Number, ndigits: int | None = None) -> Number:
+    # Python's round(5, -10**8) computes 10**(10**8): its time grows with ndigits. Values are at
+    # most 2**40 (13 digits), so a wider ndigits changes nothing a spec could mean.
+    if ndigits is not None and isinstance(ndigits, int) and not -MAX_NDIGITS <= ndigits <= MAX_NDIGITS:
+        raise ExpressionError(f"round's ndigits lies within ±{MAX_NDIGITS}, got {ndigits:,}")
     return round(number, ndigits)  # Python's: halves to even, an int without ndigits
 
 
@@ -103,6 +108,8 @@ ALLOWED_SYNTAX = (
 MAX_LENGTH = 1_000
 MAX_DEPTH = 32
 MAX_MAGNITUDE = 2**40
+MAX_NDIGITS = 32
+"""The widest ``ndigits`` of ``round``: every function's work is bounded by its arguments' bounds."""
 
 
 _SYNTAX_NAMES: dict[type[ast.AST], str] = {
@@ -127,7 +134,7 @@ class Expression:
     text: str
     tree: ast.expr = field(compare=False, repr=False)  # equal texts parse to equal trees
 
-    @property
+    @cached_property  # read at every evaluation while unrolling: walking the tree each time was most of it
     def names(self) -> frozenset[str]:
         """The parameters and derived values it reads (not the functions it calls)."""
         called = {id(node.func) for node in ast.walk(self.tree) if isinstance(node, ast.Call)}
@@ -135,7 +142,7 @@ class Expression:
             node.id for node in ast.walk(self.tree) if isinstance(node, ast.Name) and id(node) not in called
         )
 
-    @property
+    @cached_property
     def functions(self) -> frozenset[str]:
         """The functions of :data:`FUNCTIONS` it calls."""
         return frozenset(

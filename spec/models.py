@@ -9,7 +9,9 @@ words, unknown keys are rejected, and ops are a discriminated union on ``op``.
 from __future__ import annotations
 
 import keyword
+import math
 import re
+import struct
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
@@ -83,6 +85,16 @@ def _check_identifier(value: str) -> str:
     return value
 
 
+def _check_index_name(value: str) -> str:
+    _check_identifier(value)
+    if value in FUNCTIONS:
+        raise ValueError(
+            f"'{value}' is a function expressions call ({', '.join(sorted(FUNCTIONS))}); an index named so would "
+            f"hide it: use another name (i, j, {value}_index)"
+        )
+    return value
+
+
 RESERVED_NAMES = frozenset(
     {"self", "x", "out", "shortcut", "nn", "nnx", "torch", "jax", "jnp", "F", "rngs", "super", "partial", "Any"}
 )
@@ -135,6 +147,26 @@ Count = Annotated[int, Field(strict=True, gt=0)]
 Size = Annotated[int, Field(strict=True, gt=0, le=MAX_SIZE)]
 Name = Annotated[str, AfterValidator(_check_name)]
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
+IndexName = Annotated[str, AfterValidator(_check_index_name)]
+"""A repeat's index: an identifier that is not a function's name."""
+
+
+def _float32(value: float) -> float:
+    """A float the backends store as a float32 parameter or constant: finite there too (1e300 is
+    a float64 but overflowed at build()), and not rounded to 0 where it was not 0 (an epsilon)."""
+    try:
+        stored = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:
+        stored = math.inf
+    if math.isinf(stored):  # struct rounds a value just past the largest float32 to inf
+        raise ValueError("beyond float32's range (±3.4028235e38), which the weights are stored in")
+    if stored == 0 and value != 0:
+        raise ValueError("0 in float32, which the weights are stored in; use at least 1.5e-45")
+    return value
+
+
+Float32 = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32)]
+"""A float attribute that becomes a float32 parameter or constant."""
 ParameterValue = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
 """A part parameter's value: floats are finite (a rate such as ``drop_path_rate: 0.1``)."""
 Parameters = dict[str, ParameterValue]
@@ -172,14 +204,14 @@ class ConvSpec(OpBase):
         description="Convolve with the weight standardised per output channel (timm's StdConv2d); the raw weight "
         "is stored.",
     )
-    standardize_epsilon: float = Field(
+    standardize_epsilon: Float32 = Field(
         default=1e-6, gt=0, allow_inf_nan=False, description="Added to the weight's variance when standardising."
     )
 
 
 class BatchNormSpec(OpBase):
     op: Literal["batch_norm"]
-    epsilon: float = Field(default=1e-5, gt=0, allow_inf_nan=False)
+    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
     momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
@@ -190,7 +222,7 @@ class GroupNormSpec(OpBase):
 
     op: Literal["group_norm"]
     groups: Expr
-    epsilon: float = Field(default=1e-5, gt=0, allow_inf_nan=False)
+    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
 
@@ -359,7 +391,7 @@ class RepeatSpec(OpBase):
     ``input`` is what the first node of the first repetition reads by default."""
 
     op: Literal["repeat"]
-    index: Identifier = Field(description="The name bound to each repetition's number.")
+    index: IndexName = Field(description="The name bound to each repetition's number.")
     count: Expr = Field(description="How many times (0 or more).")
     start: Expr = Field(default=parse_expression(0), description="The index of the first repetition.")
     nodes: dict[str, OpSpec] = Field(min_length=1, description="The nodes of one repetition.")
@@ -370,7 +402,7 @@ class LayerNormSpec(OpBase):
     variance over C, then a per-channel weight and bias."""
 
     op: Literal["layer_norm"]
-    epsilon: float = Field(
+    epsilon: Float32 = Field(
         default=1e-5, gt=0, allow_inf_nan=False, description="Added to the variance (ConvNeXt: 1e-6)."
     )
 
@@ -385,7 +417,7 @@ class LayerScaleSpec(OpBase):
     """A learned per-channel scale (ConvNeXt's gamma), stored under the node's own name."""
 
     op: Literal["layer_scale"]
-    init: float = Field(
+    init: Float32 = Field(
         default=1e-6, allow_inf_nan=False, description="The scale's initial value (timm's ls_init_value)."
     )
 

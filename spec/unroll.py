@@ -23,12 +23,14 @@ The forms a template may take:
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from rescompile.spec.errors import RescompileError
-from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
+from rescompile.spec.errors import Location, RescompileError
+from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import Loaded, PartKind, check_part_references
 from rescompile.spec.models import (
     BinarySpec,
@@ -44,65 +46,138 @@ PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 COMPREHENSION = re.compile(r"^(?P<value>.+?) for (?P<name>[A-Za-z_][A-Za-z0-9_]*) in range\((?P<arguments>.*)\)$")
 MAX_UNROLLED_NODES = 10_000
 """The most nodes one part may unroll to: a repeat count is an expression over parameters."""
+MAX_UNROLL_STEPS = 500_000
+"""The most steps unrolling a network's parts may take, all instances together: a step is a
+template node visited (one a ``when`` removes too), a repeat's iteration or a comprehension's
+item. Counting produced nodes alone let ``count: 2**31`` over nodes that ``when`` removes run
+for ever."""
+
+
+class Unrolling:
+    """The unrollings of one network's parts. An unrolling depends on the parameters its
+    templates read (a ``when``, a count, a placeholder), not on the others, so instances that
+    agree on those share one: a block type of 1,000 instances is unrolled and checked once, not
+    1,000 times, unless its templates read ``block_index``."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self._done: dict[int, tuple[Loaded[PartSpec], list[_Unrollings]]] = {}
+
+    def instantiate(self, part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind) -> Loaded[PartSpec]:
+        """The part with its templates unrolled for an instance whose parameters are ``bindings``."""
+        if not part.spec.templated:
+            return part
+        _, known = self._done.setdefault(id(part), (part, []))  # the part is kept alive: its id stays its own
+        for unrollings in known:
+            done = unrollings.results.get(_key(bindings, unrollings.names))
+            if done is not None:
+                return done
+        unroller = _Unroller(part, dict(bindings), self)
+        unrolled = unroller.unroll(kind)
+        names = tuple(sorted(unroller.read_names))
+        unrollings = next((entry for entry in known if entry.names == names), None)
+        if unrollings is None:
+            unrollings = _Unrollings(names, {})
+            known.append(unrollings)
+        unrollings.results[_key(bindings, names)] = unrolled
+        return unrolled
+
+
+@dataclass
+class _Unrollings:
+    names: tuple[str, ...]
+    """The parameters these unrollings read."""
+    results: dict[tuple[str, ...], Loaded[PartSpec]]
+    """By the values of ``names`` (written with their types: 1, 1.0 and True unroll differently)."""
+
+
+def _key(bindings: Mapping[str, Value], names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{type(bindings.get(name)).__name__}:{bindings.get(name)!r}" for name in names)
 
 
 def instantiate(part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind) -> Loaded[PartSpec]:
-    """The part with its templates unrolled for an instance whose parameters are ``bindings``."""
-    if not part.spec.templated:
-        return part
-    unroller = _Unroller(part, dict(bindings))
-    nodes: dict[str, OpSpec] = {}
-    for name, node, template in unroller.nodes(part.spec.nodes, ("nodes",), {}):
-        if name in nodes:
-            raise RescompileError(
-                f"part '{part.spec.name}' makes node '{name}' twice; give each repetition its own name "
-                "(a placeholder such as convs.{i})",
-                part.source.locate(template, key=True),
-            )
-        nodes[name] = node
-        unroller.origins[name] = template
-        unroller.previous = name
-        if len(nodes) > MAX_UNROLLED_NODES:
-            raise RescompileError(
-                f"part '{part.spec.name}' unrolls to more than {MAX_UNROLLED_NODES:,} nodes; that is the limit",
-                part.source.locate(template, key=True),
-            )
-    if not nodes:
-        raise RescompileError(f"part '{part.spec.name}' has no nodes for these parameters", part.locate("nodes"))
-    spec = part.spec.model_copy(update={"nodes": nodes})
-    unrolled: Loaded[PartSpec] = Loaded(spec, _moved(part.source, unroller.origins), part.extended)
-    check_part_references(unrolled, kind)
-    return unrolled
+    """The part with its templates unrolled for one instance (see :class:`Unrolling`)."""
+    return Unrolling().instantiate(part, bindings, kind)
 
 
 def _moved(source: SourceMap, origins: Mapping[str, YamlPath]) -> SourceMap:
     """A source map where each produced node's paths are its template's."""
     values = {path: location for path, location in source.values.items() if path[:1] != ("nodes",)}
     keys = {path: location for path, location in source.keys.items() if path[:1] != ("nodes",)}
+    templates = set(origins.values())
     for table, original in ((values, source.values), (keys, source.keys)):
+        # Each path below a template, by its template: one pass over the part's paths, not one per produced node.
+        below: dict[YamlPath, list[tuple[YamlPath, Location]]] = {}
+        for path, location in original.items():
+            for length in range(2, len(path) + 1):
+                if path[:length] in templates:
+                    below.setdefault(path[:length], []).append((path[length:], location))
+                    break
         for name, template in origins.items():
-            for path, location in original.items():
-                if path[: len(template)] == template:
-                    table[("nodes", name, *path[len(template) :])] = location
+            for rest, location in below.get(template, ()):
+                table[("nodes", name, *rest)] = location
         if ("nodes",) in original:
             table[("nodes",)] = original[("nodes",)]
     return SourceMap(source.file, values, keys)
 
 
 class _Unroller:
-    def __init__(self, part: Loaded[PartSpec], bindings: dict[str, Value]) -> None:
+    def __init__(self, part: Loaded[PartSpec], bindings: dict[str, Value], unrolling: Unrolling) -> None:
         self.part = part
         self.bindings = bindings
+        self.unrolling = unrolling
+        self.read_names: set[str] = set()
+        """The parameters (and derived values) the templates read: what the unrolling depends on."""
         self.origins: dict[str, YamlPath] = {}
         self.previous = "input"
         """The last node produced: what a node without ``input`` reads."""
+
+    def unroll(self, kind: PartKind) -> Loaded[PartSpec]:
+        part = self.part
+        nodes: dict[str, OpSpec] = {}
+        for name, node, template in self.nodes(part.spec.nodes, ("nodes",), {}):
+            if name in nodes:
+                raise RescompileError(
+                    f"part '{part.spec.name}' makes node '{name}' twice; give each repetition its own name "
+                    "(a placeholder such as convs.{i})",
+                    part.source.locate(template, key=True),
+                )
+            nodes[name] = node
+            self.origins[name] = template
+            self.previous = name
+            if len(nodes) > MAX_UNROLLED_NODES:
+                raise RescompileError(
+                    f"part '{part.spec.name}' unrolls to more than {MAX_UNROLLED_NODES:,} nodes; that is the limit",
+                    part.source.locate(template, key=True),
+                )
+        if not nodes:
+            raise RescompileError(f"part '{part.spec.name}' has no nodes for these parameters", part.locate("nodes"))
+        spec = part.spec.model_copy(update={"nodes": nodes})
+        unrolled: Loaded[PartSpec] = Loaded(spec, _moved(part.source, self.origins), part.extended)
+        check_part_references(unrolled, kind)
+        return unrolled
+
+    def step(self, path: YamlPath) -> None:
+        """Count one step of work against :data:`MAX_UNROLL_STEPS`."""
+        self.unrolling.steps += 1
+        if self.unrolling.steps > MAX_UNROLL_STEPS:
+            raise self.error(
+                f"unrolling the network's templates takes more than {MAX_UNROLL_STEPS:,} steps (template nodes "
+                "visited, repeat iterations and comprehension items, in all instances); that is the limit",
+                path,
+                key=path[-1] != "inputs" and not isinstance(path[-1], int),
+            )
+
+    def value(self, expression: Expression, scope: Mapping[str, Value]) -> Value:
+        self.read_names.update(name for name in expression.names if name not in scope)
+        return expression.evaluate({**self.bindings, **scope})
 
     def error(self, message: str, path: YamlPath, key: bool = False) -> RescompileError:
         return RescompileError(f"part '{self.part.spec.name}': {message}", self.part.source.locate(path, key=key))
 
     def evaluate(self, expression: Expression, scope: Mapping[str, Value], path: YamlPath) -> Value:
         try:
-            return expression.evaluate({**self.bindings, **scope})
+            return self.value(expression, scope)
         except ExpressionError as error:
             raise self.error(f"{'.'.join(map(str, path[1:]))} = {expression.text}: {error}", path) from None
 
@@ -117,7 +192,7 @@ class _Unroller:
 
         def fill(match: re.Match[str]) -> str:
             try:
-                value = parse_expression(match.group(1)).evaluate({**self.bindings, **scope})
+                value = self.value(_parsed(match.group(1)), scope)
             except ExpressionError as error:
                 raise self.error(f"in '{template}': {error}", path, key) from None
             if isinstance(value, bool) or not isinstance(value, int | str):
@@ -150,7 +225,19 @@ class _Unroller:
             ]
             if not 1 <= len(bounds) <= 2:
                 raise self.error(f"'{value}': range takes a stop, or a start and a stop", (*path, index))
-            for number in range(*bounds):
+            if match["name"] in FUNCTIONS:
+                raise self.error(
+                    f"'{value}': '{match['name']}' is a function expressions call; name the item otherwise (k, i)",
+                    (*path, index),
+                )
+            numbers = range(*bounds)
+            if len(numbers) > MAX_UNROLLED_NODES:
+                raise self.error(
+                    f"'{value}' makes {len(numbers):,} values; a comprehension makes at most {MAX_UNROLLED_NODES:,}",
+                    (*path, index),
+                )
+            for number in numbers:
+                self.step((*path, index))
                 result.append(self.read(match["value"], {**scope, match["name"]: number}, (*path, index)))
         return tuple(result)
 
@@ -160,12 +247,14 @@ class _Unroller:
         """Each produced node: its name, its plain spec and the path of its template."""
         for template_name, node in nodes.items():
             path = (*prefix, template_name)
-            if node.when is not None and not self.evaluate(_bound(node.when, scope), scope, (*path, "when")):
+            self.step(path)
+            if node.when is not None and not self.evaluate(node.when, scope, (*path, "when")):
                 continue
             if isinstance(node, RepeatSpec):
                 start = self.integer(node.start, scope, (*path, "start"), -(2**31))
                 count = self.integer(node.count, scope, (*path, "count"), 0)
                 for number in range(start, start + count):
+                    self.step(path)
                     inner = {**scope, node.index: number}
                     for index, produced in enumerate(self.nodes(node.nodes, (*path, "nodes"), inner)):
                         name, spec, origin = produced
@@ -238,9 +327,15 @@ def _bound(expression: Expression, scope: Mapping[str, Value]) -> Expression:
     return substituted if substituted.names else parse_expression(substituted.evaluate({}))
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Expression:
+    """A placeholder's or condition's expression, parsed once (a repeat reads it every iteration)."""
+    return parse_expression(text)
+
+
 def _parse(text: str, unroller: _Unroller, path: YamlPath) -> Expression:
     try:
-        return parse_expression(text)
+        return _parsed(text)
     except ExpressionError as error:
         raise unroller.error(str(error), path) from None
 

@@ -8,6 +8,7 @@ every mapping key and value has a :class:`Location` for error messages.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,19 @@ class YamlDocument:
     source: SourceMap
 
 
+LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+"""YAML's line breaks, as PyYAML's marks count them: a lone CR and NEL (U+0085) end a line too."""
+
+
+def line_column(text: str, position: int) -> tuple[int, int]:
+    """The 1-based line and column of ``text[position]``, counted as the YAML parser counts them,
+    so that a location found outside it (a bad character) agrees with its marks."""
+    line, start = 1, 0
+    for match in LINE_BREAK.finditer(text, 0, position):
+        line, start = line + 1, match.end()
+    return line, position - start + 1
+
+
 def _location(file: str, mark: yaml.Mark | None) -> Location:
     if mark is None:
         return Location(file, 1, 1)
@@ -102,8 +116,7 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         raise RescompileError(f"malformed YAML: {problem}", _location(file, mark)) from None
     except yaml.reader.ReaderError as error:
         # Its str() adds a second line ('in "<unicode string>", position N'); say it in one.
-        line = text.count("\n", 0, error.position) + 1
-        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        line, column = line_column(text, error.position)
         character = ascii(chr(error.character)) if isinstance(error.character, int) else repr(error.character)
         raise RescompileError(f"malformed YAML: {error.reason}: {character}", Location(file, line, column)) from None
     except yaml.YAMLError as error:
@@ -234,8 +247,8 @@ def read_yaml(path: Path, shown_as: str | None = None) -> YamlDocument:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        before = data[: error.start].decode("utf-8")  # the bytes before the first bad one are UTF-8
+        line, column = line_column(before, len(before))
         raise RescompileError(
             f"{name} is not UTF-8 text (byte 0x{data[error.start]:02x})", Location(name, line, column)
         ) from None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rescompile.compiler.expand import expand
+from rescompile.compiler.ops import MAX_BLUR_TAPS
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import load_network, load_parts, resolve_network
@@ -145,3 +149,90 @@ def test_block_index_counts_blocks_over_the_whole_network() -> None:
     graph = compile_spec("resnet50", size=32)
     assert [block.parameter("block_index") for block in graph.blocks] == list(range(16))
     assert {block.parameter("block_count") for block in graph.blocks} == {16}
+
+
+BLURRED = """name: t
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1}
+  blur: {op: blur_pool, taps: TAPS, padding: (TAPS - 1) // 2}
+  add: {op: add, inputs: [blur, shortcut]}
+"""
+SMALL_NETWORK = """name: net
+input: {channels: 3, size: 8}
+stem: cifar
+block: t
+shortcut: B
+stages:
+  - {depth: 1, width: 4}
+head: classifier
+head_parameters: {classes: 10}
+"""
+
+
+@settings(max_examples=20, deadline=None)
+@given(taps=st.one_of(st.integers(1, 100), st.integers(1, 10_000), st.just(MAX_BLUR_TAPS), st.just(4_001)))
+def test_a_blur_pools_taps_are_capped_where_it_is_written(taps: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """4,001 taps wrote a 1.5 GB ONNX file, 6,001 an EncodeError traceback: the filter is a constant
+    no weight limit bounds."""
+    folder = tmp_path_factory.mktemp("blur")
+    (folder / "blocks").mkdir()
+    (folder / "blocks" / "t.yaml").write_text(BLURRED.replace("TAPS", str(taps)))
+    (folder / "net.yaml").write_text(SMALL_NETWORK)
+    try:
+        graph = compile_spec(folder / "net.yaml")
+    except RescompileError as error:
+        assert re.fullmatch(r"\S+:\d+:\d+: .+", str(error)), str(error)
+        if taps > MAX_BLUR_TAPS:
+            assert re.fullmatch(r"\S+blocks/t\.yaml:5:\d+: .+", str(error)), str(error)
+            assert str(error).endswith(f"layer1.0: nodes.blur.taps = {taps} gives {taps:,}; it must be at most 64")
+    else:
+        assert taps <= MAX_BLUR_TAPS
+        assert graph.blocks[0].nodes[1].op.taps == taps  # type: ignore[attr-defined]
+
+
+IMAGE_NODES = (
+    "{op: group_norm, groups: 1}",
+    "{op: layer_norm}",
+    "{op: conv, out_channels: 4, kernel: 1}",
+    "{op: max_pool, kernel: 1}",
+    "{op: blur_pool, taps: 1}",
+    "{op: global_average_pool}",
+    "{op: layer_scale}",
+    "{op: pointwise_linear, out_channels: 4}",
+    "{op: channel_conv, kernel: 3}",
+    "{op: softmax, over: 2}",
+)
+FLAT_HEAD = """name: h
+nodes:
+  pool: {op: global_average_pool}
+  flatten: {op: flatten}
+  probe: NODE
+  fc: {op: linear, out_features: 3}
+"""
+
+
+@settings(max_examples=15, deadline=None)
+@given(node=st.sampled_from(IMAGE_NODES), where=st.sampled_from(["head", "block"]))
+def test_a_nodes_shape_error_points_at_the_node(
+    node: str, where: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An op given a value of the wrong rank is refused at its own line, whichever op it is and
+    whether its op or its shape rule finds it (group_norm's pointed at the network's head: line,
+    layer_norm's at the node)."""
+    folder = tmp_path_factory.mktemp("shapes")
+    (folder / "heads").mkdir()
+    (folder / "blocks").mkdir()
+    (folder / "heads" / "h.yaml").write_text(FLAT_HEAD.replace("NODE", node if where == "head" else "{op: relu}"))
+    block = BLURRED.replace(
+        "  blur: {op: blur_pool, taps: TAPS, padding: (TAPS - 1) // 2}", "  flat: {op: flatten}\n  probe: NODE"
+    )
+    (folder / "blocks" / "t.yaml").write_text(
+        block.replace("NODE", node).replace("[blur, shortcut]", "[probe, shortcut]")
+    )
+    network = SMALL_NETWORK.replace("head: classifier", "head: h").replace("{classes: 10}", "{}")
+    (folder / "net.yaml").write_text(network if where == "block" else network.replace("block: t", "block: basic"))
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(folder / "net.yaml")
+    file, label = ("heads/h.yaml:5:", "head") if where == "head" else ("blocks/t.yaml:6:", "layer1.0")
+    assert re.fullmatch(rf"\S+{file}\d+: {label}: probe: .+", str(raised.value)), str(raised.value)

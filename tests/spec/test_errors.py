@@ -94,7 +94,7 @@ CASES = {
     "stride_shrinks_map_below_one_pixel": (
         network(("stem: cifar", "stem: tiny"), ("size: 32", "size: 4")),
         {"stems/tiny.yaml": "name: tiny\nnodes:\n  conv1: {op: conv, out_channels: 16, kernel: 7, stride: 2}\n"},
-        "net.yaml:3:7: stem: conv1: conv (kernel 7×7, stride 2) would shrink the 4×4 feature map below 1×1; "
+        "stems/tiny.yaml:3:10: stem: conv1: conv (kernel 7×7, stride 2) would shrink the 4×4 feature map below 1×1; "
         "use a larger input size or fewer strided stages",
     ),
     "malformed_yaml": (

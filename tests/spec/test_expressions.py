@@ -1,12 +1,16 @@
 """The expression language: arithmetic, conditionals and a few pure functions, parsed safely, never eval'd."""
 
+import contextlib
 import math
 import re
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from timm.layers.helpers import make_divisible as timm_make_divisible
 
-from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, ExpressionError, parse_expression
+from rescompile.spec.expressions import FUNCTIONS, MAKE_DIVISIBLE_SOURCE, ExpressionError, parse_expression
 
 
 @pytest.mark.parametrize(
@@ -171,3 +175,28 @@ def test_called_functions_are_not_names() -> None:
     expression = parse_expression("make_divisible(width * 0.25, 8) + min(block_index, 2)")
     assert expression.names == {"width", "block_index"}
     assert expression.functions == {"make_divisible", "min"}
+
+
+_ARGUMENTS = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.floats(-(2.0**40), 2.0**40, allow_nan=False),
+    st.sampled_from([-(2**40), -(10**8), -33, -32, 0, 32, 33, 10**8, 2**40]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(sorted(FUNCTIONS)), arguments=st.lists(_ARGUMENTS, min_size=1, max_size=4))
+def test_every_function_is_quick_for_any_arguments_in_range(name: str, arguments: list[float]) -> None:
+    """A function's work may not grow with an argument's value (round(5, -10**8) computed
+    10**(10**8)): any numbers within the spec's bounds give a value or an ExpressionError, quickly."""
+    text = f"{name}({', '.join(repr(argument) for argument in arguments)})"
+    started = time.perf_counter()
+    with contextlib.suppress(ExpressionError):
+        parse_expression(text).evaluate({})
+    assert time.perf_counter() - started < 0.5, text
+
+
+def test_round_refuses_ndigits_beyond_its_bound() -> None:
+    assert parse_expression("round(123456, -32)").evaluate({}) == 0
+    with pytest.raises(ExpressionError, match=re.escape("round's ndigits lies within ±32, got -100,000,000")):
+        parse_expression("round(5, -100000000)").evaluate({})
