@@ -30,7 +30,7 @@ from rescompile.backends.interface import Writer
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-from rescompile.backends.names import Namespace, attribute_access, with_containers
+from rescompile.backends.names import GENERATED_FILE_NAMES, STAGE_LOCALS, Namespace, attribute_access, with_containers
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -369,12 +369,10 @@ class BlockClass:
     """Derived values as source text, computed first in the constructor."""
     shortcut_source: str
     """The Python variable the shortcut module reads: ``x`` (the block input) or a node's."""
+    python_name: str
+    """Its class's name, handed out by :func:`part_names` (``BottleneckBlock``)."""
     classes: list[ContainerClass] = field(default_factory=list)
     """Its containers written as classes of their own; ``nodes`` holds one :data:`CLASS_KIND` node each."""
-
-    @property
-    def python_name(self) -> str:
-        return class_name(self.definition.name, "Block")
 
 
 @dataclass(frozen=True)
@@ -387,13 +385,8 @@ class ShortcutClass:
     derived: dict[str, str]
     sequential: bool
     """Nodes named 0, 1, … in a chain: emitted as an nn.Sequential (torchvision's downsample)."""
-
-    @property
-    def python_name(self) -> str:
-        """The function (sequential) or class that builds it in generated source."""
-        name = self.definition.name
-        suffix = "Transition" if self.definition.role == "transition" else "Shortcut"
-        return function_name(name) if self.sequential else class_name(name, suffix)
+    python_name: str
+    """The function (sequential) or class that builds it in generated source (:func:`part_names`)."""
 
     @property
     def arguments(self) -> list[str]:
@@ -437,6 +430,7 @@ def shortcut_attribute(graph: Graph) -> str | None:
 def block_classes(graph: Graph) -> list[BlockClass]:
     """One class per block definition of ``graph`` (a network may use several, one per stage)."""
     attribute = shortcut_attribute(graph)
+    names = part_names(graph)
     classes: list[BlockClass] = []
     for definition in graph.definitions:
         if definition.role != "block":
@@ -450,7 +444,8 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
         containers: list[ContainerClass] = []
-        for prefix, name in definition.classes:
+        for prefix, _ in definition.classes:
+            name = names.containers[(definition.name, prefix)]
             container, source = _container(graph, definition, prefix, name, nodes, source)
             containers.append(container)
         classes.append(
@@ -463,6 +458,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
                 zero_init=zero_init if graph.residual else [],
                 derived=_derived(definition),
                 shortcut_source=variables[definition.shortcut_input] if graph.residual else "x",
+                python_name=names.parts[("block", definition.name)],
             )
         )
     return classes
@@ -567,17 +563,93 @@ def block_type(classes: list[BlockClass]) -> str:
 def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:
     """The shortcut kinds of ``graph`` (or, with ``role="transition"``, its transitions)."""
     classes: list[ShortcutClass] = []
+    names = part_names(graph)
     for definition in graph.definitions:
         if definition.role != role:
             continue
         nodes = list(definition.nodes)
-        sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
-            node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
-            for index, node in enumerate(nodes)
+        classes.append(
+            ShortcutClass(
+                definition,
+                source_nodes(nodes, "x", "out"),
+                _derived(definition),
+                _sequential(definition),
+                names.parts[(role, definition.name)],
+            )
         )
-        derived = _derived(definition)
-        classes.append(ShortcutClass(definition, source_nodes(nodes, "x", "out"), derived, sequential and not derived))
     return classes
+
+
+def _sequential(definition: Definition) -> bool:
+    """Whether a shortcut or transition is written as a function returning a Sequential: nodes named
+    0, 1, … in a chain, and no derived value to compute first."""
+    nodes = definition.nodes
+    chain = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
+        node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,)) for index, node in enumerate(nodes)
+    )
+    return chain and not _derived(definition)
+
+
+@dataclass(frozen=True)
+class PartNames:
+    """The module-level names one emission gives its parts: every name generated code defines for a
+    part comes from here, handed out by one :class:`Namespace`."""
+
+    parts: dict[tuple[DefinitionRole, str], str]
+    """(role, definition name) -> the class (``BottleneckBlock``) or function (``projection``) of a
+    block, shortcut or transition."""
+    containers: dict[tuple[str, str], str]
+    """(block definition name, container prefix) -> the class of a block's ``classes:`` entry."""
+
+
+def part_names(graph: Graph) -> PartNames:
+    """The names of ``graph``'s part classes and functions, legal and unique: each part asks for the
+    name it would have alone (``a_b`` and ``a-b`` both ask for ``ABBlock``), in definition order,
+    and a name taken, or one the file defines, imports or calls a part class from
+    (:data:`GENERATED_FILE_NAMES`, :data:`STAGE_LOCALS`, any part's parameters and derived values,
+    the shortcut attribute), is handed out suffixed instead. Containers of several blocks (or
+    variants of one) that are the same nodes under the same requested name share one class."""
+    reserved = set(GENERATED_FILE_NAMES | STAGE_LOCALS)
+    attribute = shortcut_attribute(graph)
+    reserved |= {attribute} if attribute is not None else set()
+    for definition in graph.definitions:
+        reserved |= {name for name, _ in definition.parameters} | {name for name, _ in definition.derived}
+    namespace = Namespace(reserved=frozenset(reserved))
+    parts: dict[tuple[DefinitionRole, str], str] = {}
+    containers: dict[tuple[str, str], str] = {}
+    shared: dict[object, str] = {}
+    for definition in graph.definitions:
+        role = definition.role
+        if role == "block":
+            parts[(role, definition.name)] = namespace.create_name(class_name(definition.name, "Block"))
+            for prefix, requested in definition.classes:
+                key = (requested, _container_key(definition, prefix))
+                if key not in shared:
+                    shared[key] = namespace.create_name(requested)
+                containers[(definition.name, prefix)] = shared[key]
+        elif role in ("shortcut", "transition"):
+            suffix = "Transition" if role == "transition" else "Shortcut"
+            candidate = (
+                function_name(definition.name) if _sequential(definition) else class_name(definition.name, suffix)
+            )
+            parts[(role, definition.name)] = namespace.create_name(candidate)
+    return PartNames(parts, containers)
+
+
+def _container_key(definition: Definition, prefix: str) -> object:
+    """What makes two containers one class: their nodes, named and read inside the container."""
+    start = len(prefix) + 1
+    inside = [node for node in definition.nodes if node.name.startswith(f"{prefix}.")]
+    names = {node.name for node in inside}
+    return tuple(
+        (
+            node.name[start:],
+            node.kind,
+            node.attributes,
+            tuple(value[start:] if value in names else "" for value in node.inputs),
+        )
+        for node in inside
+    )
 
 
 @dataclass(frozen=True)
@@ -609,6 +681,7 @@ def _options(graph: Graph, block: Module) -> dict[str, Value]:
 
 
 def stage_calls(graph: Graph) -> list[StageCall]:
+    names = part_names(graph).parts
     calls: list[StageCall] = []
     for stage in graph.stage_names():
         blocks = [block for block in graph.blocks if block.stage == stage]
@@ -628,7 +701,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         calls.append(
             StageCall(
                 stage,
-                class_name(typical[0].type_name, "Block"),
+                names[("block", typical[0].type_name)],
                 first.in_shape[0],
                 last.out_shape[0],
                 width,
@@ -636,7 +709,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
                 stride,
                 options,
                 graph.blocks.index(first),
-                class_name(first.type_name, "Block") if differs else None,
+                names[("block", first.type_name)] if differs else None,
                 first_options if differs else {},
             )
         )

@@ -205,6 +205,9 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
     by_name: dict[str, list[tuple[bool, Loaded[PartSpec]]]] = {}
     for _, first, block in instances:
         by_name.setdefault(block.spec.name, []).append((first, block))
+    # A variant's name is new: never a block type of the network (a user block named x_first or
+    # x_2 beside x) nor another variant's, or one definition would stand for both.
+    taken = set(by_name)
     chosen: dict[int, Loaded[PartSpec]] = {}
     for name, uses in by_name.items():
         kinds: list[tuple[dict[str, object], list[bool], Loaded[PartSpec]]] = []
@@ -222,6 +225,10 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
                 # NAME_first where the main kind holds the other blocks (not where every block is a first one).
                 only_first = all(firsts) and not all(kinds[0][1]) and sum(all(other[1]) for other in kinds[1:]) == 1
                 new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
+                base, suffix = new_name, 2
+                while new_name in taken:
+                    new_name, suffix = f"{base}_{suffix}", suffix + 1
+                taken.add(new_name)
             renamed.append(
                 block
                 if new_name == name
