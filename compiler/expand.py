@@ -182,7 +182,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         *(_definition(transition, "transition") for transition in used_transitions.values()),
         *(_definition(block, "block", residual=policy is not None) for block in unique.values()),
         _definition(head, "head"),
-        *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
+        # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
+        *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
     ]
     return Graph(
         name=spec.name,
@@ -324,7 +325,9 @@ def _check_weight_count(modules: list[Module]) -> None:
 IN_CHANNELS = parse_expression("in_channels")
 
 
-def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = True) -> Definition:
+def _definition(
+    part: Loaded[PartSpec], role: DefinitionRole, residual: bool = True, definition_name: str | None = None
+) -> Definition:
     """A part as a definition: each node's attributes as the spec states them (expressions over the
     part's parameters) plus what its op derives from its input channels, by the op table's
     symbolic rule. In a plain network (``residual`` False) a block's residual add is dropped and
@@ -354,7 +357,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         _check_class_nodes(part, role, nodes)
     definition = Definition(
         role=role,
-        name=spec.name,
+        name=spec.name if definition_name is None else definition_name,
         description=spec.description,
         parameters=tuple(spec.parameters.items()),
         derived=tuple(spec.derived.items()),

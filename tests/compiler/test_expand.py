@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from rescompile.backends import flax_backend, torch_backend
+from rescompile.cli import main
+from rescompile.compiler.cost import cost
 from rescompile.compiler.expand import expand
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError
@@ -145,3 +148,43 @@ def test_block_index_counts_blocks_over_the_whole_network() -> None:
     graph = compile_spec("resnet50", size=32)
     assert [block.parameter("block_index") for block in graph.blocks] == list(range(16))
     assert {block.parameter("block_count") for block in graph.blocks} == {16}
+
+
+SHORTCUT_NAMED_APART = """\
+name: NAME
+nodes:
+  '0': {op: conv, out_channels: out_channels, kernel: 1, stride: stride}
+  '1': {op: batch_norm}
+"""
+NETWORK_WITH_PROJ = """\
+name: n
+input: {channels: 3, size: 8}
+stem: cifar
+block: basic
+shortcut: {where_shapes_match: identity, where_shapes_change: proj}
+stages:
+  - {depth: 1, width: 4}
+  - {depth: 2, width: 8, stride: 2}
+head: classifier
+head_parameters: {classes: 3}
+"""
+
+
+@pytest.mark.parametrize("name", ["other_name", "projection", "identity"])
+def test_a_shortcut_named_apart_from_its_file_is_the_network_s_name_for_it(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shortcut file proj.yaml saying ``name: other_name``: its definition is the policy's 'proj',
+    the name each block's shortcut has, so every backend finds it (torch and flax died with KeyError)."""
+    (tmp_path / "shortcuts").mkdir()
+    (tmp_path / "shortcuts" / "proj.yaml").write_text(SHORTCUT_NAMED_APART.replace("NAME", name))
+    (tmp_path / "net.yaml").write_text(NETWORK_WITH_PROJ)
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [definition.name for definition in graph.definitions if definition.role == "shortcut"] == ["proj"]
+    assert {block.shortcut for block in graph.blocks} == {"identity", "proj"}
+    if name == "other_name":
+        assert main(["check", str(tmp_path / "net.yaml")]) == 0
+        assert "all backends agree" in capsys.readouterr().out
+    else:
+        for backend in (torch_backend, flax_backend):
+            assert backend.count_parameters(backend.build_module(graph)) == cost(graph).parameters
