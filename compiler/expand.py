@@ -157,6 +157,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             head.locate("nodes", list(head.spec.nodes)[-1]),
         )
     _check_weight_count(modules)
+    _check_paths_apart(modules, network)
     held_in = {shortcut.spec.module for shortcut in used_shortcuts.values() if isinstance(shortcut.spec, ShortcutSpec)}
     if len(held_in) > 1:
         raise RescompileError(
@@ -239,6 +240,39 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
             position = next(index for index, kind in enumerate(kinds) if kind[0] == block.spec.nodes)
             chosen[id(block)] = renamed[position]
     return chosen
+
+
+def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> None:
+    """The network's attributes (stem and head nodes, stage transitions, stages, which hold their
+    blocks) are distinct paths, none inside another: ``naming`` may place a transition or a stage
+    anywhere, and two owners of one path would be one attribute in generated code."""
+    owners: dict[str, str] = {}
+    for module in modules:
+        if module.role in ("stem", "head"):
+            items = [(node.name, f"{module.role} node '{node.name}'") for node in module.nodes]
+        elif module.role == "transition":
+            items = [(module.path, f"the transition '{module.path}' of stage '{module.stage}'")]
+        else:
+            items = [(module.stage, f"stage '{module.stage}'")]
+        for path, owner in items:
+            if owners.get(path, owner) == owner or (module.role == "head" and owners[path].startswith("stem ")):
+                owners.setdefault(path, owner)  # stem and head nodes apart are the loader's check
+                continue
+            raise RescompileError(
+                f"{owners[path]} and {owner} are both at '{path}'; give naming.stages, naming.transitions "
+                "and the stem's and head's nodes distinct paths",
+                network.locate("naming"),
+            )
+    for path, owner in owners.items():
+        segments = path.split(".")
+        for length in range(1, len(segments)):
+            prefix = ".".join(segments[:length])
+            if prefix in owners and not {owner[:5], owners[prefix][:5]} <= {"stem ", "head "}:
+                raise RescompileError(
+                    f"{owner} is at '{path}', inside {owners[prefix]} at '{prefix}'; give naming.stages, "
+                    "naming.transitions and the stem's and head's nodes paths apart",
+                    network.locate("naming"),
+                )
 
 
 def _check_distinct(used: dict[str, Loaded[PartSpec]], part: Loaded[PartSpec], where: Location) -> None:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rescompile.backends import flax_backend, torch_backend
+from rescompile.backends.torch_backend import count_parameters
 from rescompile.cli import main
 from rescompile.compiler.cost import cost
 from rescompile.compiler.expand import expand
 from rescompile.compiler.pipeline import compile_spec
+from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import load_network, load_parts, resolve_network
 
@@ -188,3 +194,61 @@ def test_a_shortcut_named_apart_from_its_file_is_the_network_s_name_for_it(
     else:
         for backend in (torch_backend, flax_backend):
             assert backend.count_parameters(backend.build_module(graph)) == cost(graph).parameters
+
+
+CONVNEXT_NAMED = """\
+name: n
+input: {channels: 3, size: 16}
+stem: convnext_patch
+stem_parameters: {width: 8}
+block: convnext
+shortcut: identity
+transition: convnext_downsample
+naming: {stages: "STAGES", transitions: "TRANSITIONS"}
+stages:
+  - {depth: 1, width: 8}
+  - {depth: 1, width: 16, stride: 2}
+  - {depth: 1, width: 16, stride: 2}
+head: convnext_head
+head_parameters: {classes: 3}
+"""
+STAGE_PATTERNS = [
+    "layer{number}",
+    "layer{index}",
+    "stages.{index}.blocks",
+    "stages.{index}",
+    "s{number}",
+    "head{index}",
+]
+TRANSITION_PATTERNS = [*STAGE_PATTERNS, "layer{index}.down", "stages.{index}.downsample", "stem.{index}", "norm{index}"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(STAGE_PATTERNS), st.sampled_from(TRANSITION_PATTERNS))
+def test_naming_either_places_every_attribute_apart_or_is_refused_located(stages: str, transitions: str) -> None:
+    """A transition at another stage's path (stages layer{number}, transitions layer{index}) built
+    self.layer1 twice in torch and flax: validate refuses it at the naming key."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "net.yaml"
+        path.write_text(CONVNEXT_NAMED.replace("STAGES", stages).replace("TRANSITIONS", transitions))
+        try:
+            graph = compile_spec(path)
+        except RescompileError as error:
+            # At the naming key, or at a stem or head node the naming would share a path with.
+            assert re.match(r"\S+\.yaml:\d+:\d+: ", str(error)), error
+            return
+    model = torch_backend.build_module(graph)
+    keys = {key for key in model.state_dict() if not key.endswith("num_batches_tracked")}
+    assert keys == set(weight_shapes(graph))
+    assert count_parameters(model) == cost(graph).parameters
+
+
+def test_a_transition_at_another_stage_s_path_is_refused_located(tmp_path: Path) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(CONVNEXT_NAMED.replace("STAGES", "layer{number}").replace("TRANSITIONS", "layer{index}"))
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(path)
+    assert str(raised.value) == (
+        f"{path}:8:9: stage 'layer1' and the transition 'layer1' of stage 'layer2' are both at 'layer1'; give "
+        "naming.stages, naming.transitions and the stem's and head's nodes distinct paths"
+    )
