@@ -401,6 +401,15 @@ def _definition(
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
     )
     for prefix in dict(definition.classes):
+        outer = next((other for other in dict(definition.classes) if prefix.startswith(f"{other}.")), None)
+        if outer is not None:
+            # NOTE: a class inside a class would need the outer class to write the inner one; refused, not
+            # approximated (the outer class dropped the nodes after the inner one).
+            raise RescompileError(
+                f"block '{spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a class "
+                "cannot hold another one: keep one of them",
+                part.source.locate(("classes", prefix), key=True),
+            )
         try:
             container_span(definition, prefix)
         except ValueError as error:

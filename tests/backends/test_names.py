@@ -323,3 +323,27 @@ def test_a_sequential_shortcut_named_as_a_generated_name_is_renamed(shortcut: st
         _write_parts(tmp_path, parts, TWO_STAGE_NETWORK.format(first="p", second="p", shortcut=policy))
     )
     assert_compiles_to_the_ir(graph)
+
+
+NESTED_SE_BLOCK = (
+    SE_BLOCK.replace("se.fc1:", "se.a.fc1:").replace("se.act:", "se.a.act:").replace("se.fc2:", "se.a.fc2:")
+)
+
+
+@pytest.mark.parametrize("classes", ["{se: Outer, se.a: Inner}", "{se.a: Inner, se: Outer}"])
+def test_a_class_inside_a_class_is_refused_located(classes: str, tmp_path: Path) -> None:
+    """Nested classes dropped the outer class's nodes after the inner one (se.mul, then a
+    BatchNorm) and still ran: refused at the inner class's key."""
+    block = NESTED_SE_BLOCK.replace("name: se_basic\n", f"name: se_basic\nclasses: {classes}\n")
+    path = _write(tmp_path, block=block)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(path)
+    column = classes.index("se.a") + 1 + len("classes: ")
+    assert str(raised.value) == (
+        f"{tmp_path / 'blocks' / 'se_basic.yaml'}:2:{column}: block 'se_basic': classes.se.a is inside classes.se; "
+        "a container written as a class cannot hold another one: keep one of them"
+    )
+    # Either class alone is written, and computes the IR.
+    for alone in ("{se: Outer}", "{se.a: Inner}"):
+        _write(tmp_path, block=NESTED_SE_BLOCK.replace("name: se_basic\n", f"name: se_basic\nclasses: {alone}\n"))
+        assert_compiles_to_the_ir(compile_spec(path))
