@@ -58,6 +58,7 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     stage_construction,
+    sum_source,
     template,
     transition_arguments,
     uses_block_index,
@@ -246,7 +247,7 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": lambda node, in_shape: Lowering(expression=" + ".join(_placeholders(node))),
+    "add": lambda node, in_shape: Lowering(expression=sum_source(_placeholders(node))),
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
     "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),

@@ -118,6 +118,19 @@ def function_name(part_name: str) -> str:
     return f"{name}_shortcut" if keyword.iskeyword(name) or name in RESERVED_NAMES else name
 
 
+MAX_INLINE_TERMS = 32
+"""An add of more inputs is written ``sum([b, c, ...], a)``: ``a + b + ...`` nests one syntax-tree
+level per term, and Python's compiler fails on a few thousand (a RecursionError at import)."""
+
+
+def sum_source(terms: list[str]) -> str:
+    """The sum of ``terms`` (Python expressions) in order, ``((a + b) + c) + ...``, as ``a + b + c``,
+    or as the same sum by the builtin ``sum`` where there are more than :data:`MAX_INLINE_TERMS`."""
+    if len(terms) <= MAX_INLINE_TERMS:
+        return " + ".join(terms)
+    return f"sum([{', '.join(terms[1:])}], {terms[0]})"
+
+
 def _text(value: Value) -> str:
     """A parameter value as a Python literal. Strings come out double-quoted where that needs no
     escaping (the quotes ruff writes); every character ``repr`` would escape stays escaped, so no
