@@ -685,12 +685,26 @@ class StageCall:
     """The class of its first block where that block differs (its type or parameters), else None."""
     first_options: dict[str, Value] = field(default_factory=dict)
     """The first block's parameters that differ from its defaults, where it differs."""
+    layout: list[tuple[str, int, dict[str, Value]]] = field(default_factory=list)
+    """Per block, its class, output channels and options, for a stage whose blocks are not one
+    block type (or a first block apart) ending at the stage's output channels: a first block of
+    other output channels (a bottleneck before basic blocks), or later blocks of several unrollings
+    or parameters. Empty for a regular stage."""
 
 
 def _options(graph: Graph, block: Module) -> dict[str, Value]:
     """A block's parameters that differ from its definition's defaults."""
     defaults = dict(graph.definition("block", block.type_name).parameters)
     return {name: value for name, value in block.parameters if name in defaults and defaults[name] != value}
+
+
+def uses_layout(calls: list[StageCall]) -> bool:
+    """Whether a stage is built from a per-block layout (``_make_stage(..., layout=[...])``)."""
+    return any(call.layout for call in calls)
+
+
+LAYOUT_LINES = ["if layout is not None:", "    block, out_channels, options = layout[index]"]
+"""``_make_stage``'s lines taking each block's class, output channels and options from a layout."""
 
 
 def stage_calls(graph: Graph) -> list[StageCall]:
@@ -702,15 +716,35 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         # The stage's blocks are its later ones; a first block differing from them is passed apart.
         typical = blocks[1:] or blocks
         options = _options(graph, typical[0])
-        for block in typical[1:]:
-            if block.type_name != typical[0].type_name or _options(graph, block) != options:
-                raise RescompileError(f"{block.path}: block parameters differ inside one stage")
         first_options = _options(graph, first)
         differs = first.type_name != typical[0].type_name or first_options != options
         assert last.out_shape is not None
         width = first.parameter("width")
         stride = first.parameter("stride")
         assert isinstance(width, int) and isinstance(stride, int)
+        irregular = any(
+            block.type_name != typical[0].type_name or _options(graph, block) != options for block in typical[1:]
+        ) or any((block.out_shape or (0,))[0] != last.out_shape[0] for block in blocks)
+        if irregular:
+            layout = [
+                (names[("block", block.type_name)], (block.out_shape or (0,))[0], _options(graph, block))
+                for block in blocks
+            ]
+            calls.append(
+                StageCall(
+                    stage,
+                    layout[0][0],
+                    first.in_shape[0],
+                    last.out_shape[0],
+                    width,
+                    len(blocks),
+                    stride,
+                    {},
+                    graph.blocks.index(first),
+                    layout=layout,
+                )
+            )
+            continue
         calls.append(
             StageCall(
                 stage,
@@ -780,7 +814,14 @@ def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
         if call.first_options:
             items = ", ".join(f"{render(name)}: {render(value)}" for name, value in call.first_options.items())
             first.append(f"first_options={{{items}}}")
+    layout = [f"({block}, {channels}, {_mapping(options)})" for block, channels, options in call.layout]
+    first += [f"layout=[{', '.join(layout)}]"] if layout else []
     return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *first, *options]
+
+
+def _mapping(values: Mapping[str, Value]) -> str:
+    """A dict literal of parameter values: ``{"groups": 2}``."""
+    return "{" + ", ".join(f"{render(name)}: {render(value)}" for name, value in values.items()) + "}"
 
 
 def block_calls(arguments: list[str], first_arguments: list[str] | None, indent: int) -> str:
