@@ -430,7 +430,9 @@ def _derived(definition: Definition) -> dict[str, str]:
         if name in read:
             kept[name] = expression_source(expression)
             read |= expression.names
-    return dict(reversed(kept.items()))
+    # The values the class was unrolled for, where it reads them, are its constants (scale = 4).
+    constants = {name: _text(value) for name, value in definition.fixed if name in read}
+    return constants | dict(reversed(kept.items()))
 
 
 def shortcut_attribute(graph: Graph) -> str | None:
@@ -449,7 +451,9 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         if definition.role != "block":
             continue
         # NOTE: the loader has checked every parameter, derived and node name at validate time.
-        parameters: dict[str, Value] = dict(definition.parameters)
+        # What the class was unrolled for is fixed in it, not a parameter that would break it.
+        fixed = dict(definition.fixed)
+        parameters: dict[str, Value] = {name: value for name, value in definition.parameters if name not in fixed}
         nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
         read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
@@ -694,7 +698,8 @@ class StageCall:
 
 def _options(graph: Graph, block: Module) -> dict[str, Value]:
     """A block's parameters that differ from its definition's defaults."""
-    defaults = dict(graph.definition("block", block.type_name).parameters)
+    definition = graph.definition("block", block.type_name)
+    defaults = {name: value for name, value in definition.parameters if name not in dict(definition.fixed)}
     return {name: value for name, value in block.parameters if name in defaults and defaults[name] != value}
 
 

@@ -39,7 +39,7 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
 )
-from rescompile.spec.unroll import instantiate
+from rescompile.spec.unroll import instantiate, unroll
 from rescompile.spec.yaml_source import YamlPath
 
 MAX_BLOCKS = 10_000
@@ -74,8 +74,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
-    instances: list[tuple[int, bool, Loaded[PartSpec]]] = []
-    """(module index, whether first of its stage, the block unrolled for it), for block variants."""
+    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]] = []
+    """(module index, whether first of its stage, the block unrolled for it, the parameter values its
+    unrolling read), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
     for stage_index, stage in enumerate(spec.stages):
@@ -117,9 +118,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             blocks_built += 1
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
-            block = instantiate(block, bindings, "blocks")
+            template = block
+            block, read = unroll(block, bindings, "blocks")
             assert isinstance(block.spec, BlockSpec)
-            instances.append((len(modules), first, block))
+            instances.append((len(modules), first, block, _fixed(template, read, bindings)))
             path = spec.naming.block_path(stage_index, block_index)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
@@ -175,13 +177,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     network.locate("stages", index, key),
                 )
     variants = _variants(instances)
-    for index, _, block in instances:
-        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)].spec.name)
-    unique = {part.spec.name: part for part in variants.values()}
+    for index, _, block, _ in instances:
+        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)][0].spec.name)
+    unique = {part.spec.name: (part, fixed) for part, fixed in variants.values()}
     definitions = [
         _definition(stem, "stem"),
         *(_definition(transition, "transition") for transition in used_transitions.values()),
-        *(_definition(block, "block", residual=policy is not None) for block in unique.values()),
+        *(_definition(block, "block", residual=policy is not None, fixed=fixed) for block, fixed in unique.values()),
         _definition(head, "head"),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
         *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
@@ -198,25 +200,48 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     )
 
 
-def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, Loaded[PartSpec]]:
+Fixed = tuple[tuple[str, Value], ...]
+"""A block instance's parameters that its unrolling read, with their values."""
+
+
+def _fixed(part: Loaded[PartSpec], read: frozenset[str], bindings: Mapping[str, Value]) -> Fixed:
+    """The part's own parameters an unrolling that read ``read`` depends on, through derived values
+    (Res2Net's ``scale``, a repeat count; ``expansion``, which its ``is_first`` reads), with their
+    values: a class written from the unrolling is made for these, so they are not its parameters."""
+    derived = part.spec.derived
+    names, pending = set(read), list(read)
+    while pending:
+        name = pending.pop()
+        if name in derived:
+            for used in derived[name].names - names:
+                names.add(used)
+                pending.append(used)
+    return tuple((name, bindings[name]) for name in part.spec.parameters if name in names)
+
+
+def _variants(
+    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]],
+) -> dict[int, tuple[Loaded[PartSpec], Fixed]]:
     """Each block instance's part as a class is written: a block type whose templates unroll to
     different nodes in different instances (a ``when`` on the stride, a repeat count) is one
     block type per distinct unrolling. The one most blocks use keeps the type's name; one that
     only first blocks of stages use, beside a main one that holds the others, is ``NAME_first``;
     others are ``NAME_2``, ``NAME_3``, ..."""
-    by_name: dict[str, list[tuple[bool, Loaded[PartSpec]]]] = {}
-    for _, first, block in instances:
-        by_name.setdefault(block.spec.name, []).append((first, block))
+    by_name: dict[str, list[tuple[bool, Loaded[PartSpec], Fixed]]] = {}
+    for _, first, block, fixed in instances:
+        by_name.setdefault(block.spec.name, []).append((first, block, fixed))
     # A variant's name is new: never a block type of the network (a user block named x_first or
     # x_2 beside x) nor another variant's, or one definition would stand for both.
     taken = set(by_name)
-    chosen: dict[int, Loaded[PartSpec]] = {}
+    chosen: dict[int, tuple[Loaded[PartSpec], Fixed]] = {}
     for name, uses in by_name.items():
-        kinds: list[tuple[dict[str, object], list[bool], Loaded[PartSpec]]] = []
-        for first, block in uses:
-            match = next((kind for kind in kinds if kind[0] == block.spec.nodes), None)
+        # One kind per unrolling: its nodes, and the values it was unrolled for (which a class fixes).
+        kinds: list[tuple[tuple[dict[str, object], Fixed], list[bool], Loaded[PartSpec]]] = []
+        for first, block, fixed in uses:
+            key = (dict(block.spec.nodes), fixed)
+            match = next((kind for kind in kinds if kind[0] == key), None)
             if match is None:
-                kinds.append((dict(block.spec.nodes), [first], block))
+                kinds.append((key, [first], block))
             else:
                 match[1].append(first)
         kinds.sort(key=lambda kind: -len(kind[1]))
@@ -236,9 +261,9 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
                 if new_name == name
                 else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
             )
-        for _, block in uses:
-            position = next(index for index, kind in enumerate(kinds) if kind[0] == block.spec.nodes)
-            chosen[id(block)] = renamed[position]
+        for _, block, fixed in uses:
+            position = next(index for index, kind in enumerate(kinds) if kind[0] == (block.spec.nodes, fixed))
+            chosen[id(block)] = (renamed[position], kinds[position][0][1])
     return chosen
 
 
@@ -360,7 +385,11 @@ IN_CHANNELS = parse_expression("in_channels")
 
 
 def _definition(
-    part: Loaded[PartSpec], role: DefinitionRole, residual: bool = True, definition_name: str | None = None
+    part: Loaded[PartSpec],
+    role: DefinitionRole,
+    residual: bool = True,
+    definition_name: str | None = None,
+    fixed: Fixed = (),
 ) -> Definition:
     """A part as a definition: each node's attributes as the spec states them (expressions over the
     part's parameters) plus what its op derives from its input channels, by the op table's
@@ -399,6 +428,7 @@ def _definition(
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
+        fixed=fixed,
     )
     for prefix in dict(definition.classes):
         outer = next((other for other in dict(definition.classes) if prefix.startswith(f"{other}.")), None)

@@ -48,8 +48,17 @@ MAX_UNROLLED_NODES = 10_000
 
 def instantiate(part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind) -> Loaded[PartSpec]:
     """The part with its templates unrolled for an instance whose parameters are ``bindings``."""
+    return unroll(part, bindings, kind)[0]
+
+
+def unroll(
+    part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind
+) -> tuple[Loaded[PartSpec], frozenset[str]]:
+    """:func:`instantiate`, and the names of ``bindings`` the unrolling read (a ``when``, a repeat
+    count, a placeholder, a split's parts): what the unrolled part is made for, which a class
+    written from it cannot take as a parameter."""
     if not part.spec.templated:
-        return part
+        return part, frozenset()
     unroller = _Unroller(part, dict(bindings))
     nodes: dict[str, OpSpec] = {}
     for name, node, template in unroller.nodes(part.spec.nodes, ("nodes",), {}):
@@ -72,7 +81,7 @@ def instantiate(part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: Par
     spec = part.spec.model_copy(update={"nodes": nodes})
     unrolled: Loaded[PartSpec] = Loaded(spec, _moved(part.source, unroller.origins), part.extended)
     check_part_references(unrolled, kind)
-    return unrolled
+    return unrolled, frozenset(unroller.read_names & set(bindings))
 
 
 def _moved(source: SourceMap, origins: Mapping[str, YamlPath]) -> SourceMap:
@@ -96,11 +105,14 @@ class _Unroller:
         self.origins: dict[str, YamlPath] = {}
         self.previous = "input"
         """The last node produced: what a node without ``input`` reads."""
+        self.read_names: set[str] = set()
+        """Every name an evaluation read (bindings, repeat indices)."""
 
     def error(self, message: str, path: YamlPath, key: bool = False) -> RescompileError:
         return RescompileError(f"part '{self.part.spec.name}': {message}", self.part.source.locate(path, key=key))
 
     def evaluate(self, expression: Expression, scope: Mapping[str, Value], path: YamlPath) -> Value:
+        self.read_names |= expression.names
         try:
             return expression.evaluate({**self.bindings, **scope})
         except ExpressionError as error:
@@ -117,7 +129,9 @@ class _Unroller:
 
         def fill(match: re.Match[str]) -> str:
             try:
-                value = parse_expression(match.group(1)).evaluate({**self.bindings, **scope})
+                expression = parse_expression(match.group(1))
+                self.read_names |= expression.names
+                value = expression.evaluate({**self.bindings, **scope})
             except ExpressionError as error:
                 raise self.error(f"in '{template}': {error}", path, key) from None
             if isinstance(value, bool) or not isinstance(value, int | str):
