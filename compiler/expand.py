@@ -176,6 +176,17 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     "distinct names",
                     network.locate("stages", index, key),
                 )
+    if policy is not None:
+        # Every block class takes its shortcut module as a constructor argument of this name.
+        attribute = next(iter(held_in), "downsample")
+        for part in distinct_blocks.values():
+            for field in ("parameters", "derived"):
+                if attribute in getattr(part.spec, field):
+                    raise RescompileError(
+                        f"block '{part.spec.name}' names a {field[:-1] if field == 'parameters' else 'derived value'} "
+                        f"'{attribute}', the attribute its shortcut module is held in; rename it",
+                        part.source.locate((field, attribute), key=True),
+                    )
     variants = _variants(instances)
     for index, _, block, _ in instances:
         modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)][0].spec.name)

@@ -347,3 +347,27 @@ def test_a_class_inside_a_class_is_refused_located(classes: str, tmp_path: Path)
     for alone in ("{se: Outer}", "{se.a: Inner}"):
         _write(tmp_path, block=NESTED_SE_BLOCK.replace("name: se_basic\n", f"name: se_basic\nclasses: {alone}\n"))
         assert_compiles_to_the_ir(compile_spec(path))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ("parameters: {depth: 1}", "parameter name 'depth' is a keyword of the generated network's _make_stage"),
+        ("parameters: {layout: 1}", "parameter name 'layout' is a keyword of the generated network's _make_stage"),
+        ("parameters: {downsample: 1}", "block 'p' names a parameter 'downsample', the attribute its shortcut"),
+        ("derived: {downsample: width}", "block 'p' names a derived value 'downsample', the attribute its shortcut"),
+    ],
+)
+def test_a_block_parameter_named_as_the_stage_s_own_keywords_is_refused_located(
+    parameters: str, message: str, tmp_path: Path
+) -> None:
+    """A block parameter ``downsample`` made a constructor with a duplicate argument (SyntaxError), and
+    one named ``depth`` a _make_stage call with a repeated keyword."""
+    block = _plain_block("p", 3, extra=parameters + "\n")
+    path = _write_parts(
+        tmp_path, {"blocks/p.yaml": block}, TWO_STAGE_NETWORK.format(first="p", second="p", shortcut="B")
+    )
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(path)
+    assert str(raised.value).startswith(f"{tmp_path / 'blocks' / 'p.yaml'}:3:"), raised.value
+    assert message in str(raised.value)
