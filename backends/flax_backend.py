@@ -32,6 +32,7 @@ from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     CLASS_KIND,
+    LAYOUT_LINES,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
     ContainerClass,
@@ -58,9 +59,11 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     stage_construction,
+    sum_source,
     template,
     transition_arguments,
     uses_block_index,
+    uses_layout,
     uses_math,
     wrap_call,
 )
@@ -246,7 +249,7 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": lambda node, in_shape: Lowering(expression=" + ".join(_placeholders(node))),
+    "add": lambda node, in_shape: Lowering(expression=sum_source(_placeholders(node))),
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
     "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
@@ -605,7 +608,8 @@ def emit_source(graph: Graph) -> str:
     stored_lines += [line for _, body in containers for line in body]
     stored_lines += [line for view in shortcuts + transition_views for line in view["init_lines"] + view["items"]]
     calls = stage_calls(graph)
-    options_used = any(call.options for call in calls)
+    layout_used = uses_layout(calls)
+    options_used = any(call.options for call in calls) or layout_used
     first_blocks = any(call.first_block for call in calls)
     first_options_used = any(call.first_options for call in calls)
     positional = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
@@ -667,7 +671,9 @@ def emit_source(graph: Graph) -> str:
         rngs=rngs,
         blocks=block_views,
         block_type=block_type(blocks),
-        shortcut_choice=shortcut_choice(graph, attribute, constructors) if attribute else [],
+        shortcut_choice=(LAYOUT_LINES if layout_used else [])
+        + (shortcut_choice(graph, attribute, constructors) if attribute else []),
+        layout_used=layout_used,
         block_call=block_calls(block_arguments, first_arguments if first_blocks else None, 12),
         stages=stages,
         stage_loop={indent: _stage_loop(calls, indent) for indent in (8, 12)},

@@ -8,7 +8,13 @@ Two kinds of name reach generated code from a spec:
   (``self.conv1["0"]``). The spec loader checks paths at validate time (each segment an identifier
   or a number, no path both a layer and a container), so emitting one never fails;
 * *local variables* (a value read by more than the next node): only a reader sees them, so they are
-  handed out by :class:`Namespace`, legal and unique whatever the node name.
+  handed out by :class:`Namespace`, legal and unique whatever the node name;
+* *module-level names* (the classes of parts and their variants, the functions of sequential
+  shortcuts, the classes of a block's ``classes:``): one :class:`Namespace` per emission hands them
+  out (``source.part_names``), so that two parts whose names map to one class name (``a_b`` and
+  ``a-b``) get two classes, and no part class shadows what the file imports or defines
+  (:data:`GENERATED_FILE_NAMES`) or a local of the method that calls it. The renaming is in
+  generated code only: module paths, and so state_dict keys, stay the user's.
 """
 
 from __future__ import annotations
@@ -55,20 +61,46 @@ def with_containers(paths: list[str], statements: list[str], container: str) -> 
     return lines
 
 
+GENERATED_FILE_NAMES = frozenset(
+    {
+        *RESERVED_NAMES,
+        *MODULE_LEVEL_NAMES,
+        # Imported or defined at module level by the torch or Flax template or a helper of theirs
+        # (tests/backends/test_names.py checks this list against every built-in's generated files).
+        *("OrderedDict", "Callable", "annotations", "functools", "operator", "linear_init", "build"),
+        *("ceil_padding", "max_pool_ceil", "avg_pool_ceil", "ChannelSoftmax", "channel_softmax"),
+    }
+)
+"""Module-level names of a generated file that no part's class or function may take."""
+STAGE_LOCALS = frozenset(
+    {
+        *("block", "blocks", "index", "block_stride", "in_channels", "out_channels", "width", "depth", "stride"),
+        *("first_block", "first_block_index", "first_options", "options", "layout", "rngs", "layers"),
+        *("zero_init_residual", "module", "stage", "seed", "block_index", "block_count"),
+    }
+)
+"""Locals of the methods that call part classes and shortcut functions (``_make_stage``, the
+network's constructor): a part class named so would be shadowed where it is called."""
+
+
 class Namespace:
-    """Hands out legal, unique Python identifiers for local variables.
+    """Hands out legal, unique Python identifiers: local variables, or (with ``reserved`` the
+    file's own names) a generated file's module-level names.
 
     Invariants of every name :meth:`create_name` returns: an identifier, not a keyword, not a
-    builtin, not a name generated code uses for itself, and not returned before."""
+    builtin, not in ``reserved`` (a name generated code uses for itself), and not returned before."""
 
-    def __init__(self, taken: set[str] | None = None) -> None:
+    def __init__(
+        self, taken: set[str] | None = None, reserved: frozenset[str] = RESERVED_NAMES | MODULE_LEVEL_NAMES
+    ) -> None:
         self._used: set[str] = set(taken or ())
+        self._reserved = reserved
 
     def create_name(self, candidate: str) -> str:
         base = re.sub(r"[^0-9A-Za-z_]", "_", candidate) or "value"
         if base[0].isdigit():
             base = f"_{base}"
-        if keyword.iskeyword(base) or hasattr(builtins, base) or base in RESERVED_NAMES | MODULE_LEVEL_NAMES:
+        if keyword.iskeyword(base) or hasattr(builtins, base) or base in self._reserved:
             base = f"{base}_"
         name, counter = base, 1
         while name in self._used:

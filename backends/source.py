@@ -30,7 +30,7 @@ from rescompile.backends.interface import Writer
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-from rescompile.backends.names import Namespace, attribute_access, with_containers
+from rescompile.backends.names import GENERATED_FILE_NAMES, STAGE_LOCALS, Namespace, attribute_access, with_containers
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -116,6 +116,19 @@ def function_name(part_name: str) -> str:
     plain name would be a keyword or shadow a name the generated source defines."""
     name = part_name.replace("-", "_")
     return f"{name}_shortcut" if keyword.iskeyword(name) or name in RESERVED_NAMES else name
+
+
+MAX_INLINE_TERMS = 32
+"""An add of more inputs is written ``sum([b, c, ...], a)``: ``a + b + ...`` nests one syntax-tree
+level per term, and Python's compiler fails on a few thousand (a RecursionError at import)."""
+
+
+def sum_source(terms: list[str]) -> str:
+    """The sum of ``terms`` (Python expressions) in order, ``((a + b) + c) + ...``, as ``a + b + c``,
+    or as the same sum by the builtin ``sum`` where there are more than :data:`MAX_INLINE_TERMS`."""
+    if len(terms) <= MAX_INLINE_TERMS:
+        return " + ".join(terms)
+    return f"sum([{', '.join(terms[1:])}], {terms[0]})"
 
 
 def _text(value: Value) -> str:
@@ -369,12 +382,10 @@ class BlockClass:
     """Derived values as source text, computed first in the constructor."""
     shortcut_source: str
     """The Python variable the shortcut module reads: ``x`` (the block input) or a node's."""
+    python_name: str
+    """Its class's name, handed out by :func:`part_names` (``BottleneckBlock``)."""
     classes: list[ContainerClass] = field(default_factory=list)
     """Its containers written as classes of their own; ``nodes`` holds one :data:`CLASS_KIND` node each."""
-
-    @property
-    def python_name(self) -> str:
-        return class_name(self.definition.name, "Block")
 
 
 @dataclass(frozen=True)
@@ -387,13 +398,8 @@ class ShortcutClass:
     derived: dict[str, str]
     sequential: bool
     """Nodes named 0, 1, … in a chain: emitted as an nn.Sequential (torchvision's downsample)."""
-
-    @property
-    def python_name(self) -> str:
-        """The function (sequential) or class that builds it in generated source."""
-        name = self.definition.name
-        suffix = "Transition" if self.definition.role == "transition" else "Shortcut"
-        return function_name(name) if self.sequential else class_name(name, suffix)
+    python_name: str
+    """The function (sequential) or class that builds it in generated source (:func:`part_names`)."""
 
     @property
     def arguments(self) -> list[str]:
@@ -424,7 +430,9 @@ def _derived(definition: Definition) -> dict[str, str]:
         if name in read:
             kept[name] = expression_source(expression)
             read |= expression.names
-    return dict(reversed(kept.items()))
+    # The values the class was unrolled for, where it reads them, are its constants (scale = 4).
+    constants = {name: _text(value) for name, value in definition.fixed if name in read}
+    return constants | dict(reversed(kept.items()))
 
 
 def shortcut_attribute(graph: Graph) -> str | None:
@@ -437,12 +445,15 @@ def shortcut_attribute(graph: Graph) -> str | None:
 def block_classes(graph: Graph) -> list[BlockClass]:
     """One class per block definition of ``graph`` (a network may use several, one per stage)."""
     attribute = shortcut_attribute(graph)
+    names = part_names(graph)
     classes: list[BlockClass] = []
     for definition in graph.definitions:
         if definition.role != "block":
             continue
         # NOTE: the loader has checked every parameter, derived and node name at validate time.
-        parameters: dict[str, Value] = dict(definition.parameters)
+        # What the class was unrolled for is fixed in it, not a parameter that would break it.
+        fixed = dict(definition.fixed)
+        parameters: dict[str, Value] = {name: value for name, value in definition.parameters if name not in fixed}
         nodes = list(definition.nodes)
         # The shortcut's value is computed by the shortcut module, which the class receives.
         read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
@@ -450,7 +461,8 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
         containers: list[ContainerClass] = []
-        for prefix, name in definition.classes:
+        for prefix, _ in definition.classes:
+            name = names.containers[(definition.name, prefix)]
             container, source = _container(graph, definition, prefix, name, nodes, source)
             containers.append(container)
         classes.append(
@@ -463,6 +475,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
                 zero_init=zero_init if graph.residual else [],
                 derived=_derived(definition),
                 shortcut_source=variables[definition.shortcut_input] if graph.residual else "x",
+                python_name=names.parts[("block", definition.name)],
             )
         )
     return classes
@@ -567,17 +580,93 @@ def block_type(classes: list[BlockClass]) -> str:
 def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:
     """The shortcut kinds of ``graph`` (or, with ``role="transition"``, its transitions)."""
     classes: list[ShortcutClass] = []
+    names = part_names(graph)
     for definition in graph.definitions:
         if definition.role != role:
             continue
         nodes = list(definition.nodes)
-        sequential = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
-            node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,))
-            for index, node in enumerate(nodes)
+        classes.append(
+            ShortcutClass(
+                definition,
+                source_nodes(nodes, "x", "out"),
+                _derived(definition),
+                _sequential(definition),
+                names.parts[(role, definition.name)],
+            )
         )
-        derived = _derived(definition)
-        classes.append(ShortcutClass(definition, source_nodes(nodes, "x", "out"), derived, sequential and not derived))
     return classes
+
+
+def _sequential(definition: Definition) -> bool:
+    """Whether a shortcut or transition is written as a function returning a Sequential: nodes named
+    0, 1, … in a chain, and no derived value to compute first."""
+    nodes = definition.nodes
+    chain = [node.name for node in nodes] == [str(index) for index in range(len(nodes))] and all(
+        node.inputs == ((MODULE_INPUT,) if index == 0 else (nodes[index - 1].name,)) for index, node in enumerate(nodes)
+    )
+    return chain and not _derived(definition)
+
+
+@dataclass(frozen=True)
+class PartNames:
+    """The module-level names one emission gives its parts: every name generated code defines for a
+    part comes from here, handed out by one :class:`Namespace`."""
+
+    parts: dict[tuple[DefinitionRole, str], str]
+    """(role, definition name) -> the class (``BottleneckBlock``) or function (``projection``) of a
+    block, shortcut or transition."""
+    containers: dict[tuple[str, str], str]
+    """(block definition name, container prefix) -> the class of a block's ``classes:`` entry."""
+
+
+def part_names(graph: Graph) -> PartNames:
+    """The names of ``graph``'s part classes and functions, legal and unique: each part asks for the
+    name it would have alone (``a_b`` and ``a-b`` both ask for ``ABBlock``), in definition order,
+    and a name taken, or one the file defines, imports or calls a part class from
+    (:data:`GENERATED_FILE_NAMES`, :data:`STAGE_LOCALS`, any part's parameters and derived values,
+    the shortcut attribute), is handed out suffixed instead. Containers of several blocks (or
+    variants of one) that are the same nodes under the same requested name share one class."""
+    reserved = set(GENERATED_FILE_NAMES | STAGE_LOCALS)
+    attribute = shortcut_attribute(graph)
+    reserved |= {attribute} if attribute is not None else set()
+    for definition in graph.definitions:
+        reserved |= {name for name, _ in definition.parameters} | {name for name, _ in definition.derived}
+    namespace = Namespace(reserved=frozenset(reserved))
+    parts: dict[tuple[DefinitionRole, str], str] = {}
+    containers: dict[tuple[str, str], str] = {}
+    shared: dict[object, str] = {}
+    for definition in graph.definitions:
+        role = definition.role
+        if role == "block":
+            parts[(role, definition.name)] = namespace.create_name(class_name(definition.name, "Block"))
+            for prefix, requested in definition.classes:
+                key = (requested, _container_key(definition, prefix))
+                if key not in shared:
+                    shared[key] = namespace.create_name(requested)
+                containers[(definition.name, prefix)] = shared[key]
+        elif role in ("shortcut", "transition"):
+            suffix = "Transition" if role == "transition" else "Shortcut"
+            candidate = (
+                function_name(definition.name) if _sequential(definition) else class_name(definition.name, suffix)
+            )
+            parts[(role, definition.name)] = namespace.create_name(candidate)
+    return PartNames(parts, containers)
+
+
+def _container_key(definition: Definition, prefix: str) -> object:
+    """What makes two containers one class: their nodes, named and read inside the container."""
+    start = len(prefix) + 1
+    inside = [node for node in definition.nodes if node.name.startswith(f"{prefix}.")]
+    names = {node.name for node in inside}
+    return tuple(
+        (
+            node.name[start:],
+            node.kind,
+            node.attributes,
+            tuple(value[start:] if value in names else "" for value in node.inputs),
+        )
+        for node in inside
+    )
 
 
 @dataclass(frozen=True)
@@ -600,15 +689,31 @@ class StageCall:
     """The class of its first block where that block differs (its type or parameters), else None."""
     first_options: dict[str, Value] = field(default_factory=dict)
     """The first block's parameters that differ from its defaults, where it differs."""
+    layout: list[tuple[str, int, dict[str, Value]]] = field(default_factory=list)
+    """Per block, its class, output channels and options, for a stage whose blocks are not one
+    block type (or a first block apart) ending at the stage's output channels: a first block of
+    other output channels (a bottleneck before basic blocks), or later blocks of several unrollings
+    or parameters. Empty for a regular stage."""
 
 
 def _options(graph: Graph, block: Module) -> dict[str, Value]:
     """A block's parameters that differ from its definition's defaults."""
-    defaults = dict(graph.definition("block", block.type_name).parameters)
+    definition = graph.definition("block", block.type_name)
+    defaults = {name: value for name, value in definition.parameters if name not in dict(definition.fixed)}
     return {name: value for name, value in block.parameters if name in defaults and defaults[name] != value}
 
 
+def uses_layout(calls: list[StageCall]) -> bool:
+    """Whether a stage is built from a per-block layout (``_make_stage(..., layout=[...])``)."""
+    return any(call.layout for call in calls)
+
+
+LAYOUT_LINES = ["if layout is not None:", "    block, out_channels, options = layout[index]"]
+"""``_make_stage``'s lines taking each block's class, output channels and options from a layout."""
+
+
 def stage_calls(graph: Graph) -> list[StageCall]:
+    names = part_names(graph).parts
     calls: list[StageCall] = []
     for stage in graph.stage_names():
         blocks = [block for block in graph.blocks if block.stage == stage]
@@ -616,19 +721,39 @@ def stage_calls(graph: Graph) -> list[StageCall]:
         # The stage's blocks are its later ones; a first block differing from them is passed apart.
         typical = blocks[1:] or blocks
         options = _options(graph, typical[0])
-        for block in typical[1:]:
-            if block.type_name != typical[0].type_name or _options(graph, block) != options:
-                raise RescompileError(f"{block.path}: block parameters differ inside one stage")
         first_options = _options(graph, first)
         differs = first.type_name != typical[0].type_name or first_options != options
         assert last.out_shape is not None
         width = first.parameter("width")
         stride = first.parameter("stride")
         assert isinstance(width, int) and isinstance(stride, int)
+        irregular = any(
+            block.type_name != typical[0].type_name or _options(graph, block) != options for block in typical[1:]
+        ) or any((block.out_shape or (0,))[0] != last.out_shape[0] for block in blocks)
+        if irregular:
+            layout = [
+                (names[("block", block.type_name)], (block.out_shape or (0,))[0], _options(graph, block))
+                for block in blocks
+            ]
+            calls.append(
+                StageCall(
+                    stage,
+                    layout[0][0],
+                    first.in_shape[0],
+                    last.out_shape[0],
+                    width,
+                    len(blocks),
+                    stride,
+                    {},
+                    graph.blocks.index(first),
+                    layout=layout,
+                )
+            )
+            continue
         calls.append(
             StageCall(
                 stage,
-                class_name(typical[0].type_name, "Block"),
+                names[("block", typical[0].type_name)],
                 first.in_shape[0],
                 last.out_shape[0],
                 width,
@@ -636,7 +761,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
                 stride,
                 options,
                 graph.blocks.index(first),
-                class_name(first.type_name, "Block") if differs else None,
+                names[("block", first.type_name)] if differs else None,
                 first_options if differs else {},
             )
         )
@@ -694,7 +819,14 @@ def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
         if call.first_options:
             items = ", ".join(f"{render(name)}: {render(value)}" for name, value in call.first_options.items())
             first.append(f"first_options={{{items}}}")
+    layout = [f"({block}, {channels}, {_mapping(options)})" for block, channels, options in call.layout]
+    first += [f"layout=[{', '.join(layout)}]"] if layout else []
     return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *first, *options]
+
+
+def _mapping(values: Mapping[str, Value]) -> str:
+    """A dict literal of parameter values: ``{"groups": 2}``."""
+    return "{" + ", ".join(f"{render(name)}: {render(value)}" for name, value in values.items()) + "}"
 
 
 def block_calls(arguments: list[str], first_arguments: list[str] | None, indent: int) -> str:

@@ -18,6 +18,7 @@ from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     CLASS_KIND,
+    LAYOUT_LINES,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
     ContainerClass,
@@ -41,9 +42,11 @@ from rescompile.backends.source import (
     stage_arguments,
     stage_calls,
     stage_construction,
+    sum_source,
     template,
     transition_arguments,
     uses_block_index,
+    uses_layout,
     uses_math,
     wrap_call,
 )
@@ -344,7 +347,7 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
-    "add": lambda node: Inline(" + ".join(node.inputs)),
+    "add": lambda node: Inline(sum_source(list(node.inputs))),
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": Inline("{0} * {1}"),
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
@@ -504,7 +507,9 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         shortcut_lines = shortcut_choice(graph, attribute, constructors)
     indexed = uses_block_index(graph)
     calls = stage_calls(graph)
-    options_used = any(call.options for call in calls)
+    layout_used = uses_layout(calls)
+    shortcut_lines = (LAYOUT_LINES if layout_used else []) + shortcut_lines
+    options_used = any(call.options for call in calls) or layout_used
     first_blocks = any(call.first_block for call in calls)
     first_options_used = any(call.first_options for call in calls)
     positional = ["in_channels", "width", "block_stride"] + ([attribute] if attribute else [])
@@ -518,6 +523,8 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         stage_parameters.append(f"first_block: type[{block_type(blocks)}] | None = None")
     if first_options_used:
         stage_parameters.append("first_options: dict[str, Any] | None = None")
+    if layout_used:
+        stage_parameters.append(f"layout: list[tuple[type[{block_type(blocks)}], int, dict[str, Any]]] | None = None")
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )

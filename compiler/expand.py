@@ -78,8 +78,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
-    instances: list[tuple[int, bool, Loaded[PartSpec]]] = []
-    """(module index, whether first of its stage, the block unrolled for it), for block variants."""
+    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]] = []
+    """(module index, whether first of its stage, the block unrolled for it, the parameter values its
+    unrolling read), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
     node_count = len(stem_module.nodes)
@@ -123,9 +124,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             blocks_built += 1
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
-            block = unrolling.instantiate(block, bindings, "blocks")
+            template = block
+            block, read = unrolling.unroll(block, bindings, "blocks")
             assert isinstance(block.spec, BlockSpec)
-            instances.append((len(modules), first, block))
+            instances.append((len(modules), first, block, _fixed(template, read, bindings)))
             path = spec.naming.block_path(stage_index, block_index)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
@@ -164,6 +166,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             head.locate("nodes", list(head.spec.nodes)[-1]),
         )
     _check_weight_count(modules)
+    _check_paths_apart(modules, network)
     held_in = {shortcut.spec.module for shortcut in used_shortcuts.values() if isinstance(shortcut.spec, ShortcutSpec)}
     if len(held_in) > 1:
         raise RescompileError(
@@ -180,16 +183,28 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     "distinct names",
                     network.locate("stages", index, key),
                 )
+    if policy is not None:
+        # Every block class takes its shortcut module as a constructor argument of this name.
+        attribute = next(iter(held_in), "downsample")
+        for part in distinct_blocks.values():
+            for field in ("parameters", "derived"):
+                if attribute in getattr(part.spec, field):
+                    raise RescompileError(
+                        f"block '{part.spec.name}' names a {field[:-1] if field == 'parameters' else 'derived value'} "
+                        f"'{attribute}', the attribute its shortcut module is held in; rename it",
+                        part.source.locate((field, attribute), key=True),
+                    )
     variants = _variants(instances)
-    for index, _, block in instances:
-        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)].spec.name)
-    unique = {part.spec.name: part for part in variants.values()}
+    for index, _, block, _ in instances:
+        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)][0].spec.name)
+    unique = {part.spec.name: (part, fixed) for part, fixed in variants.values()}
     definitions = [
         _definition(stem, "stem"),
         *(_definition(transition, "transition") for transition in used_transitions.values()),
-        *(_definition(block, "block", residual=policy is not None) for block in unique.values()),
+        *(_definition(block, "block", residual=policy is not None, fixed=fixed) for block, fixed in unique.values()),
         _definition(head, "head"),
-        *(_definition(used_shortcuts[name], "shortcut") for name in sorted(used_shortcuts)),
+        # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
+        *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
     ]
     return Graph(
         name=spec.name,
@@ -203,22 +218,48 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     )
 
 
-def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, Loaded[PartSpec]]:
+Fixed = tuple[tuple[str, Value], ...]
+"""A block instance's parameters that its unrolling read, with their values."""
+
+
+def _fixed(part: Loaded[PartSpec], read: frozenset[str], bindings: Mapping[str, Value]) -> Fixed:
+    """The part's own parameters an unrolling that read ``read`` depends on, through derived values
+    (Res2Net's ``scale``, a repeat count; ``expansion``, which its ``is_first`` reads), with their
+    values: a class written from the unrolling is made for these, so they are not its parameters."""
+    derived = part.spec.derived
+    names, pending = set(read), list(read)
+    while pending:
+        name = pending.pop()
+        if name in derived:
+            for used in derived[name].names - names:
+                names.add(used)
+                pending.append(used)
+    return tuple((name, bindings[name]) for name in part.spec.parameters if name in names)
+
+
+def _variants(
+    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]],
+) -> dict[int, tuple[Loaded[PartSpec], Fixed]]:
     """Each block instance's part as a class is written: a block type whose templates unroll to
     different nodes in different instances (a ``when`` on the stride, a repeat count) is one
     block type per distinct unrolling. The one most blocks use keeps the type's name; one that
     only first blocks of stages use, beside a main one that holds the others, is ``NAME_first``;
     others are ``NAME_2``, ``NAME_3``, ..."""
-    by_name: dict[str, list[tuple[bool, Loaded[PartSpec]]]] = {}
-    for _, first, block in instances:
-        by_name.setdefault(block.spec.name, []).append((first, block))
-    chosen: dict[int, Loaded[PartSpec]] = {}
+    by_name: dict[str, list[tuple[bool, Loaded[PartSpec], Fixed]]] = {}
+    for _, first, block, fixed in instances:
+        by_name.setdefault(block.spec.name, []).append((first, block, fixed))
+    # A variant's name is new: never a block type of the network (a user block named x_first or
+    # x_2 beside x) nor another variant's, or one definition would stand for both.
+    taken = set(by_name)
+    chosen: dict[int, tuple[Loaded[PartSpec], Fixed]] = {}
     for name, uses in by_name.items():
-        kinds: list[tuple[dict[str, object], list[bool], Loaded[PartSpec]]] = []
-        for first, block in uses:
-            match = next((kind for kind in kinds if kind[0] == block.spec.nodes), None)
+        # One kind per unrolling: its nodes, and the values it was unrolled for (which a class fixes).
+        kinds: list[tuple[tuple[dict[str, object], Fixed], list[bool], Loaded[PartSpec]]] = []
+        for first, block, fixed in uses:
+            key = (dict(block.spec.nodes), fixed)
+            match = next((kind for kind in kinds if kind[0] == key), None)
             if match is None:
-                kinds.append((dict(block.spec.nodes), [first], block))
+                kinds.append((key, [first], block))
             else:
                 match[1].append(first)
         kinds.sort(key=lambda kind: -len(kind[1]))
@@ -229,15 +270,52 @@ def _variants(instances: list[tuple[int, bool, Loaded[PartSpec]]]) -> dict[int, 
                 # NAME_first where the main kind holds the other blocks (not where every block is a first one).
                 only_first = all(firsts) and not all(kinds[0][1]) and sum(all(other[1]) for other in kinds[1:]) == 1
                 new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
+                base, suffix = new_name, 2
+                while new_name in taken:
+                    new_name, suffix = f"{base}_{suffix}", suffix + 1
+                taken.add(new_name)
             renamed.append(
                 block
                 if new_name == name
                 else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
             )
-        for _, block in uses:
-            position = next(index for index, kind in enumerate(kinds) if kind[0] == block.spec.nodes)
-            chosen[id(block)] = renamed[position]
+        for _, block, fixed in uses:
+            position = next(index for index, kind in enumerate(kinds) if kind[0] == (block.spec.nodes, fixed))
+            chosen[id(block)] = (renamed[position], kinds[position][0][1])
     return chosen
+
+
+def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> None:
+    """The network's attributes (stem and head nodes, stage transitions, stages, which hold their
+    blocks) are distinct paths, none inside another: ``naming`` may place a transition or a stage
+    anywhere, and two owners of one path would be one attribute in generated code."""
+    owners: dict[str, str] = {}
+    for module in modules:
+        if module.role in ("stem", "head"):
+            items = [(node.name, f"{module.role} node '{node.name}'") for node in module.nodes]
+        elif module.role == "transition":
+            items = [(module.path, f"the transition '{module.path}' of stage '{module.stage}'")]
+        else:
+            items = [(module.stage, f"stage '{module.stage}'")]
+        for path, owner in items:
+            if owners.get(path, owner) == owner or (module.role == "head" and owners[path].startswith("stem ")):
+                owners.setdefault(path, owner)  # stem and head nodes apart are the loader's check
+                continue
+            raise RescompileError(
+                f"{owners[path]} and {owner} are both at '{path}'; give naming.stages, naming.transitions "
+                "and the stem's and head's nodes distinct paths",
+                network.locate("naming"),
+            )
+    for path, owner in owners.items():
+        segments = path.split(".")
+        for length in range(1, len(segments)):
+            prefix = ".".join(segments[:length])
+            if prefix in owners and not {owner[:5], owners[prefix][:5]} <= {"stem ", "head "}:
+                raise RescompileError(
+                    f"{owner} is at '{path}', inside {owners[prefix]} at '{prefix}'; give naming.stages, "
+                    "naming.transitions and the stem's and head's nodes paths apart",
+                    network.locate("naming"),
+                )
 
 
 def _check_distinct(used: dict[str, Loaded[PartSpec]], part: Loaded[PartSpec], where: Location) -> None:
@@ -337,7 +415,13 @@ def _check_weight_count(modules: list[Module]) -> None:
 IN_CHANNELS = parse_expression("in_channels")
 
 
-def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = True) -> Definition:
+def _definition(
+    part: Loaded[PartSpec],
+    role: DefinitionRole,
+    residual: bool = True,
+    definition_name: str | None = None,
+    fixed: Fixed = (),
+) -> Definition:
     """A part as a definition: each node's attributes as the spec states them (expressions over the
     part's parameters) plus what its op derives from its input channels, by the op table's
     symbolic rule. In a plain network (``residual`` False) a block's residual add is dropped and
@@ -367,7 +451,7 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         _check_class_nodes(part, role, nodes)
     definition = Definition(
         role=role,
-        name=spec.name,
+        name=spec.name if definition_name is None else definition_name,
         description=spec.description,
         parameters=tuple(spec.parameters.items()),
         derived=tuple(spec.derived.items()),
@@ -375,8 +459,18 @@ def _definition(part: Loaded[PartSpec], role: DefinitionRole, residual: bool = T
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
+        fixed=fixed,
     )
     for prefix in dict(definition.classes):
+        outer = next((other for other in dict(definition.classes) if prefix.startswith(f"{other}.")), None)
+        if outer is not None:
+            # NOTE: a class inside a class would need the outer class to write the inner one; refused, not
+            # approximated (the outer class dropped the nodes after the inner one).
+            raise RescompileError(
+                f"block '{spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a class "
+                "cannot hold another one: keep one of them",
+                part.source.locate(("classes", prefix), key=True),
+            )
         try:
             container_span(definition, prefix)
         except ValueError as error:

@@ -192,6 +192,9 @@ class Definition:
     own (``SplitAttn``), by path prefix."""
     """In a block: the value its shortcut module reads (the block input, or a node such as a
     pre-activation); the identity shortcut always reads the block input."""
+    fixed: tuple[tuple[str, Value], ...] = ()
+    """In a block: the parameters its templates were unrolled for, with their values (Res2Net's
+    ``scale``): its class is made for them, so they are constants in it, not constructor parameters."""
 
 
 def container_span(definition: Definition, prefix: str) -> tuple[range, str]:

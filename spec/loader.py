@@ -51,6 +51,11 @@ BOUND_NAMES: dict[PartKind, frozenset[str]] = {
     "shortcuts": frozenset({"in_channels", "out_channels", "stride"}),
     "transitions": frozenset({"in_channels", "width", "stride"}),
 }
+STAGE_KEYWORDS = frozenset(
+    {"block", "out_channels", "depth", "first_block_index", "first_block", "first_options", "layout", "options"}
+)
+"""The generated ``_make_stage``'s own keywords: a block's parameters are passed through it by keyword
+(``_make_stage(BottleneckBlock, ..., groups=32)``), so none may be named so."""
 # Values a node may read besides earlier nodes.
 SPECIAL_INPUTS: dict[PartKind, frozenset[str]] = {
     "blocks": frozenset({"input", "shortcut"}),
@@ -402,6 +407,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
             raise RescompileError(
                 f"parameter name '{name}' is bound by the compiler in every {kind[:-1]} "
                 f"({', '.join(sorted(BOUND_NAMES[kind]))}); declare another name",
+                loaded.source.locate(("parameters", name), key=True),
+            )
+        if kind == "blocks" and name in STAGE_KEYWORDS:
+            raise RescompileError(
+                f"parameter name '{name}' is a keyword of the generated network's _make_stage "
+                f"({', '.join(sorted(STAGE_KEYWORDS))}), which passes a block's parameters on; declare another name",
                 loaded.source.locate(("parameters", name), key=True),
             )
     for name, expression in part.derived.items():

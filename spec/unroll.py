@@ -65,13 +65,21 @@ class Unrolling:
 
     def instantiate(self, part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind) -> Loaded[PartSpec]:
         """The part with its templates unrolled for an instance whose parameters are ``bindings``."""
+        return self.unroll(part, bindings, kind)[0]
+
+    def unroll(
+        self, part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind
+    ) -> tuple[Loaded[PartSpec], frozenset[str]]:
+        """:meth:`instantiate`, and the names of ``bindings`` the unrolling read (a ``when``, a repeat
+        count, a placeholder, a split's parts): what the unrolled part is made for, which a class
+        written from it cannot take as a parameter."""
         if not part.spec.templated:
-            return part
+            return part, frozenset()
         _, known = self._done.setdefault(id(part), (part, []))  # the part is kept alive: its id stays its own
         for unrollings in known:
             done = unrollings.results.get(_key(bindings, unrollings.names))
             if done is not None:
-                return done
+                return done, frozenset(unrollings.names) & set(bindings)
         unroller = _Unroller(part, dict(bindings), self)
         unrolled = unroller.unroll(kind)
         names = tuple(sorted(unroller.read_names))
@@ -80,7 +88,7 @@ class Unrolling:
             unrollings = _Unrollings(names, {})
             known.append(unrollings)
         unrollings.results[_key(bindings, names)] = unrolled
-        return unrolled
+        return unrolled, frozenset(names) & set(bindings)
 
 
 @dataclass

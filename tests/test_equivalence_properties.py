@@ -5,6 +5,11 @@ numerically, and zero-initialised residual branches reduce blocks to the identit
 Bounded by the `ci` Hypothesis profile; `HYPOTHESIS_PROFILE=thorough` draws many more examples.
 """
 
+import json
+import re
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 from hypothesis import assume, given, settings
@@ -13,9 +18,10 @@ from hypothesis import strategies as st
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
 from rescompile.check import check
-from rescompile.compiler import Graph, cost, lower_spec
+from rescompile.compiler import Graph, compile_spec, cost, lower_spec
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
 from rescompile.spec import load_network
+from rescompile.spec.errors import RescompileError
 from rescompile.spec.models import InputSpec, NetworkSpec
 from rescompile.testing import TOLERANCES, network_specs
 
@@ -124,3 +130,130 @@ def test_removing_identity_blocks_from_resnet18_keeps_three_projecting_blocks() 
     assert [(stage.width, stage.depth) for stage in reduced_spec.stages] == [(128, 1), (256, 1), (512, 1)]
     reduced = lower_spec(reduced_spec)
     assert set(renamed_weights(initial_weights(graph), graph, reduced)) == set(weight_shapes(reduced))
+
+
+# Issue 24 / issue 20: whatever validate accepts, every backend computes the IR, with parts, classes,
+# naming, first blocks, transitions and variant-producing whens drawn, under names shaped like the
+# ones generated code uses for itself. A drawn network is either refused with a location or agrees.
+
+TRICKY_PART_NAMES = ("x", "x_2", "x_first", "a_b", "a-b", "ab", "Ab", "basicBlock", "downsample", "block", "sum")
+TRICKY_PART_NAMES += ("build", "make_divisible", "layers", "lambda", "class", "ResNet", "OrderedDict", "projection")
+TRICKY_CLASS_NAMES = ("OrderedDict", "F", "Any", "Callable", "Tensor", "SE", "XBlockish")
+CONDITIONS = ("stride == 2", "block_index % 2 == 1", "in_channels != width", "PARAMETER > 2")
+PARAMETER_NAMES = ("k", "depth", "downsample", "index", "blocks", "block_stride", "sum", "options", "layers")
+NAMINGS = (
+    None,
+    {"stages": "stages.{index}.blocks", "transitions": "stages.{index}.downsample"},
+    {"stages": "s{number}", "blocks": "b{number}"},
+    {"stages": "layer{number}", "transitions": "layer{index}"},
+    {"stages": "layer{number}", "transitions": "down{number}", "blocks": "b{index}"},
+)
+
+
+@st.composite
+def drawn_block(draw: st.DrawFn, name: str, parameter: str) -> str:
+    kernel = draw(st.sampled_from([1, 3]))
+    lines = [f"name: {name}", f"parameters: {{{parameter}: 2}}", "out_channels: width"]
+    se = draw(st.booleans())
+    if se and draw(st.booleans()):
+        lines.append(f"classes: {{se: {draw(st.sampled_from(TRICKY_CLASS_NAMES))}}}")
+    lines += [
+        "nodes:",
+        f"  conv1: {{op: conv, out_channels: width * {parameter}, kernel: {kernel}, stride: stride, "
+        f"padding: {kernel // 2}}}",
+        "  bn1: {op: batch_norm}",
+        "  conv2: {op: conv, out_channels: width, kernel: 1}",
+        "  bn2: {op: batch_norm}",
+    ]
+    last = "bn2"
+    if se:
+        lines += [
+            "  se.pool: {op: global_average_pool}",
+            "  se.fc: {op: conv, out_channels: width, kernel: 1, bias: true}",
+            "  se.gate: {op: sigmoid}",
+            "  se.mul: {op: mul, inputs: [bn2, se.gate]}",
+        ]
+        last = "se.mul"
+    condition = draw(st.sampled_from((None, *CONDITIONS)))
+    condition = None if condition is None else condition.replace("PARAMETER", parameter)
+    if condition is not None:
+        lines.append(f"  extra: {{op: relu, input: {last}, when: {condition}}}")
+        last = f"extra if {condition} else {last}"
+    lines += [f'  add: {{op: add, inputs: ["{last}", shortcut]}}', "  relu: {op: relu}"]
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def drawn_networks(draw: st.DrawFn) -> dict[str, str]:
+    """Files (relative path -> text) of a network with drawn parts; ``net.yaml`` is the network."""
+    names = draw(st.lists(st.sampled_from(TRICKY_PART_NAMES), min_size=1, max_size=3, unique=True))
+    parameter = draw(st.sampled_from(PARAMETER_NAMES))
+    files = {f"blocks/{name}.yaml": draw(drawn_block(name, parameter)) for name in names}
+    shortcut: object = "B"
+    if draw(st.booleans()):
+        file_name = draw(st.sampled_from(TRICKY_PART_NAMES))
+        own_name = draw(st.sampled_from((file_name, *TRICKY_PART_NAMES)))
+        files[f"shortcuts/{file_name}.yaml"] = (
+            f"name: {own_name}\nnodes:\n"
+            "  '0': {op: conv, out_channels: out_channels, kernel: 1, stride: stride}\n"
+            "  '1': {op: batch_norm}\n"
+        )
+        shortcut = {"where_shapes_match": "identity", "where_shapes_change": file_name}
+    stages = []
+    for _ in range(draw(st.integers(1, 3))):
+        stage: dict[str, object] = {
+            "depth": draw(st.integers(1, 3)),
+            "width": draw(st.sampled_from([4, 8])),
+            "stride": draw(st.sampled_from([1, 2])),
+        }
+        if draw(st.booleans()):
+            stage["block"] = draw(st.sampled_from(names))
+        if draw(st.booleans()):
+            stage["first_block"] = draw(st.sampled_from([*names, "bottleneck", "basic"]))
+        if draw(st.booleans()):
+            stage["block_parameters"] = {parameter: draw(st.sampled_from([1, 3]))}
+        stages.append(stage)
+    network: dict[str, object] = {
+        "name": "drawn",
+        "input": {"channels": 3, "size": 8},
+        "stem": "cifar",
+        "stem_parameters": {"width": 8},
+        "block": names[0],
+        "shortcut": shortcut,
+        "stages": stages,
+        "head": "classifier",
+        "head_parameters": {"classes": 3},
+    }
+    naming = draw(st.sampled_from(NAMINGS))
+    if naming is not None:
+        network["naming"] = naming
+    if draw(st.booleans()):
+        network["transition"] = "convnext_downsample"
+    files["net.yaml"] = json.dumps(network)  # JSON is YAML
+    return files
+
+
+@settings(max_examples=max(4, settings.default.max_examples // 4))
+@given(drawn_networks(), st.integers(0, 2**16))
+def test_drawn_parts_names_and_layouts_compile_to_the_ir_in_every_backend(files: dict[str, str], seed: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        for relative, text in files.items():
+            (Path(folder) / relative).parent.mkdir(parents=True, exist_ok=True)
+            (Path(folder) / relative).write_text(text)
+        try:
+            graph = compile_spec(Path(folder) / "net.yaml")
+        except RescompileError as error:
+            assert re.match(r"\S+\.yaml:\d+:\d+: ", str(error)), error  # refused: located, one line
+            assert "\n" not in str(error)
+            return
+    inputs = inputs_for(graph, seed)
+    weights = random_weights(graph, seed)
+    for name, backend in BACKENDS.items():
+        assert backend.count_parameters(backend.build(graph)) == cost(graph).parameters, name
+    outputs = run_all(graph, weights, inputs)
+    for backend, modules in outputs.items():
+        assert list(modules) == module_names(graph), backend
+        for module, name in zip(graph.modules, module_names(graph), strict=True):
+            assert modules[name].shape == (2, *module.out_shape), (backend, name)
+    result = check(graph, tuple(BACKENDS), dict.fromkeys(BACKENDS, weights), inputs, TOLERANCES["network"])
+    assert result.agree, [pair for pair in result.pairs if not pair.agree]

@@ -12,6 +12,7 @@ import pytest
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
+from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec
 from rescompile.compiler.cost import cost
 from rescompile.compiler.weights import random_weights
@@ -118,3 +119,31 @@ def test_generated_source_with_first_blocks_is_ruff_formatted(backend: str, netw
     assert formatted.stdout == source
     lint = subprocess.run([*ruff, "check", *settings, "-"], input=source, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+OTHER_CHANNELS = """name: n
+input: {channels: 3, size: 8}
+stem: cifar
+block: basic
+shortcut: B
+stages:
+  - {depth: 3, width: 4, first_block: bottleneck}
+  - {depth: 2, width: 8, stride: 2, first_block: bottleneck, first_block_parameters: {expansion: 2}}
+head: classifier
+head_parameters: {classes: 3}
+"""
+
+
+def test_a_first_block_of_other_output_channels_agrees_in_every_backend(tmp_path: Path) -> None:
+    """A bottleneck (4 × width channels) first in a stage of basic blocks: the second block reads 16
+    channels and projects them to 4. torch and flax built it for 4 (no projection) and failed at
+    forward; the stage is now built from its per-block layout."""
+    (tmp_path / "net.yaml").write_text(OTHER_CHANNELS)
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [block.out_shape[0] for block in graph.blocks if block.out_shape] == [16, 4, 4, 16, 8]
+    assert [block.shortcut for block in graph.blocks] == ["identity", "projection", "identity"] + ["projection"] * 2
+    source = torch_backend.emit_source(graph)
+    assert "layout=[(BottleneckBlock, 16, {}), (BasicBlock, 4, {}), (BasicBlock, 4, {})]" in source
+    for backend in (torch_backend, flax_backend):
+        assert backend.count_parameters(backend.build_module(graph)) == cost(graph).parameters
+    assert_backends_agree(graph)

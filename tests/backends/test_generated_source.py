@@ -4,13 +4,17 @@ where a spec may put it."""
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rescompile.backends import flax_backend, torch_backend
+from rescompile.backends.source import MAX_INLINE_TERMS
 from rescompile.check import assert_backends_agree
-from rescompile.compiler import compile_spec
+from rescompile.compiler import Graph, compile_spec
 from rescompile.spec import builtin_networks
 
 EMITTERS = {
@@ -62,3 +66,41 @@ def test_ops_in_a_stem_are_written_from_their_fields_and_agree_across_backends(t
     (tmp_path / "net.yaml").write_text(STEM_NETWORK)
     graph = compile_spec(tmp_path / "net.yaml")
     assert_backends_agree(graph)
+
+
+WIDE_ADD_BLOCK = """\
+name: wide_add
+parameters: {terms: 2}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}
+  bn1: {op: batch_norm}
+  sum: {op: add, inputs: ["bn1 for k in range(terms)"]}
+  add: {op: add, inputs: [sum, shortcut]}
+  relu: {op: relu}
+"""
+WIDE_ADD_NETWORK = STEM_NETWORK.replace("block: basic", "block: wide_add").replace("stem: odd", "stem: cifar")
+
+
+def _wide_add(folder: Path, terms: int) -> Graph:
+    (folder / "blocks").mkdir(exist_ok=True)
+    (folder / "blocks" / "wide_add.yaml").write_text(WIDE_ADD_BLOCK.replace("terms: 2", f"terms: {terms}"))
+    (folder / "net.yaml").write_text(WIDE_ADD_NETWORK)
+    return compile_spec(folder / "net.yaml")
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.one_of(st.integers(2, 40), st.sampled_from([4_000, 10_000])))
+def test_an_add_of_any_number_of_inputs_is_source_python_compiles(terms: int) -> None:
+    """``a + a + …`` of 4,000 terms made a file that failed to import (RecursionError): the sum is
+    written with bounded nesting past MAX_INLINE_TERMS, and inline (as before) up to it."""
+    with tempfile.TemporaryDirectory() as folder:
+        graph = _wide_add(Path(folder), terms)
+    for backend in (torch_backend, flax_backend):
+        source = backend.emit_source(graph)
+        compile(source, "<generated>", "exec")
+        assert ("sum([" in source) == (terms > MAX_INLINE_TERMS)
+
+
+def test_an_add_of_thousands_of_inputs_agrees_in_every_backend(tmp_path: Path) -> None:
+    assert_backends_agree(_wide_add(tmp_path, 4_000))

@@ -7,6 +7,7 @@ selective-kernel bottleneck, grouped paths reading the whole input), and across 
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.onnx_backend import SUPPORTED_OPSETS, emit_model, run_onnxruntime
+from rescompile.backends.source import class_name
 from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
@@ -326,3 +328,66 @@ def test_the_new_ops_lower_exactly_in_the_oldest_and_newest_opsets(tmp_path: Pat
     model = emit_model(graph, weights, opset=opset)
     expected = torch_backend.module_outputs(graph, weights, inputs)["head"]
     assert_close(run_onnxruntime(model, inputs), expected, tolerance="network", what=f"opset {opset}")
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "resnest50d", "skresnet18"])
+def test_what_a_class_was_unrolled_for_is_fixed_in_it_not_a_parameter(name: str) -> None:
+    """Res2Net's Bottle2neckBlock took ``scale: int = 4`` with a body unrolled for 4 (scale=2 failed
+    with a size mismatch): every parameter the unrolling read is a constant of the class, and every
+    constructor parameter left is its body's to honour."""
+    graph = compile_spec(name, size=SIZE)
+    generated = torch_backend.load_source(torch_backend.emit_source(graph), "torch", name)
+    for definition in (item for item in graph.definitions if item.role == "block"):
+        assert definition.fixed, definition.name
+        block = next(module for module in graph.blocks if module.type_name == definition.name)
+        cls = getattr(generated, class_name(definition.name, "Block"))
+        signature = inspect.signature(cls)
+        assert not {key for key, _ in definition.fixed} & set(signature.parameters)
+        for key, value in definition.fixed:
+            with pytest.raises(TypeError):
+                cls(block.in_shape[0], block.parameter("width"), **{key: value})
+        # The parameters it keeps are honoured: a block built with other values runs.
+        kept = {key: value for key, value in definition.parameters if key in signature.parameters}
+        changed = {key: value * 2 for key, value in kept.items() if type(value) is int}
+        for key, value in changed.items():
+            # A shortcut of 0 (it broadcasts): the branch alone is under test.
+            zero = torch.nn.Module()
+            zero.forward = lambda x: torch.zeros(())  # type: ignore[method-assign]
+            stride = block.parameter("stride")
+            other = cls(block.in_shape[0], block.parameter("width"), stride, zero, **{key: value}).eval()
+            with torch.no_grad():
+                output = other(torch.zeros((1, block.in_shape[0], 8, 8)))
+            assert output.shape[0] == 1, key
+
+
+SCALED = """name: scaled
+parameters: {k: 2}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width * k, kernel: 1, stride: stride}
+  bn1: {op: batch_norm}
+  extra: {op: relu, when: k > 1}
+  conv2: {op: conv, out_channels: width, kernel: 1}
+  add: {op: add, inputs: [conv2, shortcut]}
+  relu: {op: relu}
+"""
+
+
+def test_unrollings_for_different_values_are_classes_of_their_own(tmp_path: Path) -> None:
+    """Two stages unroll ``scaled`` to the same nodes for k = 2 and k = 3: the class is made for its
+    k, so each value gets a class (k a constant in it) and all backends agree."""
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "scaled.yaml").write_text(SCALED)
+    network = NETWORK.replace("block: branches", "block: scaled").replace(
+        "  - {depth: 1, width: 8}\n",
+        "  - {depth: 2, width: 8}\n  - {depth: 2, width: 8, stride: 2, block_parameters: {k: 3}}\n",
+    )
+    (tmp_path / "net.yaml").write_text(network)
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [definition.fixed for definition in graph.definitions if definition.role == "block"] == [
+        (("k", 2),),
+        (("k", 3),),
+    ]
+    source = torch_backend.emit_source(graph)
+    assert "k: int" not in source and "        k = 2\n" in source and "        k = 3\n" in source
+    assert_backends_agree(graph)

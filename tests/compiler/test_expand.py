@@ -5,15 +5,21 @@ from __future__ import annotations
 import builtins
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rescompile.backends import flax_backend, torch_backend
+from rescompile.backends.torch_backend import count_parameters
+from rescompile.cli import main
+from rescompile.compiler.cost import cost
 from rescompile.compiler.expand import expand
 from rescompile.compiler.ops import MAX_BLUR_TAPS
 from rescompile.compiler.pipeline import compile_spec
+from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import load_network, load_parts, resolve_network
 
@@ -236,3 +242,101 @@ def test_a_nodes_shape_error_points_at_the_node(
         compile_spec(folder / "net.yaml")
     file, label = ("heads/h.yaml:5:", "head") if where == "head" else ("blocks/t.yaml:6:", "layer1.0")
     assert re.fullmatch(rf"\S+{file}\d+: {label}: probe: .+", str(raised.value)), str(raised.value)
+
+
+SHORTCUT_NAMED_APART = """\
+name: NAME
+nodes:
+  '0': {op: conv, out_channels: out_channels, kernel: 1, stride: stride}
+  '1': {op: batch_norm}
+"""
+NETWORK_WITH_PROJ = """\
+name: n
+input: {channels: 3, size: 8}
+stem: cifar
+block: basic
+shortcut: {where_shapes_match: identity, where_shapes_change: proj}
+stages:
+  - {depth: 1, width: 4}
+  - {depth: 2, width: 8, stride: 2}
+head: classifier
+head_parameters: {classes: 3}
+"""
+
+
+@pytest.mark.parametrize("name", ["other_name", "projection", "identity"])
+def test_a_shortcut_named_apart_from_its_file_is_the_network_s_name_for_it(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shortcut file proj.yaml saying ``name: other_name``: its definition is the policy's 'proj',
+    the name each block's shortcut has, so every backend finds it (torch and flax died with KeyError)."""
+    (tmp_path / "shortcuts").mkdir()
+    (tmp_path / "shortcuts" / "proj.yaml").write_text(SHORTCUT_NAMED_APART.replace("NAME", name))
+    (tmp_path / "net.yaml").write_text(NETWORK_WITH_PROJ)
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [definition.name for definition in graph.definitions if definition.role == "shortcut"] == ["proj"]
+    assert {block.shortcut for block in graph.blocks} == {"identity", "proj"}
+    if name == "other_name":
+        assert main(["check", str(tmp_path / "net.yaml")]) == 0
+        assert "all backends agree" in capsys.readouterr().out
+    else:
+        for backend in (torch_backend, flax_backend):
+            assert backend.count_parameters(backend.build_module(graph)) == cost(graph).parameters
+
+
+CONVNEXT_NAMED = """\
+name: n
+input: {channels: 3, size: 16}
+stem: convnext_patch
+stem_parameters: {width: 8}
+block: convnext
+shortcut: identity
+transition: convnext_downsample
+naming: {stages: "STAGES", transitions: "TRANSITIONS"}
+stages:
+  - {depth: 1, width: 8}
+  - {depth: 1, width: 16, stride: 2}
+  - {depth: 1, width: 16, stride: 2}
+head: convnext_head
+head_parameters: {classes: 3}
+"""
+STAGE_PATTERNS = [
+    "layer{number}",
+    "layer{index}",
+    "stages.{index}.blocks",
+    "stages.{index}",
+    "s{number}",
+    "head{index}",
+]
+TRANSITION_PATTERNS = [*STAGE_PATTERNS, "layer{index}.down", "stages.{index}.downsample", "stem.{index}", "norm{index}"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(STAGE_PATTERNS), st.sampled_from(TRANSITION_PATTERNS))
+def test_naming_either_places_every_attribute_apart_or_is_refused_located(stages: str, transitions: str) -> None:
+    """A transition at another stage's path (stages layer{number}, transitions layer{index}) built
+    self.layer1 twice in torch and flax: validate refuses it at the naming key."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "net.yaml"
+        path.write_text(CONVNEXT_NAMED.replace("STAGES", stages).replace("TRANSITIONS", transitions))
+        try:
+            graph = compile_spec(path)
+        except RescompileError as error:
+            # At the naming key, or at a stem or head node the naming would share a path with.
+            assert re.match(r"\S+\.yaml:\d+:\d+: ", str(error)), error
+            return
+    model = torch_backend.build_module(graph)
+    keys = {key for key in model.state_dict() if not key.endswith("num_batches_tracked")}
+    assert keys == set(weight_shapes(graph))
+    assert count_parameters(model) == cost(graph).parameters
+
+
+def test_a_transition_at_another_stage_s_path_is_refused_located(tmp_path: Path) -> None:
+    path = tmp_path / "net.yaml"
+    path.write_text(CONVNEXT_NAMED.replace("STAGES", "layer{number}").replace("TRANSITIONS", "layer{index}"))
+    with pytest.raises(RescompileError) as raised:
+        compile_spec(path)
+    assert str(raised.value) == (
+        f"{path}:8:9: stage 'layer1' and the transition 'layer1' of stage 'layer2' are both at 'layer1'; give "
+        "naming.stages, naming.transitions and the stem's and head's nodes distinct paths"
+    )
