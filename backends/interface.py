@@ -49,6 +49,8 @@ class EmitOptions:
     opset: int | None = None
     """None: the backend's default."""
     fold_bn: bool = False
+    fixed_size: bool = False
+    """ONNX: the declared height and width, not dynamic ``H`` and ``W``."""
     inference: bool = False
     """Lower for evaluation: BatchNorm folded (on load, from canonical weights), channels_last."""
 

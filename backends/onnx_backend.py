@@ -10,7 +10,9 @@ Names are the canonical ones a reader knows from torchvision: node ``layer3.4.co
 initializer ``layer3.4.conv2.weight``. Values inside a module are named by the node that computes
 them (``layer3.4.relu1``), except that a module's output is named by the module itself, so the
 values flowing between modules read ``stem``, ``layer1.0``, ..., ``layer4.2`` and the graph's
-output is ``output``. The graph input is ``input``, ``(batch, C, H, W)`` with a dynamic ``batch``.
+output is ``output``. The graph input is ``input``, ``(batch, C, H, W)`` with a dynamic ``batch``
+and, unless asked for a fixed size or the network needs one (:func:`fixed_size_reason`), dynamic
+``H`` and ``W``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ SUPPORTED_OPSETS = range(_OLDEST_OPSET, min(_NEWEST_CHECKED_OPSET, onnx.defs.onn
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 BATCH_DIMENSION = "batch"
+HEIGHT_DIMENSION = "H"
+WIDTH_DIMENSION = "W"
 
 # protobuf cannot serialise a message of 2 GiB or more; past this, tensors go to a side file. The
 # allowance covers everything but tensor data (nodes, names: under 2 MB even for resnet1202).
@@ -155,6 +159,9 @@ class _Builder:
     """
 
     weights: Mapping[str, npt.NDArray[np.generic]]
+    dynamic_size: bool = False
+    """Emit nothing that holds the declared height and width: reshapes take their target from a
+    Shape node, ceil-mode pools use ONNX's ceil_mode (:func:`_ceil_pads`)."""
     model: onnx.ModelProto = field(default_factory=onnx.ModelProto)
     data: list[TensorData] = field(default_factory=list)
 
@@ -259,6 +266,13 @@ def _reshape(builder: _Builder, value: str, shape: list[int], name: str) -> str:
     return name
 
 
+def _reshape_like(builder: _Builder, value: str, like: str, name: str) -> str:
+    """``value`` reshaped to the runtime shape of ``like``, as ``name``: a reshape that holds no
+    height or width, for models whose height and width are dynamic."""
+    shape = _append(builder, "Shape", [like], f"{name}.shape")
+    return _append(builder, "Reshape", [value, shape], name)
+
+
 def _normalize_groups(builder: _Builder, value: str, grouped: list[int], epsilon: float, name: str) -> str:
     """``value`` reshaped to ``grouped`` ``(batch, groups, -1)``, each group normalised to
     ``(x - mean) / sqrt(var + epsilon)`` with its biased variance: GroupNorm without its affine,
@@ -285,7 +299,10 @@ def _group_norm(builder: _Builder, site: Site) -> None:
     assert isinstance(op, GroupNorm)
     channels, height, width = site.node.in_shapes[0]
     normalized = _normalize_groups(builder, site.inputs[0], [0, op.groups, -1], op.epsilon, site.name)
-    image = _reshape(builder, normalized, [0, channels, height, width], f"{site.name}.image")
+    if builder.dynamic_size:
+        image = _reshape_like(builder, normalized, site.inputs[0], f"{site.name}.image")
+    else:
+        image = _reshape(builder, normalized, [0, channels, height, width], f"{site.name}.image")
     affine = [
         _reshape(builder, builder.weight(f"{site.name}.{suffix}"), [channels, 1, 1], f"{site.name}.{suffix}.column")
         for suffix in ("weight", "bias")
@@ -361,6 +378,9 @@ def _max_pool(builder: _Builder, site: Site) -> None:
     # NOTE: every pad stays below the kernel, as ONNX Runtime requires: torch's declared padding is
     # at most half the kernel, and ceil_mode's last window starts inside the input or its declared
     # padding, so its end lies less than a kernel past them.
+    if builder.dynamic_size and op.ceil_mode:
+        _ceil_mode_pool(builder, site, op)
+        return
     pads = _ceil_pads(site, op)
     builder.node(
         "MaxPool",
@@ -373,6 +393,24 @@ def _max_pool(builder: _Builder, site: Site) -> None:
     )
 
 
+def _ceil_mode_pool(builder: _Builder, site: Site, op: MaxPool | AvgPool) -> None:
+    """A ceil-mode pool for any input size: ONNX's own ceil_mode, whose rule (the last window
+    starts inside the input or its begin padding, and an average's divisor does not count the
+    window's overhang past the end padding) is torch's in the runtimes checked
+    (tests/backends/test_onnx_backend.py runs both kinds at odd and even sizes)."""
+    attributes: dict[str, Any] = {"count_include_pad": int(op.count_include_pad)} if isinstance(op, AvgPool) else {}
+    builder.node(
+        "AveragePool" if isinstance(op, AvgPool) else "MaxPool",
+        [site.inputs[0]],
+        site,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=_pads(op.padding),
+        ceil_mode=1,
+        **attributes,
+    )
+
+
 def _avg_pool(builder: _Builder, site: Site) -> None:
     """Without a ceil_mode window, ONNX AveragePool means what torch's AvgPool2d means. With one,
     torch divides the last window by its size clipped to the padded input (count_include_pad) or
@@ -381,6 +419,9 @@ def _avg_pool(builder: _Builder, site: Site) -> None:
     counts, becomes a Pad node of zeros (values, then), and only the extra padding stays padding."""
     op = site.node.op
     assert isinstance(op, AvgPool)
+    if builder.dynamic_size and op.ceil_mode:
+        _ceil_mode_pool(builder, site, op)
+        return
     declared = _pads(op.padding)
     pads = _ceil_pads(site, op)
     source = site.inputs[0]
@@ -499,7 +540,10 @@ def _softmax(builder: _Builder, site: Site) -> None:
     # Back to (batch, groups, over, rest) or, transposed, (batch, over, groups, rest).
     perm = [0, 3, 1, 2] if op.transpose else [0, 1, 3, 2]
     builder.model.graph.node.append(helper.make_node("Transpose", [normalised], [ordered], name=ordered, perm=perm))
-    shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, height, width], np.int64))
+    if builder.dynamic_size:
+        shape = _append(builder, "Shape", [site.inputs[0]], f"{site.name}.shape")
+    else:
+        shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, height, width], np.int64))
     builder.node("Reshape", [ordered, shape], site)
 
 
@@ -519,10 +563,14 @@ def _layer_norm(builder: _Builder, site: Site) -> None:
     assert isinstance(op, LayerNorm)
     channels, height, width = site.node.in_shapes[0]
     last = _append(builder, "Transpose", [site.inputs[0]], f"{site.name}.channels_last", perm=[0, 2, 3, 1])
-    rows = _normalize_groups(builder, last, [0, height * width, channels], op.epsilon, site.name)
+    pixels = -1 if builder.dynamic_size else height * width
+    rows = _normalize_groups(builder, last, [0, pixels, channels], op.epsilon, site.name)
     scaled = _append(builder, "Mul", [rows, builder.weight(f"{site.name}.weight")], f"{site.name}.times_weight")
     shifted = _append(builder, "Add", [scaled, builder.weight(f"{site.name}.bias")], f"{site.name}.plus_bias")
-    image = _reshape(builder, shifted, [0, height, width, channels], f"{site.name}.image")
+    if builder.dynamic_size:
+        image = _reshape_like(builder, shifted, last, f"{site.name}.image")
+    else:
+        image = _reshape(builder, shifted, [0, height, width, channels], f"{site.name}.image")
     builder.node("Transpose", [image], site, perm=[0, 3, 1, 2])
 
 
@@ -744,8 +792,12 @@ def emit_model(
     fold_bn: bool = False,
     seed: int = 0,
     block_outputs: bool = False,
+    fixed_size: bool = False,
 ) -> OnnxModel:
     """The ONNX model of ``graph``: input ``input`` ``(batch, C, H, W)``, output ``output``.
+
+    ``batch`` is dynamic; ``H`` and ``W`` are too, unless ``fixed_size`` or the network holds its
+    declared size (:func:`fixed_size_reason`), when they are the declared ones.
 
     ``weights`` are canonical (torch layout, checked strictly); None draws fresh ones with
     :func:`initial_weights` and ``seed``. ``fold_bn`` folds each BatchNorm into the conv before it
@@ -772,7 +824,8 @@ def emit_model(
     if fold_bn:
         folded = fold_batch_norm(graph)
         graph, folds = folded.graph, {fold.conv: fold for fold in folded.folds}
-    builder = _Builder(weights)
+    dynamic = not fixed_size and fixed_size_reason(graph) is None
+    builder = _Builder(weights, dynamic)
     value_names: set[str] = {INPUT_NAME}
     outputs: list[onnx.ValueInfoProto] = []
     previous = INPUT_NAME
@@ -798,12 +851,16 @@ def emit_model(
         previous = values[module.output]
         assert module.out_shape is not None, "shapes not inferred"
         if block_outputs and index < len(graph.modules) - 1:
-            outputs.append(_value_info(previous, module.out_shape))
+            outputs.append(_value_info(previous, module.out_shape, dynamic))
     model = builder.model
     model.graph.name = graph.name
     model.graph.doc_string = graph.description
-    model.graph.input.append(_value_info(INPUT_NAME, graph.input_shape))
-    model.graph.output.extend([_value_info(OUTPUT_NAME, graph.output_shape), *outputs])
+    channels, *size = graph.input_shape
+    input_dims = [channels, HEIGHT_DIMENSION, WIDTH_DIMENSION] if dynamic else [channels, *size]
+    model.graph.input.append(
+        helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIMENSION, *input_dims])
+    )
+    model.graph.output.extend([_value_info(OUTPUT_NAME, graph.output_shape, dynamic), *outputs])
     opset_id = helper.make_opsetid("", opset)
     model.opset_import.append(opset_id)
     # The oldest IR version that carries this opset, for the widest range of runtimes.
@@ -814,8 +871,34 @@ def emit_model(
     return OnnxModel(model, tuple(builder.data))
 
 
-def _value_info(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIMENSION, *shape])
+def _value_info(name: str, shape: tuple[int, ...], dynamic: bool) -> onnx.ValueInfoProto:
+    """A value's type: with a dynamic input size, an image's height and width are left unnamed
+    (each a function of ``H`` or ``W`` that ONNX cannot state)."""
+    dims: list[int | str | None] = [BATCH_DIMENSION, *shape]
+    if dynamic and len(shape) == 3:
+        dims[2:] = [None, None]
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def fixed_size_reason(graph: Graph) -> str | None:
+    """Why ``graph`` runs at its declared height and width only, or None when it runs at any size
+    its strides allow. A value is size-free when a global pool made it 1×1, or when it is computed
+    from size-free values alone; a flatten of any other value hands a fixed number of features to
+    the layer after it (a head that flattens a 7×7 map, or pools it with a 7×7 kernel)."""
+    size_free_output = False
+    for module in graph.modules:
+        size_free = {MODULE_INPUT} if size_free_output else set()
+        for node in module.nodes:
+            if node.op.kind == "global_average_pool" or (node.inputs and set(node.inputs) <= size_free):
+                size_free.add(node.name)
+            elif node.op.kind == "flatten":
+                _, height, width = node.in_shapes[0]
+                return (
+                    f"'{module.canonical(node.name)}' flattens a {height}×{width} map that no global pool made, "
+                    "so the number of features after it depends on the input size"
+                )
+        size_free_output = module.output in size_free
+    return None
 
 
 def save_model(model: OnnxModel, path: str | os.PathLike[str]) -> None:
@@ -877,7 +960,7 @@ def emit(graph: Graph, options: EmitOptions) -> Writer:
     else:
         weights = initial_weights(graph, options.seed, options.zero_init_residual)
     opset = DEFAULT_OPSET if options.opset is None else options.opset
-    model = emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn)
+    model = emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn, fixed_size=options.fixed_size)
     return functools.partial(save_model, model)
 
 
@@ -932,14 +1015,17 @@ __all__ = [
     "BATCH_DIMENSION",
     "DEFAULT_OPSET",
     "EMITTERS",
+    "HEIGHT_DIMENSION",
     "INPUT_NAME",
     "OUTPUT_NAME",
     "SUPPORTED_OPSETS",
+    "WIDTH_DIMENSION",
     "OnnxModel",
     "build_module",
     "count_parameters",
     "emit",
     "emit_model",
+    "fixed_size_reason",
     "load_weights",
     "module_output_name",
     "module_outputs",

@@ -14,14 +14,16 @@ import ast
 import copy
 import dataclasses
 import functools
+import hashlib
 import keyword
+import linecache
 import sys
 import textwrap
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, SupportsIndex
 
 import jinja2
 
@@ -905,15 +907,60 @@ def template(name: str) -> jinja2.Template:
 
 
 def load_source(source: str, backend: str, network: str) -> types.ModuleType:
-    """Execute generated source as a fresh Python module, registered in ``sys.modules`` (as
-    ``rescompile_generated_<backend>_<network>``) so that pickling and ``inspect.getsource`` work."""
-    identifier = "".join(character if character.isalnum() else "_" for character in network)
-    name = f"rescompile_generated_{backend}_{identifier}"
+    """Execute generated source as a Python module, as if imported from a file, so that what a
+    model built from it is asked to do works:
+
+    - ``inspect.getsource`` (``torch.jit.script`` reads it): the lines are in ``linecache`` under
+      the module's file name.
+    - ``pickle``, ``torch.save(model)``, ``copy.deepcopy``: each class the source defines reduces
+      an instance to :func:`generated_instance` of the source itself (a few kB, stored once per
+      pickle) and the instance's state, so unpickling in a fresh process executes the source again
+      before it reads the state, whose classes it defines.
+
+    The module is ``rescompile_generated_<backend>_<network>_<digest>`` in ``sys.modules``, the
+    digest that of the source: the same source gives the same module, so a class pickled by name
+    is the class loaded, and two networks with one name (resnet20 with 10 classes and with 100)
+    never replace each other's classes."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    identifier = "".join(character if character.isalnum() else "_" for character in f"{backend}_{network}")
+    name = f"rescompile_generated_{identifier}_{digest}"
+    existing = sys.modules.get(name)
+    if existing is not None:
+        return existing
     module = types.ModuleType(name)
     module.__file__ = f"<{name}>"
+    # NOTE: mtime None: linecache.checkcache keeps the entry (it cannot stat a file that does not exist).
+    linecache.cache[module.__file__] = (len(source), None, source.splitlines(keepends=True), module.__file__)
     sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
+    module.__dict__[_GENERATED_FROM] = (source, backend, network)
+    for value in list(vars(module).values()):
+        if isinstance(value, type) and value.__module__ == name:
+            value.__reduce_ex__ = _reduce_generated  # type: ignore[assignment]
     return module
+
+
+_GENERATED_FROM = "__rescompile_generated_from__"
+"""A generated module's global holding ``(source, backend, network)``, what :func:`load_source` was given."""
+
+
+def _reduce_generated(instance: object, protocol: SupportsIndex) -> tuple[object, ...]:
+    """``__reduce_ex__`` of each generated class: rebuilt by :func:`generated_instance` from the
+    source, then given the instance's state."""
+    generated_from = sys.modules[type(instance).__module__].__dict__[_GENERATED_FROM]
+    return (generated_instance, (*generated_from, type(instance).__qualname__), instance.__getstate__())
+
+
+def generated_instance(source: str, backend: str, network: str, qualname: str) -> object:
+    """An uninitialised instance of class ``qualname`` of the generated ``source`` (loaded by
+    :func:`load_source` if this process has not loaded it): what unpickling a generated model
+    calls before it sets the instance's state."""
+    owner: object = load_source(source, backend, network)
+    for part in qualname.split("."):
+        owner = getattr(owner, part)
+    assert isinstance(owner, type)
+    cls: type[object] = owner
+    return cls.__new__(cls)
 
 
 def weights_path(source_path: Path) -> Path:

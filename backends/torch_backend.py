@@ -210,7 +210,8 @@ CHANNEL_CONV_CLASS = '''class ChannelConv(nn.Conv1d):
         super().__init__(1, 1, kernel_size=kernel, padding=(kernel - 1) // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.view(x.shape[0], 1, -1)).view(x.shape)'''
+        # NOTE: not super().forward, which TorchScript cannot compile (torch.jit.script).
+        return self._conv_forward(x.view(x.shape[0], 1, -1), self.weight, self.bias).view(x.shape)'''
 DROP_PATH_CLASS = '''class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016), as timm's DropPath: in training, each sample is zeroed
     with probability ``rate`` and the kept ones scaled by 1 / (1 - rate); the identity in eval mode."""
@@ -287,7 +288,8 @@ POINTWISE_LINEAR_CLASS = '''class PointwiseLinear(nn.Linear):
     weight (out_features, in_features)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)'''
+        # NOTE: not super().forward, which TorchScript cannot compile (torch.jit.script).
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)'''
 
 
 def _layer_norm(node: SourceNode) -> Layer:
@@ -307,27 +309,32 @@ def _pointwise_linear(node: SourceNode) -> Layer:
     return ("PointwiseLinear", arguments)
 
 
-FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms_on_load(module: nn.Module, folds: dict[str, tuple[str, float]]) -> None:
+FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms(
+    folds: dict[str, tuple[str, float]], owner: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
+) -> None:
+    """The load_state_dict pre-hook of fold_batch_norms_on_load: fold each BatchNorm of ``folds`` found in
+    ``state_dict`` into its conv."""
+    for conv, (batch_norm, eps) in folds.items():
+        statistics = [f"{prefix}{batch_norm}.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
+        if not all(key in state_dict for key in statistics):
+            continue  # folded already, or incomplete: load_state_dict reports what is missing
+        gamma, beta, mean, variance = (state_dict.pop(key).double() for key in statistics)
+        state_dict.pop(f"{prefix}{batch_norm}.num_batches_tracked", None)
+        scale = gamma / torch.sqrt(variance + eps)
+        weight = state_dict[f"{prefix}{conv}.weight"]
+        own_bias = state_dict.get(f"{prefix}{conv}.bias")
+        bias = beta + ((0.0 if own_bias is None else own_bias.double()) - mean) * scale
+        state_dict[f"{prefix}{conv}.weight"] = weight * scale.to(weight.dtype).reshape(-1, 1, 1, 1)
+        state_dict[f"{prefix}{conv}.bias"] = bias.to(weight.dtype)
+
+
+def fold_batch_norms_on_load(module: nn.Module, folds: dict[str, tuple[str, float]]) -> None:
     """Let ``module`` load canonical weights (torchvision's state_dict keys, BatchNorms included): as a
     state_dict loads, each BatchNorm of ``folds`` (``conv: (batch_norm, eps)``) is folded into its conv.
     Per output channel, ``s = gamma / sqrt(running_var + eps)`` (in float64), ``W' = W * s`` and
     ``b' = beta + (b - running_mean) * s``. A state_dict already folded (this module's own) loads as it is."""
-
-    def fold(owner: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
-        for conv, (batch_norm, eps) in folds.items():
-            statistics = [f"{prefix}{batch_norm}.{name}" for name in ("weight", "bias", "running_mean", "running_var")]
-            if not all(key in state_dict for key in statistics):
-                continue  # folded already, or incomplete: load_state_dict reports what is missing
-            gamma, beta, mean, variance = (state_dict.pop(key).double() for key in statistics)
-            state_dict.pop(f"{prefix}{batch_norm}.num_batches_tracked", None)
-            scale = gamma / torch.sqrt(variance + eps)
-            weight = state_dict[f"{prefix}{conv}.weight"]
-            own_bias = state_dict.get(f"{prefix}{conv}.bias")
-            bias = beta + ((0.0 if own_bias is None else own_bias.double()) - mean) * scale
-            state_dict[f"{prefix}{conv}.weight"] = weight * scale.to(weight.dtype).reshape(-1, 1, 1, 1)
-            state_dict[f"{prefix}{conv}.bias"] = bias.to(weight.dtype)
-
-    module.register_load_state_dict_pre_hook(fold)'''
+    # NOTE: a partial of a module-level function, not a closure: the model then pickles whole (torch.save).
+    module.register_load_state_dict_pre_hook(functools.partial(fold_batch_norms, folds))'''
 
 INFERENCE_NOTE = (
     "Lowered for inference (--inference): each BatchNorm after a convolution is folded into it, the folding\n"
@@ -379,7 +386,7 @@ HELPER_CLASSES = {
     "pointwise_linear": POINTWISE_LINEAR_CLASS,
 }
 # Helper classes that call torch.nn.functional, and those that need the math module.
-FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", "layer_norm", STD_CONV)
+FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", "layer_norm", "pointwise_linear", STD_CONV)
 MATH_HELPERS = ("blur_pool",)
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
@@ -557,6 +564,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
         uses_functional=any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
+        uses_functools=folded is not None,
         uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
         options_used=options_used or first_options_used,
         shortcuts=shortcut_views,

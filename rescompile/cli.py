@@ -22,6 +22,7 @@ from rescompile.backends.registry import BACKENDS
 from rescompile.backends.source import weights_path
 from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import check_output, write_atomically
+from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec.errors import RescompileError, one_line
 from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, builtin_networks, load_part
@@ -47,7 +48,7 @@ Run 'rescompile COMMAND --help' for a command's options."""
 
 # The options only some backends read (EmitOptions fields), in the order they are checked; the
 # fields of one group are refused in one message.
-_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"), ("inference",))
+_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"), ("fixed_size",), ("inference",))
 
 
 def _readers(option: str) -> str:
@@ -90,6 +91,11 @@ def _compile_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help=f"{_readers('opset')}: the opset to target")
     parser.add_argument(
         "--fold-bn", action="store_true", help=f"{_readers('fold_bn')}: fold BatchNorm into the preceding convolution"
+    )
+    parser.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help=f"{_readers('fixed_size')}: the input's declared height and width, not dynamic H and W",
     )
     parser.add_argument(
         "--inference",
@@ -368,6 +374,16 @@ def _refuse_unread_options(options: argparse.Namespace, backend: Backend) -> Non
             )
 
 
+def _dynamic(graph: Graph, options: argparse.Namespace) -> str:
+    """Which input dimensions the written model leaves open, as the compile report says it."""
+    if "fixed_size" not in BACKENDS[options.backend].options or options.fixed_size:
+        return "batch dimension dynamic"
+    from rescompile.backends.onnx_backend import fixed_size_reason
+
+    reason = fixed_size_reason(graph)
+    return "batch, height and width dynamic" if reason is None else f"batch dimension dynamic; fixed size: {reason}"
+
+
 def _compile(options: argparse.Namespace) -> int:
     started = time.perf_counter()
     graph = compile_spec(options.spec, options.size)
@@ -395,7 +411,7 @@ def _compile(options: argparse.Namespace) -> int:
     write(output)
     elapsed = time.perf_counter() - started
     print(f"{graph.name}: {report.parameters:,} parameters, {report.macs / 1e9:.3f} GMACs")
-    print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} (batch dimension dynamic)")
+    print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} ({_dynamic(graph, options)})")
     print(f"wrote {output} ({options.backend}, {output.stat().st_size:,} bytes) in {elapsed:.2f} s")
     if companion is not None:
         print(f"wrote {companion} (the --weights, {companion.stat().st_size:,} bytes)")

@@ -3,6 +3,10 @@ backend, overrides validated as YAML is (one located line each), canonical weigh
 
 from __future__ import annotations
 
+import copy
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +183,42 @@ def test_any_python_value_as_any_argument_is_a_graph_or_one_line_naming_it(argum
         assert "\n" not in message and message.startswith(f"create_model(resnet20): {argument}="), message
     else:
         assert graph.name == "resnet20"
+
+
+FRESH_PROCESS_LOAD = """
+import sys, torch
+for path in sys.argv[1:]:
+    saved = torch.load(path, weights_only=False)
+    model, inputs, outputs = saved["model"], saved["inputs"], saved["outputs"]
+    with torch.no_grad():
+        print(type(model).__name__, float((model(inputs) - outputs).abs().max()))
+"""
+
+
+def test_a_created_model_saved_whole_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    """torch.save(model) pickles the generated classes with their source, so a process that never
+    generated them loads the model (and the inference lowering, whose load hook is a partial)."""
+    paths = []
+    for name, options in [("resnet20", {"num_classes": 7}), ("resnet20", {"inference": True})]:
+        model = rescompile.create_model(name, **options).eval()
+        inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            outputs = model(inputs)
+        paths.append(tmp_path / f"{len(paths)}.pt")
+        torch.save({"model": model, "inputs": inputs, "outputs": outputs}, paths[-1])
+    loaded = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_LOAD, *map(str, paths)], capture_output=True, text=True, check=False
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == ["ResNet", "0.0", "ResNet", "0.0"]
+
+
+def test_two_models_of_one_name_keep_their_own_classes() -> None:
+    """resnet20 with 10 and with 100 classes generate different source: each pickles (by its own
+    class, which the other never replaces) and deep-copies as itself."""
+    ten, hundred = rescompile.create_model("resnet20"), rescompile.create_model("resnet20", num_classes=100)
+    assert type(ten) is not type(hundred)
+    for model, classes in [(ten, 10), (hundred, 100)]:
+        for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+            assert type(copied) is type(model) and copied.fc.out_features == classes
+            assert torch.equal(copied.fc.weight, model.fc.weight)

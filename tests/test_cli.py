@@ -61,6 +61,23 @@ def test_compile_onnx_and_flax_write_their_artifacts(tmp_path: Path, capsys: pyt
     assert f"wrote {model_path} (onnx," in printed and f"wrote {flax_path} (flax," in printed
 
 
+def test_onnx_height_and_width_are_dynamic_unless_fixed_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnx
+
+    def input_dims(path: Path) -> list[str | int]:
+        dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+        return [dim.dim_param or dim.dim_value for dim in dims]
+
+    assert main(["resnet20", "--backend", "onnx", "-o", str(tmp_path / "dynamic.onnx")]) == 0
+    assert "(batch, height and width dynamic)" in capsys.readouterr().out
+    assert input_dims(tmp_path / "dynamic.onnx") == ["batch", 3, "H", "W"]
+    assert main(["resnet20", "--backend", "onnx", "--fixed-size", "-o", str(tmp_path / "fixed.onnx")]) == 0
+    assert "(batch dimension dynamic)" in capsys.readouterr().out
+    assert input_dims(tmp_path / "fixed.onnx") == ["batch", 3, 32, 32]
+
+
 def test_onnx_embeds_given_weights(tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
@@ -186,6 +203,10 @@ def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None
         (
             ["resnet20", "--backend", "onnx", "--inference", "-o", "out.py"],
             "--inference applies to --backend torch only",
+        ),
+        (
+            ["resnet20", "--backend", "torch", "--fixed-size", "-o", "out.py"],
+            "--fixed-size applies to --backend onnx only",
         ),
         (["resnet20", "--backend", "onnx", "--opset", "7", "-o", "out.onnx"], "opset 7"),
         (

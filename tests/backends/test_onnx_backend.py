@@ -173,7 +173,8 @@ def test_serialised_weights_are_views_not_copies() -> None:
 
 
 def test_shape_inference_gives_the_ir_shapes(built: Built) -> None:
-    inferred = onnx.shape_inference.infer_shapes(built.serialized, check_type=True, strict_mode=True, data_prop=True)
+    serialized = emit_model(built.graph, built.weights, fixed_size=True).to_bytes()
+    inferred = onnx.shape_inference.infer_shapes(serialized, check_type=True, strict_mode=True, data_prop=True)
     values = {value.name: value for value in [*inferred.graph.value_info, *inferred.graph.output]}
     expected = onnx_value_names(built.graph)
     assert set(expected) <= set(values)
@@ -181,6 +182,55 @@ def test_shape_inference_gives_the_ir_shapes(built: Built) -> None:
         assert dims(values[name]) == ["batch", *shape], name
     assert dims(inferred.graph.input[0]) == ["batch", *built.graph.input_shape]
     assert [output.name for output in inferred.graph.output] == ["output"]
+
+
+def test_every_builtin_has_dynamic_height_and_width(built: Built) -> None:
+    assert onnx_backend.fixed_size_reason(built.graph) is None
+    assert dims(built.model.skeleton.graph.input[0]) == ["batch", built.graph.input_shape[0], "H", "W"]
+    # Shape inference states the classifier's output whatever H and W are.
+    inferred = onnx.shape_inference.infer_shapes(built.serialized, check_type=True, strict_mode=True)
+    assert dims(inferred.graph.output[0]) == ["batch", *built.graph.output_shape]
+
+
+def test_one_file_runs_at_64_224_and_320_as_torch() -> None:
+    graph, weights, torch_reference = reference("resnet18", None, "random")
+    model = emit_model(graph, weights).to_bytes()
+    for size in (64, 224, 320):
+        x = np.random.default_rng(size).standard_normal((1, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            expected = torch_reference(torch.from_numpy(x)).numpy()
+        assert_close(run_onnxruntime(model, x), expected, tolerance="network", what=f"resnet18 at {size}×{size}")
+
+
+def test_fixed_size_on_request_holds_the_declared_size() -> None:
+    graph = compile_spec("resnet20")
+    model = emit_model(graph, fixed_size=True)
+    assert dims(model.skeleton.graph.input[0]) == ["batch", 3, 32, 32]
+    with pytest.raises(Exception, match="Got: 64 Expected: 32"):
+        run_onnxruntime(model, np.zeros((1, 3, 64, 64), np.float32))
+
+
+def test_a_head_that_flattens_a_map_keeps_the_declared_size() -> None:
+    """resnet20's head with an 8×8 average pool for its global one (the 8×8 map of a 32×32 input):
+    the linear layer then takes as many features as the declared size gives, so the file holds it."""
+    graph = compile_spec("resnet20")
+    head = graph.modules[-1]
+    pool = AvgPool(kernel=(8, 8), stride=(8, 8), padding=((0, 0), (0, 0)), ceil_mode=False, count_include_pad=True)
+    nodes = tuple(
+        dataclasses.replace(node, op=pool) if node.op.kind == "global_average_pool" else node for node in head.nodes
+    )
+    graph = infer_shapes(
+        dataclasses.replace(graph, modules=(*graph.modules[:-1], dataclasses.replace(head, nodes=nodes)))
+    )
+    assert onnx_backend.fixed_size_reason(graph) == (
+        "'flatten' flattens a 1×1 map that no global pool made, so the number of features after it depends on "
+        "the input size"
+    )
+    model = emit_model(graph)
+    assert dims(model.skeleton.graph.input[0]) == ["batch", 3, 32, 32]
+    x = batch(graph, 2)
+    expected = torch_backend.block_outputs(torch_model(graph, initial_weights(graph, 0)), graph, x)["head"]
+    assert_close(run_onnxruntime(model, x), expected, tolerance="network")
 
 
 def test_names_are_canonical(built: Built) -> None:
@@ -343,7 +393,9 @@ def test_block_outputs_are_named_by_module() -> None:
     model = emit_model(graph, block_outputs=True).skeleton
     names = [f"layer{stage}.{index}" for stage in (1, 2, 3) for index in range(3)]
     assert [output.name for output in model.graph.output] == ["output", "stem", *names]
-    assert dims(model.graph.output[2]) == ["batch", 16, 32, 32]
+    assert dims(model.graph.output[2]) == ["batch", 16, 0, 0]  # height and width unnamed: dynamic
+    fixed = emit_model(graph, block_outputs=True, fixed_size=True).skeleton
+    assert dims(fixed.graph.output[2]) == ["batch", 16, 32, 32]
     # Extra outputs only: the computation is the same nodes.
     assert emit_model(graph).skeleton.graph.node == model.graph.node
 
@@ -432,19 +484,35 @@ def with_stem_pool(graph: Graph, op: MaxPool | AvgPool) -> Graph:
         AvgPool(kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), ceil_mode=False, count_include_pad=False),
         # ceil_mode that does not change the size (16 -> 8 either way) lowers exactly.
         AvgPool(kernel=(2, 2), stride=(2, 2), padding=((0, 0), (0, 0)), ceil_mode=True, count_include_pad=True),
+        # ceil_mode with padding, either divisor: the last window's overhang must not be counted.
+        AvgPool(kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), ceil_mode=True, count_include_pad=True),
+        AvgPool(kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), ceil_mode=True, count_include_pad=False),
     ],
-    ids=["max-ceil", "avg-include-pad", "avg-exclude-pad", "avg-ceil-same-size"],
+    ids=[
+        "max-ceil",
+        "avg-include-pad",
+        "avg-exclude-pad",
+        "avg-ceil-same-size",
+        "avg-ceil-include",
+        "avg-ceil-exclude",
+    ],
 )
 def test_pools_the_architectures_do_not_use_match_torch(op: MaxPool | AvgPool) -> None:
+    """At the declared size with a fixed-size file, and, with dynamic H and W (ONNX's ceil_mode
+    instead of padding computed for one size), at even and odd sizes, the last window partial."""
     graph = with_stem_pool(compile_spec("resnet18", size=SMALL), op)
     weights = random_weights(graph)
-    x = batch(graph, 2)
-    expected = torch_backend.block_outputs(torch_model(graph, weights), graph, x)
-    outputs = onnxruntime_outputs(emit_model(graph, weights, block_outputs=True), x)
-    stem_shape = graph.modules[0].out_shape
-    assert stem_shape is not None and outputs["stem"].shape == (2, *stem_shape)
-    assert_close(outputs["stem"], expected["stem"], tolerance="block", what="stem")
-    assert_close(outputs["output"], expected["head"], tolerance="network")
+    model = torch_model(graph, weights)
+    dynamic = emit_model(graph, weights, block_outputs=True)
+    for size, emitted in [(SMALL, emit_model(graph, weights, block_outputs=True, fixed_size=True))] + [
+        (size, dynamic) for size in (SMALL, SMALL + 1, SMALL + 3)
+    ]:
+        x = np.random.default_rng(size).standard_normal((2, 3, size, size)).astype(np.float32)
+        expected = torch_backend.block_outputs(model, graph, x)
+        outputs = onnxruntime_outputs(emitted, x)
+        assert outputs["stem"].shape == expected["stem"].shape, size
+        assert_close(outputs["stem"], expected["stem"], tolerance="block", what=f"stem at {size}")
+        assert_close(outputs["output"], expected["head"], tolerance="network", what=f"output at {size}")
 
 
 def one_line(error: pytest.ExceptionInfo[RescompileError]) -> str:

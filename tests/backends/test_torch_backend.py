@@ -1,6 +1,7 @@
 """The torch backend against the real torchvision, and its properties on generated specs."""
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,24 @@ def test_the_generated_module_compiles_without_graph_breaks_and_exports(name: st
         exported = torch.export.export(model, (inputs,)).module()(inputs)
     assert_close(compiled.numpy(), expected.numpy(), tolerance="same_framework", what="compiled")
     assert_close(exported.numpy(), expected.numpy(), tolerance="same_framework", what="exported")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
+        for name in builtin_networks()
+    ],
+)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_the_built_module_scripts_and_pickles(name: str) -> None:
+    """torch.jit.script reads every generated class's source (kept in linecache) and compiles it
+    (no super().forward, which TorchScript refuses); pickling reduces each class to its source. The
+    inference lowering too: its BatchNorm-folding load hook is a partial, not a closure."""
+    graph = compile_spec(name, size=32)
+    inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    for model in (torch_backend.build_module(graph).eval(), torch_backend.build_module(graph, inference=True).eval()):
+        with torch.no_grad():
+            expected = model(inputs).numpy()
+            for copy in (torch.jit.script(model), pickle.loads(pickle.dumps(model))):
+                assert_close(copy(inputs).numpy(), expected, tolerance="same_framework", what=name)
