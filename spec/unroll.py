@@ -76,10 +76,10 @@ class Unrolling:
         if not part.spec.templated:
             return part, frozenset()
         _, known = self._done.setdefault(id(part), (part, []))  # the part is kept alive: its id stays its own
-        for unrollings in known:
-            done = unrollings.results.get(_key(bindings, unrollings.names))
+        for seen in known:
+            done = seen.results.get(_key(bindings, seen.names))
             if done is not None:
-                return done, frozenset(unrollings.names) & set(bindings)
+                return done, frozenset(seen.names) & set(bindings)
         unroller = _Unroller(part, dict(bindings), self)
         unrolled = unroller.unroll(kind)
         names = tuple(sorted(unroller.read_names))
