@@ -149,10 +149,20 @@ def create_model(
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
         implementation.load_weights(model, graph, canonical_weights(graph, read_checkpoint(path), str(path)))
+    if backend == "flax" and features_only:
+        return _flax_features(model, graph, out_indices)
     if backend != "torch":
         return model
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
     return head.apply(model, graph)
+
+
+def _flax_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
+    from rescompile.features import chosen_indices
+    from rescompile.flax_features import FlaxFeatureNet
+
+    points = feature_points(graph)
+    return FlaxFeatureNet(model, graph, points, chosen_indices(graph.name, len(points), out_indices))
 
 
 def _refuse_pretrained(name: str | Path, pretrained: bool) -> None:
@@ -207,9 +217,11 @@ class _TimmHead:
             )
             if used
         ]
-        if given and backend != "torch":
+        features = self.features_only and self.num_classes != 0 and self.global_pool is None and not self.drop_rate
+        if given and backend != "torch" and not (backend == "flax" and features):
             raise RescompileError(
-                f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}'"
+                f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}' "
+                "(flax takes features_only and out_indices)"
             )
         if self.out_indices is not None and not self.features_only:
             raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
