@@ -943,6 +943,26 @@ def _submodule(model: Any, path: str) -> Any:
     return model
 
 
+def feature_maps(model: Any, x: Any, transitions: Transitions, stem: str, taps: tuple[str, ...]) -> list[Any]:
+    """The outputs of ``model`` (NHWC) named by ``taps``, in network order: ``stem`` (the stem's
+    output) and stage paths (``layer1``, ``stages.0.blocks``); nothing runs after the last."""
+    maps: list[Any] = []
+    x = model._stem(x)
+    if stem in taps:
+        maps.append(x)
+    entered = dict(transitions)
+    for stage_name, stage in _stages(model):
+        if len(maps) == len(taps):
+            break
+        if stage_name in entered:
+            x = _submodule(model, entered[stage_name])(x)
+        for block in stage:
+            x = block(x)
+        if stage_name in taps:
+            maps.append(x)
+    return maps
+
+
 def _module_names(model: Any, transitions: Transitions) -> list[str]:
     entered = dict(transitions)
     names = ["stem"]

@@ -50,6 +50,7 @@ from rescompile.backends.source import (
     uses_math,
     wrap_call,
 )
+from rescompile.backends.surface import HeadSections, feature_points, head_sections
 from rescompile.compiler.fold import DefinitionFold, FoldedGraph, fold_batch_norm
 from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, DefinitionRole, Graph
 from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
@@ -463,6 +464,62 @@ def _definition_fold_call(
     return [_fold_call(target, folds, indent)] if folds else []
 
 
+POOLED = "if global_pool else nn.Identity()"
+"""How the head's pool and flattens are built: timm's ``global_pool=""`` makes them identities."""
+
+
+def _head_layers(nodes: list[SourceNode], sections: HeadSections) -> list[tuple[str, str]]:
+    """The head's layers as ``(attribute, constructor)``: the pool and every flatten after it
+    built as :data:`POOLED` says, the classifier for ``num_classes`` (timm's: none for 0)."""
+    layers: list[tuple[str, str]] = []
+    flattens = {node.name for node in (*sections.pre_logits, *sections.tail) if node.op.kind == "flatten"}
+    for node in nodes:
+        lowered = _lowered(node)
+        if isinstance(lowered, Inline):
+            continue
+        callee, arguments = lowered
+        if node.attribute == sections.pool.name or node.attribute in flattens:
+            layers.append((node.attribute, f"{wrap_call(callee, arguments, 8)} {POOLED}"))
+        elif node.attribute == sections.classifier.name:
+            call = wrap_call(callee, [arguments[0], "num_classes", *arguments[2:]], 8)
+            layers.append((node.attribute, f"{call} if num_classes else nn.Identity()"))
+        else:
+            layers.append((node.attribute, wrap_call(callee, arguments, 8)))
+    return layers
+
+
+def _timm_view(graph: Graph, head: list[SourceNode], sections: HeadSections) -> dict[str, object]:
+    """What the template writes for timm's interface: the head cut into ``forward_features`` and
+    ``forward_head``, ``reset_classifier``'s layers and ``feature_info``."""
+    layers = _head_layers(head, sections)
+    forward = _forward_lines(head)
+    assert len(forward) == len(head), "a cut head is a chain of layers"
+    cuts = [len(sections.features), len(sections.features) + 1 + len(sections.pre_logits)]
+    reset = {sections.pool.name, sections.classifier.name}
+    reset |= {node.name for node in (*sections.pre_logits, *sections.tail) if node.op.kind == "flatten"}
+    return {
+        "head_init": with_containers(
+            [attribute for attribute, _ in layers],
+            [f"self{attribute_access(attribute)} = {layer}" for attribute, layer in layers],
+            "nn.ModuleDict()",
+        ),
+        "head_features": forward[: cuts[0]],
+        "pre_logits": forward[cuts[0] : cuts[1]],
+        "classifier": forward[cuts[1] :],
+        "reset_lines": [
+            f"self{attribute_access(attribute)} = {layer}" for attribute, layer in layers if attribute in reset
+        ],
+        # timm's pre-logits are flat: a flatten after the classifier (BiT's) applies to them too.
+        "pre_logits_value": next(
+            (f"self{attribute_access(node.name)}(x)" for node in sections.tail if node.op.kind == "flatten"), "x"
+        ),
+        "classifier_attribute": f"self{attribute_access(sections.classifier.name)}",
+        "num_classes": sections.num_classes,
+        "num_features": sections.num_features,
+        "feature_info": [point.as_dict() for point in feature_points(graph)],
+    }
+
+
 def emit_source(graph: Graph, inference: bool = False) -> str:
     """Python source of a torch model for ``graph``: one class per block type, stages in loops.
 
@@ -548,6 +605,9 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
+    sections = head_sections(graph)
+    timm = _timm_view(graph, head, sections) if sections is not None else None
+    features = _forward_lines(stem) + stage_lines
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     helpers += [_container_source(container) for container in container_classes(blocks)]
@@ -556,6 +616,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         helpers.append(FOLD_ON_LOAD_FUNCTION)
         network_lines = [*network_folds, "self.to(memory_format=torch.channels_last)"]
         forward = ["x = x.contiguous(memory_format=torch.channels_last)", *forward]
+        features = ["x = x.contiguous(memory_format=torch.channels_last)", *features]
     return template("torch_model.py.jinja").render(
         version=__version__,
         graph=graph,
@@ -563,7 +624,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
-        uses_functional=any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
+        uses_functional=timm is not None or any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
         uses_functools=folded is not None,
         uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
         options_used=options_used or first_options_used,
@@ -594,6 +655,8 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         head_lines=_init_lines(head),
         network_lines=network_lines,
         forward_lines=forward,
+        timm=timm,
+        features_lines=features,
     )
 
 

@@ -14,13 +14,15 @@ None) is refused by name.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rescompile.backends.registry import BACKENDS
+from rescompile.backends.surface import GLOBAL_POOLS, feature_points, forward_paths, head_sections
+from rescompile.checkpoints import canonical_weights, read_checkpoint
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import checked_size, lower
 from rescompile.compiler.weights import read_weights
@@ -29,9 +31,35 @@ from rescompile.spec.expressions import Value
 from rescompile.spec.loader import builtin_networks, load_network, load_network_with, resolve_network
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """The built-in architectures whose names match the shell-style ``pattern`` (``"resnet*"``), sorted."""
-    return [name for name in builtin_networks() if fnmatch.fnmatchcase(name, pattern)]
+def list_models(
+    filter: str | Sequence[str] = "",
+    module: str = "",
+    pretrained: bool = False,
+    exclude_filters: str | Sequence[str] = "",
+    name_matches_cfg: bool = False,
+    include_tags: bool | None = None,
+) -> list[str]:
+    """The built-in architectures, sorted, with timm's arguments: those matching the shell-style
+    ``filter`` (``"resnet*"``, or a list of patterns: any of them; empty: all) and none of
+    ``exclude_filters``. ``pretrained=True`` lists none (rescompile ships no weights: see
+    ``create_model``'s ``checkpoint_path``). ``module`` (timm's source module), ``name_matches_cfg``
+    and ``include_tags`` (pretrained tags) are taken for compatibility and change nothing: every
+    built-in is one network of one name."""
+    del module, name_matches_cfg, include_tags
+    if pretrained:
+        return []
+    included = _patterns(filter) or ["*"]
+    excluded = _patterns(exclude_filters)
+    return [
+        name
+        for name in builtin_networks()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in included)
+        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in excluded)
+    ]
+
+
+def _patterns(patterns: str | Sequence[str]) -> list[str]:
+    return ([patterns] if patterns else []) if isinstance(patterns, str) else list(patterns)
 
 
 def create_graph(
@@ -133,18 +161,33 @@ def create_model(
     backend: str = "torch",
     weights: str | Path | None = None,
     *,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
     num_classes: int | None = None,
     input_size: int | tuple[int, int] | None = None,
     in_channels: int | None = None,
+    in_chans: int | None = None,
+    global_pool: str | None = None,
+    drop_rate: float = 0.0,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
     inference: bool = False,
     **block_parameters: Value,
 ) -> Any:
     """A ready model of ``name``: a torch ``nn.Module`` (``backend="torch"``), a flax ``nnx.Module``
     (``"flax"``) or an ``onnx.ModelProto`` (``"onnx"``), freshly initialised as torchvision would
     initialise it, or holding ``weights`` (canonical safetensors, e.g. from ``rescompile weights
-    convert``). Overrides as :func:`create_graph`. ``inference=True`` (torch only) lowers the model
-    for evaluation, as ``--inference`` does: BatchNorm folded into the convs as canonical weights
-    load (a torchvision state_dict loads as it is), channels_last."""
+    convert``) or the torchvision/timm checkpoint at ``checkpoint_path`` (checked strictly, as that
+    command checks it). Overrides as :func:`create_graph`; ``in_chans`` is timm's name for
+    ``in_channels``. ``inference=True`` (torch only) lowers the model for evaluation, as
+    ``--inference`` does: BatchNorm folded into the convs as canonical weights load (a torchvision
+    state_dict loads as it is), channels_last.
+
+    timm's head options (torch): ``num_classes=0`` (no classifier: the pooled features out),
+    ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``), ``drop_rate`` (dropout
+    before the classifier); ``features_only=True`` gives timm's features model
+    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``).
+    The model carries ``pretrained_cfg`` (input size, mean, std, crop)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise RescompileError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if weights is not None and not isinstance(weights, str | Path):
@@ -156,9 +199,16 @@ def create_model(
     if inference and "inference" not in implementation.options:
         readers = ", ".join(name for name, entry in BACKENDS.items() if "inference" in entry.options)
         raise RescompileError(f"inference=True applies to backend {readers} only, not '{backend}'")
+    _refuse_pretrained(name, pretrained)
+    if weights is not None and checkpoint_path is not None:
+        raise RescompileError("give weights= (canonical safetensors) or checkpoint_path= (a checkpoint), not both")
+    in_channels = _in_channels(in_channels, in_chans)
+    head = _TimmHead(num_classes, global_pool, drop_rate, features_only, out_indices)
+    head.check(backend)
     graph = create_graph(
-        name, num_classes=num_classes, input_size=input_size, in_channels=in_channels, **block_parameters
+        name, num_classes=head.graph_classes, input_size=input_size, in_channels=in_channels, **block_parameters
     )
+    model: Any
     if inference:
         # NOTE: the one backend option a model (not only a written file) takes; Implementation's
         # build_module has no options, so the lowering's own builder is called by name.
@@ -169,4 +219,131 @@ def create_model(
         model = implementation.build(graph)
     if weights is not None:
         implementation.load_weights(model, graph, read_weights(Path(weights)))
-    return model
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path)
+        implementation.load_weights(model, graph, canonical_weights(graph, read_checkpoint(path), str(path)))
+    if backend == "flax" and features_only:
+        return _flax_features(model, graph, out_indices)
+    if backend != "torch":
+        return model
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
+    return head.apply(model, graph)
+
+
+def _flax_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
+    from rescompile.features import chosen_indices
+    from rescompile.flax_features import FlaxFeatureNet
+
+    points = feature_points(graph)
+    return FlaxFeatureNet(model, graph, points, chosen_indices(graph.name, len(points), out_indices))
+
+
+def _refuse_pretrained(name: str | Path, pretrained: bool) -> None:
+    if pretrained:
+        stem = Path(name).stem
+        raise RescompileError(
+            f"create_model({name}, pretrained=True): rescompile has no weight hub; load a torchvision or timm "
+            f"checkpoint with checkpoint_path='model.pth', or convert one once with 'rescompile weights convert "
+            f"model.pth --spec {name} -o {stem}.safetensors' and pass weights='{stem}.safetensors'"
+        )
+
+
+def _in_channels(in_channels: int | None, in_chans: int | None) -> int | None:
+    """``in_channels``, or timm's ``in_chans`` for it."""
+    if in_chans is not None and in_channels is not None and in_chans != in_channels:
+        raise RescompileError(f"in_chans={in_chans} and in_channels={in_channels} name one thing: give one of them")
+    return in_channels if in_chans is None else in_chans
+
+
+class _TimmHead:
+    """timm's head and feature options of ``create_model``, applied to a built torch model."""
+
+    def __init__(
+        self,
+        num_classes: int | None,
+        global_pool: str | None,
+        drop_rate: float,
+        features_only: bool,
+        out_indices: Sequence[int] | None,
+    ) -> None:
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.features_only = features_only
+        self.out_indices = out_indices
+
+    @property
+    def graph_classes(self) -> int | None:
+        """The classes the graph is built with: a model without a classifier is built with the
+        spec's (so its weights load) and has it removed."""
+        return None if self.num_classes == 0 else self.num_classes
+
+    def check(self, backend: str) -> None:
+        given = [
+            text
+            for text, used in (
+                ("num_classes=0", self.num_classes == 0),
+                (f"global_pool={self.global_pool!r}", self.global_pool is not None),
+                (f"drop_rate={self.drop_rate}", self.drop_rate != 0.0),
+                ("features_only=True", self.features_only),
+                (f"out_indices={self.out_indices!r}", self.out_indices is not None),
+            )
+            if used
+        ]
+        features = self.features_only and self.num_classes != 0 and self.global_pool is None and not self.drop_rate
+        if given and backend != "torch" and not (backend == "flax" and features):
+            raise RescompileError(
+                f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}' "
+                "(flax takes features_only and out_indices)"
+            )
+        if self.out_indices is not None and not self.features_only:
+            raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
+        if self.global_pool is not None and self.global_pool not in GLOBAL_POOLS:
+            raise RescompileError(f"global_pool={self.global_pool!r}: use 'avg' (the default) or '' (no pooling)")
+        if self.global_pool == "" and self.num_classes != 0 and not self.features_only:
+            raise RescompileError(
+                "global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features"
+            )
+        if self.drop_rate < 0.0 or self.drop_rate >= 1.0:
+            raise RescompileError(f"drop_rate={self.drop_rate}: a dropout probability is in [0, 1)")
+
+    def apply(self, model: Any, graph: Graph) -> Any:
+        timm_head = self.num_classes == 0 or self.global_pool is not None or self.drop_rate or self.features_only
+        if timm_head and not hasattr(model, "reset_classifier"):
+            raise RescompileError(
+                f"{graph.name}'s head is not one chain of a global average pool and a classifier, so its model "
+                "has no timm head options (num_classes=0, global_pool, drop_rate, features_only)"
+            )
+        if self.num_classes == 0 or self.global_pool is not None:
+            model.reset_classifier(0 if self.num_classes == 0 else model.num_classes, self.global_pool)
+        model.drop_rate = self.drop_rate
+        if not self.features_only:
+            return model
+        from rescompile.features import FeatureListNet, chosen_indices
+
+        paths = forward_paths(graph)
+        assert paths is not None, "a model with reset_classifier has a cut head"
+        points = feature_points(graph)
+        features = FeatureListNet(model, paths, points, chosen_indices(graph.name, len(points), self.out_indices))
+        features.pretrained_cfg = features.default_cfg = model.pretrained_cfg
+        return features
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pretrained_cfg(graph: Graph) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a model of ``graph``: its input size, ImageNet's mean and std
+    (the specs state no preprocessing; timm's defaults), bilinear resizing and a 0.875 centre crop
+    for inputs of ImageNet scale (none for small, CIFAR-sized ones), the classifier's class count."""
+    sections = head_sections(graph)
+    return {
+        "input_size": graph.input_shape,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "crop_pct": 0.875 if min(graph.input_shape[1:]) >= 128 else 1.0,
+        "num_classes": graph.output_shape[0],
+        "classifier": None if sections is None else sections.classifier.name,
+    }

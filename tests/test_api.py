@@ -3,11 +3,15 @@ backend, overrides validated as YAML is (one located line each), canonical weigh
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -81,8 +85,8 @@ def test_weights_are_loaded_strictly(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (
-            {"num_classes": 0},
-            "create_model(resnet18): num_classes=0: head: nodes.fc.out_features = classes gives 0; it must be "
+            {"num_classes": -1},
+            "create_model(resnet18): num_classes=-1: head: nodes.fc.out_features = classes gives -1; it must be "
             "at least 1",
         ),
         ({"grups": 3}, "create_model(resnet18): grups=3: block 'basic' has no parameter 'grups'"),
@@ -222,3 +226,188 @@ def test_two_models_of_one_name_keep_their_own_classes() -> None:
         for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
             assert type(copied) is type(model) and copied.fc.out_features == classes
             assert torch.equal(copied.fc.weight, model.fc.weight)
+
+
+def test_list_models_takes_timms_arguments() -> None:
+    assert rescompile.list_models(["resnet50?", "*bit"]) == [
+        *("resnet50c", "resnet50d", "resnet50s", "resnet50t"),
+        "resnetv2_50x1_bit",
+    ]
+    assert rescompile.list_models("resnet5*", exclude_filters=["*_v1", "resnet50?"]) == [
+        "resnet50",
+        "resnet50_gn",
+        "resnet56",
+    ]
+    assert rescompile.list_models(pretrained=True) == []  # no weight hub
+    assert rescompile.list_models("") == rescompile.list_models("*") == rescompile.list_models()
+
+
+def test_pretrained_is_one_line_pointing_to_the_converter() -> None:
+    with pytest.raises(rescompile.RescompileError) as error:
+        rescompile.create_model("resnet18", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and "no weight hub" in message
+    assert (
+        "checkpoint_path='model.pth'" in message and "rescompile weights convert model.pth --spec resnet18" in message
+    )
+
+
+def test_checkpoint_path_loads_a_timm_checkpoint(tmp_path: Path) -> None:
+    reference = timm.create_model("resnet50d", pretrained=False, num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / "model.pth")
+    model = rescompile.create_model("resnet50d", num_classes=10, checkpoint_path=tmp_path / "model.pth").eval()
+    inputs = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(inputs), reference(inputs))
+
+
+def test_timms_head_interface() -> None:
+    """num_classes=0 gives pooled features (the classifier an Identity), global_pool='' the maps,
+    in_chans is in_channels; forward is forward_head(forward_features), pre_logits stops before the
+    classifier, reset_classifier swaps it; drop_rate drops before it in training only."""
+    inputs = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    model = rescompile.create_model("resnet50d", in_chans=1, drop_rate=0.5).eval()
+    assert (model.num_features, model.num_classes, model.drop_rate) == (2048, 1000, 0.5)
+    assert model.get_classifier() is model.fc
+    assert model.pretrained_cfg["input_size"] == (1, 224, 224) and model.pretrained_cfg["crop_pct"] == 0.875
+    with torch.no_grad():
+        features = model.forward_features(inputs)
+        assert features.shape == (2, 2048, 2, 2)
+        pooled = model.forward_head(features, pre_logits=True)
+        assert torch.equal(pooled, features.mean((2, 3)))
+        assert torch.equal(model(inputs), model.fc(pooled))
+        model.reset_classifier(0)
+        assert isinstance(model.get_classifier(), torch.nn.Identity) and torch.equal(model(inputs), pooled)
+        model.reset_classifier(0, global_pool="")
+        assert torch.equal(model(inputs), features)
+        model.reset_classifier(7, global_pool="avg")
+        assert model(inputs).shape == (2, 7)
+        assert not torch.equal(model.train()(inputs), model.train()(inputs)), "dropout in training"
+    pooled_model = rescompile.create_model("resnet18", num_classes=0).eval()
+    assert isinstance(pooled_model.fc, torch.nn.Identity) and pooled_model(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+    bit = rescompile.create_model("resnetv2_50x1_bit").eval()  # a 1×1 conv classifier, then its flatten
+    with torch.no_grad():
+        assert bit.forward_head(bit.forward_features(torch.zeros(1, 3, 64, 64)), pre_logits=True).shape == (1, 2048)
+    generated = rescompile.create_model("resnet20")
+    assert type(generated)(num_classes=3).fc.out_features == 3  # the generated class takes num_classes
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"global_pool": "max"}, "global_pool='max': use 'avg' (the default) or '' (no pooling)"),
+        ({"num_classes": 3, "global_pool": ""}, "global_pool='' (no pooling) needs num_classes=0"),
+        ({"features_only": True, "out_indices": (5,)}, "out_indices=(5,) does not choose among resnet50d's 5"),
+        ({"out_indices": (1,)}, "out_indices chooses feature maps: it needs features_only=True"),
+        ({"backend": "flax", "num_classes": 0}, "num_classes=0: timm's head options apply to backend torch only"),
+        ({"in_chans": 1, "in_channels": 3}, "in_chans=1 and in_channels=3 name one thing"),
+        ({"drop_rate": 1.0}, "drop_rate=1.0: a dropout probability is in [0, 1)"),
+    ],
+)
+def test_a_bad_timm_option_is_one_line(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(rescompile.RescompileError, match=re.escape(message)) as error:
+        rescompile.create_model("resnet50d", **options)
+    assert "\n" not in str(error.value)
+
+
+FEATURES_EXAMPLE = """
+import timm
+import torch
+
+import rescompile
+
+torch.manual_seed(0)
+weights = timm.create_model("resnet50d", pretrained=False).state_dict()  # seeded random weights
+reference = timm.create_model("resnet50d", pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+reference.load_state_dict({name: value for name, value in weights.items() if not name.startswith("fc.")})
+model = rescompile.create_model("resnet50d", features_only=True, out_indices=(1, 2, 3, 4))
+model.load_state_dict(reference.state_dict())  # timm's features model's keys, strictly
+assert model.feature_info.channels() == reference.feature_info.channels() == [256, 512, 1024, 2048]
+assert model.feature_info.reduction() == reference.feature_info.reduction() == [4, 8, 16, 32]
+assert model.feature_info.module_name() == reference.feature_info.module_name()  # layer1 ... layer4
+images = torch.randn(2, 3, 224, 224)
+with torch.no_grad():
+    maps, expected = model.eval()(images), reference.eval()(images)
+print([float((ours - theirs).abs().max()) for ours, theirs in zip(maps, expected, strict=True)])
+"""
+
+
+FLAX_FEATURES_EXAMPLE = """
+import jax.numpy as jnp
+import numpy as np
+import timm
+import torch
+from safetensors.torch import save_file
+
+import rescompile
+
+torch.manual_seed(0)
+weights = timm.create_model("resnet50d", pretrained=False).state_dict()
+reference = timm.create_model("resnet50d", pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+reference.load_state_dict({name: value for name, value in weights.items() if not name.startswith("fc.")})
+save_file({name: value for name, value in weights.items() if "num_batches" not in name}, "resnet50d.safetensors")
+model = rescompile.create_model(
+    "resnet50d", backend="flax", weights="resnet50d.safetensors", features_only=True, out_indices=(1, 2, 3, 4)
+)
+model.model.eval()  # an nnx.Module holding the generated model
+assert model.feature_info.channels() == reference.feature_info.channels()
+images = torch.randn(2, 3, 224, 224)
+maps = model(jnp.asarray(images.permute(0, 2, 3, 1).numpy()))  # NHWC in, NHWC maps out
+with torch.no_grad():
+    expected = reference.eval()(images)
+nchw = [np.asarray(ours).transpose(0, 3, 1, 2) for ours in maps]
+print(max(np.abs(ours - theirs.numpy()).max() for ours, theirs in zip(nchw, expected)) < 1e-5)  # measured ~1e-6
+"""
+
+
+def test_resnet50d_flax_features_equal_timms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in Flax (the README shows it), to fp32 accuracy across frameworks."""
+    monkeypatch.chdir(tmp_path)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(FLAX_FEATURES_EXAMPLE, {})
+    assert output.getvalue().strip() == "True"
+    assert FLAX_FEATURES_EXAMPLE.strip() in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_flax_features_refuse_a_map_inside_the_stem() -> None:
+    with pytest.raises(rescompile.RescompileError, match="resnet50d's feature map 0 \\(act1\\) is inside the stem"):
+        rescompile.create_model("resnet50d", backend="flax", features_only=True)
+
+
+def test_resnet50d_features_equal_timms_exactly() -> None:
+    """The acceptance script (the README shows it): the four maps are timm's, bit for bit."""
+    namespace: dict[str, Any] = {}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(FEATURES_EXAMPLE, namespace)
+    assert output.getvalue().strip() == "[0.0, 0.0, 0.0, 0.0]"
+    assert FEATURES_EXAMPLE.strip() in (Path(__file__).parent.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "regnetx_016", "resnetv2_50x1_bit", "resnest50d", "resnet18"])
+def test_feature_maps_equal_timms(name: str) -> None:
+    """Other stems and stage layouts: ConvNeXt (no stem map), RegNet (the stem itself), BiT (inside
+    its stem); the torchvision-named presets call the stem's map 'relu' where timm says 'act1'."""
+    torch.manual_seed(0)
+    weights = timm.create_model(name, pretrained=False).state_dict()
+    reference = timm.create_model(name, pretrained=False, features_only=True).eval()
+
+    def timm_key(key: str) -> str:  # timm's features model flattens the top level: stem_0 for stem.0
+        first, _, rest = key.partition(".")
+        dotted = f"{first.replace('_', '.')}.{rest}"
+        return dotted if dotted in weights else key
+
+    reference.load_state_dict({key: weights[timm_key(key)] for key in reference.state_dict()})
+    model = rescompile.create_model(name, features_only=True).eval()
+    model.load_state_dict({key: weights[key] for key in model.state_dict()})
+    info = [
+        {key: entry[key] for key in ("num_chs", "reduction", "module")} for entry in reference.feature_info.get_dicts()
+    ]
+    if name == "resnet18":
+        info[0]["module"] = "relu"
+    assert model.feature_info.get_dicts() == info
+    images = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for ours, theirs in zip(model(images), reference(images), strict=True):
+            assert torch.equal(ours, theirs)

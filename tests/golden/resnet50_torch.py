@@ -6,6 +6,7 @@ torchvision's resnet50: the stride on the 3×3 ('v1.5').
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,6 +34,14 @@ def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequentia
         nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
         nn.BatchNorm2d(out_channels),
     )
+
+
+def check_head(num_classes: int, global_pool: str) -> None:
+    """timm's head options: ``global_pool`` "avg", or "" (no pooling: feature maps out), which takes no classifier."""
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), not {global_pool!r}")
+    if not global_pool and num_classes:
+        raise ValueError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features")
 
 
 class BottleneckBlock(nn.Module):
@@ -88,10 +97,34 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """resnet50: input 3×224×224, output 1000."""
+    """resnet50: input 3×224×224, output 1000.
 
-    def __init__(self, zero_init_residual: bool = False) -> None:
+    timm's model interface: ``num_classes`` (0: no classifier, the pooled features out), ``drop_rate``
+    (dropout before the classifier), ``global_pool`` ("avg", or "": no pooling, feature maps out, without
+    a classifier); forward_features, forward_head, get_classifier, reset_classifier, num_features and
+    feature_info (the maps timm's features_only gives: rescompile.create_model(..., features_only=True)).
+    """
+
+    def __init__(
+        self,
+        zero_init_residual: bool = False,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
         super().__init__()
+        check_head(num_classes, global_pool)
+        self.num_classes = num_classes
+        self.num_features = 2048
+        self.drop_rate = drop_rate
+        self.global_pool_type = global_pool
+        self.feature_info = [
+            {"num_chs": 64, "reduction": 2, "module": "relu"},
+            {"num_chs": 256, "reduction": 4, "module": "layer1"},
+            {"num_chs": 512, "reduction": 8, "module": "layer2"},
+            {"num_chs": 1024, "reduction": 16, "module": "layer3"},
+            {"num_chs": 2048, "reduction": 32, "module": "layer4"},
+        ]
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -100,9 +133,9 @@ class ResNet(nn.Module):
         self.layer2 = self._make_stage(BottleneckBlock, 256, 512, width=128, depth=4, stride=2, first_block_index=3)
         self.layer3 = self._make_stage(BottleneckBlock, 512, 1024, width=256, depth=6, stride=2, first_block_index=7)
         self.layer4 = self._make_stage(BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, first_block_index=13)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(2048, 1000)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool else nn.Identity()
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.fc = nn.Linear(2048, num_classes) if num_classes else nn.Identity()
         self.reset_parameters(zero_init_residual)
 
     def _make_stage(
@@ -147,7 +180,7 @@ class ResNet(nn.Module):
                 if isinstance(module, BottleneckBlock):
                     nn.init.zeros_(module.bn3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.relu(x)
@@ -156,10 +189,36 @@ class ResNet(nn.Module):
         x = self.layer2(x)
         x = self.layer3(x)
         x = self.layer4(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.avgpool(x)
         x = self.flatten(x)
+        if self.drop_rate > 0.0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        if pre_logits:
+            return x
         x = self.fc(x)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none), and ``global_pool`` unless None, as timm's."""
+        if global_pool is None:
+            global_pool = self.global_pool_type
+        check_head(num_classes, global_pool)
+        self.num_classes = num_classes
+        self.global_pool_type = global_pool
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1)) if global_pool else nn.Identity()
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.fc = nn.Linear(2048, num_classes) if num_classes else nn.Identity()
 
 
 def build(zero_init_residual: bool = False) -> ResNet:

@@ -1,0 +1,166 @@
+"""timm's model interface over a graph, for the source backends and ``create_model``: the head cut
+into the sections ``forward_features`` and ``forward_head`` run, and the feature maps
+``features_only`` returns (timm's ``feature_info``).
+
+Both are read from the flat view. A head is cut when it is a chain holding one global average pool
+and, after it, one classifier (the last linear, or a convolution, as BiT's 1×1 ``head.fc``): the
+nodes before the pool end ``forward_features`` (a pre-activation net's final BN-ReLU), those
+between pool and classifier are the pre-logits (ConvNeXt's ``head.norm``, the flatten), those after
+it the classifier's tail (BiT's flatten).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, Node
+
+POOL_KIND = "global_average_pool"
+CLASSIFIER_KINDS = ("linear", "conv")
+GLOBAL_POOLS = ("avg", "")
+"""The ``global_pool`` values a generated model takes: timm's average pool, or none (feature maps
+out, which only a model without a classifier can give)."""
+
+
+@dataclass(frozen=True)
+class HeadSections:
+    """The head's nodes by section (each a slice of ``head.nodes``)."""
+
+    features: tuple[Node, ...]
+    """Run at the end of ``forward_features`` (a final norm and activation)."""
+    pool: Node
+    pre_logits: tuple[Node, ...]
+    classifier: Node
+    tail: tuple[Node, ...]
+    """After the classifier (BiT's flatten of its 1×1 convolution's output)."""
+    num_features: int
+    """Channels into the classifier: timm's ``num_features``."""
+    num_classes: int
+
+
+def _is_chain(module: Module) -> bool:
+    previous = MODULE_INPUT
+    for node in module.nodes:
+        if node.inputs != (previous,):
+            return False
+        previous = node.name
+    return True
+
+
+def head_sections(graph: Graph) -> HeadSections | None:
+    """The head cut into timm's sections, or None when it is not one chain with a global average
+    pool and a classifier after it (the generated model then has no timm interface)."""
+    head = graph.modules[-1]
+    if head.role != "head" or not _is_chain(head):
+        return None
+    kinds = [node.op.kind for node in head.nodes]
+    if kinds.count(POOL_KIND) != 1:
+        return None
+    pool = kinds.index(POOL_KIND)
+    after = [index for index in range(pool + 1, len(kinds)) if kinds[index] in CLASSIFIER_KINDS]
+    if not after:
+        return None
+    classifier = after[-1]
+    node = head.nodes[classifier]
+    if not node.in_shapes or node.shape is None:
+        return None
+    return HeadSections(
+        features=head.nodes[:pool],
+        pool=head.nodes[pool],
+        pre_logits=head.nodes[pool + 1 : classifier],
+        classifier=node,
+        tail=head.nodes[classifier + 1 :],
+        num_features=node.in_shapes[0][0],
+        num_classes=node.shape[0],
+    )
+
+
+@dataclass(frozen=True)
+class FeaturePoint:
+    """One feature map of timm's ``feature_info``: its channels, its reduction (input size over
+    its size) and the module whose output it is, as timm names it (``act1``, ``layer2``,
+    ``stages.1``)."""
+
+    num_chs: int
+    reduction: int
+    module: str
+    after: str
+    """The module path (in the generated torch model) after which the map is taken: a stem node's
+    (``act1``, ``stem.conv``), or the last one run for the stage (``layer2``, ``stages.1.blocks``)."""
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {"num_chs": self.num_chs, "reduction": self.reduction, "module": self.module}
+
+
+def _reduction(graph: Graph, height: int) -> int:
+    return graph.input_shape[1] // height
+
+
+def _stem_point(graph: Graph) -> FeaturePoint | None:
+    """timm's first feature map, taken in the stem: before the stem's last downsampling unit (a
+    top-level layer such as ``maxpool``, or a container such as ``maxpool.0``/``maxpool.1``), so
+    ResNet's ``act1`` at reduction 2; inside a stem that is one container, before its strided node
+    and any padding (BiT's ``stem.conv``); a stem whose first node downsamples is a feature map of
+    its own at reduction 2 (RegNet's ``stem``) and none beyond that (ConvNeXt's 4×4 patches). A stem
+    that never downsamples (the CIFAR nets') gives its output."""
+    stem = graph.modules[0]
+    nodes = stem.nodes
+    strided = [
+        index
+        for index, node in enumerate(nodes)
+        if node.shape is not None and node.in_shapes and node.shape[1] < node.in_shapes[0][1]
+    ]
+
+    def point(index: int, module: str | None = None) -> FeaturePoint:
+        node = nodes[index]
+        assert node.shape is not None
+        name = stem.canonical(node.name)
+        return FeaturePoint(node.shape[0], _reduction(graph, node.shape[1]), module or name, name)
+
+    if not strided:
+        return point(len(nodes) - 1)
+    last = strided[-1]
+    unit = nodes[last].name.split(".")[0]
+    start = next(index for index, node in enumerate(nodes) if node.name.split(".")[0] == unit)
+    if start > 0:
+        return point(start - 1)
+    before = last - 1
+    while before >= 0 and nodes[before].op.kind == "pad":
+        before -= 1
+    if before >= 0:
+        return point(before)
+    output = point(len(nodes) - 1, unit)
+    return output if output.reduction == 2 else None
+
+
+def feature_points(graph: Graph) -> list[FeaturePoint]:
+    """timm's ``feature_info`` of ``graph``: the stem's map (:func:`_stem_point`), then each stage's
+    output, named as timm names the stage's module (``layer1``; ``stages.0`` for a stage whose
+    blocks live in ``stages.0.blocks``)."""
+    points = [point] if (point := _stem_point(graph)) is not None else []
+    for stage in graph.stage_names():
+        last = [module for module in graph.blocks if module.stage == stage][-1]
+        assert last.out_shape is not None
+        channels, height, _ = last.out_shape
+        module = stage.removesuffix(".blocks")
+        points.append(FeaturePoint(channels, _reduction(graph, height), module, stage))
+    return points
+
+
+def forward_paths(graph: Graph) -> list[str] | None:
+    """The module paths the generated torch model's ``forward_features`` calls, in order, each on
+    the value before it (``conv1``, ..., ``layer1``, ..., ``stages.1.downsample``,
+    ``stages.1.blocks``, ..., a pre-activation head's final ``norm``); None where the stem or the
+    head is not such a chain."""
+    sections = head_sections(graph)
+    if sections is None or not _is_chain(graph.modules[0]):
+        return None
+    paths = [node.name for node in graph.modules[0].nodes]
+    for module in graph.modules[1:-1]:
+        path = module.path if module.role == "transition" else module.stage
+        if paths[-1] != path:
+            paths.append(path)
+    return paths + [node.name for node in sections.features]
+
+
+__all__ = ["GLOBAL_POOLS", "FeaturePoint", "HeadSections", "feature_points", "forward_paths", "head_sections"]
