@@ -221,17 +221,21 @@ class Box:
 
 
 def _shortcuts(blocks: list[Module]) -> str:
-    """Each block's shortcut, runs of equal kinds together: ``shortcut projection (0), identity (1–2)``."""
+    """Each block's shortcut, runs of equal kinds together: ``projection shortcut in block 0,
+    identity in 1–2``."""
     runs: list[tuple[str, int, int]] = []
     for index, block in enumerate(blocks):
-        kind = block.shortcut or "none"
+        kind = block.shortcut or "no"
         if runs and runs[-1][0] == kind:
             runs[-1] = (kind, runs[-1][1], index)
         else:
             runs.append((kind, index, index))
     if len(runs) == 1:
-        return f"shortcut {runs[0][0]} (every block)"
-    return "shortcut " + ", ".join(f"{kind} ({a})" if a == b else f"{kind} ({a}–{b})" for kind, a, b in runs)
+        return "no shortcut (a plain network)" if runs[0][0] == "no" else f"{runs[0][0]} shortcut in every block"
+    where = [f"{kind} in {a}" if a == b else f"{kind} in {a}–{b}" for kind, a, b in runs]
+    first = runs[0]
+    where[0] = f"{first[0]} shortcut in block{'' if first[1] == first[2] else 's'} {where[0].split(' in ')[1]}"
+    return ", ".join(where)
 
 
 def network_boxes(graph: Graph) -> list[Box]:
@@ -414,16 +418,27 @@ def block_layout(module: Module) -> tuple[list[Placed], list[Route]]:
         for name, vertex in vertices.items()
     ]
     centres = {box.name: box for box in placed}
-    inputs_of = Counter(target for _, target, _, _ in edges)
-    routes = []
-    for (source, target, position, shortcut), edge in zip(edges, layout_edges, strict=True):
-        start, end = centres[source], centres[target]
-        # several inputs of one node arrive side by side, in input order
-        spread = min(end.width / (inputs_of[target] + 1), 24.0)
-        offset = (position - (inputs_of[target] - 1) / 2) * spread
+    bodies = []
+    for (source, _, _, _), edge in zip(edges, layout_edges, strict=True):
+        start = centres[source]
         middle = [(round(x - left, 1), round(y - top, 1)) for x, y in edge.view.points[1:-1]]
-        points = [(start.x, start.y + start.height / 2), *middle, (end.x + offset, end.y - end.height / 2)]
-        routes.append(Route(source, target, tuple(points), shortcut))
+        bodies.append([(start.x, start.y + start.height / 2), *middle])
+    # a node's inputs arrive side by side, ordered by where each comes from (left to right), so
+    # that they do not cross just above it
+    arrivals: dict[str, list[int]] = {}
+    for index, (_, target, _, _) in enumerate(edges):
+        arrivals.setdefault(target, []).append(index)
+    slots: dict[int, float] = {}
+    for target, indices in arrivals.items():
+        ordered = sorted(indices, key=lambda index: (bodies[index][-1][0], edges[index][2]))
+        spread = min(centres[target].width / (len(ordered) + 1), 24.0)
+        for slot, index in enumerate(ordered):
+            slots[index] = (slot - (len(ordered) - 1) / 2) * spread
+    routes = []
+    for index, (source, target, _, shortcut) in enumerate(edges):
+        end = centres[target]
+        points = (*bodies[index], (round(end.x + slots[index], 1), end.y - end.height / 2))
+        routes.append(Route(source, target, points, shortcut))
     return placed, routes
 
 

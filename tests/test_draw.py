@@ -47,7 +47,7 @@ def test_the_network_picture_renders_with_every_stage_label() -> None:
     for stage, depth, width, shape in [(1, 3, 64, "256×56×56"), (2, 4, 128, "512×28×28"), (4, 3, 512, "2048×7×7")]:
         assert f"layer{stage}: bottleneck × {depth}" in text
         assert f"width {width}, stride {1 if stage == 1 else 2}, output {shape}" in text
-        assert f"shortcut projection (0), identity (1–{depth - 1})" in text
+        assert f"projection shortcut in block 0, identity in 1–{depth - 1}" in text
 
 
 def test_the_network_picture_draws_convnext_transitions_and_their_strides() -> None:
@@ -58,7 +58,7 @@ def test_the_network_picture_draws_convnext_transitions_and_their_strides() -> N
         assert lines[index + 4] == f"stages.{stage}.blocks: convnext × {9 if stage == 2 else 3}", "then its stage"
         assert lines[index + 5].startswith(f"width {width}, stride 2 (in stages.{stage}.downsample)")
     assert "width 96, stride 1, output 96×56×56" in lines
-    assert "shortcut identity (every block)" in lines
+    assert "identity shortcut in every block" in lines
 
 
 def test_macs_are_written_in_g_m_or_k_units_never_as_zero_gmacs() -> None:
