@@ -285,12 +285,23 @@ def network_boxes(graph: Graph) -> list[Box]:
 SUMMARY_LENGTH = 56
 
 
+def _wrap(labels: list[str], lines: int = 3) -> list[str]:
+    """The ops joined by arrows in lines of at most SUMMARY_LENGTH characters, or no line at all
+    where they need more than ``lines`` (``--block stem`` draws them)."""
+    wrapped = [labels[0]]
+    for label in labels[1:]:
+        if len(wrapped[-1]) + 3 + len(label) <= SUMMARY_LENGTH:
+            wrapped[-1] += f" → {label}"
+        else:
+            wrapped[-1] += " →"
+            wrapped.append(label)
+    return wrapped if len(wrapped) <= lines else []
+
+
 def _part_box(role: str, module: Module, report: CostReport, colour: str) -> Box:
     totals = next(row for row in report.group_by("block") if row.name == (module.path or module.role))
     lines = [f"{role}: {module.type_name}"]
-    summary = " → ".join(op_label(node.op) for node in module.nodes)
-    if len(summary) <= SUMMARY_LENGTH:  # a deep stem's ops would not fit: --block stem draws them
-        lines.append(summary)
+    lines += _wrap([op_label(node.op) for node in module.nodes])
     lines += [
         f"output {_shape(module.out_shape)}",
         f"{_count(totals.parameters)} parameters, {format_macs(totals.macs)}",

@@ -58,7 +58,17 @@ def test_the_network_picture_draws_convnext_transitions_and_their_strides() -> N
         assert lines[index + 4] == f"stages.{stage}.blocks: convnext × {9 if stage == 2 else 3}", "then its stage"
         assert lines[index + 5].startswith(f"width {width}, stride 2 (in stages.{stage}.downsample)")
     assert "width 96, stride 1, output 96×56×56" in lines
+    assert "4×4 conv, 96, /4 → ln" in lines, "the stem's ops"
     assert "identity shortcut in every block" in lines
+
+
+def test_a_long_stem_summary_wraps_over_lines() -> None:
+    lines = texts(draw_network(compile_spec("resnest50d")))
+    stem = lines.index("stem: deep")
+    assert lines[stem + 1 : stem + 3] == [
+        "3×3 conv, 32, /2 → bn → relu → 3×3 conv, 32 → bn → relu →",
+        "3×3 conv, 64 → bn → relu → max pool 3×3, /2",
+    ]
 
 
 def test_macs_are_written_in_g_m_or_k_units_never_as_zero_gmacs() -> None:
@@ -174,3 +184,5 @@ def test_draw_writes_the_file_and_refuses_an_unknown_block(tmp_path: Path, capsy
         "layer1.0–1, layer2.0–1, layer3.0–1, layer4.0–1 (or stem, head, a block type: basic)\n"
     )
     assert not (tmp_path / "block.svg").exists()
+    assert main(["draw", "resnet18", "--block", "layer2.0", "-o", str(tmp_path / "block.svg")]) == 0
+    assert (tmp_path / "block.svg").read_text() == draw_block(compile_spec("resnet18"), "layer2.0")
