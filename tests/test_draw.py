@@ -6,13 +6,14 @@ fields; the README's pictures are the current ones."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from itertools import pairwise
+from itertools import combinations, pairwise
 from pathlib import Path
 
 import numpy as np
 import pymupdf
 import pytest
 
+from rescompile.api import list_models
 from rescompile.cli import main
 from rescompile.compiler import compile_spec
 from rescompile.draw import block_layout, draw_block, draw_network, format_macs, select_module
@@ -135,6 +136,29 @@ def test_edges_bend_between_boxes_never_through_one(network: str, block: str) ->
         for x, y in route.points[1:-1]:
             inside = [box.name for box in placed if abs(x - box.x) < box.width / 2 and abs(y - box.y) < box.height / 2]
             assert not inside, f"{route.source} → {route.target} passes through {inside}"
+
+
+@pytest.mark.parametrize("network", list_models())
+def test_every_built_in_block_is_laid_out_without_overlaps(network: str) -> None:
+    """Each distinct module (role, type, shortcut) of every built-in network: no two boxes overlap,
+    no edge bends inside a box, and the SVG parses."""
+    graph = compile_spec(network)
+    ElementTree.fromstring(draw_network(graph))
+    seen: set[tuple[str, str, str | None]] = set()
+    for module in graph.modules:
+        if (module.role, module.type_name, module.shortcut) in seen:
+            continue
+        seen.add((module.role, module.type_name, module.shortcut))
+        placed, routes = block_layout(module)
+        for a, b in combinations(placed, 2):
+            apart = abs(a.x - b.x) >= (a.width + b.width) / 2 or abs(a.y - b.y) >= (a.height + b.height) / 2
+            assert apart, f"{module.path or module.role}: {a.name} overlaps {b.name}"
+        for route in routes:
+            for x, y in route.points[1:-1]:
+                assert not any(abs(x - box.x) < box.width / 2 and abs(y - box.y) < box.height / 2 for box in placed)
+        ElementTree.fromstring(
+            draw_block(graph, module.path if module.role in ("block", "transition") else module.role)
+        )
 
 
 def test_the_block_picture_draws_each_shortcut_in_red() -> None:
