@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 import pytest
+from conftest import builtin_params
 
 from rescompile.api import list_models
 from rescompile.cli import main
@@ -138,7 +139,7 @@ def test_edges_bend_between_boxes_never_through_one(network: str, block: str) ->
             assert not inside, f"{route.source} → {route.target} passes through {inside}"
 
 
-@pytest.mark.parametrize("network", list_models())
+@pytest.mark.parametrize("network", builtin_params(list_models()))
 def test_every_built_in_block_is_laid_out_without_overlaps(network: str) -> None:
     """Each distinct module (role, type, shortcut) of every built-in network: no two boxes overlap,
     no edge bends inside a box, and the SVG parses."""
