@@ -483,11 +483,11 @@ def draw_block(graph: Graph, block: str) -> str:
     for route in routes:
         points = tuple((x + dx, y + dy) for x, y in route.points)
         colour = SHORTCUT if route.shortcut else INK
-        parts += _arrow(points, colour, f" data-edge='{escape(route.source)} {escape(route.target)}'")
+        parts += _arrow(points, colour, f" data-edge='{_attribute(route.source)} {_attribute(route.target)}'")
     for box in placed:
         x, y = box.x + dx - box.width / 2, box.y + dy - box.height / 2
         stroke = SHORTCUT if box.shortcut else "#555"
-        parts.append(f"<g data-node='{escape(box.name)}'>")
+        parts.append(f"<g data-node='{_attribute(box.name)}'>")
         parts.append(
             f"<rect x='{x:.1f}' y='{y:.1f}' width='{box.width:.1f}' height='{box.height:.1f}' rx='5' "
             f"fill='{box.colour}' stroke='{stroke}'/>"
@@ -518,6 +518,11 @@ def _header(width: int, height: int, title: str) -> list[str]:
 
 
 ARROW_LENGTH = 8.0
+
+
+def _attribute(text: str) -> str:
+    """``text`` safe inside a single-quoted SVG attribute."""
+    return escape(text, {"'": "&apos;", '"': "&quot;"})
 
 
 def _arrow(points: tuple[tuple[float, float], ...], colour: str, data: str = "") -> list[str]:
