@@ -41,7 +41,7 @@ commands:
   rescompile check SPEC [--backends {_NAMES}]       compare backends numerically
   rescompile schema [--kind KIND] [-o FOLDER]              JSON Schema of spec files, for editors
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
-  rescompile draw SPEC -o net.svg [--block NAME]           the network (or a block) as an SVG picture
+  rescompile draw SPEC -o net.svg [--block PATH]           the network (or a block) as an SVG picture
   rescompile bench SPEC [--backend B] [--train] ...        time the generated model beside its reference
 
 Run 'rescompile COMMAND --help' for a command's options."""
@@ -148,13 +148,15 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
     elif name == "draw":
         parser.description = (
             "Draw the network as SVG: input, stem, each stage (block × repeats, width, stride, output shape, "
-            "parameters, MACs) and head; or, with --block, that block's op graph with its shortcut."
+            "parameters, MACs), transitions and head; or, with --block, that block's op graph with its shortcut."
         )
         parser.add_argument("spec", help="a spec file or a built-in name")
         parser.add_argument(
             "-o", "--output", required=True, help="the .svg file to write (or .png, where pymupdf is installed)"
         )
-        parser.add_argument("--block", help="draw this block type's op graph instead (e.g. bottleneck)")
+        parser.add_argument(
+            "--block", help="draw this block's op graph instead: a path (layer2.0), stem, head or a block type"
+        )
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     return parser
 
