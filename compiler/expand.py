@@ -249,7 +249,7 @@ def _variants(
         # One kind per unrolling: its nodes, and the values it was unrolled for (which a class fixes).
         kinds: list[tuple[tuple[dict[str, object], Fixed], list[bool], Loaded[PartSpec]]] = []
         for first, block, fixed in uses:
-            key = (dict(block.spec.nodes), fixed)
+            key: tuple[dict[str, object], Fixed] = (dict(block.spec.nodes), fixed)
             match = next((kind for kind in kinds if kind[0] == key), None)
             if match is None:
                 kinds.append((key, [first], block))
