@@ -140,6 +140,7 @@ TRICKY_PART_NAMES = ("x", "x_2", "x_first", "a_b", "a-b", "ab", "Ab", "basicBloc
 TRICKY_PART_NAMES += ("build", "make_divisible", "layers", "lambda", "class", "ResNet", "OrderedDict", "projection")
 TRICKY_CLASS_NAMES = ("OrderedDict", "F", "Any", "Callable", "Tensor", "SE", "XBlockish")
 CONDITIONS = ("stride == 2", "block_index % 2 == 1", "in_channels != width", "PARAMETER > 2")
+NODE_NAMES = ("conv2", "_make_stage", "downsample", "forward", "layers", "sum", "class", "x", "out", "XBlock", "F")
 PARAMETER_NAMES = ("k", "depth", "downsample", "index", "blocks", "block_stride", "sum", "options", "layers")
 NAMINGS = (
     None,
@@ -162,7 +163,7 @@ def drawn_block(draw: st.DrawFn, name: str, parameter: str) -> str:
         f"  conv1: {{op: conv, out_channels: width * {parameter}, kernel: {kernel}, stride: stride, "
         f"padding: {kernel // 2}}}",
         "  bn1: {op: batch_norm}",
-        "  conv2: {op: conv, out_channels: width, kernel: 1}",
+        f"  {draw(st.just('conv2') | st.sampled_from(NODE_NAMES))}: {{op: conv, out_channels: width, kernel: 1}}",
         "  bn2: {op: batch_norm}",
     ]
     last = "bn2"
