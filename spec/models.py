@@ -464,6 +464,38 @@ RepeatSpec.model_rebuild()
 TEMPLATE_OPS = ("split", "repeat")
 """Spec ops that are not IR ops: :mod:`rescompile.spec.unroll` writes them as IR ops' nodes."""
 
+FOREIGN_KEYS: dict[str, str] = {
+    "kernel_size": "kernel",
+    "filt_size": "taps",
+    "out_features": "out_channels",
+    "out_channels": "out_features",
+    "num_groups": "groups",
+    "eps": "epsilon",
+    "drop_prob": "rate",
+    "p": "rate",
+    "init_values": "init",
+    "ls_init_value": "init",
+    "input": "inputs",
+    "inputs": "input",
+}
+"""torch's and timm's names for node attributes (``nn.Conv2d(kernel_size=...)``), by the key that
+means the same here; an unknown key found in it names ours where the op takes it."""
+FOREIGN_OPS: dict[str, str] = {
+    "conv2d": "conv",
+    "stdconv2d": "conv",
+    "batchnorm2d": "batch_norm",
+    "maxpool2d": "max_pool",
+    "avgpool2d": "avg_pool",
+    "adaptiveavgpool2d": "global_average_pool",
+    "groupnorm": "group_norm",
+    "layernorm2d": "layer_norm",
+    "blurpool2d": "blur_pool",
+    "zeropad2d": "pad",
+}
+"""torch's and timm's layer names (lower case, without '_'), by our op: ``op: Conv2d`` names ``conv``."""
+INFERRED_KEYS = frozenset({"in_channels", "in_features", "num_features", "num_channels", "normalized_shape", "dim"})
+"""torch's constructor arguments that are a node's input size: here it comes from the value the node reads."""
+
 
 class PartSpec(StrictModel):
     """A named graph of op nodes with parameters; the base of stems, blocks, shortcuts and heads."""

@@ -39,6 +39,14 @@ def network(*replacements: tuple[str, str]) -> str:
     return text
 
 
+MINE = "name: mine\nout_channels: width\nnodes:\n"
+ADD = "  add: {op: add, inputs: [conv1, shortcut]}\n"
+CONV_KEYS = (
+    "bias, dilation, groups, input, kernel, op, out_channels, padding, standardize_epsilon, standardize_weight, "
+    "stride, when"
+)
+"""A one-node block (its node named conv1) is MINE, the node, then ADD; CONV_KEYS are conv's valid keys."""
+
 CASES = {
     "lone_surrogate": (
         network(("name: bad", 'name: bad\ndescription: "x \\udc80"')),
@@ -146,6 +154,71 @@ CASES = {
         "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, gelu, "
         "global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, pad, pad_channels, "
         "pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+    ),
+    # Node attributes: a near miss, torch's and timm's names, and the op's own valid keys.
+    "node_key_near_miss": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernal: 3}}\n{ADD}"},
+        f"blocks/mine.yaml:4:42: unknown key 'kernal' (did you mean 'kernel'?); valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_torch_name": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernel_size: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:42: unknown key 'kernel_size' (torch's or timm's name; here it is 'kernel'); "
+        f"valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_linear_out_channels": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: linear, out_channels: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:23: unknown key 'out_channels' (torch's or timm's name; here it is 'out_features'); "
+        "valid keys for op 'linear': bias, input, op, out_features, when",
+    ),
+    "node_key_input_on_a_mul": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: mul, input: x}}\n{ADD}"},
+        "blocks/mine.yaml:4:20: unknown key 'input': op 'mul' reads several values, named in 'inputs' "
+        "(inputs: [a, b]); valid keys for op 'mul': inputs, op, when",
+    ),
+    "node_key_inputs_on_a_conv": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, inputs: [a], out_channels: 3, kernel: 1}}\n{ADD}"},
+        f"blocks/mine.yaml:4:21: unknown key 'inputs': op 'conv' reads one value: 'input'; valid keys for op 'conv': "
+        f"{CONV_KEYS}",
+    ),
+    "node_key_in_channels": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernel: 3, in_channels: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:53: unknown key 'in_channels': a node's input size is not written, it comes from the "
+        f"value the node reads; valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_of_another_op": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: 3, kernel: 3, padding_mode: reflect}}\n{ADD}"},
+        "blocks/mine.yaml:4:49: unknown key 'padding_mode' (op 'blur_pool' takes it, op 'conv' does not; did you "
+        f"mean 'padding'?); valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_of_several_other_ops": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: relu, bias: true}}\n{ADD}"},
+        "blocks/mine.yaml:4:21: unknown key 'bias' (ops 'conv', 'linear' or 'pointwise_linear' take it, op 'relu' "
+        "does not); valid keys for op 'relu': input, op, when",
+    ),
+    "node_key_in_a_repeat": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": f"{MINE}  convs: {{op: repeat, index: i, count: 2, nodes: "
+            f"{{'c{{i}}': {{op: conv, out_channels: width, kernel_size: 3}}}}}}\n{ADD}"
+        },
+        "blocks/mine.yaml:4:91: unknown key 'kernel_size' (torch's or timm's name; here it is 'kernel'); "
+        f"valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "torch_op_name": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: BatchNorm2d}}\n{ADD}"},
+        "blocks/mine.yaml:4:15: unknown op 'BatchNorm2d' (torch's or timm's name; here it is 'batch_norm') in "
+        "nodes.conv1; valid ops: add, avg_pool, batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, "
+        "drop_path, flatten, gelu, global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, "
+        "pad, pad_channels, pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
