@@ -108,7 +108,7 @@ CASES = {
     "malformed_yaml": (
         network(("  - {depth: 1, width: 16}", "  - {depth: 1, width: 16")),
         {},
-        "net.yaml:8:5: malformed YAML: expected ',' or '}', but got '{'",
+        "net.yaml:7:5: this '{' is never closed: add '}' at the end of its value",
     ),
     "empty_file": ("", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
     "comments_only": ("# nothing here\n", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
@@ -588,4 +588,4 @@ def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RescompileError) as raised:
         compile_spec("net\n.yaml")
-    assert str(raised.value) == "net\\n.yaml:1:8: malformed YAML: expected the node content, but found '<stream end>'"
+    assert str(raised.value) == "net\\n.yaml:1:8: the file ends where a value was expected; is a '[' or '{' left open?"
