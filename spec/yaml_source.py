@@ -162,7 +162,7 @@ def _syntax_message(error: yaml.MarkedYAMLError, text: str) -> tuple[str, yaml.M
     if "unknown escape character" in problem:
         escape = problem.split("'")[1]
         return (
-            f"unknown escape '\\{escape}' in a double-quoted string; write '\\\\' for a backslash, or use single quotes",
+            f"unknown escape '\\{escape}' in a double-quoted string; write '\\\\' for a backslash, or single-quote it",
             mark,
         )
     if context in ("while parsing a flow mapping", "while parsing a flow sequence") and found.strip("'") in (

@@ -120,6 +120,11 @@ SYNTAX_ERRORS = {
         "name: 'it's'\n",
         "net.yaml:1:11: text after the closing quote: a quoted value ends at its quote ('it''s' quotes a quote)",
     ),
+    "unknown_escape": (
+        'name: "a\\q"\n',
+        "net.yaml:1:10: unknown escape '\\q' in a double-quoted string; write '\\\\' for a backslash, or "
+        "single-quote it",
+    ),
     "reserved_character": ("name: @x\n", "net.yaml:1:7: a value cannot start with '@' in YAML; quote it ('@...')"),
     "undefined_alias": (
         "name: *x\n",
