@@ -4,6 +4,7 @@ Each case writes a small network (and, where needed, a part) into a temporary fo
 expected line and column can be read off the text below.
 """
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from rescompile.compiler import compile_spec
 from rescompile.spec import RescompileError
+from rescompile.spec.errors import EXCERPT_VARIABLE, Location, render, source_excerpt, wants_excerpt
 from rescompile.spec.loader import builtin_directory
 
 KNOWN_BLOCKS = ", ".join(sorted(path.stem for path in (builtin_directory() / "blocks").glob("*.yaml")))
@@ -589,3 +591,59 @@ def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path: Path, monkeyp
     with pytest.raises(RescompileError) as raised:
         compile_spec("net\n.yaml")
     assert str(raised.value) == "net\\n.yaml:1:8: the file ends where a value was expected; is a '[' or '{' left open?"
+
+
+def test_the_excerpt_shows_the_source_line_with_a_caret_under_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "net.yaml").write_text(network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    assert render(raised.value, excerpt=True).splitlines()[1:] == [
+        "  |",
+        "7 |   - {depth: 1, widht: 16}",
+        "  |                ^^^^^",
+    ]
+    assert render(raised.value, excerpt=False) == str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "caret"),
+    [
+        ("  conv1: {op: conv, kernel: 3}", 15, "              ^^^^"),  # a plain value, up to ','
+        ("name: 'a b, c'  # why", 7, "      ^^^^^^^^"),  # a quoted one, to its quote
+        ("input: {channels: 3}", 8, "       ^"),  # a bracket alone
+        ("\tsize: 3", 1, "^"),  # a tab shows as a space, the caret under it
+        ("x: 1", 9, "    ^"),  # past the end: after the line
+    ],
+)
+def test_the_caret_spans_the_token_at_the_column(tmp_path: Path, line: str, column: int, caret: str) -> None:
+    (tmp_path / "f.yaml").write_text(f"a: 1\n{line}\n")
+    shown = source_excerpt(Location(str(tmp_path / "f.yaml"), 2, column))
+    assert shown is not None
+    assert shown.splitlines() == ["  |", f"2 | {line.replace(chr(9), ' ').rstrip()}", f"  | {caret}"]
+
+
+def test_a_long_line_is_shown_as_a_window_around_the_column(tmp_path: Path) -> None:
+    text = "a: [" + ", ".join(["1"] * 200) + ", x]\n"
+    (tmp_path / "f.yaml").write_text(text)
+    shown = source_excerpt(Location(str(tmp_path / "f.yaml"), 1, text.index("x") + 1))
+    assert shown is not None
+    source, caret = shown.splitlines()[1:]
+    assert len(source) <= 104 and source[caret.index("^")] == "x"
+
+
+@pytest.mark.parametrize("make", [lambda path: None, os.mkfifo, lambda path: path.mkdir()])
+def test_no_excerpt_where_the_file_cannot_be_read_back(make: Callable[[Path], None], tmp_path: Path) -> None:
+    make(tmp_path / "f.yaml")
+    error = RescompileError("bad", Location(str(tmp_path / "f.yaml"), 1, 1))
+    assert render(error, excerpt=True) == str(error)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("1", True), ("0", False), ("", False)])
+def test_the_excerpt_is_for_terminals_unless_the_variable_says(
+    setting: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(EXCERPT_VARIABLE, setting)
+    assert wants_excerpt(io.StringIO()) is expected  # a StringIO is not a terminal
