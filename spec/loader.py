@@ -88,6 +88,14 @@ def builtin_directory() -> Path:
     return Path(str(resources.files("rescompile.architectures")))
 
 
+def is_builtin(location: Location) -> bool:
+    """Whether ``location`` lies in a file shipped with rescompile (its ``architectures/``)."""
+    try:
+        return Path(location.file).resolve().is_relative_to(builtin_directory().resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def builtin_networks() -> list[str]:
     return sorted(path.stem for path in builtin_directory().glob("*.yaml"))
 

@@ -16,6 +16,7 @@ from rescompile.spec import RescompileError
 from rescompile.spec.errors import EXCERPT_VARIABLE, Location, render, source_excerpt, wants_excerpt
 from rescompile.spec.loader import builtin_directory
 
+BUILTIN = builtin_directory()
 KNOWN_BLOCKS = ", ".join(sorted(path.stem for path in (builtin_directory() / "blocks").glob("*.yaml")))
 """The built-in blocks, as an unknown block's error lists them."""
 
@@ -221,6 +222,20 @@ CASES = {
         "nodes.conv1; valid ops: add, avg_pool, batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, "
         "drop_path, flatten, gelu, global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, "
         "pad, pad_channels, pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+    ),
+    # An error inside a built-in part that a value of the user's caused is located at that value.
+    "input_size_too_small_for_a_builtin": (
+        "extends: convnext_tiny\nname: small\ninput: {size: 8}\n",
+        {},
+        "net.yaml:3:15: stages.2.downsample: 1: conv (kernel 2×2, stride 2) would shrink the 1×1 feature map below "
+        "1×1; use a larger input size or fewer strided stages (in built-in transition 'convnext_downsample', "
+        f"{BUILTIN / 'transitions' / 'convnext_downsample.yaml'}:9:8)",
+    ),
+    "builtin_block_parameter_that_does_not_divide": (
+        "extends: resnet50_gn\nname: gn\nblock_parameters: {norm_groups: 7}\n",
+        {},
+        "net.yaml:3:33: layer1.0: bn1: group_norm groups=7 must divide the 64 channels (in built-in block "
+        f"'gn_bottleneck', {BUILTIN / 'blocks' / 'gn_bottleneck.yaml'}:9:8)",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
