@@ -463,7 +463,7 @@ def _definition(
         role=role,
         name=spec.name if definition_name is None else definition_name,
         description=spec.description,
-        parameters=tuple(spec.parameters.items()),
+        parameters=tuple(spec.defaults.items()),
         derived=tuple(spec.derived.items()),
         nodes=tuple(nodes),
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
@@ -548,7 +548,7 @@ def _bind(
     first: bool = False,
 ) -> Bindings:
     """Part defaults, then the network's values, then the values the compiler always binds."""
-    declared = part.spec.parameters
+    declared = part.spec.defaults
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
     for name in overrides:
         where = network.source.locate(_parameter_path(network, field, stage_index, first, name), key=True)
@@ -564,6 +564,13 @@ def _bind(
     origins = {
         name: network.source.locate(_parameter_path(network, field, stage_index, first, name)) for name in overrides
     }
+    for name, bounds in part.spec.bounds.items():
+        problem = bounds.violation(overrides[name], name) if name in overrides else None
+        if problem is not None:
+            raise RescompileError(
+                f"{name} = {overrides[name]!r} is out of bounds for {kind} '{part.spec.name}': {problem}",
+                origins[name],
+            )
     bindings = Bindings({**declared, **overrides, **builtins}, origins, network.source.values.get(("input", "size")))
     for name, value in bindings.items():
         if value == REQUIRED:

@@ -50,6 +50,15 @@ CONV_KEYS = (
 )
 """A one-node block (its node named conv1) is MINE, the node, then ADD; CONV_KEYS are conv's valid keys."""
 
+
+def bounded(declaration: str) -> str:
+    """A one-conv block whose parameter ``ratio`` is declared so: ``{default: 1, minimum: 1}``."""
+    return (
+        f"name: mine\nparameters: {{ratio: {declaration}}}\nout_channels: width\nnodes:\n"
+        f"  conv1: {{op: conv, out_channels: width * ratio, kernel: 1}}\n{ADD}"
+    )
+
+
 CASES = {
     "lone_surrogate": (
         network(("name: bad", 'name: bad\ndescription: "x \\udc80"')),
@@ -236,6 +245,38 @@ CASES = {
         {},
         "net.yaml:3:33: layer1.0: bn1: group_norm groups=7 must divide the 64 channels (in built-in block "
         f"'gn_bottleneck', {BUILTIN / 'blocks' / 'gn_bottleneck.yaml'}:9:8)",
+    ),
+    # Bounds a part declares on its parameters, checked at the value the network gives.
+    "builtin_ratio_out_of_bounds": (
+        "extends: seresnet50\nname: se\nblock_parameters: {se_ratio: -0.25}\n",
+        {},
+        "net.yaml:3:30: se_ratio = -0.25 is out of bounds for block 'se_bottleneck': it must be greater than 0 "
+        "(0 < se_ratio <= 1)",
+    ),
+    "stage_value_out_of_bounds": (
+        network(
+            ("block: basic", "block: mine"),
+            ("{depth: 1, width: 16}", "{depth: 1, width: 16, block_parameters: {ratio: 2}}"),
+        ),
+        {"blocks/mine.yaml": bounded("{default: 1, minimum: 1, exclusive_maximum: 2}")},
+        "net.yaml:7:53: ratio = 2 is out of bounds for block 'mine': it must be less than 2 (1 <= ratio < 2)",
+    ),
+    "bounded_parameter_given_text": (
+        "extends: seresnet50\nname: se\nblock_parameters: {se_ratio: quarter}\n",
+        {},
+        "net.yaml:3:30: se_ratio = 'quarter' is out of bounds for block 'se_bottleneck': it must be a number "
+        "(0 < se_ratio <= 1)",
+    ),
+    "default_out_of_bounds": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": bounded("{default: 0, exclusive_minimum: 0}")},
+        "blocks/mine.yaml:2:21: parameters.ratio: the default 0 is out of bounds: it must be greater than 0 "
+        "(0 < value)",
+    ),
+    "bound_that_is_not_a_number": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": bounded("{default: 1, minimum: low}")},
+        "blocks/mine.yaml:2:43: parameters.ratio.minimum: input should be a valid integer (got 'low')",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
