@@ -23,10 +23,20 @@ from rescompile.compiler.ir import (
     SymbolicNode,
     container_span,
 )
-from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Add, Op, Shape, ShapeError, SymbolicAttributes, show_shape
+from rescompile.compiler.ops import (
+    OPS,
+    SHORTCUT_VALUE,
+    Add,
+    Op,
+    Shape,
+    ShapeError,
+    ShrinkError,
+    SymbolicAttributes,
+    show_shape,
+)
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts
+from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts, is_builtin
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -453,7 +463,7 @@ def _definition(
         role=role,
         name=spec.name if definition_name is None else definition_name,
         description=spec.description,
-        parameters=tuple(spec.parameters.items()),
+        parameters=tuple(spec.defaults.items()),
         derived=tuple(spec.derived.items()),
         nodes=tuple(nodes),
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
@@ -484,9 +494,16 @@ class Bindings(dict[str, Value]):
     """A part's parameter values, remembering where the network set the ones it set: an error in
     an expression over them is located at the user's line, not inside a (built-in) part file."""
 
-    def __init__(self, values: Mapping[str, Value], origins: Mapping[str, Location] | None = None) -> None:
+    def __init__(
+        self,
+        values: Mapping[str, Value],
+        origins: Mapping[str, Location] | None = None,
+        size_origin: Location | None = None,
+    ) -> None:
         super().__init__(values)
         self.origins: dict[str, Location] = dict(origins or {})
+        self.size_origin = size_origin
+        """Where the network sets its input size: a feature map that shrinks away is located there."""
 
     def origin(self, expression: Expression) -> Location | None:
         return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
@@ -531,7 +548,7 @@ def _bind(
     first: bool = False,
 ) -> Bindings:
     """Part defaults, then the network's values, then the values the compiler always binds."""
-    declared = part.spec.parameters
+    declared = part.spec.defaults
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
     for name in overrides:
         where = network.source.locate(_parameter_path(network, field, stage_index, first, name), key=True)
@@ -547,7 +564,14 @@ def _bind(
     origins = {
         name: network.source.locate(_parameter_path(network, field, stage_index, first, name)) for name in overrides
     }
-    bindings = Bindings({**declared, **overrides, **builtins}, origins)
+    for name, bounds in part.spec.bounds.items():
+        problem = bounds.violation(overrides[name], name) if name in overrides else None
+        if problem is not None:
+            raise RescompileError(
+                f"{name} = {overrides[name]!r} is out of bounds for {kind} '{part.spec.name}': {problem}",
+                origins[name],
+            )
+    bindings = Bindings({**declared, **overrides, **builtins}, origins, network.source.values.get(("input", "size")))
     for name, value in bindings.items():
         if value == REQUIRED:
             raise RescompileError(
@@ -775,7 +799,7 @@ def _build_nodes(
         except ShapeError as error:
             # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
             # pointed at the network's head: line, a layer_norm's at the node).
-            raise RescompileError(f"{label}: {name}: {error}", part.locate(*node_path)) from None
+            raise _node_error(f"{label}: {name}: {error}", part, node_path, node_spec, bindings, error) from None
         full_name = prefix + name
         shapes[full_name] = shape
         nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
@@ -849,7 +873,30 @@ def _make_op(
     try:
         return op_type.from_attributes(attributes, in_shapes)
     except ShapeError as error:
-        raise RescompileError(f"{label}: {node_path[1]}: {error}", part.locate(*node_path)) from None
+        raise _node_error(f"{label}: {node_path[1]}: {error}", part, node_path, spec, bindings, error) from None
+
+
+def _node_error(
+    message: str,
+    part: Loaded[PartSpec],
+    node_path: tuple[str, str],
+    spec: OpSpec,
+    bindings: Bindings,
+    error: ShapeError,
+) -> RescompileError:
+    """A node's shape error, at the node; in a built-in part, at the user's line that caused it
+    where there is one (the input size for a feature map that shrinks away, else a parameter value
+    the node reads), naming the node in the built-in file."""
+    at = part.locate(*node_path)
+    if not is_builtin(at):
+        return RescompileError(message, at)
+    read = [bindings.origin(value) for _, value in spec if isinstance(value, Expression)]
+    candidates = [bindings.size_origin] if isinstance(error, ShrinkError) else []
+    origin = next((where for where in [*candidates, *read] if where is not None and not is_builtin(where)), None)
+    if origin is None:
+        return RescompileError(message, at)
+    kind = type(part.spec).__name__.removesuffix("Spec").lower()
+    return RescompileError(f"{message} (in built-in {kind} '{part.spec.name}', {at})", origin)
 
 
 __all__ = ["MAX_BLOCKS", "MAX_NODES", "MAX_WEIGHTS", "expand"]

@@ -44,6 +44,10 @@ class ShapeError(ValueError):
     """A shape rule failed; the caller names the module and location."""
 
 
+class ShrinkError(ShapeError):
+    """A feature map shrinks below 1×1: the input size is the usual cause."""
+
+
 class Role(enum.Enum):
     """What a parameter tensor is, for initialisation, test weights and layout conversions."""
 
@@ -125,7 +129,7 @@ def _spatial(
     out_height = _window_size(height, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     out_width = _window_size(width, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
     if out_height < 1 or out_width < 1:
-        raise ShapeError(
+        raise ShrinkError(
             f"{what} (kernel {kernel[0]}×{kernel[1]}, stride {stride[0]}) would shrink the "
             f"{height}×{width} feature map below 1×1; use a larger input size or fewer strided stages"
         )

@@ -24,7 +24,7 @@ from rescompile.compiler.cost import CostReport, Totals, cost
 from rescompile.compiler.files import check_output, write_atomically
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.spec.errors import RescompileError, one_line
+from rescompile.spec.errors import RescompileError, one_line, render, wants_excerpt
 from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, builtin_networks, load_part
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except RescompileError as error:
-        print(str(error), file=sys.stderr)
+        print(render(error, excerpt=wants_excerpt(sys.stderr)), file=sys.stderr)
         return 1
     except MemoryError as error:
         # A bound that should have refused the request first is missing: still one line, not a traceback.

@@ -16,6 +16,9 @@ from pydantic_core import ErrorDetails
 
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
 from rescompile.spec.models import (
+    FOREIGN_KEYS,
+    FOREIGN_OPS,
+    INFERRED_KEYS,
     MODULE_ATTRIBUTES,
     MODULE_LEVEL_NAMES,
     RESERVED_NAMES,
@@ -24,6 +27,7 @@ from rescompile.spec.models import (
     BlockSpec,
     HeadSpec,
     NetworkSpec,
+    OpSpec,
     PartSpec,
     ShortcutPolicySpec,
     ShortcutSpec,
@@ -82,6 +86,14 @@ class Loaded(Generic[ModelT]):
 def builtin_directory() -> Path:
     """The ``architectures/`` folder shipped inside the installed package."""
     return Path(str(resources.files("rescompile.architectures")))
+
+
+def is_builtin(location: Location) -> bool:
+    """Whether ``location`` lies in a file shipped with rescompile (its ``architectures/``)."""
+    try:
+        return Path(location.file).resolve().is_relative_to(builtin_directory().resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def builtin_networks() -> list[str]:
@@ -620,10 +632,9 @@ def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocumen
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(data_path[-1])
-        allowed = _allowed_keys(model, schema_path[:-1])
-        hint = did_you_mean(key, allowed)
-        valid = f"; valid keys here: {', '.join(sorted(allowed))}" if allowed else ""
-        return RescompileError(f"unknown key '{key}'{hint}{valid}", document.source.locate(data_path, key=True))
+        return RescompileError(
+            _unknown_key(key, _model_at(model, schema_path[:-1])), document.source.locate(data_path, key=True)
+        )
     location = document.source.locate(data_path)
     if kind == "missing":
         parent = _dotted(data_path[:-1]) or "the top level"
@@ -632,8 +643,11 @@ def _describe(error: ErrorDetails, model: type[BaseModel], document: YamlDocumen
         context = error.get("ctx", {})
         tag = str(context.get("tag", ""))
         expected = [name.strip(" '") for name in str(context.get("expected_tags", "")).split(",")]
+        plain = tag.lower().replace("_", "")
+        ours = FOREIGN_OPS.get(plain) or next((op for op in expected if op.replace("_", "") == plain), None)
+        hint = f" (torch's or timm's name; here it is '{ours}')" if ours else did_you_mean(tag, expected)
         return RescompileError(
-            f"unknown op '{tag}'{did_you_mean(tag, expected)} in {where}; valid ops: {', '.join(sorted(expected))}",
+            f"unknown op '{tag}'{hint} in {where}; valid ops: {', '.join(sorted(expected))}",
             document.source.locate((*data_path, "op")),
         )
     if kind == "union_tag_not_found":
@@ -699,19 +713,60 @@ def _dotted(path: YamlPath) -> str:
     return text
 
 
-def _allowed_keys(model: type[BaseModel], path: YamlPath) -> list[str]:
-    """The field names of the model found by following ``path`` from ``model``."""
+def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
+    """The message for an unknown ``key`` of ``model``: a near miss, or ours for torch's or timm's
+    name of it (``kernel_size``), and the valid keys; for an op node, per op."""
+    allowed = sorted(model.model_fields) if model is not None else []
+    op = _op_name(model)
+    here = f"for op '{op}'" if op is not None else "here"
+    valid = f"; valid keys {here}: {', '.join(allowed)}" if allowed else ""
+    ours = FOREIGN_KEYS.get(key)
+    if op is not None and key in ("input", "inputs") and ours in allowed:
+        count = "several values, named in 'inputs' (inputs: [a, b])" if ours == "inputs" else "one value: 'input'"
+        return f"unknown key '{key}': op '{op}' reads {count}{valid}"
+    if ours in allowed:
+        return f"unknown key '{key}' (torch's or timm's name; here it is '{ours}'){valid}"
+    if op is not None and key in INFERRED_KEYS:
+        return f"unknown key '{key}': a node's input size is not written, it comes from the value the node reads{valid}"
+    hints = [did_you_mean(key, allowed).strip(" ()")]
+    others = [other for other in _OP_MODELS if key in _OP_MODELS[other].model_fields] if op is not None else []
+    if others:
+        takes = f"op {one_of(others)} takes it" if len(others) == 1 else f"ops {one_of(others)} take it"
+        hints.insert(0, f"{takes}, op '{op}' does not")
+    hint = "; ".join(hint for hint in hints if hint)
+    return f"unknown key '{key}'{f' ({hint})' if hint else ''}{valid}"
+
+
+def _op_name(model: type[BaseModel] | None) -> str | None:
+    """The op a node model stands for (``conv`` for ConvSpec), or None for any other model."""
+    field = model.model_fields.get("op") if model is not None else None
+    tags = typing.get_args(field.annotation) if field is not None else ()
+    return str(tags[0]) if tags else None
+
+
+_OP_MODELS: dict[str, type[BaseModel]] = {
+    str(typing.get_args(member.model_fields["op"].annotation)[0]): member
+    for member in typing.get_args(typing.get_args(OpSpec)[0])
+}
+"""Every op's node model, by op name."""
+
+
+def _model_at(model: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
+    """The model found by following ``path`` from ``model`` (an op tag picks its node model)."""
     current: Any = model
     for segment in path:
         current = _descend(current, segment)
         if current is None:
-            return []
+            return None
     current = _unwrap_model(current, None)
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
 def _descend(annotation: Any, segment: str | int) -> Any:
-    annotation = _unwrap_model(annotation, segment)
+    member = _unwrap_model(annotation, segment)
+    if member is not _unwrap_model(annotation, None):
+        return member  # ``segment`` was an op tag, which chose the union's member
+    annotation = member
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         field = annotation.model_fields.get(str(segment))
         return None if field is None else field.annotation

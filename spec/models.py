@@ -14,7 +14,16 @@ import re
 import struct
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 
@@ -170,6 +179,53 @@ Float32 = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32)]
 ParameterValue = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
 """A part parameter's value: floats are finite (a rate such as ``drop_path_rate: 0.1``)."""
 Parameters = dict[str, ParameterValue]
+Bound = Annotated[int, Field(strict=True)] | Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A parameter's bound: a finite number (not a boolean)."""
+
+
+class ParameterSpec(BaseModel):
+    """A part parameter declared with its bounds, in JSON Schema's words
+    (``se_ratio: {default: 0.0625, exclusive_minimum: 0, maximum: 1}``): the default and every
+    value a network sets must lie within them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: ParameterValue = Field(description="The value where the network sets none ('required': it must).")
+    minimum: Bound | None = Field(default=None, description="The smallest value allowed.")
+    exclusive_minimum: Bound | None = Field(default=None, description="Values must be greater than this.")
+    maximum: Bound | None = Field(default=None, description="The largest value allowed.")
+    exclusive_maximum: Bound | None = Field(default=None, description="Values must be less than this.")
+
+    @model_validator(mode="after")
+    def _default_within_bounds(self) -> ParameterSpec:
+        if self.default != REQUIRED:
+            problem = self.violation(self.default)
+            if problem is not None:
+                raise ValueError(f"the default {self.default!r} is out of bounds: {problem}")
+        return self
+
+    def violation(self, value: object, name: str = "value") -> str | None:
+        """What is wrong with ``value`` (``it must be greater than 0``), or None where it lies within."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"it must be a number ({self.shown(name)})"
+        checks = (
+            (self.minimum, value >= (self.minimum or 0), "at least"),
+            (self.exclusive_minimum, value > (self.exclusive_minimum or 0), "greater than"),
+            (self.maximum, value <= (self.maximum or 0), "at most"),
+            (self.exclusive_maximum, value < (self.exclusive_maximum or 0), "less than"),
+        )
+        for bound, holds, words in checks:
+            if bound is not None and not holds:
+                return f"it must be {words} {bound} ({self.shown(name)})"
+        return None
+
+    def shown(self, name: str = "value") -> str:
+        """The bounds as one inequality: ``0 < value <= 1``."""
+        low = f"{self.minimum} <= " if self.minimum is not None else ""
+        low = f"{self.exclusive_minimum} < " if self.exclusive_minimum is not None else low
+        high = f" <= {self.maximum}" if self.maximum is not None else ""
+        high = f" < {self.exclusive_maximum}" if self.exclusive_maximum is not None else high
+        return f"{low}{name}{high}"
 
 
 class StrictModel(BaseModel):
@@ -464,18 +520,67 @@ RepeatSpec.model_rebuild()
 TEMPLATE_OPS = ("split", "repeat")
 """Spec ops that are not IR ops: :mod:`rescompile.spec.unroll` writes them as IR ops' nodes."""
 
+FOREIGN_KEYS: dict[str, str] = {
+    "kernel_size": "kernel",
+    "filt_size": "taps",
+    "out_features": "out_channels",
+    "out_channels": "out_features",
+    "num_groups": "groups",
+    "eps": "epsilon",
+    "drop_prob": "rate",
+    "p": "rate",
+    "init_values": "init",
+    "ls_init_value": "init",
+    "input": "inputs",
+    "inputs": "input",
+}
+"""torch's and timm's names for node attributes (``nn.Conv2d(kernel_size=...)``), by the key that
+means the same here; an unknown key found in it names ours where the op takes it."""
+FOREIGN_OPS: dict[str, str] = {
+    "conv2d": "conv",
+    "stdconv2d": "conv",
+    "batchnorm2d": "batch_norm",
+    "maxpool2d": "max_pool",
+    "avgpool2d": "avg_pool",
+    "adaptiveavgpool2d": "global_average_pool",
+    "groupnorm": "group_norm",
+    "layernorm2d": "layer_norm",
+    "blurpool2d": "blur_pool",
+    "zeropad2d": "pad",
+}
+"""torch's and timm's layer names (lower case, without '_'), by our op: ``op: Conv2d`` names ``conv``."""
+INFERRED_KEYS = frozenset({"in_channels", "in_features", "num_features", "num_channels", "normalized_shape", "dim"})
+"""torch's constructor arguments that are a node's input size: here it comes from the value the node reads."""
+
 
 class PartSpec(StrictModel):
     """A named graph of op nodes with parameters; the base of stems, blocks, shortcuts and heads."""
 
     name: Name
     description: str = ""
-    parameters: Parameters = Field(default_factory=dict)
+    parameters: dict[str, ParameterValue | ParameterSpec] = Field(
+        default_factory=dict,
+        description="The part's parameters and their defaults (or {default: ..., minimum: ..., maximum: ...} "
+        "with bounds); a network's *_parameters override them.",
+    )
     derived: dict[str, Expr] = Field(
         default_factory=dict,
         description="Named values computed from the parameters, in order; nodes may use them.",
     )
     nodes: dict[str, OpSpec] = Field(min_length=1)
+
+    @property
+    def defaults(self) -> dict[str, ParameterValue]:
+        """Each parameter's default (``required`` where the network must set it)."""
+        return {
+            name: value.default if isinstance(value, ParameterSpec) else value
+            for name, value in self.parameters.items()
+        }
+
+    @property
+    def bounds(self) -> dict[str, ParameterSpec]:
+        """The parameters declared with bounds."""
+        return {name: value for name, value in self.parameters.items() if isinstance(value, ParameterSpec)}
 
     @property
     def templated(self) -> bool:

@@ -111,9 +111,8 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
         composer = _Composer(text, file)  # its reader checks every character here
         root = composer.get_single_node()
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        problem = error.problem or error.context or "malformed YAML"
-        raise RescompileError(f"malformed YAML: {problem}", _location(file, mark)) from None
+        message, mark = _syntax_message(error, text)
+        raise RescompileError(message, _location(file, mark)) from None
     except yaml.reader.ReaderError as error:
         # Its str() adds a second line ('in "<unicode string>", position N'); say it in one.
         line, column = line_column(text, error.position)
@@ -129,6 +128,101 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
     builder = _Builder(SourceMap(file))
     data = builder.build(root, ())
     return YamlDocument(data, builder.source)
+
+
+def _syntax_message(error: yaml.MarkedYAMLError, text: str) -> tuple[str, yaml.Mark | None]:
+    """PyYAML's complaint (``expected <block end>, but found '?'``) in plain words, and where to
+    point: the commonest slips (indentation, tabs, a missing ':', unclosed quotes and brackets)
+    read off the problem, its context and the text around the mark; the rest keep PyYAML's words."""
+    problem, context = error.problem or "", error.context or ""
+    mark, opened = error.problem_mark or error.context_mark, error.context_mark
+    lines = LINE_BREAK.split(text)
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    found = problem.rpartition("found ")[2] if "found " in problem else problem.rpartition("got ")[2]
+    if problem.startswith("found character '\\t'"):
+        return "a tab character: YAML indents with spaces only; replace the tab with spaces", mark
+    if "that cannot start any token" in problem:
+        character = problem.split("'")[1]
+        return f"a value cannot start with '{character}' in YAML; quote it ('{character}...')", mark
+    if problem == "mapping values are not allowed here" and mark is not None:
+        if ": " in line[: mark.column].strip():
+            return "a second ': ' on this line; a value holding ': ' must be quoted ('a: b')", mark
+        above = _line_above(lines, mark.line)
+        where = f" (line {above + 1})" if above is not None else ""
+        return (
+            f"bad indentation: this line is indented more than the line above{where}, whose key already has a value; "
+            "line it up with its siblings, or move that value onto its own lines",
+            mark,
+        )
+    if problem == "could not find expected ':'" and opened is not None:
+        key = lines[opened.line][opened.column :].strip() if opened.line < len(lines) else ""
+        return f"a mapping key here needs a value: write '{key}: VALUE'", opened
+    if "quoted scalar" in context and "end of stream" in problem:
+        return "this quote is never closed: the text runs to the end of the file", opened
+    if "unknown escape character" in problem:
+        escape = problem.split("'")[1]
+        return (
+            f"unknown escape '\\{escape}' in a double-quoted string; write '\\\\' for a backslash, or single-quote it",
+            mark,
+        )
+    if context in ("while parsing a flow mapping", "while parsing a flow sequence") and found.strip("'") in (
+        "<stream end>",
+        ":",
+        "{",
+        "[",
+        "-",
+    ):
+        bracket = "{" if "mapping" in context else "["
+        closing = "}" if bracket == "{" else "]"
+        if found == "'<stream end>'" or (opened is not None and mark is not None and mark.line != opened.line):
+            return f"this '{bracket}' is never closed: add '{closing}' at the end of its value", opened
+        return (
+            f"expected ',' or '{closing}' here (got {found}): items of a {bracket}...{closing} are separated by ', '",
+            mark,
+        )
+    if problem.startswith("expected <block end>") and mark is not None:
+        above = _line_above(lines, mark.line)
+        indent = len(line) - len(line.lstrip(" "))
+        if found in ("'<block mapping start>'", "'<block sequence start>'") and above is not None:
+            previous = len(lines[above]) - len(lines[above].lstrip(" "))
+            spaces = f"{indent} space{'s' if indent != 1 else ''}"
+            than = "less than" if indent < previous else "unlike"
+            return (
+                f"bad indentation: this line is indented by {spaces}, {than} line {above + 1} above it ({previous}); "
+                "the keys of one mapping, and the items of one list, line up",
+                mark,
+            )
+        if found == "'?'":
+            return (
+                "bad indentation: a 'key: value' among list items; start it with '- ', or indent it as its mapping",
+                mark,
+            )
+        if found == "'-'":
+            return "bad indentation: a list item ('- ') among the keys of a mapping; indent it under its key", mark
+        if found in ("'}'", "']'"):
+            return f"a {found} that closes nothing: no matching bracket opens before it", mark
+        if found == "'<scalar>'":
+            return "text after the closing quote: a quoted value ends at its quote ('it''s' quotes a quote)", mark
+        if found == "':'":
+            return "a ':' with no key before it", mark
+    if "undefined alias" in problem:
+        return (
+            f"{problem[len('found ') :]}: no anchor ('&NAME') above defines it; quote a value starting with '*'",
+            mark,
+        )
+    if problem == "but found another document":
+        return "a second YAML document ('---'): a spec file holds one", mark
+    if found == "'<stream end>'":
+        return "the file ends where a value was expected; is a '[' or '{' left open?", mark
+    return f"malformed YAML: {problem or context or 'malformed YAML'}", mark
+
+
+def _line_above(lines: list[str], index: int) -> int | None:
+    """The index of the nearest line above ``index`` that holds more than blanks and a comment."""
+    for above in range(index - 1, -1, -1):
+        if lines[above].strip() and not lines[above].lstrip().startswith("#"):
+            return above
+    return None
 
 
 class _Builder:

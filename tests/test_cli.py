@@ -172,6 +172,19 @@ def test_validate_cost_and_list_never_import_a_framework(tmp_path: Path) -> None
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
 
 
+def test_an_error_shows_its_source_line_and_a_caret_where_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RESCOMPILE_EXCERPT=1 stands for a terminal: the one line, then the line it points at."""
+    (tmp_path / "spec.yaml").write_text(BAD_SPEC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESCOMPILE_EXCERPT", "1")
+    assert main(["validate", "spec.yaml"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("spec.yaml:4:8: unknown block 'basik' (did you mean 'basic'?)")
+    assert lines[1:] == ["  |", "4 | block: basik", "  |        ^^^^^"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [

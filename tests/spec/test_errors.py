@@ -4,6 +4,7 @@ Each case writes a small network (and, where needed, a part) into a temporary fo
 expected line and column can be read off the text below.
 """
 
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +13,10 @@ import pytest
 
 from rescompile.compiler import compile_spec
 from rescompile.spec import RescompileError
+from rescompile.spec.errors import EXCERPT_VARIABLE, Location, render, source_excerpt, wants_excerpt
 from rescompile.spec.loader import builtin_directory
 
+BUILTIN = builtin_directory()
 KNOWN_BLOCKS = ", ".join(sorted(path.stem for path in (builtin_directory() / "blocks").glob("*.yaml")))
 """The built-in blocks, as an unknown block's error lists them."""
 
@@ -37,6 +40,23 @@ def network(*replacements: tuple[str, str]) -> str:
         assert old in text, old
         text = text.replace(old, new)
     return text
+
+
+MINE = "name: mine\nout_channels: width\nnodes:\n"
+ADD = "  add: {op: add, inputs: [conv1, shortcut]}\n"
+CONV_KEYS = (
+    "bias, dilation, groups, input, kernel, op, out_channels, padding, standardize_epsilon, standardize_weight, "
+    "stride, when"
+)
+"""A one-node block (its node named conv1) is MINE, the node, then ADD; CONV_KEYS are conv's valid keys."""
+
+
+def bounded(declaration: str) -> str:
+    """A one-conv block whose parameter ``ratio`` is declared so: ``{default: 1, minimum: 1}``."""
+    return (
+        f"name: mine\nparameters: {{ratio: {declaration}}}\nout_channels: width\nnodes:\n"
+        f"  conv1: {{op: conv, out_channels: width * ratio, kernel: 1}}\n{ADD}"
+    )
 
 
 CASES = {
@@ -100,7 +120,7 @@ CASES = {
     "malformed_yaml": (
         network(("  - {depth: 1, width: 16}", "  - {depth: 1, width: 16")),
         {},
-        "net.yaml:8:5: malformed YAML: expected ',' or '}', but got '{'",
+        "net.yaml:7:5: this '{' is never closed: add '}' at the end of its value",
     ),
     "empty_file": ("", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
     "comments_only": ("# nothing here\n", {}, "net.yaml:1:1: the file is empty; expected a YAML mapping"),
@@ -146,6 +166,117 @@ CASES = {
         "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, gelu, "
         "global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, pad, pad_channels, "
         "pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+    ),
+    # Node attributes: a near miss, torch's and timm's names, and the op's own valid keys.
+    "node_key_near_miss": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernal: 3}}\n{ADD}"},
+        f"blocks/mine.yaml:4:42: unknown key 'kernal' (did you mean 'kernel'?); valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_torch_name": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernel_size: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:42: unknown key 'kernel_size' (torch's or timm's name; here it is 'kernel'); "
+        f"valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_linear_out_channels": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: linear, out_channels: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:23: unknown key 'out_channels' (torch's or timm's name; here it is 'out_features'); "
+        "valid keys for op 'linear': bias, input, op, out_features, when",
+    ),
+    "node_key_input_on_a_mul": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: mul, input: x}}\n{ADD}"},
+        "blocks/mine.yaml:4:20: unknown key 'input': op 'mul' reads several values, named in 'inputs' "
+        "(inputs: [a, b]); valid keys for op 'mul': inputs, op, when",
+    ),
+    "node_key_inputs_on_a_conv": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, inputs: [a], out_channels: 3, kernel: 1}}\n{ADD}"},
+        f"blocks/mine.yaml:4:21: unknown key 'inputs': op 'conv' reads one value: 'input'; valid keys for op 'conv': "
+        f"{CONV_KEYS}",
+    ),
+    "node_key_in_channels": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: width, kernel: 3, in_channels: 3}}\n{ADD}"},
+        "blocks/mine.yaml:4:53: unknown key 'in_channels': a node's input size is not written, it comes from the "
+        f"value the node reads; valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_of_another_op": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: conv, out_channels: 3, kernel: 3, padding_mode: reflect}}\n{ADD}"},
+        "blocks/mine.yaml:4:49: unknown key 'padding_mode' (op 'blur_pool' takes it, op 'conv' does not; did you "
+        f"mean 'padding'?); valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "node_key_of_several_other_ops": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: relu, bias: true}}\n{ADD}"},
+        "blocks/mine.yaml:4:21: unknown key 'bias' (ops 'conv', 'linear' or 'pointwise_linear' take it, op 'relu' "
+        "does not); valid keys for op 'relu': input, op, when",
+    ),
+    "node_key_in_a_repeat": (
+        network(("block: basic", "block: mine")),
+        {
+            "blocks/mine.yaml": f"{MINE}  convs: {{op: repeat, index: i, count: 2, nodes: "
+            f"{{'c{{i}}': {{op: conv, out_channels: width, kernel_size: 3}}}}}}\n{ADD}"
+        },
+        "blocks/mine.yaml:4:91: unknown key 'kernel_size' (torch's or timm's name; here it is 'kernel'); "
+        f"valid keys for op 'conv': {CONV_KEYS}",
+    ),
+    "torch_op_name": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": f"{MINE}  conv1: {{op: BatchNorm2d}}\n{ADD}"},
+        "blocks/mine.yaml:4:15: unknown op 'BatchNorm2d' (torch's or timm's name; here it is 'batch_norm') in "
+        "nodes.conv1; valid ops: add, avg_pool, batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, "
+        "drop_path, flatten, gelu, global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, "
+        "pad, pad_channels, pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+    ),
+    # An error inside a built-in part that a value of the user's caused is located at that value.
+    "input_size_too_small_for_a_builtin": (
+        "extends: convnext_tiny\nname: small\ninput: {size: 8}\n",
+        {},
+        "net.yaml:3:15: stages.2.downsample: 1: conv (kernel 2×2, stride 2) would shrink the 1×1 feature map below "
+        "1×1; use a larger input size or fewer strided stages (in built-in transition 'convnext_downsample', "
+        f"{BUILTIN / 'transitions' / 'convnext_downsample.yaml'}:9:8)",
+    ),
+    "builtin_block_parameter_that_does_not_divide": (
+        "extends: resnet50_gn\nname: gn\nblock_parameters: {norm_groups: 7}\n",
+        {},
+        "net.yaml:3:33: layer1.0: bn1: group_norm groups=7 must divide the 64 channels (in built-in block "
+        f"'gn_bottleneck', {BUILTIN / 'blocks' / 'gn_bottleneck.yaml'}:9:8)",
+    ),
+    # Bounds a part declares on its parameters, checked at the value the network gives.
+    "builtin_ratio_out_of_bounds": (
+        "extends: seresnet50\nname: se\nblock_parameters: {se_ratio: -0.25}\n",
+        {},
+        "net.yaml:3:30: se_ratio = -0.25 is out of bounds for block 'se_bottleneck': it must be greater than 0 "
+        "(0 < se_ratio <= 1)",
+    ),
+    "stage_value_out_of_bounds": (
+        network(
+            ("block: basic", "block: mine"),
+            ("{depth: 1, width: 16}", "{depth: 1, width: 16, block_parameters: {ratio: 2}}"),
+        ),
+        {"blocks/mine.yaml": bounded("{default: 1, minimum: 1, exclusive_maximum: 2}")},
+        "net.yaml:7:53: ratio = 2 is out of bounds for block 'mine': it must be less than 2 (1 <= ratio < 2)",
+    ),
+    "bounded_parameter_given_text": (
+        "extends: seresnet50\nname: se\nblock_parameters: {se_ratio: quarter}\n",
+        {},
+        "net.yaml:3:30: se_ratio = 'quarter' is out of bounds for block 'se_bottleneck': it must be a number "
+        "(0 < se_ratio <= 1)",
+    ),
+    "default_out_of_bounds": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": bounded("{default: 0, exclusive_minimum: 0}")},
+        "blocks/mine.yaml:2:21: parameters.ratio: the default 0 is out of bounds: it must be greater than 0 "
+        "(0 < value)",
+    ),
+    "bound_that_is_not_a_number": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": bounded("{default: 1, minimum: low}")},
+        "blocks/mine.yaml:2:43: parameters.ratio.minimum: input should be a valid integer (got 'low')",
     ),
     "expression_with_a_call": (
         network(("block: basic", "block: mine")),
@@ -515,4 +646,60 @@ def test_a_file_name_with_a_line_break_stays_on_one_line(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RescompileError) as raised:
         compile_spec("net\n.yaml")
-    assert str(raised.value) == "net\\n.yaml:1:8: malformed YAML: expected the node content, but found '<stream end>'"
+    assert str(raised.value) == "net\\n.yaml:1:8: the file ends where a value was expected; is a '[' or '{' left open?"
+
+
+def test_the_excerpt_shows_the_source_line_with_a_caret_under_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "net.yaml").write_text(network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RescompileError) as raised:
+        compile_spec("net.yaml")
+    assert render(raised.value, excerpt=True).splitlines()[1:] == [
+        "  |",
+        "7 |   - {depth: 1, widht: 16}",
+        "  |                ^^^^^",
+    ]
+    assert render(raised.value, excerpt=False) == str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "caret"),
+    [
+        ("  conv1: {op: conv, kernel: 3}", 15, "              ^^^^"),  # a plain value, up to ','
+        ("name: 'a b, c'  # why", 7, "      ^^^^^^^^"),  # a quoted one, to its quote
+        ("input: {channels: 3}", 8, "       ^"),  # a bracket alone
+        ("\tsize: 3", 1, "^"),  # a tab shows as a space, the caret under it
+        ("x: 1", 9, "    ^"),  # past the end: after the line
+    ],
+)
+def test_the_caret_spans_the_token_at_the_column(tmp_path: Path, line: str, column: int, caret: str) -> None:
+    (tmp_path / "f.yaml").write_text(f"a: 1\n{line}\n")
+    shown = source_excerpt(Location(str(tmp_path / "f.yaml"), 2, column))
+    assert shown is not None
+    assert shown.splitlines() == ["  |", f"2 | {line.replace(chr(9), ' ').rstrip()}", f"  | {caret}"]
+
+
+def test_a_long_line_is_shown_as_a_window_around_the_column(tmp_path: Path) -> None:
+    text = "a: [" + ", ".join(["1"] * 200) + ", x]\n"
+    (tmp_path / "f.yaml").write_text(text)
+    shown = source_excerpt(Location(str(tmp_path / "f.yaml"), 1, text.index("x") + 1))
+    assert shown is not None
+    source, caret = shown.splitlines()[1:]
+    assert len(source) <= 104 and source[caret.index("^")] == "x"
+
+
+@pytest.mark.parametrize("make", [lambda path: None, os.mkfifo, lambda path: path.mkdir()])
+def test_no_excerpt_where_the_file_cannot_be_read_back(make: Callable[[Path], None], tmp_path: Path) -> None:
+    make(tmp_path / "f.yaml")
+    error = RescompileError("bad", Location(str(tmp_path / "f.yaml"), 1, 1))
+    assert render(error, excerpt=True) == str(error)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("1", True), ("0", False), ("", False)])
+def test_the_excerpt_is_for_terminals_unless_the_variable_says(
+    setting: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(EXCERPT_VARIABLE, setting)
+    assert wants_excerpt(io.StringIO()) is expected  # a StringIO is not a terminal
