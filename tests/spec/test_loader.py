@@ -33,16 +33,17 @@ def test_the_container_check_finds_what_comparing_every_pair_finds(names: list[s
 
 
 def test_a_block_of_20000_nodes_is_checked_in_linear_time(tmp_path: Path) -> None:
-    """It took 37 s when every node was compared with every node."""
+    """It took 37 s when every node was compared with every node. CPU time, not wall time: the
+    bound must hold on a loaded machine (it takes about 2 s of CPU now)."""
     lines = ["name: t", "out_channels: width", "nodes:", "  conv1: {op: conv, out_channels: width, kernel: 1}"]
     lines += [f"  deep.{'.'.join(['y'] * 8)}.r{index}: {{op: relu}}" for index in range(20_000)]
     lines += [f"  add: {{op: add, inputs: [deep.{'.'.join(['y'] * 8)}.r19999, shortcut]}}"]
     path = tmp_path / "t.yaml"
     path.write_text("\n".join(lines) + "\n")
-    started = time.perf_counter()
+    started = time.process_time()
     part = load_part(path, "blocks")
     assert len(part.spec.nodes) == 20_002
-    assert time.perf_counter() - started < 20
+    assert time.process_time() - started < 20
 
 
 def _chain(folder: Path, length: int) -> Path:

@@ -58,7 +58,7 @@ def test_unrolling_work_is_bounded_whatever_the_counts(
     path = tmp_path_factory.mktemp("unroll") / "t.yaml"
     path.write_text(_nested(counts, when))
     part = load_part(path, "blocks")
-    started = time.perf_counter()
+    started = time.process_time()
     with mock.patch.object(unroll, "MAX_UNROLL_STEPS", 20_000):  # the limit's work, scaled down
         try:
             unrolled = Unrolling().instantiate(part, BINDINGS, "blocks")
@@ -66,7 +66,7 @@ def test_unrolling_work_is_bounded_whatever_the_counts(
             assert LOCATED.fullmatch(str(error)), str(error)
         else:
             assert len(unrolled.spec.nodes) <= 20_000
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_a_comprehension_is_bounded_before_it_is_made(
 ) -> None:
     path = tmp_path_factory.mktemp("unroll") / "t.yaml"
     path.write_text(COMPREHENSION.replace("ARGUMENTS", ", ".join(map(str, bounds))))
-    started = time.perf_counter()
+    started = time.process_time()
     try:
         unrolled = Unrolling().instantiate(load_part(path, "blocks"), BINDINGS, "blocks")
     except RescompileError as error:
@@ -107,7 +107,7 @@ def test_a_comprehension_is_bounded_before_it_is_made(
             assert "a comprehension makes at most 10,000" in str(error)
     else:
         assert len(unrolled.spec.nodes["cat"].inputs) == len(range(*bounds))  # type: ignore[union-attr]
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 def test_a_comprehension_of_a_billion_is_refused(tmp_path: Path) -> None:
