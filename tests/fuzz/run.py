@@ -42,10 +42,30 @@ from rescompile.compiler.pipeline import compile_spec
 from rescompile.spec import RescompileError, builtin_directory
 
 HANG_SECONDS = 10.0
-"""Generous: the largest legal network (10,000 blocks) lowers and costs in about 2.5 s."""
+"""CPU seconds (the process's own, so that a machine shared with other work does not make hangs):
+generous, since the largest legal networks (10,000 blocks; 500,000 nodes) lower and cost in about
+2.5 and 6 s."""
 LOCATED = re.compile(r"[^:\n]+:\d+:\d+: [^\n]+")
-NETWORKS = ("resnet18", "resnet20", "resnet50", "plain20", "resnext50_32x4d")
-PART_KINDS = ("blocks", "stems", "heads", "shortcuts")
+NETWORKS = (
+    *("resnet18", "resnet20", "resnet50", "plain20", "resnext50_32x4d"),
+    # The newer features: templates (repeat, when, split, comprehensions), classes, transitions,
+    # naming, first_block; features.yaml (below) extends resnet20.yaml and mixes them.
+    *("res2net50_26w_4s", "skresnet18", "convnext_tiny", "preact_resnet110"),
+)
+PART_KINDS = ("blocks", "stems", "heads", "shortcuts", "transitions")
+FEATURES = """name: features
+extends: resnet20.yaml
+naming: {stages: "stages.{index}.blocks", blocks: "b{number}", transitions: "stages.{index}.down"}
+shortcut: B
+transition: convnext_downsample
+block_parameters: {drop_path_rate: 0.1}
+stages:
+  - {depth: 2, width: 16, first_block: preact_basic_first}
+  - {depth: 2, width: 32, stride: 2, block: bottle2neck, block_parameters: {scale: 3}}
+  - {depth: 1, width: 16, block: selective_kernel_basic, transition: none}
+"""
+"""A network of the user's that reaches every newer feature at once."""
+EXTRA_NETWORKS = {"features.yaml": FEATURES}
 
 # Values a careless or hostile user might write anywhere, as YAML text.
 HOSTILE_VALUES = (
@@ -108,6 +128,30 @@ HOSTILE_VALUES = (
     "16385",
     "10000",
     "4096",
+    # The newer features' values: name patterns, template expressions, part names.
+    "'{index}'",
+    "'layer{number}'",
+    "'stages.{index}.blocks'",
+    "'{number}.{index}'",
+    "'x{i}'",
+    "'convs.{i - 1}'",
+    "'relus.{k} for k in range(3)'",
+    "'relus.{k} for k in range(1000000000)'",
+    "'split.{scale} if is_first else pool'",
+    "'False if is_first else i > 0'",
+    "i",
+    "max",
+    "2147483647",
+    "round(5, -100000000)",
+    "1.0e+300",
+    "1.0e-50",
+    "OrderedDict",
+    "Block",
+    "resnet20.yaml",
+    "features.yaml",
+    "preact_basic_first",
+    "bottle2neck",
+    "convnext_downsample",
 )
 HOSTILE_KEYS = (
     "op",
@@ -129,6 +173,22 @@ HOSTILE_KEYS = (
     "stride_at",
     "module",
     "classes",
+    "extends",
+    "naming",
+    "first_block",
+    "first_block_parameters",
+    "transition",
+    "transition_parameters",
+    "when",
+    "index",
+    "count",
+    "start",
+    "parts",
+    "sizes",
+    "names",
+    "stages",
+    "blocks",
+    "transitions",
 )
 # Text fragments spliced into the raw file: YAML syntax, control characters, aliases, nesting.
 HOSTILE_TEXT = (
@@ -177,8 +237,9 @@ class Hang(Exception):
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Raise :class:`Hang` after ``seconds``; only the main thread gets signals, so elsewhere
-    (a test runner's worker thread) there is no deadline."""
+    """Raise :class:`Hang` after ``seconds`` of this process's CPU time (a loaded machine slows
+    the clock on the wall, not the work); only the main thread gets signals, so elsewhere (a test
+    runner's worker thread) there is no deadline."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -186,13 +247,13 @@ def _deadline(seconds: float) -> Iterator[None]:
     def expire(signum: int, frame: FrameType | None) -> None:
         raise Hang
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def validate(network: Path) -> Outcome:
@@ -219,6 +280,7 @@ def seed_files() -> dict[str, str]:
     """Relative path -> text of the files every input starts from."""
     root = builtin_directory()
     files = {f"{name}.yaml": (root / f"{name}.yaml").read_text() for name in NETWORKS}
+    files.update(EXTRA_NETWORKS)
     for kind in PART_KINDS:
         for path in sorted((root / kind).glob("*.yaml")):
             files[f"{kind}/{path.name}"] = path.read_text()
@@ -330,6 +392,95 @@ def _restructure(text: str, rng: random.Random) -> str:
     return dumped
 
 
+# What the feature mutator sets: a network's keys (top level or a stage's) and a part's templates.
+NETWORK_FEATURES: dict[str, tuple[Any, ...]] = {
+    "naming": (
+        {"stages": "layer{number}"},
+        {"stages": "stages.{index}.blocks", "transitions": "stages.{index}.down"},
+        {"stages": "layer{number}", "transitions": "layer{index}"},
+        {"stages": "layer{number}", "transitions": "layer{number}.down"},
+        {"blocks": "b{number}"},
+        {"blocks": "{index}.x"},
+        {"stages": "{index}"},
+        {"stages": "stem{index}"},
+        {"transitions": "head{index}"},
+        {"stages": "forward{index}"},
+    ),
+    "extends": ("resnet20.yaml", "features.yaml", "resnet18", "nothere.yaml", "resnet18.yaml", 3, None),
+    "transition": ("convnext_downsample", "none", "nothere", None),
+    "transition_parameters": ({}, {"width": 8}, {"x": 1}),
+    "block": (
+        "basic",
+        "bottleneck",
+        "bottle2neck",
+        "selective_kernel_basic",
+        "preact_basic_first",
+        "resnest_bottleneck",
+    ),
+    "block_parameters": ({"scale": 2}, {"scale": 1}, {"scale": 2**31 - 1}, {"drop_path_rate": 0.5}, {"paths": 3}),
+}
+STAGE_FEATURES: dict[str, tuple[Any, ...]] = {
+    "first_block": ("preact_basic_first", "bottleneck", "bottle2neck", "basic", "selective_kernel_basic", "nothere"),
+    "first_block_parameters": ({"drop_path_rate": 0.2}, {"scale": 2}, {"expansion": 1}, {"x": 1}),
+    "block": NETWORK_FEATURES["block"],
+    "block_parameters": NETWORK_FEATURES["block_parameters"],
+    "transition": NETWORK_FEATURES["transition"],
+    "depth": (1, 2, 3, 10_000),
+    "stride": (1, 2, 4),
+}
+COUNTS = (0, 1, 2, 3, -1, "scale - 1", "paths", "block_index", 2**31 - 1, 100_000, "i", "2 if stride > 1 else 1")
+CONDITIONS = ("False", "True", "stride > 1", "i > 0", "block_index % 2 == 0", "is_first", "nothere", "i < 0", 1)
+INDICES = ("i", "k", "j", "max", "round", "width", "stride", "x")
+CLASSES = ("Inner", "OrderedDict", "F", "XBlock", "Conv2d", "Module", "nn", "lower", "ResNet")
+
+
+def _feature(text: str, rng: random.Random) -> str:
+    """Set one of the newer features: a network's naming, extends, transitions, first blocks, a
+    stage's block; a part's node wrapped in a repeat, given a when, or a classes entry."""
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return text
+    if not isinstance(data, dict):
+        return text
+    stages = data.get("stages")
+    nodes = data.get("nodes")
+    if isinstance(stages, list) and stages and rng.random() < 0.5:
+        stage = rng.choice(stages)
+        if isinstance(stage, dict):
+            key = rng.choice(sorted(STAGE_FEATURES))
+            stage[key] = rng.choice(STAGE_FEATURES[key])
+    elif isinstance(stages, list):
+        key = rng.choice(sorted(NETWORK_FEATURES))
+        data[key] = rng.choice(NETWORK_FEATURES[key])
+    elif isinstance(nodes, dict) and nodes:
+        name = rng.choice(list(nodes))
+        node = nodes[name]
+        action = rng.choice(("repeat", "when", "classes", "placeholder", "comprehension"))
+        if action == "repeat":
+            index = rng.choice(INDICES)
+            inner = {f"{name}.{{{index}}}" if rng.random() < 0.7 else name: node}
+            wrapped = {"op": "repeat", "index": index, "count": rng.choice(COUNTS), "nodes": inner}
+            if rng.random() < 0.3:
+                wrapped["start"] = rng.choice(COUNTS)
+            nodes[name] = wrapped
+        elif action == "when" and isinstance(node, dict):
+            node["when"] = rng.choice(CONDITIONS)
+        elif action == "classes":
+            classes = data.setdefault("classes", {})
+            if isinstance(classes, dict):
+                prefix = name.split(".")[0] if "." in name and rng.random() < 0.7 else name
+                classes[prefix if rng.random() < 0.8 else f"{prefix}.x"] = rng.choice(CLASSES)
+        elif action == "placeholder" and isinstance(node, dict):
+            nodes[f"{name}.{{{rng.choice(INDICES)}}}"] = nodes.pop(name)
+        elif isinstance(node, dict):
+            other = rng.choice(list(nodes))
+            node["inputs"] = [f"{other} for k in range({rng.choice(COUNTS)})", other]
+    else:
+        return text
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=2**16)
+
+
 def _paths(data: Any, limit: int = 10_000) -> list[tuple[Any, ...]]:
     """Up to ``limit`` key and index paths in ``data``, found without recursion: an earlier
     mutation may have nested it hundreds deep, or planted an alias bomb of a million paths."""
@@ -359,6 +510,8 @@ MUTATORS: tuple[Callable[[str, random.Random], str], ...] = (
     _shuffle_lines,
     _restructure,
     _restructure,
+    _feature,
+    _feature,
 )
 
 
@@ -394,8 +547,7 @@ def cases(count: int, seed: int, files: dict[str, str], users: dict[str, list[st
 
 def _users(folder: Path) -> dict[str, list[str]]:
     users: dict[str, list[str]] = {}
-    for name in NETWORKS:
-        network = f"{name}.yaml"
+    for network in (*(f"{name}.yaml" for name in NETWORKS), *EXTRA_NETWORKS):
         for path in compile_spec(folder / network).files:
             users.setdefault(path.relative_to(folder).as_posix(), []).append(network)
     return users
