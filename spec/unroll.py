@@ -75,11 +75,11 @@ class Unrolling:
         unroller = _Unroller(part, dict(bindings), self)
         unrolled = unroller.unroll(kind)
         names = tuple(sorted(unroller.read_names))
-        unrollings = next((entry for entry in known if entry.names == names), None)
-        if unrollings is None:
-            unrollings = _Unrollings(names, {})
-            known.append(unrollings)
-        unrollings.results[_key(bindings, names)] = unrolled
+        same = next((entry for entry in known if entry.names == names), None)
+        if same is None:
+            same = _Unrollings(names, {})
+            known.append(same)
+        same.results[_key(bindings, names)] = unrolled
         return unrolled
 
 
