@@ -34,12 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from unittest import mock
 
 import yaml
 
 from rescompile.compiler.cost import cost
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.spec import RescompileError, builtin_directory
+from rescompile.spec import RescompileError, builtin_directory, loader
+from rescompile.spec.yaml_source import YamlDocument, read_yaml
 
 HANG_SECONDS = 10.0
 """CPU seconds (the process's own, so that a machine shared with other work does not make hangs):
@@ -294,6 +296,19 @@ def mutate(text: str, rng: random.Random) -> str:
     return text
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _load(text: str) -> Any:
+    """The mutators' own parsing (libyaml where installed: it is not what is tested)."""
+    return yaml.load(text, Loader=_LOADER)  # a safe loader
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=2**16)
+
+
 def _replace_value(text: str, rng: random.Random) -> str:
     """A scalar after ': ' or '- ' (or inside a flow mapping) replaced by a hostile value."""
     spots = [match.span(1) for match in re.finditer(r"(?:: |- |, |\[)([^,\]}\n:{\[]+)", text)]
@@ -346,7 +361,7 @@ def _shuffle_lines(text: str, rng: random.Random) -> str:
 def _restructure(text: str, rng: random.Random) -> str:
     """Parse, change the data's shape (wrap, drop, duplicate, bomb), and write it back as YAML."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except (yaml.YAMLError, RecursionError, ValueError):  # too deep or too long a number for PyYAML
         return text
     if not isinstance(data, dict) or not data:
@@ -380,7 +395,10 @@ def _restructure(text: str, rng: random.Random) -> str:
         parent[key] = rng.choice((2**31, 2**63, 10**30, -(2**40)))
     elif action == "nest":
         parent[key] = "NESTED"  # spliced in as text below: PyYAML's dumper recurses too
-    dumped = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=2**16)
+    try:
+        dumped = _dump(data)
+    except (yaml.YAMLError, UnicodeError, RecursionError, ValueError):
+        return text
     if action == "nest":
         depth = rng.choice((10, 70, 500))
         dumped = dumped.replace("NESTED", "[" * depth + "1" + "]" * depth, 1)
@@ -438,7 +456,7 @@ def _feature(text: str, rng: random.Random) -> str:
     """Set one of the newer features: a network's naming, extends, transitions, first blocks, a
     stage's block; a part's node wrapped in a repeat, given a when, or a classes entry."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except (yaml.YAMLError, RecursionError, ValueError):
         return text
     if not isinstance(data, dict):
@@ -478,7 +496,10 @@ def _feature(text: str, rng: random.Random) -> str:
             node["inputs"] = [f"{other} for k in range({rng.choice(COUNTS)})", other]
     else:
         return text
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=2**16)
+    try:
+        return _dump(data)
+    except (yaml.YAMLError, UnicodeError, RecursionError, ValueError):
+        return text
 
 
 def _paths(data: Any, limit: int = 10_000) -> list[tuple[Any, ...]]:
@@ -553,6 +574,22 @@ def _users(folder: Path) -> dict[str, list[str]]:
     return users
 
 
+def _parsed_once(seeds: dict[Path, bytes]) -> Callable[[Path, str | None], YamlDocument]:
+    """``read_yaml``, parsing each file that holds its seed's bytes once: an input mutates one
+    file, and parsing the others again (PyYAML is pure Python) was three quarters of its time. A
+    mutated file is read and parsed as ``validate`` does, every time."""
+    parsed: dict[tuple[Path, str | None], YamlDocument] = {}
+
+    def read(path: Path, shown_as: str | None = None) -> YamlDocument:
+        if path not in seeds or path.read_bytes() != seeds[path]:
+            return read_yaml(path, shown_as)
+        if (path, shown_as) not in parsed:
+            parsed[(path, shown_as)] = read_yaml(path, shown_as)
+        return parsed[(path, shown_as)]
+
+    return read
+
+
 def run(count: int, seed: int, save: Path | None = None, report: Callable[[str], None] = print) -> Counter[str]:
     """Run ``count`` inputs; returns the count of each outcome kind and reports each defect."""
     files = seed_files()
@@ -564,8 +601,9 @@ def run(count: int, seed: int, save: Path | None = None, report: Callable[[str],
         for relative, text in files.items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_text(text)
+        read = _parsed_once({folder / relative: (folder / relative).read_bytes() for relative in files})
         for index, case in enumerate(cases(count, seed, files, _users(folder))):
-            with case.applied(folder, files) as network:
+            with case.applied(folder, files) as network, mock.patch.object(loader, "read_yaml", read):
                 outcome = validate(network)
                 if outcome.kind == "defect" and save is not None:
                     shutil.copytree(folder, save / str(index))
