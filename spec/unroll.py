@@ -31,7 +31,7 @@ from typing import Any
 
 from rescompile.spec.errors import Location, RescompileError
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import Loaded, PartKind, check_part_references
+from rescompile.spec.loader import MAX_NAME_LENGTH, Loaded, PartKind, check_part_references
 from rescompile.spec.models import (
     BinarySpec,
     ChannelSliceSpec,
@@ -201,7 +201,15 @@ class _Unroller:
                 )
             return str(value)
 
-        return PLACEHOLDER.sub(fill, template)
+        text = PLACEHOLDER.sub(fill, template)
+        if len(text) > MAX_NAME_LENGTH:  # a long string parameter in a repeated name multiplies memory
+            raise self.error(
+                f"in '{template}': the name made has {len(text):,} characters; a node's name has at most "
+                f"{MAX_NAME_LENGTH}",
+                path,
+                key,
+            )
+        return text
 
     def read(self, value: str, scope: Mapping[str, Value], path: YamlPath) -> str:
         """A value read: ``A if CONDITION else B`` chooses, then placeholders are filled."""
