@@ -47,6 +47,8 @@ HANG_SECONDS = 10.0
 """CPU seconds (the process's own, so that a machine shared with other work does not make hangs):
 generous, since the largest legal networks (10,000 blocks; 500,000 nodes) lower and cost in about
 2.5 and 6 s."""
+WALL_SECONDS = 300.0
+"""The wall's limit, for a hang that uses no CPU (a blocked read): generous, for a shared machine."""
 LOCATED = re.compile(r"[^:\n]+:\d+:\d+: [^\n]+")
 NETWORKS = (
     *("resnet18", "resnet20", "resnet50", "plain20", "resnext50_32x4d"),
@@ -240,8 +242,9 @@ class Hang(Exception):
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
     """Raise :class:`Hang` after ``seconds`` of this process's CPU time (a loaded machine slows
-    the clock on the wall, not the work); only the main thread gets signals, so elsewhere (a test
-    runner's worker thread) there is no deadline."""
+    the clock on the wall, not the work), or after :data:`WALL_SECONDS` on the wall (a read that
+    blocks uses no CPU); only the main thread gets signals, so elsewhere (a test runner's worker
+    thread) there is no deadline."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -249,13 +252,16 @@ def _deadline(seconds: float) -> Iterator[None]:
     def expire(signum: int, frame: FrameType | None) -> None:
         raise Hang
 
-    previous = signal.signal(signal.SIGPROF, expire)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
+    timers = ((signal.SIGPROF, signal.ITIMER_PROF, seconds), (signal.SIGALRM, signal.ITIMER_REAL, WALL_SECONDS))
+    previous = [signal.signal(number, expire) for number, _, _ in timers]
+    for _, timer, limit in timers:
+        signal.setitimer(timer, limit)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
+        for (number, timer, _), handler in zip(timers, previous, strict=True):
+            signal.setitimer(timer, 0)
+            signal.signal(number, handler)
 
 
 def validate(network: Path) -> Outcome:
@@ -270,7 +276,7 @@ def validate(network: Path) -> Outcome:
             return Outcome("located", "")
         return Outcome("defect", f"message not 'file:LINE:COL: one line': {text[:200]!r}")
     except Hang:
-        return Outcome("defect", f"hang: over {HANG_SECONDS:g} s")
+        return Outcome("defect", f"hang: over {HANG_SECONDS:g} s of CPU time or {WALL_SECONDS:g} s on the wall")
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # any other failure (RecursionError, MemoryError, ...) is a defect
