@@ -248,6 +248,7 @@ nodes:
 """
 
 
+@pytest.mark.slow
 def test_blocks_that_each_unroll_differently_are_told_apart_in_linear_time(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -256,10 +257,10 @@ def test_blocks_that_each_unroll_differently_are_told_apart_in_linear_time(
     (folder / "blocks").mkdir()
     (folder / "blocks" / "t.yaml").write_text(DISTINCT)
     (folder / "net.yaml").write_text(SMALL_NETWORK.replace("depth: 1,", "depth: 3000,"))
-    started = time.perf_counter()
+    started = time.process_time()
     graph = compile_spec(folder / "net.yaml")
     assert len({block.type_name for block in graph.blocks}) == 3000
-    assert time.perf_counter() - started < 30
+    assert time.process_time() - started < 30
 
 
 ORDERED = """name: t

@@ -32,6 +32,7 @@ def test_the_container_check_finds_what_comparing_every_pair_finds(names: list[s
     assert [clash is not None for clash in found] == [name in involved for name in names]
 
 
+@pytest.mark.slow
 def test_a_block_of_20000_nodes_is_checked_in_linear_time(tmp_path: Path) -> None:
     """It took 37 s when every node was compared with every node."""
     lines = ["name: t", "out_channels: width", "nodes:", "  conv1: {op: conv, out_channels: width, kernel: 1}"]
@@ -39,10 +40,10 @@ def test_a_block_of_20000_nodes_is_checked_in_linear_time(tmp_path: Path) -> Non
     lines += [f"  add: {{op: add, inputs: [deep.{'.'.join(['y'] * 8)}.r19999, shortcut]}}"]
     path = tmp_path / "t.yaml"
     path.write_text("\n".join(lines) + "\n")
-    started = time.perf_counter()
+    started = time.process_time()
     part = load_part(path, "blocks")
     assert len(part.spec.nodes) == 20_002
-    assert time.perf_counter() - started < 20
+    assert time.process_time() - started < 20
 
 
 def _chain(folder: Path, length: int) -> Path:
