@@ -230,6 +230,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
 Fixed = tuple[tuple[str, Value], ...]
 """A block instance's parameters that its unrolling read, with their values."""
+VariantKey = tuple[tuple[tuple[str, object], ...], Fixed]
+"""A block unrolling's nodes in order, and the parameter values it was unrolled for."""
 
 
 def _fixed(part: Loaded[PartSpec], read: frozenset[str], bindings: Mapping[str, Value]) -> Fixed:
@@ -263,36 +265,38 @@ def _variants(
     taken = set(by_name)
     chosen: dict[int, tuple[Loaded[PartSpec], Fixed]] = {}
     for name, uses in by_name.items():
-        # One kind per unrolling: its nodes, and the values it was unrolled for (which a class fixes).
-        kinds: list[tuple[tuple[dict[str, object], Fixed], list[bool], Loaded[PartSpec]]] = []
+        # Kinds by their nodes in order and the values they were unrolled for (which a class fixes):
+        # a dict lookup, not a comparison with every kind (10,000 blocks that unroll differently
+        # were 10**8 comparisons).
+        kinds: dict[VariantKey, tuple[list[bool], Loaded[PartSpec]]] = {}
         for first, block, fixed in uses:
-            key: tuple[dict[str, object], Fixed] = (dict(block.spec.nodes), fixed)
-            match = next((kind for kind in kinds if kind[0] == key), None)
-            if match is None:
-                kinds.append((key, [first], block))
-            else:
-                match[1].append(first)
-        kinds.sort(key=lambda kind: -len(kind[1]))
-        renamed: list[Loaded[PartSpec]] = []
-        for number, (_, firsts, block) in enumerate(kinds):
+            kinds.setdefault((_nodes_key(block), fixed), ([], block))[0].append(first)
+        ordered = sorted(kinds.items(), key=lambda kind: -len(kind[1][0]))
+        first_only = sum(all(firsts) for _, (firsts, _) in ordered[1:])
+        renamed: dict[VariantKey, Loaded[PartSpec]] = {}
+        for number, (key, (firsts, block)) in enumerate(ordered):
             new_name = name
             if number > 0:
                 # NAME_first where the main kind holds the other blocks (not where every block is a first one).
-                only_first = all(firsts) and not all(kinds[0][1]) and sum(all(other[1]) for other in kinds[1:]) == 1
+                only_first = all(firsts) and not all(ordered[0][1][0]) and first_only == 1
                 new_name = f"{name}_first" if only_first else f"{name}_{number + 1}"
                 base, suffix = new_name, 2
                 while new_name in taken:
                     new_name, suffix = f"{base}_{suffix}", suffix + 1
                 taken.add(new_name)
-            renamed.append(
+            renamed[key] = (
                 block
                 if new_name == name
                 else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
             )
         for _, block, fixed in uses:
-            position = next(index for index, kind in enumerate(kinds) if kind[0] == (block.spec.nodes, fixed))
-            chosen[id(block)] = (renamed[position], kinds[position][0][1])
+            chosen[id(block)] = (renamed[(_nodes_key(block), fixed)], fixed)
     return chosen
+
+
+def _nodes_key(block: Loaded[PartSpec]) -> tuple[tuple[str, object], ...]:
+    """A block's unrolled nodes, in order, as a dictionary key (op specs are frozen, so hashable)."""
+    return tuple(block.spec.nodes.items())
 
 
 def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> None:

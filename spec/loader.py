@@ -403,6 +403,11 @@ def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:
     return POLICIES.get(shortcut, (shortcut, shortcut))
 
 
+MAX_NAME_LENGTH = 256
+"""The longest node name (a module path): a name is written into every weight's name and the
+generated source, and a repeat makes thousands."""
+
+
 def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
     """Every node input names an earlier node (or a special value); every expression name is known."""
     part = loaded.spec
@@ -448,6 +453,12 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
         if node_name in SPECIAL_INPUTS[kind]:
             raise RescompileError(
                 f"node name '{node_name}' is reserved for the part's input values",
+                loaded.source.locate(("nodes", node_name), key=True),
+            )
+        if len(node_name) > MAX_NAME_LENGTH:
+            raise RescompileError(
+                f"node name '{node_name[:40]}…' has {len(node_name):,} characters; a node's name has at most "
+                f"{MAX_NAME_LENGTH}",
                 loaded.source.locate(("nodes", node_name), key=True),
             )
         segments = node_name.split(".")

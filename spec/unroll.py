@@ -31,7 +31,7 @@ from typing import Any
 
 from rescompile.spec.errors import Location, RescompileError
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import Loaded, PartKind, check_part_references
+from rescompile.spec.loader import MAX_NAME_LENGTH, Loaded, PartKind, check_part_references
 from rescompile.spec.models import (
     BinarySpec,
     ChannelSliceSpec,
@@ -83,11 +83,11 @@ class Unrolling:
         unroller = _Unroller(part, dict(bindings), self)
         unrolled = unroller.unroll(kind)
         names = tuple(sorted(unroller.read_names))
-        unrollings = next((entry for entry in known if entry.names == names), None)
-        if unrollings is None:
-            unrollings = _Unrollings(names, {})
-            known.append(unrollings)
-        unrollings.results[_key(bindings, names)] = unrolled
+        same = next((entry for entry in known if entry.names == names), None)
+        if same is None:
+            same = _Unrollings(names, {})
+            known.append(same)
+        same.results[_key(bindings, names)] = unrolled
         return unrolled, frozenset(names) & set(bindings)
 
 
@@ -209,7 +209,15 @@ class _Unroller:
                 )
             return str(value)
 
-        return PLACEHOLDER.sub(fill, template)
+        text = PLACEHOLDER.sub(fill, template)
+        if len(text) > MAX_NAME_LENGTH:  # a long string parameter in a repeated name multiplies memory
+            raise self.error(
+                f"in '{template}': the name made has {len(text):,} characters; a node's name has at most "
+                f"{MAX_NAME_LENGTH}",
+                path,
+                key,
+            )
+        return text
 
     def read(self, value: str, scope: Mapping[str, Value], path: YamlPath) -> str:
         """A value read: ``A if CONDITION else B`` chooses, then placeholders are filled."""

@@ -34,18 +34,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from unittest import mock
 
 import yaml
 
 from rescompile.compiler.cost import cost
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.spec import RescompileError, builtin_directory
+from rescompile.spec import RescompileError, builtin_directory, loader
+from rescompile.spec.yaml_source import YamlDocument, read_yaml
 
 HANG_SECONDS = 10.0
-"""Generous: the largest legal network (10,000 blocks) lowers and costs in about 2.5 s."""
+"""CPU seconds (the process's own, so that a machine shared with other work does not make hangs):
+generous, since the largest legal networks (10,000 blocks; 500,000 nodes) lower and cost in about
+2.5 and 6 s."""
+WALL_SECONDS = 300.0
+"""The wall's limit, for a hang that uses no CPU (a blocked read): generous, for a shared machine."""
 LOCATED = re.compile(r"[^:\n]+:\d+:\d+: [^\n]+")
-NETWORKS = ("resnet18", "resnet20", "resnet50", "plain20", "resnext50_32x4d")
-PART_KINDS = ("blocks", "stems", "heads", "shortcuts")
+NETWORKS = (
+    *("resnet18", "resnet20", "resnet50", "plain20", "resnext50_32x4d"),
+    # The newer features: templates (repeat, when, split, comprehensions), classes, transitions,
+    # naming, first_block; features.yaml (below) extends resnet20.yaml and mixes them.
+    *("res2net50_26w_4s", "skresnet18", "convnext_tiny", "preact_resnet110"),
+)
+PART_KINDS = ("blocks", "stems", "heads", "shortcuts", "transitions")
+FEATURES = """name: features
+extends: resnet20.yaml
+naming: {stages: "stages.{index}.blocks", blocks: "b{number}", transitions: "stages.{index}.down"}
+shortcut: B
+transition: convnext_downsample
+block_parameters: {drop_path_rate: 0.1}
+stages:
+  - {depth: 2, width: 16, first_block: preact_basic_first}
+  - {depth: 2, width: 32, stride: 2, block: bottle2neck, block_parameters: {scale: 3}}
+  - {depth: 1, width: 16, block: selective_kernel_basic, transition: none}
+"""
+"""A network of the user's that reaches every newer feature at once."""
+EXTRA_NETWORKS = {"features.yaml": FEATURES}
 
 # Values a careless or hostile user might write anywhere, as YAML text.
 HOSTILE_VALUES = (
@@ -108,6 +132,30 @@ HOSTILE_VALUES = (
     "16385",
     "10000",
     "4096",
+    # The newer features' values: name patterns, template expressions, part names.
+    "'{index}'",
+    "'layer{number}'",
+    "'stages.{index}.blocks'",
+    "'{number}.{index}'",
+    "'x{i}'",
+    "'convs.{i - 1}'",
+    "'relus.{k} for k in range(3)'",
+    "'relus.{k} for k in range(1000000000)'",
+    "'split.{scale} if is_first else pool'",
+    "'False if is_first else i > 0'",
+    "i",
+    "max",
+    "2147483647",
+    "round(5, -100000000)",
+    "1.0e+300",
+    "1.0e-50",
+    "OrderedDict",
+    "Block",
+    "resnet20.yaml",
+    "features.yaml",
+    "preact_basic_first",
+    "bottle2neck",
+    "convnext_downsample",
 )
 HOSTILE_KEYS = (
     "op",
@@ -129,6 +177,22 @@ HOSTILE_KEYS = (
     "stride_at",
     "module",
     "classes",
+    "extends",
+    "naming",
+    "first_block",
+    "first_block_parameters",
+    "transition",
+    "transition_parameters",
+    "when",
+    "index",
+    "count",
+    "start",
+    "parts",
+    "sizes",
+    "names",
+    "stages",
+    "blocks",
+    "transitions",
 )
 # Text fragments spliced into the raw file: YAML syntax, control characters, aliases, nesting.
 HOSTILE_TEXT = (
@@ -177,8 +241,10 @@ class Hang(Exception):
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """Raise :class:`Hang` after ``seconds``; only the main thread gets signals, so elsewhere
-    (a test runner's worker thread) there is no deadline."""
+    """Raise :class:`Hang` after ``seconds`` of this process's CPU time (a loaded machine slows
+    the clock on the wall, not the work), or after :data:`WALL_SECONDS` on the wall (a read that
+    blocks uses no CPU); only the main thread gets signals, so elsewhere (a test runner's worker
+    thread) there is no deadline."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -186,13 +252,16 @@ def _deadline(seconds: float) -> Iterator[None]:
     def expire(signum: int, frame: FrameType | None) -> None:
         raise Hang
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    timers = ((signal.SIGPROF, signal.ITIMER_PROF, seconds), (signal.SIGALRM, signal.ITIMER_REAL, WALL_SECONDS))
+    previous = [signal.signal(number, expire) for number, _, _ in timers]
+    for _, timer, limit in timers:
+        signal.setitimer(timer, limit)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        for (number, timer, _), handler in zip(timers, previous, strict=True):
+            signal.setitimer(timer, 0)
+            signal.signal(number, handler)
 
 
 def validate(network: Path) -> Outcome:
@@ -207,7 +276,7 @@ def validate(network: Path) -> Outcome:
             return Outcome("located", "")
         return Outcome("defect", f"message not 'file:LINE:COL: one line': {text[:200]!r}")
     except Hang:
-        return Outcome("defect", f"hang: over {HANG_SECONDS:g} s")
+        return Outcome("defect", f"hang: over {HANG_SECONDS:g} s of CPU time or {WALL_SECONDS:g} s on the wall")
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # any other failure (RecursionError, MemoryError, ...) is a defect
@@ -219,6 +288,7 @@ def seed_files() -> dict[str, str]:
     """Relative path -> text of the files every input starts from."""
     root = builtin_directory()
     files = {f"{name}.yaml": (root / f"{name}.yaml").read_text() for name in NETWORKS}
+    files.update(EXTRA_NETWORKS)
     for kind in PART_KINDS:
         for path in sorted((root / kind).glob("*.yaml")):
             files[f"{kind}/{path.name}"] = path.read_text()
@@ -230,6 +300,19 @@ def mutate(text: str, rng: random.Random) -> str:
     for _ in range(rng.randint(1, 3)):
         text = rng.choice(MUTATORS)(text, rng)
     return text
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _load(text: str) -> Any:
+    """The mutators' own parsing (libyaml where installed: it is not what is tested)."""
+    return yaml.load(text, Loader=_LOADER)  # a safe loader
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=2**16)
 
 
 def _replace_value(text: str, rng: random.Random) -> str:
@@ -284,7 +367,7 @@ def _shuffle_lines(text: str, rng: random.Random) -> str:
 def _restructure(text: str, rng: random.Random) -> str:
     """Parse, change the data's shape (wrap, drop, duplicate, bomb), and write it back as YAML."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except (yaml.YAMLError, RecursionError, ValueError):  # too deep or too long a number for PyYAML
         return text
     if not isinstance(data, dict) or not data:
@@ -318,7 +401,10 @@ def _restructure(text: str, rng: random.Random) -> str:
         parent[key] = rng.choice((2**31, 2**63, 10**30, -(2**40)))
     elif action == "nest":
         parent[key] = "NESTED"  # spliced in as text below: PyYAML's dumper recurses too
-    dumped = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=2**16)
+    try:
+        dumped = _dump(data)
+    except (yaml.YAMLError, UnicodeError, RecursionError, ValueError):
+        return text
     if action == "nest":
         depth = rng.choice((10, 70, 500))
         dumped = dumped.replace("NESTED", "[" * depth + "1" + "]" * depth, 1)
@@ -328,6 +414,98 @@ def _restructure(text: str, rng: random.Random) -> str:
         )
         dumped = bomb + dumped
     return dumped
+
+
+# What the feature mutator sets: a network's keys (top level or a stage's) and a part's templates.
+NETWORK_FEATURES: dict[str, tuple[Any, ...]] = {
+    "naming": (
+        {"stages": "layer{number}"},
+        {"stages": "stages.{index}.blocks", "transitions": "stages.{index}.down"},
+        {"stages": "layer{number}", "transitions": "layer{index}"},
+        {"stages": "layer{number}", "transitions": "layer{number}.down"},
+        {"blocks": "b{number}"},
+        {"blocks": "{index}.x"},
+        {"stages": "{index}"},
+        {"stages": "stem{index}"},
+        {"transitions": "head{index}"},
+        {"stages": "forward{index}"},
+    ),
+    "extends": ("resnet20.yaml", "features.yaml", "resnet18", "nothere.yaml", "resnet18.yaml", 3, None),
+    "transition": ("convnext_downsample", "none", "nothere", None),
+    "transition_parameters": ({}, {"width": 8}, {"x": 1}),
+    "block": (
+        "basic",
+        "bottleneck",
+        "bottle2neck",
+        "selective_kernel_basic",
+        "preact_basic_first",
+        "resnest_bottleneck",
+    ),
+    "block_parameters": ({"scale": 2}, {"scale": 1}, {"scale": 2**31 - 1}, {"drop_path_rate": 0.5}, {"paths": 3}),
+}
+STAGE_FEATURES: dict[str, tuple[Any, ...]] = {
+    "first_block": ("preact_basic_first", "bottleneck", "bottle2neck", "basic", "selective_kernel_basic", "nothere"),
+    "first_block_parameters": ({"drop_path_rate": 0.2}, {"scale": 2}, {"expansion": 1}, {"x": 1}),
+    "block": NETWORK_FEATURES["block"],
+    "block_parameters": NETWORK_FEATURES["block_parameters"],
+    "transition": NETWORK_FEATURES["transition"],
+    "depth": (1, 2, 3, 10_000),
+    "stride": (1, 2, 4),
+}
+COUNTS = (0, 1, 2, 3, -1, "scale - 1", "paths", "block_index", 2**31 - 1, 100_000, "i", "2 if stride > 1 else 1")
+CONDITIONS = ("False", "True", "stride > 1", "i > 0", "block_index % 2 == 0", "is_first", "nothere", "i < 0", 1)
+INDICES = ("i", "k", "j", "max", "round", "width", "stride", "x")
+CLASSES = ("Inner", "OrderedDict", "F", "XBlock", "Conv2d", "Module", "nn", "lower", "ResNet")
+
+
+def _feature(text: str, rng: random.Random) -> str:
+    """Set one of the newer features: a network's naming, extends, transitions, first blocks, a
+    stage's block; a part's node wrapped in a repeat, given a when, or a classes entry."""
+    try:
+        data = _load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return text
+    if not isinstance(data, dict):
+        return text
+    stages = data.get("stages")
+    nodes = data.get("nodes")
+    if isinstance(stages, list) and stages and rng.random() < 0.5:
+        stage = rng.choice(stages)
+        if isinstance(stage, dict):
+            key = rng.choice(sorted(STAGE_FEATURES))
+            stage[key] = rng.choice(STAGE_FEATURES[key])
+    elif isinstance(stages, list):
+        key = rng.choice(sorted(NETWORK_FEATURES))
+        data[key] = rng.choice(NETWORK_FEATURES[key])
+    elif isinstance(nodes, dict) and nodes:
+        name = rng.choice(list(nodes))
+        node = nodes[name]
+        action = rng.choice(("repeat", "when", "classes", "placeholder", "comprehension"))
+        if action == "repeat":
+            index = rng.choice(INDICES)
+            inner = {f"{name}.{{{index}}}" if rng.random() < 0.7 else name: node}
+            wrapped = {"op": "repeat", "index": index, "count": rng.choice(COUNTS), "nodes": inner}
+            if rng.random() < 0.3:
+                wrapped["start"] = rng.choice(COUNTS)
+            nodes[name] = wrapped
+        elif action == "when" and isinstance(node, dict):
+            node["when"] = rng.choice(CONDITIONS)
+        elif action == "classes":
+            classes = data.setdefault("classes", {})
+            if isinstance(classes, dict):
+                prefix = name.split(".")[0] if "." in name and rng.random() < 0.7 else name
+                classes[prefix if rng.random() < 0.8 else f"{prefix}.x"] = rng.choice(CLASSES)
+        elif action == "placeholder" and isinstance(node, dict):
+            nodes[f"{name}.{{{rng.choice(INDICES)}}}"] = nodes.pop(name)
+        elif isinstance(node, dict):
+            other = rng.choice(list(nodes))
+            node["inputs"] = [f"{other} for k in range({rng.choice(COUNTS)})", other]
+    else:
+        return text
+    try:
+        return _dump(data)
+    except (yaml.YAMLError, UnicodeError, RecursionError, ValueError):
+        return text
 
 
 def _paths(data: Any, limit: int = 10_000) -> list[tuple[Any, ...]]:
@@ -359,6 +537,8 @@ MUTATORS: tuple[Callable[[str, random.Random], str], ...] = (
     _shuffle_lines,
     _restructure,
     _restructure,
+    _feature,
+    _feature,
 )
 
 
@@ -394,11 +574,26 @@ def cases(count: int, seed: int, files: dict[str, str], users: dict[str, list[st
 
 def _users(folder: Path) -> dict[str, list[str]]:
     users: dict[str, list[str]] = {}
-    for name in NETWORKS:
-        network = f"{name}.yaml"
+    for network in (*(f"{name}.yaml" for name in NETWORKS), *EXTRA_NETWORKS):
         for path in compile_spec(folder / network).files:
             users.setdefault(path.relative_to(folder).as_posix(), []).append(network)
     return users
+
+
+def _parsed_once(seeds: dict[Path, bytes]) -> Callable[[Path, str | None], YamlDocument]:
+    """``read_yaml``, parsing each file that holds its seed's bytes once: an input mutates one
+    file, and parsing the others again (PyYAML is pure Python) was three quarters of its time. A
+    mutated file is read and parsed as ``validate`` does, every time."""
+    parsed: dict[tuple[Path, str | None], YamlDocument] = {}
+
+    def read(path: Path, shown_as: str | None = None) -> YamlDocument:
+        if path not in seeds or path.read_bytes() != seeds[path]:
+            return read_yaml(path, shown_as)
+        if (path, shown_as) not in parsed:
+            parsed[(path, shown_as)] = read_yaml(path, shown_as)
+        return parsed[(path, shown_as)]
+
+    return read
 
 
 def run(count: int, seed: int, save: Path | None = None, report: Callable[[str], None] = print) -> Counter[str]:
@@ -412,8 +607,9 @@ def run(count: int, seed: int, save: Path | None = None, report: Callable[[str],
         for relative, text in files.items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_text(text)
+        read = _parsed_once({folder / relative: (folder / relative).read_bytes() for relative in files})
         for index, case in enumerate(cases(count, seed, files, _users(folder))):
-            with case.applied(folder, files) as network:
+            with case.applied(folder, files) as network, mock.patch.object(loader, "read_yaml", read):
                 outcome = validate(network)
                 if outcome.kind == "defect" and save is not None:
                     shutil.copytree(folder, save / str(index))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rescompile.spec.errors import RescompileError
-from rescompile.spec.loader import MAX_EXTENDS, _PathTree, load_network, load_part
+from rescompile.spec.loader import MAX_EXTENDS, MAX_NAME_LENGTH, _PathTree, load_network, load_part
 
 PATHS = st.lists(st.lists(st.sampled_from("abc"), min_size=1, max_size=3).map(".".join), unique=True, min_size=1)
 
@@ -32,6 +32,7 @@ def test_the_container_check_finds_what_comparing_every_pair_finds(names: list[s
     assert [clash is not None for clash in found] == [name in involved for name in names]
 
 
+@pytest.mark.slow
 def test_a_block_of_20000_nodes_is_checked_in_linear_time(tmp_path: Path) -> None:
     """It took 37 s when every node was compared with every node. CPU time, not wall time: the
     bound must hold on a loaded machine (it takes about 2 s of CPU now)."""
@@ -81,3 +82,14 @@ def test_an_extends_chain_of_1500_files_is_a_located_error(tmp_path: Path, monke
         str(raised.value)
         == "net63.yaml:2:10: extends: a chain of network files is at most 64 files long; this one is longer"
     )
+
+
+def test_a_node_name_longer_than_its_limit_is_a_located_error(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    name = "a" * (MAX_NAME_LENGTH + 1)
+    path.write_text(
+        f"name: t\nout_channels: width\nnodes:\n  ? {name}\n  : {{op: conv, out_channels: width, kernel: 1}}\n"
+    )
+    with pytest.raises(RescompileError) as raised:
+        load_part(path, "blocks")
+    assert str(raised.value) == f"{path}:4:5: node name '{'a' * 40}…' has 257 characters; a node's name has at most 256"

@@ -16,7 +16,7 @@ from rescompile.compiler import compile_spec
 from rescompile.spec import unroll
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import FUNCTIONS
-from rescompile.spec.loader import load_part
+from rescompile.spec.loader import MAX_NAME_LENGTH, load_part
 from rescompile.spec.unroll import Unrolling
 
 LOCATED = re.compile(r"[^:\n]+:\d+:\d+: [^\n]+")
@@ -202,3 +202,37 @@ def test_shared_unrollings_give_the_graph_unrolling_each_instance_gives(
     original = Unrolling.instantiate
     monkeypatch.setattr(Unrolling, "instantiate", lambda self, *arguments: original(Unrolling(), *arguments))
     assert compile_spec(name) == shared
+
+
+NAMED = """name: t
+parameters: {tag: a}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1}
+  each:
+    op: repeat
+    index: i
+    count: 2000
+    nodes:
+      r{tag}{i}: {op: relu}
+  add: {op: add, inputs: ["r{tag}1999", shortcut]}
+"""
+
+
+@settings(max_examples=10, deadline=None)
+@given(length=st.one_of(st.integers(1, 300), st.just(500_000)))
+def test_a_name_made_from_a_string_parameter_is_bounded(length: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A 500 KB string parameter in a repeated name would have made 2,000 names of 500 KB each."""
+    path = tmp_path_factory.mktemp("unroll") / "t.yaml"
+    path.write_text(NAMED)
+    tag = "a" * length
+    started = time.process_time()
+    try:
+        unrolled = Unrolling().instantiate(load_part(path, "blocks"), {**BINDINGS, "tag": tag}, "blocks")
+    except RescompileError as error:
+        assert len(tag) + 5 > MAX_NAME_LENGTH
+        assert str(error).startswith(f"{path}:11:7: part 't': in 'r{{tag}}{{i}}': the name made has ")
+        assert str(error).endswith(f"characters; a node's name has at most {MAX_NAME_LENGTH}")
+    else:
+        assert max(len(name) for name in unrolled.spec.nodes) <= MAX_NAME_LENGTH
+    assert time.process_time() - started < 10
