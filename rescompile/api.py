@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.backends.registry import BACKENDS
-from rescompile.backends.surface import GLOBAL_POOLS, feature_points, forward_paths, head_sections
+from rescompile.backends.surface import GLOBAL_POOLS, chosen_indices, feature_points, forward_paths, head_sections
 from rescompile.checkpoints import canonical_weights, read_checkpoint
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import checked_size, lower
@@ -186,7 +186,9 @@ def create_model(
     timm's head options (torch): ``num_classes=0`` (no classifier: the pooled features out),
     ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``), ``drop_rate`` (dropout
     before the classifier); ``features_only=True`` gives timm's features model
-    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``).
+    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``; in
+    Flax :class:`rescompile.flax_features.FlaxFeatureNet`; in ONNX a ModelProto with one output per
+    map, named by module).
     The model carries ``pretrained_cfg`` (input size, mean, std, crop)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise RescompileError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -224,6 +226,8 @@ def create_model(
         implementation.load_weights(model, graph, canonical_weights(graph, read_checkpoint(path), str(path)))
     if backend == "flax" and features_only:
         return _flax_features(model, graph, out_indices)
+    if backend == "onnx" and features_only:
+        return _onnx_features(model, graph, out_indices)
     if backend != "torch":
         return model
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
@@ -231,11 +235,20 @@ def create_model(
 
 
 def _flax_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
-    from rescompile.features import chosen_indices
     from rescompile.flax_features import FlaxFeatureNet
 
     points = feature_points(graph)
     return FlaxFeatureNet(model, graph, points, chosen_indices(graph.name, len(points), out_indices))
+
+
+def _onnx_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
+    """The ONNX features model (one output per chosen map, named by module) holding ``model``'s weights."""
+    from rescompile.backends.onnx_backend import emit_model
+
+    points = feature_points(graph)
+    chosen = sorted(chosen_indices(graph.name, len(points), out_indices))
+    weights = BACKENDS["onnx"].to_weights(model, graph)
+    return emit_model(graph, weights, features=[points[index] for index in chosen]).proto()
 
 
 def _refuse_pretrained(name: str | Path, pretrained: bool) -> None:
@@ -291,10 +304,10 @@ class _TimmHead:
             if used
         ]
         features = self.features_only and self.num_classes != 0 and self.global_pool is None and not self.drop_rate
-        if given and backend != "torch" and not (backend == "flax" and features):
+        if given and backend != "torch" and not (backend in ("flax", "onnx") and features):
             raise RescompileError(
                 f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}' "
-                "(flax takes features_only and out_indices)"
+                "(flax and onnx take features_only and out_indices)"
             )
         if self.out_indices is not None and not self.features_only:
             raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
@@ -319,7 +332,7 @@ class _TimmHead:
         model.drop_rate = self.drop_rate
         if not self.features_only:
             return model
-        from rescompile.features import FeatureListNet, chosen_indices
+        from rescompile.features import FeatureListNet
 
         paths = forward_paths(graph)
         assert paths is not None, "a model with reset_classifier has a cut head"

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
-from rescompile.backends.surface import FeaturePoint, feature_points
+from rescompile.backends.surface import FeaturePoint, feature_node, feature_points
 from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
@@ -87,14 +87,12 @@ def feature_outputs(graph: Graph) -> dict[str, str | None]:
     output that is that map in :data:`~rescompile.backends.interface.Outputs` (a stage's map is its
     last block's output, a stem map at the stem's end is ``stem``); None for a map inside the stem
     (ResNet's ``act1``), which only the torch model exposes (Flax runs its stem whole)."""
-    stem = graph.modules[0]
-    stem_output = stem.canonical(stem.output)
 
     def output(point: FeaturePoint) -> str | None:
-        if point.after == stem_output:
-            return "stem"
-        stage = [module.path for module in graph.blocks if module.stage == point.after]
-        return stage[-1] if stage else None
+        index, node = feature_node(graph, point)
+        if index == 0:
+            return "stem" if node == graph.modules[0].output else None
+        return graph.modules[index].path
 
     return {point.module: output(point) for point in feature_points(graph)}
 

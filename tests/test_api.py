@@ -300,6 +300,7 @@ def test_timms_head_interface() -> None:
         ({"features_only": True, "out_indices": (5,)}, "out_indices=(5,) does not choose among resnet50d's 5"),
         ({"out_indices": (1,)}, "out_indices chooses feature maps: it needs features_only=True"),
         ({"backend": "flax", "num_classes": 0}, "num_classes=0: timm's head options apply to backend torch only"),
+        ({"backend": "onnx", "drop_rate": 0.1}, "drop_rate=0.1: timm's head options apply to backend torch only"),
         ({"in_chans": 1, "in_channels": 3}, "in_chans=1 and in_channels=3 name one thing"),
         ({"drop_rate": 1.0}, "drop_rate=1.0: a dropout probability is in [0, 1)"),
     ],
@@ -411,3 +412,33 @@ def test_feature_maps_equal_timms(name: str) -> None:
     with torch.no_grad():
         for ours, theirs in zip(model(images), reference(images), strict=True):
             assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(("name", "out_indices"), [("resnet18", None), ("resnet50d", (1, 2, 3, 4))])
+def test_onnx_features_are_the_torch_features_models_maps(
+    name: str, out_indices: tuple[int, ...] | None, tmp_path: Path
+) -> None:
+    """backend='onnx' with features_only gives one output per chosen map, named by module as
+    feature_info names it, and ONNX Runtime's maps are the torch features model's (same weights)."""
+    from rescompile.backends.onnx_backend import onnxruntime_outputs
+    from rescompile.testing import TOLERANCES, max_differences, within
+
+    weights_path = tmp_path / "weights.safetensors"
+    save_weights(random_weights(compile_spec(name, size=64), seed=3), weights_path)
+    options: dict[str, Any] = {"input_size": 64, "weights": weights_path, "features_only": True}
+    torch_model = rescompile.create_model(name, out_indices=out_indices, **options).eval()
+    onnx_model = rescompile.create_model(name, backend="onnx", out_indices=out_indices, **options)
+    modules = torch_model.feature_info.module_name()
+    assert [output.name for output in onnx_model.graph.output] == modules
+    assert modules == (["relu", "layer1", "layer2", "layer3", "layer4"] if out_indices is None else modules)
+    assert not any(tensor.name.startswith("fc.") for tensor in onnx_model.graph.initializer)  # no head
+    images = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = [value.numpy() for value in torch_model(torch.from_numpy(images))]
+    maps = onnxruntime_outputs(onnx_model, images)
+    for module, reference in zip(modules, expected, strict=True):
+        assert maps[module].shape == reference.shape
+        assert within(maps[module], reference, TOLERANCES["network"]), (
+            module,
+            max_differences(maps[module], reference),
+        )
