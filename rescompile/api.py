@@ -183,9 +183,9 @@ def create_model(
     ``--inference`` does: BatchNorm folded into the convs as canonical weights load (a torchvision
     state_dict loads as it is), channels_last.
 
-    timm's head options (torch): ``num_classes=0`` (no classifier: the pooled features out),
-    ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``), ``drop_rate`` (dropout
-    before the classifier); ``features_only=True`` gives timm's features model
+    timm's head options (torch and flax): ``num_classes=0`` (no classifier: the pooled features
+    out), ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``); ``drop_rate``
+    (dropout before the classifier, torch only); ``features_only=True`` gives timm's features model
     (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``; in
     Flax :class:`rescompile.flax_features.FlaxFeatureNet`; in ONNX a ModelProto with one output per
     map, named by module).
@@ -228,6 +228,8 @@ def create_model(
         return _flax_features(model, graph, out_indices)
     if backend == "onnx" and features_only:
         return _onnx_features(model, graph, out_indices)
+    if backend == "flax":
+        return head.reset(model, graph)
     if backend != "torch":
         return model
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
@@ -303,11 +305,16 @@ class _TimmHead:
             )
             if used
         ]
-        features = self.features_only and self.num_classes != 0 and self.global_pool is None and not self.drop_rate
-        if given and backend != "torch" and not (backend in ("flax", "onnx") and features):
+        head = [text for text in given if not text.startswith(("features_only", "out_indices"))]
+        if head and backend == "onnx":
             raise RescompileError(
-                f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}' "
-                "(flax and onnx take features_only and out_indices)"
+                f"{', '.join(head)}: timm's head options apply to backends torch and flax, not 'onnx' "
+                "(onnx takes features_only and out_indices)"
+            )
+        if self.drop_rate and backend != "torch":
+            raise RescompileError(
+                f"drop_rate={self.drop_rate}: dropout before the classifier is in the torch model only; "
+                f"the {backend} model has none"
             )
         if self.out_indices is not None and not self.features_only:
             raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
@@ -320,7 +327,9 @@ class _TimmHead:
         if self.drop_rate < 0.0 or self.drop_rate >= 1.0:
             raise RescompileError(f"drop_rate={self.drop_rate}: a dropout probability is in [0, 1)")
 
-    def apply(self, model: Any, graph: Graph) -> Any:
+    def reset(self, model: Any, graph: Graph) -> Any:
+        """``model`` (torch or flax) with ``num_classes=0`` and ``global_pool`` applied: the model is
+        built with the spec's classifier, so that its weights load, and has it removed after."""
         timm_head = self.num_classes == 0 or self.global_pool is not None or self.drop_rate or self.features_only
         if timm_head and not hasattr(model, "reset_classifier"):
             raise RescompileError(
@@ -329,6 +338,10 @@ class _TimmHead:
             )
         if self.num_classes == 0 or self.global_pool is not None:
             model.reset_classifier(0 if self.num_classes == 0 else model.num_classes, self.global_pool)
+        return model
+
+    def apply(self, model: Any, graph: Graph) -> Any:
+        self.reset(model, graph)
         model.drop_rate = self.drop_rate
         if not self.features_only:
             return model
