@@ -69,6 +69,7 @@ GENERATED_FILE_NAMES = frozenset(
         # (tests/backends/test_names.py checks this list against every built-in's generated files).
         *("OrderedDict", "Callable", "annotations", "functools", "operator", "linear_init", "build"),
         *("ceil_padding", "max_pool_ceil", "avg_pool_ceil", "ChannelSoftmax", "channel_softmax"),
+        "check_head",  # the timm head options check of both templates
     }
 )
 """Module-level names of a generated file that no part's class or function may take."""
