@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,7 @@ from rescompile.backends.source import (
     uses_math,
     wrap_call,
 )
+from rescompile.backends.surface import head_sections
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import Role, Tensor, weight_name
 from rescompile.compiler.weights import (
@@ -681,7 +682,75 @@ def emit_source(graph: Graph) -> str:
         head_init=_init_lines(head_nodes, head_lowerings),
         stem_lines=_call_lines(stem_nodes, stem_lowerings),
         head_lines=_call_lines(head_nodes, head_lowerings),
+        timm=_timm_view(graph, head_nodes, head_lowerings),
     )
+
+
+CLASSIFIER_IF = " if num_classes else None"
+"""How the classifier is built: timm's ``num_classes=0`` means none."""
+
+
+def _classifier_line(built: Lowering, prefix: str) -> str:
+    """``self.fc = nnx.Linear(..., num_classes, ...) if num_classes else None``, laid out as ruff
+    lays out a conditional too long for one line (in parentheses, the call inside them)."""
+    line = _constructor(built, prefix, 8, CLASSIFIER_IF)
+    if "\n" not in line:
+        return line
+    inner = _constructor(built, "", 12, CLASSIFIER_IF)
+    if "\n" not in inner:
+        return f"{prefix}(\n    {inner}\n)"
+    call = _constructor(built, "", 12).replace("\n", "\n    ")
+    return f"{prefix}(\n    {call}\n    if num_classes\n    else None\n)"
+
+
+def _timm_view(graph: Graph, nodes: list[SourceNode], lowerings: list[Lowering]) -> dict[str, Any] | None:
+    """What the template writes for timm's interface (as the torch backend's): the head cut into
+    ``forward_features`` and ``forward_head``, the classifier built for ``num_classes`` and
+    ``reset_classifier``'s line; None where the head is not cut (no interface)."""
+    sections = head_sections(graph)
+    if sections is None:
+        return None
+    calls = _call_lines(nodes, lowerings)
+    assert len(calls) == len(nodes), "a cut head is a chain, one line per node"
+    pool = len(sections.features)
+    classifier = pool + 1 + len(sections.pre_logits)
+    callee, arguments = lowerings[classifier].layer or ("", [])
+    assert callee, "a classifier is a layer"
+    built = replace(lowerings[classifier], layer=(callee, [arguments[0], "num_classes", *arguments[2:]]))
+    prefix = f"self{attribute_access(nodes[classifier].attribute)} = "
+    stored = [index for index, lowering in enumerate(lowerings) if _stored(lowering)]
+    init = [
+        _classifier_line(built, prefix)
+        if index == classifier
+        else _constructor(lowerings[index], f"self{attribute_access(nodes[index].attribute)} = ", 8)
+        for index in stored
+    ]
+
+    # timm's global_pool="" keeps the maps: the pool and the flattens after it run under one `if`.
+    pre_logits: list[str] = []
+    guarded: list[str] = []
+    for index in range(pool, classifier):
+        if index == pool or nodes[index].kind == "flatten":
+            guarded += [f"    {line}" for line in calls[index].split("\n")]
+            continue
+        pre_logits += ["if self.global_pool_type:\n" + "\n".join(guarded)] if guarded else []
+        guarded = []
+        pre_logits.append(calls[index])
+    pre_logits += ["if self.global_pool_type:\n" + "\n".join(guarded)] if guarded else []
+
+    flat_tail = any(node.kind == "flatten" for node in nodes[classifier + 1 :])
+    return {
+        "head_init": with_containers([nodes[index].attribute for index in stored], init, "nnx.Dict()"),
+        "head_features": calls[:pool],
+        "pre_logits": pre_logits,
+        # timm's pre-logits are flat: a flatten after the classifier (BiT's) applies to them too.
+        "pre_logits_value": "x.reshape(x.shape[0], -1) if self.global_pool_type else x" if flat_tail else "x",
+        "classifier": calls[classifier:],
+        "classifier_attribute": f"self{attribute_access(nodes[classifier].attribute)}",
+        "reset_line": _classifier_line(built, prefix),
+        "num_classes": sections.num_classes,
+        "num_features": sections.num_features,
+    }
 
 
 def _stage_loop(calls: list[StageCall], indent: int) -> str:

@@ -53,6 +53,9 @@ class EmitOptions:
     """ONNX: the declared height and width, not dynamic ``H`` and ``W``."""
     inference: bool = False
     """Lower for evaluation: BatchNorm folded (on load, from canonical weights), channels_last."""
+    features: tuple[int, ...] | None = None
+    """ONNX: timm's ``features_only`` model, one output per feature map of these ``out_indices``
+    (indices into ``feature_info``), named by module (``layer1``); None: the logits."""
 
 
 def module_names(graph: Graph) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 from onnx import TensorProto, helper, numpy_helper
 
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
+from rescompile.backends.surface import FeaturePoint, chosen_indices, feature_node, feature_points
 from rescompile.compiler.files import write_atomically
 from rescompile.compiler.fold import Fold, fold_batch_norm, folded_bias, folded_scale
 from rescompile.compiler.ir import (
@@ -793,8 +794,13 @@ def emit_model(
     seed: int = 0,
     block_outputs: bool = False,
     fixed_size: bool = False,
+    features: Sequence[FeaturePoint] | None = None,
 ) -> OnnxModel:
     """The ONNX model of ``graph``: input ``input`` ``(batch, C, H, W)``, output ``output``.
+
+    With ``features`` (maps of :func:`~rescompile.backends.surface.feature_points`), the model is
+    timm's ``features_only`` model instead: one output per map, in network order, named as timm
+    names its module (``act1``, ``layer1``), and nothing computed after the last map.
 
     ``batch`` is dynamic; ``H`` and ``W`` are too, unless ``fixed_size`` or the network holds its
     declared size (:func:`fixed_size_reason`), when they are the declared ones.
@@ -828,6 +834,7 @@ def emit_model(
     builder = _Builder(weights, dynamic)
     value_names: set[str] = {INPUT_NAME}
     outputs: list[onnx.ValueInfoProto] = []
+    taps = {} if features is None else {feature_node(graph, point): point.module for point in features}
     previous = INPUT_NAME
     for index, module in enumerate(graph.modules):
         values = {MODULE_INPUT: previous}
@@ -848,6 +855,14 @@ def emit_model(
             if emitter is None:
                 raise _cannot(site, "no emitter for this op kind")
             emitter(builder, site)
+            tap = taps.pop((index, node.name), None)
+            if tap is not None:
+                assert node.shape is not None, "shapes not inferred"
+                outputs.append(_feature_output(builder, output, tap, node.shape, dynamic, value_names))
+            if features is not None and not taps:
+                break
+        if features is not None and not taps:
+            break  # every map is out: the rest (later stages, the head) would be dead code
         previous = values[module.output]
         assert module.out_shape is not None, "shapes not inferred"
         if block_outputs and index < len(graph.modules) - 1:
@@ -860,7 +875,8 @@ def emit_model(
     model.graph.input.append(
         helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIMENSION, *input_dims])
     )
-    model.graph.output.extend([_value_info(OUTPUT_NAME, graph.output_shape, dynamic), *outputs])
+    logits = [] if features is not None else [_value_info(OUTPUT_NAME, graph.output_shape, dynamic)]
+    model.graph.output.extend([*logits, *outputs])
     opset_id = helper.make_opsetid("", opset)
     model.opset_import.append(opset_id)
     # The oldest IR version that carries this opset, for the widest range of runtimes.
@@ -869,6 +885,20 @@ def emit_model(
     model.producer_version = __version__
     model.doc_string = f"{graph.name}, compiled from its rescompile spec"
     return OnnxModel(model, tuple(builder.data))
+
+
+def _feature_output(
+    builder: _Builder, value: str, name: str, shape: tuple[int, ...], dynamic: bool, value_names: set[str]
+) -> onnx.ValueInfoProto:
+    """The graph output ``name`` (a feature map's module name) of ``value``: the value itself where
+    it already has that name (a stem node's, ``act1``), else an Identity renaming it
+    (``layer1.2`` -> ``layer1``)."""
+    if value != name:
+        if name in value_names:
+            raise RescompileError(f"the feature map {name!r} has the name of another ONNX value")
+        value_names.add(name)
+        builder.model.graph.node.append(helper.make_node("Identity", [value], [name], name=f"{name}.output"))
+    return _value_info(name, shape, dynamic)
 
 
 def _value_info(name: str, shape: tuple[int, ...], dynamic: bool) -> onnx.ValueInfoProto:
@@ -960,7 +990,15 @@ def emit(graph: Graph, options: EmitOptions) -> Writer:
     else:
         weights = initial_weights(graph, options.seed, options.zero_init_residual)
     opset = DEFAULT_OPSET if options.opset is None else options.opset
-    model = emit_model(graph, weights, opset=opset, fold_bn=options.fold_bn, fixed_size=options.fixed_size)
+    features = None
+    if options.features is not None:
+        points = feature_points(graph)
+        given = f"--features {','.join(map(str, options.features))}"
+        chosen = chosen_indices(graph.name, len(points), options.features, given)
+        features = [points[index] for index in sorted(chosen)]
+    model = emit_model(
+        graph, weights, opset=opset, fold_bn=options.fold_bn, fixed_size=options.fixed_size, features=features
+    )
     return functools.partial(save_model, model)
 
 

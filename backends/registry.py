@@ -36,7 +36,7 @@ BACKENDS: dict[str, Backend] = {
             requires="onnx",
             extra="onnx",
             module="rescompile.backends.onnx_backend",
-            options=frozenset({"weights", "seed", "zero_init_residual", "opset", "fold_bn", "fixed_size"}),
+            options=frozenset({"weights", "seed", "zero_init_residual", "opset", "fold_bn", "fixed_size", "features"}),
         ),
     )
 }

@@ -11,9 +11,11 @@ it the classifier's tail (BiT's flatten).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, Node
+from rescompile.spec.errors import RescompileError
 
 POOL_KIND = "global_average_pool"
 CLASSIFIER_KINDS = ("linear", "conv")
@@ -147,6 +149,36 @@ def feature_points(graph: Graph) -> list[FeaturePoint]:
     return points
 
 
+def chosen_indices(
+    network: str, count: int, out_indices: Sequence[int] | None, given: str | None = None
+) -> tuple[int, ...]:
+    """``out_indices`` checked against ``count`` maps, negative ones counted from the end (as
+    timm's); None chooses every map. ``given`` says how the user wrote them, for the error
+    (default ``out_indices=(...)``)."""
+    if out_indices is None:
+        return tuple(range(count))
+    chosen = tuple(index + count if index < 0 else index for index in out_indices)
+    if not chosen or any(not 0 <= index < count for index in chosen) or len(set(chosen)) != len(chosen):
+        raise RescompileError(
+            f"{given or f'out_indices={tuple(out_indices)!r}'} does not choose among {network}'s {count} feature maps: "
+            f"give distinct indices from 0 to {count - 1} (or from -{count} to -1)"
+        )
+    return chosen
+
+
+def feature_node(graph: Graph, point: FeaturePoint) -> tuple[int, str]:
+    """Where ``point``'s map is computed in the flat view: the index of its module and the name of
+    its node there (a stem node, or the output of the stage's last block)."""
+    stem = graph.modules[0]
+    for node in stem.nodes:
+        if stem.canonical(node.name) == point.after:
+            return 0, node.name
+    stage = [index for index, module in enumerate(graph.modules) if module.stage == point.after]
+    if not stage:
+        raise RescompileError(f"{graph.name} computes no feature map {point.module!r} (after {point.after!r})")
+    return stage[-1], graph.modules[stage[-1]].output
+
+
 def forward_paths(graph: Graph) -> list[str] | None:
     """The module paths the generated torch model's ``forward_features`` calls, in order, each on
     the value before it (``conv1``, ..., ``layer1``, ..., ``stages.1.downsample``,
@@ -163,4 +195,13 @@ def forward_paths(graph: Graph) -> list[str] | None:
     return paths + [node.name for node in sections.features]
 
 
-__all__ = ["GLOBAL_POOLS", "FeaturePoint", "HeadSections", "feature_points", "forward_paths", "head_sections"]
+__all__ = [
+    "GLOBAL_POOLS",
+    "FeaturePoint",
+    "HeadSections",
+    "chosen_indices",
+    "feature_node",
+    "feature_points",
+    "forward_paths",
+    "head_sections",
+]

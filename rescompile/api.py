@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.backends.registry import BACKENDS
-from rescompile.backends.surface import GLOBAL_POOLS, feature_points, forward_paths, head_sections
+from rescompile.backends.surface import GLOBAL_POOLS, chosen_indices, feature_points, forward_paths, head_sections
 from rescompile.checkpoints import canonical_weights, read_checkpoint
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import checked_size, lower
@@ -183,10 +183,12 @@ def create_model(
     ``--inference`` does: BatchNorm folded into the convs as canonical weights load (a torchvision
     state_dict loads as it is), channels_last.
 
-    timm's head options (torch): ``num_classes=0`` (no classifier: the pooled features out),
-    ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``), ``drop_rate`` (dropout
-    before the classifier); ``features_only=True`` gives timm's features model
-    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``).
+    timm's head options (torch and flax): ``num_classes=0`` (no classifier: the pooled features
+    out), ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``); ``drop_rate``
+    (dropout before the classifier, torch only); ``features_only=True`` gives timm's features model
+    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``; in
+    Flax :class:`rescompile.flax_features.FlaxFeatureNet`; in ONNX a ModelProto with one output per
+    map, named by module).
     The model carries ``pretrained_cfg`` (input size, mean, std, crop)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise RescompileError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -224,6 +226,10 @@ def create_model(
         implementation.load_weights(model, graph, canonical_weights(graph, read_checkpoint(path), str(path)))
     if backend == "flax" and features_only:
         return _flax_features(model, graph, out_indices)
+    if backend == "onnx" and features_only:
+        return _onnx_features(model, graph, out_indices)
+    if backend == "flax":
+        return head.reset(model, graph)
     if backend != "torch":
         return model
     model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
@@ -231,11 +237,20 @@ def create_model(
 
 
 def _flax_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
-    from rescompile.features import chosen_indices
     from rescompile.flax_features import FlaxFeatureNet
 
     points = feature_points(graph)
     return FlaxFeatureNet(model, graph, points, chosen_indices(graph.name, len(points), out_indices))
+
+
+def _onnx_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
+    """The ONNX features model (one output per chosen map, named by module) holding ``model``'s weights."""
+    from rescompile.backends.onnx_backend import emit_model
+
+    points = feature_points(graph)
+    chosen = sorted(chosen_indices(graph.name, len(points), out_indices))
+    weights = BACKENDS["onnx"].to_weights(model, graph)
+    return emit_model(graph, weights, features=[points[index] for index in chosen]).proto()
 
 
 def _refuse_pretrained(name: str | Path, pretrained: bool) -> None:
@@ -290,11 +305,16 @@ class _TimmHead:
             )
             if used
         ]
-        features = self.features_only and self.num_classes != 0 and self.global_pool is None and not self.drop_rate
-        if given and backend != "torch" and not (backend == "flax" and features):
+        head = [text for text in given if not text.startswith(("features_only", "out_indices"))]
+        if head and backend == "onnx":
             raise RescompileError(
-                f"{', '.join(given)}: timm's head options apply to backend torch only, not '{backend}' "
-                "(flax takes features_only and out_indices)"
+                f"{', '.join(head)}: timm's head options apply to backends torch and flax, not 'onnx' "
+                "(onnx takes features_only and out_indices)"
+            )
+        if self.drop_rate and backend != "torch":
+            raise RescompileError(
+                f"drop_rate={self.drop_rate}: dropout before the classifier is in the torch model only; "
+                f"the {backend} model has none"
             )
         if self.out_indices is not None and not self.features_only:
             raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
@@ -307,7 +327,9 @@ class _TimmHead:
         if self.drop_rate < 0.0 or self.drop_rate >= 1.0:
             raise RescompileError(f"drop_rate={self.drop_rate}: a dropout probability is in [0, 1)")
 
-    def apply(self, model: Any, graph: Graph) -> Any:
+    def reset(self, model: Any, graph: Graph) -> Any:
+        """``model`` (torch or flax) with ``num_classes=0`` and ``global_pool`` applied: the model is
+        built with the spec's classifier, so that its weights load, and has it removed after."""
         timm_head = self.num_classes == 0 or self.global_pool is not None or self.drop_rate or self.features_only
         if timm_head and not hasattr(model, "reset_classifier"):
             raise RescompileError(
@@ -316,10 +338,14 @@ class _TimmHead:
             )
         if self.num_classes == 0 or self.global_pool is not None:
             model.reset_classifier(0 if self.num_classes == 0 else model.num_classes, self.global_pool)
+        return model
+
+    def apply(self, model: Any, graph: Graph) -> Any:
+        self.reset(model, graph)
         model.drop_rate = self.drop_rate
         if not self.features_only:
             return model
-        from rescompile.features import FeatureListNet, chosen_indices
+        from rescompile.features import FeatureListNet
 
         paths = forward_paths(graph)
         assert paths is not None, "a model with reset_classifier has a cut head"

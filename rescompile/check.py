@@ -25,6 +25,7 @@ import numpy.typing as npt
 from rescompile.arguments import ArgumentParser, parse_seed, parse_size
 from rescompile.backends.interface import Outputs, module_names
 from rescompile.backends.registry import BACKENDS
+from rescompile.backends.surface import FeaturePoint, feature_node, feature_points
 from rescompile.compiler.cost import cost
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
@@ -55,8 +56,18 @@ def refuse_large_batch(graph: Graph, batch: int, limit: int, gib: int) -> None:
 
 
 @dataclass(frozen=True)
+class FeatureResult:
+    """How two backends compare at one feature map of timm's ``feature_info`` (``layer2``)."""
+
+    module: str
+    max_abs: float
+    agree: bool
+
+
+@dataclass(frozen=True)
 class PairResult:
-    """How two backends compare: at the output, and the first module over tolerance."""
+    """How two backends compare: at the output, the first module over tolerance, and every feature
+    map the backends all compute (:func:`feature_outputs`)."""
 
     first: str
     second: str
@@ -64,10 +75,26 @@ class PairResult:
     output_max_rel: float
     first_mismatch: str | None
     mismatch_max_abs: float
+    features: tuple[FeatureResult, ...] = ()
 
     @property
     def agree(self) -> bool:
-        return self.first_mismatch is None
+        return self.first_mismatch is None and all(feature.agree for feature in self.features)
+
+
+def feature_outputs(graph: Graph) -> dict[str, str | None]:
+    """timm's feature maps of ``graph`` (``feature_info``'s module names, in order) -> the module
+    output that is that map in :data:`~rescompile.backends.interface.Outputs` (a stage's map is its
+    last block's output, a stem map at the stem's end is ``stem``); None for a map inside the stem
+    (ResNet's ``act1``), which only the torch model exposes (Flax runs its stem whole)."""
+
+    def output(point: FeaturePoint) -> str | None:
+        index, node = feature_node(graph, point)
+        if index == 0:
+            return "stem" if node == graph.modules[0].output else None
+        return graph.modules[index].path
+
+    return {point.module: output(point) for point in feature_points(graph)}
 
 
 @dataclass(frozen=True)
@@ -117,7 +144,12 @@ def compare(graph: Graph, first: str, second: str, a: Outputs, b: Outputs, toler
             mismatch_abs = max_differences(a[name], b[name])[0]
             break
     output_abs, output_rel = max_differences(a["head"], b["head"])
-    return PairResult(first, second, output_abs, output_rel, mismatch, mismatch_abs)
+    features = tuple(
+        FeatureResult(module, max_differences(a[name], b[name])[0], within(a[name], b[name], tolerance))
+        for module, name in feature_outputs(graph).items()
+        if name is not None
+    )
+    return PairResult(first, second, output_abs, output_rel, mismatch, mismatch_abs, features)
 
 
 def check(
@@ -161,9 +193,29 @@ def format_result(result: CheckResult) -> str:
         lines.append(
             f"{pair.first + ' / ' + pair.second:<14} {pair.output_max_abs:>14.3e} {pair.output_max_rel:>14.3e}  {where}"
         )
+    lines += _feature_lines(result)
     timing = ", ".join(f"{backend} {seconds:.1f} s" for backend, seconds in result.seconds.items())
     lines.append(f"{'all backends agree' if result.agree else 'MISMATCH'} ({timing})")
     return "\n".join(lines)
+
+
+def _feature_lines(result: CheckResult) -> list[str]:
+    """One line per feature map of timm's ``feature_info``: each pair's max abs difference there,
+    ``ok`` or ``OVER``; a map inside the stem is named as not compared."""
+    outputs = feature_outputs(result.graph)
+    if not outputs or not result.pairs:
+        return []
+    lines = [f"{'feature map':<14} " + " ".join(f"{pair.first + ' / ' + pair.second:>19}" for pair in result.pairs)]
+    by_pair = [{feature.module: feature for feature in pair.features} for pair in result.pairs]
+    for module, name in outputs.items():
+        if name is None:
+            lines.append(f"{module:<14} not compared: inside the stem, which the Flax model runs whole")
+            continue
+        cells = [by_module[module] for by_module in by_pair]
+        lines.append(
+            f"{module:<14} " + " ".join(f"{cell.max_abs:>14.3e} {'ok' if cell.agree else 'OVER':>4}" for cell in cells)
+        )
+    return lines
 
 
 def _backends(text: str) -> list[str]:

@@ -48,12 +48,27 @@ Run 'rescompile COMMAND --help' for a command's options."""
 
 # The options only some backends read (EmitOptions fields), in the order they are checked; the
 # fields of one group are refused in one message.
-_BACKEND_OPTIONS = (("weights",), ("opset",), ("fold_bn", "zero_init_residual"), ("fixed_size",), ("inference",))
+_BACKEND_OPTIONS = (
+    ("weights",),
+    ("opset",),
+    ("fold_bn", "zero_init_residual"),
+    ("fixed_size",),
+    ("inference",),
+    ("features",),
+)
 
 
 def _readers(option: str) -> str:
     """The backends that read ``option``, as help and errors name them: ``onnx``."""
     return " or ".join(name for name, backend in BACKENDS.items() if option in backend.options)
+
+
+def _indices(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(index) for index in text.split(","))
+    except ValueError:
+        message = f"expected comma-separated feature map indices such as 1,2,3,4, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _compile_parser() -> argparse.ArgumentParser:
@@ -96,6 +111,12 @@ def _compile_parser() -> argparse.ArgumentParser:
         "--fixed-size",
         action="store_true",
         help=f"{_readers('fixed_size')}: the input's declared height and width, not dynamic H and W",
+    )
+    parser.add_argument(
+        "--features",
+        type=_indices,
+        help=f"{_readers('features')}: timm's features_only model instead of the logits: one output per feature "
+        "map of these feature_info indices, e.g. 1,2,3,4 (named by module: layer1, ...)",
     )
     parser.add_argument(
         "--inference",
@@ -386,6 +407,18 @@ def _dynamic(graph: Graph, options: argparse.Namespace) -> str:
     return "batch, height and width dynamic" if reason is None else f"batch dimension dynamic; fixed size: {reason}"
 
 
+def _outputs(graph: Graph, options: argparse.Namespace) -> str:
+    """What the written model outputs, as the compile report says it: the logits' shape, or the
+    feature maps ``--features`` chose (``layer1 256×/4, ...``: channels and reduction)."""
+    if options.features is None:
+        return f"output {_shape(graph.output_shape)}"
+    from rescompile.backends.surface import chosen_indices, feature_points
+
+    points = feature_points(graph)
+    chosen = sorted(chosen_indices(graph.name, len(points), options.features))
+    return "feature maps " + ", ".join(f"{points[i].module} {points[i].num_chs}×/{points[i].reduction}" for i in chosen)
+
+
 def _compile(options: argparse.Namespace) -> int:
     started = time.perf_counter()
     graph = compile_spec(options.spec, options.size)
@@ -413,7 +446,7 @@ def _compile(options: argparse.Namespace) -> int:
     write(output)
     elapsed = time.perf_counter() - started
     print(f"{graph.name}: {report.parameters:,} parameters, {report.macs / 1e9:.3f} GMACs")
-    print(f"input {_shape(graph.input_shape)} -> output {_shape(graph.output_shape)} ({_dynamic(graph, options)})")
+    print(f"input {_shape(graph.input_shape)} -> {_outputs(graph, options)} ({_dynamic(graph, options)})")
     print(f"wrote {output} ({options.backend}, {output.stat().st_size:,} bytes) in {elapsed:.2f} s")
     if companion is not None:
         print(f"wrote {companion} (the --weights, {companion.stat().st_size:,} bytes)")

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from rescompile.spec.errors import RescompileError
-
 if TYPE_CHECKING:
     from rescompile.backends.surface import FeaturePoint
 
@@ -55,20 +53,6 @@ class FeatureInfo:
         return len(self.info)
 
 
-def chosen_indices(network: str, count: int, out_indices: Sequence[int] | None) -> tuple[int, ...]:
-    """``out_indices`` checked against ``count`` maps, negative ones counted from the end (as
-    timm's); None chooses every map."""
-    if out_indices is None:
-        return tuple(range(count))
-    chosen = tuple(index + count if index < 0 else index for index in out_indices)
-    if not chosen or any(not 0 <= index < count for index in chosen) or len(set(chosen)) != len(chosen):
-        raise RescompileError(
-            f"out_indices={tuple(out_indices)!r} does not choose among {network}'s {count} feature maps: "
-            f"give distinct indices from 0 to {count - 1} (or from -{count} to -1)"
-        )
-    return chosen
-
-
 class FeatureListNet(nn.Module):
     """The feature maps ``out_indices`` of ``model`` (a generated torch model), as a list in network
     order: ``paths`` are the module paths its ``forward_features`` calls in order, one input each,
@@ -96,4 +80,4 @@ class FeatureListNet(nn.Module):
         return features
 
 
-__all__ = ["FeatureInfo", "FeatureListNet", "chosen_indices"]
+__all__ = ["FeatureInfo", "FeatureListNet"]

@@ -299,7 +299,9 @@ def test_timms_head_interface() -> None:
         ({"num_classes": 3, "global_pool": ""}, "global_pool='' (no pooling) needs num_classes=0"),
         ({"features_only": True, "out_indices": (5,)}, "out_indices=(5,) does not choose among resnet50d's 5"),
         ({"out_indices": (1,)}, "out_indices chooses feature maps: it needs features_only=True"),
-        ({"backend": "flax", "num_classes": 0}, "num_classes=0: timm's head options apply to backend torch only"),
+        ({"backend": "onnx", "num_classes": 0}, "num_classes=0: timm's head options apply to backends torch and flax"),
+        ({"backend": "flax", "drop_rate": 0.1}, "drop_rate=0.1: dropout before the classifier is in the torch model"),
+        ({"backend": "flax", "global_pool": "max"}, "global_pool='max': use 'avg' (the default) or '' (no pooling)"),
         ({"in_chans": 1, "in_channels": 3}, "in_chans=1 and in_channels=3 name one thing"),
         ({"drop_rate": 1.0}, "drop_rate=1.0: a dropout probability is in [0, 1)"),
     ],
@@ -411,3 +413,73 @@ def test_feature_maps_equal_timms(name: str) -> None:
     with torch.no_grad():
         for ours, theirs in zip(model(images), reference(images), strict=True):
             assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize(("name", "out_indices"), [("resnet18", None), ("resnet50d", (1, 2, 3, 4))])
+def test_onnx_features_are_the_torch_features_models_maps(
+    name: str, out_indices: tuple[int, ...] | None, tmp_path: Path
+) -> None:
+    """backend='onnx' with features_only gives one output per chosen map, named by module as
+    feature_info names it, and ONNX Runtime's maps are the torch features model's (same weights)."""
+    from rescompile.backends.onnx_backend import onnxruntime_outputs
+    from rescompile.testing import TOLERANCES, max_differences, within
+
+    weights_path = tmp_path / "weights.safetensors"
+    save_weights(random_weights(compile_spec(name, size=64), seed=3), weights_path)
+    options: dict[str, Any] = {"input_size": 64, "weights": weights_path, "features_only": True}
+    torch_model = rescompile.create_model(name, out_indices=out_indices, **options).eval()
+    onnx_model = rescompile.create_model(name, backend="onnx", out_indices=out_indices, **options)
+    modules = torch_model.feature_info.module_name()
+    assert [output.name for output in onnx_model.graph.output] == modules
+    assert modules == (["relu", "layer1", "layer2", "layer3", "layer4"] if out_indices is None else modules)
+    assert not any(tensor.name.startswith("fc.") for tensor in onnx_model.graph.initializer)  # no head
+    images = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        expected = [value.numpy() for value in torch_model(torch.from_numpy(images))]
+    maps = onnxruntime_outputs(onnx_model, images)
+    for module, reference in zip(modules, expected, strict=True):
+        assert maps[module].shape == reference.shape
+        assert within(maps[module], reference, TOLERANCES["network"]), (
+            module,
+            max_differences(maps[module], reference),
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    # a plain head; a norm between pool and classifier; a 1×1 conv classifier and the flatten after it
+    ["resnet18", "convnext_tiny", "resnetv2_50x1_bit"],
+)
+def test_flax_head_options_give_the_torch_models_outputs(name: str, tmp_path: Path) -> None:
+    """The generated Flax class takes num_classes and global_pool as the torch one does: with the
+    same weights, num_classes=0 gives the torch model's pooled features, global_pool='' its maps,
+    forward_head(pre_logits=True) the same, and the logits agree (fp32 across frameworks)."""
+    from rescompile.testing import TOLERANCES, max_differences, within
+
+    weights_path = tmp_path / "weights.safetensors"
+    save_weights(random_weights(compile_spec(name, size=64), seed=5), weights_path)
+    images = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    nhwc = images.transpose(0, 2, 3, 1)
+
+    def pair(**options: Any) -> tuple[np.ndarray, np.ndarray]:
+        torch_model = rescompile.create_model(name, input_size=64, weights=weights_path, **options).eval()
+        flax_model = rescompile.create_model(name, "flax", input_size=64, weights=weights_path, **options)
+        flax_model.eval()
+        with torch.no_grad():
+            expected = torch_model(torch.from_numpy(images)).numpy()
+        actual = np.asarray(flax_model(nhwc))
+        return (actual.transpose(0, 3, 1, 2) if actual.ndim == 4 else actual), expected
+
+    for options in ({}, {"num_classes": 0}, {"num_classes": 0, "global_pool": ""}):
+        actual, expected = pair(**options)
+        assert actual.shape == expected.shape, options
+        assert within(actual, expected, TOLERANCES["network"]), (options, max_differences(actual, expected))
+    flax_model = rescompile.create_model(name, "flax", input_size=64, num_classes=0)
+    assert flax_model.get_classifier() is None and flax_model.num_classes == 0
+    features = flax_model.forward_features(nhwc)
+    assert np.array_equal(flax_model.forward_head(features, pre_logits=True), flax_model(nhwc))
+    flax_model.reset_classifier(7)
+    assert flax_model(nhwc).shape == (2, 7)
+    generated = rescompile.create_model(name, "flax")
+    assert type(generated)(num_classes=3, rngs=nnx.Rngs(0)).num_classes == 3  # the generated class takes it

@@ -9,7 +9,17 @@ import pytest
 from conftest import builtin_params
 
 from rescompile.backends.interface import module_names
-from rescompile.check import Progress, assert_backends_agree, check, main
+from rescompile.backends.registry import BACKENDS
+from rescompile.check import (
+    CheckResult,
+    Progress,
+    assert_backends_agree,
+    check,
+    compare,
+    feature_outputs,
+    format_result,
+    main,
+)
 from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import random_weights, save_weights
 from rescompile.spec import RescompileError, builtin_networks
@@ -33,6 +43,41 @@ def test_planted_weight_mismatch_is_found_and_named() -> None:
     assert pair.output_max_abs > 0
 
 
+def test_every_feature_map_is_compared_and_a_wrong_one_is_caught_and_named() -> None:
+    """A backend whose layer3 map is off by 1e-3 (over the 1e-4 tolerance) fails check at that map
+    alone, and the report names it per map; act1, inside the stem, is named as not compared."""
+    graph = compile_spec("resnet50d", size=32)
+    assert feature_outputs(graph) == {
+        "act1": None,
+        "layer1": "layer1.2",
+        "layer2": "layer2.3",
+        "layer3": "layer3.5",
+        "layer4": "layer4.2",
+    }
+    weights = random_weights(graph, seed=0)
+    inputs = np.random.default_rng(1).standard_normal((1, *graph.input_shape)).astype(np.float32)
+    outputs = BACKENDS["torch"].module_outputs(graph, weights, inputs)
+    wrong = dict(outputs)
+    wrong["layer3.5"] = outputs["layer3.5"] + np.float32(1e-3)
+    tolerance = TOLERANCES["network"]
+    honest = compare(graph, "torch", "copy", outputs, dict(outputs), tolerance)
+    assert honest.agree and [feature.max_abs for feature in honest.features] == [0.0] * 4
+    pair = compare(graph, "torch", "wrong", outputs, wrong, tolerance)
+    assert not pair.agree
+    assert [(feature.module, feature.agree) for feature in pair.features] == [
+        ("layer1", True),
+        ("layer2", True),
+        ("layer3", False),
+        ("layer4", True),
+    ]
+    assert abs(pair.features[2].max_abs - 1e-3) < 1e-6
+    report = format_result(CheckResult(graph, ("torch", "wrong"), tolerance, (pair,), {})).splitlines()
+    assert report[3].split() == ["feature", "map", "torch", "/", "wrong"]
+    assert report[4].startswith("act1           not compared: inside the stem")
+    assert report[5].split()[::2] == ["layer1", "ok"] and report[7].split()[0::2] == ["layer3", "OVER"]
+    assert report[-1].startswith("MISMATCH")
+
+
 def test_module_names_are_canonical() -> None:
     names = module_names(compile_spec("resnet18", size=32))
     assert names[:3] == ["stem", "layer1.0", "layer1.1"] and names[-2:] == ["layer4.1", "head"]
@@ -50,6 +95,9 @@ def test_check_command_prints_the_table_and_exits_0(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("resnet20: input 3×32×32, 9 blocks, tolerance atol=0.0001 rtol=0.0001")
     assert lines[2].split()[:3] == ["torch", "/", "onnx"] and lines[2].endswith("none")
+    assert lines[3].split() == ["feature", "map", "torch", "/", "onnx"]
+    assert [line.split()[0] for line in lines[4:8]] == ["relu", "layer1", "layer2", "layer3"]  # timm's names
+    assert all(line.endswith(" ok") for line in lines[4:8])
     assert lines[-1].startswith("all backends agree")
     assert result.stderr == ""  # the progress display is for terminals only
 

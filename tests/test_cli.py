@@ -78,6 +78,20 @@ def test_onnx_height_and_width_are_dynamic_unless_fixed_size(
     assert input_dims(tmp_path / "fixed.onnx") == ["batch", 3, 32, 32]
 
 
+def test_features_writes_one_onnx_output_per_feature_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    output = tmp_path / "features.onnx"
+    assert main(["resnet50d", "--size", "64", "--backend", "onnx", "--features", "1,2,3,4", "-o", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "-> feature maps layer1 256×/4, layer2 512×/8, layer3 1024×/16, layer4 2048×/32 (" in printed
+    assert [value.name for value in onnx.load(str(output)).graph.output] == ["layer1", "layer2", "layer3", "layer4"]
+    assert main(["resnet50d", "--backend", "onnx", "--features", "1,9", "-o", str(output)]) == 1
+    assert capsys.readouterr().err.startswith("--features 1,9 does not choose among resnet50d's 5 feature maps")
+    assert main(["resnet50d", "--features", "1", "-o", str(tmp_path / "net.py")]) == 1
+    assert capsys.readouterr().err == "--features applies to --backend onnx only\n"
+
+
 def test_onnx_embeds_given_weights(tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper

@@ -75,6 +75,14 @@ class DropPath(nnx.Module):
         return x * (self.keep_mask(x) / (1 - self.rate))
 
 
+def check_head(num_classes: int, global_pool: str) -> None:
+    """timm's head options: ``global_pool`` "avg", or "" (no pooling: feature maps out), which takes no classifier."""
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), not {global_pool!r}")
+    if not global_pool and num_classes:
+        raise ValueError("global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features")
+
+
 def projection(in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs) -> nnx.Sequential:
     """Shortcut 'projection': 1×1 convolution with the block's stride, then BatchNorm."""
     return nnx.Sequential(
@@ -168,9 +176,25 @@ class BottleneckBlock(nnx.Module):
 
 
 class ResNet(nnx.Module):
-    """resnet50: input 224×224×3 (NHWC), output 1000."""
+    """resnet50: input 224×224×3 (NHWC), output 1000.
 
-    def __init__(self, zero_init_residual: bool = False, *, rngs: nnx.Rngs) -> None:
+    timm's model interface: ``num_classes`` (0: no classifier, the pooled features out), ``global_pool`` ("avg",
+    or "": no pooling, feature maps out, without a classifier); forward_features, forward_head, get_classifier,
+    reset_classifier and num_features, as the generated torch model's.
+    """
+
+    def __init__(
+        self,
+        zero_init_residual: bool = False,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        *,
+        rngs: nnx.Rngs,
+    ) -> None:
+        check_head(num_classes, global_pool)
+        self.num_classes = num_classes
+        self.num_features = 2048
+        self.global_pool_type = global_pool
         self.conv1 = nnx.Conv(
             3,
             64,
@@ -194,7 +218,7 @@ class ResNet(nnx.Module):
         self.layer4 = self._make_stage(
             BottleneckBlock, 1024, 2048, width=512, depth=3, stride=2, first_block_index=13, rngs=rngs
         )
-        self.fc = nnx.Linear(2048, 1000, kernel_init=linear_init, rngs=rngs)
+        self.fc = nnx.Linear(2048, num_classes, kernel_init=linear_init, rngs=rngs) if num_classes else None
         if zero_init_residual:
             # Goyal et al. 2017: the last BatchNorm of every residual branch starts at 0, so each block
             # starts as its shortcut.
@@ -244,17 +268,42 @@ class ResNet(nnx.Module):
         return x
 
     def _head(self, x: jax.Array) -> jax.Array:
-        x = jnp.mean(x, axis=(1, 2), keepdims=True)
-        x = x.reshape(x.shape[0], -1)
-        x = self.fc(x)
-        return x
+        return self.forward_head(x)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def forward_features(self, x: jax.Array) -> jax.Array:
         x = self._stem(x)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x)
-        return self._head(x)
+        return x
+
+    def forward_head(self, x: jax.Array, pre_logits: bool = False) -> jax.Array:
+        if self.global_pool_type:
+            x = jnp.mean(x, axis=(1, 2), keepdims=True)
+            x = x.reshape(x.shape[0], -1)
+        if pre_logits or not self.num_classes:
+            return x
+        x = self.fc(x)
+        return x
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+    def get_classifier(self) -> nnx.Module | None:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, rngs: nnx.Rngs | None = None) -> None:
+        """A new classifier for ``num_classes`` (0: none) drawn from ``rngs`` (default: seed 0), and ``global_pool``
+        unless None, as timm's."""
+        if global_pool is None:
+            global_pool = self.global_pool_type
+        check_head(num_classes, global_pool)
+        self.num_classes = num_classes
+        self.global_pool_type = global_pool
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        self.fc = nnx.Linear(2048, num_classes, kernel_init=linear_init, rngs=rngs) if num_classes else None
 
 
 def build(zero_init_residual: bool = False, seed: int = 0) -> ResNet:
