@@ -138,8 +138,10 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--by", choices=("stage", "block", "node"), default="stage", help="rows of the table")
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
     elif name == "list":
-        parser.description = "List the built-in architectures with their parameters and MACs (or, with --parts, "
-        "every built-in part a spec can name)."
+        parser.description = (
+            "List the built-in architectures with their parameters and MACs (or, with --parts, "
+            "every built-in part a spec can name)."
+        )
         parser.add_argument(
             "--parts",
             action="store_true",

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
+
+MAX_FILE_BYTES = 2**20
+"""The largest spec file read (1 MiB): by the loader, and by an error's excerpt, which reads it back."""
+
+LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+"""YAML's line breaks, as PyYAML's marks count them: a lone CR and NEL (U+0085) end a line too."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,6 @@ def render(error: RescompileError, *, excerpt: bool) -> str:
 
 def source_excerpt(location: Location) -> str | None:
     """Three lines: a gutter, the source line ``location`` names, and a caret under its token."""
-    from rescompile.spec.yaml_source import LINE_BREAK, MAX_FILE_BYTES  # it imports this module
-
     path = Path(location.file)
     try:  # only a regular file is read: a FIFO would block, /dev/zero never end
         if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:

@@ -142,6 +142,10 @@ MODULE_ATTRIBUTES = frozenset(
         # ... and the generated network class's own (its stem and head methods are private, so that
         # nodes may live under ``stem.`` and ``head.`` as timm's do).
         *("_stem", "_head", "reset_parameters", "_make_stage"),
+        # ... with timm's model interface (tests/spec/test_module_attributes.py checks these against
+        # the generated torch and Flax network classes).
+        *("num_classes", "num_features", "drop_rate", "global_pool_type", "feature_info"),
+        *("forward_features", "forward_head", "get_classifier", "reset_classifier", "pretrained_cfg", "default_cfg"),
     }
 )
 """Attributes of the generated module classes: a node (the first segment of its path) named so

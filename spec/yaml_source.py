@@ -8,7 +8,6 @@ every mapping key and value has a :class:`Location` for error messages.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +15,12 @@ from typing import Any
 
 import yaml
 
-from rescompile.spec.errors import Location, RescompileError
+from rescompile.spec.errors import LINE_BREAK, MAX_FILE_BYTES, Location, RescompileError
 
 YamlPath = tuple[str | int, ...]
 
-# Limits on what a spec file may hold, so that no input exhausts memory, time or the stack.
-MAX_FILE_BYTES = 2**20
+# Limits on what a spec file may hold, so that no input exhausts memory, time or the stack
+# (MAX_FILE_BYTES, the file size, lives with the errors module, which reads files back too).
 MAX_VALUES = 100_000
 MAX_DEPTH = 64
 MAX_INTEGER = 2**31
@@ -63,10 +62,6 @@ class SourceMap:
 class YamlDocument:
     data: Any
     source: SourceMap
-
-
-LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
-"""YAML's line breaks, as PyYAML's marks count them: a lone CR and NEL (U+0085) end a line too."""
 
 
 def line_column(text: str, position: int) -> tuple[int, int]:

@@ -287,6 +287,13 @@ def test_help_works(tmp_path: Path) -> None:
         assert result.returncode == 0 and "usage: rescompile" in result.stdout, arguments
 
 
+@pytest.mark.parametrize("name", ["validate", "cost", "list", "schema", "weights", "draw"])
+def test_each_subcommand_is_described_in_whole_sentences(name: str) -> None:
+    # A description split over two string statements loses its second half silently.
+    description = cli._subcommand_parser(name).description
+    assert description is not None and description.endswith("."), description
+
+
 GOOD_SPEC = BAD_SPEC.replace("basik", "basic")
 
 

@@ -50,7 +50,7 @@ def test_the_readme_shows_commands() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_runs(command: str, tmp_path: Path) -> None:
-    for folder in ("architectures", "examples"):
+    for folder in ("architectures", "examples", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     arguments = shlex.split(command)[2:]
     result = subprocess.run(

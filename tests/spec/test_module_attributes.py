@@ -3,12 +3,14 @@ time, and the list of those attributes is complete for the installed torch and f
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import torch
 from flax import nnx
 
+from rescompile.backends import flax_backend, torch_backend
 from rescompile.compiler import compile_spec
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.models import MODULE_ATTRIBUTES
@@ -18,6 +20,30 @@ def test_the_module_attribute_list_covers_torch_and_flax_modules() -> None:
     public = {name for owner in (torch.nn.Module, nnx.Module) for name in dir(owner) if not name.startswith("_")}
     assert public - MODULE_ATTRIBUTES == set()
     assert "training" in vars(torch.nn.Module())  # an instance attribute, so not in dir() of the class
+
+
+@pytest.mark.parametrize("backend", [torch_backend, flax_backend], ids=["torch", "flax"])
+def test_the_module_attribute_list_covers_the_generated_network_class(backend: object) -> None:
+    """Every method and ``self.`` attribute the generated network class defines (the timm interface:
+    num_classes, forward_head, ...) is a name no node may take."""
+    source = backend.emit_source(compile_spec("resnet18"))  # type: ignore[attr-defined]
+    network = next(
+        statement
+        for statement in ast.parse(source).body
+        if isinstance(statement, ast.ClassDef) and statement.name == "ResNet"
+    )
+    defined = {statement.name for statement in network.body if isinstance(statement, ast.FunctionDef)}
+    defined |= {
+        node.attr
+        for node in ast.walk(network)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+        and isinstance(node.ctx, ast.Store)
+    }
+    defined -= {name for name in defined if name.startswith("__")}
+    own_nodes = {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "flatten", "fc"}
+    assert defined - own_nodes - MODULE_ATTRIBUTES == set()
 
 
 NETWORK = "name: net\ninput: {channels: 3, size: 32}\nstem: mine\nblock: mine\nshortcut: B\nhead: mine\n"
