@@ -5,7 +5,7 @@ from __future__ import annotations
 import keyword
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,6 +24,7 @@ from rescompile.spec.models import (
     RESERVED_NAMES,
     AddSpec,
     BinarySpec,
+    BlockExtensionSpec,
     BlockSpec,
     HeadSpec,
     NetworkSpec,
@@ -77,7 +78,8 @@ class Loaded(Generic[ModelT]):
     spec: ModelT
     source: SourceMap
     extended: tuple[Path, ...] = field(default=(), compare=False)
-    """The network files an ``extends`` chain read besides the spec's own: no output may replace them."""
+    """The files an ``extends`` chain read (a network's or a block's) besides the spec's own: no output
+    may replace them."""
 
     def locate(self, *path: str | int) -> Location:
         return self.source.locate(path)
@@ -145,7 +147,7 @@ def load_network_with(reference: str | Path, overrides: Mapping[str, Any], label
     if not overrides:
         return Loaded(_validate(NetworkSpec, base), base.source, extended)
     child = parse_yaml(yaml.safe_dump(dict(overrides), sort_keys=False, default_flow_style=True), label)
-    document = _merge(base, child)
+    document = _merge(base, child, _is_network_parameters)
     return Loaded(_validate(NetworkSpec, document), document.source, (*extended, path))
 
 
@@ -156,8 +158,20 @@ two long, and each file read merges every value of the files below it."""
 
 def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A network file's document with its ``extends`` chain merged in (see :func:`_merge`), and
-    the base files read. Every value keeps the location of the file that set it. The chain is
-    walked in a loop, not by recursion: 1,500 files were a RecursionError."""
+    the base files read. Every value keeps the location of the file that set it."""
+    documents, bases = _read_chain(path, chain, "network", _resolve_base)
+    merged = documents.pop()
+    while documents:
+        merged = _merge(merged, documents.pop(), _is_network_parameters)
+    return merged, bases
+
+
+def _read_chain(
+    path: Path, chain: tuple[Path, ...], noun: str, resolve: Callable[[str, Path, Location], Path]
+) -> tuple[list[YamlDocument], tuple[Path, ...]]:
+    """The documents of ``path``'s ``extends`` chain, the file itself first and the one extending
+    nothing last, and the base files read (``resolve`` finds what an ``extends`` names). The chain
+    is walked in a loop, not by recursion: 1,500 files were a RecursionError."""
     documents = [read_yaml(path, display_name(path))]
     seen = [*chain, path]
     while isinstance(documents[-1].data, dict) and "extends" in documents[-1].data:
@@ -166,18 +180,18 @@ def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tu
         where = document.source.locate(("extends",))
         if not isinstance(reference, str):
             raise RescompileError(
-                f"extends: expected a built-in network's name or a network file's path (got {reference!r})", where
+                f"extends: expected a built-in {noun}'s name or a {noun} file's path (got {reference!r})", where
             )
         if "name" not in document.data:
-            message = f"a network that extends '{reference}' needs a name of its own: add a 'name' key"
+            message = f"a {noun} that extends '{reference}' needs a name of its own: add a 'name' key"
             raise RescompileError(message, document.source.locate(()))
-        base_path = _resolve_base(reference, seen[-1], where)
+        base_path = resolve(reference, seen[-1], where)
         if base_path.resolve() in {file.resolve() for file in seen}:
             cycle = " -> ".join(display_name(file) for file in (*seen, base_path))
             raise RescompileError(f"extends makes a cycle: {cycle}", where)
         if len(documents) >= MAX_EXTENDS:
             raise RescompileError(
-                f"extends: a chain of network files is at most {MAX_EXTENDS} files long; this one is longer", where
+                f"extends: a chain of {noun} files is at most {MAX_EXTENDS} files long; this one is longer", where
             )
         base = read_yaml(base_path, display_name(base_path))
         if not isinstance(base.data, dict):
@@ -186,10 +200,7 @@ def _read_network(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, tu
             )
         documents.append(base)
         seen.append(base_path)
-    merged = documents.pop()
-    while documents:
-        merged = _merge(merged, documents.pop())
-    return merged, tuple(reversed(seen[len(chain) + 1 :]))
+    return documents, tuple(reversed(seen[len(chain) + 1 :]))
 
 
 def _resolve_base(reference: str, network_file: Path, where: Location) -> Path:
@@ -210,9 +221,14 @@ def _resolve_base(reference: str, network_file: Path, where: Location) -> Path:
     return candidate
 
 
-def _merge(base: YamlDocument, child: YamlDocument) -> YamlDocument:
-    """The child's keys over the base's: a ``*_parameters`` mapping is merged name by name, every
-    other key (``stages``, ``input``, ``shortcut``, ...) replaced as a whole."""
+def _is_network_parameters(key: str) -> bool:
+    return key.endswith("_parameters")
+
+
+def _merge(base: YamlDocument, child: YamlDocument, merged_by_name: Callable[[str], bool]) -> YamlDocument:
+    """The child's keys over the base's: a mapping whose key ``merged_by_name`` accepts (a
+    network's ``*_parameters``, a block's ``parameters``) is merged name by name, every other key
+    (``stages``, ``input``, ``shortcut``, ...) replaced as a whole."""
     data = dict(base.data)
     values, keys = dict(base.source.values), dict(base.source.keys)
 
@@ -226,7 +242,7 @@ def _merge(base: YamlDocument, child: YamlDocument) -> YamlDocument:
             table.update({path: location for path, location in mine.items() if path[: len(prefix)] == prefix})
 
     for key, value in child.data.items():
-        merged = isinstance(key, str) and key.endswith("_parameters") and isinstance(value, dict)
+        merged = isinstance(key, str) and merged_by_name(key) and isinstance(value, dict)
         if merged and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
             for name in value:
@@ -262,13 +278,20 @@ def resolve_part(kind: PartKind, name: str, network_file: Path | None, where: Lo
     folders = [builtin_directory() / kind]
     if network_file is not None:
         folders.insert(0, network_file.parent / kind)
+    return _find_part(kind, name, folders, where)
+
+
+def _find_part(kind: PartKind, name: str, folders: list[Path], where: Location, *, besides: Path | None = None) -> Path:
+    """``<folder>/<name>.yaml`` in the first of ``folders`` that has it, ``besides`` (the file
+    asking) excepted; else an error listing the parts there."""
     for folder in folders:
         candidate = folder / f"{name}.yaml"
-        if _exists(candidate, name, where):
+        if _exists(candidate, name, where) and (besides is None or candidate.resolve() != besides.resolve()):
             return candidate
     known = sorted({path.stem for folder in folders if folder.is_dir() for path in folder.glob("*.yaml")})
+    asked = "extends: " if besides is not None else ""
     raise RescompileError(
-        f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)}; known {kind}: {', '.join(known)}",
+        f"{asked}unknown {kind[:-1]} '{name}'{did_you_mean(name, known)}; known {kind}: {', '.join(known)}",
         where,
     )
 
@@ -282,9 +305,9 @@ def _exists(path: Path, name: str, where: Location) -> bool:
 
 
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
-    document = read_yaml(path, display_name(path))
+    document, bases = _read_block(path) if kind == "blocks" else (read_yaml(path, display_name(path)), ())
     part = _validate(PART_MODELS[kind], document)
-    loaded: Loaded[PartSpec] = Loaded(part, document.source)
+    loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
     if part.templated and kind in ("shortcuts", "transitions"):
         # Shortcuts and transitions are written once per network, not unrolled per instance.
         raise RescompileError(
@@ -297,6 +320,146 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
         # an instance (rescompile.spec.unroll), when its parameters are known.
         check_part_references(loaded, kind)
     return loaded
+
+
+EXTENSION_KEYS = frozenset(BlockExtensionSpec.model_fields)
+BLOCK_KEYS_MERGED_BY_NAME = frozenset({"parameters", "derived", "classes"})
+
+
+def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
+    """A block file's document with its ``extends`` chain resolved (see :func:`_extend_block`):
+    an ordinary block, every value located in the file that set it; and the base files read."""
+    documents, bases = _read_chain(path, (), "block", _resolve_block_base)
+    merged = documents.pop()
+    while documents:
+        merged = _extend_block(merged, documents.pop())
+    return merged, bases
+
+
+def _resolve_block_base(reference: str, block_file: Path, where: Location) -> Path:
+    """What a block's ``extends`` names: a path (relative to the block file), else a block beside
+    it (not itself: ``blocks/bottleneck.yaml`` may extend the built-in ``bottleneck``), else a built-in."""
+    if reference.endswith((".yaml", ".yml")) or "/" in reference:
+        path = block_file.parent / reference
+        if not _exists(path, reference, where):
+            raise RescompileError(f"extends: no such block file: {reference}", where)
+        return path
+    return _find_part(
+        "blocks", reference, [block_file.parent, builtin_directory() / "blocks"], where, besides=block_file
+    )
+
+
+def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
+    """The block ``child`` makes of ``base``: its block keys merged over the base's (see
+    :func:`_merge`; ``parameters``, ``derived`` and ``classes`` by name), then the base's nodes
+    replaced, removed and inserted around as it says. A node's value and its location move
+    together, from ``replace.NAME`` or ``insert_after.ANCHOR.NAME`` to ``nodes.NAME``."""
+    extension = {key: value for key, value in child.data.items() if key in EXTENSION_KEYS}
+    _validate(BlockExtensionSpec, YamlDocument(extension, child.source))  # the types, located in the child
+    if "nodes" in child.data:
+        raise RescompileError(
+            f"a block that extends '{child.data['extends']}' changes its base's nodes with replace, remove, "
+            "insert_after and insert_before; 'nodes' would replace them all (drop 'extends' to write a whole block)",
+            child.source.locate(("nodes",), key=True),
+        )
+    base_name = base.data.get("name")
+    plain = YamlDocument({key: value for key, value in child.data.items() if key not in EXTENSION_KEYS}, child.source)
+    merged = _merge(base, plain, BLOCK_KEYS_MERGED_BY_NAME.__contains__)
+    nodes = merged.data.get("nodes")
+    if not isinstance(nodes, dict):
+        raise RescompileError(f"extends: block '{base_name}' has no nodes to extend", child.source.locate(("extends",)))
+    nodes = dict(nodes)
+    written: dict[str, YamlPath] = {}  # a replaced or inserted node -> where the child wrote it
+
+    def check_is_node(node_name: str, path: YamlPath, operation: str, *, key: bool = True) -> None:
+        if node_name not in nodes:
+            names = [str(name) for name in nodes]  # not yet validated: a key may be a number
+            shown = ", ".join(names[:MAX_LISTED]) + (", …" if len(names) > MAX_LISTED else "")
+            raise RescompileError(
+                f"{operation}: block '{base_name}' has no node '{node_name}'{did_you_mean(node_name, names)}; "
+                f"its nodes: {shown}",
+                child.source.locate(path, key=key),
+            )
+
+    for node_name, node in child.data.get("replace", {}).items():
+        check_is_node(node_name, ("replace", node_name), "replace")
+        nodes[node_name] = node
+        written[node_name] = ("replace", node_name)
+    removed: dict[str, int] = {}
+    for index, node_name in enumerate(child.data.get("remove", [])):
+        check_is_node(node_name, ("remove", index), "remove", key=False)
+        del nodes[node_name]
+        written.pop(node_name, None)
+        removed[node_name] = index
+    placed: dict[tuple[str, str], list[str]] = {}
+    inserted: dict[str, Any] = {}
+    for operation in ("insert_before", "insert_after"):
+        for anchor, new_nodes in child.data.get(operation, {}).items():
+            check_is_node(anchor, (operation, anchor), operation)
+            for node_name, node in new_nodes.items():
+                if node_name in nodes or node_name in inserted:
+                    raise RescompileError(
+                        f"{operation}: block '{base_name}' already has a node '{node_name}'; name the new node "
+                        f"otherwise, or change the old one with replace",
+                        child.source.locate((operation, anchor, node_name), key=True),
+                    )
+                inserted[node_name] = node
+                written[node_name] = (operation, anchor, node_name)
+            placed[(operation, anchor)] = list(new_nodes)
+    ordered: dict[str, Any] = {}
+    for node_name, node in nodes.items():
+        ordered.update({new: inserted[new] for new in placed.get(("insert_before", node_name), [])})
+        ordered[node_name] = node
+        ordered.update({new: inserted[new] for new in placed.get(("insert_after", node_name), [])})
+    _check_nothing_reads_removed(ordered, merged.data.get("shortcut_input"), removed, child)
+    data = {**merged.data, "nodes": ordered}
+    return YamlDocument(data, _relocate_nodes(merged.source, child.source, ordered, written))
+
+
+MAX_LISTED = 20
+"""The most node names an error lists: a repeat makes thousands."""
+
+
+def _relocate_nodes(
+    merged: SourceMap, child: SourceMap, nodes: Mapping[str, Any], written: Mapping[str, YamlPath]
+) -> SourceMap:
+    """``merged``'s locations with each node of ``written`` located where the child wrote it
+    (``replace.NAME...`` or ``insert_after.ANCHOR.NAME...`` becomes ``nodes.NAME...``) and removed
+    nodes forgotten: one pass over each table, however many nodes move."""
+    tables: list[dict[YamlPath, Location]] = []
+    for base_table, child_table in ((merged.values, child.values), (merged.keys, child.keys)):
+        table = {
+            path: location
+            for path, location in base_table.items()
+            if len(path) < 2 or path[0] != "nodes" or (path[1] in nodes and path[1] not in written)
+        }
+        for path, location in child_table.items():
+            length = 2 if path[:1] == ("replace",) else 3
+            if len(path) >= length and written.get(str(path[length - 1])) == path[:length]:
+                table[("nodes", path[length - 1], *path[length:])] = location
+        tables.append(table)
+    return SourceMap(child.file, tables[0], tables[1])
+
+
+def _check_nothing_reads_removed(
+    nodes: Mapping[str, Any], shortcut_input: Any, removed: Mapping[str, int], child: YamlDocument
+) -> None:
+    """A removed node that a node reads by name (not as the node before it) leaves that read dangling."""
+    for position, (reader, node) in enumerate(nodes.items()):
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        reads = [node.get("input"), *(inputs if isinstance(inputs, list) else [])] if isinstance(node, dict) else []
+        for node_name in [read for read in reads if isinstance(read, str) and read in removed]:
+            earlier = [str(name) for name in list(nodes)[:position]][-MAX_LISTED:]
+            raise RescompileError(
+                f"remove: node '{reader}' reads '{node_name}'; replace '{reader}' too, reading another value "
+                f"({one_of(['input', *earlier])}), or keep '{node_name}'",
+                child.source.locate(("remove", removed[node_name])),
+            )
+    if isinstance(shortcut_input, str) and shortcut_input in removed:
+        raise RescompileError(
+            f"remove: the block's shortcut_input is '{shortcut_input}'; set shortcut_input to another node, or keep it",
+            child.source.locate(("remove", removed[shortcut_input])),
+        )
 
 
 IDENTITY = "identity"
@@ -342,7 +505,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
         if (kind, name) not in cache:
             path = resolve_part(kind, name, network_file, where)
             cache[(kind, name)] = load_part(path, kind)
-            files.append(path)
+            files.extend((path, *cache[(kind, name)].extended))
         return cache[(kind, name)]
 
     spec = network.spec

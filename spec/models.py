@@ -628,6 +628,41 @@ class BlockSpec(PartSpec):
     )
 
 
+class BlockExtensionSpec(StrictModel):
+    """What a block file that ``extends`` another writes besides a block's own keys. The loader
+    resolves it (:func:`rescompile.spec.loader.read_block`): everything after it sees an ordinary
+    block, its nodes in order."""
+
+    extends: str | None = Field(
+        default=None,
+        description="The block this one changes: a built-in block's name, a block beside this file, or a path "
+        "(relative to this file). Its parameters, derived values and classes are merged by name, its other keys "
+        "replaced; its nodes are kept, changed only by replace, remove, insert_after and insert_before.",
+    )
+    replace: dict[str, OpSpec] = Field(
+        default_factory=dict,
+        description="Base node name -> the node that takes its place (and its position).",
+    )
+    remove: list[str] = Field(
+        default_factory=list,
+        description="Base nodes to drop; a node that read one implicitly reads the node before it instead.",
+    )
+    insert_after: dict[str, dict[str, OpSpec]] = Field(
+        default_factory=dict,
+        description="Base node name -> nodes placed right after it, in order; the first reads it unless it says.",
+    )
+    insert_before: dict[str, dict[str, OpSpec]] = Field(
+        default_factory=dict,
+        description="Base node name -> nodes placed right before it, in order; it then reads the last of them "
+        "unless it says.",
+    )
+
+
+class BlockFileSpec(BlockExtensionSpec, BlockSpec):
+    """What a block file may hold: a whole block, or (with ``extends``) the changes to another. Only
+    the JSON Schema reads it; the loader validates the two parts apart."""
+
+
 class ShortcutSpec(PartSpec):
     """A shortcut taking the block input to the block's output shape. Bound: ``in_channels``,
     ``out_channels``, ``stride``. ``module`` is the attribute name in the block (torchvision's

@@ -19,7 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from rescompile.spec.expressions import Expression
 from rescompile.spec.models import (
     EXPRESSION_SCHEMA,
-    BlockSpec,
+    BlockFileSpec,
     HeadSpec,
     NetworkSpec,
     OpSpec,
@@ -32,7 +32,7 @@ from rescompile.spec.models import (
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 KINDS: Final[dict[str, type[BaseModel]]] = {
     "network": NetworkSpec,
-    "block": BlockSpec,
+    "block": BlockFileSpec,
     "stem": StemSpec,
     "shortcut": ShortcutSpec,
     "transition": TransitionSpec,
@@ -119,13 +119,18 @@ def json_schema(kind: str) -> dict[str, Any]:
     schema = KINDS[kind].model_json_schema(mode="validation", schema_generator=_Generator)
     _describe(schema)
     schema = {"$schema": DIALECT, "title": f"rescompile {kind} file", **schema}
-    if kind == "network":
-        # A network that extends another states only what differs: nothing is required of it.
+    if kind in ("network", "block"):
+        # A file that extends another states only what differs: only its name is required of it.
         required = schema.pop("required")
         schema["if"] = {"required": ["extends"]}
+        schema["then"] = {"required": ["name"]}
         schema["else"] = {"required": required}
-    nodes = schema.get("properties", {}).get("nodes")
-    if nodes is not None:
+    properties = schema.get("properties", {})
+    node_maps = [properties[key] for key in ("nodes", "replace") if key in properties]
+    node_maps += [
+        properties[key]["additionalProperties"] for key in ("insert_after", "insert_before") if key in properties
+    ]
+    for nodes in node_maps:
         # A node is one of the op models, chosen by ``op``. pydantic states that as a oneOf with a
         # discriminator mapping; the enum beside it gives editors the list of op names to offer and
         # a validator one clear message for an unknown op.

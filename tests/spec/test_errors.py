@@ -244,7 +244,7 @@ CASES = {
         "extends: resnet50_gn\nname: gn\nblock_parameters: {norm_groups: 7}\n",
         {},
         "net.yaml:3:33: layer1.0: bn1: group_norm groups=7 must divide the 64 channels (in built-in block "
-        f"'gn_bottleneck', {BUILTIN / 'blocks' / 'gn_bottleneck.yaml'}:9:8)",
+        f"'gn_bottleneck', {BUILTIN / 'blocks' / 'gn_bottleneck.yaml'}:8:8)",
     ),
     # Bounds a part declares on its parameters, checked at the value the network gives.
     "builtin_ratio_out_of_bounds": (

@@ -114,6 +114,10 @@ BAD_BLOCKS = {
     "unknown op": BLOCK.replace("op: conv", "op: convolution"),
     "unknown key in a node": BLOCK.replace("padding: 1", "padding: 1, pading: 1"),
     "wrong type": BLOCK.replace("inputs: [conv1, shortcut]", "inputs: conv1"),
+    "unknown op inserted by an extension": "name: tiny\nextends: basic\ninsert_after:\n  bn1:\n    x2: {op: relux}\n",
+    "extension without a name": "extends: basic\nremove: [relu1]\n",
+    "extension removing a name that is not text": "name: tiny\nextends: basic\nremove: [{relu1: 1}]\n",
+    "extension replacing with an unknown key": "name: tiny\nextends: basic\nreplace:\n  bn1: {op: relu, kernel: 3}\n",
 }
 
 
