@@ -291,6 +291,7 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "layer_norm": _layer_norm,
     # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
     "gelu": lambda node, in_shape: Lowering(function="nnx.gelu", arguments=[("approximate", "False")]),
+    "hardswish": lambda node, in_shape: Lowering(function="nnx.hard_swish"),
     "layer_scale": lambda node, in_shape: Lowering(
         layer=("LayerScale", [render(node.attributes["channels"]), render(node.attributes["init"])])
     ),

@@ -589,6 +589,12 @@ def _gelu(builder: _Builder, site: Site) -> None:
     builder.node("Mul", [product, _constant(builder, f"{name}.half", np.array(0.5, np.float32))], site)
 
 
+def _hardswish(builder: _Builder, site: Site) -> None:
+    # x * HardSigmoid(x) with torch's slope and offset (HardSwish exists only from opset 14).
+    gate = _append(builder, "HardSigmoid", [site.inputs[0]], f"{site.name}.gate", alpha=1 / 6, beta=0.5)
+    builder.node("Mul", [site.inputs[0], gate], site)
+
+
 def _layer_scale(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, LayerScale)
@@ -631,6 +637,7 @@ EMITTERS: dict[str, Emitter] = {
     "softmax": _softmax,
     "layer_norm": _layer_norm,
     "gelu": _gelu,
+    "hardswish": _hardswish,
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
 }

@@ -111,9 +111,13 @@ def _batch_norm(node: SourceNode) -> Layer:
     )
 
 
-def _relu(node: SourceNode) -> Layer:
+def _in_place(node: SourceNode) -> list[str]:
     # In place only where the input is dead afterwards (never the block input, which the shortcut reads).
-    return ("nn.ReLU", ["inplace=True"] if node.sole_reader else [])
+    return ["inplace=True"] if node.sole_reader else []
+
+
+def _relu(node: SourceNode) -> Layer:
+    return ("nn.ReLU", _in_place(node))
 
 
 def _pool(callee: str) -> Callable[[SourceNode], Layer]:
@@ -371,6 +375,7 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "gelu": lambda node: ("nn.GELU", []),
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
+    "hardswish": lambda node: ("nn.Hardswish", _in_place(node)),
 }
 # Stored nodes that are not called as ``self.layer(x)``: how forward applies them ("{layer}" is the
 # attribute, "{0}" the input). A layer scale is a parameter, broadcast over (batch, C, H, W).

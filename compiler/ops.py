@@ -910,6 +910,13 @@ class Gelu(Elementwise):
 
 
 @dataclass(frozen=True)
+class Hardswish(Elementwise):
+    """``x * relu6(x + 3) / 6`` elementwise (torch's ``nn.Hardswish``; Howard et al. 2019)."""
+
+    kind: ClassVar[str] = "hardswish"
+
+
+@dataclass(frozen=True)
 class LayerScale(_Normalization):
     """A learned per-channel scale (Touvron et al. 2021; ConvNeXt's ``gamma``): ``x * gamma[c]``
     over each channel ``c`` of a C×H×W value. Its one tensor, ``(C,)``, is named by the node itself
@@ -997,6 +1004,7 @@ Op = (
     | Softmax
     | LayerNorm
     | Gelu
+    | Hardswish
     | LayerScale
     | PointwiseLinear
 )
@@ -1024,6 +1032,7 @@ OP_TYPES: tuple[type[Op], ...] = (
     Softmax,
     LayerNorm,
     Gelu,
+    Hardswish,
     LayerScale,
     PointwiseLinear,
 )

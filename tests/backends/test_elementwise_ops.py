@@ -23,6 +23,7 @@ REFERENCES: dict[str, torch.nn.Module] = {
     "relu": torch.nn.ReLU(),
     "sigmoid": torch.nn.Sigmoid(),
     "gelu": torch.nn.GELU(),
+    "hardswish": torch.nn.Hardswish(),
 }
 """torch.nn's module for each elementwise op with its default attributes."""
 
