@@ -26,7 +26,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from rescompile.spec.expressions import Expression, parse_expression
 
@@ -903,10 +903,12 @@ class LayerNorm(_Normalization):
 
 @dataclass(frozen=True)
 class Gelu(Elementwise):
-    """The exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` elementwise (torch's default, not the
-    tanh approximation)."""
+    """GELU elementwise, as torch's ``nn.GELU``: exact, ``x * (1 + erf(x / sqrt(2))) / 2`` (the
+    default), or with ``approximate: tanh``, ``x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x³))) / 2``."""
 
     kind: ClassVar[str] = "gelu"
+    descriptions: ClassVar[Mapping[str, str]] = {"approximate": "none: the exact GELU (erf); tanh: its tanh form."}
+    approximate: Literal["none", "tanh"] = "none"
 
 
 @dataclass(frozen=True)
@@ -914,6 +916,43 @@ class Hardswish(Elementwise):
     """``x * relu6(x + 3) / 6`` elementwise (torch's ``nn.Hardswish``; Howard et al. 2019)."""
 
     kind: ClassVar[str] = "hardswish"
+
+
+@dataclass(frozen=True)
+class Relu6(Elementwise):
+    """``min(max(x, 0), 6)`` elementwise (torch's ``nn.ReLU6``; MobileNetV2)."""
+
+    kind: ClassVar[str] = "relu6"
+
+
+@dataclass(frozen=True)
+class LeakyRelu(Elementwise):
+    """``x`` where ``x >= 0``, else ``negative_slope * x`` (torch's ``nn.LeakyReLU``)."""
+
+    kind: ClassVar[str] = "leaky_relu"
+    descriptions: ClassVar[Mapping[str, str]] = {"negative_slope": "The slope below 0 (torch's default 0.01)."}
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class Hardsigmoid(Elementwise):
+    """``relu6(x + 3) / 6`` elementwise (torch's ``nn.Hardsigmoid``; MobileNetV3's gate)."""
+
+    kind: ClassVar[str] = "hardsigmoid"
+
+
+@dataclass(frozen=True)
+class Silu(Elementwise):
+    """``x * sigmoid(x)`` elementwise (torch's ``nn.SiLU``, also called swish)."""
+
+    kind: ClassVar[str] = "silu"
+
+
+@dataclass(frozen=True)
+class Mish(Elementwise):
+    """``x * tanh(softplus(x))``, ``softplus(x) = log(1 + exp(x))``, elementwise (torch's ``nn.Mish``)."""
+
+    kind: ClassVar[str] = "mish"
 
 
 @dataclass(frozen=True)
@@ -1005,6 +1044,11 @@ Op = (
     | LayerNorm
     | Gelu
     | Hardswish
+    | Relu6
+    | LeakyRelu
+    | Hardsigmoid
+    | Silu
+    | Mish
     | LayerScale
     | PointwiseLinear
 )
@@ -1033,6 +1077,11 @@ OP_TYPES: tuple[type[Op], ...] = (
     LayerNorm,
     Gelu,
     Hardswish,
+    Relu6,
+    LeakyRelu,
+    Hardsigmoid,
+    Silu,
+    Mish,
     LayerScale,
     PointwiseLinear,
 )

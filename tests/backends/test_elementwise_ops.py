@@ -24,10 +24,18 @@ REFERENCES: dict[str, torch.nn.Module] = {
     "sigmoid": torch.nn.Sigmoid(),
     "gelu": torch.nn.GELU(),
     "hardswish": torch.nn.Hardswish(),
+    "relu6": torch.nn.ReLU6(),
+    "leaky_relu": torch.nn.LeakyReLU(),
+    "hardsigmoid": torch.nn.Hardsigmoid(),
+    "silu": torch.nn.SiLU(),
+    "mish": torch.nn.Mish(),
 }
 """torch.nn's module for each elementwise op with its default attributes."""
 
-VARIANTS: list[tuple[str, Mapping[str, object], torch.nn.Module]] = []
+VARIANTS: list[tuple[str, Mapping[str, object], torch.nn.Module]] = [
+    ("leaky_relu", {"negative_slope": 0.25}, torch.nn.LeakyReLU(0.25)),  # exact in float32, as torch's float64
+    ("gelu", {"approximate": "tanh"}, torch.nn.GELU(approximate="tanh")),
+]
 """Ops with attributes other than their defaults, and torch.nn's module for them."""
 
 CASES = [pytest.param(kind, {}, id=kind) for kind in ELEMENTWISE_OP_KINDS] + [
