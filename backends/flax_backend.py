@@ -290,7 +290,17 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "layer_norm": _layer_norm,
     # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
-    "gelu": lambda node, in_shape: Lowering(function="nnx.gelu", arguments=[("approximate", "False")]),
+    "gelu": lambda node, in_shape: Lowering(
+        function="nnx.gelu", arguments=[("approximate", str(node.attributes["approximate"] == "tanh"))]
+    ),
+    "hardswish": lambda node, in_shape: Lowering(function="nnx.hard_swish"),
+    "relu6": lambda node, in_shape: Lowering(function="nnx.relu6"),
+    "leaky_relu": lambda node, in_shape: Lowering(
+        function="nnx.leaky_relu", arguments=[("negative_slope", render(node.attributes["negative_slope"]))]
+    ),
+    "hardsigmoid": lambda node, in_shape: Lowering(function="nnx.hard_sigmoid"),
+    "silu": lambda node, in_shape: Lowering(function="nnx.silu"),
+    "mish": lambda node, in_shape: Lowering(function="jax.nn.mish"),
     "layer_scale": lambda node, in_shape: Lowering(
         layer=("LayerScale", [render(node.attributes["channels"]), render(node.attributes["init"])])
     ),

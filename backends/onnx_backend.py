@@ -56,7 +56,7 @@ from rescompile.compiler.ir import (
     Softmax,
     Subsample,
 )
-from rescompile.compiler.ops import LayerNorm, LayerScale, PointwiseLinear, binomial_filter
+from rescompile.compiler.ops import Gelu, LayerNorm, LayerScale, LeakyRelu, PointwiseLinear, binomial_filter
 from rescompile.compiler.weights import (
     Weights,
     check_weights,
@@ -576,17 +576,71 @@ def _layer_norm(builder: _Builder, site: Site) -> None:
 
 
 def _gelu(builder: _Builder, site: Site) -> None:
-    # x * (1 + erf(x / sqrt(2))) / 2, as torch computes it (Gelu exists only from opset 20).
-    x, name = site.inputs[0], site.name
-    scaled = _append(
-        builder, "Mul", [x, _constant(builder, f"{name}.sqrt_half", np.array(0.5**0.5, np.float32))], f"{name}.scaled"
-    )
-    erf = _append(builder, "Erf", [scaled], f"{name}.erf")
+    # x * (1 + erf(x / sqrt(2))) / 2, or x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x³))) / 2, as
+    # torch computes them (Gelu exists only from opset 20).
+    op, x, name = site.node.op, site.inputs[0], site.name
+    assert isinstance(op, Gelu)
+    if op.approximate == "tanh":
+        square = _append(builder, "Mul", [x, x], f"{name}.square")
+        cube = _append(builder, "Mul", [square, x], f"{name}.cube")
+        cubic = _append(
+            builder,
+            "Mul",
+            [cube, _constant(builder, f"{name}.coefficient", np.array(0.044715, np.float32))],
+            f"{name}.cubic",
+        )
+        inner = _append(builder, "Add", [x, cubic], f"{name}.inner")
+        root = np.array((2 / np.pi) ** 0.5, np.float32)
+        scaled = _append(builder, "Mul", [inner, _constant(builder, f"{name}.sqrt_2_over_pi", root)], f"{name}.scaled")
+        curve = _append(builder, "Tanh", [scaled], f"{name}.tanh")
+    else:
+        scaled = _append(
+            builder,
+            "Mul",
+            [x, _constant(builder, f"{name}.sqrt_half", np.array(0.5**0.5, np.float32))],
+            f"{name}.scaled",
+        )
+        curve = _append(builder, "Erf", [scaled], f"{name}.erf")
     plus_one = _append(
-        builder, "Add", [erf, _constant(builder, f"{name}.one", np.array(1.0, np.float32))], f"{name}.plus_one"
+        builder, "Add", [curve, _constant(builder, f"{name}.one", np.array(1.0, np.float32))], f"{name}.plus_one"
     )
     product = _append(builder, "Mul", [x, plus_one], f"{name}.product")
     builder.node("Mul", [product, _constant(builder, f"{name}.half", np.array(0.5, np.float32))], site)
+
+
+def _hardswish(builder: _Builder, site: Site) -> None:
+    # x * HardSigmoid(x) with torch's slope and offset (HardSwish exists only from opset 14).
+    gate = _append(builder, "HardSigmoid", [site.inputs[0]], f"{site.name}.gate", alpha=1 / 6, beta=0.5)
+    builder.node("Mul", [site.inputs[0], gate], site)
+
+
+def _relu6(builder: _Builder, site: Site) -> None:
+    low, high = (
+        _constant(builder, f"{site.name}.{end}", np.array(v, np.float32)) for end, v in (("low", 0), ("high", 6))
+    )
+    builder.node("Clip", [site.inputs[0], low, high], site)
+
+
+def _leaky_relu(builder: _Builder, site: Site) -> None:
+    op = site.node.op
+    assert isinstance(op, LeakyRelu)
+    builder.node("LeakyRelu", [site.inputs[0]], site, alpha=op.negative_slope)
+
+
+def _hardsigmoid(builder: _Builder, site: Site) -> None:
+    builder.node("HardSigmoid", [site.inputs[0]], site, alpha=1 / 6, beta=0.5)
+
+
+def _silu(builder: _Builder, site: Site) -> None:
+    gate = _append(builder, "Sigmoid", [site.inputs[0]], f"{site.name}.gate")
+    builder.node("Mul", [site.inputs[0], gate], site)
+
+
+def _mish(builder: _Builder, site: Site) -> None:
+    # x * tanh(softplus(x)) (Mish exists only from opset 18).
+    softplus = _append(builder, "Softplus", [site.inputs[0]], f"{site.name}.softplus")
+    gate = _append(builder, "Tanh", [softplus], f"{site.name}.tanh")
+    builder.node("Mul", [site.inputs[0], gate], site)
 
 
 def _layer_scale(builder: _Builder, site: Site) -> None:
@@ -631,6 +685,12 @@ EMITTERS: dict[str, Emitter] = {
     "softmax": _softmax,
     "layer_norm": _layer_norm,
     "gelu": _gelu,
+    "hardswish": _hardswish,
+    "relu6": _relu6,
+    "leaky_relu": _leaky_relu,
+    "hardsigmoid": _hardsigmoid,
+    "silu": _silu,
+    "mish": _mish,
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
 }

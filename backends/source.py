@@ -58,10 +58,6 @@ from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
 from rescompile.spec.models import RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
-NORMALIZATIONS = ("batch_norm", "group_norm")
-"""Op kinds with an affine ``weight`` that ``zero_init`` zeroes for ``zero_init_residual``."""
-VIEW_KINDS = ("channel_slice",)
-"""Op kinds whose torch output is a view of their input (no in-place op may write into it)."""
 LINE_LENGTH = 120
 """Generated files are laid out for this line length, the project's ruff setting."""
 
@@ -300,7 +296,7 @@ def source_nodes(
     (a block's shortcut module reading a pre-activation), which keep a variable of their own."""
     variables = _variables(nodes, input_variable, chain_variable, renamed or {}, also_read)
     # A channel slice is a view of its input: writing into one in place would change its siblings.
-    views = {node.name for node in nodes if node.kind in VIEW_KINDS}
+    views = {node.name for node in nodes if node.op_type.view}
     result: list[SourceNode] = []
     for node in nodes:
         readers = [other for other in nodes if node.inputs and node.inputs[0] in other.inputs]
@@ -461,7 +457,7 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
-        zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
+        zero_init = [node.name for node in nodes if node.op_type.normalization and node.attribute("zero_init") is True]
         containers: list[ContainerClass] = []
         for prefix, _ in definition.classes:
             name = names.containers[(definition.name, prefix)]

@@ -111,9 +111,13 @@ def _batch_norm(node: SourceNode) -> Layer:
     )
 
 
-def _relu(node: SourceNode) -> Layer:
+def _in_place(node: SourceNode) -> list[str]:
     # In place only where the input is dead afterwards (never the block input, which the shortcut reads).
-    return ("nn.ReLU", ["inplace=True"] if node.sole_reader else [])
+    return ["inplace=True"] if node.sole_reader else []
+
+
+def _relu(node: SourceNode) -> Layer:
+    return ("nn.ReLU", _in_place(node))
 
 
 def _pool(callee: str) -> Callable[[SourceNode], Layer]:
@@ -368,9 +372,18 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "concat": Inline("torch.cat([{all}], 1)"),
     "softmax": _channel_softmax,
     "layer_norm": _layer_norm,
-    "gelu": lambda node: ("nn.GELU", []),
+    "gelu": lambda node: ("nn.GELU", _optional("approximate", node.attributes["approximate"], "none")),
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
+    "hardswish": lambda node: ("nn.Hardswish", _in_place(node)),
+    "relu6": lambda node: ("nn.ReLU6", _in_place(node)),
+    "leaky_relu": lambda node: (
+        "nn.LeakyReLU",
+        _optional("negative_slope", node.attributes["negative_slope"], 0.01) + _in_place(node),
+    ),
+    "hardsigmoid": lambda node: ("nn.Hardsigmoid", _in_place(node)),
+    "silu": lambda node: ("nn.SiLU", _in_place(node)),
+    "mish": lambda node: ("nn.Mish", _in_place(node)),
 }
 # Stored nodes that are not called as ``self.layer(x)``: how forward applies them ("{layer}" is the
 # attribute, "{0}" the input). A layer scale is a parameter, broadcast over (batch, C, H, W).

@@ -18,6 +18,7 @@ from typing import Literal
 from rescompile.compiler.ops import (
     OP_KINDS,
     OP_TYPES,
+    OPS,
     Add,
     Attribute,
     AvgPool,
@@ -165,6 +166,11 @@ class SymbolicNode:
 
     def attribute(self, name: str) -> Attribute:
         return dict(self.attributes)[name]
+
+    @property
+    def op_type(self) -> type[Op]:
+        """Its op's class in the op table, whose traits say what kind of op it is."""
+        return OPS[self.kind]
 
 
 @dataclass(frozen=True)

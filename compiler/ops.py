@@ -26,7 +26,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from rescompile.spec.expressions import Expression, parse_expression
 
@@ -195,6 +195,19 @@ class OpBase:
     """Attributes that are real numbers rather than integers, each with its range ``[low, high)``."""
     inference_identity: ClassVar[bool] = False
     """Whether it returns its input unchanged at inference (no activation of its own)."""
+    family: ClassVar[str] = "data"
+    """What kind of op it is, for pictures: linear, norm, activation, pool, join or data."""
+    normalization: ClassVar[bool] = False
+    """A normalisation with an affine ``weight`` that ``zero_init`` zeroes for ``zero_init_residual``."""
+    view: ClassVar[bool] = False
+    """Its torch output is a view of its input (no in-place op may write into it)."""
+    foreign_names: ClassVar[tuple[str, ...]] = ()
+    """torch's and timm's names for it (lower case, without '_'), which a spec's ``op`` is told to replace."""
+    spec_from_fields: ClassVar[bool] = False
+    """Its spec model (the YAML keys it takes) is derived from its fields (``spec.models``): an int
+    field is an expression, a float a number, a ``Literal`` a choice, each with its default."""
+    descriptions: ClassVar[Mapping[str, str]] = {}
+    """What each field means, for a derived spec model (and so the JSON Schema)."""
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -235,6 +248,8 @@ class Conv(OpBase):
     raw weight is what is stored (``.weight``), so timm's state_dicts load unchanged."""
 
     kind: ClassVar[str] = "conv"
+    family: ClassVar[str] = "linear"
+    foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     in_channels: int
     out_channels: int
@@ -312,6 +327,9 @@ class BatchNorm(_Normalization):
     feeding ``running_var`` (torch's convention)."""
 
     kind: ClassVar[str] = "batch_norm"
+    family: ClassVar[str] = "norm"
+    normalization: ClassVar[bool] = True
+    foreign_names: ClassVar[tuple[str, ...]] = ("batchnorm2d",)
     channels: int
     epsilon: float
     momentum: float
@@ -346,6 +364,9 @@ class GroupNorm(_Normalization):
     per-channel ``weight`` and ``bias``. No running statistics: training and eval compute the same."""
 
     kind: ClassVar[str] = "group_norm"
+    family: ClassVar[str] = "norm"
+    normalization: ClassVar[bool] = True
+    foreign_names: ClassVar[tuple[str, ...]] = ("groupnorm",)
     channels: int
     groups: int
     epsilon: float
@@ -372,12 +393,22 @@ class GroupNorm(_Normalization):
         }
 
 
-@dataclass(frozen=True)
-class Relu(OpBase):
-    kind: ClassVar[str] = "relu"
+class Elementwise(OpBase):
+    """An activation of one value, applied to each element: it keeps the shape, has no parameters,
+    and its YAML keys are its fields."""
+
+    family: ClassVar[str] = "activation"
+    spec_from_fields: ClassVar[bool] = True
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _one(in_shapes, self.kind)
+
+
+@dataclass(frozen=True)
+class Relu(Elementwise):
+    """``max(x, 0)``, elementwise."""
+
+    kind: ClassVar[str] = "relu"
 
 
 def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
@@ -392,6 +423,8 @@ def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
 @dataclass(frozen=True)
 class MaxPool(OpBase):
     kind: ClassVar[str] = "max_pool"
+    family: ClassVar[str] = "pool"
+    foreign_names: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     kernel: Pair
     stride: Pair
@@ -410,6 +443,8 @@ class MaxPool(OpBase):
 @dataclass(frozen=True)
 class AvgPool(OpBase):
     kind: ClassVar[str] = "avg_pool"
+    family: ClassVar[str] = "pool"
+    foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     kernel: Pair
     stride: Pair
@@ -437,6 +472,8 @@ class GlobalAveragePool(OpBase):
     """Mean over height and width, keeping them as 1×1 (torch's ``AdaptiveAvgPool2d((1, 1))``)."""
 
     kind: ClassVar[str] = "global_average_pool"
+    family: ClassVar[str] = "pool"
+    foreign_names: ClassVar[tuple[str, ...]] = ("adaptiveavgpool2d",)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, _, _ = _image(in_shapes, self.kind)
@@ -462,6 +499,7 @@ class Flatten(OpBase):
 @dataclass(frozen=True)
 class Linear(OpBase):
     kind: ClassVar[str] = "linear"
+    family: ClassVar[str] = "linear"
     in_features: int
     out_features: int
     bias: bool
@@ -503,6 +541,7 @@ class Linear(OpBase):
 @dataclass(frozen=True)
 class Add(OpBase):
     kind: ClassVar[str] = "add"
+    family: ClassVar[str] = "join"
     shortcut_input: int | None
     """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
 
@@ -524,13 +563,10 @@ class Add(OpBase):
 
 
 @dataclass(frozen=True)
-class Sigmoid(OpBase):
+class Sigmoid(Elementwise):
     """``1 / (1 + exp(-x))``, elementwise."""
 
     kind: ClassVar[str] = "sigmoid"
-
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        return _one(in_shapes, self.kind)
 
 
 @dataclass(frozen=True)
@@ -540,6 +576,7 @@ class Mul(OpBase):
     shared, never broadcast."""
 
     kind: ClassVar[str] = "mul"
+    family: ClassVar[str] = "join"
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -559,6 +596,7 @@ class Subsample(OpBase):
     """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
 
     kind: ClassVar[str] = "subsample"
+    family: ClassVar[str] = "pool"
     stride: int
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
@@ -600,6 +638,8 @@ class BlurPool(OpBase):
     ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
 
     kind: ClassVar[str] = "blur_pool"
+    family: ClassVar[str] = "pool"
+    foreign_names: ClassVar[tuple[str, ...]] = ("blurpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     # Its filter is a constant per channel (no weight bounds it): 4,001 taps wrote a 1.5 GB ONNX
     # file. timm blurs with 3 to 7 taps; the filter is exact in float32 up to 25.
@@ -633,6 +673,7 @@ class ChannelConv(OpBase):
     fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
 
     kind: ClassVar[str] = "channel_conv"
+    family: ClassVar[str] = "linear"
     kernel: int
 
     @property
@@ -665,6 +706,7 @@ class Pad(OpBase):
     without padding, which differs from the pool's own padding (that never wins a max)."""
 
     kind: ClassVar[str] = "pad"
+    foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     padding: int
 
@@ -720,6 +762,7 @@ class ChannelSlice(OpBase):
     ``split``, which cuts the channels into consecutive parts (torch.split along dim 1). No MACs."""
 
     kind: ClassVar[str] = "channel_slice"
+    view: ClassVar[bool] = True
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
     start: int
     stop: int
@@ -767,6 +810,7 @@ class Concat(OpBase):
     their heights and widths are equal. No MACs."""
 
     kind: ClassVar[str] = "concat"
+    family: ClassVar[str] = "join"
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -802,6 +846,7 @@ class Softmax(OpBase):
     FlopCounterMode counts none)."""
 
     kind: ClassVar[str] = "softmax"
+    family: ClassVar[str] = "activation"
     over: int
     groups: int
     transpose: bool
@@ -836,6 +881,8 @@ class LayerNorm(_Normalization):
     the C channels. No running statistics: training and eval compute the same."""
 
     kind: ClassVar[str] = "layer_norm"
+    family: ClassVar[str] = "norm"
+    foreign_names: ClassVar[tuple[str, ...]] = ("layernorm2d",)
     channels: int
     epsilon: float
 
@@ -855,14 +902,57 @@ class LayerNorm(_Normalization):
 
 
 @dataclass(frozen=True)
-class Gelu(OpBase):
-    """The exact GELU, ``x * (1 + erf(x / sqrt(2))) / 2`` elementwise (torch's default, not the
-    tanh approximation)."""
+class Gelu(Elementwise):
+    """GELU elementwise, as torch's ``nn.GELU``: exact, ``x * (1 + erf(x / sqrt(2))) / 2`` (the
+    default), or with ``approximate: tanh``, ``x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x³))) / 2``."""
 
     kind: ClassVar[str] = "gelu"
+    descriptions: ClassVar[Mapping[str, str]] = {"approximate": "none: the exact GELU (erf); tanh: its tanh form."}
+    approximate: Literal["none", "tanh"] = "none"
 
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        return _one(in_shapes, self.kind)
+
+@dataclass(frozen=True)
+class Hardswish(Elementwise):
+    """``x * relu6(x + 3) / 6`` elementwise (torch's ``nn.Hardswish``; Howard et al. 2019)."""
+
+    kind: ClassVar[str] = "hardswish"
+
+
+@dataclass(frozen=True)
+class Relu6(Elementwise):
+    """``min(max(x, 0), 6)`` elementwise (torch's ``nn.ReLU6``; MobileNetV2)."""
+
+    kind: ClassVar[str] = "relu6"
+
+
+@dataclass(frozen=True)
+class LeakyRelu(Elementwise):
+    """``x`` where ``x >= 0``, else ``negative_slope * x`` (torch's ``nn.LeakyReLU``)."""
+
+    kind: ClassVar[str] = "leaky_relu"
+    descriptions: ClassVar[Mapping[str, str]] = {"negative_slope": "The slope below 0 (torch's default 0.01)."}
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class Hardsigmoid(Elementwise):
+    """``relu6(x + 3) / 6`` elementwise (torch's ``nn.Hardsigmoid``; MobileNetV3's gate)."""
+
+    kind: ClassVar[str] = "hardsigmoid"
+
+
+@dataclass(frozen=True)
+class Silu(Elementwise):
+    """``x * sigmoid(x)`` elementwise (torch's ``nn.SiLU``, also called swish)."""
+
+    kind: ClassVar[str] = "silu"
+
+
+@dataclass(frozen=True)
+class Mish(Elementwise):
+    """``x * tanh(softplus(x))``, ``softplus(x) = log(1 + exp(x))``, elementwise (torch's ``nn.Mish``)."""
+
+    kind: ClassVar[str] = "mish"
 
 
 @dataclass(frozen=True)
@@ -872,6 +962,7 @@ class LayerScale(_Normalization):
     (no suffix: timm stores ``stages.0.blocks.0.gamma`` on the block), initialised to ``init``."""
 
     kind: ClassVar[str] = "layer_scale"
+    family: ClassVar[str] = "norm"
     channels: int
     init: float
 
@@ -894,6 +985,7 @@ class PointwiseLinear(OpBase):
     conv's. MACs ``H × W × in × out``, as torch's flop counter counts that ``nn.Linear``."""
 
     kind: ClassVar[str] = "pointwise_linear"
+    family: ClassVar[str] = "linear"
     in_channels: int
     out_channels: int
     bias: bool
@@ -951,6 +1043,12 @@ Op = (
     | Softmax
     | LayerNorm
     | Gelu
+    | Hardswish
+    | Relu6
+    | LeakyRelu
+    | Hardsigmoid
+    | Silu
+    | Mish
     | LayerScale
     | PointwiseLinear
 )
@@ -978,6 +1076,12 @@ OP_TYPES: tuple[type[Op], ...] = (
     Softmax,
     LayerNorm,
     Gelu,
+    Hardswish,
+    Relu6,
+    LeakyRelu,
+    Hardsigmoid,
+    Silu,
+    Mish,
     LayerScale,
     PointwiseLinear,
 )

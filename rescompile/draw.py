@@ -70,28 +70,6 @@ OP_COLOURS = {
     "data": "#f7f7f7",
     "shortcut": "#f8d7d3",
 }
-FAMILIES = {
-    "conv": "linear",
-    "pointwise_linear": "linear",
-    "linear": "linear",
-    "channel_conv": "linear",
-    "batch_norm": "norm",
-    "group_norm": "norm",
-    "layer_norm": "norm",
-    "layer_scale": "norm",
-    "relu": "activation",
-    "gelu": "activation",
-    "sigmoid": "activation",
-    "softmax": "activation",
-    "max_pool": "pool",
-    "avg_pool": "pool",
-    "global_average_pool": "pool",
-    "blur_pool": "pool",
-    "subsample": "pool",
-    "add": "join",
-    "mul": "join",
-    "concat": "join",
-}
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -390,7 +368,7 @@ def block_layout(module: Module) -> tuple[list[Placed], list[Route]]:
     colours = {MODULE_INPUT: COLOURS["input"]}
     for node in module.nodes:
         labels[node.name] = (op_label(node.op), f"{node.name}  {_shape(node.shape)}")
-        family = "shortcut" if node.name in in_shortcut else FAMILIES.get(node.op.kind, "data")
+        family = "shortcut" if node.name in in_shortcut else node.op.family
         colours[node.name] = OP_COLOURS[family]
     vertices: dict[str, Vertex] = {}
     for name, (label, detail) in labels.items():

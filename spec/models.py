@@ -8,11 +8,13 @@ words, unknown keys are rejected, and ops are a discriminated union on ``op``.
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import math
 import re
 import struct
-from typing import Annotated, Any, Literal
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -22,9 +24,12 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
+from rescompile.compiler.ops import OP_TYPES
+from rescompile.compiler.ops import OpBase as IrOp
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 
 REQUIRED = "required"
@@ -286,10 +291,6 @@ class GroupNormSpec(OpBase):
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
 
-class ReluSpec(OpBase):
-    op: Literal["relu"]
-
-
 class MaxPoolSpec(OpBase):
     op: Literal["max_pool"]
     kernel: Expr
@@ -344,10 +345,6 @@ class MulSpec(BinarySpec):
 
     op: Literal["mul"]
     inputs: tuple[str, str] = Field(description="The two values to multiply.")
-
-
-class SigmoidSpec(OpBase):
-    op: Literal["sigmoid"]
 
 
 class SubsampleSpec(OpBase):
@@ -467,12 +464,6 @@ class LayerNormSpec(OpBase):
     )
 
 
-class GeluSpec(OpBase):
-    """The exact GELU, x * (1 + erf(x / sqrt(2))) / 2 (torch's default)."""
-
-    op: Literal["gelu"]
-
-
 class LayerScaleSpec(OpBase):
     """A learned per-channel scale (ConvNeXt's gamma), stored under the node's own name."""
 
@@ -490,11 +481,51 @@ class PointwiseLinearSpec(OpBase):
     bias: bool = True
 
 
+def _field_type(op_type: type[IrOp], name: str, annotation: Any) -> Any:
+    """A derived spec field's type: an int is an expression over the part's parameters, a float a
+    float32 number, a Literal the choice it states."""
+    if annotation is int:
+        return Expr
+    if annotation is float:
+        return Float32
+    if annotation is bool or typing.get_origin(annotation) is Literal:
+        return annotation
+    raise TypeError(f"{op_type.__name__}.{name}: a spec cannot be derived from a field of type {annotation}")
+
+
+def derived_op_spec(op_type: type[IrOp]) -> type[OpBase]:
+    """The spec model of an op whose YAML keys are its fields (``spec_from_fields``): ``relu``'s
+    is ``{op: relu}``, ``leaky_relu``'s adds ``negative_slope`` with the op's default."""
+    hints = typing.get_type_hints(op_type)
+    fields: dict[str, Any] = {"op": (Literal[op_type.kind], ...)}
+    for field in dataclasses.fields(op_type):  # type: ignore[arg-type]
+        default = field.default
+        if hints[field.name] is int and isinstance(default, int):
+            default = parse_expression(default)
+        description = op_type.descriptions.get(field.name)
+        fields[field.name] = (
+            _field_type(op_type, field.name, hints[field.name]),
+            Field(default, description=description),
+        )
+    name = f"{op_type.__name__}Spec"
+    return create_model(name, __base__=OpBase, __doc__=op_type.__doc__, __module__=__name__, **fields)
+
+
+DERIVED_OP_SPECS = tuple(derived_op_spec(op_type) for op_type in OP_TYPES if op_type.spec_from_fields)
+"""The spec models of the ops whose YAML keys are their fields, in the op table's order."""
+if TYPE_CHECKING:
+
+    class DerivedOpSpec(OpBase):
+        op: str
+
+else:
+    DerivedOpSpec = typing.Union[DERIVED_OP_SPECS]  # noqa: UP007 (a union of a computed tuple)
+
+
 OpSpec = Annotated[
     ConvSpec
     | BatchNormSpec
     | GroupNormSpec
-    | ReluSpec
     | MaxPoolSpec
     | AvgPoolSpec
     | GlobalAveragePoolSpec
@@ -502,7 +533,6 @@ OpSpec = Annotated[
     | LinearSpec
     | AddSpec
     | MulSpec
-    | SigmoidSpec
     | SubsampleSpec
     | PadSpec
     | PadChannelsSpec
@@ -515,9 +545,9 @@ OpSpec = Annotated[
     | SoftmaxSpec
     | RepeatSpec
     | LayerNormSpec
-    | GeluSpec
     | LayerScaleSpec
-    | PointwiseLinearSpec,
+    | PointwiseLinearSpec
+    | DerivedOpSpec,
     Field(discriminator="op"),
 ]
 RepeatSpec.model_rebuild()
@@ -540,18 +570,7 @@ FOREIGN_KEYS: dict[str, str] = {
 }
 """torch's and timm's names for node attributes (``nn.Conv2d(kernel_size=...)``), by the key that
 means the same here; an unknown key found in it names ours where the op takes it."""
-FOREIGN_OPS: dict[str, str] = {
-    "conv2d": "conv",
-    "stdconv2d": "conv",
-    "batchnorm2d": "batch_norm",
-    "maxpool2d": "max_pool",
-    "avgpool2d": "avg_pool",
-    "adaptiveavgpool2d": "global_average_pool",
-    "groupnorm": "group_norm",
-    "layernorm2d": "layer_norm",
-    "blurpool2d": "blur_pool",
-    "zeropad2d": "pad",
-}
+FOREIGN_OPS: dict[str, str] = {name: op.kind for op in OP_TYPES for name in op.foreign_names}
 """torch's and timm's layer names (lower case, without '_'), by our op: ``op: Conv2d`` names ``conv``."""
 INFERRED_KEYS = frozenset({"in_channels", "in_features", "num_features", "num_channels", "normalized_shape", "dim"})
 """torch's constructor arguments that are a node's input size: here it comes from the value the node reads."""

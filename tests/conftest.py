@@ -5,11 +5,14 @@
 """
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 from _pytest.mark import ParameterSet
 from hypothesis import HealthCheck, settings
+
+from rescompile.compiler.ops import OP_TYPES, Elementwise
 
 settings.register_profile(
     "ci",
@@ -71,6 +74,32 @@ PART_COVERING_PRESETS = frozenset(
 of the built-ins (tests/backends/test_emitter_tables.py checks it). A part compiles to the same code in
 every network that uses it, so tests that compare backends network by network run these by default
 and the other built-ins in the slow tail."""
+
+
+ELEMENTWISE_OP_KINDS = tuple(op_type.kind for op_type in OP_TYPES if issubclass(op_type, Elementwise))
+"""The op table's elementwise activations: each is covered by :func:`elementwise_network`, built from
+the table, rather than by a built-in."""
+
+
+def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object] | None = None) -> Path:
+    """A small network (``net.yaml`` in ``folder``) whose one block is ``x + op(conv(x))`` for the
+    op ``kind`` with ``attributes`` (its defaults where none): the op between a conv and the residual
+    add, where every backend writes it inside a block class."""
+    options = "".join(f", {key}: {value}" for key, value in (attributes or {}).items())
+    (folder / "blocks").mkdir(exist_ok=True)
+    (folder / "blocks" / "op_block.yaml").write_text(
+        "name: op_block\nout_channels: width\nnodes:\n"
+        "  conv: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1, bias: true}\n"
+        f"  act: {{op: {kind}{options}}}\n"
+        "  add: {op: add, inputs: [act, shortcut]}\n"
+    )
+    network = folder / "net.yaml"
+    network.write_text(
+        f"name: {kind}_net\ninput: {{channels: 3, size: 8}}\nstem: cifar\nblock: op_block\nshortcut: B\n"
+        "stages:\n  - {depth: 1, width: 16}\n  - {depth: 1, width: 32, stride: 2}\n"
+        "head: classifier\nhead_parameters: {classes: 10}\n"
+    )
+    return network
 
 
 def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:

@@ -6,7 +6,7 @@ import pytest
 
 from rescompile.compiler import compile_spec
 from rescompile.compiler.ir import AvgPool, Conv, MaxPool, Pad, PadChannels, Subsample
-from rescompile.compiler.ops import Mul, ShapeError, Sigmoid
+from rescompile.compiler.ops import OP_TYPES, Elementwise, Mul, ShapeError, Sigmoid
 
 SQUARE_PAD_1 = ((1, 1), (1, 1))
 
@@ -85,3 +85,14 @@ def test_mul_broadcasts_a_channel_gate_and_refuses_what_numpy_would() -> None:
 
 def test_sigmoid_keeps_its_input_shape() -> None:
     assert Sigmoid().output_shape(((8, 5, 6),)) == (8, 5, 6)
+
+
+@pytest.mark.parametrize(
+    "op_type", [op_type for op_type in OP_TYPES if issubclass(op_type, Elementwise)], ids=lambda op_type: op_type.kind
+)
+def test_an_elementwise_op_keeps_its_input_shape_and_takes_one_input(op_type: type[Elementwise]) -> None:
+    op = op_type()
+    assert op.output_shape(((16, 7, 5),)) == (16, 7, 5)
+    assert op.output_shape(((10,),)) == (10,)
+    with pytest.raises(ShapeError, match="takes one input, got 2"):
+        op.output_shape(((16, 7, 5), (16, 7, 5)))

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from rescompile.compiler import compile_spec
+from rescompile.compiler import OP_KINDS, compile_spec
 from rescompile.spec import RescompileError
 from rescompile.spec.errors import EXCERPT_VARIABLE, Location, render, source_excerpt, wants_excerpt
 from rescompile.spec.loader import builtin_directory
+from rescompile.spec.models import TEMPLATE_OPS
 
 BUILTIN = builtin_directory()
+VALID_OPS = ", ".join(sorted((*OP_KINDS, *TEMPLATE_OPS)))
+"""The op names a node may take, from the op table (and the spec's template ops)."""
 KNOWN_BLOCKS = ", ".join(sorted(path.stem for path in (builtin_directory() / "blocks").glob("*.yaml")))
 """The built-in blocks, as an unknown block's error lists them."""
 
@@ -162,10 +165,7 @@ CASES = {
             "blocks/mine.yaml": "name: mine\nout_channels: width\nnodes:\n"
             "  conv1: {op: cnv, out_channels: width, kernel: 3}\n"
         },
-        "blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: add, avg_pool, "
-        "batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, drop_path, flatten, gelu, "
-        "global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, pad, pad_channels, "
-        "pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+        f"blocks/mine.yaml:4:15: unknown op 'cnv' (did you mean 'conv'?) in nodes.conv1; valid ops: {VALID_OPS}",
     ),
     # Node attributes: a near miss, torch's and timm's names, and the op's own valid keys.
     "node_key_near_miss": (
@@ -228,9 +228,7 @@ CASES = {
         network(("block: basic", "block: mine")),
         {"blocks/mine.yaml": f"{MINE}  conv1: {{op: BatchNorm2d}}\n{ADD}"},
         "blocks/mine.yaml:4:15: unknown op 'BatchNorm2d' (torch's or timm's name; here it is 'batch_norm') in "
-        "nodes.conv1; valid ops: add, avg_pool, batch_norm, blur_pool, channel_conv, channel_slice, concat, conv, "
-        "drop_path, flatten, gelu, global_average_pool, group_norm, layer_norm, layer_scale, linear, max_pool, mul, "
-        "pad, pad_channels, pointwise_linear, relu, repeat, sigmoid, softmax, split, subsample",
+        f"nodes.conv1; valid ops: {VALID_OPS}",
     ),
     # An error inside a built-in part that a value of the user's caused is located at that value.
     "input_size_too_small_for_a_builtin": (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from rescompile.compiler.ops import OP_TYPES
 from rescompile.spec import models
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import load_part
@@ -22,6 +24,14 @@ FLOAT32_NODES = {
     ("group_norm", "epsilon"): "{op: group_norm, groups: 1, VALUE}",
     ("layer_norm", "epsilon"): "{op: layer_norm, VALUE}",
     ("layer_scale", "init"): "{op: layer_scale, VALUE}",
+    # An op whose spec is derived from its fields needs nothing but its float.
+    **{
+        (op_type.kind, field): f"{{op: {op_type.kind}, VALUE}}"
+        for op_type in OP_TYPES
+        if op_type.spec_from_fields
+        for field, annotation in get_type_hints(op_type).items()
+        if annotation is float
+    },
 }
 BLOCK = """name: t
 out_channels: width
