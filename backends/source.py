@@ -457,8 +457,10 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         fixed = dict(definition.fixed)
         parameters: dict[str, Value] = {name: value for name, value in definition.parameters if name not in fixed}
         nodes = list(definition.nodes)
-        # The shortcut's value is computed by the shortcut module, which the class receives.
-        read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
+        # The shortcut's value is computed by the shortcut module, which the class receives. A block
+        # class without a residual add (the policy ``none``) still takes the module (None) the stage passes.
+        residual = graph.residual and definition.residual
+        read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if residual else frozenset()
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.kind in NORMALIZATIONS and node.attribute("zero_init") is True]
@@ -474,9 +476,9 @@ def block_classes(graph: Graph) -> list[BlockClass]:
                 nodes=source,
                 parameters=parameters,
                 shortcut_attribute=attribute,
-                zero_init=zero_init if graph.residual else [],
+                zero_init=zero_init if residual else [],
                 derived=_derived(definition),
-                shortcut_source=variables[definition.shortcut_input] if graph.residual else "x",
+                shortcut_source=variables[definition.shortcut_input] if residual else "x",
                 python_name=names.parts[("block", definition.name)],
             )
         )
