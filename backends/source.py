@@ -852,19 +852,20 @@ def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str
     def construct(kind: str | None) -> str:
         return "None" if kind is None or kind == "identity" else constructors[kind]
 
-    changes = {
-        module.shortcut: module.in_shape[0] != (module.out_shape or (0,))[0] or module.parameter("stride") != 1
-        for module in graph.blocks
-    }
-    match_kind = next((kind for kind, change in changes.items() if not change), None)
-    change_kind = next((kind for kind, change in changes.items() if change), None)
-    if match_kind is None or change_kind is None or construct(match_kind) == construct(change_kind):
-        return [f"{attribute} = {construct(change_kind or match_kind)}"]
+    # Where shapes change or match, the kind of the blocks there: None (no residual add, the policy
+    # 'none') is a kind too, not a side without blocks.
+    kinds: dict[bool, str | None] = {}
+    for module in graph.blocks:
+        change = module.in_shape[0] != (module.out_shape or (0,))[0] or module.parameter("stride") != 1
+        kinds.setdefault(change, module.shortcut)
+    constructed = {change: construct(kind) for change, kind in kinds.items()}
+    if len(set(constructed.values())) == 1:
+        return [f"{attribute} = {next(iter(constructed.values()))}"]
     return [
         "if block_stride != 1 or in_channels != out_channels:",
-        f"    {attribute} = {construct(change_kind)}",
+        f"    {attribute} = {constructed[True]}",
         "else:",
-        f"    {attribute} = {construct(match_kind)}",
+        f"    {attribute} = {constructed[False]}",
     ]
 
 

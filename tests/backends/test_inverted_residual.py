@@ -18,6 +18,7 @@ from torch import nn
 
 from rescompile.backends import torch_backend
 from rescompile.backends.registry import BACKENDS
+from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.weights import weight_shapes
 from rescompile.testing import Tolerance, assert_close, count_macs, randomise_normalisation
@@ -141,3 +142,23 @@ def test_the_docs_commands_run(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "ir.py").is_file()
+
+
+def test_none_where_shapes_match_and_a_projection_where_they_change_in_every_backend(tmp_path: Path) -> None:
+    """The other side of a mapping: plain blocks where shapes match, projected residuals where they
+    change. No built module holds a shortcut for a block without a residual add."""
+    (tmp_path / "net.yaml").write_text(
+        "name: net\nextends: resnet18\ninput: {channels: 3, size: 40}\n"
+        "shortcut: {where_shapes_match: none, where_shapes_change: projection}\n"
+    )
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [block.shortcut for block in graph.blocks] == [None, None, *["projection", None] * 3]
+    expected = set(weight_shapes(graph))
+    assert {name for name in expected if "downsample" in name} == {
+        f"layer{stage}.0.downsample.{layer}.{tensor}"
+        for stage in (2, 3, 4)
+        for layer, tensor in [(0, "weight"), (1, "weight"), (1, "bias"), (1, "running_mean"), (1, "running_var")]
+    }
+    state = torch_backend.build_module(graph).state_dict()
+    assert {name for name in state if not name.endswith("num_batches_tracked")} == expected
+    assert_backends_agree(graph)
