@@ -160,3 +160,15 @@ def test_the_doc_quotes_the_errors_and_the_example_files_as_they_are() -> None:
         file_lines = iter((ROOT / header.removeprefix("# ")).read_text().splitlines())
         # Every line shown is the file's, in the file's order (a block may leave lines out).
         assert all(any(line == file_line for file_line in file_lines) for line in lines), header
+
+
+def test_a_block_without_its_add_must_end_with_the_adds_branch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node after the branch, read only as the shortcut_input, would become the block's output
+    where ``none`` drops the add: refused at the add, naming the instance."""
+    block = BLOCK.replace("out_channels: width\n", "out_channels: width\nshortcut_input: pre\n").replace(
+        "  add:", "  pre: {op: relu, input: input}\n  add:"
+    )
+    assert error_of(tmp_path, monkeypatch, NETWORK, block) == (
+        "blocks/mine.yaml:8:8: layer2.0: without its residual add, block 'mine' would end with 'bn1', which is not "
+        "its last node; order the nodes so that the residual add's branch comes last before it"
+    )
