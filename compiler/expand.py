@@ -271,7 +271,7 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
     # A variant's name is new: never a block type of the network (a user block named x_first or
     # x_2 beside x) nor another variant's, or one definition would stand for both.
     taken = set(by_name)
-    renamed: dict[VariantKey, Loaded[PartSpec]] = {}
+    renamed: dict[tuple[str, VariantKey], Loaded[PartSpec]] = {}  # by block type and kind
     for name, uses in by_name.items():
         # Kinds by their nodes in order and the values they were unrolled for (which a class fixes):
         # a dict lookup, not a comparison with every kind (10,000 blocks that unroll differently
@@ -291,12 +291,15 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
                 while new_name in taken:
                     new_name, suffix = f"{base}_{suffix}", suffix + 1
                 taken.add(new_name)
-            renamed[key] = (
+            renamed[(name, key)] = (
                 block
                 if new_name == name
                 else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
             )
-    return [(renamed[key], key[1], key[2]) for key in keys]
+    return [
+        (renamed[(block.spec.name, key)], key[1], key[2])
+        for (_, _, block, _, _), key in zip(instances, keys, strict=True)
+    ]
 
 
 def _nodes_key(block: Loaded[PartSpec]) -> tuple[tuple[str, object], ...]:
