@@ -453,8 +453,10 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         fixed = dict(definition.fixed)
         parameters: dict[str, Value] = {name: value for name, value in definition.parameters if name not in fixed}
         nodes = list(definition.nodes)
-        # The shortcut's value is computed by the shortcut module, which the class receives.
-        read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if graph.residual else frozenset()
+        # The shortcut's value is computed by the shortcut module, which the class receives. A block
+        # class without a residual add (the policy ``none``) still takes the module (None) the stage passes.
+        residual = graph.residual and definition.residual
+        read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if residual else frozenset()
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.op_type.normalization and node.attribute("zero_init") is True]
@@ -470,9 +472,9 @@ def block_classes(graph: Graph) -> list[BlockClass]:
                 nodes=source,
                 parameters=parameters,
                 shortcut_attribute=attribute,
-                zero_init=zero_init if graph.residual else [],
+                zero_init=zero_init if residual else [],
                 derived=_derived(definition),
-                shortcut_source=variables[definition.shortcut_input] if graph.residual else "x",
+                shortcut_source=variables[definition.shortcut_input] if residual else "x",
                 python_name=names.parts[("block", definition.name)],
             )
         )
@@ -846,19 +848,20 @@ def shortcut_choice(graph: Graph, attribute: str, constructors: Mapping[str, str
     def construct(kind: str | None) -> str:
         return "None" if kind is None or kind == "identity" else constructors[kind]
 
-    changes = {
-        module.shortcut: module.in_shape[0] != (module.out_shape or (0,))[0] or module.parameter("stride") != 1
-        for module in graph.blocks
-    }
-    match_kind = next((kind for kind, change in changes.items() if not change), None)
-    change_kind = next((kind for kind, change in changes.items() if change), None)
-    if match_kind is None or change_kind is None or construct(match_kind) == construct(change_kind):
-        return [f"{attribute} = {construct(change_kind or match_kind)}"]
+    # Where shapes change or match, the kind of the blocks there: None (no residual add, the policy
+    # 'none') is a kind too, not a side without blocks.
+    kinds: dict[bool, str | None] = {}
+    for module in graph.blocks:
+        change = module.in_shape[0] != (module.out_shape or (0,))[0] or module.parameter("stride") != 1
+        kinds.setdefault(change, module.shortcut)
+    constructed = {change: construct(kind) for change, kind in kinds.items()}
+    if len(set(constructed.values())) == 1:
+        return [f"{attribute} = {next(iter(constructed.values()))}"]
     return [
         "if block_stride != 1 or in_channels != out_channels:",
-        f"    {attribute} = {construct(change_kind)}",
+        f"    {attribute} = {constructed[True]}",
         "else:",
-        f"    {attribute} = {construct(match_kind)}",
+        f"    {attribute} = {constructed[False]}",
     ]
 
 

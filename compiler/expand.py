@@ -36,7 +36,7 @@ from rescompile.compiler.ops import (
 )
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import IDENTITY, Loaded, NetworkParts, is_builtin
+from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts, is_builtin
 from rescompile.spec.models import (
     REQUIRED,
     AddSpec,
@@ -88,9 +88,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
-    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]] = []
+    instances: list[Instance] = []
     """(module index, whether first of its stage, the block unrolled for it, the parameter values its
-    unrolling read), for block variants."""
+    unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
     node_count = len(stem_module.nodes)
@@ -135,13 +135,15 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             overrides = _block_overrides(spec, stage_index, first)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
             template = block
-            block, read = unrolling.unroll(block, bindings, "blocks")
-            assert isinstance(block.spec, BlockSpec)
-            instances.append((len(modules), first, block, _fixed(template, read, bindings)))
             path = spec.naming.block_path(stage_index, block_index)
+            block, read = unrolling.unroll(block, bindings, "blocks", path)
+            assert isinstance(block.spec, BlockSpec)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
+            # ``none`` (the whole policy, or one side of it): no residual add, the block's output is its branch's.
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
+            shortcut_name = None if shortcut_name == PLAIN else shortcut_name
+            instances.append((len(modules), first, block, _fixed(template, read, bindings), shortcut_name is not None))
             shortcut: Loaded[PartSpec] | None = None
             if shortcut_name not in (None, IDENTITY):
                 assert shortcut_name is not None
@@ -205,13 +207,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                         part.source.locate((field, attribute), key=True),
                     )
     variants = _variants(instances)
-    for index, _, block, _ in instances:
-        modules[index] = dataclasses.replace(modules[index], type_name=variants[id(block)][0].spec.name)
-    unique = {part.spec.name: (part, fixed) for part, fixed in variants.values()}
+    for (index, *_), (variant, _, _) in zip(instances, variants, strict=True):
+        modules[index] = dataclasses.replace(modules[index], type_name=variant.spec.name)
+    unique = {part.spec.name: (part, fixed, residual) for part, fixed, residual in variants}
     definitions = [
         _definition(stem, "stem"),
         *(_definition(transition, "transition") for transition in used_transitions.values()),
-        *(_definition(block, "block", residual=policy is not None, fixed=fixed) for block, fixed in unique.values()),
+        *(_definition(block, "block", residual, fixed=fixed) for block, fixed, residual in unique.values()),
         _definition(head, "head"),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
         *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
@@ -230,8 +232,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
 Fixed = tuple[tuple[str, Value], ...]
 """A block instance's parameters that its unrolling read, with their values."""
-VariantKey = tuple[tuple[tuple[str, object], ...], Fixed]
-"""A block unrolling's nodes in order, and the parameter values it was unrolled for."""
+Instance = tuple[int, bool, Loaded[PartSpec], Fixed, bool]
+"""A block instance: its module's index, whether it is first in its stage, the block unrolled for
+it, the parameter values its unrolling read, and whether it keeps its residual add."""
+VariantKey = tuple[tuple[tuple[str, object], ...], Fixed, bool]
+"""A block unrolling's nodes in order, the parameter values it was unrolled for, and whether it
+keeps its residual add (under the policy ``none`` where shapes change, a class without it)."""
 
 
 def _fixed(part: Loaded[PartSpec], read: frozenset[str], bindings: Mapping[str, Value]) -> Fixed:
@@ -249,31 +255,32 @@ def _fixed(part: Loaded[PartSpec], read: frozenset[str], bindings: Mapping[str, 
     return tuple((name, bindings[name]) for name in part.spec.parameters if name in names)
 
 
-def _variants(
-    instances: list[tuple[int, bool, Loaded[PartSpec], Fixed]],
-) -> dict[int, tuple[Loaded[PartSpec], Fixed]]:
-    """Each block instance's part as a class is written: a block type whose templates unroll to
-    different nodes in different instances (a ``when`` on the stride, a repeat count) is one
-    block type per distinct unrolling. The one most blocks use keeps the type's name; one that
-    only first blocks of stages use, beside a main one that holds the others, is ``NAME_first``;
+def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, bool]]:
+    """Each block instance's part as a class is written (in the order of ``instances``), with what
+    it was unrolled for and whether it keeps its residual add: a block type whose templates unroll
+    to different nodes in different instances (a ``when`` on the stride, a repeat count), or whose
+    instances differ in having a residual add (the policy ``none`` where shapes change), is one
+    block type per distinct kind. The one most blocks use keeps the type's name; one that only
+    first blocks of stages use, beside a main one that holds the others, is ``NAME_first``;
     others are ``NAME_2``, ``NAME_3``, ..."""
-    by_name: dict[str, list[tuple[bool, Loaded[PartSpec], Fixed]]] = {}
-    for _, first, block, fixed in instances:
-        by_name.setdefault(block.spec.name, []).append((first, block, fixed))
+    by_name: dict[str, list[tuple[bool, VariantKey, Loaded[PartSpec]]]] = {}
+    keys: list[VariantKey] = []
+    for _, first, block, fixed, residual in instances:
+        keys.append((_nodes_key(block), fixed, residual))
+        by_name.setdefault(block.spec.name, []).append((first, keys[-1], block))
     # A variant's name is new: never a block type of the network (a user block named x_first or
     # x_2 beside x) nor another variant's, or one definition would stand for both.
     taken = set(by_name)
-    chosen: dict[int, tuple[Loaded[PartSpec], Fixed]] = {}
+    renamed: dict[tuple[str, VariantKey], Loaded[PartSpec]] = {}  # by block type and kind
     for name, uses in by_name.items():
         # Kinds by their nodes in order and the values they were unrolled for (which a class fixes):
         # a dict lookup, not a comparison with every kind (10,000 blocks that unroll differently
         # were 10**8 comparisons).
         kinds: dict[VariantKey, tuple[list[bool], Loaded[PartSpec]]] = {}
-        for first, block, fixed in uses:
-            kinds.setdefault((_nodes_key(block), fixed), ([], block))[0].append(first)
+        for first, key, block in uses:
+            kinds.setdefault(key, ([], block))[0].append(first)
         ordered = sorted(kinds.items(), key=lambda kind: -len(kind[1][0]))
         first_only = sum(all(firsts) for _, (firsts, _) in ordered[1:])
-        renamed: dict[VariantKey, Loaded[PartSpec]] = {}
         for number, (key, (firsts, block)) in enumerate(ordered):
             new_name = name
             if number > 0:
@@ -284,14 +291,15 @@ def _variants(
                 while new_name in taken:
                     new_name, suffix = f"{base}_{suffix}", suffix + 1
                 taken.add(new_name)
-            renamed[key] = (
+            renamed[(name, key)] = (
                 block
                 if new_name == name
                 else Loaded(block.spec.model_copy(update={"name": new_name}), block.source, block.extended)
             )
-        for _, block, fixed in uses:
-            chosen[id(block)] = (renamed[(_nodes_key(block), fixed)], fixed)
-    return chosen
+    return [
+        (renamed[(block.spec.name, key)], key[1], key[2])
+        for (_, _, block, _, _), key in zip(instances, keys, strict=True)
+    ]
 
 
 def _nodes_key(block: Loaded[PartSpec]) -> tuple[tuple[str, object], ...]:
@@ -810,9 +818,12 @@ def _build_nodes(
         previous = name
     if not nodes:
         raise RescompileError(f"{label}: part '{part.spec.name}' has no nodes left", part.locate("nodes"))
-    if previous in renamed:  # a plain block whose last node was the residual add
+    if renamed.get(previous, nodes[-1].name) != nodes[-1].name:
+        # A block without its residual add that ended with it ends with the add's branch, which must
+        # be its last node left (a node read only as the shortcut_input may come after the branch).
         raise RescompileError(
-            f"{label}: a plain block cannot end with its residual add; add an activation after it",
+            f"{label}: without its residual add, block '{part.spec.name}' would end with '{renamed[previous]}', "
+            "which is not its last node; order the nodes so that the residual add's branch comes last before it",
             part.locate("nodes", previous),
         )
     return nodes

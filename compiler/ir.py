@@ -19,6 +19,7 @@ from rescompile.compiler.ops import (
     OP_KINDS,
     OP_TYPES,
     OPS,
+    SHORTCUT_VALUE,
     Add,
     Attribute,
     AvgPool,
@@ -201,6 +202,12 @@ class Definition:
     fixed: tuple[tuple[str, Value], ...] = ()
     """In a block: the parameters its templates were unrolled for, with their values (Res2Net's
     ``scale``): its class is made for them, so they are constants in it, not constructor parameters."""
+
+    @property
+    def residual(self) -> bool:
+        """Whether it has a residual add (a node reading ``shortcut``): a block of a plain network
+        has none, nor one whose instances the policy ``none`` gives no shortcut."""
+        return any(SHORTCUT_VALUE in node.inputs for node in self.nodes)
 
 
 def container_span(definition: Definition, prefix: str) -> tuple[range, str]:

@@ -134,8 +134,10 @@ def _is_control(character: str) -> bool:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A ``" (did you mean 'x'?)"`` suffix when ``word`` is a near miss of a valid choice."""
-    matches = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    """A ``" (did you mean 'x'?)"`` suffix when ``word`` is a near miss of a valid choice.
+    ``word`` itself is never suggested: a valid word refused for another reason (a shortcut kind
+    that has no file) would be told to be itself."""
+    matches = difflib.get_close_matches(word, sorted(set(choices) - {word}), n=1, cutoff=0.6)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
 
 

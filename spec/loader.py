@@ -484,7 +484,8 @@ class NetworkParts:
     """One per stage: the block type of its first block (its ``first_block``, else its block)."""
     head: Loaded[PartSpec]
     policy: tuple[str, str] | None
-    """``(kind where shapes match, kind where shapes change)``; None for a plain network."""
+    """``(kind where shapes match, kind where shapes change)``, either of which may be ``none`` (no
+    residual add: an inverted residual where shapes change); None for a plain network."""
     shortcuts: dict[str, Loaded[PartSpec]]
     """Every shortcut kind of the policy but ``identity``, by name."""
     transitions: tuple[Loaded[PartSpec] | None, ...]
@@ -526,7 +527,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     policy = _policy(spec.shortcut)
     shortcuts: dict[str, Loaded[PartSpec]] = {}
     for index, name in enumerate(policy or ()):
-        if name == IDENTITY:
+        if name in (IDENTITY, PLAIN):
             continue
         path: YamlPath = ("shortcut",)
         if isinstance(spec.shortcut, ShortcutPolicySpec):
@@ -560,7 +561,8 @@ NO_TRANSITION = "none"
 
 def _policy(shortcut: str | ShortcutPolicySpec) -> tuple[str, str] | None:
     if isinstance(shortcut, ShortcutPolicySpec):
-        return (shortcut.where_shapes_match, shortcut.where_shapes_change)
+        policy = (shortcut.where_shapes_match, shortcut.where_shapes_change)
+        return None if policy == (PLAIN, PLAIN) else policy
     if shortcut == PLAIN:
         return None
     return POLICIES.get(shortcut, (shortcut, shortcut))

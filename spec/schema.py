@@ -61,9 +61,10 @@ KEY_DESCRIPTIONS: Final = {
     "block_parameters": "Values for the block's parameters, e.g. {groups: 32, base_width: 4}.",
     "shortcut": "The shortcut policy: A, B or C (He et al. 2016), plain (none), a shortcut kind, or a mapping "
     "{where_shapes_match: KIND, where_shapes_change: KIND}.",
-    "where_shapes_match": "The shortcut kind of a block whose output has its input's shape ('identity' or a file "
-    "in shortcuts/).",
-    "where_shapes_change": "The shortcut kind of a block that changes the shape (e.g. 'projection', 'zero_pad').",
+    "where_shapes_match": "The shortcut kind of a block whose output has its input's shape ('identity', 'none': no "
+    "residual add, or a file in shortcuts/).",
+    "where_shapes_change": "The shortcut kind of a block that changes the shape (e.g. 'projection', 'zero_pad', or "
+    "'none': no residual add, an inverted residual).",
     "stages": "The stages, in order: each repeats one block type 'depth' times at one width.",
     "depth": "How many blocks the stage repeats.",
     "width": "The stage's width, bound as 'width' in the block (a bottleneck's output is width × expansion).",

@@ -33,6 +33,7 @@ from rescompile.spec.errors import Location, RescompileError
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import MAX_NAME_LENGTH, Loaded, PartKind, check_part_references
 from rescompile.spec.models import (
+    AddSpec,
     BinarySpec,
     ChannelSliceSpec,
     OpSpec,
@@ -68,11 +69,12 @@ class Unrolling:
         return self.unroll(part, bindings, kind)[0]
 
     def unroll(
-        self, part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind
+        self, part: Loaded[PartSpec], bindings: Mapping[str, Value], kind: PartKind, instance: str = ""
     ) -> tuple[Loaded[PartSpec], frozenset[str]]:
         """:meth:`instantiate`, and the names of ``bindings`` the unrolling read (a ``when``, a repeat
         count, a placeholder, a split's parts): what the unrolled part is made for, which a class
-        written from it cannot take as a parameter."""
+        written from it cannot take as a parameter. ``instance`` (a block's path, ``layer2.0``)
+        names the instance in the errors of the residual-add rule."""
         if not part.spec.templated:
             return part, frozenset()
         _, known = self._done.setdefault(id(part), (part, []))  # the part is kept alive: its id stays its own
@@ -80,7 +82,7 @@ class Unrolling:
             done = seen.results.get(_key(bindings, seen.names))
             if done is not None:
                 return done, frozenset(seen.names) & set(bindings)
-        unroller = _Unroller(part, dict(bindings), self)
+        unroller = _Unroller(part, dict(bindings), self, instance)
         unrolled = unroller.unroll(kind)
         names = tuple(sorted(unroller.read_names))
         same = next((entry for entry in known if entry.names == names), None)
@@ -130,8 +132,11 @@ def _moved(source: SourceMap, origins: Mapping[str, YamlPath]) -> SourceMap:
 
 
 class _Unroller:
-    def __init__(self, part: Loaded[PartSpec], bindings: dict[str, Value], unrolling: Unrolling) -> None:
+    def __init__(
+        self, part: Loaded[PartSpec], bindings: dict[str, Value], unrolling: Unrolling, instance: str = ""
+    ) -> None:
         self.part = part
+        self.instance = instance
         self.bindings = bindings
         self.unrolling = unrolling
         self.read_names: set[str] = set()
@@ -139,6 +144,9 @@ class _Unroller:
         self.origins: dict[str, YamlPath] = {}
         self.previous = "input"
         """The last node produced: what a node without ``input`` reads."""
+        self.merge_conditions: dict[YamlPath, tuple[Expression, bool]] = {}
+        """Each residual add template (an add reading ``shortcut``) that has a ``when``: the
+        condition and whether it held, for the errors of the residual-add rule."""
 
     def unroll(self, kind: PartKind) -> Loaded[PartSpec]:
         part = self.part
@@ -162,8 +170,45 @@ class _Unroller:
             raise RescompileError(f"part '{part.spec.name}' has no nodes for these parameters", part.locate("nodes"))
         spec = part.spec.model_copy(update={"nodes": nodes})
         unrolled: Loaded[PartSpec] = Loaded(spec, _moved(part.source, self.origins), part.extended)
+        if kind == "blocks":
+            self.check_one_merge(nodes)
         check_part_references(unrolled, kind)
         return unrolled
+
+    def check_one_merge(self, nodes: Mapping[str, OpSpec]) -> None:
+        """The residual-add rule, for this instance: exactly one add reading ``shortcut`` is left
+        once the ``when`` conditions are applied. A ``when`` may choose between residual adds, not
+        remove the only one: a block without one is the shortcut policy ``none``'s to make."""
+        merges = [name for name, node in nodes.items() if _is_merge(node)]
+        if len(merges) == 1:
+            return
+        label = f"{self.instance}: " if self.instance else ""
+        rule = "a block instance has exactly one residual add (an add node reading 'shortcut')"
+        if not merges:
+            removed = [(path, when) for path, (when, holds) in self.merge_conditions.items() if not holds]
+            if not removed:
+                return  # no residual add at all: the loader's error, at the block's nodes
+            path, when = removed[0]
+            raise RescompileError(
+                f"{label}block '{self.part.spec.name}' has no residual add: 'when: {when.text}' removes node "
+                f"'{path[-1]}' here ({self.values(when)}); {rule}. For no shortcut where shapes change, use the "
+                "network's 'shortcut: {where_shapes_match: identity, where_shapes_change: none}'",
+                self.part.source.locate((*path, "when")),
+            )
+        second = self.origins[merges[1]]
+        held = [f"'when: {when.text}'" for when, holds in self.merge_conditions.values() if holds]
+        reason = f" ({' and '.join(held)} {'holds' if len(held) == 1 else 'hold'} here)" if held else ""
+        raise RescompileError(
+            f"{label}block '{self.part.spec.name}' has {len(merges)} residual adds ({', '.join(merges)}){reason}; "
+            f"{rule}",
+            self.part.source.locate(second, key=True),
+        )
+
+    def values(self, expression: Expression) -> str:
+        """The instance's values of the names ``expression`` reads: ``stride = 2``."""
+        return ", ".join(
+            f"{name} = {self.bindings[name]!r}" for name in sorted(expression.names) if name in self.bindings
+        )
 
     def step(self, path: YamlPath) -> None:
         """Count one step of work against :data:`MAX_UNROLL_STEPS`."""
@@ -264,8 +309,12 @@ class _Unroller:
         for template_name, node in nodes.items():
             path = (*prefix, template_name)
             self.step(path)
-            if node.when is not None and not self.evaluate(node.when, scope, (*path, "when")):
-                continue
+            if node.when is not None:
+                holds = bool(self.evaluate(node.when, scope, (*path, "when")))
+                if _is_merge(node):
+                    self.merge_conditions[path] = (node.when, holds)
+                if not holds:
+                    continue
             if isinstance(node, RepeatSpec):
                 start = self.integer(node.start, scope, (*path, "start"), -(2**31))
                 count = self.integer(node.count, scope, (*path, "count"), 0)
@@ -322,6 +371,11 @@ class _Unroller:
                 tree = size.tree if index == 0 else ast.BinOp(start.tree, ast.Add(), size.tree)
                 start = Expression(ast.unparse(tree), tree)
             yield f"{name}.{index if spec.names is None else spec.names[index]}", part, path
+
+
+def _is_merge(spec: OpSpec) -> bool:
+    """Whether a (template) node is a residual add: an add reading ``shortcut``."""
+    return isinstance(spec, AddSpec) and "shortcut" in spec.inputs
 
 
 def _reads_previous(spec: OpSpec) -> bool:

@@ -391,3 +391,21 @@ def test_two_unrollings_of_the_same_nodes_in_another_order_are_two_classes(
     (folder / "net.yaml").write_text(SMALL_NETWORK.replace("depth: 1,", "depth: 2,"))
     graph = compile_spec(folder / "net.yaml")
     assert [block.type_name for block in graph.blocks] == ["t", "t_2"]
+
+
+def test_two_block_types_of_identical_nodes_stay_two_classes(tmp_path: Path) -> None:
+    """Block variants are told apart within a block type: a copy of a block under another name,
+    with the same nodes and policy, is its own class (the variants of both were once one table)."""
+    (tmp_path / "blocks").mkdir()
+    basic = (Path(__file__).parents[2] / "architectures" / "blocks" / "basic.yaml").read_text()
+    (tmp_path / "blocks" / "basic_copy.yaml").write_text(basic.replace("name: basic", "name: basic_copy"))
+    (tmp_path / "net.yaml").write_text(
+        "name: net\ninput: {channels: 3, size: 16}\nstem: cifar\nblock: basic\nshortcut: B\nstages:\n"
+        "  - {depth: 1, width: 16}\n  - {depth: 1, width: 16, block: basic_copy}\nhead: classifier\n"
+    )
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [block.type_name for block in graph.blocks] == ["basic", "basic_copy"]
+    assert [definition.name for definition in graph.definitions if definition.role == "block"] == [
+        "basic",
+        "basic_copy",
+    ]
