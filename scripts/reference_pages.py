@@ -87,19 +87,19 @@ def _own_doc(cls: type) -> str:
 
 
 def _rst_to_markdown(text: str) -> str:
-    """Docstrings are written in reStructuredText; the site reads Markdown."""
+    """Docstrings are written in reStructuredText; the site reads Markdown (a ``>>>`` session is fenced)."""
     text = re.sub(r":(?:class|func|data|meth|attr|mod):`~?([^`]+)`", r"`\1`", text)
     text = text.replace("``", "`")
     # A ">>>" example is code: fence it.
     lines, fenced = [], False
     for line in text.splitlines():
         if line.startswith(">>>") and not fenced:
-            lines.append("```python")
+            lines.append("```pycon")  # shown, not run: the docs' python blocks are programs
             fenced = True
         elif fenced and not line.startswith(">>>"):
             lines.append("```")
             fenced = False
-        lines.append(line.removeprefix(">>> ") if fenced else line)
+        lines.append(line)
     if fenced:
         lines.append("```")
     return "\n".join(lines)
@@ -287,7 +287,7 @@ def ops_page() -> str:
     kinds = sorted(models)
     for kind in kinds:
         summary = _what(kind, models).split("\n\n")[0]
-        out.append(f"| [`{kind}`](#{kind.replace('_', '-')}) | {_table_cell(_rst_to_markdown(summary))} |")
+        out.append(f"| [`{kind}`](#{kind}) | {_table_cell(_rst_to_markdown(summary))} |")
     for kind in kinds:
         out += ["", f"## {kind}", ""]
         out += [_rst_to_markdown(_what(kind, models)), ""]
