@@ -144,7 +144,8 @@ def _type_name(annotation: object) -> str:
         names = [_type_name(argument) for argument in arguments if argument is not type(None)]
         return " or ".join(names) + (" (or omitted)" if type(None) in arguments else "")
     if origin is tuple:
-        return f"list of {_type_name(arguments[0])}s" if arguments else "list"
+        item = _type_name(arguments[0]) if arguments else "value"
+        return "list of " + ("names" if item == "str" else f"{item}s")
     if origin is dict:
         return "mapping of nodes"
     if annotation is Expression:
@@ -414,7 +415,7 @@ def _signature(name: str, function: Callable[..., object]) -> str:
         lines.append(text)
     result = signature.return_annotation
     returns = "" if result is signature.empty else f" -> {result}"
-    return f"def {name}(\n" + "".join(f"    {line},\n" for line in lines) + f"){returns}"
+    return f"def {name}(\n" + "".join(f"    {line},\n" for line in lines) + f"){returns}: ..."
 
 
 def api_page() -> str:
@@ -428,7 +429,8 @@ def api_page() -> str:
         _rst_to_markdown(_doc(api)),
     ]
     for name, function in _api_functions():
-        out += ["", f"## `{name}`", "", "```python", _signature(name.rsplit(".", 1)[1], function), "```", ""]
+        # A stub (pyi): shown, not run as the docs' python blocks are.
+        out += ["", f"## `{name}`", "", "```pyi", _signature(name.rsplit(".", 1)[1], function), "```", ""]
         out.append(_rst_to_markdown(_doc(function)) or "(no docstring)")
     return "\n".join(out).rstrip() + "\n"
 
