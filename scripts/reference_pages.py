@@ -22,8 +22,16 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+if TYPE_CHECKING:
+    from rescompile.backends.onnx_backend import OnnxModel
+    from rescompile.backends.source import SourceNode
+    from rescompile.compiler.ir import Graph, Module, Node
+    from rescompile.compiler.ops import Shape
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
@@ -112,7 +120,7 @@ def _table_cell(text: str) -> str:
 # --- ops ------------------------------------------------------------------------------------------
 
 
-def _spec_models() -> dict[str, type]:
+def _spec_models() -> dict[str, type[BaseModel]]:
     from rescompile.spec.models import OpSpec
 
     union = typing.get_args(OpSpec)[0]
@@ -157,8 +165,8 @@ def _type(field: FieldInfo) -> str:
     return _type_name(field.annotation if not field.metadata else typing.Annotated[field.annotation, *field.metadata])
 
 
-def _keys_table(model: type) -> list[str]:
-    fields = {name: field for name, field in model.model_fields.items() if name != "op"}  # type: ignore[attr-defined]
+def _keys_table(model: type[BaseModel]) -> list[str]:
+    fields = {name: field for name, field in model.model_fields.items() if name != "op"}
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, field in fields.items():
         meaning = field.description or KEY_MEANINGS.get(name, "")
@@ -187,7 +195,7 @@ def _example_lines(kind: str) -> tuple[str, list[str]] | None:
     return None
 
 
-def _example_nodes() -> Iterator[tuple[str, object, object, object]]:
+def _example_nodes() -> Iterator[tuple[str, Graph, Module, Node]]:
     """(kind, network graph, module, node) for the first node of each IR op kind in EXAMPLE_NETWORKS."""
     from rescompile.compiler import compile_spec
 
@@ -201,20 +209,20 @@ def _example_nodes() -> Iterator[tuple[str, object, object, object]]:
                     yield node.op.kind, graph, module, node
 
 
-def _torch_emission(source_node: object, inputs: tuple[str, ...]) -> str:
+def _torch_emission(source_node: SourceNode, inputs: tuple[str, ...]) -> str:
     from rescompile.backends import torch_backend
 
-    lowered = torch_backend._lowered(source_node)  # type: ignore[arg-type]
+    lowered = torch_backend._lowered(source_node)
     if isinstance(lowered, torch_backend.Inline):
         return "in `forward`: `" + str(lowered).replace("{all}", ", ".join(inputs)).format(*inputs) + "`"
     callee, arguments = lowered
     return f"`{callee}({', '.join(arguments)})`"
 
 
-def _flax_emission(source_node: object, in_shape: object, inputs: tuple[str, ...]) -> str:
+def _flax_emission(source_node: SourceNode, in_shape: Shape | None, inputs: tuple[str, ...]) -> str:
     from rescompile.backends import flax_backend
 
-    lowering = flax_backend._lower(source_node, in_shape)  # type: ignore[arg-type]
+    lowering = flax_backend._lower(source_node, in_shape)
     if lowering.layer is not None:
         callee, arguments = lowering.layer
         return f"`{callee}({', '.join(arguments)})`"
@@ -225,13 +233,13 @@ def _flax_emission(source_node: object, in_shape: object, inputs: tuple[str, ...
     return "in `__call__`: `" + lowering.expression.format(*inputs) + "`"
 
 
-def _onnx_emission(model: object, canonical: str) -> str:
-    nodes = model.skeleton.graph.node  # type: ignore[attr-defined]
+def _onnx_emission(model: OnnxModel, canonical: str) -> str:
+    nodes = model.skeleton.graph.node
     kinds = [node.op_type for node in nodes if node.name == canonical or node.name.startswith(canonical + ".")]
     return ", ".join(f"`{kind}`" for kind in kinds) or "nothing (removed)"
 
 
-def _what(kind: str, models: dict[str, type]) -> str:
+def _what(kind: str, models: dict[str, type[BaseModel]]) -> str:
     """What the op is: the op table's docstring, else the spec model's, else SUMMARIES'."""
     from rescompile.compiler.ops import OPS
 
@@ -246,18 +254,19 @@ def ops_page() -> str:
     from rescompile.spec.models import TEMPLATE_OPS
 
     models = _spec_models()
-    onnx_models: dict[str, object] = {}
+    onnx_models: dict[str, OnnxModel] = {}
     emitted: dict[str, list[str]] = {}
     shapes: dict[str, str] = {}
     for kind, graph, module, node in _example_nodes():
-        source_node = next(n for n in instance_nodes(module) if n.attribute == node.name)  # type: ignore[attr-defined]
-        canonical = ".".join(part for part in (module.path, node.name) if part)  # type: ignore[attr-defined]
-        name = graph.name  # type: ignore[attr-defined]
+        source_node = next(n for n in instance_nodes(module) if n.attribute == node.name)
+        canonical = ".".join(part for part in (module.path, node.name) if part)
+        name = graph.name
         if name not in onnx_models:
-            onnx_models[name] = onnx_backend.emit_model(graph, seed=0)  # type: ignore[arg-type]
-        in_shape = node.in_shapes[0] if node.in_shapes else None  # type: ignore[attr-defined]
-        reads = " and ".join(show_shape(shape) for shape in node.in_shapes)  # type: ignore[attr-defined]
-        shapes[kind] = f"In `{canonical}` of `{name}`: {reads} → {show_shape(node.shape)}."  # type: ignore[attr-defined]
+            onnx_models[name] = onnx_backend.emit_model(graph, seed=0)
+        in_shape = node.in_shapes[0] if node.in_shapes else None
+        reads = " and ".join(show_shape(shape) for shape in node.in_shapes)
+        assert node.shape is not None, "a compiled graph's shapes are inferred"
+        shapes[kind] = f"In `{canonical}` of `{name}`: {reads} → {show_shape(node.shape)}."
         emitted[kind] = [
             f"For `{canonical}` of `{name}` (input {'×'.join(map(str, in_shape or ()))}):",
             "",
@@ -407,7 +416,8 @@ def _signature(name: str, function: Callable[..., object]) -> str:
         if parameter.kind is parameter.KEYWORD_ONLY and not keyword_only:
             lines.append("*")
             keyword_only = True
-        text = {parameter.VAR_POSITIONAL: "*", parameter.VAR_KEYWORD: "**"}.get(parameter.kind, "") + parameter.name
+        stars: dict[inspect._ParameterKind, str] = {parameter.VAR_POSITIONAL: "*", parameter.VAR_KEYWORD: "**"}
+        text = stars.get(parameter.kind, "") + parameter.name
         if parameter.annotation is not parameter.empty:
             text += f": {parameter.annotation}"
         if parameter.default is not parameter.empty:
