@@ -1,0 +1,107 @@
+"""Everything the documentation shows runs as written, on every page of the docs site and the
+README: each `./dev rescompile ...` line of their bash blocks (in a fresh folder holding copies of
+architectures/, examples/ and docs/), each command they run from the repository root, and each
+python block (in a fresh folder). The generated reference pages are what their script writes now,
+and every page's code fences are balanced."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def block_lines(language: str) -> list[tuple[str, str]]:
+    return [
+        (page_name(page), line)
+        for page in PAGES
+        for block in blocks(page.read_text(), language)
+        for line in block.splitlines()
+    ]
+
+
+COMMANDS = [
+    (page, line.split("#")[0].strip()) for page, line in block_lines("bash") if line.startswith("./dev rescompile")
+]
+SHELL_COMMANDS = [
+    (page, line.split(" #")[0].strip())
+    for page, line in block_lines("bash")
+    if line.startswith((".venv/bin/", "XLA_FLAGS="))
+]
+"""Commands run as written from the repository root (the distributed-training examples): each
+example checks its own result (the loss fell, the replicas are identical) in its exit status."""
+PYTHON_BLOCKS = [(page_name(page), block) for page in PAGES for block in blocks(page.read_text(), "python")]
+
+
+def ids(items: list[tuple[str, str]]) -> list[str]:
+    return [f"{page}:{index}" for index, (page, _) in enumerate(items)]
+
+
+def test_the_docs_show_commands_and_programs() -> None:
+    pages = {page for page, _ in COMMANDS + PYTHON_BLOCKS}
+    assert {"README.md", "docs/tutorial.md", "docs/backbones.md", "docs/language.md"} <= pages
+    assert len(SHELL_COMMANDS) == 2, SHELL_COMMANDS
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_name)
+def test_code_fences_are_balanced(page: Path) -> None:
+    """An opening fence names its language and a closing fence is bare, so a fence left open
+    shows as a closing fence with a language (or as one still open at the end of the page)."""
+    opened_at = None
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
+        if not line.lstrip().startswith("```"):
+            continue
+        assert line == line.lstrip(), f"{page_name(page)}:{number}: an indented fence"
+        if opened_at is None:
+            assert line != "```", f"{page_name(page)}:{number}: an opening fence names its language"
+            opened_at = number
+        else:
+            assert line == "```", f"{page_name(page)}:{number}: the fence opened at line {opened_at} is not closed"
+            opened_at = None
+    assert opened_at is None, f"{page_name(page)}:{opened_at}: a fence is never closed"
+
+
+def test_reference_pages_are_what_the_script_writes() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/reference_pages.py", "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("page", "command"), SHELL_COMMANDS, ids=ids(SHELL_COMMANDS))
+def test_shell_command_runs(page: str, command: str) -> None:
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "replicas identical: True" in result.stdout
+
+
+@pytest.mark.parametrize(("page", "command"), COMMANDS, ids=ids(COMMANDS))
+def test_command_runs(page: str, command: str, tmp_path: Path) -> None:
+    for folder in ("architectures", "examples", "docs"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    arguments = shlex.split(command)[2:]
+    result = subprocess.run(
+        [sys.executable, "-m", "rescompile", *arguments], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("page", "program"), PYTHON_BLOCKS, ids=ids(PYTHON_BLOCKS))
+def test_python_block_runs(page: str, program: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
