@@ -42,8 +42,10 @@ HELP_COLUMNS = "100"
 EXAMPLE_NETWORKS = (
     *("resnet20", "resnet50", "ecaresnet50d", "resnetblur50", "resnet50_gn", "resnetv2_50x1_bit"),
     *("skresnet18", "resnest50d", "res2net50_26w_4s", "convnext_tiny", "regnety_016"),
+    "examples/activations.yaml",
 )
-"""Built-ins searched, in order, for each op's example node (between them they use every op)."""
+"""Built-ins (and the activations example, for the ops no built-in uses) searched, in order, for each
+op's example node: between them they use every op."""
 EXAMPLE_SIZE = 64
 """The networks are compiled at this input size: only their ops matter here."""
 
@@ -176,9 +178,10 @@ def _keys_table(model: type[BaseModel]) -> list[str]:
 
 
 def _example_lines(kind: str) -> tuple[str, list[str]] | None:
-    """The first node of op ``kind`` in a built-in file: the file, and the node's lines as written."""
+    """The first node of op ``kind`` in a built-in file (else an example's): the file, and the node's
+    lines as written."""
     pattern = re.compile(rf"(\{{|^\s*)op: {re.escape(kind)}\b")
-    for path in sorted(ARCHITECTURES.rglob("*.yaml")):
+    for path in [*sorted(ARCHITECTURES.rglob("*.yaml")), *sorted((ROOT / "examples").rglob("*.yaml"))]:
         lines = path.read_text().splitlines()
         for number, line in enumerate(lines):
             if not pattern.search(line):
@@ -201,7 +204,7 @@ def _example_nodes() -> Iterator[tuple[str, Graph, Module, Node]]:
 
     seen: set[str] = set()
     for name in EXAMPLE_NETWORKS:
-        graph = compile_spec(name, size=EXAMPLE_SIZE)
+        graph = compile_spec(ROOT / name if name.endswith(".yaml") else name, size=EXAMPLE_SIZE)
         for module in graph.modules:
             for node in module.nodes:
                 if node.op.kind not in seen:

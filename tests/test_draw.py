@@ -1,7 +1,7 @@
 """``rescompile draw``: the SVG is rendered by a real renderer (MuPDF, from PyPI) to pixels that are
 not blank and to text that carries every stage's label; block graphs are laid out as layered DAGs
 (branches side by side, edges between boxes, an arrowhead per edge), every op labelled from its
-fields; the README's pictures are the current ones."""
+fields; the docs' pictures are the current ones."""
 
 from __future__ import annotations
 
@@ -193,9 +193,9 @@ PICTURES = [
 
 
 @pytest.mark.parametrize(("file", "network", "block"), PICTURES)
-def test_the_readme_pictures_are_the_current_drawings(file: str, network: str, block: str | None) -> None:
+def test_the_docs_pictures_are_the_current_drawings(file: str, network: str, block: str | None) -> None:
     """Regenerate with: ./dev rescompile draw NETWORK [--block PATH] -o docs/FILE"""
-    assert f"](docs/{file})" in (DOCS.parent / "README.md").read_text()
+    assert f"]({file})" in (DOCS / "pictures.md").read_text()
     graph = compile_spec(network)
     assert (DOCS / file).read_text() == (draw_network(graph) if block is None else draw_block(graph, block))
 
