@@ -355,15 +355,3 @@ def _train_check(options: argparse.Namespace) -> int:
         return 1
     print(f"{trainers} train alike ({options.train_steps} steps, float64)")
     return 0
-
-
-def assert_backends_agree(graph: Graph, seed: int = 0, batch: int = 2) -> None:
-    """``check`` in a test: every registered backend, the same random weights and inputs
-    (seeded), every pair compared module by module within :data:`TOLERANCES` ``"network"``, and
-    every output finite."""
-    weights = random_weights(graph, seed=seed)
-    inputs = np.random.default_rng(seed + 1).standard_normal((batch, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert [pair.first_mismatch for pair in result.pairs] == [None] * math.comb(len(backends), 2), format_result(result)
-    assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import builtin_params
+from support import assert_backends_agree
 
 from rescompile.backends.interface import module_names
 from rescompile.backends.registry import BACKENDS
 from rescompile.check import (
     CheckResult,
     Progress,
-    assert_backends_agree,
     check,
     compare,
     feature_outputs,
