@@ -11,8 +11,9 @@ it the classifier's tail (BiT's flatten).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, Node
 from rescompile.spec.errors import RescompileError
@@ -195,13 +196,143 @@ def forward_paths(graph: Graph) -> list[str] | None:
     return paths + [node.name for node in sections.features]
 
 
+class FeatureInfo:
+    """timm's FeatureInfo: the feature maps of a network (``num_chs``, ``reduction``, ``module``)
+    and the ones chosen (``out_indices``). Each getter gives the chosen maps' values with no
+    ``idx``, else those of map ``idx`` (an index or a sequence of them, into every map)."""
+
+    def __init__(self, info: list[dict[str, int | str]], out_indices: tuple[int, ...]) -> None:
+        self.info = info
+        self.out_indices = out_indices
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
+        if idx is None:
+            return [self.info[index][key] for index in self.out_indices]
+        if isinstance(idx, int):
+            return self.info[idx][key]
+        return [self.info[index][key] for index in idx]
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
+        return self.get("module", idx)
+
+    def get_dicts(self) -> list[dict[str, int | str]]:
+        return [self.info[index] for index in self.out_indices]
+
+    def __getitem__(self, idx: int) -> dict[str, int | str]:
+        return self.info[idx]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+@dataclass(frozen=True)
+class TimmHead:
+    """timm's head and feature options of ``create_model``, applied by the backend's runtime
+    (:meth:`rescompile.backends.interface.Runtime.timm_model`) to the model it built."""
+
+    num_classes: int | None = None
+    global_pool: str | None = None
+    drop_rate: float = 0.0
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+
+    @property
+    def graph_classes(self) -> int | None:
+        """The classes the graph is built with: a model without a classifier is built with the
+        spec's (so its weights load) and has it removed."""
+        return None if self.num_classes == 0 else self.num_classes
+
+    def check(self, backend: str, head_options: Mapping[str, frozenset[str]]) -> None:
+        """Refuse what ``backend`` does not take and values timm would refuse; ``head_options``:
+        every backend's (:attr:`rescompile.backends.interface.Backend.head_options`)."""
+
+        def takers(option: str) -> str:
+            return " and ".join(name for name, options in head_options.items() if option in options)
+
+        given = [
+            (option, text)
+            for option, text, used in (
+                ("num_classes", "num_classes=0", self.num_classes == 0),
+                ("global_pool", f"global_pool={self.global_pool!r}", self.global_pool is not None),
+                ("drop_rate", f"drop_rate={self.drop_rate}", self.drop_rate != 0.0),
+            )
+            if used
+        ]
+        if given and not head_options[backend]:
+            raise RescompileError(
+                f"{', '.join(text for _, text in given)}: timm's head options apply to backends "
+                f"{takers('num_classes')}, not '{backend}' ({backend} takes features_only and out_indices)"
+            )
+        if self.drop_rate and "drop_rate" not in head_options[backend]:
+            raise RescompileError(
+                f"drop_rate={self.drop_rate}: dropout before the classifier is in the {takers('drop_rate')} model "
+                f"only; the {backend} model has none"
+            )
+        if self.out_indices is not None and not self.features_only:
+            raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
+        if self.global_pool is not None and self.global_pool not in GLOBAL_POOLS:
+            raise RescompileError(f"global_pool={self.global_pool!r}: use 'avg' (the default) or '' (no pooling)")
+        if self.global_pool == "" and self.num_classes != 0 and not self.features_only:
+            raise RescompileError(
+                "global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features"
+            )
+        if self.drop_rate < 0.0 or self.drop_rate >= 1.0:
+            raise RescompileError(f"drop_rate={self.drop_rate}: a dropout probability is in [0, 1)")
+
+    def reset(self, model: Any, graph: Graph) -> Any:
+        """``model`` (torch or flax) with ``num_classes=0`` and ``global_pool`` applied: the model is
+        built with the spec's classifier, so that its weights load, and has it removed after."""
+        timm_head = self.num_classes == 0 or self.global_pool is not None or self.drop_rate or self.features_only
+        if timm_head and not hasattr(model, "reset_classifier"):
+            raise RescompileError(
+                f"{graph.name}'s head is not one chain of a global average pool and a classifier, so its model "
+                "has no timm head options (num_classes=0, global_pool, drop_rate, features_only)"
+            )
+        if self.num_classes == 0 or self.global_pool is not None:
+            model.reset_classifier(0 if self.num_classes == 0 else model.num_classes, self.global_pool)
+        return model
+
+    def chosen(self, graph: Graph) -> tuple[int, ...]:
+        """The indices into ``feature_info`` of the feature maps ``out_indices`` chooses."""
+        return chosen_indices(graph.name, len(feature_points(graph)), self.out_indices)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pretrained_cfg(graph: Graph) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a model of ``graph``: its input size, ImageNet's mean and std
+    (the specs state no preprocessing; timm's defaults), bilinear resizing and a 0.875 centre crop
+    for inputs of ImageNet scale (none for small, CIFAR-sized ones), the classifier's class count."""
+    sections = head_sections(graph)
+    return {
+        "input_size": graph.input_shape,
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "crop_pct": 0.875 if min(graph.input_shape[1:]) >= 128 else 1.0,
+        "num_classes": graph.output_shape[0],
+        "classifier": None if sections is None else sections.classifier.name,
+    }
+
+
 __all__ = [
     "GLOBAL_POOLS",
+    "FeatureInfo",
     "FeaturePoint",
     "HeadSections",
+    "TimmHead",
     "chosen_indices",
     "feature_node",
     "feature_points",
     "forward_paths",
     "head_sections",
+    "pretrained_cfg",
 ]

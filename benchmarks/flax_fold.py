@@ -1,7 +1,7 @@
 """Does folding BatchNorm into the convolutions speed up a jitted Flax ResNet-50 (eval mode)?
 
 Issue #12 asks for the torch backend's inference lowering in Flax too, where it helps. This times
-the hand-written Flax ResNet-50 (:mod:`rescompile.handwritten_flax_resnet50`) against the same
+the hand-written Flax ResNet-50 (``handwritten_flax_resnet50.py`` beside it) against the same
 network with every BatchNorm folded into its conv (a conv with a bias, no BatchNorm), both
 compiled by ``jax.jit`` over their split state (weights are arguments, not constants, as when a
 model is served), interleaved, in one run. The folded weights are random: only speed is measured.
@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import handwritten_flax_resnet50 as handwritten  # beside this file: python puts its folder on sys.path
 import jax
 import numpy as np
 from flax import nnx
-
-from rescompile import handwritten_flax_resnet50 as handwritten
 
 
 def folded_resnet50() -> nnx.Module:

@@ -27,10 +27,10 @@ import flax
 import jax
 import numpy as np
 from flax import nnx
+from handwritten_flax_resnet50 import ResNet50  # beside this file: python puts its folder on sys.path
 
 from rescompile.backends import flax_backend
 from rescompile.compiler import compile_spec
-from rescompile.handwritten_flax_resnet50 import ResNet50
 
 Forward = Callable[[jax.Array], jax.Array]
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.backends.registry import BACKENDS
-from rescompile.backends.surface import GLOBAL_POOLS, chosen_indices, feature_points, forward_paths, head_sections
+from rescompile.backends.surface import TimmHead
 from rescompile.checkpoints import canonical_weights, read_checkpoint
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import checked_size, lower
@@ -186,8 +186,8 @@ def create_model(
     timm's head options (torch and flax): ``num_classes=0`` (no classifier: the pooled features
     out), ``global_pool`` ("avg", or "": no pooling, with ``num_classes=0``); ``drop_rate``
     (dropout before the classifier, torch only); ``features_only=True`` gives timm's features model
-    (:class:`rescompile.features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``; in
-    Flax :class:`rescompile.flax_features.FlaxFeatureNet`; in ONNX a ModelProto with one output per
+    (:class:`rescompile.backends.torch_features.FeatureListNet`: the maps ``out_indices`` of ``feature_info``; in
+    Flax :class:`rescompile.backends.flax_features.FlaxFeatureNet`; in ONNX a ModelProto with one output per
     map, named by module).
     The model carries ``pretrained_cfg`` (input size, mean, std, crop)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -205,52 +205,18 @@ def create_model(
     if weights is not None and checkpoint_path is not None:
         raise RescompileError("give weights= (canonical safetensors) or checkpoint_path= (a checkpoint), not both")
     in_channels = _in_channels(in_channels, in_chans)
-    head = _TimmHead(num_classes, global_pool, drop_rate, features_only, out_indices)
-    head.check(backend)
+    head = TimmHead(num_classes, global_pool, drop_rate, features_only, out_indices)
+    head.check(backend, {name: entry.head_options for name, entry in BACKENDS.items()})
     graph = create_graph(
         name, num_classes=head.graph_classes, input_size=input_size, in_channels=in_channels, **block_parameters
     )
-    model: Any
-    if inference:
-        # NOTE: the one backend option a model (not only a written file) takes; Implementation's
-        # build_module has no options, so the lowering's own builder is called by name.
-        from rescompile.backends.torch_backend import build_module
-
-        model = build_module(graph, inference=True)
-    else:
-        model = implementation.build(graph)
+    model = implementation.build(graph, inference=inference)
     if weights is not None:
         implementation.load_weights(model, graph, read_weights(Path(weights)))
     if checkpoint_path is not None:
         path = Path(checkpoint_path)
         implementation.load_weights(model, graph, canonical_weights(graph, read_checkpoint(path), str(path)))
-    if backend == "flax" and features_only:
-        return _flax_features(model, graph, out_indices)
-    if backend == "onnx" and features_only:
-        return _onnx_features(model, graph, out_indices)
-    if backend == "flax":
-        return head.reset(model, graph)
-    if backend != "torch":
-        return model
-    model.pretrained_cfg = model.default_cfg = pretrained_cfg(graph)
-    return head.apply(model, graph)
-
-
-def _flax_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
-    from rescompile.flax_features import FlaxFeatureNet
-
-    points = feature_points(graph)
-    return FlaxFeatureNet(model, graph, points, chosen_indices(graph.name, len(points), out_indices))
-
-
-def _onnx_features(model: Any, graph: Graph, out_indices: Sequence[int] | None) -> Any:
-    """The ONNX features model (one output per chosen map, named by module) holding ``model``'s weights."""
-    from rescompile.backends.onnx_backend import emit_model
-
-    points = feature_points(graph)
-    chosen = sorted(chosen_indices(graph.name, len(points), out_indices))
-    weights = BACKENDS["onnx"].to_weights(model, graph)
-    return emit_model(graph, weights, features=[points[index] for index in chosen]).proto()
+    return implementation.timm_model(model, graph, head)
 
 
 def _refuse_pretrained(name: str | Path, pretrained: bool) -> None:
@@ -268,108 +234,3 @@ def _in_channels(in_channels: int | None, in_chans: int | None) -> int | None:
     if in_chans is not None and in_channels is not None and in_chans != in_channels:
         raise RescompileError(f"in_chans={in_chans} and in_channels={in_channels} name one thing: give one of them")
     return in_channels if in_chans is None else in_chans
-
-
-class _TimmHead:
-    """timm's head and feature options of ``create_model``, applied to a built torch model."""
-
-    def __init__(
-        self,
-        num_classes: int | None,
-        global_pool: str | None,
-        drop_rate: float,
-        features_only: bool,
-        out_indices: Sequence[int] | None,
-    ) -> None:
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.features_only = features_only
-        self.out_indices = out_indices
-
-    @property
-    def graph_classes(self) -> int | None:
-        """The classes the graph is built with: a model without a classifier is built with the
-        spec's (so its weights load) and has it removed."""
-        return None if self.num_classes == 0 else self.num_classes
-
-    def check(self, backend: str) -> None:
-        given = [
-            text
-            for text, used in (
-                ("num_classes=0", self.num_classes == 0),
-                (f"global_pool={self.global_pool!r}", self.global_pool is not None),
-                (f"drop_rate={self.drop_rate}", self.drop_rate != 0.0),
-                ("features_only=True", self.features_only),
-                (f"out_indices={self.out_indices!r}", self.out_indices is not None),
-            )
-            if used
-        ]
-        head = [text for text in given if not text.startswith(("features_only", "out_indices"))]
-        if head and backend == "onnx":
-            raise RescompileError(
-                f"{', '.join(head)}: timm's head options apply to backends torch and flax, not 'onnx' "
-                "(onnx takes features_only and out_indices)"
-            )
-        if self.drop_rate and backend != "torch":
-            raise RescompileError(
-                f"drop_rate={self.drop_rate}: dropout before the classifier is in the torch model only; "
-                f"the {backend} model has none"
-            )
-        if self.out_indices is not None and not self.features_only:
-            raise RescompileError("out_indices chooses feature maps: it needs features_only=True")
-        if self.global_pool is not None and self.global_pool not in GLOBAL_POOLS:
-            raise RescompileError(f"global_pool={self.global_pool!r}: use 'avg' (the default) or '' (no pooling)")
-        if self.global_pool == "" and self.num_classes != 0 and not self.features_only:
-            raise RescompileError(
-                "global_pool='' (no pooling) needs num_classes=0: the classifier takes pooled features"
-            )
-        if self.drop_rate < 0.0 or self.drop_rate >= 1.0:
-            raise RescompileError(f"drop_rate={self.drop_rate}: a dropout probability is in [0, 1)")
-
-    def reset(self, model: Any, graph: Graph) -> Any:
-        """``model`` (torch or flax) with ``num_classes=0`` and ``global_pool`` applied: the model is
-        built with the spec's classifier, so that its weights load, and has it removed after."""
-        timm_head = self.num_classes == 0 or self.global_pool is not None or self.drop_rate or self.features_only
-        if timm_head and not hasattr(model, "reset_classifier"):
-            raise RescompileError(
-                f"{graph.name}'s head is not one chain of a global average pool and a classifier, so its model "
-                "has no timm head options (num_classes=0, global_pool, drop_rate, features_only)"
-            )
-        if self.num_classes == 0 or self.global_pool is not None:
-            model.reset_classifier(0 if self.num_classes == 0 else model.num_classes, self.global_pool)
-        return model
-
-    def apply(self, model: Any, graph: Graph) -> Any:
-        self.reset(model, graph)
-        model.drop_rate = self.drop_rate
-        if not self.features_only:
-            return model
-        from rescompile.features import FeatureListNet
-
-        paths = forward_paths(graph)
-        assert paths is not None, "a model with reset_classifier has a cut head"
-        points = feature_points(graph)
-        features = FeatureListNet(model, paths, points, chosen_indices(graph.name, len(points), self.out_indices))
-        features.pretrained_cfg = features.default_cfg = model.pretrained_cfg
-        return features
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def pretrained_cfg(graph: Graph) -> dict[str, Any]:
-    """timm's ``pretrained_cfg`` of a model of ``graph``: its input size, ImageNet's mean and std
-    (the specs state no preprocessing; timm's defaults), bilinear resizing and a 0.875 centre crop
-    for inputs of ImageNet scale (none for small, CIFAR-sized ones), the classifier's class count."""
-    sections = head_sections(graph)
-    return {
-        "input_size": graph.input_shape,
-        "interpolation": "bilinear",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "crop_pct": 0.875 if min(graph.input_shape[1:]) >= 128 else 1.0,
-        "num_classes": graph.output_shape[0],
-        "classifier": None if sections is None else sections.classifier.name,
-    }

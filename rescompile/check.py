@@ -40,7 +40,7 @@ MAX_TRAIN_STEPS = 10_000
 """The most steps ``check --train-steps`` takes (each keeps its loss; a float64 step of resnet20
 takes about a tenth of a second on a CPU)."""
 
-TRAINING_BACKENDS = ("torch", "flax")
+TRAINING_BACKENDS = tuple(name for name, backend in BACKENDS.items() if backend.trains)
 """The backends ``check --train-steps`` trains: ONNX Runtime runs inference only."""
 
 
@@ -256,8 +256,9 @@ def parser() -> argparse.ArgumentParser:
     result.add_argument(
         "--train-steps",
         type=int,
-        help="instead: train N steps of SGD (lr 0.1, momentum 0.9, weight decay 1e-4) in torch and in Flax from the "
-        "same weights on the same batches, in float64, and compare every loss, weight and running statistic "
+        help="instead: train N steps of SGD (lr 0.1, momentum 0.9, weight decay 1e-4) in "
+        f"{' and '.join(TRAINING_BACKENDS)} from the same weights on the same batches, in float64, and compare "
+        "every loss, weight and running statistic "
         f"(tolerance {TRAINING_TOLERANCE.rtol:g} of scale)",
     )
     network = TOLERANCES["network"]
@@ -309,18 +310,19 @@ gradients are ~1% from their own float64 ones in torch alone (plain20, batch 16)
 
 
 def _train_check(options: argparse.Namespace) -> int:
-    from rescompile.training import batches, compare, train_flax, train_torch
+    """Every backend that trains, from the same weights on the same batches; each compared with the first."""
+    from rescompile.training import batches, compare, train
 
     if not 1 <= options.train_steps <= MAX_TRAIN_STEPS:
         raise RescompileError(f"--train-steps must be from 1 to {MAX_TRAIN_STEPS:,}, got {options.train_steps:,}")
+    trainers = " and ".join(TRAINING_BACKENDS)
     if options.backends is not None and sorted(options.backends) != sorted(TRAINING_BACKENDS):
         raise RescompileError(
-            f"--train-steps compares {' and '.join(TRAINING_BACKENDS)} (ONNX Runtime does not train); "
-            f"got --backends {','.join(options.backends)}"
+            f"--train-steps compares {trainers} (the backends that train); got --backends {','.join(options.backends)}"
         )
     for backend in TRAINING_BACKENDS:
         BACKENDS[backend].op_kinds()  # a missing or broken framework is one line, before anything else
-    progress = Progress(total=3)
+    progress = Progress(total=1 + len(TRAINING_BACKENDS))
     try:
         progress.step(f"compiling {options.spec}")
         graph = compile_spec(options.spec, options.size)
@@ -329,34 +331,27 @@ def _train_check(options: argparse.Namespace) -> int:
         weights = read_weights(options.weights) if options.weights else random_weights(graph, options.seed)
         check_weights(graph, weights)
         data = batches(graph, options.train_steps, batch, options.seed + 1)
-        progress.step(f"training torch, {options.train_steps} steps")
-        torch_run = train_torch(graph, weights, data, float64=True)
-        progress.step(f"training flax, {options.train_steps} steps")
-        flax_run = train_flax(graph, weights, data, float64=True)
+        runs = {}
+        for backend in TRAINING_BACKENDS:
+            progress.step(f"training {backend}, {options.train_steps} steps")
+            runs[backend] = train(backend, graph, weights, data, float64=True)
     finally:
         progress.close()
-    comparison = compare(torch_run, flax_run, TRAINING_TOLERANCE)
-    print(f"{'step':>4}  {'torch loss':>14}  {'flax loss':>14}")
-    for index, (first, second) in enumerate(zip(torch_run.losses, flax_run.losses, strict=True)):
-        print(f"{index + 1:>4}  {first:>14.8f}  {second:>14.8f}")
-    print(
-        f"losses within {comparison.loss_max_relative:.1e} of scale; weights and running statistics within "
-        f"{comparison.weights_max_relative:.1e} (worst: {comparison.worst_weight})"
-    )
-    if comparison.first_mismatch is not None:
-        print(f"torch and flax diverge first at {comparison.first_mismatch}")
+    reference, *others = TRAINING_BACKENDS
+    print(f"{'step':>4}" + "".join(f"  {f'{backend} loss':>14}" for backend in TRAINING_BACKENDS))
+    for index, losses in enumerate(zip(*(run.losses for run in runs.values()), strict=True)):
+        print(f"{index + 1:>4}" + "".join(f"  {loss:>14.8f}" for loss in losses))
+    agree = True
+    for other in others:
+        comparison = compare(runs[reference], runs[other], TRAINING_TOLERANCE)
+        print(
+            f"losses within {comparison.loss_max_relative:.1e} of scale; weights and running statistics within "
+            f"{comparison.weights_max_relative:.1e} (worst: {comparison.worst_weight})"
+        )
+        if comparison.first_mismatch is not None:
+            print(f"{reference} and {other} diverge first at {comparison.first_mismatch}")
+            agree = False
+    if not agree:
         return 1
-    print(f"torch and flax train alike ({options.train_steps} steps, float64)")
+    print(f"{trainers} train alike ({options.train_steps} steps, float64)")
     return 0
-
-
-def assert_backends_agree(graph: Graph, seed: int = 0, batch: int = 2) -> None:
-    """``check`` in a test: every registered backend, the same random weights and inputs
-    (seeded), every pair compared module by module within :data:`TOLERANCES` ``"network"``, and
-    every output finite."""
-    weights = random_weights(graph, seed=seed)
-    inputs = np.random.default_rng(seed + 1).standard_normal((batch, *graph.input_shape)).astype(np.float32)
-    backends = tuple(BACKENDS)
-    result = check(graph, backends, dict.fromkeys(backends, weights), inputs, TOLERANCES["network"])
-    assert [pair.first_mismatch for pair in result.pairs] == [None] * math.comb(len(backends), 2), format_result(result)
-    assert all(np.isfinite(pair.output_max_abs) for pair in result.pairs)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rescompile.backends.registry import BACKENDS
 from rescompile.compiler.ir import BatchNorm, Graph
 from rescompile.compiler.weights import (
     TORCH_CHECKPOINT_SUFFIXES,
@@ -158,9 +159,6 @@ def canonical_weights(graph: Graph, checkpoint: Mapping[str, npt.NDArray[np.gene
 def convert(graph: Graph, checkpoint_path: Path, output: Path, backend: str) -> int:
     """Read, check and write; returns the number of tensors written."""
     weights = canonical_weights(graph, read_checkpoint(checkpoint_path), str(checkpoint_path))
-    if backend == "flax":
-        from rescompile.backends.flax_backend import flax_layout
-
-        weights = flax_layout(graph, weights)
+    weights = BACKENDS[backend].weight_layout(graph, weights)
     save_weights(weights, output)
     return len(weights)

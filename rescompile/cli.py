@@ -159,14 +159,15 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.description = (
             "Read a torchvision or timm checkpoint (.pth/.pt/.bin with torch.load(weights_only=True), or "
             ".safetensors), check it strictly against SPEC's weights (missing, unexpected and mis-shaped names), "
-            "and write canonical safetensors (--backend torch) or the generated Flax module's layout (--backend flax)."
+            "and write safetensors in the layout --backend's model loads (canonical: torch's; flax: the generated "
+            "Flax module's)."
         )
         parser.add_argument("action", choices=("convert",), help="what to do (convert)")
         parser.add_argument("checkpoint", type=Path, help="the checkpoint file")
         parser.add_argument("--spec", required=True, help="the network it belongs to: a spec file or a built-in name")
         parser.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
         parser.add_argument(
-            "--backend", choices=("torch", "flax"), default="torch", help="layout to write (default: torch, canonical)"
+            "--backend", choices=BACKENDS, default="torch", help="layout to write (default: torch, canonical)"
         )
     elif name == "draw":
         parser.description = (
@@ -401,11 +402,10 @@ def _refuse_unread_options(options: argparse.Namespace, backend: Backend) -> Non
 
 def _dynamic(graph: Graph, options: argparse.Namespace) -> str:
     """Which input dimensions the written model leaves open, as the compile report says it."""
-    if "fixed_size" not in BACKENDS[options.backend].options or options.fixed_size:
+    backend = BACKENDS[options.backend]
+    if "fixed_size" not in backend.options or options.fixed_size:
         return "batch dimension dynamic"
-    from rescompile.backends.onnx_backend import fixed_size_reason
-
-    reason = fixed_size_reason(graph)
+    reason = backend.fixed_size_reason(graph)
     return "batch, height and width dynamic" if reason is None else f"batch dimension dynamic; fixed size: {reason}"
 
 

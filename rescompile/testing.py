@@ -1,12 +1,13 @@
-"""Test helpers for rescompile and for users testing their own blocks.
+"""Testing helpers for rescompile and for users testing their own blocks: the tolerances
+``check`` and ``bench`` compare backends with, and the Hypothesis strategy of valid networks.
 
 :func:`assert_close` is the one tolerance helper: every numerical comparison in the test suite
 goes through it, with the tolerances stated at the call site or taken from :data:`TOLERANCES`.
+Helpers only the test suite uses are in ``tests/support.py``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     # The same kernels on both sides (e.g. rescompile's torch module against torchvision).
     "same_framework": Tolerance(atol=1e-5, rtol=1e-5),
-    # fp32 across frameworks, one block (measured ~1e-6; see DESIGN.md).
+    # fp32 across frameworks, one block (measured ~1e-6).
     "block": Tolerance(atol=1e-5, rtol=1e-5),
     # fp32 across frameworks, logits of a whole network (ResNet-50 measured ~1e-4).
     "network": Tolerance(atol=1e-4, rtol=1e-4),
@@ -157,54 +158,3 @@ def network_specs(
         )
 
     return build()
-
-
-def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial statistics and affine parameters in every BatchNorm, GroupNorm and LayerNorm of
-    ``model``, so that eval mode exercises all four (and a zero-initialised last norm does not hide
-    its branch), and in every layer scale (a 1-D parameter ``gamma``, 1e-6 in a fresh ConvNeXt, which
-    would hide its block's branch)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, torch.nn.Parameter) and gamma.ndim == 1:
-                gamma.copy_(torch.rand(gamma.shape[0], generator=generator) + 0.5)
-            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.GroupNorm | torch.nn.LayerNorm):
-                channels = module.weight.shape[0]
-                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
-            if isinstance(module, torch.nn.BatchNorm2d):
-                assert module.running_mean is not None and module.running_var is not None
-                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-
-
-def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
-    """Multiply-accumulates of the convolution and linear *modules* measured on a running model,
-    with forward hooks (independent of the cost pass): a conv counts output elements × input
-    channels per group × kernel area, a linear layer output elements × in features (in × out per
-    sample on flat features; × pixels on a channels-last image, as ConvNeXt's MLP). This is
-    torchvision's convention (and fvcore's for these layers); functional calls are not counted."""
-    import torch
-
-    total = 0
-
-    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv1d):
-            kernel = math.prod(module.kernel_size)
-            total += output[0].numel() * (module.in_channels // module.groups) * kernel
-        elif isinstance(module, torch.nn.Linear):
-            total += output[0].numel() * module.in_features
-
-    handles = [module.register_forward_hook(hook) for module in model.modules()]
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total

@@ -68,8 +68,8 @@ def test_bench_prints_positive_rates_and_the_ratio_to_the_reference(
         (["resnet20", "--device", "cuda"], "--device cuda: torch sees no CUDA GPU here; use --device cpu"),
         (["resnet20", "--dtype", "fp16"], "--dtype fp16 needs --device cuda"),
         (["resnet20", "--inference", "--train"], "--inference lowers a model for evaluation"),
-        (["resnet20", "--backend", "onnx", "--train"], "--backend onnx times ONNX Runtime inference in fp32"),
-        (["resnet20", "--backend", "flax", "--inference"], "--inference applies to --backend torch and onnx"),
+        (["resnet20", "--backend", "onnx", "--train"], "--train applies to --backend torch and flax, not onnx"),
+        (["resnet20", "--backend", "flax", "--inference"], "--inference applies to --backend torch and onnx, not flax"),
         (["resnet20", "--rounds", "0"], "--batch and --rounds must be at least 1"),
         (["resnet2O"], "resnet2O"),
         (

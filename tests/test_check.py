@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import builtin_params
+from support import assert_backends_agree
 
 from rescompile.backends.interface import module_names
 from rescompile.backends.registry import BACKENDS
 from rescompile.check import (
     CheckResult,
     Progress,
-    assert_backends_agree,
     check,
     compare,
     feature_outputs,
@@ -184,11 +184,11 @@ def test_check_refuses_meaningless_options(
         (["--train-steps", "0"], "--train-steps must be from 1 to 10,000, got 0"),
         (
             ["--train-steps", "3", "--backends", "torch,onnx"],
-            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,onnx",
+            "--train-steps compares torch and flax (the backends that train); got --backends torch,onnx",
         ),
         (
             ["--train-steps", "3", "--backends", "torch,flax,onnx"],
-            "--train-steps compares torch and flax (ONNX Runtime does not train); got --backends torch,flax,onnx",
+            "--train-steps compares torch and flax (the backends that train); got --backends torch,flax,onnx",
         ),
     ],
 )

@@ -18,12 +18,13 @@ import torchvision
 from flax import nnx
 from safetensors.numpy import load_file
 from safetensors.torch import save_file
+from support import randomise_normalisation
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.cli import main
 from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import read_weights
-from rescompile.testing import assert_close, randomise_normalisation
+from rescompile.testing import assert_close
 
 
 @pytest.fixture(scope="module")

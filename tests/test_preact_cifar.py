@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import randomise_normalisation
 from torch import nn
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec, cost
-from rescompile.testing import assert_close, randomise_normalisation
+from rescompile.testing import assert_close
 
 
 class Projection(nn.Module):

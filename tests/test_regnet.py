@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from support import randomise_normalisation
 from timm.models.regnet import adjust_widths_groups_comp, generate_regnet, model_cfgs
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec, cost
 from rescompile.regnet import main, regnet_stages
 from rescompile.spec import builtin_directory
-from rescompile.testing import assert_close, randomise_normalisation
+from rescompile.testing import assert_close
 
 # (name, w0, wa, wm, depth, group width, SE ratio) as timm's model_cfgs state them.
 SHIPPED = [

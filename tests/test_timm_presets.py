@@ -16,14 +16,14 @@ import timm
 import torch
 import torchvision
 from conftest import PART_COVERING_PRESETS
+from support import assert_backends_agree, randomise_normalisation
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import Graph
 from rescompile.spec import builtin_networks
-from rescompile.testing import assert_close, randomise_normalisation
+from rescompile.testing import assert_close
 
 TIMM_PRESETS = [
     "resnet50c",

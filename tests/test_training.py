@@ -5,6 +5,8 @@ named."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rescompile import training
@@ -19,8 +21,8 @@ def test_ten_sgd_steps_in_torch_and_flax_give_the_same_model(name: str) -> None:
     graph = compile_spec(name, size=32)
     weights = random_weights(graph, seed=0)
     data = training.batches(graph, steps=10, batch=8, seed=1)
-    torch_run = training.train_torch(graph, weights, data, float64=True)
-    flax_run = training.train_flax(graph, weights, data, float64=True)
+    torch_run = training.train("torch", graph, weights, data, float64=True)
+    flax_run = training.train("flax", graph, weights, data, float64=True)
     comparison = training.compare(torch_run, flax_run, TRAINING_TOLERANCE)
     assert comparison.first_mismatch is None, comparison
     assert comparison.loss_max_relative < 1e-10
@@ -33,9 +35,9 @@ def test_a_different_weight_decay_is_caught_and_named(monkeypatch: pytest.Monkey
     graph = compile_spec("resnet20", size=16)
     weights = random_weights(graph, seed=0)
     data = training.batches(graph, steps=2, batch=4, seed=1)
-    flax_run = training.train_flax(graph, weights, data, float64=True)
-    monkeypatch.setattr(training, "WEIGHT_DECAY", 1e-2)
-    torch_run = training.train_torch(graph, weights, data, float64=True)
+    flax_run = training.train("flax", graph, weights, data, float64=True)
+    monkeypatch.setattr(training, "PAPER_SGD", dataclasses.replace(training.PAPER_SGD, weight_decay=1e-2))
+    torch_run = training.train("torch", graph, weights, data, float64=True)
     comparison = training.compare(torch_run, flax_run, TRAINING_TOLERANCE)
     assert comparison.first_mismatch is not None
     assert comparison.first_mismatch.startswith("step 2 loss")  # step 1's loss precedes any update

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import infer_shapes
 
 from rescompile.backends import flax_backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler import compile_spec
 from rescompile.compiler.ir import AvgPool, Graph, MaxPool
-from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.weights import random_weights
 from rescompile.testing import assert_close
 

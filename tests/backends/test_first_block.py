@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import assert_backends_agree
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec
 from rescompile.compiler.cost import cost
 from rescompile.compiler.weights import random_weights

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import assert_backends_agree
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.source import MAX_INLINE_TERMS
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import Graph, compile_spec
 from rescompile.spec import builtin_networks
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import assert_backends_agree, count_macs, randomise_normalisation
 from torch import nn
 
 from rescompile.backends import torch_backend
 from rescompile.backends.registry import BACKENDS
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.weights import weight_shapes
-from rescompile.testing import Tolerance, assert_close, count_macs, randomise_normalisation
+from rescompile.testing import Tolerance, assert_close
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "inverted_residual.yaml"

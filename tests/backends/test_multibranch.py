@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import timm
 import torch
+from support import assert_backends_agree, count_macs, randomise_normalisation
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.onnx_backend import SUPPORTED_OPSETS, emit_model, run_onnxruntime
 from rescompile.backends.source import class_name
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
 from rescompile.compiler.weights import random_weights
 from rescompile.spec.errors import RescompileError
-from rescompile.testing import assert_close, count_macs, randomise_normalisation
+from rescompile.testing import assert_close
 
 SIZE = 64
 

@@ -27,6 +27,7 @@ import onnx.shape_inference
 import pytest
 import torch
 from google.protobuf.message import EncodeError
+from support import infer_shapes
 
 from rescompile.backends import onnx_backend, torch_backend
 from rescompile.backends.onnx_backend import (
@@ -40,7 +41,6 @@ from rescompile.backends.onnx_backend import (
 )
 from rescompile.compiler.ir import AvgPool, BatchNorm, Conv, Graph, Linear, MaxPool, Module
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
 from rescompile.spec import RescompileError, builtin_networks
 from rescompile.testing import Tolerance, assert_close

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from support import assert_backends_agree, count_macs, randomise_normalisation
 
 from rescompile.api import create_graph
 from rescompile.backends import torch_backend
-from rescompile.check import assert_backends_agree
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import DropPath, LayerNorm, LayerScale, PointwiseLinear
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
-from rescompile.testing import assert_close, count_macs, randomise_normalisation
+from rescompile.testing import assert_close
 
 # A transition whose nodes are named (a class, not a Sequential) and that normalises with GELU.
 NAMED_TRANSITION = """name: norm_conv

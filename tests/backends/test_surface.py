@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from support import infer_shapes
+
 from rescompile.backends import torch_backend
 from rescompile.backends.source import load_source
 from rescompile.backends.surface import feature_points, forward_paths, head_sections
 from rescompile.compiler.ir import AvgPool
 from rescompile.compiler.pipeline import compile_spec
-from rescompile.compiler.shapes import infer_shapes
 
 
 def test_a_cifar_net_maps_its_stem_and_stages() -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import infer_shapes
 from timm.layers import BlurPool2d, EcaModule, GroupNorm, GroupNormAct, StdConv2d
 from timm.models.resnet import Bottleneck
 from timm.models.resnetv2 import Bottleneck as ResNetV2Bottleneck
@@ -29,7 +30,6 @@ from rescompile.backends import flax_backend, onnx_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import BlurPool, Graph
-from rescompile.compiler.shapes import infer_shapes
 from rescompile.compiler.weights import random_weights
 from rescompile.testing import assert_close
 

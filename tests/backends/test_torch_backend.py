@@ -12,6 +12,7 @@ import torch
 import torchvision
 from conftest import OP_COVERING_PRESETS
 from hypothesis import assume, given
+from support import count_macs, randomise_normalisation
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
@@ -20,7 +21,7 @@ from rescompile.compiler import compile_spec, cost, lower_spec
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
 from rescompile.spec.models import NetworkSpec
-from rescompile.testing import assert_close, count_macs, network_specs, randomise_normalisation
+from rescompile.testing import assert_close, network_specs
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 TORCHVISION_MODELS = [

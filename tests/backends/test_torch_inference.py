@@ -5,6 +5,7 @@ built-in, and loads torchvision's state_dict as it is."""
 import pytest
 import torch
 import torchvision
+from support import randomise_normalisation
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
@@ -12,7 +13,7 @@ from rescompile.compiler.fold import fold_batch_norm
 from rescompile.compiler.ir import BatchNorm
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
-from rescompile.testing import assert_close, randomise_normalisation
+from rescompile.testing import assert_close
 
 LOWERING_DEFAULT = {"resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"}
 """Built-ins whose ops between them cover every op kind (as the compile test's): checked in the

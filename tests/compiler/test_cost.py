@@ -1,5 +1,5 @@
-"""The cost pass reproduces the published numbers exactly (DESIGN.md's table: torchvision's model
-documentation and He et al. 2016), for every preset that has one."""
+"""The cost pass reproduces the published numbers exactly (torchvision's model documentation and
+He et al. 2016), for every preset that has one."""
 
 import pytest
 import timm

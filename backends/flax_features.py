@@ -10,9 +10,8 @@ import jax
 from flax import nnx
 
 from rescompile.backends.flax_backend import feature_maps, stage_transitions
-from rescompile.backends.surface import FeaturePoint
+from rescompile.backends.surface import FeatureInfo, FeaturePoint
 from rescompile.compiler.ir import Graph
-from rescompile.features import FeatureInfo
 from rescompile.spec.errors import RescompileError
 
 

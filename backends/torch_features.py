@@ -8,49 +8,15 @@ features model's: ``conv1.weight``, ``layer1.0.conv1.weight``, ...
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from rescompile.backends.surface import FeatureInfo
+
 if TYPE_CHECKING:
     from rescompile.backends.surface import FeaturePoint
-
-
-class FeatureInfo:
-    """timm's FeatureInfo: the feature maps of a network (``num_chs``, ``reduction``, ``module``)
-    and the ones chosen (``out_indices``). Each getter gives the chosen maps' values with no
-    ``idx``, else those of map ``idx`` (an index or a sequence of them, into every map)."""
-
-    def __init__(self, info: list[dict[str, int | str]], out_indices: tuple[int, ...]) -> None:
-        self.info = info
-        self.out_indices = out_indices
-
-    def get(self, key: str, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
-        if idx is None:
-            return [self.info[index][key] for index in self.out_indices]
-        if isinstance(idx, int):
-            return self.info[idx][key]
-        return [self.info[index][key] for index in idx]
-
-    def channels(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
-        return self.get("num_chs", idx)
-
-    def reduction(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
-        return self.get("reduction", idx)
-
-    def module_name(self, idx: int | Sequence[int] | None = None) -> int | str | list[int | str]:
-        return self.get("module", idx)
-
-    def get_dicts(self) -> list[dict[str, int | str]]:
-        return [self.info[index] for index in self.out_indices]
-
-    def __getitem__(self, idx: int) -> dict[str, int | str]:
-        return self.info[idx]
-
-    def __len__(self) -> int:
-        return len(self.info)
 
 
 class FeatureListNet(nn.Module):
@@ -80,4 +46,4 @@ class FeatureListNet(nn.Module):
         return features
 
 
-__all__ = ["FeatureInfo", "FeatureListNet"]
+__all__ = ["FeatureListNet"]
