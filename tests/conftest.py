@@ -4,12 +4,15 @@
 ``thorough`` draws many more examples: ``HYPOTHESIS_PROFILE=thorough ./dev test``.
 """
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 
 import pytest
 from _pytest.mark import ParameterSet
 from hypothesis import HealthCheck, settings
+
+from rescompile.compiler import Graph, compile_spec
 
 settings.register_profile(
     "ci",
@@ -76,6 +79,13 @@ and the other built-ins in the slow tail."""
 def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:
     """``names`` as pytest parameters, those outside ``default`` marked slow."""
     return [pytest.param(name, id=name, marks=[] if name in default else [pytest.mark.slow]) for name in names]
+
+
+@functools.cache
+def compiled(name: str, size: int | None = None) -> Graph:
+    """``compile_spec(name, size=size)`` once per test process: a Graph is immutable, and many tests
+    compile the same built-in (tests of compiling itself call ``compile_spec``)."""
+    return compile_spec(name, size=size)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
