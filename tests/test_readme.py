@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_api import FEATURES_EXAMPLE, FLAX_FEATURES_EXAMPLE
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -60,6 +61,18 @@ def test_readme_command_runs(command: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
+RUN_IN_TEST_API = {FEATURES_EXAMPLE.strip(), FLAX_FEATURES_EXAMPLE.strip()}
+"""Python blocks tests/test_api.py runs as written (checking that the README holds them verbatim)
+and whose printed result it checks: run here again, in a fresh interpreter, in the slow tail only.
+The Flax one (resnet50d at 224 in eager Flax) was the default suite's slowest test."""
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(index, marks=[pytest.mark.slow] if block.strip() in RUN_IN_TEST_API else [])
+        for index, block in enumerate(blocks("python"))
+    ],
+)
 def test_readme_python_block_runs(index: int, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path, check=True, capture_output=True)
