@@ -49,7 +49,15 @@ def test_the_readme_shows_commands() -> None:
     assert len(SHELL_COMMANDS) == 2, SHELL_COMMANDS
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+CHECKED_BY_TESTS = {"./dev rescompile check convnext_tiny --size 97 --backends torch,flax,onnx"}
+"""Commands whose check tests/test_timm_presets.py makes by default (test_all_backends_agree at 97×97): run
+as written in the slow tail only."""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(command, marks=[pytest.mark.slow] if command in CHECKED_BY_TESTS else []) for command in COMMANDS],
+)
 def test_readme_command_runs(command: str, tmp_path: Path) -> None:
     for folder in ("architectures", "examples", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
