@@ -49,9 +49,13 @@ def test_the_readme_shows_commands() -> None:
     assert len(SHELL_COMMANDS) == 2, SHELL_COMMANDS
 
 
-CHECKED_BY_TESTS = {"./dev rescompile check convnext_tiny --size 97 --backends torch,flax,onnx"}
-"""Commands whose check tests/test_timm_presets.py makes by default (test_all_backends_agree at 97×97): run
-as written in the slow tail only."""
+CHECKED_BY_TESTS = {
+    "./dev rescompile check convnext_tiny --size 97 --backends torch,flax,onnx",
+    "./dev rescompile check resnet20 --size 32 --batch 8 --train-steps 10",
+}
+"""Commands whose check other tests make by default, run as written in the slow tail only: the first is
+tests/test_timm_presets.py's test_all_backends_agree at 97×97, the second tests/test_training.py's
+ten steps of resnet20 (32×32, batch 8; its command is run there too, for 3 steps)."""
 
 
 @pytest.mark.parametrize(
