@@ -4,6 +4,7 @@
 ``thorough`` draws many more examples: ``HYPOTHESIS_PROFILE=thorough ./dev test``.
 """
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -12,11 +13,14 @@ import pytest
 from _pytest.mark import ParameterSet
 from hypothesis import HealthCheck, settings
 
+from rescompile.compiler import Graph, compile_spec
 from rescompile.compiler.ops import OP_TYPES, Elementwise
 
 settings.register_profile(
     "ci",
-    max_examples=15,
+    # 10, not hypothesis's 100: the network properties build and run every backend per example
+    # (tests/test_equivalence_properties.py took ~5% of the default suite's time at 15).
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
@@ -105,6 +109,13 @@ def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object
 def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:
     """``names`` as pytest parameters, those outside ``default`` marked slow."""
     return [pytest.param(name, id=name, marks=[] if name in default else [pytest.mark.slow]) for name in names]
+
+
+@functools.cache
+def compiled(name: str, size: int | None = None) -> Graph:
+    """``compile_spec(name, size=size)`` once per test process: a Graph is immutable, and many tests
+    compile the same built-in (tests of compiling itself call ``compile_spec``)."""
+    return compile_spec(name, size=size)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -52,6 +52,7 @@ def ids(items: list[tuple[str, str]]) -> list[str]:
 
 
 def test_the_docs_show_commands_and_programs() -> None:
+    assert {command for _, command in COMMANDS} >= CHECKED_BY_TESTS
     pages = {page for page, _ in COMMANDS + PYTHON_BLOCKS}
     assert {"README.md", "docs/tutorial.md", "docs/backbones.md", "docs/language.md"} <= pages
     assert len(SHELL_COMMANDS) == 2, SHELL_COMMANDS
@@ -89,7 +90,25 @@ def test_shell_command_runs(page: str, command: str) -> None:
     assert "replicas identical: True" in result.stdout
 
 
-@pytest.mark.parametrize(("page", "command"), COMMANDS, ids=ids(COMMANDS))
+CHECKED_BY_TESTS = {
+    "./dev rescompile check convnext_tiny --size 97 --backends torch,flax,onnx",
+    "./dev rescompile check resnet20 --size 32 --batch 8 --train-steps 10",
+    "./dev rescompile check resnet50",
+}
+"""Commands whose check other tests make by default, run as written in the slow tail only: the first is
+tests/test_timm_presets.py's test_all_backends_agree at 97×97, the second tests/test_training.py's
+ten steps of resnet20 (32×32, batch 8; its command is run there too, for 3 steps), the third the
+flax and ONNX backend tests' resnet50 at 224×224 against torch (test_resnet50_224_*)."""
+
+
+@pytest.mark.parametrize(
+    ("page", "command"),
+    [
+        pytest.param(page, command, marks=[pytest.mark.slow] * (command in CHECKED_BY_TESTS))
+        for page, command in COMMANDS
+    ],
+    ids=ids(COMMANDS),
+)
 def test_command_runs(page: str, command: str, tmp_path: Path) -> None:
     for folder in ("architectures", "examples", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder)

@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import OP_COVERING_PRESETS, builtin_params
+from conftest import OP_COVERING_PRESETS, builtin_params, compiled
 from flax import nnx
 from torch import nn
 
@@ -164,9 +164,9 @@ def test_golden_resnet50_source() -> None:
     assert source == GOLDEN.read_text(), "generated source changed; see this file's docstring to regenerate"
 
 
-@pytest.mark.parametrize("name", builtin_networks())
+@pytest.mark.parametrize("name", builtin_params(builtin_networks()))
 def test_padding_is_explicit_pairs_everywhere(name: str) -> None:
-    source = flax_backend.emit_source(compile_spec(name))
+    source = flax_backend.emit_source(compiled(name))
     padded = re.findall(r"nnx\.Conv\(|nnx\.(?:max|avg)_pool\b", source)
     explicit = re.findall(r"padding=\(\((\w+(?: \W+ \w+)*), \1\), \(\1, \1\)\)", source)
     assert padded and len(explicit) == len(padded)

@@ -19,13 +19,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 import onnx.shape_inference
 import pytest
 import torch
+from conftest import builtin_params
 from google.protobuf.message import EncodeError
 from support import infer_shapes
 
@@ -45,7 +46,8 @@ from rescompile.compiler.weights import Weights, initial_weights, random_weights
 from rescompile.spec import RescompileError, builtin_networks
 from rescompile.testing import Tolerance, assert_close
 
-ARCHITECTURES = builtin_networks()
+ARCHITECTURES = builtin_params(builtin_networks())
+"""Every built-in; by default the part-covering ones (a part is emitted alike in every network that uses it)."""
 SMALL = 32
 EXACT = Tolerance(atol=0.0, rtol=0.0)
 
@@ -285,16 +287,6 @@ def test_onnxruntime_matches_torch(built: Built) -> None:
     assert_close(actual, built.reference, tolerance="network", what=built.graph.name)
 
 
-# These repeat resnet50's and resnet50_v1's blocks at another depth or width: some checks run on
-# them only with -m slow, to keep the default suite fast.
-REPEATED_BLOCKS = {"resnet101", "resnet101_v1", "resnet152", "resnet152_v1", "wide_resnet50_2"}
-
-
-def unless_repeated(names: list[str]) -> list[Any]:
-    return [pytest.param(name, marks=[pytest.mark.slow] if name in REPEATED_BLOCKS else []) for name in names]
-
-
-@pytest.mark.parametrize("built", unless_repeated(ARCHITECTURES), indirect=True)
 def test_onnxruntime_matches_torch_with_bn_folded(built: Built) -> None:
     model = emit_model(built.graph, built.weights, fold_bn=True)
     kinds = {node.op_type for node in model.skeleton.graph.node}
@@ -359,7 +351,7 @@ def test_resnet50_224_single_modules_match_torch() -> None:
         assert_close(actual, expected.numpy(), tolerance=Tolerance(atol=1e-5, rtol=0.0), what=what)
 
 
-RESIDUAL = unless_repeated([name for name in ARCHITECTURES if not name.startswith("plain")])
+RESIDUAL = builtin_params(name for name in builtin_networks() if not name.startswith("plain"))
 
 
 @pytest.mark.parametrize("name", RESIDUAL)
