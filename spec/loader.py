@@ -341,11 +341,7 @@ def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A block file's document with its ``extends`` chain resolved (see :func:`_extend_block`):
     an ordinary block, every value located in the file that set it; and the base files read."""
     documents, bases = _read_chain(path, (), "block", _resolve_block_base)
-    known = set(BOUND_NAMES["blocks"])
-    for document in documents:
-        for key in ("parameters", "derived"):
-            names = document.data.get(key)
-            known |= {str(name) for name in names} if isinstance(names, dict) else set()
+    known = set(BOUND_NAMES["blocks"]).union(*(_declared_names(document) for document in documents))
     uses = _ModuleUses()
     files = [path, *reversed(bases)]
     documents = [
@@ -385,12 +381,8 @@ def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loa
         raise RescompileError(
             f"expected a YAML mapping at the top level, got {type(document.data).__name__}", document.source.locate(())
         )
-    known: set[str] = set()
-    for key in ("parameters", "derived"):
-        names = document.data.get(key)
-        known |= {str(name) for name in names} if isinstance(names, dict) else set()
     uses = _ModuleUses()
-    document = _inline_modules(document, path, (*chain, path), frozenset(known), uses, classes=False)
+    document = _inline_modules(document, path, (*chain, path), _declared_names(document), uses, classes=False)
     document = _read_module_outputs(document, uses.outputs)
     part = _validate(ModuleSpec, document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, tuple(uses.files))
@@ -402,6 +394,12 @@ def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loa
         )
     check_part_references(loaded, "modules")
     return document, loaded
+
+
+def _declared_names(document: YamlDocument) -> frozenset[str]:
+    """The parameters and derived values a part file declares (not yet validated)."""
+    declared = [document.data.get(key) for key in ("parameters", "derived")]
+    return frozenset(str(name) for names in declared if isinstance(names, dict) for name in names)
 
 
 def _inline_modules(
@@ -458,8 +456,9 @@ def _inline_modules(
                     keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
                 uses.outputs[str(node_name)] = inlined.output
                 uses.files.append(inlined.file)
-                class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
-                class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
+                if "when" not in node:  # a class's nodes must exist in every instance of the block
+                    class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
+                    class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
                 previous = inlined.output
             if len(prefix) == 1:
                 data[map_key] = written

@@ -159,3 +159,23 @@ def test_modules_nested_deeper_than_the_limit_are_refused(tmp_path: Path, monkey
     network = _write(tmp_path, BLOCK.replace(SE_USE, "  se: {module: m0}\n"), chain)
     with pytest.raises(RescompileError, match=f"modules use modules at most {MAX_MODULE_DEPTH} deep"):
         compile_spec(network)
+
+
+def test_a_use_reads_its_input_and_exists_where_its_when_holds(tmp_path: Path) -> None:
+    use = SE_USE.replace("reduced: inner}", "reduced: inner}, input: conv1, when: stride == 1")
+    block = BLOCK.replace("  bn1: {op: batch_norm}\n", "").replace(SE_USE, use)
+    block = block.replace(
+        "  add: {op: add, inputs: [se, shortcut]}", "  bn1: {op: batch_norm}\n  add: {op: add, inputs: [bn1, shortcut]}"
+    )
+    graph = compile_spec(_write(tmp_path, block))
+    keys = set(weight_shapes(graph))
+    assert "layer1.0.se.fc1.weight" in keys and not any(key.startswith("layer2.0.se.") for key in keys)
+    nodes = {node.name: node for definition in graph.definitions for node in definition.nodes}
+    assert nodes["se.scale"].inputs == ("conv1", "se.gate")
+
+
+def test_two_uses_of_one_module_with_other_values_are_two_classes(tmp_path: Path) -> None:
+    uses = SE_USE + SE_USE.replace("se:", "se2:").replace("reduced: inner", "reduced: 4")
+    graph = compile_spec(_write(tmp_path, BLOCK.replace(SE_USE, uses).replace("[se, shortcut]", "[se2, shortcut]")))
+    source = torch_backend.emit_source(graph)
+    assert "self.se = SqueezeExcite(" in source and "self.se2 = SqueezeExcite_1(" in source
