@@ -317,6 +317,13 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     if kind == "modules":
         return _load_module(path, ())
     document, bases = _read_block(path) if kind == "blocks" else (read_yaml(path, display_name(path)), ())
+    nodes = document.data.get("nodes") if isinstance(document.data, dict) else None
+    for node_name, node in nodes.items() if isinstance(nodes, dict) else ():
+        if _is_module_use(node):
+            raise RescompileError(
+                f"node '{node_name}' uses a module; modules are used from blocks and modules, not a {kind[:-1]}",
+                document.source.locate(("nodes", node_name, "module"), key=True),
+            )
     part = _validate(PART_MODELS[kind], document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
     if part.templated and kind in ("shortcuts", "transitions", "modules"):

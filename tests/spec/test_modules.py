@@ -134,6 +134,12 @@ BAD_USES = {
         "blocks/gated.yaml:9:3: node 'se' uses module 'squeeze_excite', whose node makes 'se.fc1'; this part "
         "already has a node 'se.fc1': rename one",
     ),
+    "an unknown key": (
+        SE_USE.replace("reduced: inner}", "reduced: inner}, inputs: [bn1]"),
+        {},
+        "blocks/gated.yaml:8:79: unknown key 'inputs' (torch's or timm's name; here it is 'input'); valid keys here: "
+        "input, module, parameters, when",
+    ),
     "recursion": (
         "  se: {module: cycle_a}\n",
         {"cycle_a": CYCLE_A, "cycle_b": CYCLE_B},
@@ -179,3 +185,15 @@ def test_two_uses_of_one_module_with_other_values_are_two_classes(tmp_path: Path
     graph = compile_spec(_write(tmp_path, BLOCK.replace(SE_USE, uses).replace("[se, shortcut]", "[se2, shortcut]")))
     source = torch_backend.emit_source(graph)
     assert "self.se = SqueezeExcite(" in source and "self.se2 = SqueezeExcite_1(" in source
+
+
+def test_a_stem_that_uses_a_module_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    network = _write(tmp_path)
+    (tmp_path / "stems").mkdir()
+    (tmp_path / "stems" / "gate.yaml").write_text(
+        "name: gate\nnodes:\n  se: {module: squeeze_excite, parameters: {channels: 3, reduced: 2}}\n"
+    )
+    network.write_text(NETWORK.replace("stem: cifar", "stem: gate"))
+    with pytest.raises(RescompileError, match=r"^stems/gate.yaml:3:8: node 'se' uses a module; modules are used from"):
+        compile_spec(network)
