@@ -461,10 +461,13 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
         zero_init = [node.name for node in nodes if node.op_type.normalization and node.attribute("zero_init") is True]
         containers: list[ContainerClass] = []
-        for prefix, _ in definition.classes:
+        # The last container first: each replaces its run of source nodes by one, moving those after it.
+        for prefix, _ in sorted(definition.classes, key=lambda item: _first_node(nodes, item[0]), reverse=True):
             name = names.containers[(definition.name, prefix)]
             container, source = _container(graph, definition, prefix, name, nodes, source)
             containers.append(container)
+        order = [prefix for prefix, _ in definition.classes]
+        containers.sort(key=lambda container: order.index(container.prefix))
         classes.append(
             BlockClass(
                 definition=definition,
@@ -479,6 +482,11 @@ def block_classes(graph: Graph) -> list[BlockClass]:
             )
         )
     return classes
+
+
+def _first_node(nodes: list[SymbolicNode], prefix: str) -> int:
+    """The position of the first node under ``prefix`` (0 where none is: ``_container`` says why)."""
+    return next((index for index, node in enumerate(nodes) if node.name.startswith(f"{prefix}.")), 0)
 
 
 def _container(

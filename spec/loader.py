@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import keyword
 import types
 import typing
@@ -15,18 +17,22 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
+from rescompile.spec.expressions import Expression, ExpressionError, parse_expression
 from rescompile.spec.models import (
     FOREIGN_KEYS,
     FOREIGN_OPS,
     INFERRED_KEYS,
     MODULE_ATTRIBUTES,
     MODULE_LEVEL_NAMES,
+    REQUIRED,
     RESERVED_NAMES,
     AddSpec,
     BinarySpec,
     BlockExtensionSpec,
     BlockSpec,
     HeadSpec,
+    ModuleSpec,
+    ModuleUseSpec,
     NetworkSpec,
     OpSpec,
     PartSpec,
@@ -38,7 +44,7 @@ from rescompile.spec.models import (
 from rescompile.spec.yaml_source import SourceMap, YamlDocument, YamlPath, parse_yaml, read_yaml
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-PartKind = Literal["blocks", "stems", "heads", "shortcuts", "transitions"]
+PartKind = Literal["blocks", "stems", "heads", "shortcuts", "transitions", "modules"]
 
 PART_MODELS: dict[PartKind, type[PartSpec]] = {
     "blocks": BlockSpec,
@@ -46,6 +52,7 @@ PART_MODELS: dict[PartKind, type[PartSpec]] = {
     "heads": HeadSpec,
     "shortcuts": ShortcutSpec,
     "transitions": TransitionSpec,
+    "modules": ModuleSpec,
 }
 # Names every part of a kind may use in expressions without declaring them.
 BOUND_NAMES: dict[PartKind, frozenset[str]] = {
@@ -55,6 +62,7 @@ BOUND_NAMES: dict[PartKind, frozenset[str]] = {
     "heads": frozenset({"in_channels"}),
     "shortcuts": frozenset({"in_channels", "out_channels", "stride"}),
     "transitions": frozenset({"in_channels", "width", "stride"}),
+    "modules": frozenset(),  # a module reads only its own parameters: its user binds them
 }
 STAGE_KEYWORDS = frozenset(
     {"block", "out_channels", "depth", "first_block_index", "first_block", "first_options", "layout", "options"}
@@ -68,6 +76,7 @@ SPECIAL_INPUTS: dict[PartKind, frozenset[str]] = {
     "heads": frozenset({"input"}),
     "shortcuts": frozenset({"input"}),
     "transitions": frozenset({"input"}),
+    "modules": frozenset({"input"}),
 }
 
 
@@ -305,10 +314,19 @@ def _exists(path: Path, name: str, where: Location) -> bool:
 
 
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
+    if kind == "modules":
+        return _load_module(path, ())
     document, bases = _read_block(path) if kind == "blocks" else (read_yaml(path, display_name(path)), ())
+    nodes = document.data.get("nodes") if isinstance(document.data, dict) else None
+    for node_name, node in nodes.items() if isinstance(nodes, dict) else ():
+        if _is_module_use(node):
+            raise RescompileError(
+                f"node '{node_name}' uses a module; modules are used from blocks and modules, not a {kind[:-1]}",
+                document.source.locate(("nodes", node_name, "module"), key=True),
+            )
     part = _validate(PART_MODELS[kind], document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
-    if part.templated and kind in ("shortcuts", "transitions"):
+    if part.templated and kind in ("shortcuts", "transitions", "modules"):
         # Shortcuts and transitions are written once per network, not unrolled per instance.
         raise RescompileError(
             f"{kind[:-1]} '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional "
@@ -330,10 +348,290 @@ def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A block file's document with its ``extends`` chain resolved (see :func:`_extend_block`):
     an ordinary block, every value located in the file that set it; and the base files read."""
     documents, bases = _read_chain(path, (), "block", _resolve_block_base)
+    known = set(BOUND_NAMES["blocks"]).union(*(_declared_names(document) for document in documents))
+    uses = _ModuleUses()
+    files = [path, *reversed(bases)]
+    documents = [
+        _inline_modules(document, file, (), frozenset(known), uses, classes=True)
+        for document, file in zip(documents, files, strict=True)
+    ]
     merged = documents.pop()
     while documents:
         merged = _extend_block(merged, documents.pop())
-    return merged, bases
+    return _read_module_outputs(merged, uses.outputs), (*bases, *uses.files)
+
+
+MAX_MODULE_DEPTH = 8
+"""How deep modules may use modules: a gate inside an attention inside a block is three."""
+NODE_MAPS = ("nodes", "insert_after", "insert_before")
+"""The keys of a part file whose nodes may use modules (``insert_*`` map an anchor to nodes)."""
+
+
+@dataclass
+class _ModuleUses:
+    """What inlining a part's module uses found: each using node's output (its module's last node,
+    ``se`` -> ``se.scale``), and the module files read."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def _load_module(path: Path, chain: tuple[Path, ...]) -> Loaded[PartSpec]:
+    return _read_module(path, chain)[1]
+
+
+def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loaded[PartSpec]]:
+    """A module file, its own module uses written out (its document, and it validated as a part);
+    ``chain`` holds the module files using it (a use of one of them is a cycle)."""
+    document = read_yaml(path, display_name(path))
+    if not isinstance(document.data, dict):
+        raise RescompileError(
+            f"expected a YAML mapping at the top level, got {type(document.data).__name__}", document.source.locate(())
+        )
+    uses = _ModuleUses()
+    document = _inline_modules(document, path, (*chain, path), _declared_names(document), uses, classes=False)
+    document = _read_module_outputs(document, uses.outputs)
+    part = _validate(ModuleSpec, document)
+    loaded: Loaded[PartSpec] = Loaded(part, document.source, tuple(uses.files))
+    if part.templated:
+        raise RescompileError(
+            f"module '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional read or a "
+            "comprehension); a module is one fixed sub-graph: put the when on the node that uses it",
+            document.source.locate(("nodes",), key=True),
+        )
+    check_part_references(loaded, "modules")
+    return document, loaded
+
+
+def _declared_names(document: YamlDocument) -> frozenset[str]:
+    """The parameters and derived values a part file declares (not yet validated)."""
+    declared = [document.data.get(key) for key in ("parameters", "derived")]
+    return frozenset(str(name) for names in declared if isinstance(names, dict) for name in names)
+
+
+def _inline_modules(
+    document: YamlDocument,
+    file: Path,
+    chain: tuple[Path, ...],
+    known: frozenset[str],
+    uses: _ModuleUses,
+    *,
+    classes: bool,
+) -> YamlDocument:
+    """``document`` with each node that uses a module (``se: {module: squeeze_excite, ...}``, in
+    ``nodes`` or an ``insert_*``) replaced by the module's nodes named under it (``se.fc1``), their
+    expressions with the module's parameters and derived values replaced by what the use binds
+    (expressions over ``known``). Each node keeps the location the module file gave it; with
+    ``classes`` (a block), each use is a container the source backends write as a class."""
+    data = dict(document.data)
+    values, keys = dict(document.source.values), dict(document.source.keys)
+    class_names: dict[str, tuple[str, Location]] = {}
+    for map_key in NODE_MAPS:
+        maps = data.get(map_key)
+        if not isinstance(maps, dict):
+            continue
+        prefixes: list[YamlPath] = [(map_key,)] if map_key == "nodes" else [(map_key, anchor) for anchor in maps]
+        for prefix in prefixes:
+            nodes = data[map_key] if len(prefix) == 1 else data[map_key][prefix[1]]
+            if not isinstance(nodes, dict) or not any(_is_module_use(node) for node in nodes.values()):
+                continue
+            written: dict[str, Any] = {}
+            previous = "input" if map_key == "nodes" else (str(prefix[1]) if map_key == "insert_after" else None)
+            for node_name, node in nodes.items():
+                if not _is_module_use(node):
+                    written[node_name] = node
+                    previous = str(node_name)
+                    continue
+                where = (*prefix, node_name)
+                inlined = _module_nodes(
+                    YamlDocument(node, _below(document.source, where)), str(node_name), previous, file, chain, known
+                )
+                for own, (text, place) in inlined.derived.items():
+                    derived: dict[Any, Any] = data["derived"] if isinstance(data.get("derived"), dict) else {}
+                    data["derived"] = {**derived, own: text}
+                    values[("derived", own)] = keys[("derived", own)] = place
+                for inner_name, (inner, places) in inlined.nodes.items():
+                    if inner_name in nodes or inner_name in written:
+                        raise RescompileError(
+                            f"node '{node_name}' uses module '{node['module']}', whose node makes '{inner_name}'; "
+                            f"this part already has a node '{inner_name}': rename one",
+                            document.source.locate(where, key=True),
+                        )
+                    written[inner_name] = inner
+                    values.update({(*prefix, inner_name, *path): place for path, place in places.values.items()})
+                    keys.update({(*prefix, inner_name, *path): place for path, place in places.keys.items() if path})
+                    keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
+                uses.outputs[str(node_name)] = inlined.output
+                uses.files.append(inlined.file)
+                if "when" not in node:  # a class's nodes must exist in every instance of the block
+                    class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
+                    class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
+                previous = inlined.output
+            if len(prefix) == 1:
+                data[map_key] = written
+            else:
+                data[map_key] = {**data[map_key], prefix[1]: written}
+    if classes and class_names:
+        declared: dict[Any, Any] = data["classes"] if isinstance(data.get("classes"), dict) else {}
+        data["classes"] = {**{name: class_name for name, (class_name, _) in class_names.items()}, **declared}
+        for node_name, (_, location) in class_names.items():
+            keys.setdefault(("classes", node_name), location)
+            values.setdefault(("classes", node_name), location)
+    return YamlDocument(data, SourceMap(document.source.file, values, keys))
+
+
+@dataclass(frozen=True)
+class _Inlined:
+    """The nodes a module use stands for, by name, each with its locations (in the module file);
+    the module's derived values, named for the use (``se_kernel``) with their expressions and
+    locations; the module file; and the use's output node."""
+
+    nodes: dict[str, tuple[dict[str, Any], SourceMap]]
+    derived: dict[str, tuple[str, Location]]
+    file: Path
+    output: str
+
+
+def _is_module_use(node: Any) -> bool:
+    return isinstance(node, dict) and "module" in node
+
+
+def _below(source: SourceMap, prefix: YamlPath) -> SourceMap:
+    """The locations of the value at ``prefix``, as if it were the whole document."""
+    length = len(prefix)
+    return SourceMap(
+        source.file,
+        {path[length:]: place for path, place in source.values.items() if path[:length] == prefix},
+        {path[length:]: place for path, place in source.keys.items() if path[:length] == prefix},
+    )
+
+
+def _module_nodes(
+    use: YamlDocument, use_name: str, previous: str | None, file: Path, chain: tuple[Path, ...], known: frozenset[str]
+) -> _Inlined:
+    """What module use ``use`` (node ``use_name``, after node ``previous``) stands for."""
+    spec = _validate(ModuleUseSpec, use)
+    where = use.source.locate(("module",))
+    if "{" in use_name:
+        raise RescompileError(
+            f"node '{use_name}' uses a module under a placeholder name; name the node plainly",
+            use.source.locate((), key=True),
+        )
+    folders = [file.parent / "modules", file.parent.parent / "modules", builtin_directory() / "modules"]
+    path = _find_part("modules", spec.module, list(dict.fromkeys(folders)), where)
+    if path.resolve() in {used.resolve() for used in chain}:
+        cycle = " -> ".join(display_name(used) for used in (*chain, path))
+        raise RescompileError(f"module '{spec.module}' uses itself: {cycle}", where)
+    if len(chain) >= MAX_MODULE_DEPTH:
+        raise RescompileError(f"modules use modules at most {MAX_MODULE_DEPTH} deep; this one is deeper", where)
+    module_document, module = _read_module(path, chain)
+    part = module.spec
+    bindings: dict[str, ast.expr] = {}
+    for name, value in spec.parameters.items():
+        if name not in part.parameters:
+            raise RescompileError(
+                f"module '{part.name}' has no parameter '{name}'{did_you_mean(name, list(part.parameters))}; "
+                f"its parameters: {', '.join(part.parameters) or 'none'}",
+                use.source.locate(("parameters", name), key=True),
+            )
+        try:
+            expression = parse_expression(value)
+        except ExpressionError as error:
+            raise RescompileError(str(error), use.source.locate(("parameters", name))) from None
+        for unknown in sorted(expression.names - known):
+            raise RescompileError(
+                f"'{unknown}' in parameters.{name} is not a parameter or derived value here"
+                f"{did_you_mean(unknown, known)}; known: {', '.join(sorted(known))}",
+                use.source.locate(("parameters", name)),
+            )
+        bindings[name] = expression.tree
+    for name, default in part.defaults.items():
+        if name not in bindings:
+            if default == REQUIRED:
+                raise RescompileError(
+                    f"module '{part.name}' needs parameter '{name}': add it to this node's parameters",
+                    use.source.locate(("module",)),
+                )
+            bindings[name] = parse_expression(default).tree
+    derived: dict[str, tuple[str, Location]] = {}
+    for name, expression in part.derived.items():
+        # A derived value stays one, in the user's names (se_kernel), computed once where the user computes.
+        own = f"{use_name.replace('.', '_')}_{name}"
+        if own in known:
+            raise RescompileError(
+                f"module '{part.name}' at node '{use_name}' computes '{name}' as '{own}', which this part already "
+                "names: rename the node or that value",
+                use.source.locate((), key=True),
+            )
+        derived[own] = (_substitute(expression, bindings).text, module.locate("derived", name))
+        bindings[name] = ast.Name(own, ast.Load())
+    nodes = list(part.nodes.items())
+    reads = {name: f"{use_name}.{name}" for name, _ in nodes}
+    module_input = spec.input or previous
+    if module_input is not None:
+        reads["input"] = module_input
+    inlined: dict[str, tuple[dict[str, Any], SourceMap]] = {}
+    for index, (name, node) in enumerate(nodes):
+        raw = dict(module_document.data["nodes"][name])
+        if module_input is None and "input" in (raw.get("input"), *raw.get("inputs", ())):
+            raise RescompileError(
+                f"node '{use_name}' is inserted before a node, and its module reads its input by name: say which "
+                "value that is (input: ...)",
+                use.source.locate((), key=True),
+            )
+        for key in list(raw):
+            field_value = getattr(node, key, None)
+            if key == "input":
+                raw[key] = reads[raw[key]]
+            elif key == "inputs":
+                raw[key] = [reads[value] for value in raw[key]]
+            elif isinstance(field_value, Expression):
+                raw[key] = _substitute(field_value, bindings).text
+        if index == 0 and spec.input is not None and "input" not in raw and "inputs" not in raw:
+            raw["input"] = spec.input
+        if spec.when is not None:
+            raw["when"] = spec.when.text
+        inlined[f"{use_name}.{name}"] = (raw, _below(module.source, ("nodes", name)))
+    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}")
+
+
+def _substitute(expression: Expression, bindings: Mapping[str, ast.expr]) -> Expression:
+    """``expression`` with each name of ``bindings`` replaced by its expression (functions kept)."""
+
+    class Replace(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.expr:
+            return copy.deepcopy(bindings[node.id]) if node.id in bindings else node
+
+        def visit_Call(self, node: ast.Call) -> ast.expr:
+            node.args = [self.visit(argument) for argument in node.args]
+            node.keywords = [self.visit(keyword_argument) for keyword_argument in node.keywords]
+            return node
+
+    tree = Replace().visit(copy.deepcopy(expression.tree))
+    return parse_expression(ast.unparse(tree))
+
+
+def _read_module_outputs(document: YamlDocument, outputs: Mapping[str, str]) -> YamlDocument:
+    """``document`` with every read of a node that used a module (``se``) reading that module's
+    last node (``se.scale``) instead: in each node's ``input`` and ``inputs`` and ``shortcut_input``."""
+    if not outputs or not isinstance(document.data.get("nodes"), dict):
+        return document
+    nodes: dict[Any, Any] = {}
+    for name, node in document.data["nodes"].items():
+        if isinstance(node, dict):
+            node = dict(node)
+            if isinstance(node.get("input"), str):
+                node["input"] = outputs.get(node["input"], node["input"])
+            if isinstance(node.get("inputs"), list):
+                node["inputs"] = [
+                    outputs.get(value, value) if isinstance(value, str) else value for value in node["inputs"]
+                ]
+        nodes[name] = node
+    data = {**document.data, "nodes": nodes}
+    shortcut_input = data.get("shortcut_input")
+    if isinstance(shortcut_input, str):
+        data["shortcut_input"] = outputs.get(shortcut_input, shortcut_input)
+    return YamlDocument(data, document.source)
 
 
 def _resolve_block_base(reference: str, block_file: Path, where: Location) -> Path:

@@ -647,6 +647,25 @@ class BlockSpec(PartSpec):
     )
 
 
+class ModuleSpec(PartSpec):
+    """A reusable sub-graph with parameters, like a block without the residual (a squeeze-and-excitation
+    gate): its nodes read ``input`` (the using node's input) and its last node is its output. Bound:
+    only its own parameters and derived values."""
+
+
+class ModuleUseSpec(StrictModel):
+    """A node that uses a module: the loader writes the module's nodes in its place, each named under
+    the node's name (``se`` -> ``se.fc1``), their parameters bound to ``parameters``' expressions."""
+
+    module: Name = Field(description="The module: a file in modules/ beside this one or a built-in module.")
+    parameters: dict[str, ParameterValue] = Field(
+        default_factory=dict,
+        description="The module's parameters: name -> an expression over this part's parameters and derived values.",
+    )
+    input: str | None = Field(default=None, description="The module's input; default: the previous node.")
+    when: Expr | None = Field(default=None, description="A condition: the module's nodes exist only where it holds.")
+
+
 class BlockExtensionSpec(StrictModel):
     """What a block file that ``extends`` another writes besides a block's own keys. The loader
     resolves it (:func:`rescompile.spec.loader.read_block`): everything after it sees an ordinary

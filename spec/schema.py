@@ -21,6 +21,8 @@ from rescompile.spec.models import (
     EXPRESSION_SCHEMA,
     BlockFileSpec,
     HeadSpec,
+    ModuleSpec,
+    ModuleUseSpec,
     NetworkSpec,
     OpSpec,
     ShortcutSpec,
@@ -37,6 +39,7 @@ KINDS: Final[dict[str, type[BaseModel]]] = {
     "shortcut": ShortcutSpec,
     "transition": TransitionSpec,
     "head": HeadSpec,
+    "module": ModuleSpec,
 }
 """Each file kind and the model its files validate against (``blocks/*.yaml`` are blocks, ...)."""
 FOLDERS: Final = {
@@ -45,6 +48,7 @@ FOLDERS: Final = {
     "shortcut": "shortcuts",
     "transition": "transitions",
     "head": "heads",
+    "module": "modules",
 }
 """The folder of a part kind beside a network file (and among the built-ins)."""
 
@@ -135,13 +139,23 @@ def json_schema(kind: str) -> dict[str, Any]:
         # A node is one of the op models, chosen by ``op``. pydantic states that as a oneOf with a
         # discriminator mapping; the enum beside it gives editors the list of op names to offer and
         # a validator one clear message for an unknown op.
-        nodes["additionalProperties"] = {
+        node = {
             **nodes["additionalProperties"],
             "type": "object",
             "required": ["op"],
             "properties": {"op": {"enum": op_names(), "description": "The operation this node applies."}},
         }
+        # A block's or a module's node may instead use a module (the loader writes its nodes in).
+        nodes["additionalProperties"] = {"anyOf": [node, MODULE_USE_SCHEMA]} if kind in MODULE_USERS else node
     return schema
+
+
+MODULE_USERS: Final = ("block", "module")
+"""The file kinds whose nodes may use a module."""
+MODULE_USE_SCHEMA: Final = {
+    key: value for key, value in ModuleUseSpec.model_json_schema().items() if key not in ("title", "description")
+}
+"""A node that uses a module (``se: {module: squeeze_excite, parameters: {...}}``)."""
 
 
 def schema_text(kind: str) -> str:

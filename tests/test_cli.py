@@ -444,7 +444,7 @@ def test_list_parts_names_every_builtin_part_of_every_kind_with_its_description(
     assert main(["list", "--parts"]) == 0
     lines = capsys.readouterr().out.splitlines()
     headers = [line.split(" (")[0] for line in lines if not line.startswith("  ")]
-    assert headers == list(PART_MODELS) == ["blocks", "stems", "heads", "shortcuts", "transitions"]
+    assert headers == list(PART_MODELS) == ["blocks", "stems", "heads", "shortcuts", "transitions", "modules"]
     listed = {line.split()[0] for line in lines if line.startswith("  ")}
     on_disk = {path.stem for kind in PART_MODELS for path in (builtin_directory() / kind).glob("*.yaml")}
     assert listed == on_disk | {"A", "B", "C"}

@@ -85,8 +85,9 @@ def test_every_key_has_a_description_and_op_is_an_enum_of_the_op_table() -> None
         assert undescribed(json_schema(kind), kind) == []
     # Every IR op, and the template forms that unroll into IR ops (spec/unroll.py).
     assert set(op_names()) == {op.kind for op in OP_TYPES} | set(TEMPLATE_OPS)
-    op = json_schema("block")["properties"]["nodes"]["additionalProperties"]["properties"]["op"]
-    assert op["enum"] == op_names()
+    op_node, module_use = json_schema("block")["properties"]["nodes"]["additionalProperties"]["anyOf"]
+    assert op_node["properties"]["op"]["enum"] == op_names()
+    assert module_use["required"] == ["module"]
 
 
 NETWORK = """\
@@ -118,6 +119,9 @@ BAD_BLOCKS = {
     "extension without a name": "extends: basic\nremove: [relu1]\n",
     "extension removing a name that is not text": "name: tiny\nextends: basic\nremove: [{relu1: 1}]\n",
     "extension replacing with an unknown key": "name: tiny\nextends: basic\nreplace:\n  bn1: {op: relu, kernel: 3}\n",
+    "module use with an unknown key": BLOCK.replace(
+        "  add:", "  se: {module: squeeze_excite, parameters: {channels: width, reduced: 4}, inputs: [conv1]}\n  add:"
+    ),
 }
 
 
@@ -138,11 +142,15 @@ def test_the_schema_refuses_bad_blocks_the_loader_refuses(text: str, tmp_path: P
     _assert_refused("block", yaml.safe_load(text))
 
 
-def test_the_good_examples_pass_both(tmp_path: Path) -> None:
+MODULE_USE = "  se: {module: squeeze_excite, parameters: {channels: width, reduced: 4}}\n  add: {op: add, inputs: [se,"
+
+
+@pytest.mark.parametrize("block", [BLOCK, BLOCK.replace("  add: {op: add, inputs: [conv1,", MODULE_USE)])
+def test_the_good_examples_pass_both(block: str, tmp_path: Path) -> None:
     validator("network").validate(yaml.safe_load(NETWORK))
-    validator("block").validate(yaml.safe_load(BLOCK))
+    validator("block").validate(yaml.safe_load(block))
     (tmp_path / "blocks").mkdir()
-    (tmp_path / "blocks" / "tiny.yaml").write_text(BLOCK)
+    (tmp_path / "blocks" / "tiny.yaml").write_text(block)
     (tmp_path / "net.yaml").write_text(NETWORK.replace("block: basic", "block: tiny"))
     assert main(["validate", str(tmp_path / "net.yaml")]) == 0
 
