@@ -46,7 +46,14 @@ def test_listing_the_backends_imports_no_framework(tmp_path: Path) -> None:
 
 
 def test_a_missing_framework_is_one_error_naming_the_extra_that_installs_it() -> None:
-    backend = Backend("caffe", ".caffemodel", requires="caffe_not_installed", extra="caffe", module="caffe_backend", runtime="caffe_runtime")
+    backend = Backend(
+        "caffe",
+        ".caffemodel",
+        requires="caffe_not_installed",
+        extra="caffe",
+        module="caffe_backend",
+        runtime="caffe_runtime",
+    )
     with pytest.raises(RescompileError) as error:
         backend.emit(compile_spec("resnet20"), EmitOptions())
     assert str(error.value) == (
@@ -70,7 +77,9 @@ def test_an_installed_framework_that_fails_to_load_is_not_called_missing(
     """Every failed import was 'not installed', though the framework was there and broken."""
     (tmp_path / "caffe_broken.py").write_text(source + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    backend = Backend("caffe", ".caffemodel", requires="caffe_broken", extra="caffe", module="caffe_backend", runtime="caffe_runtime")
+    backend = Backend(
+        "caffe", ".caffemodel", requires="caffe_broken", extra="caffe", module="caffe_backend", runtime="caffe_runtime"
+    )
     with pytest.raises(RescompileError) as error:
         backend.emit(compile_spec("resnet20"), EmitOptions())
     message = str(error.value)
