@@ -5,10 +5,6 @@ whose shapes match add their input, as timm's ``InvertedResidual.has_skip``."""
 
 from __future__ import annotations
 
-import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,20 +124,6 @@ def test_zero_init_residual_zeroes_only_blocks_with_a_residual_add() -> None:
     model = torch_backend.build_module(compile_spec(EXAMPLE), zero_init_residual=True)
     zeroed = {name for name, value in model.state_dict().items() if name.endswith("bn3.weight") and not value.any()}
     assert zeroed == {f"{block}.bn3.weight" for block in ("layer2.1", "layer3.1", "layer3.2", "layer4.0", "layer4.1")}
-
-
-def test_the_docs_commands_run(tmp_path: Path) -> None:
-    """docs/residual_rules.md's bash lines, run as the README test runs the README's."""
-    doc = (ROOT / "docs" / "residual_rules.md").read_text()
-    commands = [line for block in re.findall(r"```bash\n(.*?)```", doc, flags=re.DOTALL) for line in block.splitlines()]
-    assert len(commands) == 2 and all(command.startswith("./dev rescompile ") for command in commands)
-    for command in commands:
-        arguments = [str(tmp_path / "ir.py") if word == "/tmp/ir.py" else word for word in shlex.split(command)[2:]]
-        result = subprocess.run(
-            [sys.executable, "-m", "rescompile", *arguments], cwd=ROOT, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stderr
-    assert (tmp_path / "ir.py").is_file()
 
 
 def test_none_where_shapes_match_and_a_projection_where_they_change_in_every_backend(tmp_path: Path) -> None:
