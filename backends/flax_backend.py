@@ -929,7 +929,7 @@ def module_for_weights(graph: Graph) -> nnx.Module:
         model: nnx.Module = nnx.eval_shape(lambda: build_module(graph))
     else:
         model = build_module(graph)
-    model.eval()  # type: ignore[no-untyped-call]  # flax's Module.eval(**attributes) is unannotated
+    model.eval()
     return model
 
 

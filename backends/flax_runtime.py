@@ -51,7 +51,7 @@ def _train(graph: Graph, weights: Weights, data: Iterable[Batch], sgd: SGD, floa
     flax_backend.load_weights(model, graph, weights)
     dtype = jnp.float64 if float64 else jnp.float32
     nnx.update(model, jax.tree.map(lambda value: value.astype(dtype), nnx.state(model)))
-    model.train()  # type: ignore[no-untyped-call]  # flax's Module.train(**attributes) is unannotated
+    model.train()
     chain = optax.chain(
         optax.add_decayed_weights(sgd.weight_decay), optax.sgd(sgd.learning_rate, momentum=sgd.momentum)
     )

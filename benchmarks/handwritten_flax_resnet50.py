@@ -78,7 +78,7 @@ class ResNet50(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """NHWC images -> logits."""
         x = nnx.relu(self.bn1(self.conv1(x)))
-        x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # type: ignore[no-untyped-call]
+        x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x)

@@ -328,8 +328,8 @@ def _png(svg: bytes) -> bytes:
         raise RescompileError(
             "-o: writing PNG needs pymupdf (pip install pymupdf); or write .svg, which any browser shows"
         ) from None
-    page = pymupdf.open(stream=svg, filetype="svg")[0]  # type: ignore[no-untyped-call]
-    png: bytes = page.get_pixmap(dpi=144).tobytes("png")  # type: ignore[no-untyped-call]
+    page = pymupdf.open(stream=svg, filetype="svg")[0]
+    png: bytes = page.get_pixmap(dpi=144).tobytes("png")
     return png
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -127,3 +127,13 @@ def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+def layer(model: object, path: str) -> Any:
+    """The layer at ``path`` (``layer2.1.drop_path``) of a built torch or Flax model. A generated
+    class makes its attributes at run time, so to a type checker a layer of one is ``Any``; this
+    is the one place the tests say so."""
+    found: Any = model
+    for part in path.split("."):
+        found = found[int(part)] if part.isdigit() else getattr(found, part)
+    return found

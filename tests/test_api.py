@@ -131,7 +131,10 @@ def test_a_bad_override_is_one_line_naming_the_argument(overrides: dict[str, obj
 
 def test_numpy_scalars_are_their_python_values() -> None:
     given = create_graph(
-        "resnet20", num_classes=np.int64(10), input_size=(np.int32(40), np.int64(48)), drop_path_rate=np.float64(0.1)
+        "resnet20",
+        num_classes=np.int64(10),  # type: ignore[arg-type]  # numpy scalars outside the annotation, on purpose
+        input_size=(np.int32(40), np.int64(48)),  # type: ignore[arg-type]
+        drop_path_rate=np.float64(0.1),
     )
     plain = create_graph("resnet20", num_classes=10, input_size=(40, 48), drop_path_rate=0.1)
     assert given == plain and given.output_shape == (10,)
@@ -200,8 +203,9 @@ for path in sys.argv[1:]:
 def test_a_created_model_saved_whole_loads_in_a_fresh_process(tmp_path: Path) -> None:
     """torch.save(model) pickles the generated classes with their source, so a process that never
     generated them loads the model (and the inference lowering, whose load hook is a partial)."""
-    paths = []
-    for name, options in [("resnet20", {"num_classes": 7}), ("resnet20", {"inference": True})]:
+    paths: list[Path] = []
+    created: list[tuple[str, dict[str, Any]]] = [("resnet20", {"num_classes": 7}), ("resnet20", {"inference": True})]
+    for name, options in created:
         model = rescompile.create_model(name, **options).eval()
         inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
@@ -321,7 +325,7 @@ def test_feature_maps_equal_timms(name: str) -> None:
     its stem); the torchvision-named presets call the stem's map 'relu' where timm says 'act1'."""
     torch.manual_seed(0)
     weights = timm.create_model(name, pretrained=False).state_dict()
-    reference = timm.create_model(name, pretrained=False, features_only=True).eval()
+    reference: Any = timm.create_model(name, pretrained=False, features_only=True).eval()  # a FeatureListNet
 
     def timm_key(key: str) -> str:  # timm's features model flattens the top level: stem_0 for stem.0
         first, _, rest = key.partition(".")

@@ -221,7 +221,7 @@ def test_tensors_without_plain_values_are_refused_by_name_in_one_line(
 def test_non_string_names_are_refused_in_one_line(
     key: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state: dict[object, torch.Tensor] = dict(_resnet20_state())
+    state: dict[object, torch.Tensor] = {key: value for key, value in _resnet20_state().items()}
     state[key] = torch.ones(1)
     torch.save(state, tmp_path / "w.pth")
     status, error = _convert(tmp_path / "w.pth", capsys)

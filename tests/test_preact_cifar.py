@@ -22,7 +22,8 @@ class Projection(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        out: torch.Tensor = self.conv(x)
+        return out
 
 
 class Unit(nn.Module):
@@ -50,7 +51,7 @@ class Unit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         preact = x if self.first else torch.relu(self.bn1(x))
-        out = self.conv1(preact)
+        out: torch.Tensor = self.conv1(preact)
         out = self.conv2(torch.relu(self.bn2(out)))
         if self.bottleneck:
             out = self.conv3(torch.relu(self.bn3(out)))
@@ -60,6 +61,10 @@ class Unit(nn.Module):
 
 
 class PreActResNet(nn.Module):
+    layer1: nn.Sequential  # the stages, set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, units: int, bottleneck: bool, classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
@@ -79,7 +84,8 @@ class PreActResNet(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = torch.relu(self.final_bn(x)).mean(dim=(2, 3))
-        return self.fc(x)
+        logits: torch.Tensor = self.fc(x)
+        return logits
 
 
 @pytest.mark.parametrize(("name", "bottleneck"), [("preact_resnet110", False), ("preact_resnet164", True)])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from support import layer
 from timm.layers import drop_path as timm_drop_path
 
 from rescompile.backends import flax_backend, torch_backend
@@ -56,7 +57,7 @@ def test_each_block_drops_at_timms_linear_schedule(tmp_path: Path) -> None:
     torch_model = torch_backend.build_module(graph)
     flax_model = flax_backend.build_module(graph)
     for model in (torch_model, flax_model):
-        blocks = [*model.layer1, *model.layer2]
+        blocks = [layer(model, f"layer{stage}.{index}") for stage in (1, 2) for index in (0, 1)]
         assert [block.drop_path.rate for block in blocks] == expected
 
 
@@ -70,7 +71,7 @@ def _torch_train_logits(model: torch.nn.Module, graph: Graph, weights: Any, x: n
 
 def _flax_train_logits(model: nnx.Module, graph: Graph, weights: Any, x: np.ndarray) -> np.ndarray:
     flax_backend.load_weights(model, graph, weights)
-    model.train()  # type: ignore[no-untyped-call]
+    model.train()
     return np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1))))
 
 
@@ -84,7 +85,10 @@ def test_with_the_same_mask_torch_and_flax_agree_in_training(tmp_path: Path, mon
     # Each build executes the generated source afresh: patch the classes of these very models.
     torch_model = torch_backend.build_module(graph)
     flax_model = flax_backend.build_module(graph)
-    torch_class, flax_class = type(torch_model.layer2[1].drop_path), type(flax_model.layer2[1].drop_path)
+    torch_class, flax_class = (
+        type(layer(torch_model, "layer2.1.drop_path")),
+        type(layer(flax_model, "layer2.1.drop_path")),
+    )
     monkeypatch.setattr(torch_class, "keep_mask", lambda self, x: torch.from_numpy(keep.copy()))  # divided in place
     monkeypatch.setattr(flax_class, "keep_mask", lambda self, x: jnp.asarray(keep))
     torch_logits = _torch_train_logits(torch_model, graph, weights, x)
@@ -97,7 +101,7 @@ def test_with_the_same_mask_torch_and_flax_agree_in_training(tmp_path: Path, mon
 
 def test_the_torch_drop_path_draws_as_timms(tmp_path: Path) -> None:
     """Same seed, same draws: the generated DropPath equals timm.layers.drop_path bit for bit."""
-    module = torch_backend.build_module(network(tmp_path, 0.5)).layer2[1].drop_path
+    module = layer(torch_backend.build_module(network(tmp_path, 0.5)), "layer2.1.drop_path")
     module.train()
     x = torch.randn(64, 3, 2, 2, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(7)
@@ -124,8 +128,8 @@ MEAN_TOLERANCE = 0.023
 
 def test_without_a_mask_the_drop_rate_and_the_mean_are_measured(tmp_path: Path) -> None:
     graph = network(tmp_path, 0.9)  # the last block drops at 0.9; take a DropPath at 0.3 from the classes
-    torch_class = type(torch_backend.build_module(graph).layer1[0].drop_path)
-    flax_class = type(flax_backend.build_module(graph).layer1[0].drop_path)
+    torch_class = type(layer(torch_backend.build_module(graph), "layer1.0.drop_path"))
+    flax_class = type(layer(flax_backend.build_module(graph), "layer1.0.drop_path"))
     torch.manual_seed(0)
     torch_module = torch_class(0.3).train()
     torch_out = torch_module(torch.ones(SAMPLES, 2, 1, 1)).numpy()
@@ -142,15 +146,15 @@ def test_without_a_mask_the_drop_rate_and_the_mean_are_measured(tmp_path: Path) 
 
 def test_rate_zero_and_eval_mode_are_the_identity(tmp_path: Path) -> None:
     graph = network(tmp_path, 0.5)
-    torch_class = type(torch_backend.build_module(graph).layer1[0].drop_path)
-    flax_class = type(flax_backend.build_module(graph).layer1[0].drop_path)
+    torch_class = type(layer(torch_backend.build_module(graph), "layer1.0.drop_path"))
+    flax_class = type(layer(flax_backend.build_module(graph), "layer1.0.drop_path"))
     x = torch.randn(8, 2, 3, 3)
     assert torch_class(0.0).train()(x) is x
     assert torch_class(0.5).eval()(x) is x
     y = jax.random.normal(jax.random.key(0), (8, 3, 3, 2))
     assert flax_class(0.0, rngs=nnx.Rngs(0))(y) is y
     module = flax_class(0.5, rngs=nnx.Rngs(0))
-    module.eval()  # type: ignore[no-untyped-call]
+    module.eval()
     assert module(y) is y
     # At rate 0 a flax model holds no random stream: its state (and initialisation) is as without drop_path.
     assert not nnx.to_flat_state(nnx.state(flax_backend.build_module(network(tmp_path, 0.0)), nnx.RngState))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ELEMENTWISE_OP_KINDS, elementwise_network
+from support import layer
 
 from rescompile.backends import torch_backend
 from rescompile.backends.registry import BACKENDS
@@ -71,7 +72,7 @@ def test_the_torch_block_computes_torch_nn(
     graph = compile_spec(elementwise_network(tmp_path, kind, attributes))
     model = torch_backend.build_module(graph).eval()
     torch_backend.load_weights(model, graph, random_weights(graph, seed=5))
-    block = model.layer1[0]
+    block = layer(model, "layer1.0")
     x = 3 * torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         expected = x + reference(block.conv(x))

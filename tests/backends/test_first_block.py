@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import assert_backends_agree
+from support import assert_backends_agree, layer
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
@@ -86,7 +86,10 @@ def test_the_first_block_of_a_stage_has_its_own_type_and_parameters(network: Pat
     source = torch_backend.emit_source(graph)
     assert "first_block=FirstUnitBlock" in source and 'first_options={"expansion": 1, "groups": 2}' in source
     model = torch_backend.build_module(graph)
-    assert type(model.layer1[0]).__name__ == "FirstUnitBlock" and type(model.layer1[1]).__name__ == "PreactBasicBlock"
+    assert (
+        type(layer(model, "layer1.0")).__name__ == "FirstUnitBlock"
+        and type(layer(model, "layer1.1")).__name__ == "PreactBasicBlock"
+    )
     assert sum(parameter.numel() for parameter in model.parameters()) == cost(graph).parameters
     assert flax_backend.count_parameters(flax_backend.build_module(graph)) == cost(graph).parameters
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -41,6 +41,7 @@ import torch
 import torchvision
 from conftest import OP_COVERING_PRESETS, builtin_params, compiled
 from flax import nnx
+from support import layer
 from torch import nn
 
 from rescompile.backends import flax_backend, torch_backend
@@ -187,7 +188,9 @@ def test_generated_file_runs_with_jax_and_flax_alone(tmp_path: Path) -> None:
     model = flax_model(graph, random_weights(graph, seed=1))
     model.eval()
     weights = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))  # not DropPath's random streams
-    state = {".".join(map(str, path)): np.asarray(value[...]) for path, value in nnx.to_flat_state(weights)}
+    state: dict[str, Any] = {
+        ".".join(map(str, path)): np.asarray(value[...]) for path, value in nnx.to_flat_state(weights)
+    }
     np.savez(tmp_path / "state.npz", **state)
     batch = images(graph, seed=3).transpose(0, 2, 3, 1)
     np.save(tmp_path / "images.npy", batch)
@@ -296,7 +299,8 @@ def test_custom_parts_match_torch_backend(tmp_path: Path) -> None:
     flax = flax_model(graph, weights)
     reference = torch_model(graph, weights)
     batch = images(graph, seed=2, batch=8)
-    for mode, whole_network in (("eval", "every module"), ("train", "logits")):
+    modes: tuple[tuple[str, Literal["every module", "logits"]], ...] = (("eval", "every module"), ("train", "logits"))
+    for mode, whole_network in modes:
         getattr(flax, mode)()
         getattr(reference, mode)()
         compare_with_torch(flax, reference, graph, batch, whole_network=whole_network)
@@ -386,7 +390,7 @@ def test_nnx_jit_and_jax_jit_match_torch(mode: str) -> None:
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def forward(state: nnx.State, x: jax.Array) -> tuple[jax.Array, nnx.State]:
+    def forward(state: nnx.State[Any, Any], x: jax.Array) -> tuple[jax.Array, nnx.State[Any, Any]]:
         module = nnx.merge(graphdef, state)
         return module(x), nnx.state(module)
 
@@ -471,7 +475,7 @@ def test_strict_weights_check_the_models_state_against_the_graph() -> None:
     large_model = flax_model(large, random_weights(large))
     with pytest.raises(RescompileError, match=r"state does not fit resnet20: unexpected: layer1/3/bn1/bias"):
         flax_backend.to_weights(large_model, small)
-    small_model.fc.kernel = nnx.Param(np.zeros((3, 3), np.float32))
+    layer(small_model, "fc").kernel = nnx.Param(np.zeros((3, 3), np.float32))
     with pytest.raises(RescompileError, match=r"mis-shaped: fc/kernel \(3, 3\) \(expected \(64, 10\)\)"):
         flax_backend.load_weights(small_model, small, random_weights(small))
 
@@ -482,10 +486,10 @@ def test_weight_layouts_and_safetensors_round_trip(tmp_path: Path) -> None:
     model = flax_model(graph, weights)
     # The layouts, spelled out: OIHW -> HWIO, (out, in) -> (in, out), BatchNorm names.
     conv = weights["layer2.0.downsample.0.weight"]
-    kernel = np.asarray(model.layer2[0].downsample.layers[0].kernel[...])
+    kernel = np.asarray(layer(model, "layer2.0.downsample.layers.0.kernel")[...])
     assert_close(kernel, conv.transpose(2, 3, 1, 0), tolerance=EXACT, what="downsample kernel")
-    assert_close(np.asarray(model.fc.kernel[...]), weights["fc.weight"].T, tolerance=EXACT, what="fc kernel")
-    assert_close(np.asarray(model.bn1.var[...]), weights["bn1.running_var"], tolerance=EXACT, what="bn1 var")
+    assert_close(np.asarray(layer(model, "fc.kernel")[...]), weights["fc.weight"].T, tolerance=EXACT, what="fc kernel")
+    assert_close(np.asarray(layer(model, "bn1.var")[...]), weights["bn1.running_var"], tolerance=EXACT, what="bn1 var")
 
     path = tmp_path / "resnet50.safetensors"
     save_weights(flax_backend.to_weights(model, graph), path)

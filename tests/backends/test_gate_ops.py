@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import layer
 
 from rescompile.backends import torch_backend
 from rescompile.cli import main
@@ -72,7 +73,7 @@ def test_torch_block_computes_the_squeeze_and_excitation_formula(network: Path) 
     graph = compile_spec(network)
     model = torch_backend.build_module(graph).eval()
     torch_backend.load_weights(model, graph, random_weights(graph, seed=2))
-    block = model.layer1[0]
+    block = layer(model, "layer1.0")
     x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))

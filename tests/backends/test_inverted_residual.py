@@ -41,11 +41,16 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv_pw(x)))
         out = torch.relu(self.bn2(self.conv_dw(out)))
-        out = self.bn3(self.conv_pwl(out))
-        return out + x if self.has_skip else out
+        projected: torch.Tensor = self.bn3(self.conv_pwl(out))
+        return projected + x if self.has_skip else projected
 
 
 class InvertedResidualNet(nn.Module):
+    layer1: nn.Sequential  # the stages, set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False)
@@ -62,7 +67,8 @@ class InvertedResidualNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(x.mean(dim=(2, 3)))
+        logits: torch.Tensor = self.fc(x.mean(dim=(2, 3)))
+        return logits
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.backends.onnx_backend import SUPPORTED_OPSETS, emit_model, run_onnxruntime
-from rescompile.backends.source import class_name
+from rescompile.backends.source import class_name, load_source
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ops import ChannelSlice, Concat, ShapeError, Softmax
 from rescompile.compiler.weights import random_weights
@@ -39,7 +40,8 @@ def softmax_reference(values: np.ndarray, over: int, groups: int, transpose: boo
     normalised = exponentials / exponentials.sum(axis=2, keepdims=True)
     if transpose:
         normalised = normalised.transpose(0, 2, 1, 3, 4, 5)
-    return normalised.reshape(values.shape)
+    result: np.ndarray = normalised.reshape(values.shape)
+    return result
 
 
 def test_shape_rules_of_the_new_ops() -> None:
@@ -90,7 +92,7 @@ def test_macs_equal_forward_hook_counts_on_timms_module(name: str) -> None:
     assert count_macs(reference.eval(), torch.zeros(1, 3, SIZE, SIZE)) == cost(compile_spec(name, size=SIZE)).macs
 
 
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     # A name for the test, the built-in it extends with overrides, timm's model and its overrides.
     "res2net_48w_2s": (
         "res2net50_26w_4s",
@@ -336,7 +338,7 @@ def test_what_a_class_was_unrolled_for_is_fixed_in_it_not_a_parameter(name: str)
     with a size mismatch): every parameter the unrolling read is a constant of the class, and every
     constructor parameter left is its body's to honour."""
     graph = compile_spec(name, size=SIZE)
-    generated = torch_backend.load_source(torch_backend.emit_source(graph), "torch", name)
+    generated = load_source(torch_backend.emit_source(graph), "torch", name)
     for definition in (item for item in graph.definitions if item.role == "block"):
         assert definition.fixed, definition.name
         block = next(module for module in graph.blocks if module.type_name == definition.name)
@@ -352,7 +354,7 @@ def test_what_a_class_was_unrolled_for_is_fixed_in_it_not_a_parameter(name: str)
         for key, value in changed.items():
             # A shortcut of 0 (it broadcasts): the branch alone is under test.
             zero = torch.nn.Module()
-            zero.forward = lambda x: torch.zeros(())  # type: ignore[method-assign]
+            zero.forward = lambda x: torch.zeros(())
             stride = block.parameter("stride")
             other = cls(block.in_shape[0], block.parameter("width"), stride, zero, **{key: value}).eval()
             with torch.no_grad():

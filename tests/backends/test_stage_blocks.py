@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import layer
 
 from rescompile.backends import torch_backend
 from rescompile.cli import main
 from rescompile.compiler import compile_spec, cost
+from rescompile.compiler.ops import Conv
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import builtin_directory
 
@@ -46,11 +48,11 @@ def test_each_stage_gets_its_block_type_and_parameters(network: Path) -> None:
         ("block", "basic"),
         ("block", "bottleneck"),
     ]
-    conv2 = next(node for module, node in graph.nodes() if module.path == "layer2.0" and node.name == "conv2")
+    convs = {module.path: node.op for module, node in graph.nodes() if node.name == "conv2"}
+    assert isinstance(convs["layer2.0"], Conv) and isinstance(convs["layer3.0"], Conv)
     # inner width = width * base_width // 64 * groups = 16 * 128 // 64 * 2
-    assert (conv2.op.out_channels, conv2.op.groups) == (64, 2)
-    conv2 = next(node for module, node in graph.nodes() if module.path == "layer3.0" and node.name == "conv2")
-    assert (conv2.op.out_channels, conv2.op.groups) == (32, 1)
+    assert (convs["layer2.0"].out_channels, convs["layer2.0"].groups) == (64, 2)
+    assert (convs["layer3.0"].out_channels, convs["layer3.0"].groups) == (32, 1)
 
 
 def test_the_torch_source_has_one_class_per_block_type_and_counts_right(network: Path) -> None:
@@ -61,7 +63,7 @@ def test_the_torch_source_has_one_class_per_block_type_and_counts_right(network:
     layer2 = "BottleneckBlock, 16, 64, width=16, depth=1, stride=2, first_block_index=2, base_width=128, groups=2"
     assert layer2 in source
     model = torch_backend.build_module(graph)
-    assert [type(block).__name__ for stage in (model.layer1, model.layer2, model.layer3) for block in stage] == [
+    assert [type(block).__name__ for stage in (1, 2, 3) for block in layer(model, f"layer{stage}")] == [
         "BasicBlock",
         "BasicBlock",
         "BottleneckBlock",
@@ -70,8 +72,8 @@ def test_the_torch_source_has_one_class_per_block_type_and_counts_right(network:
     ]
     assert sum(parameter.numel() for parameter in model.parameters()) == cost(graph).parameters
     zeroed = torch_backend.build_module(graph, zero_init_residual=True)
-    assert torch.count_nonzero(zeroed.layer1[0].bn2.weight) == 0
-    assert torch.count_nonzero(zeroed.layer3[1].bn3.weight) == 0
+    assert torch.count_nonzero(layer(zeroed, "layer1.0.bn2.weight")) == 0
+    assert torch.count_nonzero(layer(zeroed, "layer3.1.bn3.weight")) == 0
 
 
 def test_all_backends_agree_on_mixed_block_types(network: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import infer_shapes
+from support import infer_shapes, layer
 from timm.layers import BlurPool2d, EcaModule, GroupNorm, GroupNormAct, StdConv2d
 from timm.models.resnet import Bottleneck
 from timm.models.resnetv2 import Bottleneck as ResNetV2Bottleneck
@@ -137,7 +137,7 @@ def test_a_yaml_bottleneck_is_timms_bottleneck(
     tmp_path: Path, changes: tuple[dict[str, str], ...], timm_options: dict[str, object]
 ) -> None:
     graph = network(tmp_path, *changes)
-    block = torch_model(graph).layer1[0]
+    block = layer(torch_model(graph), "layer1.0")
     # timm's downsample for a stride-2 block: a 1×1 conv and a BatchNorm, as the projection shortcut.
     downsample = nn.Sequential(nn.Conv2d(16, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64))
     reference = Bottleneck(16, 16, stride=2, downsample=downsample, **timm_options).eval()  # type: ignore[arg-type]
@@ -156,7 +156,7 @@ def test_a_yaml_bottleneck_is_timms_bottleneck(
 
 def test_group_norm_equals_timms_group_norm_in_training_mode_too(tmp_path: Path) -> None:
     graph = network(tmp_path, GROUP_NORM)
-    ours = torch_model(graph).layer1[0].bn2.train()
+    ours = layer(torch_model(graph), "layer1.0.bn2").train()
     reference = GroupNorm(16, num_groups=4, eps=1e-5)
     reference.load_state_dict(ours.state_dict(), strict=True)
     x = images((3, 16, 6, 6)) * 3 + 1
@@ -167,7 +167,7 @@ def test_group_norm_equals_timms_group_norm_in_training_mode_too(tmp_path: Path)
 def test_a_standardised_conv_is_timms_std_conv(tmp_path: Path, epsilon: float) -> None:
     change = {key: value.replace("1e-8", repr(epsilon)) for key, value in STANDARDIZED_3X3.items()}
     graph = network(tmp_path, change)
-    conv = torch_model(graph).layer1[0].conv2
+    conv = layer(torch_model(graph), "layer1.0.conv2")
     reference = StdConv2d(16, 16, 3, stride=2, padding=1, eps=epsilon)
     reference.load_state_dict(conv.state_dict(), strict=True)  # the raw weight, under `weight`
     x = images((2, 16, 9, 9))
@@ -206,7 +206,7 @@ def test_blur_pool_is_timms_blur_pool_and_has_no_state(taps: int, stride: int, m
     assert not reference.state_dict()  # timm's filter is a non-persistent buffer too
     x = images((2, 64, 13, 13))
     with torch.no_grad():
-        torch.testing.assert_close(model.maxpool(x), reference(x), rtol=0, atol=0)
+        torch.testing.assert_close(layer(model, "maxpool")(x), reference(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("taps", "stride", "mode"), [BLUR_VARIANTS[0], BLUR_VARIANTS[2], BLUR_VARIANTS[3]])
@@ -254,10 +254,10 @@ def test_group_norm_and_standardised_conv_in_older_and_newer_opsets(tmp_path: Pa
 def test_zero_init_residual_zeroes_a_closing_group_norm(tmp_path: Path) -> None:
     graph = network(tmp_path, GROUP_NORM)
     model = torch_backend.build_module(graph, zero_init_residual=True)
-    assert torch.count_nonzero(model.layer1[0].bn3.weight) == 0
-    assert torch.count_nonzero(model.layer1[0].bn2.weight) == 16
+    assert torch.count_nonzero(layer(model, "layer1.0.bn3.weight")) == 0
+    assert torch.count_nonzero(layer(model, "layer1.0.bn2.weight")) == 16
     flax_model = flax_backend.build_module(graph, zero_init_residual=True)
-    assert not np.asarray(flax_model.layer1[0].bn3.scale[...]).any()
+    assert not np.asarray(layer(flax_model, "layer1.0.bn3.scale")[...]).any()
 
 
 def test_weights_round_trip_through_torch_and_flax(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_weights_round_trip_through_torch_and_flax(tmp_path: Path) -> None:
     weights = random_weights(graph, seed=6)
     flax_model = flax_backend.module_for_weights(graph)
     flax_backend.load_weights(flax_model, graph, weights)
-    assert np.asarray(flax_model.layer1[0].se["conv"].kernel[...]).shape == (3, 1, 1)
+    assert np.asarray(layer(flax_model, "layer1.0.se")["conv"].kernel[...]).shape == (3, 1, 1)
     for backend, read in [
         ("torch", torch_backend.to_weights(torch_model(graph, seed=6), graph)),
         ("flax", flax_backend.to_weights(flax_model, graph)),
@@ -343,7 +343,7 @@ def test_a_yaml_bit_bottleneck_is_timms_resnetv2_bottleneck(tmp_path: Path) -> N
         (tmp_path / folder / f"{name}.yaml").write_text(text)
     (tmp_path / "net.yaml").write_text(BIT_NETWORK)
     graph = compile_spec(tmp_path / "net.yaml")
-    block = torch_model(graph).layer1[0]
+    block = layer(torch_model(graph), "layer1.0")
     reference = ResNetV2Bottleneck(
         32,
         128,

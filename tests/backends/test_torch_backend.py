@@ -119,6 +119,7 @@ def test_torch_shapes_equal_the_inferred_shapes(spec: NetworkSpec) -> None:
     inputs = np.random.default_rng(0).standard_normal((2, *graph.input_shape), np.float32)
     outputs = torch_backend.block_outputs(model, graph, inputs)
     for module, name in zip(graph.modules, module_names(graph), strict=True):
+        assert module.out_shape is not None
         assert outputs[name].shape == (2, *module.out_shape), name
     assert torch_backend.count_parameters(model) == cost(graph).parameters
 

@@ -5,7 +5,7 @@ built-in, and loads torchvision's state_dict as it is."""
 import pytest
 import torch
 import torchvision
-from support import randomise_normalisation
+from support import layer, randomise_normalisation
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
@@ -50,7 +50,7 @@ def test_the_lowered_resnet50_loads_torchvision_state_dict_strictly_and_gives_it
     lowered = torch_backend.build_module(compile_spec("resnet50"), inference=True).eval()
     lowered.load_state_dict(reference.state_dict(), strict=True)
     assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in lowered.modules())
-    assert lowered.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert layer(lowered, "conv1.weight").is_contiguous(memory_format=torch.channels_last)
     inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert_close(lowered(inputs).numpy(), reference(inputs).numpy(), tolerance="network")

@@ -18,7 +18,7 @@ from rescompile.backends.torch_backend import count_parameters
 from rescompile.cli import main
 from rescompile.compiler.cost import cost
 from rescompile.compiler.expand import expand
-from rescompile.compiler.ops import MAX_BLUR_TAPS
+from rescompile.compiler.ops import MAX_BLUR_TAPS, BlurPool
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
@@ -195,7 +195,8 @@ def test_a_blur_pools_taps_are_capped_where_it_is_written(taps: int, tmp_path_fa
             assert str(error).endswith(f"layer1.0: nodes.blur.taps = {taps} gives {taps:,}; it must be at most 64")
     else:
         assert taps <= MAX_BLUR_TAPS
-        assert graph.blocks[0].nodes[1].op.taps == taps  # type: ignore[attr-defined]
+        blur = graph.blocks[0].nodes[1].op
+        assert isinstance(blur, BlurPool) and blur.taps == taps
 
 
 IMAGE_NODES = (

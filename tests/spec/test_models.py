@@ -44,7 +44,7 @@ nodes:
 
 def _float32_fields() -> set[tuple[str, str]]:
     found = set()
-    for member in models.OpSpec.__args__[0].__args__:  # type: ignore[attr-defined]
+    for member in models.OpSpec.__args__[0].__args__:
         assert issubclass(member, BaseModel)
         for name, field in member.model_fields.items():
             if any(getattr(check, "func", None) is models._float32 for check in field.metadata):

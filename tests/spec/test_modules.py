@@ -15,6 +15,7 @@ from rescompile.compiler import compile_spec
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.loader import MAX_MODULE_DEPTH, load_part
+from rescompile.spec.models import BlockSpec
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 NETWORK = """name: net
@@ -65,7 +66,7 @@ def test_a_module_use_loads_as_its_nodes_written_out_under_the_node_name(tmp_pat
     (tmp_path / "blocks" / "by_hand.yaml").write_text(written.replace("name: gated", "name: by_hand"))
     by_hand = load_part(tmp_path / "blocks" / "by_hand.yaml", "blocks").spec
     assert used.nodes == by_hand.nodes
-    assert used.classes == {"se": "SqueezeExcite"}
+    assert isinstance(used, BlockSpec) and used.classes == {"se": "SqueezeExcite"}
 
 
 def test_torch_and_flax_write_the_module_as_a_class_and_keys_stay_nested(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from rescompile.compiler import compile_spec
 from rescompile.spec import unroll
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import FUNCTIONS
-from rescompile.spec.loader import MAX_NAME_LENGTH, load_part
+from rescompile.spec.loader import MAX_NAME_LENGTH, PartKind, load_part
 from rescompile.spec.unroll import Unrolling
 
 LOCATED = re.compile(r"[^:\n]+:\d+:\d+: [^\n]+")
@@ -179,7 +179,7 @@ def test_instances_that_agree_on_what_the_templates_read_share_one_unrolling(
     unrolled: list[object] = []
     original = unroll._Unroller.unroll
 
-    def counted(self: unroll._Unroller, kind: unroll.PartKind) -> object:
+    def counted(self: unroll._Unroller, kind: PartKind) -> object:
         unrolled.append(self.part)
         return original(self, kind)
 
