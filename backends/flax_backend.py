@@ -35,6 +35,7 @@ from rescompile.backends.source import (
     LAYOUT_LINES,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
+    ContainerCall,
     ContainerClass,
     ShortcutClass,
     SourceNode,
@@ -69,7 +70,31 @@ from rescompile.backends.source import (
 )
 from rescompile.backends.surface import head_sections
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
-from rescompile.compiler.ops import Role, Tensor, weight_name
+from rescompile.compiler.ops import (
+    AvgPoolFields,
+    BatchNormFields,
+    BlurPoolFields,
+    ChannelConvFields,
+    ChannelSliceFields,
+    ConvFields,
+    DropPathFields,
+    Gelu,
+    GeluApproximation,
+    GroupNormFields,
+    LayerNormFields,
+    LayerScaleFields,
+    LeakyRelu,
+    LinearFields,
+    MaxPoolFields,
+    PadChannelsFields,
+    PadFields,
+    PointwiseLinearFields,
+    Role,
+    SoftmaxFields,
+    SubsampleFields,
+    Tensor,
+    weight_name,
+)
 from rescompile.compiler.weights import (
     Array,
     Weights,
@@ -119,33 +144,33 @@ def _padding(value: Attribute) -> str:
 
 
 def _conv(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    a = node.attributes
-    arguments = [render(a["in_channels"]), render(a["out_channels"]), f"kernel_size={_pair(a['kernel'])}"]
-    if not is_default(a["stride"], 1):
-        arguments.append(f"strides={render(a['stride'])}")
-    arguments.append(f"padding={_padding(a['padding'])}")
-    if not is_default(a["dilation"], 1):
-        arguments.append(f"kernel_dilation={render(a['dilation'])}")
-    if not is_default(a["groups"], 1):
-        arguments.append(f"feature_group_count={render(a['groups'])}")
-    arguments += [f"use_bias={render(a['bias'])}", "kernel_init=conv_init"]
-    if _standardized(node):
+    op = node.op
+    assert isinstance(op, ConvFields)
+    arguments = [render(op.in_channels), render(op.out_channels), f"kernel_size={_pair(op.kernel)}"]
+    if not is_default(op.stride, 1):
+        arguments.append(f"strides={render(op.stride)}")
+    arguments.append(f"padding={_padding(op.padding)}")
+    if not is_default(op.dilation, 1):
+        arguments.append(f"kernel_dilation={render(op.dilation)}")
+    if not is_default(op.groups, 1):
+        arguments.append(f"feature_group_count={render(op.groups)}")
+    arguments += [f"use_bias={render(op.bias)}", "kernel_init=conv_init"]
+    if op.standardize_weight:
         # nnx.Conv convolves through the function it is given: this one standardises the kernel first.
-        arguments.append(f"conv_general_dilated=standardized_conv({render(a['standardize_epsilon'])})")
+        arguments.append(f"conv_general_dilated=standardized_conv({render(op.standardize_epsilon)})")
     return Lowering(layer=("nnx.Conv", [*arguments, "rngs=rngs"]))
 
 
 def _standardized(node: SourceNode) -> bool:
-    return node.kind == "conv" and is_default(node.attributes["standardize_weight"], True)
+    return isinstance(node.op, ConvFields) and node.op.standardize_weight
 
 
 def _group_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    a = node.attributes
-    epsilon = a["epsilon"]
-    assert isinstance(epsilon, float), "GroupNorm's epsilon is a number, not an expression"
+    op = node.op
+    assert isinstance(op, GroupNormFields)
     # NOTE: epsilon always written (nnx.GroupNorm's default is 1e-6, torch's 1e-5), and the two-pass
     # variance E[(x - mean)²] that torch computes, not nnx's default E[x²] - mean².
-    arguments = [render(a["channels"]), f"num_groups={render(a['groups'])}", f"epsilon={epsilon!r}"]
+    arguments = [render(op.channels), f"num_groups={render(op.groups)}", f"epsilon={op.epsilon!r}"]
     return Lowering(layer=("nnx.GroupNorm", [*arguments, "use_fast_variance=False", "rngs=rngs"]))
 
 
@@ -158,21 +183,21 @@ def flax_momentum(torch_momentum: float) -> float:
 
 
 def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    a = node.attributes
-    torch_momentum, epsilon = a["momentum"], a["epsilon"]
-    assert isinstance(torch_momentum, float) and isinstance(epsilon, float), "BatchNorm takes numbers, not expressions"
-    arguments = [render(a["channels"])]
-    momentum = flax_momentum(torch_momentum)
+    op = node.op
+    assert isinstance(op, BatchNormFields)
+    arguments = [render(op.channels)]
+    momentum = flax_momentum(op.momentum)
     if momentum != 0.9:
         arguments.append(f"momentum={momentum!r}")
-    if epsilon != 1e-5:
-        arguments.append(f"epsilon={epsilon!r}")
+    if op.epsilon != 1e-5:
+        arguments.append(f"epsilon={op.epsilon!r}")
     return Lowering(layer=("BatchNorm", arguments))
 
 
 def _linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    a = node.attributes
-    return _linear_layer(a["in_features"], a["out_features"], a["bias"])
+    op = node.op
+    assert isinstance(op, LinearFields) and op.in_features is not None and op.out_features is not None
+    return _linear_layer(op.in_features, op.out_features, op.bias)
 
 
 def _linear_layer(in_features: Attribute, out_features: Attribute, bias: Attribute) -> Lowering:
@@ -189,44 +214,125 @@ def _placeholders(node: SourceNode) -> list[str]:
 
 
 def _layer_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
-    a = node.attributes
-    epsilon = a["epsilon"]
-    assert isinstance(epsilon, float), "LayerNorm's epsilon is a number, not an expression"
+    op = node.op
+    assert isinstance(op, LayerNormFields)
     # NOTE: epsilon always written (nnx.LayerNorm's default is 1e-6, torch's 1e-5), and torch's
     # two-pass variance. nnx.LayerNorm normalises the last axis: the channels of an NHWC value.
-    arguments = [render(a["channels"]), f"epsilon={epsilon!r}", "use_fast_variance=False", "rngs=rngs"]
+    arguments = [render(op.channels), f"epsilon={op.epsilon!r}", "use_fast_variance=False", "rngs=rngs"]
     return Lowering(layer=("nnx.LayerNorm", arguments))
 
 
 def _function(function: str, arguments: dict[str, tuple[str, Attribute]]) -> Lowering:
-    """A function applied in ``__call__``, keyword -> (source text, the attribute it writes)."""
+    """A function applied in ``__call__``, keyword -> (source text, the op's field it writes)."""
     symbolic = any(constant(attribute) is None for _, attribute in arguments.values())
     keywords = [(keyword, text) for keyword, (text, _) in arguments.items()]
     return Lowering(function=function, arguments=keywords, symbolic=symbolic)
 
 
-def _pool(function: str) -> Callable[[SourceNode, Shape | None], Lowering]:
-    def emit(node: SourceNode, in_shape: Shape | None) -> Lowering:
-        a = node.attributes
-        if not is_default(a["ceil_mode"], False):
-            # flax's pools have no ceil_mode: the generated helpers pad the end further (and, for
-            # the average, divide by torch's count), which needs the input's size: computed in them.
-            helper = CEIL_MODE_FUNCTIONS[node.kind]
-            arguments = {name: (render(a[name]), a[name]) for name in ("kernel", "stride", "padding")}
-            if node.kind == "avg_pool":
-                arguments["count_include_pad"] = (render(a["count_include_pad"]), a["count_include_pad"])
-            return _function(helper, arguments)
-        arguments = {
-            "window_shape": (_pair(a["kernel"]), a["kernel"]),
-            "strides": (_pair(a["stride"]), a["stride"]),
-            "padding": (_padding(a["padding"]), a["padding"]),
-        }
-        count_include_pad = a.get("count_include_pad", True)
-        if not is_default(count_include_pad, True):
-            arguments["count_include_pad"] = (render(count_include_pad), count_include_pad)
-        return _function(function, arguments)
+def _rendered(*values: Attribute) -> list[tuple[str, Attribute]]:
+    """Each field as (source text, the field), for :func:`_function`."""
+    return [(render(value), value) for value in values]
 
-    return emit
+
+def _pool(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, MaxPoolFields | AvgPoolFields)
+    count_include_pad = op.count_include_pad if isinstance(op, AvgPoolFields) else True
+    if not is_default(op.ceil_mode, False):
+        # flax's pools have no ceil_mode: the generated helpers pad the end further (and, for
+        # the average, divide by torch's count), which needs the input's size: computed in them.
+        arguments = dict(zip(("kernel", "stride", "padding"), _rendered(op.kernel, op.stride, op.padding), strict=True))
+        if isinstance(op, AvgPoolFields):
+            arguments["count_include_pad"] = (render(count_include_pad), count_include_pad)
+        return _function(CEIL_MODE_FUNCTIONS[node.kind], arguments)
+    arguments = {
+        "window_shape": (_pair(op.kernel), op.kernel),
+        "strides": (_pair(op.stride), op.stride),
+        "padding": (_padding(op.padding), op.padding),
+    }
+    if not is_default(count_include_pad, True):
+        arguments["count_include_pad"] = (render(count_include_pad), count_include_pad)
+    return _function("nnx.avg_pool" if isinstance(op, AvgPoolFields) else "nnx.max_pool", arguments)
+
+
+def _subsample(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, SubsampleFields)
+    return _function("subsample", {"stride": (render(op.stride), op.stride)})
+
+
+def _pad(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, PadFields)
+    return _function("pad", {"padding": (render(op.padding), op.padding)})
+
+
+def _pad_channels(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, PadChannelsFields)
+    return _function("pad_channels", dict(zip(("before", "after"), _rendered(op.before, op.after), strict=True)))
+
+
+def _blur_pool(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, BlurPoolFields)
+    fields = _rendered(op.taps, op.stride, op.padding, op.padding_mode)
+    return _function("blur_pool", dict(zip(("taps", "stride", "padding", "padding_mode"), fields, strict=True)))
+
+
+def _channel_conv(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, ChannelConvFields)
+    return Lowering(layer=("ChannelConv", [render(op.kernel), "rngs=rngs"]))
+
+
+def _drop_path(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, DropPathFields)
+    return Lowering(layer=("DropPath", [render(op.rate), "rngs=rngs"]))
+
+
+def _channel_slice(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, ChannelSliceFields)
+    return _function("channel_slice", dict(zip(("start", "stop"), _rendered(op.start, op.stop), strict=True)))
+
+
+def _softmax(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, SoftmaxFields)
+    arguments: dict[str, tuple[str, Attribute]] = {"over": (render(op.over), op.over)}
+    if not is_default(op.groups, 1):
+        arguments["groups"] = (render(op.groups), op.groups)
+    if not is_default(op.transpose, False):
+        arguments["transpose"] = (render(op.transpose), op.transpose)
+    return _function("channel_softmax", arguments)
+
+
+def _gelu(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, Gelu)
+    # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
+    return Lowering(function="nnx.gelu", arguments=[("approximate", str(op.approximate is GeluApproximation.TANH))])
+
+
+def _leaky_relu(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, LeakyRelu)
+    return Lowering(function="nnx.leaky_relu", arguments=[("negative_slope", render(op.negative_slope))])
+
+
+def _layer_scale(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, LayerScaleFields)
+    return Lowering(layer=("LayerScale", [render(op.channels), render(op.init)]))
+
+
+def _pointwise_linear(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    # nnx.Linear acts on the last axis, the channels of an NHWC value: a linear layer at every pixel.
+    op = node.op
+    assert isinstance(op, PointwiseLinearFields)
+    return _linear_layer(op.in_channels, op.out_channels, op.bias)
 
 
 def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
@@ -236,15 +342,13 @@ def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(expression="{0}.transpose(0, 3, 1, 2).reshape({0}.shape[0], -1)")
 
 
-BLUR_POOL_ARGUMENTS = ("taps", "stride", "padding", "padding_mode")
-
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
 EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "relu": lambda node, in_shape: Lowering(function="nnx.relu"),
-    "max_pool": _pool("nnx.max_pool"),
-    "avg_pool": _pool("nnx.avg_pool"),
+    "max_pool": _pool,
+    "avg_pool": _pool,
     "global_average_pool": lambda node, in_shape: Lowering(
         function="jnp.mean", arguments=[("axis", "(1, 2)"), ("keepdims", "True")]
     ),
@@ -254,60 +358,29 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
     "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
-    "subsample": lambda node, in_shape: _function(
-        "subsample", {"stride": (render(node.attributes["stride"]), node.attributes["stride"])}
-    ),
-    "pad": lambda node, in_shape: _function(
-        "pad", {"padding": (render(node.attributes["padding"]), node.attributes["padding"])}
-    ),
-    "pad_channels": lambda node, in_shape: _function(
-        "pad_channels",
-        {name: (render(node.attributes[name]), node.attributes[name]) for name in ("before", "after")},
-    ),
+    "subsample": _subsample,
+    "pad": _pad,
+    "pad_channels": _pad_channels,
     "group_norm": _group_norm,
-    "blur_pool": lambda node, in_shape: _function(
-        "blur_pool",
-        {name: (render(node.attributes[name]), node.attributes[name]) for name in BLUR_POOL_ARGUMENTS},
-    ),
-    "channel_conv": lambda node, in_shape: Lowering(
-        layer=("ChannelConv", [render(node.attributes["kernel"]), "rngs=rngs"])
-    ),
-    "drop_path": lambda node, in_shape: Lowering(layer=("DropPath", [render(node.attributes["rate"]), "rngs=rngs"])),
-    "channel_slice": lambda node, in_shape: _function(
-        "channel_slice", {name: (render(node.attributes[name]), node.attributes[name]) for name in ("start", "stop")}
-    ),
+    "blur_pool": _blur_pool,
+    "channel_conv": _channel_conv,
+    "drop_path": _drop_path,
+    "channel_slice": _channel_slice,
     # NHWC: channels are the last axis.
     "concat": lambda node, in_shape: Lowering(
         expression=f"jnp.concatenate([{', '.join(_placeholders(node))}], axis=-1)"
     ),
-    "softmax": lambda node, in_shape: _function(
-        "channel_softmax",
-        {
-            name: (render(node.attributes[name]), node.attributes[name])
-            for name, default in (("over", None), ("groups", 1), ("transpose", False))
-            if default is None or not is_default(node.attributes[name], default)
-        },
-    ),
+    "softmax": _softmax,
     "layer_norm": _layer_norm,
-    # NOTE: nnx.gelu's default is the tanh approximation; torch's is the exact erf form.
-    "gelu": lambda node, in_shape: Lowering(
-        function="nnx.gelu", arguments=[("approximate", str(node.attributes["approximate"] == "tanh"))]
-    ),
+    "gelu": _gelu,
     "hardswish": lambda node, in_shape: Lowering(function="nnx.hard_swish"),
     "relu6": lambda node, in_shape: Lowering(function="nnx.relu6"),
-    "leaky_relu": lambda node, in_shape: Lowering(
-        function="nnx.leaky_relu", arguments=[("negative_slope", render(node.attributes["negative_slope"]))]
-    ),
+    "leaky_relu": _leaky_relu,
     "hardsigmoid": lambda node, in_shape: Lowering(function="nnx.hard_sigmoid"),
     "silu": lambda node, in_shape: Lowering(function="nnx.silu"),
     "mish": lambda node, in_shape: Lowering(function="jax.nn.mish"),
-    "layer_scale": lambda node, in_shape: Lowering(
-        layer=("LayerScale", [render(node.attributes["channels"]), render(node.attributes["init"])])
-    ),
-    # nnx.Linear acts on the last axis, the channels of an NHWC value: a linear layer at every pixel.
-    "pointwise_linear": lambda node, in_shape: _linear_layer(
-        node.attributes["in_channels"], node.attributes["out_channels"], node.attributes["bias"]
-    ),
+    "layer_scale": _layer_scale,
+    "pointwise_linear": _pointwise_linear,
 }
 assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 
@@ -460,10 +533,8 @@ CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CE
 
 
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
-    if node.kind == CLASS_KIND:
-        class_attribute = node.attributes["class"]
-        assert isinstance(class_attribute, str)
-        return Lowering(layer=(class_attribute, [*node.class_arguments, "rngs=rngs"]))
+    if isinstance(node.op, ContainerCall):
+        return Lowering(layer=(node.op.class_name, [*node.class_arguments, "rngs=rngs"]))
     emitter = EMITTERS.get(node.kind)
     if emitter is None:
         raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")

@@ -56,7 +56,16 @@ from rescompile.compiler.ir import (
     Softmax,
     Subsample,
 )
-from rescompile.compiler.ops import Gelu, LayerNorm, LayerScale, LeakyRelu, PointwiseLinear, binomial_filter
+from rescompile.compiler.ops import (
+    Gelu,
+    GeluApproximation,
+    LayerNorm,
+    LayerScale,
+    LeakyRelu,
+    PaddingMode,
+    PointwiseLinear,
+    binomial_filter,
+)
 from rescompile.compiler.weights import (
     Weights,
     check_weights,
@@ -321,7 +330,7 @@ def _blur_pool(builder: _Builder, site: Site) -> None:
     square = np.outer(coefficients, coefficients)
     filter_ = np.ascontiguousarray(np.broadcast_to(square, (channels, 1, op.taps, op.taps)))
     source, pads = site.inputs[0], [op.padding] * 4
-    if op.padding_mode == "reflect":
+    if op.padding_mode is PaddingMode.REFLECT:
         # Pad's pads are all begins (N, C, H, W), then all ends; ONNX's reflect is torch's.
         amounts = [0, 0, op.padding, op.padding] * 2
         pad_amounts = builder.tensor(f"{site.name}.pads", np.array(amounts, np.int64))
@@ -580,7 +589,7 @@ def _gelu(builder: _Builder, site: Site) -> None:
     # torch computes them (Gelu exists only from opset 20).
     op, x, name = site.node.op, site.inputs[0], site.name
     assert isinstance(op, Gelu)
-    if op.approximate == "tanh":
+    if op.approximate is GeluApproximation.TANH:
         square = _append(builder, "Mul", [x, x], f"{name}.square")
         cube = _append(builder, "Mul", [square, x], f"{name}.cube")
         cubic = _append(

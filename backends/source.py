@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import enum
 import functools
 import hashlib
 import keyword
@@ -23,7 +24,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, SupportsIndex
+from typing import TYPE_CHECKING, ClassVar, SupportsIndex
 
 import jinja2
 
@@ -37,22 +38,15 @@ from rescompile.compiler.files import write_atomically
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     Attribute,
-    AvgPool,
-    BatchNorm,
-    Conv,
     Definition,
     DefinitionRole,
     Graph,
-    GroupNorm,
-    Linear,
-    MaxPool,
     Module,
-    Node,
-    Padding,
-    Pair,
     SymbolicNode,
+    SymbolicOp,
     container_span,
 )
+from rescompile.compiler.ops import BatchNormFields, GroupNormFields, symbolic_form
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
 from rescompile.spec.models import RESERVED_NAMES
@@ -69,10 +63,9 @@ class SourceNode:
     attribute: str
     """The module path of the layer (``conv1``, ``se.fc1``, ``conv1.0``); :func:`attribute_access`
     renders it after ``self``."""
-    kind: str
-    attributes: dict[str, Attribute]
-    """Attribute name -> typed value, e.g. ``{"out_channels": <Expression width * 4>, "bias": False}``;
-    :func:`render` writes one as source, :func:`is_default` compares one with a default."""
+    op: SymbolicOp | ContainerCall
+    """The op, its fields typed (``out_channels``: the expression ``width * 4``, or 256 in a stem);
+    :func:`render` writes a field as source, :func:`is_default` compares one with a default."""
     inputs: tuple[str, ...]
     """Python variable names read."""
     output: str
@@ -81,12 +74,23 @@ class SourceNode:
     """True when nothing but this node reads its (single) input, and the input is not the class
     input: an in-place activation is then safe."""
     class_arguments: tuple[str, ...] = ()
-    """For a :data:`CLASS_KIND` node: the constructor's keyword arguments (``radix=radix``)."""
+    """For a :class:`ContainerCall` node: the constructor's keyword arguments (``radix=radix``)."""
+
+    @property
+    def kind(self) -> str:
+        return self.op.kind
 
 
-CLASS_KIND = "class"
-"""The kind of a :class:`SourceNode` standing for a container of a block's nodes written as a class
-of its own (a block's ``classes``): its ``attributes["class"]`` is the class name."""
+@dataclass(frozen=True)
+class ContainerCall:
+    """The op of a :class:`SourceNode` standing for a container of a block's nodes written as a class
+    of its own (a block's ``classes``)."""
+
+    kind: ClassVar[str] = "class"
+    class_name: str
+
+
+CLASS_KIND = ContainerCall.kind
 
 
 @dataclass(frozen=True)
@@ -188,14 +192,16 @@ def expression_source(expression: Expression) -> str:
     return source
 
 
-def render(value: Value | Expression) -> str:
-    """The one renderer of attributes and parameter values as Python source: expressions from
-    their syntax tree, values as literals."""
-    return expression_source(value) if isinstance(value, Expression) else _text(value)
+def render(value: Value | Attribute) -> str:
+    """The one renderer of op fields and parameter values as Python source: expressions from
+    their syntax tree, a choice (an enum member) as its text, values as literals."""
+    if isinstance(value, Expression):
+        return expression_source(value)
+    return _text(value.value if isinstance(value, enum.Enum) else value)
 
 
-def constant(value: Attribute) -> Value | None:
-    """The value of an attribute known at emit time (a value, or an expression that is a literal),
+def constant(value: Attribute) -> Value | enum.Enum | None:
+    """The value of an op's field known at emit time (a value, or an expression that is a literal),
     else None (it names parameters)."""
     if not isinstance(value, Expression):
         return value
@@ -204,62 +210,16 @@ def constant(value: Attribute) -> Value | None:
     return None
 
 
-def is_default(value: Attribute, default: Value) -> bool:
+def is_default(value: Attribute, default: Value | enum.Enum) -> bool:
     """Whether an attribute is known to equal ``default`` (of the same type: ``True`` is not ``1``)."""
     known = constant(value)
     return type(known) is type(default) and known == default
 
 
-def _square(pair: Pair, what: str) -> int:
-    if pair[0] != pair[1]:
-        raise RescompileError(f"{what} {pair} is not square; source emitters need square kernels and strides")
-    return pair[0]
-
-
-def _symmetric(padding: Padding) -> int:
-    (top, bottom), (left, right) = padding
-    if not top == bottom == left == right:
-        raise RescompileError(f"padding {padding} is not symmetric; source emitters need symmetric padding")
-    return top
-
-
-def concrete_attributes(node: Node) -> dict[str, Attribute]:
-    """Attributes from an IR node's concrete values: the op's fields, with pairs made single values
-    where the source writes them so (a square kernel, symmetric padding)."""
-    op = node.op
-    if isinstance(op, Conv):
-        return {
-            "in_channels": op.in_channels,
-            "out_channels": op.out_channels,
-            "kernel": _square(op.kernel, "kernel"),
-            "stride": _square(op.stride, "stride"),
-            "padding": _symmetric(op.padding),
-            "dilation": _square(op.dilation, "dilation"),
-            "groups": op.groups,
-            "bias": op.bias,
-            "standardize_weight": op.standardize_weight,
-            "standardize_epsilon": op.standardize_epsilon,
-        }
-    if isinstance(op, BatchNorm):
-        return {"channels": op.channels, "epsilon": op.epsilon, "momentum": op.momentum}
-    if isinstance(op, GroupNorm):
-        return {"channels": op.channels, "groups": op.groups, "epsilon": op.epsilon}
-    if isinstance(op, MaxPool | AvgPool):
-        attributes: dict[str, Attribute] = {
-            "kernel": _square(op.kernel, "kernel"),
-            "stride": _square(op.stride, "stride"),
-            "padding": _symmetric(op.padding),
-            "ceil_mode": op.ceil_mode,
-        }
-        if isinstance(op, AvgPool):
-            attributes["count_include_pad"] = op.count_include_pad
-        return attributes
-    if isinstance(op, Linear):
-        return {"in_features": op.in_features, "out_features": op.out_features, "bias": op.bias}
-    # Every other op's fields are plain values already (subsample's stride, pad's padding, blur_pool's
-    # taps, drop_path's rate, ...): a new op of that kind needs no entry here.
-    values = {field.name: getattr(op, field.name) for field in dataclasses.fields(op)}
-    return {name: value for name, value in values.items() if value is not None}
+def field_expressions(op: SymbolicOp) -> list[Expression]:
+    """The fields of an op that are expressions (over its definition's parameters)."""
+    values = [getattr(op, field.name) for field in dataclasses.fields(op)]
+    return [value for value in values if isinstance(value, Expression)]
 
 
 def _variables(
@@ -306,8 +266,7 @@ def source_nodes(
         result.append(
             SourceNode(
                 attribute=node.name,
-                kind=node.kind,
-                attributes=dict(node.attributes),
+                op=node.op,
                 inputs=tuple(variables[value] for value in node.inputs),
                 output=variables[node.name],
                 sole_reader=sole_reader,
@@ -317,11 +276,11 @@ def source_nodes(
 
 
 def instance_nodes(module: Module, input_variable: str = "x") -> list[SourceNode]:
-    """A single-instance module (stem, head) with concrete attributes."""
-    nodes = [
-        SymbolicNode(node.name, node.op.kind, tuple(concrete_attributes(node).items()), node.inputs, node.source)
-        for node in module.nodes
-    ]
+    """A single-instance module (stem, head), its ops' fields values."""
+    try:
+        nodes = [SymbolicNode(node.name, symbolic_form(node.op), node.inputs, node.source) for node in module.nodes]
+    except ValueError as error:
+        raise RescompileError(str(error)) from None
     return source_nodes(nodes, input_variable, input_variable)
 
 
@@ -331,9 +290,7 @@ def _class_expressions(graph: Graph) -> list[Expression]:
     for definition in graph.definitions:
         if definition.role in ("block", "shortcut"):
             expressions += [expression for _, expression in definition.derived]
-            expressions += [
-                value for node in definition.nodes for _, value in node.attributes if isinstance(value, Expression)
-            ]
+            expressions += [value for node in definition.nodes for value in field_expressions(node.op)]
     return expressions
 
 
@@ -383,7 +340,7 @@ class BlockClass:
     python_name: str
     """Its class's name, handed out by :func:`part_names` (``BottleneckBlock``)."""
     classes: list[ContainerClass] = field(default_factory=list)
-    """Its containers written as classes of their own; ``nodes`` holds one :data:`CLASS_KIND` node each."""
+    """Its containers written as classes of their own; ``nodes`` holds one :class:`ContainerCall` node each."""
 
 
 @dataclass(frozen=True)
@@ -416,13 +373,7 @@ BOUND_ARGUMENTS = {
 def _derived(definition: Definition) -> dict[str, str]:
     """The derived values a class computes: those its nodes or later kept values read (a value
     only a ``when`` or a placeholder read was spent unrolling the class)."""
-    read = {
-        name
-        for node in definition.nodes
-        for _, value in node.attributes
-        if isinstance(value, Expression)
-        for name in value.names
-    }
+    read = {name for node in definition.nodes for value in field_expressions(node.op) for name in value.names}
     kept: dict[str, str] = {}
     for name, expression in reversed(definition.derived):
         if name in read:
@@ -459,7 +410,9 @@ def block_classes(graph: Graph) -> list[BlockClass]:
         read = frozenset({definition.shortcut_input} - {MODULE_INPUT}) if residual else frozenset()
         source = source_nodes(nodes, "x", "out", {SHORTCUT_VARIABLE: SHORTCUT_VARIABLE}, read)
         variables = {MODULE_INPUT: "x", **{node.name: item.output for node, item in zip(nodes, source, strict=True)}}
-        zero_init = [node.name for node in nodes if node.op_type.normalization and node.attribute("zero_init") is True]
+        zero_init = [
+            node.name for node in nodes if isinstance(node.op, BatchNormFields | GroupNormFields) and node.op.zero_init
+        ]
         containers: list[ContainerClass] = []
         # The last container first: each replaces its run of source nodes by one, moving those after it.
         for prefix, _ in sorted(definition.classes, key=lambda item: _first_node(nodes, item[0]), reverse=True):
@@ -493,7 +446,7 @@ def _container(
     graph: Graph, definition: Definition, prefix: str, name: str, nodes: list[SymbolicNode], source: list[SourceNode]
 ) -> tuple[ContainerClass, list[SourceNode]]:
     """The container ``prefix`` of a block written as class ``name``, and the block's source nodes
-    with the container's run of nodes replaced by one :data:`CLASS_KIND` node."""
+    with the container's run of nodes replaced by one :class:`ContainerCall` node."""
     try:
         inside, outside = container_span(definition, prefix)
     except ValueError as error:
@@ -503,16 +456,13 @@ def _container(
     inner = [
         SymbolicNode(
             node.name[start:],
-            node.kind,
-            node.attributes,
+            node.op,
             tuple(value[start:] if value in names else MODULE_INPUT for value in node.inputs),
             node.source,
         )
         for node in (nodes[index] for index in inside)
     ]
-    read = sorted(
-        {n for node in inner for _, value in node.attributes if isinstance(value, Expression) for n in value.names}
-    )
+    read = sorted({name for node in inner for value in field_expressions(node.op) for name in value.names})
     values = _definition_values(graph, definition)
     external = next(
         variable
@@ -525,8 +475,7 @@ def _container(
     )
     call = SourceNode(
         attribute=prefix,
-        kind=CLASS_KIND,
-        attributes={"class": name},
+        op=ContainerCall(name),
         inputs=(external,),
         output=source[inside[-1]].output,
         sole_reader=False,
@@ -669,8 +618,7 @@ def _container_key(definition: Definition, prefix: str) -> object:
     return tuple(
         (
             node.name[start:],
-            node.kind,
-            node.attributes,
+            node.op,
             tuple(value[start:] if value in names else "" for value in node.inputs),
         )
         for node in inside

@@ -8,6 +8,7 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,10 @@ from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_n
 from rescompile.backends.names import attribute_access, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
-    CLASS_KIND,
     LAYOUT_LINES,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
+    ContainerCall,
     ContainerClass,
     SourceNode,
     block_calls,
@@ -53,6 +54,28 @@ from rescompile.backends.source import (
 from rescompile.backends.surface import HeadSections, feature_points, head_sections
 from rescompile.compiler.fold import DefinitionFold, FoldedGraph, fold_batch_norm
 from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, DefinitionRole, Graph
+from rescompile.compiler.ops import (
+    AvgPoolFields,
+    BatchNormFields,
+    BlurPoolFields,
+    ChannelConvFields,
+    ChannelSliceFields,
+    ConvFields,
+    DropPathFields,
+    Gelu,
+    GeluApproximation,
+    GroupNormFields,
+    LayerNormFields,
+    LayerScaleFields,
+    LeakyRelu,
+    LinearFields,
+    MaxPoolFields,
+    PadChannelsFields,
+    PadFields,
+    PointwiseLinearFields,
+    SoftmaxFields,
+    SubsampleFields,
+)
 from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
@@ -68,46 +91,50 @@ STD_CONV = "standardized conv"
 """A layer's constructor and its arguments as source: ``("nn.ReLU", ["inplace=True"])``."""
 
 
-def _optional(keyword: str, value: Attribute, default: Value) -> list[str]:
+def _optional(keyword: str, value: Attribute, default: Value | enum.Enum) -> list[str]:
     return [] if is_default(value, default) else [f"{keyword}={render(value)}"]
 
 
 def _conv(node: SourceNode) -> Layer:
-    a = node.attributes
+    op = node.op
+    assert isinstance(op, ConvFields)
     arguments = [
-        render(a["in_channels"]),
-        render(a["out_channels"]),
-        f"kernel_size={render(a['kernel'])}",
-        *_optional("stride", a["stride"], 1),
-        *_optional("padding", a["padding"], 0),
-        *_optional("dilation", a["dilation"], 1),
-        *_optional("groups", a["groups"], 1),
-        f"bias={render(a['bias'])}",
+        render(op.in_channels),
+        render(op.out_channels),
+        f"kernel_size={render(op.kernel)}",
+        *_optional("stride", op.stride, 1),
+        *_optional("padding", op.padding, 0),
+        *_optional("dilation", op.dilation, 1),
+        *_optional("groups", op.groups, 1),
+        f"bias={render(op.bias)}",
     ]
-    if _standardized(node):
-        return ("StdConv2d", [*arguments, *_optional("eps", a["standardize_epsilon"], 1e-6)])
+    if op.standardize_weight:
+        return ("StdConv2d", [*arguments, *_optional("eps", op.standardize_epsilon, 1e-6)])
     return ("nn.Conv2d", arguments)
 
 
 def _standardized(node: SourceNode) -> bool:
-    return node.kind == "conv" and is_default(node.attributes["standardize_weight"], True)
+    return isinstance(node.op, ConvFields) and node.op.standardize_weight
 
 
 def _group_norm(node: SourceNode) -> Layer:
-    a = node.attributes
-    return ("nn.GroupNorm", [render(a["groups"]), render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5)])
+    op = node.op
+    assert isinstance(op, GroupNormFields)
+    return ("nn.GroupNorm", [render(op.groups), render(op.channels), *_optional("eps", op.epsilon, 1e-5)])
 
 
 def _blur_pool(node: SourceNode) -> Layer:
-    a = node.attributes
-    return ("BlurPool", [render(a[name]) for name in ("taps", "stride", "padding", "padding_mode")])
+    op = node.op
+    assert isinstance(op, BlurPoolFields)
+    return ("BlurPool", [render(op.taps), render(op.stride), render(op.padding), render(op.padding_mode)])
 
 
 def _batch_norm(node: SourceNode) -> Layer:
-    a = node.attributes
+    op = node.op
+    assert isinstance(op, BatchNormFields)
     return (
         "nn.BatchNorm2d",
-        [render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5), *_optional("momentum", a["momentum"], 0.1)],
+        [render(op.channels), *_optional("eps", op.epsilon, 1e-5), *_optional("momentum", op.momentum, 0.1)],
     )
 
 
@@ -120,21 +147,20 @@ def _relu(node: SourceNode) -> Layer:
     return ("nn.ReLU", _in_place(node))
 
 
-def _pool(callee: str) -> Callable[[SourceNode], Layer]:
-    def emit(node: SourceNode) -> Layer:
-        a = node.attributes
-        arguments = [f"kernel_size={render(a['kernel'])}", f"stride={render(a['stride'])}"]
-        arguments += _optional("padding", a["padding"], 0) + _optional("ceil_mode", a["ceil_mode"], False)
-        if "count_include_pad" in a:
-            arguments += _optional("count_include_pad", a["count_include_pad"], True)
-        return (callee, arguments)
-
-    return emit
+def _pool(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, MaxPoolFields | AvgPoolFields)
+    arguments = [f"kernel_size={render(op.kernel)}", f"stride={render(op.stride)}"]
+    arguments += _optional("padding", op.padding, 0) + _optional("ceil_mode", op.ceil_mode, False)
+    if isinstance(op, AvgPoolFields):
+        return ("nn.AvgPool2d", arguments + _optional("count_include_pad", op.count_include_pad, True))
+    return ("nn.MaxPool2d", arguments)
 
 
 def _linear(node: SourceNode) -> Layer:
-    a = node.attributes
-    return ("nn.Linear", [render(a["in_features"]), render(a["out_features"]), *_optional("bias", a["bias"], True)])
+    op = node.op
+    assert isinstance(op, LinearFields) and op.in_features is not None and op.out_features is not None
+    return ("nn.Linear", [render(op.in_features), render(op.out_features), *_optional("bias", op.bias, True)])
 
 
 SUBSAMPLE_CLASS = '''class Subsample(nn.Module):
@@ -263,12 +289,9 @@ CHANNEL_SOFTMAX_CLASS = '''class ChannelSoftmax(nn.Module):
 
 
 def _channel_softmax(node: SourceNode) -> Layer:
-    a = node.attributes
-    arguments = [
-        render(a["over"]),
-        *_optional("groups", a["groups"], 1),
-        *_optional("transpose", a["transpose"], False),
-    ]
+    op = node.op
+    assert isinstance(op, SoftmaxFields)
+    arguments = [render(op.over), *_optional("groups", op.groups, 1), *_optional("transpose", op.transpose, False)]
     return ("ChannelSoftmax", arguments)
 
 
@@ -298,20 +321,71 @@ POINTWISE_LINEAR_CLASS = '''class PointwiseLinear(nn.Linear):
 
 
 def _layer_norm(node: SourceNode) -> Layer:
-    a = node.attributes
-    return ("LayerNorm2d", [render(a["channels"]), *_optional("eps", a["epsilon"], 1e-5)])
+    op = node.op
+    assert isinstance(op, LayerNormFields)
+    return ("LayerNorm2d", [render(op.channels), *_optional("eps", op.epsilon, 1e-5)])
 
 
 def _layer_scale(node: SourceNode) -> Layer:
     # A parameter held by the block itself, as timm's ConvNeXt block holds ``gamma``.
-    a = node.attributes
-    return ("nn.Parameter", [f"torch.full(({render(a['channels'])},), {render(a['init'])})"])
+    op = node.op
+    assert isinstance(op, LayerScaleFields)
+    return ("nn.Parameter", [f"torch.full(({render(op.channels)},), {render(op.init)})"])
 
 
 def _pointwise_linear(node: SourceNode) -> Layer:
-    a = node.attributes
-    arguments = [render(a["in_channels"]), render(a["out_channels"]), *_optional("bias", a["bias"], True)]
+    op = node.op
+    assert isinstance(op, PointwiseLinearFields)
+    arguments = [render(op.in_channels), render(op.out_channels), *_optional("bias", op.bias, True)]
     return ("PointwiseLinear", arguments)
+
+
+def _subsample(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, SubsampleFields)
+    return ("Subsample", [render(op.stride)])
+
+
+def _pad(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, PadFields)
+    return ("nn.ZeroPad2d", [render(op.padding)])
+
+
+def _pad_channels(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, PadChannelsFields)
+    return ("PadChannels", [render(op.before), render(op.after)])
+
+
+def _channel_conv(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, ChannelConvFields)
+    return ("ChannelConv", [render(op.kernel)])
+
+
+def _drop_path(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, DropPathFields)
+    return ("DropPath", [render(op.rate)])
+
+
+def _channel_slice(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, ChannelSliceFields)
+    return ("ChannelSlice", [render(op.start), render(op.stop)])
+
+
+def _gelu(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, Gelu)
+    return ("nn.GELU", _optional("approximate", op.approximate, GeluApproximation.NONE))
+
+
+def _leaky_relu(node: SourceNode) -> Layer:
+    op = node.op
+    assert isinstance(op, LeakyRelu)
+    return ("nn.LeakyReLU", _optional("negative_slope", op.negative_slope, 0.01) + _in_place(node))
 
 
 FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms(
@@ -354,33 +428,30 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
     "relu": _relu,
-    "max_pool": _pool("nn.MaxPool2d"),
-    "avg_pool": _pool("nn.AvgPool2d"),
+    "max_pool": _pool,
+    "avg_pool": _pool,
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
     "add": lambda node: Inline(sum_source(list(node.inputs))),
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": Inline("{0} * {1}"),
-    "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
-    "pad": lambda node: ("nn.ZeroPad2d", [render(node.attributes["padding"])]),
-    "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
+    "subsample": _subsample,
+    "pad": _pad,
+    "pad_channels": _pad_channels,
     "blur_pool": _blur_pool,
-    "channel_conv": lambda node: ("ChannelConv", [render(node.attributes["kernel"])]),
-    "drop_path": lambda node: ("DropPath", [render(node.attributes["rate"])]),
-    "channel_slice": lambda node: ("ChannelSlice", [render(node.attributes["start"]), render(node.attributes["stop"])]),
+    "channel_conv": _channel_conv,
+    "drop_path": _drop_path,
+    "channel_slice": _channel_slice,
     "concat": Inline("torch.cat([{all}], 1)"),
     "softmax": _channel_softmax,
     "layer_norm": _layer_norm,
-    "gelu": lambda node: ("nn.GELU", _optional("approximate", node.attributes["approximate"], "none")),
+    "gelu": _gelu,
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
     "hardswish": lambda node: ("nn.Hardswish", _in_place(node)),
     "relu6": lambda node: ("nn.ReLU6", _in_place(node)),
-    "leaky_relu": lambda node: (
-        "nn.LeakyReLU",
-        _optional("negative_slope", node.attributes["negative_slope"], 0.01) + _in_place(node),
-    ),
+    "leaky_relu": _leaky_relu,
     "hardsigmoid": lambda node: ("nn.Hardsigmoid", _in_place(node)),
     "silu": lambda node: ("nn.SiLU", _in_place(node)),
     "mish": lambda node: ("nn.Mish", _in_place(node)),
@@ -406,10 +477,8 @@ assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 
 
 def _lowered(node: SourceNode) -> Layer | Inline:
-    if node.kind == CLASS_KIND:
-        class_attribute = node.attributes["class"]
-        assert isinstance(class_attribute, str)
-        return (class_attribute, list(node.class_arguments))
+    if isinstance(node.op, ContainerCall):
+        return (node.op.class_name, list(node.class_arguments))
     emitter = EMITTERS[node.kind]
     return Inline(emitter) if isinstance(emitter, str) else emitter(node)
 

@@ -31,7 +31,6 @@ from rescompile.compiler.ops import (
     Shape,
     ShapeError,
     ShrinkError,
-    SymbolicAttributes,
     show_shape,
 )
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
@@ -461,14 +460,13 @@ def _definition(
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
             continue
-        attributes: SymbolicAttributes = {
-            field: value
-            for field, value in node_spec
-            if field not in ("op", "input", "inputs") and isinstance(value, Expression | bool | float | str)
-        }
+        # The spec's values as written (a binary op's inputs as the definition reads them).
+        values = {field: value for field, value in node_spec if field not in ("op", "input", "when")}
+        if "inputs" in values:
+            values["inputs"] = inputs
         in_channels = tuple(channels.get(value) for value in inputs)
-        attributes, channels[name] = OPS[node_spec.op].symbolic_inputs(attributes, in_channels)
-        nodes.append(SymbolicNode(name, node_spec.op, tuple(attributes.items()), inputs, part.locate("nodes", name)))
+        op, channels[name] = OPS[node_spec.op].symbolic_inputs(values, in_channels)
+        nodes.append(SymbolicNode(name, op, inputs, part.locate("nodes", name)))
     if role in ("block", "shortcut", "transition"):
         _check_class_nodes(part, role, nodes)
     definition = Definition(

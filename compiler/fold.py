@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rescompile.compiler.ir import MODULE_INPUT, Definition, DefinitionRole, Graph, Module, Node, SymbolicNode
-from rescompile.compiler.ops import Attribute, BatchNorm, Conv
+from rescompile.compiler.ops import BatchNorm, BatchNormFields, Conv, ConvFields
 from rescompile.compiler.verify import verify
 from rescompile.compiler.weights import Array, Weights
 
@@ -47,8 +47,8 @@ class DefinitionFold:
 
     conv: str
     batch_norm: str
-    epsilon: Attribute
-    """The BatchNorm's epsilon: a value, or an expression over the definition's parameters."""
+    epsilon: float
+    """The BatchNorm's epsilon (a number in a spec, never an expression)."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,12 @@ def _fold_definition(definition: Definition) -> tuple[Definition, tuple[Definiti
     pairs: dict[str, SymbolicNode] = {}
     for node in definition.nodes:
         conv = nodes_by_name.get(node.inputs[0]) if node.inputs else None
-        if node.kind != "batch_norm" or conv is None or conv.kind != "conv":
+        if not isinstance(node.op, BatchNormFields) or conv is None or not isinstance(conv.op, ConvFields):
             continue
         # A value the block's shortcut module reads has that reader too (never a conv output in
         # the built-ins, but the flat view counts the shortcut's nodes, so this must as well).
         shortcut_reads = definition.shortcut_input == conv.name and definition.role == "block"
-        if conv.attribute("standardize_weight") is False and len(readers[conv.name]) == 1 and not shortcut_reads:
+        if not conv.op.standardize_weight and len(readers[conv.name]) == 1 and not shortcut_reads:
             pairs[conv.name] = node
     if not pairs:
         return definition, ()
@@ -130,9 +130,9 @@ def _fold_definition(definition: Definition) -> tuple[Definition, tuple[Definiti
         inputs = tuple(renamed.get(value, value) for value in node.inputs)
         if node.name in pairs:
             bn = pairs[node.name]
-            inside.append(DefinitionFold(node.name, bn.name, bn.attribute("epsilon")))
-            attributes = tuple((key, True if key == "bias" else value) for key, value in node.attributes)
-            node = dataclasses.replace(node, attributes=attributes, inputs=inputs)
+            assert isinstance(node.op, ConvFields) and isinstance(bn.op, BatchNormFields)
+            inside.append(DefinitionFold(node.name, bn.name, bn.op.epsilon))
+            node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True), inputs=inputs)
         elif inputs != node.inputs:
             node = dataclasses.replace(node, inputs=inputs)
         nodes.append(node)

@@ -44,6 +44,7 @@ from rescompile.compiler.ops import (
     Shape,
     Softmax,
     Subsample,
+    SymbolicOp,
 )
 from rescompile.spec.errors import Location
 from rescompile.spec.expressions import Expression, Value
@@ -85,6 +86,7 @@ __all__ = [
     "Softmax",
     "Subsample",
     "SymbolicNode",
+    "SymbolicOp",
     "container_span",
 ]
 
@@ -153,25 +155,25 @@ DefinitionRole = Literal["stem", "transition", "block", "shortcut", "head"]
 
 @dataclass(frozen=True)
 class SymbolicNode:
-    """A node of a :class:`Definition`: an op kind with attributes over the definition's parameters
+    """A node of a :class:`Definition`: its op with fields over the definition's parameters
     (``out_channels: width * expansion``), including those the op derives from its input
     (a conv's ``in_channels``, itself an expression: ``in_channels``, ``width * 4``)."""
 
     name: str
-    kind: str
-    attributes: tuple[tuple[str, Attribute], ...]
+    op: SymbolicOp
     inputs: tuple[str, ...]
     """Values read: ``input`` (the definition's input), ``shortcut`` (in a block's residual add), or
     an earlier node's name."""
     source: Location | None = None
 
-    def attribute(self, name: str) -> Attribute:
-        return dict(self.attributes)[name]
+    @property
+    def kind(self) -> str:
+        return self.op.kind
 
     @property
     def op_type(self) -> type[Op]:
         """Its op's class in the op table, whose traits say what kind of op it is."""
-        return OPS[self.kind]
+        return OPS[self.op.kind]
 
 
 @dataclass(frozen=True)

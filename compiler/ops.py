@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import ast
 import enum
+import functools
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from rescompile.spec.expressions import Expression, parse_expression
 
@@ -172,14 +174,60 @@ def _times(factor: Expression, value: Expression) -> Expression:
     return Expression(ast.unparse(tree), tree)
 
 
+def _expression(value: object) -> Expression:
+    """A channel count a spec states, which is an expression."""
+    assert isinstance(value, Expression)
+    return value
+
+
 def _is_zero(value: object) -> bool:
     return isinstance(value, Expression) and isinstance(value.tree, ast.Constant) and value.tree.value == 0
 
 
-Attribute = int | float | bool | str | Expression
-"""An attribute of a definition's node: a value (a string for a choice such as a padding mode), or
+Size = int | Expression
+"""An integer attribute: a value (in an instance), or an expression over a definition's parameters."""
+Attribute = int | float | bool | Expression | enum.Enum
+"""A field of a definition's op: a value (an enum member for a choice such as a padding mode), or
 an expression over the definition's parameters."""
-SymbolicAttributes = dict[str, Attribute]
+SpecValues = Mapping[str, Any]
+"""A spec node's values as its YAML states them (expressions unevaluated), for the symbolic rules."""
+
+# The type parameters of an op's fields (``ConvFields``): what an integer (N), a kernel or stride
+# (P), a padding (Q) and a real number that a spec may compute (R) are. An instance's op (``Conv``)
+# binds them to ``int``, ``Pair``, ``Padding`` and ``float``; a definition's (``SymbolicConv``) to
+# :data:`Size` (a square kernel and symmetric padding are one value in a spec) and ``Real``.
+N = TypeVar("N", covariant=True)
+P = TypeVar("P", covariant=True)
+Q = TypeVar("Q", covariant=True)
+R = TypeVar("R", covariant=True)
+Real = float | Expression
+
+
+class PaddingMode(enum.Enum):
+    """How a blur pool pads: with zeros, or by reflecting the input about its edge without repeating
+    the edge value (torch's and numpy's ``reflect``: ``c b | a b c d | c b``)."""
+
+    ZEROS = "zeros"
+    REFLECT = "reflect"
+
+
+class GeluApproximation(enum.Enum):
+    """GELU's form: exact (erf), or its tanh approximation (torch's ``approximate``)."""
+
+    NONE = "none"
+    TANH = "tanh"
+
+
+def _with_enums(op_type: type, values: SpecValues) -> dict[str, Any]:
+    """``values`` with each choice of an enum field (a spec states ``reflect``) as its enum member."""
+    enums = _enum_fields(op_type)
+    return {name: enums[name](value) if name in enums else value for name, value in values.items()}
+
+
+@functools.cache
+def _enum_fields(op_type: type) -> dict[str, type[enum.Enum]]:
+    hints = typing.get_type_hints(op_type)
+    return {name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, enum.Enum)}
 
 
 class OpBase:
@@ -208,27 +256,33 @@ class OpBase:
     field is an expression, a float a number, a ``Literal`` a choice, each with its default."""
     descriptions: ClassVar[Mapping[str, str]] = {}
     """What each field means, for a derived spec model (and so the JSON Schema)."""
+    fields: ClassVar[type[Any] | None] = None
+    """The class of its fields (``ConvFields``), generic in what an integer is, whose form over
+    :data:`Size` is its op in a definition; None where no field is an integer: it is its own."""
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         """The op for a spec node (its evaluated attributes) reading values of ``in_shapes``."""
-        return cls(**attributes)
+        return cls(**_with_enums(cls, attributes))
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        """The symbolic form of :meth:`from_attributes`, for definitions: the attributes the op
-        derives from its input's channel count (an expression over the definition's parameters),
-        and its output's channel count. None: not expressible from channels (after a flatten)."""
-        return attributes, in_channels
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        """The symbolic form of :meth:`from_attributes`, for definitions: the op with its fields
+        over the definition's parameters (those it derives from its input's channel count, an
+        expression too), and its output's channel count. None: not expressible from channels (after
+        a flatten). The default: an op whose fields are the spec's keys, keeping the channels."""
+        if cls.fields is None:
+            op: SymbolicOp = cls.from_attributes(values, ())  # type: ignore[assignment]
+        else:
+            op = cls.fields(**_with_enums(cls.fields, values))
+        return op, in_channels
 
     @classmethod
     def symbolic_inputs(
-        cls, attributes: SymbolicAttributes, in_channels: tuple[Expression | None, ...]
-    ) -> tuple[SymbolicAttributes, Expression | None]:
+        cls, values: SpecValues, in_channels: tuple[Expression | None, ...]
+    ) -> tuple[SymbolicOp, Expression | None]:
         """:meth:`symbolic` given every input's channel count; most ops need the first only."""
-        return cls.symbolic(attributes, in_channels[0])
+        return cls.symbolic(values, in_channels[0])
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         raise NotImplementedError
@@ -241,49 +295,55 @@ class OpBase:
 
 
 @dataclass(frozen=True)
-class Conv(OpBase):
+class ConvFields(Generic[N, P, Q]):
+    """A convolution's fields (:class:`Conv`)."""
+
+    kind: ClassVar[str] = "conv"
+    in_channels: N
+    out_channels: N
+    kernel: P
+    stride: P
+    padding: Q
+    dilation: P
+    groups: N
+    bias: bool
+    standardize_weight: bool = False
+    standardize_epsilon: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Conv(ConvFields[int, Pair, Padding], OpBase):
     """A 2-D convolution (torch's ``Conv2d``). With ``standardize_weight`` it convolves with its
     weight standardised per output channel, ``(w - mean) / sqrt(var + standardize_epsilon)`` over
     ``(in/groups, kh, kw)`` with the biased variance (Qiao et al. 2019; timm's ``StdConv2d``); the
     raw weight is what is stored (``.weight``), so timm's state_dicts load unchanged."""
 
-    kind: ClassVar[str] = "conv"
     family: ClassVar[str] = "linear"
     foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    in_channels: int
-    out_channels: int
-    kernel: Pair
-    stride: Pair
-    padding: Padding
-    dilation: Pair
-    groups: int
-    bias: bool
-    standardize_weight: bool = False
-    standardize_epsilon: float = 1e-6
+    fields: ClassVar[type[Any] | None] = ConvFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        spec: ConvFields[int, int, int] = ConvFields(in_channels=_one(in_shapes, "conv")[0], **attributes)
         return cls(
-            in_channels=_one(in_shapes, "conv")[0],
-            out_channels=attributes["out_channels"],
-            kernel=_square(attributes["kernel"]),
-            stride=_square(attributes["stride"]),
-            padding=_padding(attributes["padding"]),
-            dilation=_square(attributes["dilation"]),
-            groups=attributes["groups"],
-            bias=attributes["bias"],
-            standardize_weight=attributes["standardize_weight"],
-            standardize_epsilon=attributes["standardize_epsilon"],
+            spec.in_channels,
+            spec.out_channels,
+            _square(spec.kernel),
+            _square(spec.stride),
+            _padding(spec.padding),
+            _square(spec.dilation),
+            spec.groups,
+            spec.bias,
+            spec.standardize_weight,
+            spec.standardize_epsilon,
         )
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        out_channels = attributes["out_channels"]
-        assert in_channels is not None and isinstance(out_channels, Expression)
-        return {**attributes, "in_channels": in_channels}, out_channels
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        assert in_channels is not None
+        op: SymbolicConv = ConvFields(in_channels=in_channels, **values)
+        return op, _expression(op.out_channels)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, "conv")
@@ -313,33 +373,37 @@ class _Normalization(OpBase):
     """A per-channel normalisation: its ``channels`` are its input's, and so are its output's."""
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        assert in_channels is not None
-        return {**attributes, "channels": in_channels}, in_channels
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        assert in_channels is not None and cls.fields is not None
+        op: SymbolicOp = cls.fields(channels=in_channels, **values)
+        return op, in_channels
 
 
 @dataclass(frozen=True)
-class BatchNorm(_Normalization):
-    """``y = (x - mean) / sqrt(var + epsilon) * weight + bias``; in training the running statistics
-    follow ``running = (1 - momentum) * running + momentum * batch``, the *unbiased* batch variance
-    feeding ``running_var`` (torch's convention)."""
+class BatchNormFields(Generic[N]):
+    """The fields of :class:`BatchNorm`."""
 
     kind: ClassVar[str] = "batch_norm"
-    family: ClassVar[str] = "norm"
-    normalization: ClassVar[bool] = True
-    foreign_names: ClassVar[tuple[str, ...]] = ("batchnorm2d",)
-    channels: int
+    channels: N
     epsilon: float
     momentum: float
     zero_init: bool
 
+
+@dataclass(frozen=True)
+class BatchNorm(BatchNormFields[int], _Normalization):
+    """``y = (x - mean) / sqrt(var + epsilon) * weight + bias``; in training the running statistics
+    follow ``running = (1 - momentum) * running + momentum * batch``, the *unbiased* batch variance
+    feeding ``running_var`` (torch's convention)."""
+
+    family: ClassVar[str] = "norm"
+    normalization: ClassVar[bool] = True
+    foreign_names: ClassVar[tuple[str, ...]] = ("batchnorm2d",)
+    fields: ClassVar[type[Any] | None] = BatchNormFields
+
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls(
-            _one(in_shapes, "batch_norm")[0], attributes["epsilon"], attributes["momentum"], attributes["zero_init"]
-        )
+        return cls(channels=_one(in_shapes, "batch_norm")[0], **attributes)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) != 1 or in_shapes[0][0] != self.channels:
@@ -357,25 +421,31 @@ class BatchNorm(_Normalization):
 
 
 @dataclass(frozen=True)
-class GroupNorm(_Normalization):
+class GroupNormFields(Generic[N]):
+    """The fields of :class:`GroupNorm`."""
+
+    kind: ClassVar[str] = "group_norm"
+    channels: N
+    groups: N
+    epsilon: float
+    zero_init: bool
+
+
+@dataclass(frozen=True)
+class GroupNorm(GroupNormFields[int], _Normalization):
     """torch's ``GroupNorm`` (Wu and He 2018): the channels split into ``groups`` consecutive
     groups, each sample's group normalised by its own mean and *biased* variance over
     ``(channels / groups, height, width)``, ``epsilon`` inside the square root, then an affine
     per-channel ``weight`` and ``bias``. No running statistics: training and eval compute the same."""
 
-    kind: ClassVar[str] = "group_norm"
     family: ClassVar[str] = "norm"
     normalization: ClassVar[bool] = True
     foreign_names: ClassVar[tuple[str, ...]] = ("groupnorm",)
-    channels: int
-    groups: int
-    epsilon: float
-    zero_init: bool
+    fields: ClassVar[type[Any] | None] = GroupNormFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        channels = _one(in_shapes, "group_norm")[0]
-        return cls(channels, attributes["groups"], attributes["epsilon"], attributes["zero_init"])
+        return cls(channels=_one(in_shapes, "group_norm")[0], **attributes)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, _, _ = _image(in_shapes, self.kind)
@@ -421,47 +491,56 @@ def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
 
 
 @dataclass(frozen=True)
-class MaxPool(OpBase):
+class MaxPoolFields(Generic[P, Q]):
+    """The fields of :class:`MaxPool`."""
+
     kind: ClassVar[str] = "max_pool"
+    kernel: P
+    stride: P
+    padding: Q
+    ceil_mode: bool
+
+
+@dataclass(frozen=True)
+class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    kernel: Pair
-    stride: Pair
-    padding: Padding
-    ceil_mode: bool
+    fields: ClassVar[type[Any] | None] = MaxPoolFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        kernel, stride, padding = attributes["kernel"], attributes["stride"], attributes["padding"]
-        return cls(_square(kernel), _square(stride), _padding(padding), attributes["ceil_mode"])
+        spec: MaxPoolFields[int, int] = MaxPoolFields(**attributes)
+        return cls(_square(spec.kernel), _square(spec.stride), _padding(spec.padding), spec.ceil_mode)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _pool_shape(self, in_shapes)
 
 
 @dataclass(frozen=True)
-class AvgPool(OpBase):
+class AvgPoolFields(Generic[P, Q]):
+    """The fields of :class:`AvgPool`."""
+
     kind: ClassVar[str] = "avg_pool"
-    family: ClassVar[str] = "pool"
-    foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
-    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    kernel: Pair
-    stride: Pair
-    padding: Padding
+    kernel: P
+    stride: P
+    padding: Q
     ceil_mode: bool
     count_include_pad: bool
 
+
+@dataclass(frozen=True)
+class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
+    family: ClassVar[str] = "pool"
+    foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    fields: ClassVar[type[Any] | None] = AvgPoolFields
+
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        kernel, stride, padding = attributes["kernel"], attributes["stride"], attributes["padding"]
-        return cls(
-            _square(kernel),
-            _square(stride),
-            _padding(padding),
-            attributes["ceil_mode"],
-            attributes["count_include_pad"],
-        )
+        spec: AvgPoolFields[int, int] = AvgPoolFields(**attributes)
+        kernel, stride, padding = _square(spec.kernel), _square(spec.stride), _padding(spec.padding)
+        return cls(kernel, stride, padding, spec.ceil_mode, spec.count_include_pad)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _pool_shape(self, in_shapes)
@@ -487,37 +566,39 @@ class Flatten(OpBase):
     kind: ClassVar[str] = "flatten"
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        return attributes, None  # channels × height × width: the spatial size is not a parameter
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        return cls(), None  # channels × height × width: the spatial size is not a parameter
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return (math.prod(_one(in_shapes, self.kind)),)
 
 
 @dataclass(frozen=True)
-class Linear(OpBase):
+class LinearFields(Generic[N]):
+    """The fields of :class:`Linear`."""
+
     kind: ClassVar[str] = "linear"
-    family: ClassVar[str] = "linear"
-    in_features: int
-    out_features: int
+    in_features: N
+    out_features: N
     bias: bool
+
+
+@dataclass(frozen=True)
+class Linear(LinearFields[int], OpBase):
+    family: ClassVar[str] = "linear"
+    fields: ClassVar[type[Any] | None] = LinearFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         shape = _one(in_shapes, cls.kind)
         if len(shape) != 1:
             raise ShapeError(f"linear needs a flat input of shape (features,), got {shape}; add a flatten node first")
-        return cls(shape[0], attributes["out_features"], attributes["bias"])
+        return cls(in_features=shape[0], **attributes)
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        out_features = attributes["out_features"]
-        assert isinstance(out_features, Expression)
-        return ({**attributes, "in_features": in_channels} if in_channels is not None else attributes), out_features
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        op: SymbolicLinear = LinearFields(in_features=in_channels, **values)
+        return op, _expression(op.out_features)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) != 1 or in_shapes[0] != (self.in_features,):
@@ -592,12 +673,19 @@ class Mul(OpBase):
 
 
 @dataclass(frozen=True)
-class Subsample(OpBase):
-    """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
+class SubsampleFields(Generic[N]):
+    """The fields of :class:`Subsample`."""
 
     kind: ClassVar[str] = "subsample"
+    stride: N
+
+
+@dataclass(frozen=True)
+class Subsample(SubsampleFields[int], OpBase):
+    """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
+
     family: ClassVar[str] = "pool"
-    stride: int
+    fields: ClassVar[type[Any] | None] = SubsampleFields
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -614,13 +702,19 @@ def binomial_filter(taps: int) -> list[float]:
     return [math.comb(taps - 1, k) / 2 ** (taps - 1) for k in range(taps)]
 
 
-PADDING_MODES = ("zeros", "reflect")
-"""How a blur pool pads: with zeros, or by reflecting the input about its edge without repeating
-the edge value (torch's and numpy's ``reflect``: ``c b | a b c d | c b``)."""
+@dataclass(frozen=True)
+class BlurPoolFields(Generic[N]):
+    """The fields of :class:`BlurPool`."""
+
+    kind: ClassVar[str] = "blur_pool"
+    taps: N
+    stride: N
+    padding: N
+    padding_mode: PaddingMode
 
 
 @dataclass(frozen=True)
-class BlurPool(OpBase):
+class BlurPool(BlurPoolFields[int], OpBase):
     """Anti-aliased downsampling (Zhang 2019; timm's ``BlurPool2d``): each channel is padded by
     ``padding`` on every side (``padding_mode``) and convolved, with ``stride``, with the fixed
     ``taps``×``taps`` filter ``outer(b, b)``, ``b`` = :func:`binomial_filter` (it sums to 1).
@@ -637,23 +731,17 @@ class BlurPool(OpBase):
     depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
     ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
 
-    kind: ClassVar[str] = "blur_pool"
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("blurpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     # Its filter is a constant per channel (no weight bounds it): 4,001 taps wrote a 1.5 GB ONNX
     # file. timm blurs with 3 to 7 taps; the filter is exact in float32 up to 25.
     maximums: ClassVar[Mapping[str, int]] = {"taps": MAX_BLUR_TAPS}
-    taps: int
-    stride: int
-    padding: int
-    padding_mode: str
+    fields: ClassVar[type[Any] | None] = BlurPoolFields
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
-        if self.padding_mode not in PADDING_MODES:
-            raise ShapeError(f"blur_pool padding_mode must be one of {', '.join(PADDING_MODES)}")
-        if self.padding_mode == "reflect" and self.padding >= min(height, width):
+        if self.padding_mode is PaddingMode.REFLECT and self.padding >= min(height, width):
             raise ShapeError(
                 f"blur_pool reflect padding {self.padding} must be smaller than the {height}×{width} input"
             )
@@ -665,16 +753,23 @@ class BlurPool(OpBase):
 
 
 @dataclass(frozen=True)
-class ChannelConv(OpBase):
+class ChannelConvFields(Generic[N]):
+    """The fields of :class:`ChannelConv`."""
+
+    kind: ClassVar[str] = "channel_conv"
+    kernel: N
+
+
+@dataclass(frozen=True)
+class ChannelConv(ChannelConvFields[int], OpBase):
     """ECA's channel convolution (Wang et al. 2020; timm's ``EcaModule.conv``, an
     ``nn.Conv1d(1, 1, kernel, padding=(kernel - 1) // 2, bias=False)``): on a pooled C×1×1 value, one
     1-D kernel of odd size ``kernel`` slides across the channel axis, zero-padded, so each output
     channel mixes its ``kernel`` neighbours. Weight ``(1, 1, kernel)``. MACs ``C × kernel``, as
     fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
 
-    kind: ClassVar[str] = "channel_conv"
     family: ClassVar[str] = "linear"
-    kernel: int
+    fields: ClassVar[type[Any] | None] = ChannelConvFields
 
     @property
     def padding(self) -> int:
@@ -700,15 +795,22 @@ class ChannelConv(OpBase):
 
 
 @dataclass(frozen=True)
-class Pad(OpBase):
+class PadFields(Generic[N]):
+    """The fields of :class:`Pad`."""
+
+    kind: ClassVar[str] = "pad"
+    padding: N
+
+
+@dataclass(frozen=True)
+class Pad(PadFields[int], OpBase):
     """Zero rows and columns: ``padding`` on every side of the height and width (torch's
     ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
     without padding, which differs from the pool's own padding (that never wins a max)."""
 
-    kind: ClassVar[str] = "pad"
     foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    padding: int
+    fields: ClassVar[type[Any] | None] = PadFields
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -716,23 +818,29 @@ class Pad(OpBase):
 
 
 @dataclass(frozen=True)
-class PadChannels(OpBase):
-    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
+class PadChannelsFields(Generic[N]):
+    """The fields of :class:`PadChannels`."""
 
     kind: ClassVar[str] = "pad_channels"
+    before: N
+    after: N
+
+
+@dataclass(frozen=True)
+class PadChannels(PadChannelsFields[int], OpBase):
+    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
+
     minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
-    before: int
-    after: int
+    fields: ClassVar[type[Any] | None] = PadChannelsFields
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        op: PadChannelsFields[Size] = PadChannelsFields(**values)
         out = in_channels
-        for amount in (attributes["before"], attributes["after"]):
+        for amount in (op.before, op.after):
             if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
                 out = _plus(out, amount)
-        return attributes, out
+        return op, out
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -742,30 +850,44 @@ class PadChannels(OpBase):
 
 
 @dataclass(frozen=True)
-class DropPath(OpBase):
+class DropPathFields(Generic[R]):
+    """The fields of :class:`DropPath`."""
+
+    kind: ClassVar[str] = "drop_path"
+    rate: R
+
+
+@dataclass(frozen=True)
+class DropPath(DropPathFields[float], OpBase):
     """Stochastic depth (Huang et al. 2016; timm's ``DropPath``): in training, each sample's value is
     zeroed with probability ``rate`` and kept ones are scaled by ``1 / (1 - rate)``, so the expected
     value is unchanged; the identity in inference, and whenever ``rate`` is 0."""
 
-    kind: ClassVar[str] = "drop_path"
     real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {"rate": (0.0, 1.0)}
     inference_identity: ClassVar[bool] = True
-    rate: float
+    fields: ClassVar[type[Any] | None] = DropPathFields
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _one(in_shapes, self.kind)
 
 
 @dataclass(frozen=True)
-class ChannelSlice(OpBase):
+class ChannelSliceFields(Generic[N]):
+    """The fields of :class:`ChannelSlice`."""
+
+    kind: ClassVar[str] = "channel_slice"
+    start: N
+    stop: N
+
+
+@dataclass(frozen=True)
+class ChannelSlice(ChannelSliceFields[int], OpBase):
     """Channels ``[start, stop)`` of its input, in order (``x[:, start:stop]``): one part of a spec's
     ``split``, which cuts the channels into consecutive parts (torch.split along dim 1). No MACs."""
 
-    kind: ClassVar[str] = "channel_slice"
     view: ClassVar[bool] = True
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
-    start: int
-    stop: int
+    fields: ClassVar[type[Any] | None] = ChannelSliceFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -782,20 +904,19 @@ class ChannelSlice(OpBase):
         return cls(attributes["index"] * size, (attributes["index"] + 1) * size)
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        parts, index = attributes.get("parts"), attributes["index"]
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        # A spec states a part (parts and index, or start and size), not the op's start and stop.
+        parts, index = values.get("parts"), values["index"]
         assert isinstance(index, Expression)
         if isinstance(parts, Expression):
             assert in_channels is not None
             size = _quotient(in_channels, parts)
             number = index.evaluate({})
             assert isinstance(number, int)
-            return {"start": _times(index, size), "stop": _times(parse_expression(number + 1), size)}, size
-        first, count = attributes["start"], attributes["size"]
+            return ChannelSliceFields(_times(index, size), _times(parse_expression(number + 1), size)), size
+        first, count = values["start"], values["size"]
         assert isinstance(first, Expression) and isinstance(count, Expression)
-        return {"start": first, "stop": count if _is_zero(first) else _plus(first, count)}, count
+        return ChannelSliceFields(first, count if _is_zero(first) else _plus(first, count)), count
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -818,15 +939,15 @@ class Concat(OpBase):
 
     @classmethod
     def symbolic_inputs(
-        cls, attributes: SymbolicAttributes, in_channels: tuple[Expression | None, ...]
-    ) -> tuple[SymbolicAttributes, Expression | None]:
+        cls, values: SpecValues, in_channels: tuple[Expression | None, ...]
+    ) -> tuple[SymbolicOp, Expression | None]:
         first = in_channels[0]
         if first is not None and all(channels == first for channels in in_channels):
-            return attributes, _times(parse_expression(len(in_channels)), first)
+            return cls(), _times(parse_expression(len(in_channels)), first)
         total = first
         for channels in in_channels[1:]:
             total = None if total is None or channels is None else _plus(total, channels)
-        return attributes, total
+        return cls(), total
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if len(in_shapes) < 2 or any(len(shape) != 3 or shape[1:] != in_shapes[0][1:] for shape in in_shapes):
@@ -836,7 +957,17 @@ class Concat(OpBase):
 
 
 @dataclass(frozen=True)
-class Softmax(OpBase):
+class SoftmaxFields(Generic[N]):
+    """The fields of :class:`Softmax`."""
+
+    kind: ClassVar[str] = "softmax"
+    over: N
+    groups: N
+    transpose: bool
+
+
+@dataclass(frozen=True)
+class Softmax(SoftmaxFields[int], OpBase):
     """A softmax across groups of channels. The C channels are viewed, channel-major, as
     ``(groups, over, C / (groups * over))``; each value becomes ``exp(v) / sum(exp)`` across the
     ``over`` axis, separately for every group, remaining channel, pixel and sample. The result keeps
@@ -845,11 +976,8 @@ class Softmax(OpBase):
     softmax across paths (``groups`` 1, where both layouts are the same). No MACs (torch's
     FlopCounterMode counts none)."""
 
-    kind: ClassVar[str] = "softmax"
     family: ClassVar[str] = "activation"
-    over: int
-    groups: int
-    transpose: bool
+    fields: ClassVar[type[Any] | None] = SoftmaxFields
 
     def inner_channels(self, channels: int) -> int:
         """The size of the view's last axis, ``C / (groups * over)``."""
@@ -874,21 +1002,28 @@ def _per_channel(kind: str, channels: int, in_shapes: tuple[Shape, ...]) -> Shap
 
 
 @dataclass(frozen=True)
-class LayerNorm(_Normalization):
+class LayerNormFields(Generic[N]):
+    """The fields of :class:`LayerNorm`."""
+
+    kind: ClassVar[str] = "layer_norm"
+    channels: N
+    epsilon: float
+
+
+@dataclass(frozen=True)
+class LayerNorm(LayerNormFields[int], _Normalization):
     """Layer normalisation over the channels of each pixel (timm's ``LayerNorm2d``, and ConvNeXt's
     channels-last ``nn.LayerNorm``, which compute the same): per sample and pixel,
     ``(x - mean) / sqrt(var + epsilon) * weight + bias`` with the mean and *biased* variance over
     the C channels. No running statistics: training and eval compute the same."""
 
-    kind: ClassVar[str] = "layer_norm"
     family: ClassVar[str] = "norm"
     foreign_names: ClassVar[tuple[str, ...]] = ("layernorm2d",)
-    channels: int
-    epsilon: float
+    fields: ClassVar[type[Any] | None] = LayerNormFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls(_image(in_shapes, cls.kind)[0], attributes["epsilon"])
+        return cls(channels=_image(in_shapes, cls.kind)[0], **attributes)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _per_channel(self.kind, self.channels, in_shapes)
@@ -908,7 +1043,7 @@ class Gelu(Elementwise):
 
     kind: ClassVar[str] = "gelu"
     descriptions: ClassVar[Mapping[str, str]] = {"approximate": "none: the exact GELU (erf); tanh: its tanh form."}
-    approximate: Literal["none", "tanh"] = "none"
+    approximate: GeluApproximation = GeluApproximation.NONE
 
 
 @dataclass(frozen=True)
@@ -956,19 +1091,26 @@ class Mish(Elementwise):
 
 
 @dataclass(frozen=True)
-class LayerScale(_Normalization):
+class LayerScaleFields(Generic[N]):
+    """The fields of :class:`LayerScale`."""
+
+    kind: ClassVar[str] = "layer_scale"
+    channels: N
+    init: float
+
+
+@dataclass(frozen=True)
+class LayerScale(LayerScaleFields[int], _Normalization):
     """A learned per-channel scale (Touvron et al. 2021; ConvNeXt's ``gamma``): ``x * gamma[c]``
     over each channel ``c`` of a C×H×W value. Its one tensor, ``(C,)``, is named by the node itself
     (no suffix: timm stores ``stages.0.blocks.0.gamma`` on the block), initialised to ``init``."""
 
-    kind: ClassVar[str] = "layer_scale"
     family: ClassVar[str] = "norm"
-    channels: int
-    init: float
+    fields: ClassVar[type[Any] | None] = LayerScaleFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls(_image(in_shapes, cls.kind)[0], attributes["init"])
+        return cls(channels=_image(in_shapes, cls.kind)[0], **attributes)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _per_channel(self.kind, self.channels, in_shapes)
@@ -978,29 +1120,34 @@ class LayerScale(_Normalization):
 
 
 @dataclass(frozen=True)
-class PointwiseLinear(OpBase):
+class PointwiseLinearFields(Generic[N]):
+    """The fields of :class:`PointwiseLinear`."""
+
+    kind: ClassVar[str] = "pointwise_linear"
+    in_channels: N
+    out_channels: N
+    bias: bool
+
+
+@dataclass(frozen=True)
+class PointwiseLinear(PointwiseLinearFields[int], OpBase):
     """A linear layer over the channel axis, applied at every pixel: ``y[o, h, w] = sum_i W[o, i] *
     x[i, h, w] + b[o]`` for a C×H×W input (timm's ``nn.Linear`` on a channels-last tensor, as in
     ConvNeXt's MLP). Weight ``(out_channels, in_channels)``, a linear layer's layout, not a 1×1
     conv's. MACs ``H × W × in × out``, as torch's flop counter counts that ``nn.Linear``."""
 
-    kind: ClassVar[str] = "pointwise_linear"
     family: ClassVar[str] = "linear"
-    in_channels: int
-    out_channels: int
-    bias: bool
+    fields: ClassVar[type[Any] | None] = PointwiseLinearFields
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls(_image(in_shapes, cls.kind)[0], attributes["out_channels"], attributes["bias"])
+        return cls(in_channels=_image(in_shapes, cls.kind)[0], **attributes)
 
     @classmethod
-    def symbolic(
-        cls, attributes: SymbolicAttributes, in_channels: Expression | None
-    ) -> tuple[SymbolicAttributes, Expression | None]:
-        out_channels = attributes["out_channels"]
-        assert in_channels is not None and isinstance(out_channels, Expression)
-        return {**attributes, "in_channels": in_channels}, out_channels
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        assert in_channels is not None
+        op: PointwiseLinearFields[Size] = PointwiseLinearFields(in_channels=in_channels, **values)
+        return op, _expression(op.out_channels)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -1088,3 +1235,82 @@ OP_TYPES: tuple[type[Op], ...] = (
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}
 """The op table by kind (the spec's ``op`` key)."""
+
+SymbolicConv = ConvFields[Size, Size, Size]
+"""A definition's convolution: a square kernel, stride and dilation and symmetric padding are one value each."""
+SymbolicLinear = LinearFields[Size | None]
+"""A definition's linear layer: its in_features are None after a flatten (a spatial size no parameter states)."""
+SymbolicOp = (
+    SymbolicConv
+    | BatchNormFields[Size]
+    | GroupNormFields[Size]
+    | Relu
+    | MaxPoolFields[Size, Size]
+    | AvgPoolFields[Size, Size]
+    | GlobalAveragePool
+    | Flatten
+    | SymbolicLinear
+    | Add
+    | Sigmoid
+    | Mul
+    | SubsampleFields[Size]
+    | PadFields[Size]
+    | PadChannelsFields[Size]
+    | BlurPoolFields[Size]
+    | ChannelConvFields[Size]
+    | DropPathFields[Real]
+    | ChannelSliceFields[Size]
+    | Concat
+    | SoftmaxFields[Size]
+    | LayerNormFields[Size]
+    | Gelu
+    | Hardswish
+    | Relu6
+    | LeakyRelu
+    | Hardsigmoid
+    | Silu
+    | Mish
+    | LayerScaleFields[Size]
+    | PointwiseLinearFields[Size]
+)
+"""The op of a definition's node: an op's fields over :data:`Size` (an op whose fields hold no
+integer is its own symbolic form). An instance's :data:`Op` is one too, but for the pairs of a conv
+and of the pools, which :func:`symbolic_form` makes single values."""
+
+
+def symbolic_form(op: Op) -> SymbolicOp:
+    """An instance's op as a definition's (a stem's or a head's, which source backends write from
+    its values): a square kernel, stride and dilation and symmetric padding as one value each; a
+    ValueError says which is not."""
+    if isinstance(op, Conv):
+        return ConvFields(
+            op.in_channels,
+            op.out_channels,
+            _side(op.kernel, "kernel"),
+            _side(op.stride, "stride"),
+            _border(op.padding),
+            _side(op.dilation, "dilation"),
+            op.groups,
+            op.bias,
+            op.standardize_weight,
+            op.standardize_epsilon,
+        )
+    if isinstance(op, MaxPool):
+        return MaxPoolFields(_side(op.kernel, "kernel"), _side(op.stride, "stride"), _border(op.padding), op.ceil_mode)
+    if isinstance(op, AvgPool):
+        kernel, stride, padding = _side(op.kernel, "kernel"), _side(op.stride, "stride"), _border(op.padding)
+        return AvgPoolFields(kernel, stride, padding, op.ceil_mode, op.count_include_pad)
+    return op
+
+
+def _side(pair: Pair, what: str) -> int:
+    if pair[0] != pair[1]:
+        raise ValueError(f"{what} {pair} is not square; source emitters need square kernels and strides")
+    return pair[0]
+
+
+def _border(padding: Padding) -> int:
+    (top, bottom), (left, right) = padding
+    if not top == bottom == left == right:
+        raise ValueError(f"padding {padding} is not symmetric; source emitters need symmetric padding")
+    return top

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import NoReturn
 
-from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Graph
-from rescompile.compiler.ops import Shape, weight_name
+from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Definition, Graph, SymbolicNode
+from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Shape, weight_name
 
 
 class VerificationError(AssertionError):
@@ -27,8 +27,22 @@ def verify(graph: Graph) -> Graph:
       output is its last node's;
     * every shape and every weight tensor has positive dimensions;
     * a block has exactly one residual add if and only if it has a shortcut;
-    * the graph ends flat (features, no spatial dimensions).
+    * the graph ends flat (features, no spatial dimensions);
+    * the definitions are sound (:func:`verify_definition`), and every module is an instance of
+      one: a block's definition has its residual add exactly where the block has a shortcut.
     """
+    defined = {(definition.role, definition.name): verify_definition(definition) for definition in graph.definitions}
+    for module in graph.modules:
+        instance_of = defined.get((module.role, module.type_name))
+        if instance_of is None:
+            _fail(f"{module.path or module.role}: no {module.role} definition '{module.type_name}'")
+        if module.role == "block" and instance_of.residual != (module.shortcut is not None):
+            _fail(
+                f"{module.path}: shortcut {module.shortcut!r}, but definition '{instance_of.name}' residual is "
+                f"{instance_of.residual}"
+            )
+        if module.shortcut not in (None, "identity") and ("shortcut", module.shortcut) not in defined:
+            _fail(f"{module.path}: no shortcut definition '{module.shortcut}'")
     # NOTE: each check builds its message only when it fails; building ~30,000 messages that are
     # never shown was most of the verifier's time on resnet152.
     canonical_names: set[str] = set()
@@ -75,6 +89,37 @@ def verify(graph: Graph) -> Graph:
     if len(shape) != 1:
         _fail(f"the graph must end with flat features, it ends with shape {shape}")
     return graph
+
+
+def verify_definition(definition: Definition) -> Definition:
+    """Check one definition and return it: every op is a kind of the op table; node names are
+    unique; every node reads ``input`` or an earlier node, and only a block's residual add reads
+    ``shortcut`` (a block has at most one, of two values); the shortcut module reads ``input`` or
+    a node of the block. A failure names the definition and the node, at the node's spec line."""
+    where = f"{definition.role} '{definition.name}'"
+    defined = {MODULE_INPUT}
+    merges: list[SymbolicNode] = []
+    for node in definition.nodes:
+        at = f"{node.source}: " if node.source is not None else ""
+        if OPS.get(node.op.kind) is None:
+            _fail(f"{at}{where}: {node.name}: unknown op {node.op!r}")
+        if node.name in defined or node.name == SHORTCUT_VALUE:
+            _fail(f"{at}{where}: {node.name}: duplicate node name")
+        for value in node.inputs:
+            if value == SHORTCUT_VALUE and not (definition.role == "block" and isinstance(node.op, Add)):
+                _fail(f"{at}{where}: {node.name}: reads 'shortcut', which only a block's residual add may")
+            if value not in defined and value != SHORTCUT_VALUE:
+                _fail(f"{at}{where}: {node.name}: reads {value!r} before it is defined")
+        if SHORTCUT_VALUE in node.inputs:
+            if len(node.inputs) != 2:
+                _fail(f"{at}{where}: {node.name}: a residual add reads two values, not {list(node.inputs)}")
+            merges.append(node)
+        defined.add(node.name)
+    if len(merges) > 1:
+        _fail(f"{where}: {len(merges)} residual adds ({', '.join(node.name for node in merges)}), expected one")
+    if definition.shortcut_input not in defined:
+        _fail(f"{where}: its shortcut reads {definition.shortcut_input!r}, which is not a value of it")
+    return definition
 
 
 def _positive(shape: Shape) -> bool:

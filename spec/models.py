@@ -9,6 +9,7 @@ words, unknown keys are rejected, and ops are a discriminated union on ``op``.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import keyword
 import math
 import re
@@ -490,6 +491,8 @@ def _field_type(op_type: type[IrOp], name: str, annotation: Any) -> Any:
         return Float32
     if annotation is bool or typing.get_origin(annotation) is Literal:
         return annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return Literal[tuple(member.value for member in annotation)]  # the YAML states a choice by its text
     raise TypeError(f"{op_type.__name__}.{name}: a spec cannot be derived from a field of type {annotation}")
 
 
@@ -502,6 +505,8 @@ def derived_op_spec(op_type: type[IrOp]) -> type[OpBase]:
         default = field.default
         if hints[field.name] is int and isinstance(default, int):
             default = parse_expression(default)
+        if isinstance(default, enum.Enum):
+            default = default.value
         description = op_type.descriptions.get(field.name)
         fields[field.name] = (
             _field_type(op_type, field.name, hints[field.name]),

@@ -41,6 +41,7 @@ from rescompile.backends.onnx_backend import (
     save_model,
 )
 from rescompile.compiler.ir import AvgPool, BatchNorm, Conv, Graph, Linear, MaxPool, Module
+from rescompile.compiler.ops import BatchNormFields
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
 from rescompile.spec import RescompileError, builtin_networks
@@ -361,7 +362,7 @@ def test_zero_init_identity_blocks_are_identity(name: str) -> None:
     graph = compile_spec(name, size=SMALL)
     weights = initial_weights(graph, zero_init_residual=True)
     if not any(
-        node.kind == "batch_norm" and node.attribute("zero_init") is True
+        isinstance(node.op, BatchNormFields) and node.op.zero_init
         for definition in graph.definitions
         for node in definition.nodes
     ):

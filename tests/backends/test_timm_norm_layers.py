@@ -30,6 +30,7 @@ from rescompile.backends import flax_backend, onnx_backend, torch_backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.ir import BlurPool, Graph
+from rescompile.compiler.ops import PaddingMode
 from rescompile.compiler.weights import random_weights
 from rescompile.testing import assert_close
 
@@ -199,7 +200,7 @@ BLUR_VARIANTS = [
 @pytest.mark.parametrize(("taps", "stride", "mode"), BLUR_VARIANTS)
 def test_blur_pool_is_timms_blur_pool_and_has_no_state(taps: int, stride: int, mode: str) -> None:
     padding = ((stride - 1) + (taps - 1)) // 2
-    graph = _with_stem_blur(compile_spec("resnet18", size=26), BlurPool(taps, stride, padding, mode))
+    graph = _with_stem_blur(compile_spec("resnet18", size=26), BlurPool(taps, stride, padding, PaddingMode(mode)))
     model = torch_model(graph)
     assert not [name for name in model.state_dict() if name.startswith("maxpool")]
     reference = BlurPool2d(64, filt_size=taps, stride=stride, pad_mode="constant" if mode == "zeros" else mode)
@@ -212,7 +213,7 @@ def test_blur_pool_is_timms_blur_pool_and_has_no_state(taps: int, stride: int, m
 @pytest.mark.parametrize(("taps", "stride", "mode"), [BLUR_VARIANTS[0], BLUR_VARIANTS[2], BLUR_VARIANTS[3]])
 def test_blur_pool_agrees_across_backends(taps: int, stride: int, mode: str) -> None:
     padding = ((stride - 1) + (taps - 1)) // 2
-    graph = _with_stem_blur(compile_spec("resnet18", size=27), BlurPool(taps, stride, padding, mode))
+    graph = _with_stem_blur(compile_spec("resnet18", size=27), BlurPool(taps, stride, padding, PaddingMode(mode)))
     all_backends_agree(graph)
 
 

@@ -44,10 +44,10 @@ def test_definitions_state_attributes_over_their_parameters() -> None:
         "stride_at": "conv2",
         "drop_path_rate": 0.0,
     }
-    nodes = {node.name: dict(node.attributes) for node in block.nodes}
+    nodes = {node.name: vars(node.op) for node in block.nodes}
     texts = {
-        name: {key: value.text for key, value in attributes.items() if isinstance(value, Expression)}
-        for name, attributes in nodes.items()
+        name: {key: value.text for key, value in fields.items() if isinstance(value, Expression)}
+        for name, fields in nodes.items()
     }
     # Channels flow symbolically: each conv reads what the node before it produced.
     assert texts["conv1"]["in_channels"] == "in_channels"

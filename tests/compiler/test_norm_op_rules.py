@@ -12,7 +12,7 @@ import pytest
 from rescompile.compiler import compile_spec, cost
 from rescompile.compiler.fold import fold_batch_norm
 from rescompile.compiler.ir import BlurPool, ChannelConv, Conv, GroupNorm
-from rescompile.compiler.ops import Role, ShapeError, binomial_filter
+from rescompile.compiler.ops import PaddingMode, Role, ShapeError, binomial_filter
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 
@@ -88,7 +88,7 @@ def test_a_standardised_conv_stores_the_raw_weight_and_costs_what_a_conv_costs()
     ],
 )
 def test_blur_pool_output_size(taps: int, stride: int, padding: int, size: int, expected: int) -> None:
-    pool = BlurPool(taps, stride, padding, "reflect")
+    pool = BlurPool(taps, stride, padding, PaddingMode.REFLECT)
     assert pool.output_shape(((6, size, size),)) == (6, expected, expected)
     assert pool.tensors() == {}  # the filter is a constant, not a weight
     # As fvcore counts timm's F.conv2d, a depthwise conv: every output value is taps² MACs.
@@ -105,17 +105,17 @@ def test_the_binomial_filter_is_pascals_row_summing_to_one() -> None:
 
 def test_blur_pool_refuses_reflect_padding_as_large_as_its_input() -> None:
     with pytest.raises(ShapeError, match="reflect padding 2 must be smaller than the 2×2 input"):
-        BlurPool(3, 2, 2, "reflect").output_shape(((4, 2, 2),))
-    assert BlurPool(3, 1, 2, "zeros").output_shape(((4, 2, 2),)) == (4, 4, 4)
+        BlurPool(3, 2, 2, PaddingMode.REFLECT).output_shape(((4, 2, 2),))
+    assert BlurPool(3, 1, 2, PaddingMode.ZEROS).output_shape(((4, 2, 2),)) == (4, 4, 4)
 
 
 def test_a_one_tap_blur_pool_copies_and_costs_nothing() -> None:
     # The filter [1]: the identity at stride 1 (timm's nn.Identity in a block that does not
     # stride), a subsample at stride 2; no multiply-accumulates either way.
     assert binomial_filter(1) == [1.0]
-    assert BlurPool(1, 1, 0, "reflect").output_shape(((4, 7, 7),)) == (4, 7, 7)
-    assert BlurPool(1, 1, 0, "reflect").macs(((4, 7, 7),), (4, 7, 7)) == 0
-    assert BlurPool(1, 2, 0, "zeros").output_shape(((4, 7, 7),)) == (4, 4, 4)
+    assert BlurPool(1, 1, 0, PaddingMode.REFLECT).output_shape(((4, 7, 7),)) == (4, 7, 7)
+    assert BlurPool(1, 1, 0, PaddingMode.REFLECT).macs(((4, 7, 7),), (4, 7, 7)) == 0
+    assert BlurPool(1, 2, 0, PaddingMode.ZEROS).output_shape(((4, 7, 7),)) == (4, 4, 4)
 
 
 def test_channel_conv_mixes_the_channels_of_a_pooled_value() -> None:

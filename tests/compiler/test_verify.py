@@ -61,3 +61,61 @@ def test_verify_rejects_duplicate_canonical_names(graph: Graph) -> None:
 
 def test_op_kinds_are_unique() -> None:
     assert len(set(OP_KINDS)) == len(OP_KINDS)
+
+
+def replace_definition(graph: Graph, role: str, name: str, **changes: object) -> Graph:
+    definitions = [
+        dataclasses.replace(definition, **changes)  # type: ignore[arg-type]
+        if (definition.role, definition.name) == (role, name)
+        else definition
+        for definition in graph.definitions
+    ]
+    return dataclasses.replace(graph, definitions=tuple(definitions))
+
+
+def test_verify_rejects_a_definition_node_reading_a_later_value_at_its_spec_line(graph: Graph) -> None:
+    block = graph.definition("block", "basic")
+    nodes = list(block.nodes)
+    nodes[0] = dataclasses.replace(nodes[0], inputs=(nodes[1].name,))
+    with pytest.raises(VerificationError, match=r"basic\.yaml:\d+:\d+: block 'basic': conv1: reads 'bn1' before"):
+        verify(replace_definition(graph, "block", "basic", nodes=tuple(nodes)))
+
+
+def test_verify_rejects_duplicate_node_names_in_a_definition(graph: Graph) -> None:
+    block = graph.definition("block", "basic")
+    nodes = [*block.nodes[:2], dataclasses.replace(block.nodes[2], name=block.nodes[0].name), *block.nodes[3:]]
+    with pytest.raises(VerificationError, match="block 'basic': conv1: duplicate node name"):
+        verify(replace_definition(graph, "block", "basic", nodes=tuple(nodes)))
+
+
+def test_verify_rejects_shortcut_read_outside_a_residual_add(graph: Graph) -> None:
+    block = graph.definition("block", "basic")
+    nodes = list(block.nodes)
+    nodes[1] = dataclasses.replace(nodes[1], inputs=("shortcut",))
+    with pytest.raises(VerificationError, match="bn1: reads 'shortcut', which only a block's residual add may"):
+        verify(replace_definition(graph, "block", "basic", nodes=tuple(nodes)))
+
+
+def test_verify_rejects_a_block_with_two_residual_adds(graph: Graph) -> None:
+    block = graph.definition("block", "basic")
+    add = next(node for node in block.nodes if node.kind == "add")
+    nodes = [*block.nodes, dataclasses.replace(add, name="add2")]
+    with pytest.raises(VerificationError, match=r"block 'basic': 2 residual adds \(add, add2\), expected one"):
+        verify(replace_definition(graph, "block", "basic", nodes=tuple(nodes)))
+
+
+def test_verify_rejects_a_residual_block_whose_definition_lost_its_add(graph: Graph) -> None:
+    block = graph.definition("block", "basic")
+    # As a plain network defines it: the add gone, its reader reading the branch.
+    nodes = tuple(
+        dataclasses.replace(node, inputs=("drop_path",)) if node.inputs == ("add",) else node
+        for node in block.nodes
+        if node.kind != "add"
+    )
+    with pytest.raises(VerificationError, match=r"layer1\.0: shortcut 'identity', but definition 'basic'"):
+        verify(replace_definition(graph, "block", "basic", nodes=nodes))
+
+
+def test_verify_rejects_a_module_without_its_definition(graph: Graph) -> None:
+    with pytest.raises(VerificationError, match=r"layer1\.0: no block definition 'missing'"):
+        verify(replace_module(graph, 1, dataclasses.replace(graph.modules[1], type_name="missing")))
