@@ -236,6 +236,34 @@ def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(expression="{0}.transpose(0, 3, 1, 2).reshape({0}.shape[0], -1)")
 
 
+def _add(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    constant = node.attributes.get("constant")
+    return Lowering(expression=sum_source(_placeholders(node)) if constant is None else f"{{0}} + {render(constant)}")
+
+
+def _mul(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
+    constant = node.attributes.get("constant")
+    return Lowering(expression="{0} * {1}" if constant is None else f"{{0}} * {render(constant)}")
+
+
+def _clamp(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    bounds = [
+        f"{key}={render(node.attributes[bound])}"
+        for key, bound in (("min", "minimum"), ("max", "maximum"))
+        if bound in node.attributes
+    ]
+    return Lowering(expression=f"jnp.clip({{0}}, {', '.join(bounds)})")
+
+
+# NHWC: the positions are the middle axes; (batch, H·W, C) normalised, or summed, over axis 1.
+SPATIAL_SOFTMAX = "jax.nn.softmax({0}.reshape({0}.shape[0], -1, {0}.shape[-1]), axis=1).reshape({0}.shape)"
+WEIGHTED_SPATIAL_SUM = (
+    'jnp.einsum("bpc,bp->bc", {0}.reshape({0}.shape[0], -1, {0}.shape[-1]), {1}.reshape({1}.shape[0], -1))'
+    "[:, None, None, :]"
+)
+
+
 BLUR_POOL_ARGUMENTS = ("taps", "stride", "padding", "padding_mode")
 
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
@@ -250,10 +278,12 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": lambda node, in_shape: Lowering(expression=sum_source(_placeholders(node))),
+    "add": _add,
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
-    # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
-    "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
+    "mul": _mul,
+    "clamp": _clamp,
+    "spatial_softmax": lambda node, in_shape: Lowering(expression=SPATIAL_SOFTMAX),
+    "weighted_spatial_sum": lambda node, in_shape: Lowering(expression=WEIGHTED_SPATIAL_SUM),
     "subsample": lambda node, in_shape: _function(
         "subsample", {"stride": (render(node.attributes["stride"]), node.attributes["stride"])}
     ),

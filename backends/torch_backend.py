@@ -314,6 +314,31 @@ def _pointwise_linear(node: SourceNode) -> Layer:
     return ("PointwiseLinear", arguments)
 
 
+def _add(node: SourceNode) -> Inline:
+    constant = node.attributes.get("constant")
+    return Inline(sum_source(list(node.inputs)) if constant is None else f"{{0}} + {render(constant)}")
+
+
+def _mul(node: SourceNode) -> Inline:
+    constant = node.attributes.get("constant")
+    return Inline("{0} * {1}" if constant is None else f"{{0}} * {render(constant)}")
+
+
+def _clamp(node: SourceNode) -> Inline:
+    bounds = [
+        f"{key}={render(node.attributes[bound])}"
+        for key, bound in (("min", "minimum"), ("max", "maximum"))
+        if bound in node.attributes
+    ]
+    return Inline(f"torch.clamp({{0}}, {', '.join(bounds)})")
+
+
+# timm's GlobalContext: softmax(attn.reshape(B, 1, H * W), -1), then x.reshape(B, C, H * W).unsqueeze(1) @
+# attn.unsqueeze(3), viewed as B×C×1×1: the same calls, so the same sums in the same order.
+SPATIAL_SOFTMAX = "{0}.flatten(2).softmax(-1).view_as({0})"
+WEIGHTED_SPATIAL_SUM = "({0}.flatten(2).unsqueeze(1) @ {1}.flatten(2).unsqueeze(3)).view({0}.shape[0], -1, 1, 1)"
+
+
 FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms(
     folds: dict[str, tuple[str, float]], owner: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
 ) -> None:
@@ -359,9 +384,12 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
-    "add": lambda node: Inline(sum_source(list(node.inputs))),
+    "add": _add,
     "sigmoid": lambda node: ("nn.Sigmoid", []),
-    "mul": Inline("{0} * {1}"),
+    "mul": _mul,
+    "clamp": _clamp,
+    "spatial_softmax": Inline(SPATIAL_SOFTMAX),
+    "weighted_spatial_sum": Inline(WEIGHTED_SPATIAL_SUM),
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
     "pad": lambda node: ("nn.ZeroPad2d", [render(node.attributes["padding"])]),
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),

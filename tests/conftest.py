@@ -83,6 +83,9 @@ and the other built-ins in the slow tail."""
 ELEMENTWISE_OP_KINDS = tuple(op_type.kind for op_type in OP_TYPES if issubclass(op_type, Elementwise))
 """The op table's elementwise activations: each is covered by :func:`elementwise_network`, built from
 the table, rather than by a built-in."""
+TESTED_APART_OP_KINDS = (*ELEMENTWISE_OP_KINDS, "clamp", "spatial_softmax", "weighted_spatial_sum")
+"""Ops that no built-in needs to use: networks their tests build (tests/backends/test_elementwise_ops.py,
+tests/backends/test_constants_and_attention_pooling.py) check each in every backend."""
 
 
 def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object] | None = None) -> Path:
