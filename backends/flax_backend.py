@@ -256,14 +256,6 @@ def _clamp(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(expression=f"jnp.clip({{0}}, {', '.join(bounds)})")
 
 
-# NHWC: the positions are the middle axes; (batch, H·W, C) normalised, or summed, over axis 1.
-SPATIAL_SOFTMAX = "jax.nn.softmax({0}.reshape({0}.shape[0], -1, {0}.shape[-1]), axis=1).reshape({0}.shape)"
-WEIGHTED_SPATIAL_SUM = (
-    'jnp.einsum("bpc,bp->bc", {0}.reshape({0}.shape[0], -1, {0}.shape[-1]), {1}.reshape({1}.shape[0], -1))'
-    "[:, None, None, :]"
-)
-
-
 BLUR_POOL_ARGUMENTS = ("taps", "stride", "padding", "padding_mode")
 
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
@@ -282,8 +274,8 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
     "mul": _mul,
     "clamp": _clamp,
-    "spatial_softmax": lambda node, in_shape: Lowering(expression=SPATIAL_SOFTMAX),
-    "weighted_spatial_sum": lambda node, in_shape: Lowering(expression=WEIGHTED_SPATIAL_SUM),
+    "spatial_softmax": lambda node, in_shape: Lowering(function="spatial_softmax"),
+    "weighted_spatial_sum": lambda node, in_shape: Lowering(expression="weighted_spatial_sum({0}, {1})"),
     "subsample": lambda node, in_shape: _function(
         "subsample", {"stride": (render(node.attributes["stride"]), node.attributes["stride"])}
     ),
@@ -469,6 +461,14 @@ LAYER_SCALE_CLASS = '''class LayerScale(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.scale[...]'''
 
+SPATIAL_SOFTMAX_FUNCTION = '''def spatial_softmax(x: jax.Array) -> jax.Array:
+    """A softmax over the H·W positions of each channel: NHWC's middle axes, as (batch, H·W, C)."""
+    return jax.nn.softmax(x.reshape(x.shape[0], -1, x.shape[-1]), axis=1).reshape(x.shape)'''
+WEIGHTED_SUM_FUNCTION = '''def weighted_spatial_sum(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """The (B, 1, 1, C) sum over positions of (B, H, W, C) values times (B, H, W, 1) weights."""
+    rows = values.reshape(values.shape[0], -1, values.shape[-1])
+    return jnp.einsum("bpc,bp->bc", rows, weights.reshape(weights.shape[0], -1))[:, None, None, :]'''
+
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
     "pad": PAD_FUNCTION,
@@ -478,6 +478,8 @@ HELPER_FUNCTIONS = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_FUNCTION,
     "softmax": CHANNEL_SOFTMAX_FUNCTION,
+    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
+    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
     "layer_scale": LAYER_SCALE_CLASS,
 }
 

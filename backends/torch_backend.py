@@ -333,10 +333,15 @@ def _clamp(node: SourceNode) -> Inline:
     return Inline(f"torch.clamp({{0}}, {', '.join(bounds)})")
 
 
-# timm's GlobalContext: softmax(attn.reshape(B, 1, H * W), -1), then x.reshape(B, C, H * W).unsqueeze(1) @
-# attn.unsqueeze(3), viewed as B×C×1×1: the same calls, so the same sums in the same order.
-SPATIAL_SOFTMAX = "{0}.flatten(2).softmax(-1).view_as({0})"
-WEIGHTED_SPATIAL_SUM = "({0}.flatten(2).unsqueeze(1) @ {1}.flatten(2).unsqueeze(3)).view({0}.shape[0], -1, 1, 1)"
+SPATIAL_SOFTMAX_FUNCTION = '''def spatial_softmax(x: torch.Tensor) -> torch.Tensor:
+    """A softmax over the H·W positions of each channel, as timm's GlobalContext computes its attention."""
+    return x.flatten(2).softmax(-1).view_as(x)'''
+
+WEIGHTED_SUM_FUNCTION = '''def weighted_spatial_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The (B, C, 1, 1) sum over positions of (B, C, H, W) values times (B, 1, H, W) weights: timm's
+    GlobalContext's matmul, the same call, so the same sums in the same order."""
+    context = values.flatten(2).unsqueeze(1) @ weights.flatten(2).unsqueeze(3)
+    return context.view(values.shape[0], -1, 1, 1)'''
 
 
 FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms(
@@ -388,8 +393,8 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": _mul,
     "clamp": _clamp,
-    "spatial_softmax": Inline(SPATIAL_SOFTMAX),
-    "weighted_spatial_sum": Inline(WEIGHTED_SPATIAL_SUM),
+    "spatial_softmax": Inline("spatial_softmax({0})"),
+    "weighted_spatial_sum": Inline("weighted_spatial_sum({0}, {1})"),
     "subsample": lambda node: ("Subsample", [render(node.attributes["stride"])]),
     "pad": lambda node: ("nn.ZeroPad2d", [render(node.attributes["padding"])]),
     "pad_channels": lambda node: ("PadChannels", [render(node.attributes["before"]), render(node.attributes["after"])]),
@@ -424,6 +429,8 @@ HELPER_CLASSES = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_CLASS,
     "softmax": CHANNEL_SOFTMAX_CLASS,
+    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
+    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
     "layer_norm": LAYER_NORM_CLASS,
     "pointwise_linear": POINTWISE_LINEAR_CLASS,
 }

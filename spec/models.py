@@ -119,6 +119,7 @@ MODULE_LEVEL_NAMES = frozenset(
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
         *("ChannelSlice", "channel_slice", "ChannelSoftmax", "channel_softmax"),
+        *("spatial_softmax", "weighted_spatial_sum"),
         *("LayerNorm2d", "PointwiseLinear", "LayerScale"),
         "fold_batch_norms_on_load",
     }

@@ -19,8 +19,8 @@ def test_backend_has_an_emitter_for_every_op_kind(backend: Backend) -> None:
 def test_the_op_covering_presets_use_every_op_kind_but_those_tested_apart() -> None:
     """The compile tests run OP_COVERING_PRESETS by default on the strength of this; an elementwise
     op needs no built-in that uses it: tests/backends/test_elementwise_ops.py builds a network for
-    each from the op table and compiles it in every backend (and so, for clamp and attention
-    pooling, does tests/backends/test_constants_and_attention_pooling.py)."""
+    each from the op table and compiles it in every backend (and so, for clamp,
+    does tests/backends/test_constants_and_attention_pooling.py)."""
     used = {node.op.kind for name in OP_COVERING_PRESETS for _, node in create_graph(name).nodes()}
     missing = set(OP_KINDS) - used - set(TESTED_APART_OP_KINDS)
     assert not missing, f"no default-run preset uses {sorted(missing)}"
