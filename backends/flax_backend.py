@@ -71,11 +71,13 @@ from rescompile.backends.source import (
 from rescompile.backends.surface import head_sections
 from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import (
+    Add,
     AvgPoolFields,
     BatchNormFields,
     BlurPoolFields,
     ChannelConvFields,
     ChannelSliceFields,
+    Clamp,
     ConvFields,
     DropPathFields,
     Gelu,
@@ -86,6 +88,7 @@ from rescompile.compiler.ops import (
     LeakyRelu,
     LinearFields,
     MaxPoolFields,
+    Mul,
     PadChannelsFields,
     PadFields,
     PointwiseLinearFields,
@@ -342,6 +345,29 @@ def _flatten(node: SourceNode, in_shape: Shape | None) -> Lowering:
     return Lowering(expression="{0}.transpose(0, 3, 1, 2).reshape({0}.shape[0], -1)")
 
 
+def _add(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, Add)
+    constant = op.constant
+    return Lowering(expression=sum_source(_placeholders(node)) if constant is None else f"{{0}} + {render(constant)}")
+
+
+def _mul(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
+    op = node.op
+    assert isinstance(op, Mul)
+    return Lowering(expression="{0} * {1}" if op.constant is None else f"{{0}} * {render(op.constant)}")
+
+
+def _clamp(node: SourceNode, in_shape: Shape | None) -> Lowering:
+    op = node.op
+    assert isinstance(op, Clamp)
+    bounds = [
+        f"{key}={render(bound)}" for key, bound in (("min", op.minimum), ("max", op.maximum)) if bound is not None
+    ]
+    return Lowering(expression=f"jnp.clip({{0}}, {', '.join(bounds)})")
+
+
 # op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
 EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     "conv": _conv,
@@ -354,10 +380,12 @@ EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
     ),
     "flatten": _flatten,
     "linear": _linear,
-    "add": lambda node, in_shape: Lowering(expression=sum_source(_placeholders(node))),
+    "add": _add,
     "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
-    # NHWC broadcasting: a (batch, 1, 1, C) gate scales each channel, as (batch, C, 1, 1) does in torch.
-    "mul": lambda node, in_shape: Lowering(expression="{0} * {1}"),
+    "mul": _mul,
+    "clamp": _clamp,
+    "spatial_softmax": lambda node, in_shape: Lowering(function="spatial_softmax"),
+    "weighted_spatial_sum": lambda node, in_shape: Lowering(expression="weighted_spatial_sum({0}, {1})"),
     "subsample": _subsample,
     "pad": _pad,
     "pad_channels": _pad_channels,
@@ -512,6 +540,14 @@ LAYER_SCALE_CLASS = '''class LayerScale(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return x * self.scale[...]'''
 
+SPATIAL_SOFTMAX_FUNCTION = '''def spatial_softmax(x: jax.Array) -> jax.Array:
+    """A softmax over the H·W positions of each channel: NHWC's middle axes, as (batch, H·W, C)."""
+    return jax.nn.softmax(x.reshape(x.shape[0], -1, x.shape[-1]), axis=1).reshape(x.shape)'''
+WEIGHTED_SUM_FUNCTION = '''def weighted_spatial_sum(values: jax.Array, weights: jax.Array) -> jax.Array:
+    """The (B, 1, 1, C) sum over positions of (B, H, W, C) values times (B, H, W, 1) weights."""
+    rows = values.reshape(values.shape[0], -1, values.shape[-1])
+    return jnp.einsum("bpc,bp->bc", rows, weights.reshape(weights.shape[0], -1))[:, None, None, :]'''
+
 HELPER_FUNCTIONS = {
     "subsample": SUBSAMPLE_FUNCTION,
     "pad": PAD_FUNCTION,
@@ -521,6 +557,8 @@ HELPER_FUNCTIONS = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_FUNCTION,
     "softmax": CHANNEL_SOFTMAX_FUNCTION,
+    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
+    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
     "layer_scale": LAYER_SCALE_CLASS,
 }
 

@@ -57,11 +57,14 @@ from rescompile.compiler.ir import (
     Subsample,
 )
 from rescompile.compiler.ops import (
+    Add,
+    Clamp,
     Gelu,
     GeluApproximation,
     LayerNorm,
     LayerScale,
     LeakyRelu,
+    Mul,
     PaddingMode,
     PointwiseLinear,
     binomial_filter,
@@ -474,7 +477,13 @@ def _linear(builder: _Builder, site: Site) -> None:
 
 
 def _add(builder: _Builder, site: Site) -> None:
-    # Add for two values (it broadcasts, harmlessly: the IR's shapes are equal); Sum for more.
+    # Add for two values (it broadcasts as numpy does, as the IR's shapes state it); Sum for more.
+    op = site.node.op
+    assert isinstance(op, Add)
+    if op.constant is not None:
+        constant = _constant(builder, f"{site.name}.constant", np.array(op.constant, np.float32))
+        builder.node("Add", [site.inputs[0], constant], site)
+        return
     builder.node("Add" if len(site.inputs) == 2 else "Sum", list(site.inputs), site)
 
 
@@ -490,7 +499,46 @@ def _drop_path(builder: _Builder, site: Site) -> None:
 
 def _mul(builder: _Builder, site: Site) -> None:
     # ONNX Mul broadcasts as numpy does, over NCHW as the IR's shapes state it.
+    op = site.node.op
+    assert isinstance(op, Mul)
+    if op.constant is not None:
+        constant = _constant(builder, f"{site.name}.constant", np.array(op.constant, np.float32))
+        builder.node("Mul", [site.inputs[0], constant], site)
+        return
     builder.node("Mul", list(site.inputs), site)
+
+
+def _clamp(builder: _Builder, site: Site) -> None:
+    # Clip of opset 11 takes its bounds as inputs; an empty name leaves one out.
+    op = site.node.op
+    assert isinstance(op, Clamp)
+    bounds = [
+        "" if value is None else _constant(builder, f"{site.name}.{end}", np.array(value, np.float32))
+        for end, value in (("low", op.minimum), ("high", op.maximum))
+    ]
+    builder.node("Clip", [site.inputs[0], *bounds], site)
+
+
+def _spatial_softmax(builder: _Builder, site: Site) -> None:
+    # (batch, C, H·W), normalised over its last axis (where Softmax means the same in every opset).
+    channels, height, width = site.node.in_shapes[0]
+    rows = _reshape(builder, site.inputs[0], [0, channels, -1], f"{site.name}.rows")
+    normalised = _append(builder, "Softmax", [rows], f"{site.name}.normalised", axis=2)
+    if builder.dynamic_size:
+        shape = _append(builder, "Shape", [site.inputs[0]], f"{site.name}.shape")
+    else:
+        shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, height, width], np.int64))
+    builder.node("Reshape", [normalised, shape], site)
+
+
+def _weighted_spatial_sum(builder: _Builder, site: Site) -> None:
+    # (batch, C, H·W) @ (batch, H·W, 1) = (batch, C, 1), viewed as (batch, C, 1, 1).
+    channels = site.node.in_shapes[0][0]
+    values = _reshape(builder, site.inputs[0], [0, channels, -1], f"{site.name}.values")
+    weights = _reshape(builder, site.inputs[1], [0, -1, 1], f"{site.name}.weights")
+    column = _append(builder, "MatMul", [values, weights], f"{site.name}.column")
+    shape = builder.tensor(f"{site.name}.shape", np.array([0, channels, 1, 1], np.int64))
+    builder.node("Reshape", [column, shape], site)
 
 
 def _subsample(builder: _Builder, site: Site) -> None:
@@ -683,6 +731,9 @@ EMITTERS: dict[str, Emitter] = {
     "add": _add,
     "sigmoid": _sigmoid,
     "mul": _mul,
+    "clamp": _clamp,
+    "spatial_softmax": _spatial_softmax,
+    "weighted_spatial_sum": _weighted_spatial_sum,
     "subsample": _subsample,
     "pad": _pad,
     "pad_channels": _pad_channels,

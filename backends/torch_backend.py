@@ -55,11 +55,13 @@ from rescompile.backends.surface import HeadSections, feature_points, head_secti
 from rescompile.compiler.fold import DefinitionFold, FoldedGraph, fold_batch_norm
 from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, DefinitionRole, Graph
 from rescompile.compiler.ops import (
+    Add,
     AvgPoolFields,
     BatchNormFields,
     BlurPoolFields,
     ChannelConvFields,
     ChannelSliceFields,
+    Clamp,
     ConvFields,
     DropPathFields,
     Gelu,
@@ -70,6 +72,7 @@ from rescompile.compiler.ops import (
     LeakyRelu,
     LinearFields,
     MaxPoolFields,
+    Mul,
     PadChannelsFields,
     PadFields,
     PointwiseLinearFields,
@@ -388,6 +391,38 @@ def _leaky_relu(node: SourceNode) -> Layer:
     return ("nn.LeakyReLU", _optional("negative_slope", op.negative_slope, 0.01) + _in_place(node))
 
 
+def _add(node: SourceNode) -> Inline:
+    op = node.op
+    assert isinstance(op, Add)
+    return Inline(sum_source(list(node.inputs)) if op.constant is None else f"{{0}} + {render(op.constant)}")
+
+
+def _mul(node: SourceNode) -> Inline:
+    op = node.op
+    assert isinstance(op, Mul)
+    return Inline("{0} * {1}" if op.constant is None else f"{{0}} * {render(op.constant)}")
+
+
+def _clamp(node: SourceNode) -> Inline:
+    op = node.op
+    assert isinstance(op, Clamp)
+    bounds = [
+        f"{key}={render(bound)}" for key, bound in (("min", op.minimum), ("max", op.maximum)) if bound is not None
+    ]
+    return Inline(f"torch.clamp({{0}}, {', '.join(bounds)})")
+
+
+SPATIAL_SOFTMAX_FUNCTION = '''def spatial_softmax(x: torch.Tensor) -> torch.Tensor:
+    """A softmax over the H·W positions of each channel, as timm's GlobalContext computes its attention."""
+    return x.flatten(2).softmax(-1).view_as(x)'''
+
+WEIGHTED_SUM_FUNCTION = '''def weighted_spatial_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The (B, C, 1, 1) sum over positions of (B, C, H, W) values times (B, 1, H, W) weights: timm's
+    GlobalContext's matmul, the same call, so the same sums in the same order."""
+    context = values.flatten(2).unsqueeze(1) @ weights.flatten(2).unsqueeze(3)
+    return context.view(values.shape[0], -1, 1, 1)'''
+
+
 FOLD_ON_LOAD_FUNCTION = '''def fold_batch_norms(
     folds: dict[str, tuple[str, float]], owner: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *_: object
 ) -> None:
@@ -433,9 +468,12 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "global_average_pool": lambda node: ("nn.AdaptiveAvgPool2d", ["(1, 1)"]),
     "flatten": lambda node: ("nn.Flatten", ["1"]),
     "linear": _linear,
-    "add": lambda node: Inline(sum_source(list(node.inputs))),
+    "add": _add,
     "sigmoid": lambda node: ("nn.Sigmoid", []),
-    "mul": Inline("{0} * {1}"),
+    "mul": _mul,
+    "clamp": _clamp,
+    "spatial_softmax": Inline("spatial_softmax({0})"),
+    "weighted_spatial_sum": Inline("weighted_spatial_sum({0}, {1})"),
     "subsample": _subsample,
     "pad": _pad,
     "pad_channels": _pad_channels,
@@ -467,6 +505,8 @@ HELPER_CLASSES = {
     "drop_path": DROP_PATH_CLASS,
     "channel_slice": CHANNEL_SLICE_CLASS,
     "softmax": CHANNEL_SOFTMAX_CLASS,
+    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
+    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
     "layer_norm": LAYER_NORM_CLASS,
     "pointwise_linear": POINTWISE_LINEAR_CLASS,
 }

@@ -619,28 +619,53 @@ class Linear(LinearFields[int], OpBase):
         return self.in_features * self.out_features
 
 
+def _broadcast(kind: str, in_shapes: tuple[Shape, ...]) -> Shape:
+    """The shape numpy's broadcasting gives values of one rank: each dimension equal, or 1 in all
+    but one of them (``C×H×W`` and ``C×1×1`` give ``C×H×W``). The batch dimension is never broadcast."""
+    shown = " and ".join(show_shape(shape) for shape in in_shapes)
+    if any(len(shape) != len(in_shapes[0]) for shape in in_shapes):
+        raise ShapeError(f"{kind} needs inputs of one rank, got {shown}")
+    result = tuple(max(sizes) for sizes in zip(*in_shapes, strict=True))
+    if any(size not in (1, wanted) for shape in in_shapes for size, wanted in zip(shape, result, strict=True)):
+        raise ShapeError(f"{kind} cannot broadcast {shown}: each dimension must match or be 1")
+    return result
+
+
+def _with_constant(kind: str, constant: float | None, in_shapes: tuple[Shape, ...], values: str) -> Shape:
+    """The shape rule of ``add`` and ``mul``: one value and a constant, or ``values`` that broadcast."""
+    if constant is not None:
+        if len(in_shapes) != 1:
+            raise ShapeError(f"{kind} with a constant reads one value (inputs: [x]), got {len(in_shapes)}")
+        return in_shapes[0]
+    if not in_shapes or len(in_shapes) == 1:
+        raise ShapeError(f"{kind} needs {values}, or one value and a constant")
+    return _broadcast(kind, in_shapes)
+
+
 @dataclass(frozen=True)
 class Add(OpBase):
+    """The sum of two or more values, added left to right, broadcasting as numpy does (a C×1×1
+    value adds its one number to every pixel of its channel, as GCNet's context does); or one value
+    plus ``constant`` (a float32 number, added as torch adds a Python number to a float32 tensor).
+    A block's residual add reads two values of one shape, the branch and ``shortcut``."""
+
     kind: ClassVar[str] = "add"
     family: ClassVar[str] = "join"
     shortcut_input: int | None
     """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
+    constant: float | None = None
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         inputs: tuple[str, ...] = attributes["inputs"]
-        return cls(inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in inputs else None)
+        return cls(inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in inputs else None, attributes.get("constant"))
 
     @property
     def residual(self) -> bool:
         return self.shortcut_input is not None
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        """The sum of two or more values of one shape (a sum over branches), added left to right."""
-        if len(in_shapes) < 2 or any(shape != in_shapes[0] for shape in in_shapes):
-            shown = " and ".join(show_shape(shape) for shape in in_shapes)
-            raise ShapeError(f"add needs two or more inputs of the same shape, got {shown}")
-        return in_shapes[0]
+        return _with_constant(self.kind, self.constant, in_shapes, "two or more values")
 
 
 @dataclass(frozen=True)
@@ -654,22 +679,80 @@ class Sigmoid(Elementwise):
 class Mul(OpBase):
     """Elementwise product of two values of one rank, broadcasting as numpy does: each dimension
     equal, or 1 in one of them (``C×H×W · C×1×1`` scales each channel). The batch dimension is
-    shared, never broadcast."""
+    shared, never broadcast. Or one value times ``constant`` (a float32 number, multiplied as torch
+    multiplies a float32 tensor by a Python number)."""
 
     kind: ClassVar[str] = "mul"
     family: ClassVar[str] = "join"
+    constant: float | None = None
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls()  # its only attribute in a spec is ``inputs``, which the node records
+        return cls(attributes.get("constant"))  # ``inputs`` the node records
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        if self.constant is None and len(in_shapes) > 2:
+            raise ShapeError(f"mul needs two values, or one value and a constant; got {len(in_shapes)} values")
+        return _with_constant(self.kind, self.constant, in_shapes, "two values")
+
+
+@dataclass(frozen=True)
+class Clamp(OpBase):
+    """``min(max(x, minimum), maximum)`` elementwise (``torch.clamp``), either bound left out where
+    it is None; the bounds are float32 numbers. ``clamp`` with 0 and 6 is ``relu6``."""
+
+    kind: ClassVar[str] = "clamp"
+    family: ClassVar[str] = "activation"
+    foreign_names: ClassVar[tuple[str, ...]] = ("clip", "hardtanh")
+    minimum: float | None
+    maximum: float | None
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        return _one(in_shapes, self.kind)
+
+
+@dataclass(frozen=True)
+class SpatialSoftmax(OpBase):
+    """A softmax over the H·W positions of each channel (and sample): ``exp(v) / Σ exp`` over the
+    pixels of its channel (GCNet's attention over positions: ``softmax(x.view(B, C, H*W), -1)``). No
+    MACs (torch's flop counter counts none)."""
+
+    kind: ClassVar[str] = "spatial_softmax"
+    family: ClassVar[str] = "activation"
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        _image(in_shapes, self.kind)
+        return in_shapes[0]
+
+
+@dataclass(frozen=True)
+class WeightedSpatialSum(OpBase):
+    """Attention pooling: inputs ``[values, weights]``, values C×H×W and weights 1×H×W, gives the
+    C×1×1 sum over positions ``out[c] = Σ_p values[c, p] · weights[p]`` (GCNet's context,
+    ``x.view(B, 1, C, H*W) @ attn.view(B, 1, H*W, 1)``). MACs ``C × H × W``, the product's, as
+    torch's flop counter counts that matmul."""
+
+    kind: ClassVar[str] = "weighted_spatial_sum"
+    family: ClassVar[str] = "pool"
+
+    @classmethod
+    def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
+        return cls()  # ``inputs`` the node records
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         shown = " and ".join(show_shape(shape) for shape in in_shapes)
-        if len(in_shapes) != 2 or len(in_shapes[0]) != len(in_shapes[1]):
-            raise ShapeError(f"mul needs two inputs of one rank, got {shown}")
-        if any(a != b and 1 not in (a, b) for a, b in zip(*in_shapes, strict=True)):
-            raise ShapeError(f"mul cannot broadcast {shown}: each dimension must match or be 1 in one of them")
-        return tuple(max(a, b) for a, b in zip(*in_shapes, strict=True))
+        if len(in_shapes) != 2 or any(len(shape) != 3 for shape in in_shapes):
+            raise ShapeError(f"weighted_spatial_sum reads [values, weights], two C×H×W values; got {shown}")
+        (channels, height, width), weights = in_shapes
+        if weights != (1, height, width):
+            raise ShapeError(
+                f"weighted_spatial_sum needs weights of one channel and the values' size, "
+                f"1×{height}×{width}; got {shown}"
+            )
+        return (channels, 1, 1)
+
+    def macs(self, in_shapes: tuple[Shape, ...], out_shape: Shape) -> int:
+        return math.prod(in_shapes[0])
 
 
 @dataclass(frozen=True)
@@ -1179,6 +1262,9 @@ Op = (
     | Add
     | Sigmoid
     | Mul
+    | Clamp
+    | SpatialSoftmax
+    | WeightedSpatialSum
     | Subsample
     | Pad
     | PadChannels
@@ -1212,6 +1298,9 @@ OP_TYPES: tuple[type[Op], ...] = (
     Add,
     Sigmoid,
     Mul,
+    Clamp,
+    SpatialSoftmax,
+    WeightedSpatialSum,
     Subsample,
     Pad,
     PadChannels,
@@ -1272,6 +1361,9 @@ SymbolicOp = (
     | Mish
     | LayerScaleFields[Size]
     | PointwiseLinearFields[Size]
+    | Clamp
+    | SpatialSoftmax
+    | WeightedSpatialSum
 )
 """The op of a definition's node: an op's fields over :data:`Size` (an op whose fields hold no
 integer is its own symbolic form). An instance's :data:`Op` is one too, but for the pairs of a conv

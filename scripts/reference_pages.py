@@ -43,15 +43,16 @@ EXAMPLE_NETWORKS = (
     *("resnet20", "resnet50", "ecaresnet50d", "resnetblur50", "resnet50_gn", "resnetv2_50x1_bit"),
     *("skresnet18", "resnest50d", "res2net50_26w_4s", "convnext_tiny", "regnety_016"),
     "examples/activations.yaml",
+    "examples/global_context.yaml",
 )
-"""Built-ins (and the activations example, for the ops no built-in uses) searched, in order, for each
-op's example node: between them they use every op."""
+"""Built-ins (and the activations and global-context examples, for the ops no built-in uses) searched,
+in order, for each op's example node: between them they use every op."""
 EXAMPLE_SIZE = 64
 """The networks are compiled at this input size: only their ops matter here."""
 
 SUMMARIES = {
-    "add": "The sum of its `inputs`, two or more values of one shape; a block's `add` of a value and `shortcut` "
-    "is the residual merge.",
+    "add": "The sum of its `inputs`, two or more values that broadcast, or one value and a `constant`; a block's "
+    "`add` of a value and `shortcut` is the residual merge.",
     "relu": "`max(x, 0)`, elementwise (torch's `nn.ReLU`).",
     "max_pool": "torch's `MaxPool2d`: the maximum over each `kernel`×`kernel` window, padding never winning.",
     "avg_pool": "torch's `AvgPool2d`: the mean over each `kernel`×`kernel` window; `count_include_pad` and the "

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from rescompile.compiler.ops import OP_TYPES
+from rescompile.compiler.ops import OP_TYPES, SHORTCUT_VALUE
 from rescompile.compiler.ops import OpBase as IrOp
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 
@@ -120,6 +120,7 @@ MODULE_LEVEL_NAMES = frozenset(
         *("conv_init", "linear_init", "BatchNorm", "Subsample", "PadChannels", "subsample", "pad_channels", "ResNet"),
         *("math", "StdConv2d", "standardized_conv", "BlurPool", "blur_pool", "ChannelConv", "DropPath", "pad"),
         *("ChannelSlice", "channel_slice", "ChannelSoftmax", "channel_softmax"),
+        *("spatial_softmax", "weighted_spatial_sum"),
         *("LayerNorm2d", "PointwiseLinear", "LayerScale"),
         "fold_batch_norms_on_load",
     }
@@ -332,20 +333,64 @@ class BinarySpec(ConditionalSpec):
 
 
 class AddSpec(BinarySpec):
+    """The sum of two or more values (broadcasting a C×1×1 value over C×H×W), or of one value and a
+    ``constant``."""
+
     op: Literal["add"]
     inputs: tuple[str, ...] = Field(
         min_length=1,
-        description="The values to add (two or more, of one shape); 'shortcut' names the block's shortcut, in a "
-        "residual add of two values.",
+        description="The values to add (two or more, broadcasting as numpy does; or one, with a constant); "
+        "'shortcut' names the block's shortcut, in a residual add of two values.",
     )
+    constant: Float32 | None = Field(default=None, description="A number added to the one value of inputs.")
+
+    @model_validator(mode="after")
+    def _constant_reads_one_value(self) -> AddSpec:
+        if self.constant is not None and SHORTCUT_VALUE in self.inputs:
+            raise ValueError("a residual add reads the branch and 'shortcut'; it cannot add a constant")
+        return self
 
 
 class MulSpec(BinarySpec):
     """Elementwise product, broadcasting as numpy does over (channels, height, width): a gate of
-    shape C×1×1 scales each channel of a C×H×W value (squeeze-and-excitation)."""
+    shape C×1×1 scales each channel of a C×H×W value (squeeze-and-excitation); or one value times a
+    ``constant``."""
 
     op: Literal["mul"]
-    inputs: tuple[str, str] = Field(description="The two values to multiply.")
+    inputs: tuple[str, ...] = Field(
+        min_length=1, max_length=2, description="The two values to multiply (or one, with a constant)."
+    )
+    constant: Float32 | None = Field(default=None, description="A number the one value of inputs is multiplied by.")
+
+
+class ClampSpec(OpBase):
+    """``min(max(x, minimum), maximum)`` elementwise (torch.clamp); at least one bound."""
+
+    op: Literal["clamp"]
+    minimum: Float32 | None = Field(default=None, description="The lower bound (none: no lower bound).")
+    maximum: Float32 | None = Field(default=None, description="The upper bound (none: no upper bound).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ClampSpec:
+        if self.minimum is None and self.maximum is None:
+            raise ValueError("clamp needs a minimum, a maximum or both")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"clamp's minimum {self.minimum} is greater than its maximum {self.maximum}")
+        return self
+
+
+class SpatialSoftmaxSpec(OpBase):
+    """A softmax over the H·W positions of each channel (GCNet's attention over positions)."""
+
+    op: Literal["spatial_softmax"]
+
+
+class WeightedSpatialSumSpec(BinarySpec):
+    """Attention pooling: ``[values, weights]``, C×H×W and 1×H×W, to the C×1×1 sum over positions of
+    values times weights (GCNet's context)."""
+
+    op: Literal["weighted_spatial_sum"]
+    inputs: tuple[str, str] = Field(description="The values (C×H×W) and their weights (1×H×W).")
 
 
 class SubsampleSpec(OpBase):
@@ -538,6 +583,9 @@ OpSpec = Annotated[
     | LinearSpec
     | AddSpec
     | MulSpec
+    | ClampSpec
+    | SpatialSoftmaxSpec
+    | WeightedSpatialSumSpec
     | SubsampleSpec
     | PadSpec
     | PadChannelsSpec

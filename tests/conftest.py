@@ -60,7 +60,7 @@ comparison (tests/test_timm_presets.py) runs every preset by default."""
 OP_COVERING_PRESETS = frozenset(
     {
         *("resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"),
-        *("res2net50_26w_4s", "resnest50d", "convnext_tiny"),
+        *("res2net50_26w_4s", "resnest50d", "convnext_tiny", "gcresnet50t"),
     }
 )
 """Built-ins whose ops between them cover every op kind (tests/backends/test_emitter_tables.py checks it): the
@@ -71,7 +71,7 @@ PART_COVERING_PRESETS = frozenset(
     {
         *("resnet20", "resnet50", "resnest50d", "convnext_tiny", "resnetv2_50", "resnetv2_50x1_bit", "skresnet18"),
         *("regnetx_016", "regnety_016", "res2net50_26w_4s", "preact_resnet110", "preact_resnet164", "resnet50_gn"),
-        *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d"),
+        *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d", "gcresnet50t"),
     }
 )
 """Built-ins that between them use every op kind and every stem, block, shortcut, transition and head
@@ -83,6 +83,9 @@ and the other built-ins in the slow tail."""
 ELEMENTWISE_OP_KINDS = tuple(op_type.kind for op_type in OP_TYPES if issubclass(op_type, Elementwise))
 """The op table's elementwise activations: each is covered by :func:`elementwise_network`, built from
 the table, rather than by a built-in."""
+TESTED_APART_OP_KINDS = (*ELEMENTWISE_OP_KINDS, "clamp")
+"""Ops that no built-in needs to use: networks their tests build (tests/backends/test_elementwise_ops.py,
+tests/backends/test_constants_and_attention_pooling.py) check each in every backend."""
 
 
 def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object] | None = None) -> Path:

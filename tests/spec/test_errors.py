@@ -189,7 +189,7 @@ CASES = {
         network(("block: basic", "block: mine")),
         {"blocks/mine.yaml": f"{MINE}  conv1: {{op: mul, input: x}}\n{ADD}"},
         "blocks/mine.yaml:4:20: unknown key 'input': op 'mul' reads several values, named in 'inputs' "
-        "(inputs: [a, b]); valid keys for op 'mul': inputs, op, when",
+        "(inputs: [a, b]); valid keys for op 'mul': constant, inputs, op, when",
     ),
     "node_key_inputs_on_a_conv": (
         network(("block: basic", "block: mine")),
@@ -555,7 +555,7 @@ CASES = {
         "Subsample, abs, blur_pool, channel_slice, channel_softmax, conv_init, fold_batch_norms_on_load, int, jax, "
         "jnp, linear_init, log2, "
         "make_divisible, math, max, min, nn, nnx, out, pad, pad_channels, partial, rngs, round, self, shortcut, "
-        "standardized_conv, subsample, super, torch, x",
+        "spatial_softmax, standardized_conv, subsample, super, torch, weighted_spatial_sum, x",
     ),
     "unknown_function": (
         network(("block: basic", "block: mine")),
