@@ -87,6 +87,35 @@ def test_the_stages_feature_map_is_the_transitions_output(backend: str) -> None:
     assert [entry["module"] for entry in features.feature_info.info] == ["relu", "stages.0", "stages.1", "stages.2"]
 
 
+CSP_EXIT = """\
+name: csp_exit
+description: CSPNet's exit, a half of the channels through a 1×1 conv beside the other half, then a fusion conv.
+nodes:
+  part_a: {op: channel_slice, parts: 2, index: 0}
+  part_b: {op: channel_slice, input: input, parts: 2, index: 1}
+  conv_transition_b.conv: {op: conv, out_channels: in_channels // 2, kernel: 1}
+  conv_transition_b.bn: {op: batch_norm}
+  conv_transition_b.act: {op: leaky_relu}
+  cat: {op: concat, inputs: [part_a, conv_transition_b.act]}
+  conv_transition.conv: {op: conv, out_channels: width, kernel: 1}
+  conv_transition.bn: {op: batch_norm}
+  conv_transition.act: {op: leaky_relu}
+"""
+
+
+def test_a_transition_that_slices_and_concatenates_agrees_in_every_backend(tmp_path: Path) -> None:
+    """Not only a chain: CSPNet's exit, a class whose forward reads two values, with timm's keys."""
+    (tmp_path / "transitions").mkdir()
+    (tmp_path / "transitions" / "csp_exit.yaml").write_text(CSP_EXIT)
+    network = EXAMPLE.read_text().replace("transition_after: fuse", "transition_after: csp_exit")
+    (tmp_path / "net.yaml").write_text(network.replace("stages.{index}.fuse", "stages.{index}.exit"))
+    graph = compile_spec(tmp_path / "net.yaml")
+    keys = list(torch_backend.build_module(graph).state_dict())
+    assert "stages.2.exit.conv_transition_b.conv.weight" in keys
+    assert "stages.2.exit.conv_transition.bn.running_var" in keys
+    assert_backends_agree(graph)
+
+
 NETWORK = """\
 name: net
 input: {{channels: 3, size: 16}}
