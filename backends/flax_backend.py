@@ -757,9 +757,10 @@ def emit_source(graph: Graph) -> str:
         "nnx.Dict()",
     )
     stage_lines: list[str] = []
-    for transition, stage in order:
-        stage_lines += [f"x = self{attribute_access(transition)}(x)"] if transition is not None else []
+    for before, stage, after in order:
+        stage_lines += [f"x = self{attribute_access(before)}(x)"] if before is not None else []
         stage_lines += [f"for block in self{attribute_access(stage)}:", "    x = block(x)"]
+        stage_lines += [f"x = self{attribute_access(after)}(x)"] if after is not None else []
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
@@ -1117,12 +1118,13 @@ def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
     return stages
 
 
-Transitions = tuple[tuple[str, str], ...]
-"""(stage path, its transition's path) for each stage with a transition (:func:`stage_transitions`)."""
+Transitions = tuple[tuple[str, str, bool], ...]
+"""(stage path, its transition's path, whether it runs after the stage's blocks) for each stage
+transition (:func:`stage_transitions`)."""
 
 
 def stage_transitions(graph: Graph) -> Transitions:
-    return tuple((module.stage, module.path) for module in graph.transitions)
+    return tuple((module.stage, module.path, module.after_blocks) for module in graph.transitions)
 
 
 def _submodule(model: Any, path: str) -> Any:
@@ -1131,43 +1133,45 @@ def _submodule(model: Any, path: str) -> Any:
     return model
 
 
+def _stage_layers(model: Any, stage_name: str, stage: Any, transitions: Transitions) -> list[tuple[str, Any]]:
+    """A stage's layers in the order they run, by name: its transition before its blocks, its
+    blocks (``layer1.0``, ...), its transition after them."""
+    before = [(path, _submodule(model, path)) for name, path, after in transitions if name == stage_name and not after]
+    after = [(path, _submodule(model, path)) for name, path, after in transitions if name == stage_name and after]
+    return [*before, *((f"{stage_name}.{index}", block) for index, block in enumerate(stage)), *after]
+
+
 def feature_maps(model: Any, x: Any, transitions: Transitions, stem: str, taps: tuple[str, ...]) -> list[Any]:
     """The outputs of ``model`` (NHWC) named by ``taps``, in network order: ``stem`` (the stem's
-    output) and stage paths (``layer1``, ``stages.0.blocks``); nothing runs after the last."""
+    output), stage paths (``layer1``, ``stages.0.blocks``) and the paths of transitions after a
+    stage's blocks (``stages.0.fuse``), each map the stage's output; nothing runs after the last."""
     maps: list[Any] = []
     x = model._stem(x)
     if stem in taps:
         maps.append(x)
-    entered = dict(transitions)
     for stage_name, stage in _stages(model):
         if len(maps) == len(taps):
             break
-        if stage_name in entered:
-            x = _submodule(model, entered[stage_name])(x)
-        for block in stage:
-            x = block(x)
-        if stage_name in taps:
+        layers = _stage_layers(model, stage_name, stage, transitions)
+        for _, layer in layers:
+            x = layer(x)
+        if stage_name in taps or layers[-1][0] in taps:
             maps.append(x)
     return maps
 
 
 def _module_names(model: Any, transitions: Transitions) -> list[str]:
-    entered = dict(transitions)
     names = ["stem"]
     for stage_name, stage in _stages(model):
-        names += [entered[stage_name]] if stage_name in entered else []
-        names += [f"{stage_name}.{index}" for index in range(len(stage))]
+        names += [name for name, _ in _stage_layers(model, stage_name, stage, transitions)]
     return [*names, "head"]
 
 
 def _run_blocks(model: Any, images: Any, feed: dict[str, Any] | None, transitions: Transitions) -> dict[str, Any]:
     outputs = {"stem": model._stem(images)}
     previous = "stem"
-    entered = dict(transitions)
     for stage_name, stage in _stages(model):
-        layers = [(entered[stage_name], _submodule(model, entered[stage_name]))] if stage_name in entered else []
-        layers += [(f"{stage_name}.{index}", block) for index, block in enumerate(stage)]
-        for name, layer in layers:
+        for name, layer in _stage_layers(model, stage_name, stage, transitions):
             outputs[name] = layer(outputs[previous] if feed is None else feed[previous])
             previous = name
     outputs["head"] = model._head(outputs[previous] if feed is None else feed[previous])

@@ -24,7 +24,8 @@ class FlaxFeatureNet(nnx.Module):
         stem_output = graph.modules[0].canonical(graph.modules[0].output)
         for index in out_indices:
             point = points[index]
-            if point.after not in graph.stage_names() and point.after != stem_output:
+            stage_ends = {*graph.stage_names(), *(module.path for module in graph.transitions if module.after_blocks)}
+            if point.after not in stage_ends and point.after != stem_output:
                 raise RescompileError(
                     f"{graph.name}'s feature map {index} ({point.module}) is inside the stem, which the Flax model "
                     f"runs whole: choose out_indices among the stage maps (from {index + 1}) or use backend torch"

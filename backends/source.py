@@ -741,25 +741,32 @@ def stage_construction(
     stage_statement: Callable[[StageCall], str],
     transition_call: Callable[[Module, str], str],
     container: str,
-) -> tuple[list[str], list[tuple[str | None, str]]]:
+) -> tuple[list[str], list[tuple[str | None, str, str | None]]]:
     """The network constructor's statements building each stage (``stage_statement``) and, before
-    it, its transition (``self.stages["1"].downsample = `` and ``transition_call(module, callee)``),
-    with their containers; and per stage, in order, the attribute paths forward runs: its
-    transition's (None where it has none) and its own."""
+    and after it, its transitions (``self.stages["1"].downsample = `` and ``transition_call(module,
+    callee)``), with their containers; and per stage, in order, the attribute paths forward runs:
+    its transition's before its blocks (None where it has none), its own, and its transition's after
+    its blocks (None where it has none)."""
     callees = {item.definition.name: item.python_name for item in shortcut_classes(graph, "transition")}
-    entered = {module.stage: module for module in graph.transitions}
+    entered = {module.stage: module for module in graph.transitions if not module.after_blocks}
+    left = {module.stage: module for module in graph.transitions if module.after_blocks}
     paths: list[str] = []
     statements: list[str] = []
-    order: list[tuple[str | None, str]] = []
+    order: list[tuple[str | None, str, str | None]] = []
+
+    def build(transition: Module | None) -> str | None:
+        if transition is None:
+            return None
+        paths.append(transition.path)
+        call_source = transition_call(transition, callees[transition.type_name])
+        statements.append(f"self{attribute_access(transition.path)} = {call_source}")
+        return transition.path
+
     for call in calls:
-        transition = entered.get(call.attribute)
-        if transition is not None:
-            paths.append(transition.path)
-            call_source = transition_call(transition, callees[transition.type_name])
-            statements.append(f"self{attribute_access(transition.path)} = {call_source}")
+        before = build(entered.get(call.attribute))
         paths.append(call.attribute)
         statements.append(stage_statement(call))
-        order.append((None if transition is None else transition.path, call.attribute))
+        order.append((before, call.attribute, build(left.get(call.attribute))))
     return with_containers(paths, statements, container), order
 
 

@@ -89,7 +89,8 @@ class FeaturePoint:
     module: str
     after: str
     """The module path (in the generated torch model) after which the map is taken: a stem node's
-    (``act1``, ``stem.conv``), or the last one run for the stage (``layer2``, ``stages.1.blocks``)."""
+    (``act1``, ``stem.conv``), or the last one run for the stage (``layer2``, ``stages.1.blocks``, or
+    the transition after its blocks: ``stages.1.fuse``)."""
 
     def as_dict(self) -> dict[str, int | str]:
         return {"num_chs": self.num_chs, "reduction": self.reduction, "module": self.module}
@@ -142,11 +143,13 @@ def feature_points(graph: Graph) -> list[FeaturePoint]:
     blocks live in ``stages.0.blocks``)."""
     points = [point] if (point := _stem_point(graph)) is not None else []
     for stage in graph.stage_names():
-        last = [module for module in graph.blocks if module.stage == stage][-1]
+        # Its last block, or the transition after its blocks where it has one.
+        last = [module for module in graph.modules[1:-1] if module.stage == stage][-1]
         assert last.out_shape is not None
         channels, height, _ = last.out_shape
         module = stage.removesuffix(".blocks")
-        points.append(FeaturePoint(channels, _reduction(graph, height), module, stage))
+        after = last.path if last.role == "transition" else stage
+        points.append(FeaturePoint(channels, _reduction(graph, height), module, after))
     return points
 
 
@@ -174,7 +177,11 @@ def feature_node(graph: Graph, point: FeaturePoint) -> tuple[int, str]:
     for node in stem.nodes:
         if stem.canonical(node.name) == point.after:
             return 0, node.name
-    stage = [index for index, module in enumerate(graph.modules) if module.stage == point.after]
+    stage = [
+        index
+        for index, module in enumerate(graph.modules)
+        if module.stage == point.after or (module.role == "transition" and module.path == point.after)
+    ]
     if not stage:
         raise RescompileError(f"{graph.name} computes no feature map {point.module!r} (after {point.after!r})")
     return stage[-1], graph.modules[stage[-1]].output

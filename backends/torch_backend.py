@@ -672,7 +672,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
             if shortcut.sequential
             else wrap_call("def __init__", ["self", *shortcut.arguments], 4, " -> None:"),
             "sequential": shortcut.sequential,
-            "layers": [_layer(node) for node in shortcut.nodes],
+            "layers": [_layer(node) for node in shortcut.nodes] if shortcut.sequential else [],
             "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
             + _init_lines(shortcut.nodes)
             + _definition_fold_call(folded, shortcut.definition.role, shortcut.definition.name, "self", 8),

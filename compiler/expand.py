@@ -98,23 +98,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         transition = parts.transitions[stage_index]
         if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            builtins: dict[str, Value] = {"in_channels": shape[0], "width": stage.width, "stride": stage.stride}
-            bindings = _bind(transition, spec.transition_parameters, builtins, network, "transition_parameters")
-            path = spec.naming.transition_path(stage_index)
-            stage_path = spec.naming.stage_path(stage_index)
-            if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
-                raise RescompileError(
-                    f"stage {stage_index}'s transition '{path}' and its blocks '{stage_path}' would hold one another; "
-                    "give naming.transitions and naming.stages distinct paths (stages.{index}.downsample and "
-                    "stages.{index}.blocks)",
-                    network.locate("naming"),
-                )
-            module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
-            module = dataclasses.replace(module, stage_path=stage_path)
-            modules.append(module)
-            node_count = _count_nodes(node_count, module)
-            assert module.out_shape is not None
-            shape = module.out_shape
+            module = _transition_module(network, transition, stage_index, shape, after_blocks=False)
+            shape, node_count = _appended(modules, module, node_count)
         else:
             transition = None
         for block_index in range(stage.depth):
@@ -165,6 +150,11 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             modules.append(module)
             node_count = _count_nodes(node_count, module)
             shape = module.out_shape
+        transition_after = parts.transitions_after[stage_index]
+        if transition_after is not None:
+            _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
+            module = _transition_module(network, transition_after, stage_index, shape, after_blocks=True)
+            shape, node_count = _appended(modules, module, node_count)
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -352,6 +342,43 @@ MODULE_VALUE_NAMES = ("stem", "output")
 node's canonical name would collide with; blocks' outputs are their paths, which no node has."""
 
 
+def _appended(modules: list[Module], module: Module, node_count: int) -> tuple[Shape, int]:
+    """Append ``module``: the shape the next module reads, and the network's node count so far."""
+    modules.append(module)
+    assert module.out_shape is not None
+    return module.out_shape, _count_nodes(node_count, module)
+
+
+def _transition_module(
+    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, shape: Shape, after_blocks: bool
+) -> Module:
+    """Stage ``stage_index``'s transition, before its blocks (bound to the stage's width and stride,
+    which it takes) or after them (``after_blocks``: bound to the width and stride 1)."""
+    spec = network.spec
+    stage = spec.stages[stage_index]
+    builtins: dict[str, Value] = {
+        "in_channels": shape[0],
+        "width": stage.width,
+        "stride": 1 if after_blocks else stage.stride,
+    }
+    key = "transition_after_parameters" if after_blocks else "transition_parameters"
+    given = spec.transition_after_parameters if after_blocks else spec.transition_parameters
+    bindings = _bind(transition, given, builtins, network, key)
+    path = spec.naming.transition_path(stage_index, after_blocks)
+    stage_path = spec.naming.stage_path(stage_index)
+    if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
+        naming = "naming.transitions_after" if after_blocks else "naming.transitions"
+        raise RescompileError(
+            f"stage {stage_index}'s transition '{path}' and its blocks '{stage_path}' would hold one another; "
+            f"give {naming} and naming.stages distinct paths (stages.{{index}}.downsample and "
+            "stages.{index}.blocks)",
+            network.locate("naming"),
+        )
+    location = network.locate("stages", stage_index)
+    module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
+    return dataclasses.replace(module, stage_path=stage_path, after_blocks=after_blocks)
+
+
 def _check_network_attributes(
     network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec], parts: NetworkParts
 ) -> None:
@@ -362,8 +389,13 @@ def _check_network_attributes(
     owners: dict[str, str] = {}
     for stage_index in range(len(network.spec.stages)):
         owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
-        if parts.transitions[stage_index] is not None:
-            owners.setdefault(naming.transition_path(stage_index).split(".")[0], "a stage transition of the network")
+        for after_blocks, transition in (
+            (False, parts.transitions[stage_index]),
+            (True, parts.transitions_after[stage_index]),
+        ):
+            if transition is not None:
+                first = naming.transition_path(stage_index, after_blocks).split(".")[0]
+                owners.setdefault(first, "a stage transition of the network")
     for role, part in (("stem", stem), ("head", head)):
         for node_name in part.spec.nodes:
             if node_name in MODULE_VALUE_NAMES:

@@ -128,7 +128,9 @@ class Module:
     out_shape: Shape | None = None
     source: Location | None = None
     stage_path: str | None = None
-    """A transition's stage (``stages.1.blocks``): it runs before that stage's blocks."""
+    """A transition's stage (``stages.1.blocks``): it runs before that stage's blocks, or after them."""
+    after_blocks: bool = False
+    """Whether a transition runs after its stage's blocks (else before them)."""
 
     @property
     def output(self) -> str:

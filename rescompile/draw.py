@@ -217,8 +217,8 @@ def _shortcuts(blocks: list[Module]) -> str:
 
 
 def network_boxes(graph: Graph) -> list[Box]:
-    """Input, stem, each stage (after its transition, where it has one), head: what the network
-    figure stacks."""
+    """Input, stem, each stage (after its transition, where it has one, and before its transition
+    after its blocks), head: what the network figure stacks."""
     report = cost(graph)
     modules = {row.name: row for row in report.group_by("block")}
     stages = {row.name: row for row in report.group_by("stage")}
@@ -231,7 +231,8 @@ def network_boxes(graph: Graph) -> list[Box]:
     height = graph.input_shape[-2] if len(graph.input_shape) == 3 else 0
     height = stem.out_shape[-2] if stem.out_shape and len(stem.out_shape) == 3 else height
     for stage, parts in members.items():
-        transitions = [module for module in parts if module.role == "transition"]
+        transitions = [module for module in parts if module.role == "transition" and not module.after_blocks]
+        after = [module for module in parts if module.role == "transition" and module.after_blocks]
         blocks = [module for module in parts if module.role == "block"]
         for transition in transitions:
             boxes.append(_part_box(transition.path, transition, report, COLOURS["transition"]))
@@ -256,6 +257,7 @@ def network_boxes(graph: Graph) -> list[Box]:
                 COLOURS["stage"],
             )
         )
+        boxes += [_part_box(transition.path, transition, report, COLOURS["transition"]) for transition in after]
     boxes.append(_part_box("head", head, report, COLOURS["head"]))
     return boxes
 

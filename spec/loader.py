@@ -789,6 +789,8 @@ class NetworkParts:
     transitions: tuple[Loaded[PartSpec] | None, ...]
     """One per stage: the transition its blocks follow, or None (the stage decides where it names one,
     else the network's applies where the stage's stride is not 1 or its width changes the channels)."""
+    transitions_after: tuple[Loaded[PartSpec] | None, ...]
+    """One per stage: the transition that follows its blocks, or None (the stage's, else the network's)."""
     files: tuple[Path, ...]
     """The network file (where there is one) and every part file read: no output may replace them."""
 
@@ -842,15 +844,33 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
                 f"or a shortcut kind ('identity' or a file in shortcuts/, e.g. 'projection', 'zero_pad')",
                 where,
             ) from None
-    transitions: list[Loaded[PartSpec] | None] = []
-    for index, stage in enumerate(spec.stages):
-        transition = stage.transition or spec.transition
-        if transition is None or transition == NO_TRANSITION:
-            transitions.append(None)
-            continue
-        where = network.locate("stages", index, "transition") if stage.transition else network.locate("transition")
-        transitions.append(get("transitions", transition, where))
-    return NetworkParts(stem, blocks, first_blocks, head, policy, shortcuts, tuple(transitions), tuple(files))
+    transitions = tuple(
+        _transition(stage.transition, spec.transition, ("transition",), index, get, network)
+        for index, stage in enumerate(spec.stages)
+    )
+    transitions_after = tuple(
+        _transition(stage.transition_after, spec.transition_after, ("transition_after",), index, get, network)
+        for index, stage in enumerate(spec.stages)
+    )
+    return NetworkParts(
+        stem, blocks, first_blocks, head, policy, shortcuts, transitions, transitions_after, tuple(files)
+    )
+
+
+def _transition(
+    own: str | None,
+    network_default: str | None,
+    key: tuple[str],
+    index: int,
+    get: Callable[[PartKind, str, Location], Loaded[PartSpec]],
+    network: Loaded[NetworkSpec],
+) -> Loaded[PartSpec] | None:
+    """A stage's transition (before or after its blocks, ``key``): its own, else the network's; None for none."""
+    name = own or network_default
+    if name is None or name == NO_TRANSITION:
+        return None
+    where = network.locate("stages", index, *key) if own else network.locate(*key)
+    return get("transitions", name, where)
 
 
 NO_TRANSITION = "none"

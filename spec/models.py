@@ -800,6 +800,11 @@ class StageSpec(StrictModel):
         description="This stage's transition (a file in transitions/), or 'none'; default: the network's "
         "transition where the stage's stride is not 1 or its width differs from its input channels.",
     )
+    transition_after: str | None = Field(
+        default=None,
+        description="This stage's transition after its blocks (a file in transitions/), or 'none'; default: the "
+        "network's transition_after.",
+    )
 
 
 STAGE_PLACEHOLDERS = {"index": 0, "number": 1}
@@ -869,9 +874,16 @@ class NamingSpec(StrictModel):
         """The path of block ``block_index`` (0-based) of a stage: ``layer1.0``, ``s1.b1``."""
         return f"{self.stage_path(stage_index)}.{_fill(self.blocks, block_index)}"
 
-    def transition_path(self, stage_index: int) -> str:
-        """The path of stage ``stage_index``'s transition: ``stages.1.downsample``."""
-        return _fill(self.transitions, stage_index)
+    transitions_after: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
+        default="transition_after{number}",
+        description="The path of each stage's transition after its blocks, where it has one: {index} counts "
+        "stages from 0, {number} from 1 (stages.{index}.fuse).",
+    )
+
+    def transition_path(self, stage_index: int, after_blocks: bool = False) -> str:
+        """The path of stage ``stage_index``'s transition (``stages.1.downsample``), or with
+        ``after_blocks`` of its transition after its blocks."""
+        return _fill(self.transitions_after if after_blocks else self.transitions, stage_index)
 
 
 def _fill(pattern: str, index: int) -> str:
@@ -908,6 +920,12 @@ class NetworkSpec(StrictModel):
         "not 1 or whose width differs from its input channels (ConvNeXt's downsample); a stage may set its own.",
     )
     transition_parameters: Parameters = Field(default_factory=dict)
+    transition_after: str | None = Field(
+        default=None,
+        description="A transition (a file in transitions/) run after the blocks of every stage; a stage may set "
+        "its own, or 'none'.",
+    )
+    transition_after_parameters: Parameters = Field(default_factory=dict)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
     naming: NamingSpec = Field(

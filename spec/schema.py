@@ -78,6 +78,7 @@ KEY_DESCRIPTIONS: Final = {
     "transition": "What runs before a stage's blocks, outside them (ConvNeXt's downsample): a file in "
     "transitions/; a stage's 'none' has none.",
     "transition_parameters": "Values for the transition's parameters.",
+    "transition_after_parameters": "Values for the parameters of the transition after the blocks.",
     "transitions": "The path of each stage's transition, with {index} (from 0) or {number} (from 1).",
     "blocks": "The name of each block in its stage, with {index} (from 0) or {number} (from 1): b{number}.",
     "init": "The layer scale's initial value (timm's ls_init_value, 1e-6 in ConvNeXt).",

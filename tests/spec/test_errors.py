@@ -73,14 +73,14 @@ CASES = {
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
         "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, stride, transition, "
-        "width",
+        "transition_after, width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
         {},
         "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
         "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters, "
-        "transition, transition_parameters",
+        "transition, transition_after, transition_after_parameters, transition_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),
