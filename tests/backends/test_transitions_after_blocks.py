@@ -6,6 +6,7 @@ located error."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_a_transition_after_runs_after_its_stages_blocks_and_not_where_a_stage_s
 
 def test_the_torch_model_runs_the_blocks_then_the_transition(tmp_path: Path) -> None:
     graph = compile_spec(EXAMPLE)
-    model = torch_backend.build_module(graph).eval()
+    model: Any = torch_backend.build_module(graph).eval()  # a generated class: its layers are made at run time
     torch_backend.load_weights(model, graph, random_weights(graph, seed=1))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
