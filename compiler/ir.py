@@ -68,6 +68,7 @@ __all__ = [
     "DefinitionRole",
     "DropPath",
     "Flatten",
+    "FoldedNorm",
     "GlobalAveragePool",
     "Graph",
     "GroupNorm",
@@ -92,6 +93,17 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class FoldedNorm:
+    """A BatchNorm folded into a conv for inference (:mod:`rescompile.compiler.fold`)."""
+
+    batch_norm: str
+    """Its node name, local to the module or definition, as the conv's is."""
+    epsilon: float
+    conv_bias: bool
+    """Whether the conv had a bias of its own before folding."""
+
+
+@dataclass(frozen=True)
 class Node:
     """One op application. ``name`` is local to the module (``conv1``, ``downsample.0``)."""
 
@@ -101,6 +113,8 @@ class Node:
     in_shapes: tuple[Shape, ...] = ()
     shape: Shape | None = None
     source: Location | None = None
+    folded: FoldedNorm | None = None
+    """In a graph lowered for inference: the BatchNorm folded into this conv, whose value it computes."""
 
 
 ModuleRole = Literal["stem", "transition", "block", "head"]
@@ -165,6 +179,8 @@ class SymbolicNode:
     """Values read: ``input`` (the definition's input), ``shortcut`` (in a block's residual add), or
     an earlier node's name."""
     source: Location | None = None
+    folded: FoldedNorm | None = None
+    """As :attr:`Node.folded`."""
 
     @property
     def kind(self) -> str:
