@@ -141,12 +141,12 @@ def feature_points(graph: Graph) -> list[FeaturePoint]:
     output, named as timm names the stage's module (``layer1``; ``stages.0`` for a stage whose
     blocks live in ``stages.0.blocks``)."""
     points = [point] if (point := _stem_point(graph)) is not None else []
-    for stage in graph.stage_names():
-        last = [module for module in graph.blocks if module.stage == stage][-1]
+    for stage in graph.stages:
+        last = graph.blocks_of(stage)[-1]
         assert last.out_shape is not None
         channels, height, _ = last.out_shape
-        module = stage.removesuffix(".blocks")
-        points.append(FeaturePoint(channels, _reduction(graph, height), module, stage))
+        module = stage.path.removesuffix(".blocks")
+        points.append(FeaturePoint(channels, _reduction(graph, height), module, stage.path))
     return points
 
 

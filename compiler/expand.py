@@ -20,6 +20,7 @@ from rescompile.compiler.ir import (
     Module,
     ModuleRole,
     Node,
+    Stage,
     SymbolicNode,
     container_span,
 )
@@ -92,6 +93,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
+    stages: list[Stage] = []
     node_count = len(stem_module.nodes)
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
@@ -112,11 +114,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             module = _build_module(path, "transition", transition, bindings, shape, stage_location, None, None)
             module = dataclasses.replace(module, stage_path=stage_path)
             modules.append(module)
+            transition_path: str | None = path
             node_count = _count_nodes(node_count, module)
             assert module.out_shape is not None
             shape = module.out_shape
         else:
-            transition = None
+            transition, transition_path = None, None
+        block_paths: list[str] = []
         for block_index in range(stage.depth):
             first = block_index == 0
             block = parts.first_blocks[stage_index] if first else blocks[stage_index]
@@ -162,9 +166,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     f"= {out_channels}, but its last node produces {module.out_shape[0]} channels",
                     block.locate("out_channels"),
                 )
-            modules.append(module)
+            modules.append(dataclasses.replace(module, stage_path=spec.naming.stage_path(stage_index)))
+            block_paths.append(path)
             node_count = _count_nodes(node_count, module)
             shape = module.out_shape
+        if block_paths:
+            stages.append(Stage(spec.naming.stage_path(stage_index), tuple(block_paths), transition_path))
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -225,6 +232,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         definitions=tuple(definitions),
         source=network.locate(),
         files=parts.files,
+        stages=tuple(stages),
         block_names=spec.naming.blocks,
     )
 
