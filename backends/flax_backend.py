@@ -983,9 +983,8 @@ def conversions(graph: Graph) -> dict[str, Conversion]:
     # A stage's blocks are an nnx.List: a block's state path is its stage's and its position there,
     # whatever the network names it (timm's RegNet: s1.b1 is s1/0).
     positions: dict[str, str] = {}
-    for stage in graph.stage_names():
-        blocks = [block for block in graph.blocks if block.stage == stage]
-        positions.update({block.path: f"{stage}.{index}" for index, block in enumerate(blocks)})
+    for stage in graph.stages:
+        positions.update({path: f"{stage.path}.{index}" for index, path in enumerate(stage.blocks)})
     table: dict[str, Conversion] = {}
     for module, node in graph.nodes():
         parts = node.name.split(".")
@@ -1124,7 +1123,13 @@ transition (:func:`stage_transitions`)."""
 
 
 def stage_transitions(graph: Graph) -> Transitions:
-    return tuple((module.stage, module.path, module.after_blocks) for module in graph.transitions)
+    transitions = [(stage, graph.transition_of(stage), graph.transition_after_of(stage)) for stage in graph.stages]
+    return tuple(
+        (stage.path, module.path, module is after)
+        for stage, before, after in transitions
+        for module in (before, after)
+        if module is not None
+    )
 
 
 def _submodule(model: Any, path: str) -> Any:

@@ -34,7 +34,8 @@ from onnx import TensorProto, helper, numpy_helper
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
 from rescompile.backends.surface import FeaturePoint, chosen_indices, feature_node, feature_points
 from rescompile.compiler.files import write_atomically
-from rescompile.compiler.fold import Fold, fold_batch_norm, folded_bias, folded_scale
+from rescompile.compiler.fold import Fold, folded_bias, folded_scale
+from rescompile.compiler.fold import folds as all_folds
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     OP_KINDS,
@@ -69,6 +70,7 @@ from rescompile.compiler.ops import (
     PointwiseLinear,
     binomial_filter,
 )
+from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.compiler.weights import (
     Weights,
     check_weights,
@@ -121,7 +123,7 @@ class Site:
     inputs: tuple[str, ...]
     output: str
     folded: Fold | None = None
-    """With ``fold_bn``, the BatchNorm folded into this conv (by :func:`fold_batch_norm`)."""
+    """With ``fold_bn``, the BatchNorm folded into this conv (by :func:`lower_for_inference`)."""
 
 
 @dataclass(frozen=True)
@@ -947,9 +949,9 @@ def emit_model(
     else:
         check_weights(graph, weights)
     folds: dict[str, Fold] = {}
-    if fold_bn:
-        folded = fold_batch_norm(graph)
-        graph, folds = folded.graph, {fold.conv: fold for fold in folded.folds}
+    if fold_bn:  # the weights are the unfolded graph's: each fold is computed from them as they stream
+        graph = lower_for_inference(graph)
+        folds = {fold.conv: fold for fold in all_folds(graph)}
     dynamic = not fixed_size and fixed_size_reason(graph) is None
     builder = _Builder(weights, dynamic)
     value_names: set[str] = {INPUT_NAME}

@@ -671,8 +671,8 @@ LAYOUT_LINES = ["if layout is not None:", "    block, out_channels, options = la
 def stage_calls(graph: Graph) -> list[StageCall]:
     names = part_names(graph).parts
     calls: list[StageCall] = []
-    for stage in graph.stage_names():
-        blocks = [block for block in graph.blocks if block.stage == stage]
+    for stage in graph.stages:
+        blocks = graph.blocks_of(stage)
         first, last = blocks[0], blocks[-1]
         # The stage's blocks are its later ones; a first block differing from them is passed apart.
         typical = blocks[1:] or blocks
@@ -693,7 +693,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
             ]
             calls.append(
                 StageCall(
-                    stage,
+                    stage.path,
                     layout[0][0],
                     first.in_shape[0],
                     last.out_shape[0],
@@ -708,7 +708,7 @@ def stage_calls(graph: Graph) -> list[StageCall]:
             continue
         calls.append(
             StageCall(
-                stage,
+                stage.path,
                 names[("block", typical[0].type_name)],
                 first.in_shape[0],
                 last.out_shape[0],
@@ -748,8 +748,8 @@ def stage_construction(
     its transition's before its blocks (None where it has none), its own, and its transition's after
     its blocks (None where it has none)."""
     callees = {item.definition.name: item.python_name for item in shortcut_classes(graph, "transition")}
-    entered = {module.stage: module for module in graph.transitions if not module.after_blocks}
-    left = {module.stage: module for module in graph.transitions if module.after_blocks}
+    entered = {stage.path: graph.transition_of(stage) for stage in graph.stages}
+    left = {stage.path: graph.transition_after_of(stage) for stage in graph.stages}
     paths: list[str] = []
     statements: list[str] = []
     order: list[tuple[str | None, str, str | None]] = []

@@ -142,14 +142,16 @@ def feature_points(graph: Graph) -> list[FeaturePoint]:
     output, named as timm names the stage's module (``layer1``; ``stages.0`` for a stage whose
     blocks live in ``stages.0.blocks``)."""
     points = [point] if (point := _stem_point(graph)) is not None else []
-    for stage in graph.stage_names():
+    for stage in graph.stages:
         # Its last block, or the transition after its blocks where it has one.
-        last = [module for module in graph.modules[1:-1] if module.stage == stage][-1]
+        after = graph.transition_after_of(stage)
+        last = after if after is not None else graph.blocks_of(stage)[-1]
         assert last.out_shape is not None
         channels, height, _ = last.out_shape
-        module = stage.removesuffix(".blocks")
-        after = last.path if last.role == "transition" else stage
-        points.append(FeaturePoint(channels, _reduction(graph, height), module, after))
+        module = stage.path.removesuffix(".blocks")
+        points.append(
+            FeaturePoint(channels, _reduction(graph, height), module, stage.path if after is None else after.path)
+        )
     return points
 
 

@@ -52,8 +52,7 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import HeadSections, feature_points, head_sections
-from rescompile.compiler.fold import DefinitionFold, FoldedGraph, fold_batch_norm
-from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, DefinitionRole, Graph
+from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Definition, FoldedNorm, Graph
 from rescompile.compiler.ops import (
     Add,
     AvgPoolFields,
@@ -79,6 +78,7 @@ from rescompile.compiler.ops import (
     SoftmaxFields,
     SubsampleFields,
 )
+from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
@@ -566,7 +566,7 @@ def _container_source(container: ContainerClass) -> str:
     return container_source(container, "nn.Module", [], init, method, forward)
 
 
-def _fold_call(target: str, folds: Sequence[tuple[str, str, Attribute]], indent: int) -> str:
+def _fold_call(target: str, folds: Sequence[tuple[str, str, float]], indent: int) -> str:
     """``fold_batch_norms_on_load(target, {conv: (batch_norm, eps), ...})`` laid out as ruff would at
     column ``indent``."""
     items = [f"{render(conv)}: ({render(batch_norm)}, {render(epsilon)})" for conv, batch_norm, epsilon in folds]
@@ -577,13 +577,14 @@ def _fold_call(target: str, folds: Sequence[tuple[str, str, Attribute]], indent:
     return f"fold_batch_norms_on_load(\n    {target},\n    {{\n{entries}    }},\n)"
 
 
-def _definition_fold_call(
-    folded: FoldedGraph | None, role: DefinitionRole, name: str, target: str, indent: int
-) -> list[str]:
+def _definition_fold_call(definition: Definition, target: str, indent: int) -> list[str]:
     """The line folding a class's BatchNorms on load (none when nothing in it folds)."""
-    inside: tuple[DefinitionFold, ...] = () if folded is None else folded.definition_folds[(role, name)]
-    folds = [(fold.conv, fold.batch_norm, fold.epsilon) for fold in inside]
+    folds = [_folded(node.name, node.folded) for node in definition.nodes if node.folded is not None]
     return [_fold_call(target, folds, indent)] if folds else []
+
+
+def _folded(conv: str, folded: FoldedNorm) -> tuple[str, str, float]:
+    return (conv, folded.batch_norm, folded.epsilon)
 
 
 POOLED = "if global_pool else nn.Identity()"
@@ -646,18 +647,19 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     """Python source of a torch model for ``graph``: one class per block type, stages in loops.
 
     With ``inference``, the model is lowered for evaluation (:data:`INFERENCE_NOTE`, which the
-    file's docstring repeats): BatchNorms folded into their convs (:func:`fold_batch_norm`), with
+    file's docstring repeats): BatchNorms folded into their convs (:func:`lower_for_inference`), with
     the folding of canonical weights done as they load, and channels_last."""
-    folded = fold_batch_norm(graph) if inference else None
     network_folds: list[str] = []
-    if folded is not None:
+    if inference:
+        graph = lower_for_inference(graph)
         # The stem's and head's layers live in the network class itself, under their own names.
         stem_and_head = [
-            (fold.conv, fold.batch_norm, fold.epsilon)
-            for fold in folded.module_folds(graph.modules[0]) + folded.module_folds(graph.modules[-1])
+            _folded(node.name, node.folded)
+            for module in (graph.modules[0], graph.modules[-1])
+            for node in module.nodes
+            if node.folded is not None
         ]
         network_folds = [_fold_call("self", stem_and_head, 8)] if stem_and_head else []
-        graph = folded.graph
     blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
     kinds_used = {node.op.kind for _, node in graph.nodes()}
@@ -675,10 +677,8 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
             "layers": [_layer(node) for node in shortcut.nodes] if shortcut.sequential else [],
             "init_lines": [f"{name} = {value}" for name, value in shortcut.derived.items()]
             + _init_lines(shortcut.nodes)
-            + _definition_fold_call(folded, shortcut.definition.role, shortcut.definition.name, "self", 8),
-            "fold_lines": _definition_fold_call(
-                folded, shortcut.definition.role, shortcut.definition.name, "layers", 4
-            ),
+            + _definition_fold_call(shortcut.definition, "self", 8),
+            "fold_lines": _definition_fold_call(shortcut.definition, "layers", 4),
             "forward_lines": [*_forward_lines(shortcut.nodes), f"return {shortcut.nodes[-1].output}"],
         }
         for shortcut in [*shortcut_classes(graph, "transition"), *shortcuts]
@@ -734,7 +734,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     helpers += [_container_source(container) for container in container_classes(blocks)]
     network_lines: list[str] = []
-    if folded is not None:
+    if inference:
         helpers.append(FOLD_ON_LOAD_FUNCTION)
         network_lines = [*network_folds, "self.to(memory_format=torch.channels_last)"]
         forward = ["x = x.contiguous(memory_format=torch.channels_last)", *forward]
@@ -742,12 +742,12 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     return template("torch_model.py.jinja").render(
         version=__version__,
         graph=graph,
-        inference_note=INFERENCE_NOTE if folded is not None else "",
+        inference_note=INFERENCE_NOTE if inference else "",
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
         uses_functional=timm is not None or any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
-        uses_functools=folded is not None,
+        uses_functools=inference,
         uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
         options_used=options_used or first_options_used,
         shortcuts=shortcut_views,
@@ -759,7 +759,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
                 "parameters": parameter_declarations(block.parameters) + (BLOCK_INDEX_DECLARATIONS if indexed else []),
                 "init_lines": [f"{name} = {value}" for name, value in block.derived.items()]
                 + _init_lines(block.nodes)
-                + _definition_fold_call(folded, "block", block.definition.name, "self", 8),
+                + _definition_fold_call(block.definition, "self", 8),
                 "forward_lines": [
                     *_forward_lines(block.nodes, attribute, block.shortcut_source),
                     f"return {block.nodes[-1].output}",

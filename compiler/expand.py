@@ -20,6 +20,7 @@ from rescompile.compiler.ir import (
     Module,
     ModuleRole,
     Node,
+    Stage,
     SymbolicNode,
     container_span,
 )
@@ -92,6 +93,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     blocks_built = 0
+    stages: list[Stage] = []
     node_count = len(stem_module.nodes)
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
@@ -100,8 +102,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             _check_distinct(used_transitions, transition, network.locate("transition"))
             module = _transition_module(network, transition, stage_index, shape, after_blocks=False)
             shape, node_count = _appended(modules, module, node_count)
+            transition_path: str | None = module.path
         else:
-            transition = None
+            transition, transition_path = None, None
+        block_paths: list[str] = []
         for block_index in range(stage.depth):
             first = block_index == 0
             block = parts.first_blocks[stage_index] if first else blocks[stage_index]
@@ -147,14 +151,20 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     f"= {out_channels}, but its last node produces {module.out_shape[0]} channels",
                     block.locate("out_channels"),
                 )
-            modules.append(module)
+            modules.append(dataclasses.replace(module, stage_path=spec.naming.stage_path(stage_index)))
+            block_paths.append(path)
             node_count = _count_nodes(node_count, module)
             shape = module.out_shape
         transition_after = parts.transitions_after[stage_index]
+        transition_after_path: str | None = None
         if transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
             module = _transition_module(network, transition_after, stage_index, shape, after_blocks=True)
             shape, node_count = _appended(modules, module, node_count)
+            transition_after_path = module.path
+        if block_paths:
+            stage_path = spec.naming.stage_path(stage_index)
+            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path))
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -215,6 +225,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         definitions=tuple(definitions),
         source=network.locate(),
         files=parts.files,
+        stages=tuple(stages),
         block_names=spec.naming.blocks,
     )
 

@@ -6,13 +6,15 @@ computed; readers of the BatchNorm read the conv instead.
 In eval mode ``bn(conv(x)) = conv'(x)`` with, per output channel,
 ``scale = weight / sqrt(running_var + epsilon)``, ``W' = W * scale`` and
 ``b' = bias + (b - running_mean) * scale``. :func:`fold_weights` computes those canonical weights;
-a backend that streams weights (ONNX) computes them itself from the :class:`Fold` records, and a
-source backend writes the :class:`DefinitionFold` records into its classes, which fold canonical
-weights as they load them.
+a backend that streams weights (ONNX) computes them itself from the :class:`Fold` records
+(:func:`folds`), and a source backend writes each folded conv's record (``node.folded``) into its
+classes, which fold canonical weights as they load them.
 
-Both views of the graph are rewritten alike: the flat modules (concrete, canonical names) and the
-definitions (symbolic, local names) that source backends emit classes from. Whether a BatchNorm
-folds depends only on the part's structure, which every instance shares, so the two agree.
+It is a pass, ``Graph -> Graph``, listed in :data:`rescompile.compiler.pipeline.PASSES` as an
+inference lowering. Both views of the graph are rewritten by one rule: the flat modules (concrete,
+canonical names) and the definitions (symbolic, local names) that source backends emit classes
+from. Whether a BatchNorm folds depends only on the part's structure, which every instance
+shares, so the two agree.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from rescompile.compiler.ir import MODULE_INPUT, Definition, DefinitionRole, Graph, Module, Node, SymbolicNode
-from rescompile.compiler.ops import BatchNorm, BatchNormFields, Conv, ConvFields
-from rescompile.compiler.verify import verify
+from rescompile.compiler.ir import Definition, FoldedNorm, Graph, Module, Node, SymbolicNode
+from rescompile.compiler.ops import BatchNormFields, ConvFields
 from rescompile.compiler.weights import Array, Weights
 
 
@@ -41,124 +43,97 @@ class Fold:
     """Whether the conv had a bias of its own before folding."""
 
 
-@dataclass(frozen=True)
-class DefinitionFold:
-    """One BatchNorm folded into the conv before it, inside a definition (local node names)."""
-
-    conv: str
-    batch_norm: str
-    epsilon: float
-    """The BatchNorm's epsilon (a number in a spec, never an expression)."""
-
-
-@dataclass(frozen=True)
-class FoldedGraph:
-    graph: Graph
-    """The rewritten graph: folded convs have ``bias=True``, the folded BatchNorms are gone, in the
-    modules and in the definitions."""
-    folds: tuple[Fold, ...]
-    definition_folds: dict[tuple[DefinitionRole, str], tuple[DefinitionFold, ...]] = dataclasses.field(
-        default_factory=dict
+def fold_batch_norm(graph: Graph) -> Graph:
+    """Fold every BatchNorm that can be folded, in the modules and in the definitions alike (one
+    rule for both: whether a BatchNorm folds depends only on its part's structure); each conv
+    that absorbed one records it (``folded``). A pass: the pipeline verifies the result."""
+    modules = tuple(dataclasses.replace(module, nodes=_fold(module.nodes, frozenset())) for module in graph.modules)
+    definitions = tuple(
+        dataclasses.replace(
+            definition,
+            nodes=_fold(definition.nodes, _shortcut_reads(definition)),
+            shortcut_input=_renamed_shortcut_input(definition),
+        )
+        for definition in graph.definitions
     )
-    """(role, definition name) -> the folds inside that definition, in node order."""
-
-    def module_folds(self, module: Module) -> tuple[Fold, ...]:
-        """The folds inside one module of the original graph (its convs by canonical name)."""
-        convs = {module.canonical(node.name) for node in module.nodes}
-        return tuple(fold for fold in self.folds if fold.conv in convs)
+    return dataclasses.replace(graph, modules=modules, definitions=definitions)
 
 
-def fold_batch_norm(graph: Graph) -> FoldedGraph:
-    """Fold every BatchNorm that can be folded; the result is verified."""
-    modules: list[Module] = []
-    folds: list[Fold] = []
-    for module in graph.modules:
-        pairs = _foldable(module)
-        folded_away = {bn.name: conv for conv, bn in pairs.items()}
-        renamed: dict[str, str] = {}
-        nodes: list[Node] = []
-        for node in module.nodes:
-            if node.name in folded_away:
-                renamed[node.name] = folded_away[node.name]
-                continue
-            inputs = tuple(renamed.get(value, value) for value in node.inputs)
-            if node.name in pairs:
-                assert isinstance(node.op, Conv)
-                bn = pairs[node.name]
-                assert isinstance(bn.op, BatchNorm)
-                folds.append(Fold(module.canonical(node.name), module.canonical(bn.name), bn.op.epsilon, node.op.bias))
-                node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True), inputs=inputs)
-            elif inputs != node.inputs:
-                node = dataclasses.replace(node, inputs=inputs)
-            nodes.append(node)
-        modules.append(dataclasses.replace(module, nodes=tuple(nodes)) if pairs else module)
-    definitions: list[Definition] = []
-    definition_folds: dict[tuple[DefinitionRole, str], tuple[DefinitionFold, ...]] = {}
-    for definition in graph.definitions:
-        folded_definition, inside = _fold_definition(definition)
-        definitions.append(folded_definition)
-        definition_folds[(definition.role, definition.name)] = inside
-    folded = dataclasses.replace(graph, modules=tuple(modules), definitions=tuple(definitions))
-    return FoldedGraph(verify(folded), tuple(folds), definition_folds)
+AnyNode = TypeVar("AnyNode", Node, SymbolicNode)
 
 
-def _fold_definition(definition: Definition) -> tuple[Definition, tuple[DefinitionFold, ...]]:
-    """The definition with its foldable BatchNorms folded (the rule of :func:`_foldable`)."""
-    readers: dict[str, list[SymbolicNode]] = {}
-    for node in definition.nodes:
-        for value in node.inputs:
-            readers.setdefault(value, []).append(node)
-    nodes_by_name = {node.name: node for node in definition.nodes}
-    pairs: dict[str, SymbolicNode] = {}
-    for node in definition.nodes:
-        conv = nodes_by_name.get(node.inputs[0]) if node.inputs else None
-        if not isinstance(node.op, BatchNormFields) or conv is None or not isinstance(conv.op, ConvFields):
-            continue
-        # A value the block's shortcut module reads has that reader too (never a conv output in
-        # the built-ins, but the flat view counts the shortcut's nodes, so this must as well).
-        shortcut_reads = definition.shortcut_input == conv.name and definition.role == "block"
-        if not conv.op.standardize_weight and len(readers[conv.name]) == 1 and not shortcut_reads:
-            pairs[conv.name] = node
+def _fold(nodes: tuple[AnyNode, ...], also_read: frozenset[str]) -> tuple[AnyNode, ...]:
+    """``nodes`` with each foldable BatchNorm (:func:`_foldable`) folded into its conv, whose
+    readers read the conv instead; ``also_read``: values read from outside the nodes."""
+    pairs = _foldable(nodes, also_read)
     if not pairs:
-        return definition, ()
+        return nodes
     renamed = {bn.name: conv for conv, bn in pairs.items()}
-    nodes: list[SymbolicNode] = []
-    inside: list[DefinitionFold] = []
-    for node in definition.nodes:
+    result: list[AnyNode] = []
+    for node in nodes:
         if node.name in renamed:
             continue
         inputs = tuple(renamed.get(value, value) for value in node.inputs)
         if node.name in pairs:
             bn = pairs[node.name]
             assert isinstance(node.op, ConvFields) and isinstance(bn.op, BatchNormFields)
-            inside.append(DefinitionFold(node.name, bn.name, bn.op.epsilon))
-            node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True), inputs=inputs)
+            folded = FoldedNorm(bn.name, bn.op.epsilon, node.op.bias)
+            node = dataclasses.replace(node, op=dataclasses.replace(node.op, bias=True), inputs=inputs, folded=folded)
         elif inputs != node.inputs:
             node = dataclasses.replace(node, inputs=inputs)
-        nodes.append(node)
-    shortcut_input = definition.shortcut_input
-    if shortcut_input != MODULE_INPUT:
-        shortcut_input = renamed.get(shortcut_input, shortcut_input)
-    return dataclasses.replace(definition, nodes=tuple(nodes), shortcut_input=shortcut_input), tuple(inside)
+        result.append(node)
+    return tuple(result)
 
 
-def _foldable(module: Module) -> dict[str, Node]:
+def _foldable(nodes: tuple[AnyNode, ...], also_read: frozenset[str]) -> dict[str, AnyNode]:
     """conv node name -> the BatchNorm that directly follows it and is the conv output's only reader."""
-    readers: dict[str, list[Node]] = {}
-    for node in module.nodes:
+    readers: dict[str, int] = {}
+    for node in nodes:
         for value in node.inputs:
-            readers.setdefault(value, []).append(node)
-    ops = {node.name: node.op for node in module.nodes}
-    pairs: dict[str, Node] = {}
-    for node in module.nodes:
-        conv_op = ops.get(node.inputs[0])
+            readers[value] = readers.get(value, 0) + 1
+    ops = {node.name: node.op for node in nodes}
+    pairs: dict[str, AnyNode] = {}
+    for node in nodes:
+        conv = node.inputs[0] if node.inputs else ""
+        conv_op = ops.get(conv)
         # NOTE: a weight-standardised conv is left alone: it standardises whatever weight it holds,
         # so a BatchNorm scale folded into that weight would be normalised away.
-        if isinstance(node.op, BatchNorm) and isinstance(conv_op, Conv) and not conv_op.standardize_weight:
-            conv = node.inputs[0]
-            if len(readers[conv]) == 1:
-                pairs[conv] = node
+        if not (isinstance(node.op, BatchNormFields) and isinstance(conv_op, ConvFields)):
+            continue
+        if not conv_op.standardize_weight and readers[conv] == 1 and conv not in also_read:
+            pairs[conv] = node
     return pairs
+
+
+def _shortcut_reads(definition: Definition) -> frozenset[str]:
+    """The value a block's shortcut module reads, which its nodes do not show (the flat view holds
+    the shortcut's nodes, which count as that value's readers there)."""
+    return frozenset({definition.shortcut_input}) if definition.role == "block" else frozenset()
+
+
+def _renamed_shortcut_input(definition: Definition) -> str:
+    """The block's shortcut input after folding: a folded BatchNorm's value is its conv's."""
+    renamed = {bn.name: conv for conv, bn in _foldable(definition.nodes, _shortcut_reads(definition)).items()}
+    return renamed.get(definition.shortcut_input, definition.shortcut_input)
+
+
+def folds(graph: Graph) -> tuple[Fold, ...]:
+    """Every fold of a folded graph, by canonical names, in network order."""
+    return tuple(fold for module in graph.modules for fold in module_folds(module))
+
+
+def module_folds(module: Module) -> tuple[Fold, ...]:
+    """The folds inside one module of a folded graph."""
+    return tuple(
+        Fold(
+            module.canonical(node.name),
+            module.canonical(node.folded.batch_norm),
+            node.folded.epsilon,
+            node.folded.conv_bias,
+        )
+        for node in module.nodes
+        if node.folded is not None
+    )
 
 
 def folded_scale(fold: Fold, weights: Mapping[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float64]:
@@ -177,13 +152,13 @@ def folded_bias(fold: Fold, weights: Mapping[str, npt.NDArray[np.generic]], scal
     return (beta + (own - mean) * scale).astype(np.float32)
 
 
-def fold_weights(folded: FoldedGraph, weights: Mapping[str, npt.NDArray[np.generic]]) -> Weights:
-    """Canonical weights of ``folded.graph`` from those of the graph it was folded from.
+def fold_weights(folded: Graph, weights: Mapping[str, npt.NDArray[np.generic]]) -> Weights:
+    """Canonical weights of the ``folded`` graph from those of the graph it was folded from.
 
     NOTE: the scale is computed in float64 and applied to the weight in float32, as torch's
     ``fuse_conv_bn_weights`` does (within 2 ulp of a float64 product)."""
     result: Weights = {name: np.asarray(array, np.float32) for name, array in weights.items()}
-    for fold in folded.folds:
+    for fold in folds(folded):
         scale = folded_scale(fold, weights)
         weight = np.asarray(weights[f"{fold.conv}.weight"], np.float32)
         result[f"{fold.conv}.weight"] = weight * scale.astype(np.float32).reshape(-1, *[1] * (weight.ndim - 1))

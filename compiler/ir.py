@@ -10,6 +10,7 @@ with the node name, and are the torchvision state_dict prefixes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ __all__ = [
     "DefinitionRole",
     "DropPath",
     "Flatten",
+    "FoldedNorm",
     "GlobalAveragePool",
     "Graph",
     "GroupNorm",
@@ -84,11 +86,23 @@ __all__ = [
     "Relu",
     "Shape",
     "Softmax",
+    "Stage",
     "Subsample",
     "SymbolicNode",
     "SymbolicOp",
     "container_span",
 ]
+
+
+@dataclass(frozen=True)
+class FoldedNorm:
+    """A BatchNorm folded into a conv for inference (:mod:`rescompile.compiler.fold`)."""
+
+    batch_norm: str
+    """Its node name, local to the module or definition, as the conv's is."""
+    epsilon: float
+    conv_bias: bool
+    """Whether the conv had a bias of its own before folding."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,8 @@ class Node:
     in_shapes: tuple[Shape, ...] = ()
     shape: Shape | None = None
     source: Location | None = None
+    folded: FoldedNorm | None = None
+    """In a graph lowered for inference: the BatchNorm folded into this conv, whose value it computes."""
 
 
 ModuleRole = Literal["stem", "transition", "block", "head"]
@@ -128,7 +144,8 @@ class Module:
     out_shape: Shape | None = None
     source: Location | None = None
     stage_path: str | None = None
-    """A transition's stage (``stages.1.blocks``): it runs before that stage's blocks, or after them."""
+    """A block's or a transition's stage (``stages.1.blocks``): a transition runs before that stage's
+    blocks, or after them."""
     after_blocks: bool = False
     """Whether a transition runs after its stage's blocks (else before them)."""
 
@@ -138,12 +155,12 @@ class Module:
 
     @property
     def stage(self) -> str:
-        """The stage's path for a block (``layer2`` for ``layer2.0``, ``stages.1.blocks`` for
-        ``stages.1.blocks.0``: a block's path is its stage's and its index); ``stem``/``head`` otherwise."""
-        if self.role == "transition":
-            assert self.stage_path is not None
+        """The stage's path for a block or a transition (``layer2``, ``stages.1.blocks``);
+        ``stem``/``head`` otherwise."""
+        if self.role in ("block", "transition"):
+            assert self.stage_path is not None, f"{self.path}: a {self.role} without its stage"
             return self.stage_path
-        return self.path.rsplit(".", 1)[0] if self.role == "block" else self.role
+        return self.role
 
     def canonical(self, node_name: str) -> str:
         return f"{self.path}.{node_name}" if self.path else node_name
@@ -167,6 +184,8 @@ class SymbolicNode:
     """Values read: ``input`` (the definition's input), ``shortcut`` (in a block's residual add), or
     an earlier node's name."""
     source: Location | None = None
+    folded: FoldedNorm | None = None
+    """As :attr:`Node.folded`."""
 
     @property
     def kind(self) -> str:
@@ -236,6 +255,21 @@ def container_span(definition: Definition, prefix: str) -> tuple[range, str]:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A stage of the network: where its blocks live, their modules' paths in order, and the
+    transition modules that run before and after them (the graph holds the modules:
+    :meth:`Graph.blocks_of`, :meth:`Graph.transition_of`, :meth:`Graph.transition_after_of`)."""
+
+    path: str
+    """The container of its blocks (``layer2``, ``stages.1.blocks``)."""
+    blocks: tuple[str, ...]
+    transition: str | None = None
+    """The path of the transition that runs before its blocks, if any."""
+    transition_after: str | None = None
+    """The path of the transition that runs after its blocks, if any: then its output is the stage's."""
+
+
+@dataclass(frozen=True)
 class Graph:
     """The network: its definitions, and the flat view of its instances (``modules``: the stem,
     every block in network order, the head), each with concrete shapes and canonical names."""
@@ -248,6 +282,8 @@ class Graph:
     source: Location | None = None
     files: tuple[Path, ...] = field(default=(), compare=False)
     """The spec and part files the graph was read from: no output may replace them."""
+    stages: tuple[Stage, ...] = ()
+    """The stages in network order, each with blocks."""
     block_names: str = "{index}"
     """How a stage names its blocks (the network's ``naming.blocks``): ``{index}`` (``layer1.0``, an
     ``nn.Sequential`` of blocks) or a pattern such as ``b{number}`` (timm's RegNet: ``s1.b1``)."""
@@ -281,11 +317,20 @@ class Graph:
         return any(module.shortcut is not None for module in self.blocks)
 
     def stage_names(self) -> list[str]:
-        names: list[str] = []
-        for module in self.blocks:
-            if module.stage not in names:
-                names.append(module.stage)
-        return names
+        return [stage.path for stage in self.stages]
+
+    def blocks_of(self, stage: Stage) -> tuple[Module, ...]:
+        return tuple(self._by_path[path] for path in stage.blocks)
+
+    def transition_of(self, stage: Stage) -> Module | None:
+        return None if stage.transition is None else self._by_path[stage.transition]
+
+    def transition_after_of(self, stage: Stage) -> Module | None:
+        return None if stage.transition_after is None else self._by_path[stage.transition_after]
+
+    @functools.cached_property
+    def _by_path(self) -> dict[str, Module]:
+        return {module.path: module for module in self.modules if module.role in ("block", "transition")}
 
     def nodes(self) -> Iterator[tuple[Module, Node]]:
         for module in self.modules:

@@ -657,8 +657,12 @@ class Add(OpBase):
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        inputs: tuple[str, ...] = attributes["inputs"]
-        return cls(inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in inputs else None, attributes.get("constant"))
+        return cls._reading(**attributes)
+
+    @classmethod
+    def _reading(cls, inputs: tuple[str, ...], constant: float | None = None) -> Self:
+        """The add of a spec node reading ``inputs``: the residual merge where one is the shortcut."""
+        return cls(inputs.index(SHORTCUT_VALUE) if SHORTCUT_VALUE in inputs else None, constant)
 
     @property
     def residual(self) -> bool:
@@ -954,6 +958,25 @@ class DropPath(DropPathFields[float], OpBase):
         return _one(in_shapes, self.kind)
 
 
+def _symbolic_part(
+    in_channels: Expression | None,
+    index: Expression,
+    parts: Expression | None,
+    start: Expression,
+    size: Expression | None,
+    last: bool,
+) -> tuple[SymbolicOp, Expression | None]:
+    """:meth:`ChannelSlice._part` over a definition's parameters: the slice and its channel count."""
+    if parts is not None:
+        assert in_channels is not None
+        width = _quotient(in_channels, parts)
+        number = index.evaluate({})
+        assert isinstance(number, int)
+        return ChannelSliceFields(_times(index, width), _times(parse_expression(number + 1), width)), width
+    assert size is not None
+    return ChannelSliceFields(start, size if _is_zero(start) else _plus(start, size)), size
+
+
 @dataclass(frozen=True)
 class ChannelSliceFields(Generic[N]):
     """The fields of :class:`ChannelSlice`."""
@@ -972,34 +995,29 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
     fields: ClassVar[type[Any] | None] = ChannelSliceFields
 
+    # A spec states a part of a split (``index`` of ``parts`` equal ones, or ``size`` channels from
+    # ``start``; ``last``: the split's last part), not the op's start and stop: its keys bind to the
+    # parameters of ``_part`` and ``_symbolic_part``.
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        """Part ``index`` of ``parts`` equal ones, or ``size`` channels from ``start``."""
-        if attributes["parts"] is None:
-            channels, stop = _one(in_shapes, "split")[0], attributes["start"] + attributes["size"]
-            if attributes["last"] and stop != channels:
+        return cls._part(_one(in_shapes, "split")[0], **attributes)
+
+    @classmethod
+    def _part(cls, channels: int, index: int, parts: int | None, start: int, size: int | None, last: bool) -> Self:
+        if parts is None:
+            assert size is not None
+            stop = start + size
+            if last and stop != channels:
                 raise ShapeError(f"split sizes add up to {stop} channels; the input has {channels}")
-            return cls(attributes["start"], stop)
-        channels, parts = _one(in_shapes, "split")[0], attributes["parts"]
+            return cls(start, stop)
         if channels % parts:
             raise ShapeError(f"split into {parts} equal parts needs channels divisible by {parts}, got {channels}")
-        size = channels // parts
-        return cls(attributes["index"] * size, (attributes["index"] + 1) * size)
+        width = channels // parts
+        return cls(index * width, (index + 1) * width)
 
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
-        # A spec states a part (parts and index, or start and size), not the op's start and stop.
-        parts, index = values.get("parts"), values["index"]
-        assert isinstance(index, Expression)
-        if isinstance(parts, Expression):
-            assert in_channels is not None
-            size = _quotient(in_channels, parts)
-            number = index.evaluate({})
-            assert isinstance(number, int)
-            return ChannelSliceFields(_times(index, size), _times(parse_expression(number + 1), size)), size
-        first, count = values["start"], values["size"]
-        assert isinstance(first, Expression) and isinstance(count, Expression)
-        return ChannelSliceFields(first, count if _is_zero(first) else _plus(first, count)), count
+        return _symbolic_part(in_channels, **values)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rescompile.compiler.expand import expand
+from rescompile.compiler.fold import fold_batch_norm
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.verify import verify
 from rescompile.spec.errors import RescompileError
@@ -13,18 +15,39 @@ from rescompile.spec.loader import Loaded, load_network, load_parts, resolve_net
 from rescompile.spec.models import MAX_SIZE, InputSpec, NetworkSpec
 from rescompile.spec.yaml_source import SourceMap
 
-Pass = Callable[[Graph], Graph]
-PASSES: tuple[tuple[str, Pass], ...] = ()
-"""Rewrites every compile runs after ``expand`` (which applies the op table's shape rules as it
-builds, so shapes are computed once). Inference rewrites such as
-:func:`rescompile.compiler.fold.fold_batch_norm` are not here: the backends that want them apply them."""
+
+@dataclass(frozen=True)
+class Pass:
+    """One rewrite of the IR, ``Graph -> Graph``; the verifier runs after it."""
+
+    name: str
+    run: Callable[[Graph], Graph]
+    inference: bool = False
+    """An inference lowering: run by :func:`lower_for_inference`, where a backend lowers a compiled
+    graph for evaluation (torch --inference, onnx --fold-bn), not by every compile."""
+
+
+PASSES: tuple[Pass, ...] = (Pass("fold_batch_norm", fold_batch_norm, inference=True),)
+"""Every rewrite after ``expand`` (which applies the op table's shape rules as it builds, so shapes
+are computed once), in order: :func:`lower` runs those every compile runs, and
+:func:`lower_for_inference` the inference lowerings."""
 
 
 def lower(network: Loaded[NetworkSpec], network_file: Path | None = None) -> Graph:
-    """Spec -> verified IR graph: expand, then every pass in :data:`PASSES`, verifying after each."""
-    graph = verify(expand(network, load_parts(network, network_file)))
-    for _name, step in PASSES:
-        graph = verify(step(graph))
+    """Spec -> verified IR graph: expand, then every pass of :data:`PASSES` that is not an inference
+    lowering, verifying after each."""
+    return _run(verify(expand(network, load_parts(network, network_file))), inference=False)
+
+
+def lower_for_inference(graph: Graph) -> Graph:
+    """A compiled graph lowered for evaluation: the inference passes of :data:`PASSES`, each verified."""
+    return _run(graph, inference=True)
+
+
+def _run(graph: Graph, inference: bool) -> Graph:
+    for step in PASSES:
+        if step.inference == inference:
+            graph = verify(step.run(graph))
     return graph
 
 

@@ -28,6 +28,7 @@ def verify(graph: Graph) -> Graph:
     * every shape and every weight tensor has positive dimensions;
     * a block has exactly one residual add if and only if it has a shortcut;
     * the graph ends flat (features, no spatial dimensions);
+    * the stages hold the blocks in order, each stage's transition right before its blocks;
     * the definitions are sound (:func:`verify_definition`), and every module is an instance of
       one: a block's definition has its residual add exactly where the block has a shortcut.
     """
@@ -88,7 +89,38 @@ def verify(graph: Graph) -> Graph:
         shape = module.out_shape
     if len(shape) != 1:
         _fail(f"the graph must end with flat features, it ends with shape {shape}")
+    _verify_stages(graph)
     return graph
+
+
+def _verify_stages(graph: Graph) -> None:
+    """The stages hold every block once, in network order, each block of its stage's path, and each
+    stage's transitions are transition modules of that stage, right before its first block and
+    right after its last."""
+    blocks = [module.path for module in graph.blocks]
+    if [path for stage in graph.stages for path in stage.blocks] != blocks:
+        _fail(f"the stages' blocks are not the graph's blocks in order: {[stage.path for stage in graph.stages]}")
+    positions = {module.path: index for index, module in enumerate(graph.modules)}
+    for stage in graph.stages:
+        if any(module.stage != stage.path for module in graph.blocks_of(stage)):
+            _fail(f"stage {stage.path}: holds a block of another stage")
+        transition = graph.transition_of(stage)
+        if transition is not None and (
+            transition.role != "transition"
+            or transition.stage != stage.path
+            or positions[transition.path] + 1 != positions[stage.blocks[0]]
+        ):
+            _fail(f"stage {stage.path}: its transition {transition.path} is not the module before its blocks")
+        after = graph.transition_after_of(stage)
+        if after is not None and (
+            after.role != "transition"
+            or after.stage != stage.path
+            or positions[after.path] != positions[stage.blocks[-1]] + 1
+        ):
+            _fail(f"stage {stage.path}: its transition after the blocks {after.path} is not the module after them")
+    transitions = sum((stage.transition is not None) + (stage.transition_after is not None) for stage in graph.stages)
+    if len(graph.transitions) != transitions:
+        _fail("a transition module belongs to no stage")
 
 
 def verify_definition(definition: Definition) -> Definition:

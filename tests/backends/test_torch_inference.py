@@ -9,8 +9,8 @@ from support import layer, randomise_normalisation
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
-from rescompile.compiler.fold import fold_batch_norm
 from rescompile.compiler.ir import BatchNorm
+from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.compiler.weights import random_weights
 from rescompile.spec import builtin_networks
 from rescompile.testing import assert_close
@@ -32,7 +32,7 @@ def test_the_lowered_module_loads_canonical_weights_and_computes_the_unlowered_f
     lowered = torch_backend.build_module(graph, inference=True).eval()
     torch_backend.load_weights(lowered, graph, weights)  # strict: every canonical key consumed
     # Only BatchNorms that read no conv (pre-activation ones) stay.
-    unfolded = sum(isinstance(node.op, BatchNorm) for _, node in fold_batch_norm(graph).graph.nodes())
+    unfolded = sum(isinstance(node.op, BatchNorm) for _, node in lower_for_inference(graph).nodes())
     assert sum(isinstance(module, torch.nn.BatchNorm2d) for module in lowered.modules()) == unfolded
     inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

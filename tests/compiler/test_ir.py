@@ -71,3 +71,24 @@ def test_a_plain_network_defines_its_block_without_the_residual_add() -> None:
     assert "add" not in [node.kind for node in block.nodes]
     relu2 = next(node for node in block.nodes if node.name == "relu2")
     assert relu2.inputs == ("drop_path",)  # it read the add, which read drop_path and the shortcut
+
+
+def test_stages_are_ir_objects_with_their_blocks_and_transitions() -> None:
+    graph = compile_spec("convnext_tiny", size=64)
+    assert [(stage.path, len(stage.blocks), stage.transition) for stage in graph.stages] == [
+        ("stages.0.blocks", 3, None),
+        ("stages.1.blocks", 3, "stages.1.downsample"),
+        ("stages.2.blocks", 9, "stages.2.downsample"),
+        ("stages.3.blocks", 3, "stages.3.downsample"),
+    ]
+    second = graph.stages[1]
+    assert [module.path for module in graph.blocks_of(second)] == [
+        "stages.1.blocks.0",
+        "stages.1.blocks.1",
+        "stages.1.blocks.2",
+    ]
+    transition = graph.transition_of(second)
+    assert transition is not None and transition.role == "transition" and transition.stage == second.path
+    # timm's RegNet names blocks from 1 (s1.b1): a stage's blocks are its own, not its paths' prefix.
+    regnet = compile_spec("regnetx_016", size=64)
+    assert [(stage.path, stage.blocks[0]) for stage in regnet.stages][:2] == [("s1", "s1.b1"), ("s2", "s2.b1")]

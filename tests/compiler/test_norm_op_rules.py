@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from rescompile.compiler import compile_spec, cost
-from rescompile.compiler.fold import fold_batch_norm
+from rescompile.compiler.fold import folds
 from rescompile.compiler.ir import BlurPool, ChannelConv, Conv, GroupNorm
 from rescompile.compiler.ops import PaddingMode, Role, ShapeError, binomial_filter
+from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
 
@@ -151,11 +152,11 @@ def test_a_network_of_the_new_ops_has_their_weights_parameters_and_macs(tmp_path
 def test_batch_norm_folding_leaves_a_standardised_conv_alone(tmp_path: Path) -> None:
     block = BLOCK.replace("  gn1: {op: group_norm, groups: groups}", "  gn1: {op: batch_norm}")
     graph = compile_spec(write_network(tmp_path, block))
-    folded = fold_batch_norm(graph)
-    folded_convs = {fold.conv for fold in folded.folds}
+    folded = lower_for_inference(graph)
+    folded_convs = {fold.conv for fold in folds(folded)}
     assert "layer1.0.conv1" not in folded_convs  # standardised: its BatchNorm stays
     assert "layer1.0.conv2" in folded_convs
-    assert "gn1" in {node.name for node in folded.graph.modules[1].nodes}
+    assert "gn1" in {node.name for node in folded.modules[1].nodes}
 
 
 @pytest.mark.parametrize(

@@ -119,3 +119,10 @@ def test_verify_rejects_a_residual_block_whose_definition_lost_its_add(graph: Gr
 def test_verify_rejects_a_module_without_its_definition(graph: Graph) -> None:
     with pytest.raises(VerificationError, match=r"layer1\.0: no block definition 'missing'"):
         verify(replace_module(graph, 1, dataclasses.replace(graph.modules[1], type_name="missing")))
+
+
+def test_verify_rejects_stages_that_lose_a_block(graph: Graph) -> None:
+    first = graph.stages[0]
+    stages = (dataclasses.replace(first, blocks=first.blocks[:1]), *graph.stages[1:])
+    with pytest.raises(VerificationError, match="the stages' blocks are not the graph's blocks in order"):
+        verify(dataclasses.replace(graph, stages=stages))
