@@ -692,7 +692,12 @@ class Mul(OpBase):
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
-        return cls(attributes.get("constant"))  # ``inputs`` the node records
+        return cls._reading(**attributes)
+
+    @classmethod
+    def _reading(cls, inputs: tuple[str, ...], constant: float | None = None) -> Self:
+        """The product of a spec node: ``inputs`` the node records; a constant where it has one."""
+        return cls(constant)
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         if self.constant is None and len(in_shapes) > 2:
