@@ -580,9 +580,16 @@ def container_classes(classes: list[BlockClass]) -> list[ContainerClass]:
     return list(unique.values())
 
 
-def block_type(classes: list[BlockClass]) -> str:
-    """The annotation of a stage's blocks: ``BasicBlock``, or ``BasicBlock | BottleneckBlock``."""
-    return " | ".join(block.python_name for block in classes)
+def block_type(classes: list[BlockClass], base: str, *, first_blocks: bool, layout_used: bool) -> str:
+    """The annotation of a stage's blocks in ``_make_stage``'s signature: ``BasicBlock``, or
+    ``BasicBlock | BottleneckBlock``; or their base class ``base`` where the union would not fit
+    the signature's longest line (``layout: list[tuple[type[...]], ...]``) in :data:`LINE_LENGTH`:
+    a network of many block variants (MobileNetV3's) would need ruff's wrapping of a union."""
+    union = " | ".join(block.python_name for block in classes)
+    longest = "        block: type[],"
+    longest = "        first_block: type[] | None = None," if first_blocks else longest
+    longest = "        layout: list[tuple[type[], int, dict[str, Any]]] | None = None," if layout_used else longest
+    return union if len(longest) + len(union) <= LINE_LENGTH else base
 
 
 def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:

@@ -36,8 +36,10 @@ from rescompile.spec.models import (
     NetworkSpec,
     OpSpec,
     PartSpec,
+    RepeatSpec,
     ShortcutPolicySpec,
     ShortcutSpec,
+    SplitSpec,
     StemSpec,
     TransitionSpec,
 )
@@ -393,13 +395,16 @@ def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loa
     document = _read_module_outputs(document, uses.outputs)
     part = _validate(ModuleSpec, document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, tuple(uses.files))
-    if part.templated:
-        raise RescompileError(
-            f"module '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional read or a "
-            "comprehension); a module is one fixed sub-graph: put the when on the node that uses it",
-            document.source.locate(("nodes",), key=True),
-        )
-    check_part_references(loaded, "modules")
+    for node_name, node in part.nodes.items():
+        reads = node.inputs if isinstance(node, BinarySpec) else (node.input or "",)
+        if isinstance(node, RepeatSpec | SplitSpec) or "{" in node_name or any("{" in v or " for " in v for v in reads):
+            raise RescompileError(
+                f"module '{part.name}' uses a template (repeat, split, a placeholder or a comprehension); a module "
+                "is one sub-graph whose nodes may only choose, with when and conditional reads, by its parameters",
+                document.source.locate(("nodes", node_name), key=True),
+            )
+    if not part.templated:  # with a when or a conditional read, checked once unrolled in the using block
+        check_part_references(loaded, "modules")
     return document, loaded
 
 
@@ -463,7 +468,7 @@ def _inline_modules(
                     keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
                 uses.outputs[str(node_name)] = inlined.output
                 uses.files.append(inlined.file)
-                if "when" not in node:  # a class's nodes must exist in every instance of the block
+                if "when" not in node and not inlined.conditional:  # a class's nodes exist in every instance
                     class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
                     class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
                 previous = inlined.output
@@ -490,6 +495,8 @@ class _Inlined:
     derived: dict[str, tuple[str, Location]]
     file: Path
     output: str
+    conditional: bool
+    """Whether a node of the module has a when or a conditional read: its uses differ by their values."""
 
 
 def _is_module_use(node: Any) -> bool:
@@ -541,7 +548,8 @@ def _module_nodes(
         for unknown in sorted(expression.names - known):
             raise RescompileError(
                 f"'{unknown}' in parameters.{name} is not a parameter or derived value here"
-                f"{did_you_mean(unknown, known)}; known: {', '.join(sorted(known))}",
+                f"{did_you_mean(unknown, known)}; known: {', '.join(sorted(known))} (a string is quoted, as in "
+                f"any expression: \"'{unknown}'\")",
                 use.source.locate(("parameters", name)),
             )
         bindings[name] = expression.tree
@@ -552,7 +560,7 @@ def _module_nodes(
                     f"module '{part.name}' needs parameter '{name}': add it to this node's parameters",
                     use.source.locate(("module",)),
                 )
-            bindings[name] = parse_expression(default).tree
+            bindings[name] = ast.Constant(default)  # a value, as a part's default is: 'relu' is a string
     derived: dict[str, tuple[str, Location]] = {}
     for name, expression in part.derived.items():
         # A derived value stays one, in the user's names (se_kernel), computed once where the user computes.
@@ -582,17 +590,30 @@ def _module_nodes(
         for key in list(raw):
             field_value = getattr(node, key, None)
             if key == "input":
-                raw[key] = reads[raw[key]]
+                raw[key] = _module_read(raw[key], reads, bindings)
             elif key == "inputs":
-                raw[key] = [reads[value] for value in raw[key]]
+                raw[key] = [_module_read(value, reads, bindings) for value in raw[key]]
             elif isinstance(field_value, Expression):
                 raw[key] = _substitute(field_value, bindings).text
         if index == 0 and spec.input is not None and "input" not in raw and "inputs" not in raw:
             raw["input"] = spec.input
         if spec.when is not None:
-            raw["when"] = spec.when.text
+            # The module's own condition (over its parameters, now the user's values) holds only where the use's does.
+            raw["when"] = spec.when.text if "when" not in raw else f"({raw['when']}) if ({spec.when.text}) else False"
         inlined[f"{use_name}.{name}"] = (raw, _below(module.source, ("nodes", name)))
-    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}")
+    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}", part.templated)
+
+
+def _module_read(value: str, reads: Mapping[str, str], bindings: Mapping[str, ast.expr]) -> str:
+    """A module node's read in the user's names: a node name (``gate`` -> ``se.gate``, ``input`` ->
+    what the use reads), or a conditional read ``A if CONDITION else B`` with its condition over the
+    user's values."""
+    chosen, separator, rest = value.partition(" if ")
+    condition, _, other = rest.rpartition(" else ")
+    if not separator or not condition:
+        return reads.get(value.strip(), value)
+    text = _substitute(parse_expression(condition.strip()), bindings).text
+    return f"{reads.get(chosen.strip(), chosen)} if {text} else {reads.get(other.strip(), other)}"
 
 
 def _substitute(expression: Expression, bindings: Mapping[str, ast.expr]) -> Expression:
