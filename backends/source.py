@@ -835,8 +835,19 @@ def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
             items = ", ".join(f"{render(name)}: {render(value)}" for name, value in call.first_options.items())
             first.append(f"first_options={{{items}}}")
     layout = [f"({block}, {channels}, {_mapping(options)})" for block, channels, options in call.layout]
-    first += [f"layout=[{', '.join(layout)}]"] if layout else []
+    first += [_layout_argument(layout)] if layout else []
     return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *first, *options]
+
+
+def _layout_argument(items: list[str]) -> str:
+    """``layout=[...]`` as ruff lays it out as one argument per line of a call at column 8 (the
+    arguments at 12): on its line, else its items on one line below it, else one item per line."""
+    joined = ", ".join(items)
+    if 12 + len(f"layout=[{joined}],") <= LINE_LENGTH:
+        return f"layout=[{joined}]"
+    if 16 + len(joined) <= LINE_LENGTH:
+        return f"layout=[\n    {joined}\n]"
+    return "layout=[\n" + "".join(f"    {item},\n" for item in items) + "]"
 
 
 def _mapping(values: Mapping[str, Value]) -> str:
@@ -889,7 +900,7 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
         return f"{head}({joined}){tail}"
     if indent + 4 + len(joined) <= LINE_LENGTH:
         return f"{head}(\n    {joined}\n){tail}"
-    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
+    return f"{head}(\n" + "".join(textwrap.indent(f"{argument},\n", "    ") for argument in arguments) + f"){tail}"
 
 
 def append_block_call(arguments: list[str], indent: int, callee: str = "block") -> str:

@@ -445,7 +445,7 @@ def _inline_modules(
             for node_name, node in nodes.items():
                 if not _is_module_use(node):
                     written[node_name] = node
-                    previous = str(node_name)
+                    previous = _implicit_read(str(node_name), node, previous)
                     continue
                 where = (*prefix, node_name)
                 inlined = _module_nodes(
@@ -497,6 +497,16 @@ class _Inlined:
     output: str
     conditional: bool
     """Whether a node of the module has a when or a conditional read: its uses differ by their values."""
+
+
+def _implicit_read(name: str, node: Any, previous: str | None) -> str:
+    """What a node after node ``name`` reads where it names nothing: ``name``, or where ``name``
+    exists only under a ``when``, a conditional read of it or of what came before it
+    (``act_silu if (act == 'silu') else bn2``), as the unrolled block's implicit read would be."""
+    when = node.get("when") if isinstance(node, dict) else None
+    if when is None or previous is None or node.get("op") in ("repeat", "split"):
+        return name
+    return f"{name} if ({when}) else {previous}"
 
 
 def _is_module_use(node: Any) -> bool:

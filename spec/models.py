@@ -758,6 +758,11 @@ class StageSpec(StrictModel):
         description="The first block's parameters, over the network's and the stage's block_parameters (which "
         "apply to it where it is of their block type).",
     )
+    per_block_parameters: tuple[Parameters, ...] | None = Field(
+        default=None,
+        description="One mapping per block of the stage, in order (depth of them): each block's own parameters, "
+        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage).",
+    )
     transition: str | None = Field(
         default=None,
         description="This stage's transition (a file in transitions/), or 'none'; default: the network's "

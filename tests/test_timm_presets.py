@@ -47,6 +47,7 @@ TIMM_PRESETS = [
     "regnetx_016",
     "regnety_016",
     "mobilenetv2_100",
+    "mobilenetv3_large_100",
 ]
 OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
@@ -55,9 +56,11 @@ SIZE = 224
 SMALL_SIZE = 96
 """The presets outside PART_COVERING_PRESETS (their parts, and so their code, are those of presets
 compared at 224) are compared at 96×96 by default and at 224 in the slow tail."""
-ODD_SIZE = {"convnext_tiny": 97, "regnetx_016": 97, "regnety_016": 97, "mobilenetv2_100": 97}
+ODD_SIZE = {
+    name: 97 for name in ("convnext_tiny", "regnetx_016", "regnety_016", "mobilenetv2_100", "mobilenetv3_large_100")
+}
 """Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's
-strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4)."""
+and MobileNet's strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4)."""
 
 
 class Pair(NamedTuple):

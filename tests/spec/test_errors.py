@@ -72,8 +72,8 @@ CASES = {
         network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")),
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
-        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, stride, transition, "
-        "width",
+        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, per_block_parameters, "
+        "stride, transition, width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),

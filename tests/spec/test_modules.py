@@ -245,3 +245,16 @@ def test_a_string_value_written_as_a_name_says_to_quote_it(tmp_path: Path, monke
     network = _write(tmp_path, BLOCK.replace(SE_USE, CHOOSING_USE.replace("\"'hardsigmoid'\"", "hardsigmoid")))
     with pytest.raises(RescompileError, match=r"^blocks/gated.yaml:8:\d+: 'hardsigmoid' in parameters.gate .* quoted"):
         compile_spec(network)
+
+
+def test_a_module_after_nodes_under_a_when_reads_the_one_that_exists(tmp_path: Path) -> None:
+    block = BLOCK.replace("parameters: {ratio: 0.5}", "parameters: {ratio: 0.5, act: silu}").replace(
+        "  bn1: {op: batch_norm}\n",
+        "  bn1: {op: batch_norm}\n"
+        "  act_relu: {op: relu, when: \"act == 'relu'\"}\n"
+        "  act_silu: {op: silu, when: \"act == 'silu'\"}\n",
+    )
+    graph = compile_spec(_write(tmp_path, block))
+    nodes = {node.name: node for node in graph.modules[1].nodes}
+    assert "act_relu" not in nodes
+    assert nodes["se.pool"].inputs == ("act_silu",) and nodes["se.scale"].inputs == ("act_silu", "se.gate")

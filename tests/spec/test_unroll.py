@@ -236,3 +236,24 @@ def test_a_name_made_from_a_string_parameter_is_bounded(length: int, tmp_path_fa
     else:
         assert max(len(name) for name in unrolled.spec.nodes) <= MAX_NAME_LENGTH
     assert time.process_time() - started < 10
+
+
+CHAINED = """name: t
+parameters: {act: relu}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1}
+  relu: {op: relu, when: "act == 'relu'"}
+  relu6: {op: relu6, when: "act == 'relu6'"}
+  silu: {op: silu, when: "act == 'silu'"}
+  add: {op: add, inputs: ["relu if act == 'relu' else relu6 if act == 'relu6' else silu", shortcut]}
+"""
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "silu"])
+def test_a_chained_conditional_read_reads_the_first_value_whose_condition_holds(act: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(CHAINED)
+    unrolled = Unrolling().instantiate(load_part(path, "blocks"), {**BINDINGS, "act": act}, "blocks")
+    assert unrolled.spec.nodes["add"].inputs == (act, "shortcut")  # type: ignore[union-attr]
+    assert list(unrolled.spec.nodes) == ["conv1", act, "add"]
