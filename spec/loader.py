@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import keyword
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -326,7 +327,7 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
                 f"node '{node_name}' uses a module; modules are used from blocks and modules, not a {kind[:-1]}",
                 document.source.locate(("nodes", node_name, "module"), key=True),
             )
-    part = _validate(PART_MODELS[kind], document)
+    part = _validate(PART_MODELS[kind], _expand_op_choices(document))
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
     if part.templated and kind in ("shortcuts", "transitions", "modules"):
         # Shortcuts and transitions are written once per network, not unrolled per instance.
@@ -393,11 +394,13 @@ def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loa
     uses = _ModuleUses()
     document = _inline_modules(document, path, (*chain, path), _declared_names(document), uses, classes=False)
     document = _read_module_outputs(document, uses.outputs)
+    document = _expand_op_choices(document)
     part = _validate(ModuleSpec, document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, tuple(uses.files))
     for node_name, node in part.nodes.items():
         reads = node.inputs if isinstance(node, BinarySpec) else (node.input or "",)
-        if isinstance(node, RepeatSpec | SplitSpec) or "{" in node_name or any("{" in v or " for " in v for v in reads):
+        made_name = "{" in node_name.replace(SAME_NAME, "")  # not an op chosen by a parameter (_expand_op_choices)
+        if isinstance(node, RepeatSpec | SplitSpec) or made_name or any("{" in v or " for " in v for v in reads):
             raise RescompileError(
                 f"module '{part.name}' uses a template (repeat, split, a placeholder or a comprehension); a module "
                 "is one sub-graph whose nodes may only choose, with when and conditional reads, by its parameters",
@@ -499,6 +502,57 @@ class _Inlined:
     """Whether a node of the module has a when or a conditional read: its uses differ by their values."""
 
 
+SAME_NAME = "{''}"
+"""A placeholder that makes nothing: the keys of the alternatives of a node whose op a parameter
+chooses (``act1{''}``, ``act1{''}{''}``) are distinct and all unroll to the node's own name."""
+OP_CHOICE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_op_choices(document: YamlDocument) -> YamlDocument:
+    """``document`` with each node whose op is a parameter (``act1: {op: "{act}"}``, where ``act``
+    lists its ``choices``) written as one node per choice, each existing where the parameter has
+    that value (``when: "act == 'relu'"``) and each unrolling to the node's name, so that what reads
+    ``act1`` reads the chosen one. Every other key of the node goes to each choice."""
+    data = document.data
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, dict) or not any(_op_choice(node) for node in nodes.values()):
+        return document
+    parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
+    values, keys = dict(document.source.values), dict(document.source.keys)
+    written: dict[Any, Any] = {}
+    for name, node in nodes.items():
+        match = _op_choice(node)
+        if match is None:
+            written[name] = node
+            continue
+        declared = parameters.get(match[1])
+        choices = declared.get("choices") if isinstance(declared, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
+            raise RescompileError(
+                f"node '{name}' takes its op from '{match[1]}', which must be a parameter of this part listing the "
+                f"ops it may be: {match[1]}: {{default: relu, choices: [relu, hardswish, ...]}}",
+                document.source.locate(("nodes", name, "op")),
+            )
+        for index, choice in enumerate(choices):
+            key = f"{name}{SAME_NAME * (index + 1)}"
+            condition = f"{match[1]} == {choice!r}"
+            if node.get("when") is not None:
+                condition = f"({node['when']}) if ({condition}) else False"
+            written[key] = {**node, "op": choice, "when": condition}
+            for table in (values, keys):
+                for path, place in list(table.items()):
+                    if path[:2] == ("nodes", name):
+                        table[("nodes", key, *path[2:])] = place
+            values[("nodes", key, "when")] = document.source.locate(("nodes", name, "op"))
+    return YamlDocument({**data, "nodes": written}, SourceMap(document.source.file, values, keys))
+
+
+def _op_choice(node: Any) -> re.Match[str] | None:
+    """The parameter a node's op names (``op: "{act}"``), if it names one."""
+    op = node.get("op") if isinstance(node, dict) else None
+    return OP_CHOICE.fullmatch(op) if isinstance(op, str) else None
+
+
 def _implicit_read(name: str, node: Any, previous: str | None) -> str:
     """What a node after node ``name`` reads where it names nothing: ``name``, or where ``name``
     exists only under a ``when``, a conditional read of it or of what came before it
@@ -584,7 +638,7 @@ def _module_nodes(
         derived[own] = (_substitute(expression, bindings).text, module.locate("derived", name))
         bindings[name] = ast.Name(own, ast.Load())
     nodes = list(part.nodes.items())
-    reads = {name: f"{use_name}.{name}" for name, _ in nodes}
+    reads = {name.replace(SAME_NAME, ""): f"{use_name}.{name.replace(SAME_NAME, '')}" for name, _ in nodes}
     module_input = spec.input or previous
     if module_input is not None:
         reads["input"] = module_input
@@ -1215,7 +1269,7 @@ def _dotted(path: YamlPath) -> str:
     text = ""
     for segment in path:
         text += f"[{segment}]" if isinstance(segment, int) else (f".{segment}" if text else segment)
-    return text
+    return text.replace(SAME_NAME, "")  # a chosen op's node, by its own name
 
 
 def _unknown_key(key: str, model: type[BaseModel] | None) -> str:

@@ -212,12 +212,12 @@ def test_a_module_chooses_its_layers_by_its_parameters_and_computes_timms_squeez
     assert [name for name in nodes if name.startswith("se.")] == [
         "se.pool",
         "se.conv_reduce",
-        "se.relu",  # the default act
+        "se.act1",
         "se.conv_expand",
-        "se.hardsigmoid",  # the gate the use chose
+        "se.gate",
         "se.scale",
     ]
-    assert nodes["se.hardsigmoid"] == "hardsigmoid"
+    assert (nodes["se.act1"], nodes["se.gate"]) == ("relu", "hardsigmoid")  # the default act, the gate chosen
     model = torch_backend.build_module(graph).eval()
     block = model.layer1[0]
     reference = SqueezeExcite(16, rd_channels=8, gate_layer="hard_sigmoid").eval()
