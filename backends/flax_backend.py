@@ -791,7 +791,7 @@ def emit_source(graph: Graph) -> str:
         shortcut_attribute=attribute,
         rngs=rngs,
         blocks=block_views,
-        block_type=block_type(blocks),
+        block_type=block_type(blocks, "nnx.Module", first_blocks=first_blocks, layout_used=layout_used),
         shortcut_choice=(LAYOUT_LINES if layout_used else [])
         + (shortcut_choice(graph, attribute, constructors) if attribute else []),
         layout_used=layout_used,

@@ -529,9 +529,16 @@ def container_classes(classes: list[BlockClass]) -> list[ContainerClass]:
     return list(unique.values())
 
 
-def block_type(classes: list[BlockClass]) -> str:
-    """The annotation of a stage's blocks: ``BasicBlock``, or ``BasicBlock | BottleneckBlock``."""
-    return " | ".join(block.python_name for block in classes)
+def block_type(classes: list[BlockClass], base: str, *, first_blocks: bool, layout_used: bool) -> str:
+    """The annotation of a stage's blocks in ``_make_stage``'s signature: ``BasicBlock``, or
+    ``BasicBlock | BottleneckBlock``; or their base class ``base`` where the union would not fit
+    the signature's longest line (``layout: list[tuple[type[...]], ...]``) in :data:`LINE_LENGTH`:
+    a network of many block variants (MobileNetV3's) would need ruff's wrapping of a union."""
+    union = " | ".join(block.python_name for block in classes)
+    longest = "        block: type[],"
+    longest = "        first_block: type[] | None = None," if first_blocks else longest
+    longest = "        layout: list[tuple[type[], int, dict[str, Any]]] | None = None," if layout_used else longest
+    return union if len(longest) + len(union) <= LINE_LENGTH else base
 
 
 def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[ShortcutClass]:
@@ -783,8 +790,19 @@ def stage_arguments(call: StageCall, indexed: bool) -> list[str]:
             items = ", ".join(f"{render(name)}: {render(value)}" for name, value in call.first_options.items())
             first.append(f"first_options={{{items}}}")
     layout = [f"({block}, {channels}, {_mapping(options)})" for block, channels, options in call.layout]
-    first += [f"layout=[{', '.join(layout)}]"] if layout else []
+    first += [_layout_argument(layout)] if layout else []
     return [call.block, str(call.in_channels), str(call.out_channels), *numbers, *first, *options]
+
+
+def _layout_argument(items: list[str]) -> str:
+    """``layout=[...]`` as ruff lays it out as one argument per line of a call at column 8 (the
+    arguments at 12): on its line, else its items on one line below it, else one item per line."""
+    joined = ", ".join(items)
+    if 12 + len(f"layout=[{joined}],") <= LINE_LENGTH:
+        return f"layout=[{joined}]"
+    if 16 + len(joined) <= LINE_LENGTH:
+        return f"layout=[\n    {joined}\n]"
+    return "layout=[\n" + "".join(f"    {item},\n" for item in items) + "]"
 
 
 def _mapping(values: Mapping[str, Value]) -> str:
@@ -837,7 +855,7 @@ def wrap_call(head: str, arguments: list[str], indent: int, tail: str = "") -> s
         return f"{head}({joined}){tail}"
     if indent + 4 + len(joined) <= LINE_LENGTH:
         return f"{head}(\n    {joined}\n){tail}"
-    return f"{head}(\n" + "".join(f"    {argument},\n" for argument in arguments) + f"){tail}"
+    return f"{head}(\n" + "".join(textwrap.indent(f"{argument},\n", "    ") for argument in arguments) + f"){tail}"
 
 
 def append_block_call(arguments: list[str], indent: int, callee: str = "block") -> str:

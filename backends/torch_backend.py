@@ -703,14 +703,15 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     block_arguments = positional + (["**options"] if options_used else [])
     first_arguments = positional + (["**(first_options or {})"] if first_options_used else [])
     block_call = block_calls(block_arguments, first_arguments if first_blocks else None, 12)
-    stage_parameters = ["self", f"block: type[{block_type(blocks)}]", "in_channels: int", "out_channels: int"]
+    blocks_type = block_type(blocks, "nn.Module", first_blocks=first_blocks, layout_used=layout_used)
+    stage_parameters = ["self", f"block: type[{blocks_type}]", "in_channels: int", "out_channels: int"]
     stage_parameters += ["width: int", "depth: int", "stride: int"] + (["first_block_index: int"] if indexed else [])
     if first_blocks:
-        stage_parameters.append(f"first_block: type[{block_type(blocks)}] | None = None")
+        stage_parameters.append(f"first_block: type[{blocks_type}] | None = None")
     if first_options_used:
         stage_parameters.append("first_options: dict[str, Any] | None = None")
     if layout_used:
-        stage_parameters.append(f"layout: list[tuple[type[{block_type(blocks)}], int, dict[str, Any]]] | None = None")
+        stage_parameters.append(f"layout: list[tuple[type[{blocks_type}], int, dict[str, Any]]] | None = None")
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )

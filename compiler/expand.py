@@ -66,6 +66,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     """Pure: the network and the parts :func:`~rescompile.spec.loader.load_parts` read for it."""
     spec = network.spec
     block_count = sum(stage.depth for stage in spec.stages)
+    _check_per_block_parameters(network)
     if block_count > MAX_BLOCKS:
         raise RescompileError(
             f"the stages hold {block_count:,} blocks; a network has at most {MAX_BLOCKS:,}", network.locate("stages")
@@ -120,8 +121,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                 "block_count": block_count,
             }
             blocks_built += 1
-            overrides = _block_overrides(spec, stage_index, first)
-            bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, first)
+            overrides = _block_overrides(spec, stage_index, block_index)
+            bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, block_index)
             template = block
             path = spec.naming.block_path(stage_index, block_index)
             block, read = unrolling.unroll(block, bindings, "blocks", path)
@@ -562,11 +563,13 @@ class Bindings(dict[str, Value]):
         return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
 
 
-def _block_overrides(spec: NetworkSpec, stage_index: int, first: bool) -> dict[str, Value]:
-    """A block's parameters as the network sets them. The network's and the stage's
-    ``block_parameters`` are for their block types; the first block's own come last."""
+def _block_overrides(spec: NetworkSpec, stage_index: int, block_index: int) -> dict[str, Value]:
+    """Block ``block_index``'s parameters (of stage ``stage_index``) as the network sets them. The
+    network's and the stage's ``block_parameters`` are for their block types; the first block's own
+    come next, and the block's own ``per_block_parameters`` last."""
     stage = spec.stages[stage_index]
     stage_block = stage.block or spec.block
+    first = block_index == 0
     block = (stage.first_block or stage_block) if first else stage_block
     overrides: dict[str, Value] = {}
     if block == spec.block:
@@ -575,15 +578,34 @@ def _block_overrides(spec: NetworkSpec, stage_index: int, first: bool) -> dict[s
         overrides.update(stage.block_parameters)
     if first:
         overrides.update(stage.first_block_parameters)
+    if stage.per_block_parameters is not None:
+        overrides.update(stage.per_block_parameters[block_index])
     return overrides
 
 
+def _check_per_block_parameters(network: Loaded[NetworkSpec]) -> None:
+    """A stage's ``per_block_parameters`` names each of its blocks: one mapping per block."""
+    for stage_index, stage in enumerate(network.spec.stages):
+        count = len(stage.per_block_parameters or ())
+        if stage.per_block_parameters is not None and count != stage.depth:
+            raise RescompileError(
+                f"stage {stage_index} has depth {stage.depth} but per_block_parameters lists {count} "
+                f"mapping{'' if count == 1 else 's'}: give one per block, in order ({{}} for a block that "
+                "changes nothing)",
+                network.locate("stages", stage_index, "per_block_parameters"),
+            )
+
+
 def _parameter_path(
-    network: Loaded[NetworkSpec], field: str, stage_index: int | None, first: bool, name: str
+    network: Loaded[NetworkSpec], field: str, stage_index: int | None, block_index: int | None, name: str
 ) -> YamlPath:
     """Where the network set parameter ``name``: a stage's own mappings, else ``field``."""
     if stage_index is not None:
         stage = network.spec.stages[stage_index]
+        each = stage.per_block_parameters
+        if block_index is not None and each is not None and name in each[block_index]:
+            return ("stages", stage_index, "per_block_parameters", block_index, name)
+        first = block_index == 0
         if first and name in stage.first_block_parameters:
             return ("stages", stage_index, "first_block_parameters", name)
         if name in stage.block_parameters:
@@ -598,13 +620,13 @@ def _bind(
     network: Loaded[NetworkSpec],
     field: str,
     stage_index: int | None = None,
-    first: bool = False,
+    block_index: int | None = None,
 ) -> Bindings:
     """Part defaults, then the network's values, then the values the compiler always binds."""
     declared = part.spec.defaults
     kind = type(part.spec).__name__.removesuffix("Spec").lower()
     for name in overrides:
-        where = network.source.locate(_parameter_path(network, field, stage_index, first, name), key=True)
+        where = network.source.locate(_parameter_path(network, field, stage_index, block_index, name), key=True)
         if name in builtins:
             raise RescompileError(f"'{name}' is set by the compiler from the stage and input; remove it", where)
         if name not in declared:
@@ -615,7 +637,8 @@ def _bind(
                 where,
             )
     origins = {
-        name: network.source.locate(_parameter_path(network, field, stage_index, first, name)) for name in overrides
+        name: network.source.locate(_parameter_path(network, field, stage_index, block_index, name))
+        for name in overrides
     }
     for name, bounds in part.spec.bounds.items():
         problem = bounds.violation(overrides[name], name) if name in overrides else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import copy
 import keyword
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -36,8 +37,10 @@ from rescompile.spec.models import (
     NetworkSpec,
     OpSpec,
     PartSpec,
+    RepeatSpec,
     ShortcutPolicySpec,
     ShortcutSpec,
+    SplitSpec,
     StemSpec,
     TransitionSpec,
 )
@@ -324,7 +327,7 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
                 f"node '{node_name}' uses a module; modules are used from blocks and modules, not a {kind[:-1]}",
                 document.source.locate(("nodes", node_name, "module"), key=True),
             )
-    part = _validate(PART_MODELS[kind], document)
+    part = _validate(PART_MODELS[kind], _expand_op_choices(document))
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
     if part.templated and kind in ("shortcuts", "transitions", "modules"):
         # Shortcuts and transitions are written once per network, not unrolled per instance.
@@ -391,15 +394,20 @@ def _read_module(path: Path, chain: tuple[Path, ...]) -> tuple[YamlDocument, Loa
     uses = _ModuleUses()
     document = _inline_modules(document, path, (*chain, path), _declared_names(document), uses, classes=False)
     document = _read_module_outputs(document, uses.outputs)
+    document = _expand_op_choices(document)
     part = _validate(ModuleSpec, document)
     loaded: Loaded[PartSpec] = Loaded(part, document.source, tuple(uses.files))
-    if part.templated:
-        raise RescompileError(
-            f"module '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional read or a "
-            "comprehension); a module is one fixed sub-graph: put the when on the node that uses it",
-            document.source.locate(("nodes",), key=True),
-        )
-    check_part_references(loaded, "modules")
+    for node_name, node in part.nodes.items():
+        reads = node.inputs if isinstance(node, BinarySpec) else (node.input or "",)
+        made_name = "{" in node_name.replace(SAME_NAME, "")  # not an op chosen by a parameter (_expand_op_choices)
+        if isinstance(node, RepeatSpec | SplitSpec) or made_name or any("{" in v or " for " in v for v in reads):
+            raise RescompileError(
+                f"module '{part.name}' uses a template (repeat, split, a placeholder or a comprehension); a module "
+                "is one sub-graph whose nodes may only choose, with when and conditional reads, by its parameters",
+                document.source.locate(("nodes", node_name), key=True),
+            )
+    if not part.templated:  # with a when or a conditional read, checked once unrolled in the using block
+        check_part_references(loaded, "modules")
     return document, loaded
 
 
@@ -440,7 +448,7 @@ def _inline_modules(
             for node_name, node in nodes.items():
                 if not _is_module_use(node):
                     written[node_name] = node
-                    previous = str(node_name)
+                    previous = _implicit_read(str(node_name), node, previous)
                     continue
                 where = (*prefix, node_name)
                 inlined = _module_nodes(
@@ -463,7 +471,7 @@ def _inline_modules(
                     keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
                 uses.outputs[str(node_name)] = inlined.output
                 uses.files.append(inlined.file)
-                if "when" not in node:  # a class's nodes must exist in every instance of the block
+                if "when" not in node and not inlined.conditional:  # a class's nodes exist in every instance
                     class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
                     class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
                 previous = inlined.output
@@ -490,6 +498,69 @@ class _Inlined:
     derived: dict[str, tuple[str, Location]]
     file: Path
     output: str
+    conditional: bool
+    """Whether a node of the module has a when or a conditional read: its uses differ by their values."""
+
+
+SAME_NAME = "{''}"
+"""A placeholder that makes nothing: the keys of the alternatives of a node whose op a parameter
+chooses (``act1{''}``, ``act1{''}{''}``) are distinct and all unroll to the node's own name."""
+OP_CHOICE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_op_choices(document: YamlDocument) -> YamlDocument:
+    """``document`` with each node whose op is a parameter (``act1: {op: "{act}"}``, where ``act``
+    lists its ``choices``) written as one node per choice, each existing where the parameter has
+    that value (``when: "act == 'relu'"``) and each unrolling to the node's name, so that what reads
+    ``act1`` reads the chosen one. Every other key of the node goes to each choice."""
+    data = document.data
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, dict) or not any(_op_choice(node) for node in nodes.values()):
+        return document
+    parameters = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
+    values, keys = dict(document.source.values), dict(document.source.keys)
+    written: dict[Any, Any] = {}
+    for name, node in nodes.items():
+        match = _op_choice(node)
+        if match is None:
+            written[name] = node
+            continue
+        declared = parameters.get(match[1])
+        choices = declared.get("choices") if isinstance(declared, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(choice, str) for choice in choices):
+            raise RescompileError(
+                f"node '{name}' takes its op from '{match[1]}', which must be a parameter of this part listing the "
+                f"ops it may be: {match[1]}: {{default: relu, choices: [relu, hardswish, ...]}}",
+                document.source.locate(("nodes", name, "op")),
+            )
+        for index, choice in enumerate(choices):
+            key = f"{name}{SAME_NAME * (index + 1)}"
+            condition = f"{match[1]} == {choice!r}"
+            if node.get("when") is not None:
+                condition = f"({node['when']}) if ({condition}) else False"
+            written[key] = {**node, "op": choice, "when": condition}
+            for table in (values, keys):
+                for path, place in list(table.items()):
+                    if path[:2] == ("nodes", name):
+                        table[("nodes", key, *path[2:])] = place
+            values[("nodes", key, "when")] = document.source.locate(("nodes", name, "op"))
+    return YamlDocument({**data, "nodes": written}, SourceMap(document.source.file, values, keys))
+
+
+def _op_choice(node: Any) -> re.Match[str] | None:
+    """The parameter a node's op names (``op: "{act}"``), if it names one."""
+    op = node.get("op") if isinstance(node, dict) else None
+    return OP_CHOICE.fullmatch(op) if isinstance(op, str) else None
+
+
+def _implicit_read(name: str, node: Any, previous: str | None) -> str:
+    """What a node after node ``name`` reads where it names nothing: ``name``, or where ``name``
+    exists only under a ``when``, a conditional read of it or of what came before it
+    (``act_silu if (act == 'silu') else bn2``), as the unrolled block's implicit read would be."""
+    when = node.get("when") if isinstance(node, dict) else None
+    if when is None or previous is None or node.get("op") in ("repeat", "split"):
+        return name
+    return f"{name} if ({when}) else {previous}"
 
 
 def _is_module_use(node: Any) -> bool:
@@ -541,7 +612,8 @@ def _module_nodes(
         for unknown in sorted(expression.names - known):
             raise RescompileError(
                 f"'{unknown}' in parameters.{name} is not a parameter or derived value here"
-                f"{did_you_mean(unknown, known)}; known: {', '.join(sorted(known))}",
+                f"{did_you_mean(unknown, known)}; known: {', '.join(sorted(known))} (a string is quoted, as in "
+                f"any expression: \"'{unknown}'\")",
                 use.source.locate(("parameters", name)),
             )
         bindings[name] = expression.tree
@@ -552,7 +624,7 @@ def _module_nodes(
                     f"module '{part.name}' needs parameter '{name}': add it to this node's parameters",
                     use.source.locate(("module",)),
                 )
-            bindings[name] = parse_expression(default).tree
+            bindings[name] = ast.Constant(default)  # a value, as a part's default is: 'relu' is a string
     derived: dict[str, tuple[str, Location]] = {}
     for name, expression in part.derived.items():
         # A derived value stays one, in the user's names (se_kernel), computed once where the user computes.
@@ -566,7 +638,7 @@ def _module_nodes(
         derived[own] = (_substitute(expression, bindings).text, module.locate("derived", name))
         bindings[name] = ast.Name(own, ast.Load())
     nodes = list(part.nodes.items())
-    reads = {name: f"{use_name}.{name}" for name, _ in nodes}
+    reads = {name.replace(SAME_NAME, ""): f"{use_name}.{name.replace(SAME_NAME, '')}" for name, _ in nodes}
     module_input = spec.input or previous
     if module_input is not None:
         reads["input"] = module_input
@@ -582,17 +654,30 @@ def _module_nodes(
         for key in list(raw):
             field_value = getattr(node, key, None)
             if key == "input":
-                raw[key] = reads[raw[key]]
+                raw[key] = _module_read(raw[key], reads, bindings)
             elif key == "inputs":
-                raw[key] = [reads[value] for value in raw[key]]
+                raw[key] = [_module_read(value, reads, bindings) for value in raw[key]]
             elif isinstance(field_value, Expression):
                 raw[key] = _substitute(field_value, bindings).text
         if index == 0 and spec.input is not None and "input" not in raw and "inputs" not in raw:
             raw["input"] = spec.input
         if spec.when is not None:
-            raw["when"] = spec.when.text
+            # The module's own condition (over its parameters, now the user's values) holds only where the use's does.
+            raw["when"] = spec.when.text if "when" not in raw else f"({raw['when']}) if ({spec.when.text}) else False"
         inlined[f"{use_name}.{name}"] = (raw, _below(module.source, ("nodes", name)))
-    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}")
+    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}", part.templated)
+
+
+def _module_read(value: str, reads: Mapping[str, str], bindings: Mapping[str, ast.expr]) -> str:
+    """A module node's read in the user's names: a node name (``gate`` -> ``se.gate``, ``input`` ->
+    what the use reads), or a conditional read ``A if CONDITION else B`` with its condition over the
+    user's values."""
+    chosen, separator, rest = value.partition(" if ")
+    condition, _, other = rest.rpartition(" else ")
+    if not separator or not condition:
+        return reads.get(value.strip(), value)
+    text = _substitute(parse_expression(condition.strip()), bindings).text
+    return f"{reads.get(chosen.strip(), chosen)} if {text} else {reads.get(other.strip(), other)}"
 
 
 def _substitute(expression: Expression, bindings: Mapping[str, ast.expr]) -> Expression:
@@ -1204,7 +1289,7 @@ def _dotted(path: YamlPath) -> str:
     text = ""
     for segment in path:
         text += f"[{segment}]" if isinstance(segment, int) else (f".{segment}" if text else segment)
-    return text
+    return text.replace(SAME_NAME, "")  # a chosen op's node, by its own name
 
 
 def _unknown_key(key: str, model: type[BaseModel] | None) -> str:

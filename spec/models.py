@@ -31,6 +31,7 @@ from pydantic import (
 
 from rescompile.compiler.ops import OP_TYPES, SHORTCUT_VALUE
 from rescompile.compiler.ops import OpBase as IrOp
+from rescompile.spec.errors import did_you_mean
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
 
 REQUIRED = "required"
@@ -206,6 +207,12 @@ class ParameterSpec(BaseModel):
     exclusive_minimum: Bound | None = Field(default=None, description="Values must be greater than this.")
     maximum: Bound | None = Field(default=None, description="The largest value allowed.")
     exclusive_maximum: Bound | None = Field(default=None, description="Values must be less than this.")
+    choices: tuple[ParameterValue, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="The only values allowed (JSON Schema's enum), such as the activations a block offers: "
+        "choices: [relu, relu6, hardswish].",
+    )
 
     @model_validator(mode="after")
     def _default_within_bounds(self) -> ParameterSpec:
@@ -217,6 +224,11 @@ class ParameterSpec(BaseModel):
 
     def violation(self, value: object, name: str = "value") -> str | None:
         """What is wrong with ``value`` (``it must be greater than 0``), or None where it lies within."""
+        if self.choices is not None and value not in self.choices:
+            shown = [str(choice) for choice in self.choices]
+            return f"it must be one of {', '.join(shown)}{did_you_mean(str(value), shown)}"
+        if self.choices is not None and all(bound is None for bound in self.numeric_bounds):
+            return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"it must be a number ({self.shown(name)})"
         checks = (
@@ -229,6 +241,10 @@ class ParameterSpec(BaseModel):
             if bound is not None and not holds:
                 return f"it must be {words} {bound} ({self.shown(name)})"
         return None
+
+    @property
+    def numeric_bounds(self) -> tuple[Bound | None, ...]:
+        return (self.minimum, self.exclusive_minimum, self.maximum, self.exclusive_maximum)
 
     def shown(self, name: str = "value") -> str:
         """The bounds as one inequality: ``0 < value <= 1``."""
@@ -794,6 +810,11 @@ class StageSpec(StrictModel):
         default_factory=dict,
         description="The first block's parameters, over the network's and the stage's block_parameters (which "
         "apply to it where it is of their block type).",
+    )
+    per_block_parameters: tuple[Parameters, ...] | None = Field(
+        default=None,
+        description="One mapping per block of the stage, in order (depth of them): each block's own parameters, "
+        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage).",
     )
     transition: str | None = Field(
         default=None,

@@ -146,9 +146,28 @@ def json_schema(kind: str) -> dict[str, Any]:
             "required": ["op"],
             "properties": {"op": {"enum": op_names(), "description": "The operation this node applies."}},
         }
-        # A block's or a module's node may instead use a module (the loader writes its nodes in).
-        nodes["additionalProperties"] = {"anyOf": [node, MODULE_USE_SCHEMA]} if kind in MODULE_USERS else node
+        # A block's or a module's node may instead use a module (the loader writes its nodes in); a
+        # node of a part with templates may take its op from a parameter (op: "{act}").
+        alternatives = [node, *([CHOSEN_OP_SCHEMA] if kind in OP_CHOOSERS else [])]
+        alternatives += [MODULE_USE_SCHEMA] if kind in MODULE_USERS else []
+        nodes["additionalProperties"] = {"anyOf": alternatives} if len(alternatives) > 1 else node
     return schema
+
+
+OP_CHOOSERS: Final = ("block", "module", "stem", "head")
+"""The file kinds whose nodes may take their op from a parameter."""
+CHOSEN_OP_SCHEMA: Final = {
+    "type": "object",
+    "required": ["op"],
+    "properties": {
+        "op": {
+            "type": "string",
+            "pattern": "^\\{[A-Za-z_][A-Za-z0-9_]*\\}$",
+            "description": 'A parameter of this part that lists its choices, each an op: op: "{act}".',
+        }
+    },
+}
+"""A node whose op a parameter chooses (``act1: {op: "{act}"}``); its other keys are the chosen op's."""
 
 
 MODULE_USERS: Final = ("block", "module")

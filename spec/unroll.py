@@ -269,7 +269,9 @@ class _Unroller:
         parts = _top_level_split(value, (" if ", " else "))
         if parts is not None:
             chosen, condition, other = parts
-            value = chosen if self.evaluate(_parse(condition, self, path), scope, path) else other
+            if not self.evaluate(_parse(condition, self, path), scope, path):
+                return self.read(other, scope, path)  # a chain: A if C else B if D else E
+            value = chosen
         return self.text(value.strip(), scope, path)
 
     def reads(self, values: tuple[str, ...], scope: Mapping[str, Value], path: YamlPath) -> tuple[str, ...]:

@@ -47,6 +47,8 @@ TIMM_PRESETS = [
     "regnetx_016",
     "regnety_016",
     "gcresnet50t",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
 ]
 OTHER_ORDER = {"resnetv2_50": ".downsample.", "resnetv2_50x1_bit": ".downsample.", "gcresnet50t": ".shortcut."}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``, and ByobNet's blocks ``shortcut``
@@ -56,9 +58,20 @@ SIZE = 224
 SMALL_SIZE = 96
 """The presets outside PART_COVERING_PRESETS (their parts, and so their code, are those of presets
 compared at 224) are compared at 96×96 by default and at 224 in the slow tail."""
-ODD_SIZE = {"convnext_tiny": 97, "regnetx_016": 97, "regnety_016": 97, "gcresnet50t": 97}
+ODD_SIZE = {
+    name: 97
+    for name in (
+        "convnext_tiny",
+        "regnetx_016",
+        "regnety_016",
+        "gcresnet50t",
+        "mobilenetv2_100",
+        "mobilenetv3_large_100",
+    )
+}
 """Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's
-strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and global context's softmax runs over odd positions."""
+and MobileNet's strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and global context's softmax runs over odd
+positions."""
 
 
 class Pair(NamedTuple):
@@ -176,3 +189,71 @@ def test_the_docs_list_every_preset_with_its_parameters_and_macs() -> None:
         assert row is not None, f"docs/architectures.md lists no row for {name}"
         report = cost(compile_spec(name))
         assert (row[1], row[2]) == (f"{report.parameters:,}", f"{report.macs / 1e9:.3f}"), name
+
+
+USER_WRITTEN = {
+    # Written from docs/language.md with the built-in parts, as a user would: not built-ins.
+    "mobilenetv3_small_100": """name: mobilenetv3_small_100
+input: {channels: 3, size: 224}
+naming: {stages: "blocks.{index}"}
+stem: timm_efficientnet
+stem_parameters: {width: 16, act: hardswish}
+block: timm_inverted_residual
+block_parameters: {se_gate: hardsigmoid, act: hardswish}
+shortcut: {where_shapes_match: identity, where_shapes_change: none}
+stages:
+  - depth: 1
+    width: 16
+    stride: 2
+    block: timm_depthwise_separable
+    block_parameters: {se_ratio: 0.25, se_gate: hardsigmoid}
+  - depth: 2
+    width: 24
+    stride: 2
+    block_parameters: {act: relu}
+    per_block_parameters: [{expansion: 4.5}, {expansion: 3.67}]
+  - depth: 3
+    width: 40
+    stride: 2
+    block_parameters: {kernel: 5, se_ratio: 0.25}
+    per_block_parameters: [{expansion: 4}, {}, {}]
+  - {depth: 2, width: 48, block_parameters: {kernel: 5, expansion: 3, se_ratio: 0.25}}
+  - {depth: 3, width: 96, stride: 2, block_parameters: {kernel: 5, se_ratio: 0.25}}
+  - {depth: 1, width: 576, block: timm_conv_bn_act, block_parameters: {act: hardswish}}
+head: timm_mobilenetv3
+head_parameters: {width: 1024}
+""",
+    "mobilenetv2_140": """name: mobilenetv2_140
+extends: mobilenetv2_100
+stem_parameters: {width: 48}
+stages:
+  - {depth: 1, width: 24, block: timm_depthwise_separable, block_parameters: {act: relu6}}
+  - {depth: 2, width: 32, stride: 2}
+  - {depth: 3, width: 48, stride: 2}
+  - {depth: 4, width: 88, stride: 2}
+  - {depth: 3, width: 136}
+  - {depth: 3, width: 224, stride: 2}
+  - {depth: 1, width: 448}
+head_parameters: {width: 1792}
+""",
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("mobilenetv3_small_100"), pytest.param("mobilenetv2_140", marks=pytest.mark.slow)]
+)
+def test_other_models_of_a_family_written_from_the_docs_are_timms(name: str, tmp_path: Path) -> None:
+    (tmp_path / "net.yaml").write_text(USER_WRITTEN[name])
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False)
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(tmp_path / "net.yaml", size=97)
+    model = torch_backend.build_module(graph)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    inputs = torch.randn(2, 3, 97, 97, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
+            assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{name} {mode} logits")

@@ -72,8 +72,8 @@ CASES = {
         network(("{depth: 1, width: 16}", "{depth: 1, widht: 16}")),
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
-        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, stride, transition, "
-        "transition_after, width",
+        "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, per_block_parameters, "
+        "stride, transition, transition_after, width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
@@ -264,6 +264,17 @@ CASES = {
         {},
         "net.yaml:3:30: se_ratio = 'quarter' is out of bounds for block 'se_bottleneck': it must be a number "
         "(0 < se_ratio <= 1)",
+    ),
+    "value_not_among_the_choices": (
+        "extends: mobilenetv2_100\nname: m\nblock_parameters: {act: hardswsh}\n",
+        {},
+        "net.yaml:3:25: act = 'hardswsh' is out of bounds for block 'timm_inverted_residual': it must be one of "
+        "relu, relu6, hardswish, silu (did you mean 'hardswish'?)",
+    ),
+    "default_not_among_the_choices": (
+        network(("block: basic", "block: mine")),
+        {"blocks/mine.yaml": bounded("{default: 3, choices: [1, 2]}")},
+        "blocks/mine.yaml:2:21: parameters.ratio: the default 3 is out of bounds: it must be one of 1, 2",
     ),
     "default_out_of_bounds": (
         network(("block: basic", "block: mine")),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import layer
 
 from rescompile.backends import flax_backend, torch_backend
 from rescompile.cli import main
@@ -198,3 +199,64 @@ def test_a_stem_that_uses_a_module_is_a_located_error(tmp_path: Path, monkeypatc
     network.write_text(NETWORK.replace("stem: cifar", "stem: gate"))
     with pytest.raises(RescompileError, match=r"^stems/gate.yaml:3:8: node 'se' uses a module; modules are used from"):
         compile_spec(network)
+
+
+CHOOSING_USE = (
+    "  se: {module: timm_squeeze_excite, parameters: {channels: width, reduced: inner, gate: \"'hardsigmoid'\"}}\n"
+)
+
+
+def test_a_module_chooses_its_layers_by_its_parameters_and_computes_timms_squeeze_excite(tmp_path: Path) -> None:
+    from timm.models._efficientnet_blocks import SqueezeExcite
+
+    graph = compile_spec(_write(tmp_path, BLOCK.replace(SE_USE, CHOOSING_USE)))
+    nodes = {node.name: node.op.kind for node in graph.modules[1].nodes}
+    assert [name for name in nodes if name.startswith("se.")] == [
+        "se.pool",
+        "se.conv_reduce",
+        "se.act1",
+        "se.conv_expand",
+        "se.gate",
+        "se.scale",
+    ]
+    assert (nodes["se.act1"], nodes["se.gate"]) == ("relu", "hardsigmoid")  # the default act, the gate chosen
+    model = torch_backend.build_module(graph).eval()
+    block = layer(model, "layer1.0")
+    reference = SqueezeExcite(16, rd_channels=8, gate_layer="hard_sigmoid").eval()
+    weights = block.state_dict()
+    reference.load_state_dict({key.removeprefix("se."): value for key, value in weights.items() if "se." in key})
+    inputs = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        expected = reference(block.bn1(block.conv1(inputs))) + inputs
+        assert torch.equal(block(inputs), expected)
+
+
+def test_a_module_with_a_repeat_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    repeated = (
+        "name: repeated\nparameters: {count: 2}\nnodes:\n"
+        "  convs: {op: repeat, index: i, count: count, nodes: {'conv.{i}': {op: relu}}}\n"
+    )
+    network = _write(tmp_path, BLOCK.replace(SE_USE, "  se: {module: repeated}\n"), {"repeated": repeated})
+    with pytest.raises(RescompileError, match=r"^modules/repeated.yaml:4:3: module 'repeated' uses a template"):
+        compile_spec(network)
+
+
+def test_a_string_value_written_as_a_name_says_to_quote_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    network = _write(tmp_path, BLOCK.replace(SE_USE, CHOOSING_USE.replace("\"'hardsigmoid'\"", "hardsigmoid")))
+    with pytest.raises(RescompileError, match=r"^blocks/gated.yaml:8:\d+: 'hardsigmoid' in parameters.gate .* quoted"):
+        compile_spec(network)
+
+
+def test_a_module_after_nodes_under_a_when_reads_the_one_that_exists(tmp_path: Path) -> None:
+    block = BLOCK.replace("parameters: {ratio: 0.5}", "parameters: {ratio: 0.5, act: silu}").replace(
+        "  bn1: {op: batch_norm}\n",
+        "  bn1: {op: batch_norm}\n"
+        "  act_relu: {op: relu, when: \"act == 'relu'\"}\n"
+        "  act_silu: {op: silu, when: \"act == 'silu'\"}\n",
+    )
+    graph = compile_spec(_write(tmp_path, block))
+    nodes = {node.name: node for node in graph.modules[1].nodes}
+    assert "act_relu" not in nodes
+    assert nodes["se.pool"].inputs == ("act_silu",) and nodes["se.scale"].inputs == ("act_silu", "se.gate")

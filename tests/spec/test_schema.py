@@ -85,8 +85,9 @@ def test_every_key_has_a_description_and_op_is_an_enum_of_the_op_table() -> None
         assert undescribed(json_schema(kind), kind) == []
     # Every IR op, and the template forms that unroll into IR ops (spec/unroll.py).
     assert set(op_names()) == {op.kind for op in OP_TYPES} | set(TEMPLATE_OPS)
-    op_node, module_use = json_schema("block")["properties"]["nodes"]["additionalProperties"]["anyOf"]
+    op_node, chosen_op, module_use = json_schema("block")["properties"]["nodes"]["additionalProperties"]["anyOf"]
     assert op_node["properties"]["op"]["enum"] == op_names()
+    assert chosen_op["properties"]["op"]["pattern"] == "^\\{[A-Za-z_][A-Za-z0-9_]*\\}$"  # op: "{act}"
     assert module_use["required"] == ["module"]
 
 

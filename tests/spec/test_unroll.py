@@ -236,3 +236,68 @@ def test_a_name_made_from_a_string_parameter_is_bounded(length: int, tmp_path_fa
     else:
         assert max(len(name) for name in unrolled.spec.nodes) <= MAX_NAME_LENGTH
     assert time.process_time() - started < 10
+
+
+CHAINED = """name: t
+parameters: {act: relu}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1}
+  relu: {op: relu, when: "act == 'relu'"}
+  relu6: {op: relu6, when: "act == 'relu6'"}
+  silu: {op: silu, when: "act == 'silu'"}
+  add: {op: add, inputs: ["relu if act == 'relu' else relu6 if act == 'relu6' else silu", shortcut]}
+"""
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "silu"])
+def test_a_chained_conditional_read_reads_the_first_value_whose_condition_holds(act: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(CHAINED)
+    unrolled = Unrolling().instantiate(load_part(path, "blocks"), {**BINDINGS, "act": act}, "blocks")
+    assert unrolled.spec.nodes["add"].inputs == (act, "shortcut")  # type: ignore[union-attr]
+    assert list(unrolled.spec.nodes) == ["conv1", act, "add"]
+
+
+CHOSEN_OP = """name: t
+parameters: {act: {default: relu, choices: [relu, relu6, hardswish]}, late: true}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 1}
+  act1: {op: "{act}"}
+  add: {op: add, inputs: [act1, shortcut]}
+  act2: {op: "{act}", when: late}
+"""
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish"])
+@pytest.mark.parametrize("late", [True, False])
+def test_an_op_chosen_by_a_parameter_is_that_op_under_the_nodes_name(act: str, late: bool, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(CHOSEN_OP)
+    unrolled = Unrolling().instantiate(load_part(path, "blocks"), {**BINDINGS, "act": act, "late": late}, "blocks")
+    nodes = unrolled.spec.nodes
+    assert list(nodes) == ["conv1", "act1", "add", *(["act2"] if late else [])]
+    assert nodes["act1"].op == act and nodes["add"].inputs == ("act1", "shortcut")  # type: ignore[union-attr]
+    assert not late or nodes["act2"].op == act
+
+
+BAD_CHOSEN_OPS = {
+    "no_choices": (
+        ("{default: relu, choices: [relu, relu6, hardswish]}", "relu"),
+        ":6:14: node 'act1' takes its op from 'act', which must be a parameter of this part listing the ops it may be",
+    ),
+    "not_an_op": (
+        ("choices: [relu, relu6, hardswish]", "choices: [relu, relu6, hardswsh]"),
+        ":6:14: unknown op 'hardswsh' (did you mean 'hardswish'?) in nodes.act1; valid ops: add,",
+    ),
+}
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CHOSEN_OPS.values(), ids=BAD_CHOSEN_OPS)
+def test_a_bad_chosen_op_is_a_located_error(change: tuple[str, str], message: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(CHOSEN_OP.replace(*change))
+    with pytest.raises(RescompileError) as raised:
+        load_part(path, "blocks")
+    assert str(raised.value).startswith(f"{path}{message}"), str(raised.value)
