@@ -46,6 +46,9 @@ TIMM_PRESETS = [
     "convnext_tiny",
     "regnetx_016",
     "regnety_016",
+    "efficientnet_b0",
+    "efficientnetv2_rw_s",
+    "regnetz_b16",
 ]
 OTHER_ORDER = {"resnetv2_50", "resnetv2_50x1_bit"}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``; a generated block registers the
@@ -54,9 +57,12 @@ SIZE = 224
 SMALL_SIZE = 96
 """The presets outside PART_COVERING_PRESETS (their parts, and so their code, are those of presets
 compared at 224) are compared at 96×96 by default and at 224 in the slow tail."""
-ODD_SIZE = {"convnext_tiny": 97, "regnetx_016": 97, "regnety_016": 97}
+ODD_SIZE = dict.fromkeys(
+    ("convnext_tiny", "regnetx_016", "regnety_016", "efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16"), 97
+)
 """Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's
-strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4)."""
+strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), as EfficientNet's and RegNetZ's strided 3×3 and 5×5 depthwise
+convs do."""
 
 
 class Pair(NamedTuple):
@@ -89,7 +95,7 @@ def sizes() -> list[object]:
     return params
 
 
-TIMM_NOT_TORCHVISION = {"convnext_tiny"}
+TIMM_NOT_TORCHVISION = {"convnext_tiny", "efficientnet_b0"}
 """Built-ins named like a torchvision model too that are timm's (their keys are timm's, stages.0...)."""
 
 

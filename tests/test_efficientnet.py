@@ -1,0 +1,88 @@
+"""rescompile.efficientnet writes EfficientNet specs from timm's block strings and multipliers: the
+shipped efficientnet_b0 and efficientnetv2_rw_s are its output, models that are not shipped
+(EfficientNet-B3: width × 1.2, depth × 1.4; efficientnetv2_rw_t, whose first stage is ConvBnAct) are
+timm's, and a block string it cannot write is one line and a non-zero status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from support import randomise_normalisation
+
+from rescompile.backends import torch_backend
+from rescompile.compiler import compile_spec, cost
+from rescompile.efficientnet import main
+from rescompile.spec import builtin_directory
+from rescompile.testing import assert_close
+
+SHIPPED = [("efficientnet_b0", ["--arch", "efficientnet"]), ("efficientnetv2_rw_s", ["--arch", "efficientnetv2_rw_s"])]
+NOT_SHIPPED = [
+    ("efficientnet_b3", ["--arch", "efficientnet", "--channel-multiplier", "1.2", "--depth-multiplier", "1.4"]),
+    ("efficientnetv2_rw_t", ["--arch", "efficientnetv2_s", "--channel-multiplier", "0.8", "--depth-multiplier", "0.9"]),
+]
+
+
+@pytest.mark.parametrize(("name", "arguments"), SHIPPED)
+def test_the_shipped_efficientnets_are_the_generators_output(name: str, arguments: list[str], tmp_path: Path) -> None:
+    written = tmp_path / f"{name}.yaml"
+    assert main([name, *arguments, "-o", str(written)]) == 0
+    assert written.read_text() == (builtin_directory() / f"{name}.yaml").read_text()
+
+
+@pytest.mark.parametrize(("name", "arguments"), NOT_SHIPPED)
+def test_an_efficientnet_of_other_multipliers_is_timms(name: str, arguments: list[str], tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.yaml"
+    assert main([name, *arguments, "-o", str(path)]) == 0
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False)
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(path, size=65)
+    model = torch_backend.build_module(graph)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    inputs = torch.randn(2, 3, 65, 65, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
+            assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{name} {mode}")
+
+
+def test_drop_path_is_timms_where_timm_adds_the_input(tmp_path: Path) -> None:
+    """timm drops the path only in blocks that add their input, at drop_path_rate × index / count:
+    with the same seed, train-mode outputs are the same, random masks included."""
+    path = tmp_path / "efficientnet_b0.yaml"
+    text = (builtin_directory() / "efficientnet_b0.yaml").read_text()
+    path.write_text(text.replace("se_ratio: 0.25}", "se_ratio: 0.25, drop_path_rate: 0.5}"))
+    reference = timm.create_model("efficientnet_b0", pretrained=False, drop_path_rate=0.5).train()
+    model = torch_backend.build_module(compile_spec(path, size=64)).train()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    inputs = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.manual_seed(3)
+        expected = reference(inputs)
+        torch.manual_seed(3)
+        actual = model(inputs)
+        torch.manual_seed(4)
+        other = model(inputs)
+    assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what="drop path")
+    assert not torch.allclose(actual, other), "the masks are random: another seed drops other samples"
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ("ir_r2_k3_s2_e6_c24_nre", "option 'nre' is not supported (r, k, s, e, c, se, and skip for cn)"),
+        ("uir_r2_k3_s2_e6_c24", "block type 'uir' is not one of ds, ir, er, cn"),
+        ("cn_r2_k3_s1_e1_c24", "cn blocks need '_skip' and the others add their input where shapes match"),
+        ("ir_k3_s2_e6_c24", "needs r (repeats), k (kernel), s (stride) and c (channels)"),
+    ],
+)
+def test_a_block_string_it_cannot_write_is_one_line(
+    stage: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bad", "--stage", stage, "--stem-width", "32", "--features", "1280"]) == 1
+    assert capsys.readouterr().err == f"rescompile.efficientnet: {stage!r}: {message}\n"
