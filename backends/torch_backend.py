@@ -9,12 +9,12 @@ Layer names equal torchvision's state_dict keys (``conv1``, ``layer1.0.conv2``, 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, with_containers
+from rescompile.backends.names import attribute_access, made_once, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     CLASS_KIND,
@@ -624,6 +624,10 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     helpers += [_container_source(container) for container in container_classes(blocks)]
+    head_init = cast(list[str], timm["head_init"]) if timm is not None else _init_lines(head)
+    stem_lines, stages, head_init = made_once([_init_lines(stem), stages, head_init], "nn.ModuleDict()")
+    if timm is not None:
+        timm["head_init"] = head_init
     network_lines: list[str] = []
     if folded is not None:
         helpers.append(FOLD_ON_LOAD_FUNCTION)
@@ -664,8 +668,8 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         block_call=block_call,
         stage_signature=stage_signature,
         stages=stages,
-        stem_lines=_init_lines(stem),
-        head_lines=_init_lines(head),
+        stem_lines=stem_lines,
+        head_lines=head_init,
         network_lines=network_lines,
         forward_lines=forward,
         timm=timm,

@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rescompile.regnet import write_spec
 from rescompile.spec.expressions import make_divisible
 
 ARCHITECTURES: dict[str, tuple[list[str], int, int]] = {
@@ -78,6 +79,9 @@ BLOCKS = {"ds": "efficientnet_ds", "ir": "mbconv", "er": "fused_mbconv", "cn": "
 STEM_WIDTH, FEATURES = 32, 1280
 """The defaults of the ``efficientnet`` stem's width and the ``efficientnet_head``'s features: the
 written spec states them only where they differ."""
+
+TORCHVISION_STAGES = 7
+"""torchvision's EfficientNet-B0 to B7 stages: the ``tv_efficientnet_head``'s conv is ``features.8``."""
 
 _OPTION = re.compile(r"([a-z]+)(\d.*)")
 
@@ -130,16 +134,44 @@ def parse_stage(text: str, channel_multiplier: float, depth_multiplier: float) -
     )
 
 
-def _stage_line(stage: Stage) -> str:
+def _stage_line(stage: Stage, network_block: str) -> str:
     parameters = [f"kernel: {stage.kernel}"]
-    if stage.block in ("mbconv", "fused_mbconv"):
+    if stage.block in ("mbconv", "fused_mbconv", "tv_mbconv"):
         parameters.append(f"expansion: {stage.expansion}")
-    if stage.block != "efficientnet_cn":
+    if stage.block in ("mbconv", "fused_mbconv", "efficientnet_ds"):
         parameters.append(f"se_ratio: {stage.se_ratio}")
     stride = f", stride: {stage.stride}" if stage.stride != 1 else ""
-    block = f", block: {stage.block}" if stage.block != "mbconv" else ""
+    block = f", block: {stage.block}" if stage.block != network_block else ""
     own = f"block_parameters: {{{', '.join(parameters)}}}"
     return f"  - {{depth: {stage.depth}, width: {stage.width}{stride}{block}, {own}}}"
+
+
+def _torchvision_stage(stage: Stage, text: str) -> Stage:
+    """``stage`` as torchvision's MBConv (``tv_mbconv``), whose SE is a quarter of the block input."""
+    if stage.block not in ("efficientnet_ds", "mbconv") or stage.se_ratio != 0.25:
+        raise ValueError(f"{text!r}: torchvision's EfficientNet has ds and ir stages with se0.25 only")
+    return Stage("tv_mbconv", stage.depth, stage.kernel, stage.stride, stage.expansion, stage.width, stage.se_ratio)
+
+
+def _torchvision_lines(stages: list[Stage], stem_width: int) -> list[str]:
+    """The spec's body with torchvision's keys: ``features.0`` (stem), ``features.1`` ... (stages),
+    ``features.N`` (the head's conv to 4 × the last width, torchvision's rule), ``classifier.1``.
+    Without stochastic depth, as every built-in (torchvision's default is 0.2:
+    ``block_parameters: {drop_path_rate: 0.2}``); its classifier's dropout is not written."""
+    features = 4 * stages[-1].width
+    if len(stages) != TORCHVISION_STAGES:
+        raise ValueError(f"torchvision's EfficientNet has {TORCHVISION_STAGES} stages, not {len(stages)}")
+    return [
+        'naming: {stages: "features.{number}"}',
+        "stem: tv_efficientnet",
+        *([f"stem_parameters: {{width: {stem_width}}}"] if stem_width != STEM_WIDTH else []),
+        "block: tv_mbconv",
+        "shortcut: {where_shapes_match: identity, where_shapes_change: none}",
+        "stages:",
+        *(_stage_line(stage, "tv_mbconv") for stage in stages),
+        "head: tv_efficientnet_head",
+        *([f"head_parameters: {{features: {features}, stage: {len(stages) + 1}}}"] if features != FEATURES else []),
+    ]
 
 
 def efficientnet_spec(
@@ -150,33 +182,43 @@ def efficientnet_spec(
     channel_multiplier: float = 1.0,
     depth_multiplier: float = 1.0,
     command: str = "",
+    keys: str = "timm",
 ) -> str:
     """A network spec (YAML text) with timm's keys (``conv_stem``, ``blocks.0.0.conv_dw``,
     ``conv_head``, ``classifier``): the ``efficientnet`` stem and head, a stage per block string, an
-    input added only where shapes match."""
+    input added only where shapes match; with ``keys="torchvision"``, torchvision's
+    (``features.1.0.block.0.0``)."""
     scaled = [parse_stage(text, channel_multiplier, depth_multiplier) for text in stages]
 
     def width(channels: int) -> int:
         return int(make_divisible(channels * channel_multiplier, 8))
 
-    lines = [
-        "# yaml-language-server: $schema=schemas/network.schema.json",
-        "# Written by rescompile.efficientnet (EfficientNet's compound scaling, as timm computes it) from",
-        f"# width × {channel_multiplier}, depth × {depth_multiplier}, stem {stem_width}, head {features} and timm's"
-        " stages:",
-        f"#   {command}" if command else "#",
-        f"name: {name}",
-        f"description: EfficientNet (width × {channel_multiplier}, depth × {depth_multiplier}), timm's {name}.",
-        "input: {channels: 3, size: 224}",
+    reference = "timm's" if keys == "timm" else "torchvision's"
+    body = [
         'naming: {stages: "blocks.{index}"}',
         "stem: efficientnet",
         *([f"stem_parameters: {{width: {width(stem_width)}}}"] if width(stem_width) != STEM_WIDTH else []),
         "block: mbconv",
         "shortcut: {where_shapes_match: identity, where_shapes_change: none}",
         "stages:",
-        *(_stage_line(stage) for stage in scaled),
+        *(_stage_line(stage, "mbconv") for stage in scaled),
         "head: efficientnet_head",
         *([f"head_parameters: {{features: {width(features)}}}"] if width(features) != FEATURES else []),
+    ]
+    if keys == "torchvision":
+        tv_stages = [_torchvision_stage(stage, text) for stage, text in zip(scaled, stages, strict=True)]
+        body = _torchvision_lines(tv_stages, width(stem_width))
+    lines = [
+        "# yaml-language-server: $schema=schemas/network.schema.json",
+        "# Written by rescompile.efficientnet (EfficientNet's compound scaling, as timm and torchvision compute it)",
+        f"# from width × {channel_multiplier}, depth × {depth_multiplier}, stem {stem_width}, head {features}"
+        " and timm's stages:",
+        f"#   {command}" if command else "#",
+        f"name: {name}",
+        f"description: EfficientNet (width × {channel_multiplier}, depth × {depth_multiplier}), {reference} "
+        f"{name.removeprefix('tv_') if keys == 'torchvision' else name}.",
+        "input: {channels: 3, size: 224}",
+        *body,
     ]
     return "\n".join(lines) + "\n"
 
@@ -193,6 +235,9 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--features", type=int, help="head channels before the multiplier (default: the arch's)")
     parser.add_argument("--channel-multiplier", type=float, default=1.0, help="width scale (B1: 1.0, B2: 1.1, ...)")
     parser.add_argument("--depth-multiplier", type=float, default=1.0, help="depth scale (B1: 1.1, B2: 1.2, ...)")
+    parser.add_argument(
+        "--keys", choices=("timm", "torchvision"), default="timm", help="whose state_dict keys (default: timm's)"
+    )
     parser.add_argument("-o", "--output", type=Path, help="the file to write (default: stdout)")
     options = parser.parse_args(arguments)
     stages, stem_width, features = ARCHITECTURES[options.arch] if options.arch else ([], None, None)
@@ -208,9 +253,11 @@ def main(arguments: list[str] | None = None) -> int:
     words += ["--features", str(options.features)] if options.features else []
     words += ["--channel-multiplier", str(options.channel_multiplier)] if options.channel_multiplier != 1 else []
     words += ["--depth-multiplier", str(options.depth_multiplier)] if options.depth_multiplier != 1 else []
+    words += ["--keys", options.keys] if options.keys != "timm" else []
     command = "python -m rescompile.efficientnet " + shlex.join(words)
-    try:
-        text = efficientnet_spec(
+    return write_spec(
+        "rescompile.efficientnet",
+        lambda: efficientnet_spec(
             options.name,
             stages,
             stem_width,
@@ -218,15 +265,10 @@ def main(arguments: list[str] | None = None) -> int:
             options.channel_multiplier,
             options.depth_multiplier,
             command,
-        )
-    except ValueError as error:
-        print(f"rescompile.efficientnet: {error}", file=sys.stderr)
-        return 1
-    if options.output is None:
-        sys.stdout.write(text)
-    else:
-        options.output.write_text(text)
-    return 0
+            options.keys,
+        ),
+        options.output,
+    )
 
 
 if __name__ == "__main__":
