@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from support import assert_is_reference
+from support import assert_backends_agree, assert_is_reference
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
@@ -108,3 +108,10 @@ def test_a_block_string_it_cannot_write_is_one_line(
     keys = ["--keys", "torchvision"] if stage.startswith("er") else []
     assert main(["bad", "--stage", stage, "--stem-width", "32", "--features", "1280", *keys]) == 1
     assert capsys.readouterr().err == f"rescompile.efficientnet: {stage!r}: {message}\n"
+
+
+@pytest.mark.slow
+def test_tv_efficientnet_b0_agrees_in_every_backend_at_97() -> None:
+    """`rescompile check` at an odd size (its strided convs pad 97 -> 49 -> 25 -> 13 -> 7 -> 4); by
+    default tests/test_check.py checks it at 32."""
+    assert_backends_agree(compile_spec("tv_efficientnet_b0", size=97))
