@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from support import assert_backends_agree
 
+from rescompile import create_model
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
 from rescompile.spec.errors import RescompileError
@@ -55,6 +57,15 @@ def test_stem_stages_and_head_share_one_container_in_node_order(tmp_path: Path) 
     prefixes = list(dict.fromkeys(".".join(key.split(".")[:2]) for key in keys))
     assert prefixes == ["features.0", "features.1", "features.2", "features.3", "classifier.1"]
     assert_backends_agree(graph)
+
+
+def test_the_stems_feature_map_is_named_by_its_item_of_the_shared_container() -> None:
+    model = create_model("tv_efficientnet_b0", features_only=True, out_indices=(0, 1))
+    assert model.feature_info.module_name() == ["features.0", "features.1"]
+    assert [tuple(map(int, out.shape)) for out in model(torch.zeros(1, 3, 64, 64))] == [
+        (1, 32, 32, 32),
+        (1, 16, 32, 32),
+    ]
 
 
 @pytest.mark.parametrize(
