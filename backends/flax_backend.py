@@ -23,12 +23,12 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, with_containers
+from rescompile.backends.names import attribute_access, made_once, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     CLASS_KIND,
@@ -763,6 +763,11 @@ def emit_source(graph: Graph) -> str:
         stage_lines += [f"x = self{attribute_access(after)}(x)"] if after is not None else []
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
+    timm = _timm_view(graph, head_nodes, head_lowerings)
+    head_init = cast(list[str], timm["head_init"]) if timm is not None else _init_lines(head_nodes, head_lowerings)
+    stem_init, stages, head_init = made_once([_init_lines(stem_nodes, stem_lowerings), stages, head_init], "nnx.Dict()")
+    if timm is not None:
+        timm["head_init"] = head_init
     nhwc_input = (*graph.input_shape[1:], graph.input_shape[0])
     return template("flax_model.py.jinja").render(
         version=__version__,
@@ -798,11 +803,11 @@ def emit_source(graph: Graph) -> str:
         block_call=block_calls(block_arguments, first_arguments if first_blocks else None, 12),
         stages=stages,
         stage_loop={indent: _stage_loop(calls, indent) for indent in (8, 12)},
-        stem_init=_init_lines(stem_nodes, stem_lowerings),
-        head_init=_init_lines(head_nodes, head_lowerings),
+        stem_init=stem_init,
+        head_init=head_init,
         stem_lines=_call_lines(stem_nodes, stem_lowerings),
         head_lines=_call_lines(head_nodes, head_lowerings),
-        timm=_timm_view(graph, head_nodes, head_lowerings),
+        timm=timm,
     )
 
 

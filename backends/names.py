@@ -61,6 +61,25 @@ def with_containers(paths: list[str], statements: list[str], container: str) -> 
     return lines
 
 
+def made_once(sections: list[list[str]], container: str) -> list[list[str]]:
+    """The network constructor's sections (stem, stages, head), each written by
+    :func:`with_containers`, with each container made only where it first appears: the sections may
+    share one (torchvision's ``features``: the stem's ``features.0``, the stages' ``features.1``,
+    the head's ``features.8``), and making it again would drop what an earlier section put in it."""
+    made: set[str] = set()
+    kept: list[list[str]] = []
+    for lines in sections:
+        kept.append([line for line in lines if not line.endswith(f" = {container}") or _first(line, made)])
+    return kept
+
+
+def _first(line: str, made: set[str]) -> bool:
+    """Record ``line``; whether it was not recorded before."""
+    new = line not in made
+    made.add(line)
+    return new
+
+
 GENERATED_FILE_NAMES = frozenset(
     {
         *RESERVED_NAMES,

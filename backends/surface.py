@@ -123,9 +123,17 @@ def _stem_point(graph: Graph) -> FeaturePoint | None:
 
     if not strided:
         return point(len(nodes) - 1)
+    # A stem's unit is its top-level layer or container; in a container the stages share
+    # (torchvision's features), the container's item (features.0).
+    shared = {module.stage.split(".")[0] for module in graph.blocks}
+
+    def unit_of(name: str) -> str:
+        segments = name.split(".")
+        return ".".join(segments[: 2 if segments[0] in shared else 1])
+
     last = strided[-1]
-    unit = nodes[last].name.split(".")[0]
-    start = next(index for index, node in enumerate(nodes) if node.name.split(".")[0] == unit)
+    unit = unit_of(nodes[last].name)
+    start = next(index for index, node in enumerate(nodes) if unit_of(node.name) == unit)
     if start > 0:
         return point(start - 1)
     before = last - 1

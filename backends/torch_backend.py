@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_names
-from rescompile.backends.names import attribute_access, with_containers
+from rescompile.backends.names import attribute_access, made_once, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
     LAYOUT_LINES,
@@ -734,6 +734,10 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
     helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
     helpers += [_container_source(container) for container in container_classes(blocks)]
+    head_init = cast(list[str], timm["head_init"]) if timm is not None else _init_lines(head)
+    stem_lines, stages, head_init = made_once([_init_lines(stem), stages, head_init], "nn.ModuleDict()")
+    if timm is not None:
+        timm["head_init"] = head_init
     network_lines: list[str] = []
     if inference:
         helpers.append(FOLD_ON_LOAD_FUNCTION)
@@ -774,8 +778,8 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         block_call=block_call,
         stage_signature=stage_signature,
         stages=stages,
-        stem_lines=_init_lines(stem),
-        head_lines=_init_lines(head),
+        stem_lines=stem_lines,
+        head_lines=head_init,
         network_lines=network_lines,
         forward_lines=forward,
         timm=timm,

@@ -394,20 +394,22 @@ def _transition_module(
 def _check_network_attributes(
     network: Loaded[NetworkSpec], stem: Loaded[PartSpec], head: Loaded[PartSpec], parts: NetworkParts
 ) -> None:
-    """The network class holds the stem's nodes, the stages and the head's nodes side by side: no
-    two of these may share a first path segment (``layer1``, ``stages``, ``stem``), or one would
-    replace the other's layer or container in the generated module."""
+    """The network class holds the stem's nodes, the stages and the head's nodes side by side: they
+    may share containers (torchvision's ``features.0`` stem, ``features.1`` stage and ``features.8``
+    head conv), but no node of the stem or head may be at another's path or inside it, nor hold it
+    (``conv1`` and ``conv1.fc``), or one would replace the other's layer or container in the
+    generated module."""
     naming = network.spec.naming
     owners: dict[str, str] = {}
     for stage_index in range(len(network.spec.stages)):
-        owners.setdefault(naming.stage_path(stage_index).split(".")[0], "a stage of the network")
+        owners.setdefault(naming.stage_path(stage_index), "a stage of the network")
         for after_blocks, transition in (
             (False, parts.transitions[stage_index]),
             (True, parts.transitions_after[stage_index]),
         ):
             if transition is not None:
-                first = naming.transition_path(stage_index, after_blocks).split(".")[0]
-                owners.setdefault(first, "a stage transition of the network")
+                path = naming.transition_path(stage_index, after_blocks)
+                owners.setdefault(path, "a stage transition of the network")
     for role, part in (("stem", stem), ("head", head)):
         for node_name in part.spec.nodes:
             if node_name in MODULE_VALUE_NAMES:
@@ -418,13 +420,27 @@ def _check_network_attributes(
                     part.source.locate(("nodes", node_name), key=True),
                 )
             first = node_name.split(".")[0]
-            owner = owners.setdefault(first, f"a node of the {role}")
-            if owner != f"a node of the {role}":
+            owner = next(
+                (
+                    owner
+                    for path, owner in owners.items()
+                    if owner != f"a node of the {role}" and _nested(path, node_name)
+                ),
+                None,
+            )
+            if owner is not None:
                 raise RescompileError(
                     f"{role} node {node_name!r} would share the network module's attribute '{first}' with {owner}; "
                     "rename the node" + (" or change the network's naming.stages" if "stage" in owner else ""),
                     part.source.locate(("nodes", node_name), key=True),
                 )
+        for node_name in part.spec.nodes:
+            owners.setdefault(node_name, f"a node of the {role}")
+
+
+def _nested(first: str, second: str) -> bool:
+    """Whether module path ``first`` is ``second``, inside it or holds it."""
+    return first == second or first.startswith(f"{second}.") or second.startswith(f"{first}.")
 
 
 def _check_class_nodes(part: Loaded[PartSpec], role: DefinitionRole, nodes: list[SymbolicNode]) -> None:

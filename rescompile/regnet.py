@@ -25,6 +25,7 @@ import argparse
 import math
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,8 +141,9 @@ def main(arguments: list[str] | None = None) -> int:
     words += ["--bottle-ratio", str(options.bottle_ratio)] if options.bottle_ratio != 1 else []
     words += ["--group-min-ratio", str(options.group_min_ratio)] if options.group_min_ratio else []
     command = "python -m rescompile.regnet " + shlex.join(words)
-    try:
-        text = regnet_spec(
+    return write_spec(
+        "rescompile.regnet",
+        lambda: regnet_spec(
             options.name,
             options.w0,
             options.wa,
@@ -152,14 +154,24 @@ def main(arguments: list[str] | None = None) -> int:
             command,
             options.bottle_ratio,
             options.group_min_ratio,
-        )
+        ),
+        options.output,
+    )
+
+
+def write_spec(program: str, make: Callable[[], str], output: Path | None) -> int:
+    """A generator's end (this one's and ``rescompile.efficientnet``'s): the spec ``make`` writes,
+    to ``output`` or stdout, and 0; or, where its numbers are impossible (a ValueError), one line
+    naming ``program`` on stderr and 1."""
+    try:
+        text = make()
     except ValueError as error:
-        print(f"rescompile.regnet: {error}", file=sys.stderr)
+        print(f"{program}: {error}", file=sys.stderr)
         return 1
-    if options.output is None:
+    if output is None:
         sys.stdout.write(text)
     else:
-        options.output.write_text(text)
+        output.write_text(text)
     return 0
 
 

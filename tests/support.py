@@ -21,6 +21,8 @@ from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 
@@ -137,3 +139,26 @@ def layer(model: object, path: str) -> Any:
     for part in path.split("."):
         found = found[int(part)] if part.isdigit() else getattr(found, part)
     return found
+
+
+def assert_is_reference(spec: str | Path, reference: torch.nn.Module, size: int) -> None:
+    """``spec`` at ``size`` is ``reference`` (given random normalisation statistics here): its
+    state_dict loads strictly in the reference's key order, the parameter counts are equal, and eval
+    and train-mode outputs agree within the same-framework tolerance."""
+    import torch
+
+    from rescompile.backends import torch_backend
+    from rescompile.compiler import compile_spec, cost
+    from rescompile.testing import assert_close
+
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec(spec, size=size)
+    model = torch_backend.build_module(graph)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    inputs = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
+            assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{spec} {mode}")

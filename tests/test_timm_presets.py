@@ -49,6 +49,9 @@ TIMM_PRESETS = [
     "gcresnet50t",
     "mobilenetv2_100",
     "mobilenetv3_large_100",
+    "efficientnet_b0",
+    "efficientnetv2_rw_s",
+    "regnetz_b16",
 ]
 OTHER_ORDER = {"resnetv2_50": ".downsample.", "resnetv2_50x1_bit": ".downsample.", "gcresnet50t": ".shortcut."}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``, and ByobNet's blocks ``shortcut``
@@ -58,20 +61,16 @@ SIZE = 224
 SMALL_SIZE = 96
 """The presets outside PART_COVERING_PRESETS (their parts, and so their code, are those of presets
 compared at 224) are compared at 96×96 by default and at 224 in the slow tail."""
-ODD_SIZE = {
-    name: 97
-    for name in (
-        "convnext_tiny",
-        "regnetx_016",
-        "regnety_016",
-        "gcresnet50t",
-        "mobilenetv2_100",
-        "mobilenetv3_large_100",
-    )
-}
-"""Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's
-and MobileNet's strided 3×3s pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and global context's softmax runs over odd
-positions."""
+ODD_SIZE = dict.fromkeys(
+    (
+        *("convnext_tiny", "regnetx_016", "regnety_016", "gcresnet50t", "mobilenetv2_100", "mobilenetv3_large_100"),
+        *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16"),
+    ),
+    97,
+)
+"""Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's,
+MobileNet's, EfficientNet's and RegNetZ's strided 3×3 and 5×5 convs pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and
+global context's softmax runs over odd positions."""
 
 
 class Pair(NamedTuple):
@@ -104,7 +103,7 @@ def sizes() -> list[object]:
     return params
 
 
-TIMM_NOT_TORCHVISION = {"convnext_tiny"}
+TIMM_NOT_TORCHVISION = {"convnext_tiny", "efficientnet_b0"}
 """Built-ins named like a torchvision model too that are timm's (their keys are timm's, stages.0...)."""
 
 

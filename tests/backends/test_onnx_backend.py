@@ -357,9 +357,9 @@ RESIDUAL = builtin_params(name for name in builtin_networks() if not name.starts
 
 @pytest.mark.parametrize("name", RESIDUAL)
 def test_zero_init_identity_blocks_are_identity(name: str) -> None:
-    """With zero-initialised residual branches, every identity-shortcut block outputs relu(input)
-    (its input where it ends with the add, as an inverted residual does), exactly, in ONNX Runtime,
-    with BatchNorm kept and folded."""
+    """With zero-initialised residual branches, every identity-shortcut block outputs relu(input), or
+    its input where it ends with the add (inverted residuals, RegNetZ), exactly, in ONNX Runtime, with
+    BatchNorm kept and folded."""
     graph = compile_spec(name, size=SMALL)
     weights = initial_weights(graph, zero_init_residual=True)
     if not any(

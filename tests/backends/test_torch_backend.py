@@ -48,6 +48,30 @@ def test_loads_torchvision_state_dict_strictly_and_gives_its_outputs(name: str) 
         assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework", what=name)
 
 
+@pytest.mark.parametrize("size", [224, 97])
+def test_tv_efficientnet_b0_is_torchvisions_efficientnet_b0(size: int) -> None:
+    """Keys in torchvision's order (features.0.0 stem, features.1.0.block.0.0, features.8.0 head
+    conv, classifier.1), its parameters and MACs, eval and train-mode outputs. Like every built-in,
+    it has no stochastic depth by default, and torchvision's classifier dropout is not written: the
+    reference is built with both off (test_efficientnet.py checks torchvision's 0.2 stochastic depth)."""
+    torch.manual_seed(0)
+    reference = torchvision.models.efficientnet_b0(weights=None, dropout=0.0, stochastic_depth_prob=0.0)
+    randomise_normalisation(reference, seed=1)
+    graph = compile_spec("tv_efficientnet_b0", size=size)
+    model = torch_backend.build_module(graph)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        reference.eval()(torch.zeros(1, 3, size, size))
+    assert counter.get_total_flops() == 2 * cost(graph).macs
+    inputs = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
+            assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{mode} at {size}")
+
+
 @pytest.mark.parametrize("name", builtin_params(builtin_networks()))
 def test_built_module_has_the_cost_pass_parameters_and_macs(name: str) -> None:
     """Costs are counted op by op, so the part-covering built-ins prove it by default; all in the slow tail."""

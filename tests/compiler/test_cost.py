@@ -26,6 +26,8 @@ REFERENCE = {
     "resnet56": (853_018, None),
     "resnet110": (1_727_962, None),
     "resnet1202": (19_421_274, None),
+    # torchvision's documentation: 5,288,548 parameters, 0.39 GFLOPS (its MACs; 0.386 by torch's counter).
+    "tv_efficientnet_b0": (5_288_548, 0.386),
 }
 
 
