@@ -22,10 +22,11 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import itertools
 import json
 import re
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,15 @@ from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, weight_shapes
 from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError, did_you_mean
-from rescompile.spec.loader import PartKind, builtin_directory, builtin_networks, load_network, load_part
+from rescompile.spec.loader import (
+    IDENTITY,
+    POLICIES,
+    PartKind,
+    builtin_directory,
+    builtin_networks,
+    load_network,
+    load_part,
+)
 from rescompile.spec.models import NamingSpec, ParameterSpec, PartSpec
 
 if TYPE_CHECKING:
@@ -80,6 +89,8 @@ class Structure:
     stages: tuple[Stage, ...]
     stem_channels: int
     """The model's first convolution's output channels (a stem's width)."""
+    stem_out_channels: int
+    """The first stage's input channels (the stem's output)."""
     groups: int
     """The largest group count among the first block's convolutions (32 in a ResNeXt)."""
     inner_channels: int
@@ -168,7 +179,11 @@ def import_model(source: str, name: str, model: torch.nn.Module, size: int | tup
     with torch.no_grad():
         expected = reference(probe)
     shapes = {key: tuple(value.shape) for key, value in reference.state_dict().items() if _is_weight(key)}
-    texts = sorted(set(_candidates(name, structure, size, shapes)), key=lambda text: (len(text), text))
+    try:
+        candidates = list(_candidates(structure, dict(model.named_modules())))
+    except _NoChoice as missing:
+        raise RescompileError(_no_choice(source, model, structure, missing)) from None
+    texts = sorted({spec_text(name, spec, structure, size) for spec in candidates}, key=lambda text: (len(text), text))
     misses: list[_Miss] = []
     with tempfile.TemporaryDirectory(prefix="rescompile-import-") as scratch:
         path = Path(scratch) / f"{name}.yaml"
@@ -228,6 +243,7 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
     return Structure(
         input_channels=convolutions[0].in_channels,
         stem_channels=convolutions[0].out_channels,
+        stem_out_channels=seen[containers[0][0]][0][1],
         classes=int(output.shape[1]),
         stages=tuple(stages),
         groups=max((conv.groups for conv in inner), default=1),
@@ -297,37 +313,154 @@ def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return copied
 
 
-def recipes() -> list[dict[str, Any]]:
-    """Each distinct combination of parts a built-in network uses: its stem, block, shortcut,
-    transition, head and naming with their parameters (the head's ``classes`` left out)."""
-    found: dict[str, dict[str, Any]] = {}
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "layout": ("naming", "transition", "transition_parameters"),
+    "stem": ("stem", "stem_parameters"),
+    "block": ("block", "block_parameters"),
+    "shortcut": ("shortcut",),
+    "head": ("head", "head_parameters"),
+}
+"""The spec keys the built-in networks choose together: a candidate takes one choice of each group."""
+
+
+@functools.cache
+def builtin_choices() -> dict[str, list[dict[str, Any]]]:
+    """For each group of spec keys, the distinct values the built-in networks give them (the
+    head's ``classes`` left out: it is the model's)."""
+    found: dict[str, dict[str, dict[str, Any]]] = {group: {} for group in _GROUPS}
     for network in builtin_networks():
         spec = load_network(network).spec
         data = spec.model_dump(mode="json", exclude_defaults=True)
-        recipe = {key: data[key] for key in _SPEC_KEYS if key in data}
-        recipe["head"] = spec.head
-        recipe["head_parameters"] = {k: v for k, v in spec.head_parameters.items() if k != "classes"}
-        found.setdefault(json.dumps(recipe, sort_keys=True), recipe)
-    return list(found.values())
+        data["head"] = spec.head
+        data["head_parameters"] = {key: value for key, value in spec.head_parameters.items() if key != "classes"}
+        for group, keys in _GROUPS.items():
+            choice = {key: data[key] for key in keys if key in data}
+            found[group].setdefault(json.dumps(choice, sort_keys=True), choice)
+    return {group: list(choices.values()) for group, choices in found.items()}
 
 
-def _candidates(name: str, structure: Structure, size: int | tuple[int, int], keys: Collection[str]) -> Iterator[str]:
-    """Spec texts to try: every recipe, with widths for an expansion of 4 and of 1, and its stem
-    and block parameters as they are and fitted to what the model's convolutions show (the stem's
-    width, the block's groups and base width) where the part declares such a parameter."""
-    for recipe in filter(lambda recipe: _plausible(recipe, structure, keys), recipes()):
+def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Specs to try: each combination of the built-in choices whose layers the model has, with
+    widths for an expansion of 4 and of 1, and with the stem's and block's parameters as given
+    and fitted to what the model's convolutions show (the stem's width, the block's groups and
+    base width) where the part declares such a parameter."""
+    plausible = {group: _plausible_choices(group, structure, modules) for group in _GROUPS}
+    for layout, stem, block, shortcut, head in itertools.product(*plausible.values()):
         stem_observed = {"width": structure.stem_channels, "stem_width": structure.stem_channels}
-        for stem_parameters in _fitted("stems", recipe["stem"], recipe.get("stem_parameters", {}), stem_observed):
+        for stem_parameters in _fitted("stems", stem["stem"], stem.get("stem_parameters", {}), stem_observed):
             for expansion in (4, 1):
                 if any(stage.out_channels % expansion for stage in structure.stages):
                     continue
                 first_width = structure.stages[0].out_channels // expansion
                 base_width, remainder = divmod(structure.inner_channels * 64, first_width * structure.groups)
-                block_observed = {"groups": structure.groups, **({"base_width": base_width} if not remainder else {})}
-                given = recipe.get("block_parameters", {})
-                for block_parameters in _fitted("blocks", recipe["block"], given, block_observed):
-                    spec = {**recipe, "stem_parameters": stem_parameters, "block_parameters": block_parameters}
-                    yield spec_text(name, spec, structure, expansion, size)
+                observed = {"groups": structure.groups, **({"base_width": base_width} if not remainder else {})}
+                given = block.get("block_parameters", {})
+                for block_parameters in _fitted("blocks", block["block"], given, observed):
+                    yield {
+                        **layout,
+                        "stem": stem["stem"],
+                        "stem_parameters": stem_parameters,
+                        "block": block["block"],
+                        "block_parameters": block_parameters,
+                        **shortcut,
+                        **head,
+                        "expansion": expansion,
+                    }
+
+
+def _plausible_choices(group: str, structure: Structure, modules: Mapping[str, Any]) -> list[dict[str, Any]]:
+    choices = [choice for choice in builtin_choices()[group] if _misfit(group, choice, structure, modules) is None]
+    if not choices:
+        raise _NoChoice(
+            group, [_misfit(group, choice, structure, modules) or "" for choice in builtin_choices()[group]]
+        )
+    return choices
+
+
+class _NoChoice(Exception):
+    """No built-in choice of ``group`` has the model's layers; ``paths`` are where each stopped fitting."""
+
+    def __init__(self, group: str, paths: list[str]) -> None:
+        super().__init__(group)
+        self.group = group
+        self.paths = paths
+
+
+def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules: Mapping[str, Any]) -> str | None:
+    """Where the model's modules show that ``choice`` cannot be it, by what is cheap to tell before
+    compiling (None where nothing does): the stage paths, and the layers of the stem, of the first
+    block, of the shortcuts and of the head, each at its path and of its class."""
+    first_stage = structure.stages[0]
+    first_block = f"{first_stage.path}.{first_stage.blocks[0]}."
+    if group == "layout":
+        naming = NamingSpec.model_validate(choice.get("naming", {}))
+        for index, stage in enumerate(structure.stages):
+            if naming.stages.format(index=index, number=index + 1) != stage.path:
+                return stage.path
+            if naming.blocks.format(index=0, number=1) != stage.blocks[0]:
+                return f"{stage.path}.{stage.blocks[0]}"
+        return None
+    if group == "stem":
+        return _layers_misfit("", _part("stems", choice["stem"]), modules)
+    if group == "block":
+        return _layers_misfit(first_block, _part("blocks", choice["block"]), modules)
+    if group == "head":
+        return _layers_misfit("", _part("heads", choice["head"]), modules)
+    return _shortcut_misfit(choice["shortcut"], structure, modules)
+
+
+def _shortcut_misfit(shortcut: str | Mapping[str, str], structure: Structure, modules: Mapping[str, Any]) -> str | None:
+    """Where the model's blocks lack the shortcut layers the policy gives them."""
+    if isinstance(shortcut, Mapping):
+        match, change = shortcut["where_shapes_match"], shortcut["where_shapes_change"]
+    else:
+        match, change = POLICIES.get(shortcut, (shortcut, shortcut))
+    channels = structure.stem_out_channels
+    for stage in structure.stages:
+        for index, block in enumerate(stage.blocks):
+            changes = index == 0 and (stage.stride != 1 or channels != stage.out_channels)
+            kind = change if changes else match
+            if kind not in (IDENTITY, "none"):
+                part = _part("shortcuts", kind)
+                prefix = f"{stage.path}.{block}.{getattr(part, 'module', 'downsample')}."
+                misfit = _layers_misfit(prefix, part, modules)
+                if misfit is not None:
+                    return misfit
+        channels = stage.out_channels
+    return None
+
+
+def _layers_misfit(prefix: str, part: PartSpec, modules: Mapping[str, Any]) -> str | None:
+    """The first path where the model has no layer of the class a node of ``part`` (one that every
+    instance holds: no template, no ``when``) needs, or has a layer where a node nests inside one."""
+    for name, node in part.nodes.items():
+        if getattr(node, "when", None) is not None or "{" in name:
+            continue
+        path = prefix + name
+        segments = path.split(".")
+        for end in range(1, len(segments)):
+            ancestor = modules.get(".".join(segments[:end]))
+            if ancestor is not None and not any(True for _ in ancestor.children()):
+                return ".".join(segments[:end])
+        layer_class = _layer_classes().get(getattr(node, "op", ""))
+        if layer_class is not None and not isinstance(modules.get(path), layer_class):
+            return path
+    return None
+
+
+@functools.cache
+def _layer_classes() -> dict[str, type]:
+    """The torch layer each op with weights is (a pool may be a function call, or an nn.Identity
+    where it has stride 1, as in timm's average-pool shortcuts: pools are not checked)."""
+    torch = import_framework("torch", "rescompile import", "torch")
+    nn = torch.nn
+    return {
+        "conv": nn.Conv2d,
+        "batch_norm": nn.BatchNorm2d,
+        "group_norm": nn.GroupNorm,
+        "layer_norm": nn.LayerNorm,
+        "linear": nn.Linear,
+    }
 
 
 def _fitted(kind: PartKind, part: str, given: Mapping[str, Any], observed: Mapping[str, int]) -> list[dict[str, Any]]:
@@ -350,37 +483,10 @@ def _part(kind: PartKind, part: str) -> PartSpec:
     return load_part(builtin_directory() / kind / f"{part}.yaml", kind).spec
 
 
-def _plausible(recipe: Mapping[str, Any], structure: Structure, keys: Collection[str]) -> bool:
-    """Whether the recipe could be the model, by what is cheap to tell before compiling: its
-    stage paths are the model's, and the model has a weight for each convolution and
-    normalisation its stem and block always hold (``conv1.weight``, ``layer1.0.bn1.weight``)."""
-    naming = NamingSpec.model_validate(recipe.get("naming", {}))
-    for index, stage in enumerate(structure.stages):
-        if naming.stages.format(index=index, number=index + 1) != stage.path:
-            return False
-        if naming.blocks.format(index=0, number=1) != stage.blocks[0]:
-            return False
-    first_block = f"{structure.stages[0].path}.{structure.stages[0].blocks[0]}."
-    wanted = [f"{name}.weight" for name in _weighted_nodes("stems", recipe["stem"])]
-    wanted += [f"{first_block}{name}.weight" for name in _weighted_nodes("blocks", recipe["block"])]
-    return all(key in keys for key in wanted)
-
-
-def _weighted_nodes(kind: PartKind, part: str) -> list[str]:
-    """The part's convolutions and BatchNorms that every instance holds (no template, no ``when``)."""
-    return [
-        name
-        for name, node in _part(kind, part).nodes.items()
-        if getattr(node, "op", None) in ("conv", "batch_norm")
-        and getattr(node, "when", None) is None
-        and "{" not in name
-    ]
-
-
-def spec_text(
-    name: str, recipe: Mapping[str, Any], structure: Structure, expansion: int, size: int | tuple[int, int]
-) -> str:
-    """The network spec, in the built-ins' style: one line per key, flow mappings, one stage a line."""
+def spec_text(name: str, recipe: Mapping[str, Any], structure: Structure, size: int | tuple[int, int]) -> str:
+    """The network spec, in the built-ins' style: one line per key, flow mappings, one stage a line;
+    each stage's width is its output channels over the recipe's ``expansion``."""
+    expansion = recipe["expansion"]
     lines = [f"name: {name}", f"input: {_flow({'channels': structure.input_channels, 'size': size})}"]
     lines += [f"{key}: {_flow(recipe[key])}" for key in _SPEC_KEYS if recipe.get(key) not in (None, {})]
     lines.append("stages:")
@@ -521,6 +627,28 @@ def _refusal(
     return (
         f"{source}: {where}: no built-in {kind} computes it; the closest of {len(misses)} candidates "
         f"({parts}) stops there: {closest.reason}"
+    )
+
+
+def _no_choice(source: str, model: torch.nn.Module, structure: Structure, missing: _NoChoice) -> str:
+    """One line: no built-in choice of a group has the model's layers, where the model holds the
+    group's layers, and the paths the built-in choices would have them at."""
+    weighted = [path for path, module in model.named_modules() if any(True for _ in module.parameters(recurse=False))]
+    first_stage = structure.stages[0]
+    if missing.group == "block":
+        path = f"{first_stage.path}.{first_stage.blocks[0]}"
+    elif missing.group == "stem":
+        path = weighted[0]
+    elif missing.group == "head":
+        path = weighted[-1]
+    else:
+        path = first_stage.path
+    where = f"{path} ({_class(model.get_submodule(path))})" if _has_module(model, path) else path
+    expected = sorted(set(missing.paths))
+    shown = ", ".join(expected[:4]) + (", ..." if len(expected) > 4 else "")
+    return (
+        f"{source}: {where}: no built-in {missing.group} has the model's layers (the {len(missing.paths)} built-in "
+        f"{missing.group} choices stop at {shown}, which the model lacks or holds as another layer)"
     )
 
 

@@ -28,12 +28,9 @@ SIZE = 64
 """Every import here states and checks this input size: a ResNet's structure shows at 64×64
 (the last stage is 2×2), at a sixth of 224's cost."""
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "resnext50_32x4d"]
-NOT_IMPORTED: dict[str, str] = {}
-"""Built-ins with a timm reference that the importer's candidate search does not cover, and why."""
 DEFAULT = {"torchvision:resnet18"}
-SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [
-    f"timm:{name}" for name in TIMM_PRESETS if name not in NOT_IMPORTED
-]
+SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [f"timm:{name}" for name in TIMM_PRESETS]
+"""Every built-in with a torchvision or timm reference."""
 
 
 def reference_model(source: str) -> torch.nn.Module:
@@ -84,6 +81,22 @@ def test_an_imported_builtin_is_its_reference_and_the_builtin(source: str, tmp_p
     assert torch_backend.emit_source(graph) == torch_backend.emit_source(builtin_graph(graph.name))
 
 
+@pytest.mark.slow
+def test_an_import_with_its_weights_is_an_exact_flax_port(tmp_path: Path) -> None:
+    from rescompile.backends import flax_backend
+
+    spec = import_into(tmp_path, "torchvision:resnet18", "--weights")
+    graph = compile_spec(spec)
+    model = flax_backend.build_module(graph)
+    flax_backend.load_weights(model, graph, read_weights(tmp_path / "resnet18.safetensors"))
+    model.eval()
+    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference_model("torchvision:resnet18")(inputs).numpy()
+    actual = np.asarray(model(inputs.numpy().transpose(0, 2, 3, 1)))
+    assert_close(actual, expected, tolerance="network", what="flax logits from the imported weights")
+
+
 def test_an_imported_spec_is_as_short_as_the_builtin(tmp_path: Path) -> None:
     spec = import_into(tmp_path, "torchvision:resnet50")
     lines = spec.read_text().splitlines()
@@ -117,7 +130,18 @@ def test_a_model_no_builtin_block_computes_is_refused_in_one_line(
     assert main(["import", "import_factories:gelu_net", "-o", str(tmp_path / "out"), "--size", str(SIZE)]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("import_factories:gelu_net: layer1.0 (GeluBlock): no built-in block computes it; ")
-    assert "(stem imagenet, block basic, shortcut B, head classifier) stops there: outputs differ by" in error
+    assert "(stem imagenet, block basic, shortcut " in error and "stops there: outputs differ by" in error
+    assert "\n" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_whose_stem_no_builtin_stem_names_is_refused_before_compiling(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["import", "import_factories:entry_net", "-o", str(tmp_path / "out"), "--size", str(SIZE)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("import_factories:entry_net: entry (Conv2d): no built-in stem has the model's layers (")
+    assert "stem choices stop at conv1, conv1.0, " in error
     assert "\n" not in error
     assert not (tmp_path / "out").exists()
 
