@@ -341,20 +341,20 @@ def builtin_choices() -> dict[str, list[dict[str, Any]]]:
 
 def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Specs to try: each combination of the built-in choices whose layers the model has, with
-    widths for an expansion of 4 and of 1, and with the stem's and block's parameters as given
+    widths for the block's expansion, and with the stem's and block's parameters as given
     and fitted to what the model's convolutions show (the stem's width, the block's groups and
     base width) where the part declares such a parameter."""
     plausible = {group: _plausible_choices(group, structure, modules) for group in _GROUPS}
     for layout, stem, block, shortcut, head in itertools.product(*plausible.values()):
         stem_observed = {"width": structure.stem_channels, "stem_width": structure.stem_channels}
         for stem_parameters in _fitted("stems", stem["stem"], stem.get("stem_parameters", {}), stem_observed):
-            for expansion in (4, 1):
-                if any(stage.out_channels % expansion for stage in structure.stages):
-                    continue
+            # A block's output channels are its width times its expansion, where it declares one.
+            given = block.get("block_parameters", {})
+            expansion = given.get("expansion", _defaults("blocks", block["block"]).get("expansion", 1))
+            if isinstance(expansion, int) and not any(stage.out_channels % expansion for stage in structure.stages):
                 first_width = structure.stages[0].out_channels // expansion
                 base_width, remainder = divmod(structure.inner_channels * 64, first_width * structure.groups)
                 observed = {"groups": structure.groups, **({"base_width": base_width} if not remainder else {})}
-                given = block.get("block_parameters", {})
                 for block_parameters in _fitted("blocks", block["block"], given, observed):
                     yield {
                         **layout,
@@ -420,14 +420,26 @@ def _shortcut_misfit(shortcut: str | Mapping[str, str], structure: Structure, mo
         for index, block in enumerate(stage.blocks):
             changes = index == 0 and (stage.stride != 1 or channels != stage.out_channels)
             kind = change if changes else match
-            if kind not in (IDENTITY, "none"):
-                part = _part("shortcuts", kind)
-                prefix = f"{stage.path}.{block}.{getattr(part, 'module', 'downsample')}."
-                misfit = _layers_misfit(prefix, part, modules)
+            part = None if kind in (IDENTITY, "none") else _part("shortcuts", kind)
+            attribute = f"{stage.path}.{block}.{getattr(part, 'module', 'downsample')}"
+            if part is not None:
+                misfit = _layers_misfit(attribute + ".", part, modules)
                 if misfit is not None:
                     return misfit
+            # A shortcut with weights where the policy gives one without (the identity, zero padding).
+            held = modules.get(attribute)
+            if held is not None and any(True for _ in held.parameters()) and not _weighted_nodes(part):
+                return attribute
         channels = stage.out_channels
     return None
+
+
+def _weighted_nodes(part: PartSpec | None) -> list[str]:
+    return (
+        []
+        if part is None
+        else [name for name, node in part.nodes.items() if getattr(node, "op", "") in _layer_classes()]
+    )
 
 
 def _layers_misfit(prefix: str, part: PartSpec, modules: Mapping[str, Any]) -> str | None:
@@ -608,6 +620,10 @@ def _refusal(
     misses: list[_Miss],
 ) -> str:
     """One line: the module where the closest candidate stopped matching, and what differed."""
+    if not misses:
+        channels = ", ".join(str(stage.out_channels) for stage in structure.stages)
+        blocks = "no built-in block whose layers the model has"
+        return f"{source}: {blocks} has an expansion that divides its stages' output channels ({channels})"
     closest = max(misses, key=lambda miss: miss.progress)
     path = closest.path
     kind = "part"
