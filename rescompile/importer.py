@@ -3,17 +3,18 @@
 The importer reads from the model what a spec states: its stages (the innermost containers of
 repeated blocks in the module hierarchy), their depths, output channels and strides (measured with
 forward hooks on a probe input), its input channels and its classes. It then searches the built-in
-parts: every built-in network's stem, block, shortcut, transition, head and naming (a *recipe*)
-with the recovered stages, with widths for an expansion of 4 or 1, and with the block's groups and
-base width read from the first block's convolutions. A candidate is accepted only where it *is*
+parts: each combination of the stems, blocks, shortcuts, heads and layouts the built-in networks
+use (with their parameters) whose layers the model holds, with the recovered stages, and with the
+stem's width and the block's groups, base width and group width read from the model's
+convolutions. A candidate is accepted only where it *is*
 the model: its canonical weights have the state_dict's names and shapes, the model's state_dict
 loads into the compiled torch module with ``strict=True`` and no renaming, and both agree on a
 seeded random input (eval mode, random normalisation statistics) within 1e-5 of the output's
 scale. Nothing unverified is written: a model no candidate computes is one line naming the module
 path where the closest candidate stopped matching.
 
-NOTES for developers: a recipe is data read from ``architectures/*.yaml``, so a new built-in
-network widens what imports with no change here. Candidates are ordered shortest spec first, so
+NOTES for developers: the choices are data read from ``architectures/*.yaml``, so a new
+built-in network widens what imports with no change here. Candidates are ordered shortest spec first, so
 that the simplest spec that computes the model is the one written.
 """
 
@@ -64,7 +65,8 @@ _SPEC_KEYS = (
     "transition",
     "transition_parameters",
 )
-"""A recipe's keys, in the order a spec file writes them (stages and the head follow)."""
+"""The keys a candidate takes from its choices, in the order a spec file writes them (stages and the
+head follow)."""
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
 
@@ -342,8 +344,8 @@ def builtin_choices() -> dict[str, list[dict[str, Any]]]:
 def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Specs to try: each combination of the built-in choices whose layers the model has, with
     widths for the block's expansion, and with the stem's and block's parameters as given
-    and fitted to what the model's convolutions show (the stem's width, the block's groups and
-    base width) where the part declares such a parameter."""
+    and fitted to what the model's convolutions show (the stem's width, the block's groups, base
+    width and group width) where the part declares such a parameter."""
     plausible = {group: _plausible_choices(group, structure, modules) for group in _GROUPS}
     for layout, stem, block, shortcut, head in itertools.product(*plausible.values()):
         stem_observed = {"width": structure.stem_channels, "stem_width": structure.stem_channels}
@@ -354,7 +356,11 @@ def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[di
             if isinstance(expansion, int) and not any(stage.out_channels % expansion for stage in structure.stages):
                 first_width = structure.stages[0].out_channels // expansion
                 base_width, remainder = divmod(structure.inner_channels * 64, first_width * structure.groups)
-                observed = {"groups": structure.groups, **({"base_width": base_width} if not remainder else {})}
+                observed = {"groups": structure.groups}
+                if not remainder:
+                    observed["base_width"] = base_width
+                if structure.inner_channels % structure.groups == 0:  # RegNet's channels a group
+                    observed["group_width"] = structure.inner_channels // structure.groups
                 for block_parameters in _fitted("blocks", block["block"], given, observed):
                     yield {
                         **layout,
@@ -495,20 +501,20 @@ def _part(kind: PartKind, part: str) -> PartSpec:
     return load_part(builtin_directory() / kind / f"{part}.yaml", kind).spec
 
 
-def spec_text(name: str, recipe: Mapping[str, Any], structure: Structure, size: int | tuple[int, int]) -> str:
+def spec_text(name: str, choices: Mapping[str, Any], structure: Structure, size: int | tuple[int, int]) -> str:
     """The network spec, in the built-ins' style: one line per key, flow mappings, one stage a line;
-    each stage's width is its output channels over the recipe's ``expansion``."""
-    expansion = recipe["expansion"]
+    each stage's width is its output channels over the block's ``expansion``."""
+    expansion = choices["expansion"]
     lines = [f"name: {name}", f"input: {_flow({'channels': structure.input_channels, 'size': size})}"]
-    lines += [f"{key}: {_flow(recipe[key])}" for key in _SPEC_KEYS if recipe.get(key) not in (None, {})]
+    lines += [f"{key}: {_flow(choices[key])}" for key in _SPEC_KEYS if choices.get(key) not in (None, {})]
     lines.append("stages:")
     for stage in structure.stages:
         entry: dict[str, Any] = {"depth": len(stage.blocks), "width": stage.out_channels // expansion}
         if stage.stride != 1:
             entry["stride"] = stage.stride
         lines.append(f"  - {_flow(entry)}")
-    lines.append(f"head: {recipe['head']}")
-    lines.append(f"head_parameters: {_flow({**recipe['head_parameters'], 'classes': structure.classes})}")
+    lines.append(f"head: {choices['head']}")
+    lines.append(f"head_parameters: {_flow({**choices['head_parameters'], 'classes': structure.classes})}")
     return "\n".join(lines) + "\n"
 
 
@@ -639,7 +645,7 @@ def _refusal(
         position = next((i for i, key in enumerate(keys) if _module_of(key) == path), len(keys))
         kind = "stem" if position < stage_start else "head"
     where = f"{path} ({_class(model.get_submodule(path))})" if _has_module(model, path) else path
-    parts = _recipe_summary(closest.text)
+    parts = _choices_summary(closest.text)
     return (
         f"{source}: {where}: no built-in {kind} computes it; the closest of {len(misses)} candidates "
         f"({parts}) stops there: {closest.reason}"
@@ -676,7 +682,7 @@ def _has_module(model: torch.nn.Module, path: str) -> bool:
     return bool(path)
 
 
-def _recipe_summary(text: str) -> str:
+def _choices_summary(text: str) -> str:
     """``stem imagenet, block bottleneck, shortcut B, head classifier`` from a candidate's text."""
     wanted = ("stem", "block", "shortcut", "head")
     found = dict(line.split(": ", 1) for line in text.splitlines() if line.split(":")[0] in wanted)
