@@ -175,7 +175,9 @@ def import_model(source: str, name: str, model: torch.nn.Module, size: int | tup
     written and compiled in a scratch folder: nothing reaches ``-o`` before one is verified."""
     torch = import_framework("torch", "rescompile import", "torch")
     structure = recover_structure(source, model, size)
-    reference = randomised(model, SEED + 1)
+    # The comparison runs on a copy: the model's own weights are what --weights writes.
+    reference = copy.deepcopy(model).eval()
+    randomise_normalisation(reference, SEED + 1)
     height, width = (size, size) if isinstance(size, int) else size
     probe = torch.randn(2, structure.input_channels, height, width, generator=torch.Generator().manual_seed(SEED))
     with torch.no_grad():
@@ -203,7 +205,7 @@ def import_model(source: str, name: str, model: torch.nn.Module, size: int | tup
                     return Imported(name, text, graph, outcome, index + 1, len(texts))
                 miss = outcome
             misses.append(miss)
-    raise RescompileError(_refusal(source, model, structure, shapes, misses))
+    raise RescompileError(_refusal(source, model, structure, misses))
 
 
 def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int, int]) -> Structure:
@@ -291,16 +293,16 @@ def _is_weight(key: str) -> bool:
     return not key.endswith("num_batches_tracked")
 
 
-def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``model`` in eval mode with random statistics and affine parameters in every
-    BatchNorm, GroupNorm and LayerNorm (and every layer scale ``gamma``), so that the comparison
-    exercises them: a zero-initialised last norm would hide its block's branch."""
+def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial statistics and affine parameters in every BatchNorm, GroupNorm and LayerNorm of
+    ``model``, so that eval mode exercises all four (and a zero-initialised last norm does not hide
+    its branch), and in every layer scale (a 1-D parameter ``gamma``, 1e-6 in a fresh ConvNeXt, which
+    would hide its block's branch). The test suite's comparisons with timm use it too."""
     torch = import_framework("torch", "rescompile import", "torch")
-    copied = copy.deepcopy(model).eval()
     generator = torch.Generator().manual_seed(seed)
     norms = (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
-        for module in copied.modules():
+        for module in model.modules():
             gamma = getattr(module, "gamma", None)
             if isinstance(gamma, torch.nn.Parameter) and gamma.ndim == 1:
                 gamma.copy_(torch.rand(gamma.shape[0], generator=generator) + 0.5)
@@ -312,7 +314,6 @@ def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 statistics = module.running_mean.shape[0]
                 module.running_mean.copy_(torch.randn(statistics, generator=generator) * 0.1)
                 module.running_var.copy_(torch.rand(statistics, generator=generator) + 0.5)
-    return copied
 
 
 _GROUPS: dict[str, tuple[str, ...]] = {
@@ -584,16 +585,21 @@ def _compare(
 def _first_divergence(
     model: torch.nn.Module, reference: torch.nn.Module, probe: torch.Tensor, structure: Structure
 ) -> str:
-    """The first block whose output differs between the two models (the head where none does)."""
+    """Where the two models first compute differently: the stem's last top-level module where the
+    first block's inputs differ, else the first block whose output differs, else the last
+    top-level module (the head)."""
     import torch
 
     from rescompile.testing import max_differences
 
-    paths = [f"{stage.path}.{block}" for stage in structure.stages for block in stage.blocks]
+    first = structure.stages[0]
+    blocks = [f"{stage.path}.{block}" for stage in structure.stages for block in stage.blocks]
     outputs: list[dict[str, torch.Tensor]] = [{}, {}]
     handles = []
     for network, seen in zip((model, reference), outputs, strict=True):
-        for path in paths:
+        entry = network.get_submodule(f"{first.path}.{first.blocks[0]}")
+        handles.append(entry.register_forward_pre_hook(lambda _, inputs, seen=seen: seen.setdefault("", inputs[0])))
+        for path in blocks:
             handles.append(network.get_submodule(path).register_forward_hook(_keeper(path, seen)))
     try:
         with torch.no_grad():
@@ -602,13 +608,16 @@ def _first_divergence(
     finally:
         for handle in handles:
             handle.remove()
-    for path in paths:
+    top_level = [name for name, _ in reference.named_children()]
+    first_top = first.path.split(".")[0]
+    stem_end = top_level[max(top_level.index(first_top) - 1, 0)] if first_top in top_level else first_top
+    for path in ["", *blocks]:
         ours, theirs = outputs[0].get(path), outputs[1].get(path)
         if ours is None or theirs is None or ours.shape != theirs.shape:
-            return path
+            return path or stem_end
         if max_differences(ours.numpy(), theirs.numpy())[1] > TOLERANCE:
-            return path
-    return "head"
+            return path or stem_end
+    return top_level[-1]
 
 
 def _keeper(path: str, seen: dict[str, Any]) -> Any:
@@ -622,7 +631,6 @@ def _refusal(
     source: str,
     model: torch.nn.Module,
     structure: Structure,
-    shapes: Mapping[str, tuple[int, ...]],
     misses: list[_Miss],
 ) -> str:
     """One line: the module where the closest candidate stopped matching, and what differed."""
@@ -631,19 +639,16 @@ def _refusal(
         blocks = "no built-in block whose layers the model has"
         return f"{source}: {blocks} has an expansion that divides its stages' output channels ({channels})"
     closest = max(misses, key=lambda miss: miss.progress)
-    path = closest.path
-    kind = "part"
-    first_stage = structure.stages[0].path + "."
-    keys = list(shapes)
+    path, kind = closest.path, "part"
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     for stage in structure.stages:
         if path == stage.path or path.startswith(stage.path + "."):
             block = stage.blocks[0] if path == stage.path else path[len(stage.path) + 1 :].split(".")[0]
             path, kind = f"{stage.path}.{block}", "block"
             break
     else:
-        stage_start = next((i for i, key in enumerate(keys) if key.startswith(first_stage)), len(keys))
-        position = next((i for i, key in enumerate(keys) if _module_of(key) == path), len(keys))
-        kind = "stem" if position < stage_start else "head"
+        if path in order:
+            kind = "stem" if order[path] < order[structure.stages[0].path] else "head"
     where = f"{path} ({_class(model.get_submodule(path))})" if _has_module(model, path) else path
     parts = _choices_summary(closest.text)
     return (

@@ -16,6 +16,13 @@ def small_resnet(classes: int = 10) -> nn.Module:
     return model
 
 
+def gelu_stem_resnet() -> nn.Module:
+    """:func:`small_resnet` with GELU in its stem, where every built-in stem has ReLU."""
+    model = small_resnet()
+    model.relu = nn.GELU()
+    return model
+
+
 class GeluBlock(nn.Module):
     """A basic block with GELU where torchvision's has ReLU: the same weights, another function."""
 

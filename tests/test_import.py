@@ -31,6 +31,27 @@ TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wi
 DEFAULT = {"torchvision:resnet18"}
 SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [f"timm:{name}" for name in TIMM_PRESETS]
 """Every built-in with a torchvision or timm reference."""
+OTHER_TIMM = [
+    "resnet10t",
+    "resnet14t",
+    "resnet18d",
+    "resnet26",
+    "resnet26d",
+    "resnet26t",
+    "resnet34d",
+    "resnet101d",
+    "resnet152d",
+    "resnext101_32x4d",
+    "resnext101_64x4d",
+    "seresnext26d_32x4d",
+    "seresnext26t_32x4d",
+    "seresnext101_32x8d",
+    "ecaresnet26t",
+    "ecaresnet50t",
+    "ecaresnet101d",
+]
+"""timm models beyond the built-ins that import exactly: ResNets whose parts the built-ins combine
+(a tiered stem with basic blocks, SE with a deep stem, other depths, groups and widths)."""
 
 
 def reference_model(source: str) -> torch.nn.Module:
@@ -71,14 +92,26 @@ def test_an_imported_builtin_is_its_reference_and_the_builtin(source: str, tmp_p
     assert written.keys() == state.keys()
     for key, value in state.items():
         np.testing.assert_array_equal(written[key], value.numpy(), err_msg=key)
-    # The reference's state_dict (random normalisation statistics) loads strictly, and computes the same.
+    assert_computes(graph, reference)
+    assert torch_backend.emit_source(graph) == torch_backend.emit_source(builtin_graph(graph.name))
+
+
+def assert_computes(graph: Graph, reference: torch.nn.Module) -> None:
+    """The reference's state_dict (random normalisation statistics) loads strictly into the
+    compiled graph, and the two compute the same."""
     randomise_normalisation(reference, seed=1)
     model = torch_backend.build_module(graph).eval()
     model.load_state_dict(reference.state_dict(), strict=True)
     inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework")
-    assert torch_backend.emit_source(graph) == torch_backend.emit_source(builtin_graph(graph.name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OTHER_TIMM)
+def test_other_timm_models_of_the_resnet_family_import_exactly(name: str, tmp_path: Path) -> None:
+    graph = compile_spec(import_into(tmp_path, f"timm:{name}"))
+    assert_computes(graph, reference_model(f"timm:{name}"))
 
 
 @pytest.mark.slow
@@ -133,6 +166,15 @@ def test_a_model_no_builtin_block_computes_is_refused_in_one_line(
     assert "(stem imagenet, block basic, shortcut " in error and "stops there: outputs differ by" in error
     assert "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stem_no_builtin_stem_computes_is_named_where_it_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["import", "import_factories:gelu_stem_resnet", "-o", str(tmp_path), "--size", str(SIZE)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("import_factories:gelu_stem_resnet: maxpool (MaxPool2d): no built-in stem computes it; ")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_model_whose_stem_no_builtin_stem_names_is_refused_before_compiling(
