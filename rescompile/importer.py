@@ -351,10 +351,10 @@ def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[di
     for layout, stem, block, shortcut, head in itertools.product(*plausible.values()):
         stem_observed = {"width": structure.stem_channels, "stem_width": structure.stem_channels}
         for stem_parameters in _fitted("stems", stem["stem"], stem.get("stem_parameters", {}), stem_observed):
-            # A block's output channels are its width times its expansion, where it declares one.
             given = block.get("block_parameters", {})
-            expansion = given.get("expansion", _defaults("blocks", block["block"]).get("expansion", 1))
-            if isinstance(expansion, int) and not any(stage.out_channels % expansion for stage in structure.stages):
+            for expansion in _expansions(block["block"], given):
+                if any(stage.out_channels % expansion for stage in structure.stages):
+                    continue
                 first_width = structure.stages[0].out_channels // expansion
                 base_width, remainder = divmod(structure.inner_channels * 64, first_width * structure.groups)
                 observed = {"groups": structure.groups}
@@ -373,6 +373,13 @@ def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[di
                         **head,
                         "expansion": expansion,
                     }
+
+
+def _expansions(block: str, given: Mapping[str, Any]) -> tuple[int, ...]:
+    """A block's output channels over its width: its ``expansion`` where it declares one, else 4
+    or 1 (timm_bottleneck writes ``out_channels: width * 4``)."""
+    declared = given.get("expansion", _defaults("blocks", block).get("expansion"))
+    return (declared,) if isinstance(declared, int) else (4, 1)
 
 
 def _plausible_choices(group: str, structure: Structure, modules: Mapping[str, Any]) -> list[dict[str, Any]]:

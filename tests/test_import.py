@@ -49,9 +49,26 @@ OTHER_TIMM = [
     "ecaresnet26t",
     "ecaresnet50t",
     "ecaresnet101d",
+    "wide_resnet101_2",
+    "resnetrs101",
+    "resnetv2_101",
+    "res2net101_26w_4s",
+    "resnest14d",
+    "resnest26d",
+    "skresnet34",
+    "regnetx_032",
+    "regnety_032",
+    "convnext_small",
+    "resnet18",
+    "resnet34",
+    "resnext50_32x4d",
 ]
-"""timm models beyond the built-ins that import exactly: ResNets whose parts the built-ins combine
-(a tiered stem with basic blocks, SE with a deep stem, other depths, groups and widths)."""
+"""timm models beyond the built-ins' references that import exactly: ResNets whose parts the
+built-ins combine (a tiered stem with basic blocks, SE with a deep stem), other depths, groups and
+widths. Tried and refused, each in one line: resnetblur50d and resnetaa50d (a deep stem with an
+anti-aliased pool: no built-in stem), resnetv2_50d and resnetv2_50t (ResNetV2's deep stem),
+res2next50 (Res2Net's cardinality is not read from the model), skresnext50_32x4d (no built-in
+SK bottleneck), gcresnet50t (timm's ByobNet layout)."""
 
 
 def reference_model(source: str) -> torch.nn.Module:
