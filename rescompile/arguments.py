@@ -7,6 +7,7 @@ importing the module that dispatches to it.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import NoReturn
 
 from rescompile.spec.errors import RescompileError
@@ -45,3 +46,27 @@ def parse_seed(text: str) -> int:
     if not 0 <= seed < 2**32:
         raise argparse.ArgumentTypeError(f"expected a seed from 0 to 4294967295, got {text!r}")
     return seed
+
+
+def parse_keywords(text: str) -> dict[str, object]:
+    """An argparse type for ``import --kwargs``: a JSON object (``{"num_classes": 10}``) or
+    ``key=value`` pairs joined by commas (``num_classes=10,drop_rate=0.1``), each value read as
+    JSON where it is JSON (numbers, true, null, ...) and as text otherwise."""
+    if text.lstrip().startswith("{"):
+        try:
+            keywords = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {error}") from None
+        if not isinstance(keywords, dict):
+            raise argparse.ArgumentTypeError("expected a JSON object")
+        return dict(keywords)
+    pairs: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"expected key=value pairs such as num_classes=10, got {item!r}")
+        try:
+            pairs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            pairs[key.strip()] = value
+    return pairs

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from rescompile.arguments import ArgumentParser, parse_seed, parse_size
+from rescompile.arguments import ArgumentParser, parse_keywords, parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
 from rescompile.backends.registry import BACKENDS
 from rescompile.backends.source import weights_path
@@ -29,7 +29,7 @@ from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, bui
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
 
-SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw", "bench")
+SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw", "bench", "import")
 _NAMES = ",".join(BACKENDS)
 DESCRIPTION = f"""Compile a residual-network spec (YAML) into a PyTorch, Flax or ONNX model.
 
@@ -43,6 +43,7 @@ commands:
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
   rescompile draw SPEC -o net.svg [--block PATH]           the network (or a block) as an SVG picture
   rescompile bench SPEC [--backend B] [--train] ...        time the generated model beside its reference
+  rescompile import SOURCE -o FOLDER [--weights]           a torchvision/timm model as a verified spec
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
@@ -182,6 +183,35 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
             "--block", help="draw this block's op graph instead: a path (layer2.0), stem, head or a block type"
         )
         parser.add_argument("--size", type=parse_size, help="override the spec's input size")
+    elif name == "import":
+        parser.description = (
+            "Write a network spec (FOLDER/NAME.yaml) of built-in parts that computes a torchvision, timm or your "
+            "own torch model, verified before it is written: the model's state_dict loads into the compiled spec "
+            "strictly, with no renaming, and the outputs agree within 1e-5 of their scale. A model no built-in "
+            "parts compute is refused, naming the module where the closest candidate stopped matching."
+        )
+        parser.add_argument(
+            "source",
+            help="torchvision:NAME or timm:NAME (built without pretrained weights: nothing downloads), or "
+            "package.module:factory, a function returning a torch.nn.Module (imported: it runs your code)",
+        )
+        parser.add_argument("-o", "--output", required=True, type=Path, help="the folder to write into (created)")
+        parser.add_argument(
+            "--weights",
+            action="store_true",
+            help="also write FOLDER/NAME.safetensors, the model's weights in canonical form (what --weights reads)",
+        )
+        parser.add_argument(
+            "--kwargs",
+            type=parse_keywords,
+            default={},
+            help="keyword arguments for the model's constructor: a JSON object or key=value,... (num_classes=10)",
+        )
+        parser.add_argument(
+            "--size",
+            type=parse_size,
+            help="the input size the spec states and the check runs at (default: timm's pretrained_cfg, else 224)",
+        )
     return parser
 
 
@@ -333,6 +363,37 @@ def _png(svg: bytes) -> bytes:
     return png
 
 
+def _import(arguments: list[str]) -> int:
+    options = _subcommand_parser("import").parse_args(arguments)
+    from rescompile.compiler.weights import save_weights
+    from rescompile.importer import canonical_reference_weights, default_size, import_model, load_reference
+
+    folder: Path = options.output
+    if folder.exists() and not folder.is_dir():
+        raise RescompileError(f"-o {folder}: not a folder; import -o names the folder to write into")
+    name, model = load_reference(options.source, options.kwargs)
+    spec_file, weights_file = folder / f"{name}.yaml", folder / f"{name}.safetensors"
+    for path in (spec_file, *([weights_file] if options.weights else [])):
+        check_output(path)
+    imported = import_model(options.source, name, model, options.size or default_size(model))
+    # Everything is checked before the first file is written: a refusal leaves nothing behind.
+    weights = canonical_reference_weights(options.source, model, imported.graph) if options.weights else None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RescompileError(f"cannot create {folder}: {error.strerror or error}") from None
+    header = f"# rescompile import {options.source}: verified (strict state_dict, outputs within 1e-5)\n"
+    write_atomically([(spec_file, [(header + imported.text).encode()])])
+    found = f"candidate {imported.candidate} of {imported.candidates} computes it"
+    agreement = f"outputs within {imported.difference:.1e} of their scale"
+    parameters = cost(imported.graph).parameters
+    print(f"{options.source}: {parameters:,} parameters; {found} ({agreement}): wrote {spec_file}")
+    if weights is not None:
+        save_weights(weights, weights_file)
+        print(f"wrote {weights_file} ({len(weights)} tensors, canonical)")
+    return 0
+
+
 def output_file(
     text: str, suffixes: tuple[str, ...], writes: str, inputs: Collection[Path], default: str | None = None
 ) -> Path:
@@ -365,6 +426,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "weights": _weights,
     "draw": _draw,
     "bench": _bench,
+    "import": _import,
 }
 
 

@@ -17,6 +17,7 @@ from rescompile.check import check, format_result
 from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, Node
 from rescompile.compiler.ops import Shape, ShapeError
 from rescompile.compiler.weights import random_weights
+from rescompile.importer import randomise_normalisation as randomise_normalisation  # one for the suite and import
 from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES
 
@@ -78,29 +79,6 @@ def infer_shapes(graph: Graph) -> Graph:
 
 
 # --- torch models ---------------------------------------------------------------------------------
-
-
-def randomise_normalisation(model: torch.nn.Module, seed: int) -> None:
-    """Non-trivial statistics and affine parameters in every BatchNorm, GroupNorm and LayerNorm of
-    ``model``, so that eval mode exercises all four (and a zero-initialised last norm does not hide
-    its branch), and in every layer scale (a 1-D parameter ``gamma``, 1e-6 in a fresh ConvNeXt, which
-    would hide its block's branch)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            gamma = getattr(module, "gamma", None)
-            if isinstance(gamma, torch.nn.Parameter) and gamma.ndim == 1:
-                gamma.copy_(torch.rand(gamma.shape[0], generator=generator) + 0.5)
-            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.GroupNorm | torch.nn.LayerNorm):
-                channels = module.weight.shape[0]
-                module.weight.copy_(torch.rand(channels, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(channels, generator=generator) * 0.1)
-            if isinstance(module, torch.nn.BatchNorm2d):
-                assert module.running_mean is not None and module.running_var is not None
-                module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
 
 
 def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
