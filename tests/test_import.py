@@ -29,8 +29,16 @@ SIZE = 64
 (the last stage is 2×2), at a sixth of 224's cost."""
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "resnext50_32x4d"]
 DEFAULT = {"torchvision:resnet18"}
-SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [f"timm:{name}" for name in TIMM_PRESETS]
-"""Every built-in with a torchvision or timm reference."""
+INVERTED_RESIDUALS = ["mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "efficientnetv2_rw_s"]
+"""Built-ins the importer does not read yet: its stages are found by a block expansion that divides
+the stages' widths, which inverted residuals (whose output is not a multiple of their width) do not
+have. Each is refused in one line, writing nothing (a test below)."""
+NOT_IMPORTED = {*INVERTED_RESIDUALS, "gcresnet50t"}
+"""gcresnet50t: timm's ByobNet layout is not one the importer recognises yet."""
+SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [
+    f"timm:{name}" for name in TIMM_PRESETS if name not in NOT_IMPORTED
+]
+"""Every other built-in with a torchvision or timm reference."""
 OTHER_TIMM = [
     "resnet10t",
     "resnet14t",
@@ -122,6 +130,17 @@ def assert_computes(graph: Graph, reference: torch.nn.Module) -> None:
     inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert_close(model(inputs).numpy(), reference(inputs).numpy(), tolerance="same_framework")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", INVERTED_RESIDUALS)
+def test_an_inverted_residual_network_is_refused_in_one_line(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["import", f"timm:{name}", "-o", str(tmp_path / "out"), "--size", str(SIZE)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"timm:{name}: no built-in block") and "\n" not in error, error
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
