@@ -55,6 +55,9 @@ TOLERANCE = 1e-5
 """The largest output difference accepted, relative to the output's largest magnitude."""
 SEED = 0
 SOURCE_FORMS = "torchvision:NAME, timm:NAME or package.module:factory"
+REFERENCE_BACKEND = "torch"
+"""The backend whose models are the imported model's kind (torch modules), through which each
+candidate spec is built and compared."""
 _SPEC_KEYS = (
     "naming",
     "stem",
@@ -571,10 +574,12 @@ def _compare(
     strictly and the outputs agree; else where the two first differ (block by block)."""
     import torch
 
-    from rescompile.backends import torch_backend
+    from rescompile.backends.registry import BACKENDS
     from rescompile.testing import max_differences
 
-    model = torch_backend.build_module(graph).eval()
+    model = BACKENDS[REFERENCE_BACKEND].build(graph)
+    assert isinstance(model, torch.nn.Module)
+    model.eval()
     progress = len(reference.state_dict()) + 1
     try:
         model.load_state_dict(reference.state_dict(), strict=True)
