@@ -483,10 +483,15 @@ def _add(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, Add)
     if op.constant is not None:
-        constant = _constant(builder, f"{site.name}.constant", np.array(op.constant, np.float32))
-        builder.node("Add", [site.inputs[0], constant], site)
+        _with_constant(builder, site, "Add", op.constant)
         return
     builder.node("Add" if len(site.inputs) == 2 else "Sum", list(site.inputs), site)
+
+
+def _with_constant(builder: _Builder, site: Site, op_type: str, constant: float) -> None:
+    """``op_type`` of the node's one input and its float32 ``constant`` (add and mul by a number)."""
+    value = _constant(builder, f"{site.name}.constant", np.array(constant, np.float32))
+    builder.node(op_type, [site.inputs[0], value], site)
 
 
 def _sigmoid(builder: _Builder, site: Site) -> None:
@@ -504,8 +509,7 @@ def _mul(builder: _Builder, site: Site) -> None:
     op = site.node.op
     assert isinstance(op, Mul)
     if op.constant is not None:
-        constant = _constant(builder, f"{site.name}.constant", np.array(op.constant, np.float32))
-        builder.node("Mul", [site.inputs[0], constant], site)
+        _with_constant(builder, site, "Mul", op.constant)
         return
     builder.node("Mul", list(site.inputs), site)
 

@@ -22,6 +22,7 @@ from rescompile.spec.errors import RescompileError
 from rescompile.testing import TOLERANCES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     import torch
@@ -140,3 +141,20 @@ def assert_is_reference(spec: str | Path, reference: torch.nn.Module, size: int)
         for mode in ("eval", "train"):
             expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
             assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{spec} {mode}")
+
+
+def assert_block_is_input_plus(network: Path, reference: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """The first block of ``network`` (conftest.elementwise_network: ``x + op(conv(x))``) computes
+    ``x + reference(conv(x))`` in the torch backend, bit for bit."""
+    import torch
+
+    from rescompile.backends import torch_backend
+    from rescompile.compiler import compile_spec
+
+    graph = compile_spec(network)
+    model = torch_backend.build_module(graph).eval()
+    torch_backend.load_weights(model, graph, random_weights(graph, seed=5))
+    block = layer(model, "layer1.0")
+    x = 3 * torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x + reference(block.conv(x)), rtol=0, atol=0)

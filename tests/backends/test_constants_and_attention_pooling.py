@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import elementwise_network
-from support import layer
+from support import assert_block_is_input_plus, layer
 from torch.utils.flop_counter import FlopCounterMode
 
 from rescompile.backends import torch_backend
@@ -56,13 +56,7 @@ def agree_within_1e_5(graph: Graph) -> float:
 def test_a_constant_op_computes_torchs_expression_exactly(
     kind: str, attributes: dict[str, object], reference: Callable[[torch.Tensor], torch.Tensor], tmp_path: Path
 ) -> None:
-    graph = compile_spec(elementwise_network(tmp_path, kind, attributes))
-    model = torch_backend.build_module(graph).eval()
-    torch_backend.load_weights(model, graph, random_weights(graph, seed=5))
-    block = layer(model, "layer1.0")
-    x = 3 * torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        torch.testing.assert_close(block(x), x + reference(block.conv(x)), rtol=0, atol=0)
+    assert_block_is_input_plus(elementwise_network(tmp_path, kind, attributes), reference)
 
 
 @pytest.mark.parametrize(("kind", "attributes"), [(k, a) for k, a, _ in CONSTANT_CASES], ids=CONSTANT_IDS)

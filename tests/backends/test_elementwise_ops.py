@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import ELEMENTWISE_OP_KINDS, elementwise_network
-from support import layer
+from support import assert_block_is_input_plus
 
-from rescompile.backends import torch_backend
 from rescompile.backends.registry import BACKENDS
 from rescompile.check import check, format_result
 from rescompile.compiler import compile_spec
@@ -69,11 +68,4 @@ def test_all_backends_agree_within_1e_5(kind: str, attributes: Mapping[str, obje
 def test_the_torch_block_computes_torch_nn(
     kind: str, attributes: Mapping[str, object], reference: torch.nn.Module, tmp_path: Path
 ) -> None:
-    graph = compile_spec(elementwise_network(tmp_path, kind, attributes))
-    model = torch_backend.build_module(graph).eval()
-    torch_backend.load_weights(model, graph, random_weights(graph, seed=5))
-    block = layer(model, "layer1.0")
-    x = 3 * torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
-    with torch.no_grad():
-        expected = x + reference(block.conv(x))
-        torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+    assert_block_is_input_plus(elementwise_network(tmp_path, kind, attributes), reference)
