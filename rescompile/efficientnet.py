@@ -77,8 +77,8 @@ BLOCKS = {"ds": "efficientnet_ds", "ir": "mbconv", "er": "fused_mbconv", "cn": "
 """timm's block type letter -> the built-in block with its keys."""
 
 STEM_WIDTH, FEATURES = 32, 1280
-"""The defaults of the ``efficientnet`` stem's width and the ``efficientnet_head``'s features: the
-written spec states them only where they differ."""
+"""The defaults of the ``timm_efficientnet`` stem's and head's widths: the written spec states them
+only where they differ."""
 
 TORCHVISION_STAGES = 7
 """torchvision's EfficientNet-B0 to B7 stages: the ``tv_efficientnet_head``'s conv is ``features.8``."""
@@ -185,7 +185,7 @@ def efficientnet_spec(
     keys: str = "timm",
 ) -> str:
     """A network spec (YAML text) with timm's keys (``conv_stem``, ``blocks.0.0.conv_dw``,
-    ``conv_head``, ``classifier``): the ``efficientnet`` stem and head, a stage per block string, an
+    ``conv_head``, ``classifier``): the ``timm_efficientnet`` stem and head with SiLU, a stage per block string, an
     input added only where shapes match; with ``keys="torchvision"``, torchvision's
     (``features.1.0.block.0.0``)."""
     scaled = [parse_stage(text, channel_multiplier, depth_multiplier) for text in stages]
@@ -194,16 +194,18 @@ def efficientnet_spec(
         return int(make_divisible(channels * channel_multiplier, 8))
 
     reference = "timm's" if keys == "timm" else "torchvision's"
+    stem_width_entry = f"width: {width(stem_width)}, " if width(stem_width) != STEM_WIDTH else ""
+    head_width_entry = f"width: {width(features)}, " if width(features) != FEATURES else ""
     body = [
         'naming: {stages: "blocks.{index}"}',
-        "stem: efficientnet",
-        *([f"stem_parameters: {{width: {width(stem_width)}}}"] if width(stem_width) != STEM_WIDTH else []),
+        "stem: timm_efficientnet",
+        f"stem_parameters: {{{stem_width_entry}act: silu}}",
         "block: mbconv",
         "shortcut: {where_shapes_match: identity, where_shapes_change: none}",
         "stages:",
         *(_stage_line(stage, "mbconv") for stage in scaled),
-        "head: efficientnet_head",
-        *([f"head_parameters: {{features: {width(features)}}}"] if width(features) != FEATURES else []),
+        "head: timm_efficientnet",
+        f"head_parameters: {{{head_width_entry}act: silu}}",
     ]
     if keys == "torchvision":
         tv_stages = [_torchvision_stage(stage, text) for stage, text in zip(scaled, stages, strict=True)]

@@ -258,6 +258,16 @@ def _merge(base: YamlDocument, child: YamlDocument, merged_by_name: Callable[[st
         if merged and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
             for name in value:
+                declared = base.data[key].get(name)
+                if key == "parameters" and isinstance(declared, dict) and not isinstance(value[name], dict):
+                    # A plain value over a declared parameter changes its default only: its
+                    # choices and bounds stay the base's, and the value is checked against them.
+                    data[key][name] = {**declared, "default": value[name]}
+                    drop((key, name, "default"))
+                    for mine, table in ((child.source.values, values), (child.source.keys, keys)):
+                        if (key, name) in mine:
+                            table[(key, name, "default")] = mine[(key, name)]
+                    continue
                 drop((key, name))
         else:
             data[key] = value

@@ -135,6 +135,37 @@ def test_a_block_of_the_users_may_extend_the_builtin_of_its_own_name(tmp_path: P
     assert part.defaults["drop_path_rate"] == 0.2
 
 
+CHOOSING = """name: choosing
+description: A convolution and the activation a parameter chooses.
+parameters:
+  act: {default: relu, choices: [relu, silu]}
+out_channels: width
+nodes:
+  conv1: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1}
+  act1: {op: "{act}"}
+  add: {op: add, inputs: [act1, shortcut]}
+"""
+
+
+def test_a_plain_value_over_a_declared_parameter_changes_only_its_default(tmp_path: Path) -> None:
+    files = {"choosing.yaml": CHOOSING, "ext.yaml": "name: ext\nextends: choosing\nparameters: {act: silu}\n"}
+    by_hand = CHOOSING.replace("name: choosing", "name: ext").replace("default: relu", "default: silu")
+    extended = _load(tmp_path, files)
+    assert extended == _load(tmp_path, {"hand.yaml": by_hand}, "hand.yaml")
+    assert extended.defaults["act"] == "silu"
+
+
+def test_a_changed_default_outside_the_base_choices_is_located_in_the_extension(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    files = {"choosing.yaml": CHOOSING, "ext.yaml": "name: ext\nextends: choosing\nparameters: {act: gelu}\n"}
+    with pytest.raises(RescompileError) as raised:
+        _load(tmp_path, files)
+    assert str(raised.value).startswith("blocks/ext.yaml:3:"), raised.value
+    assert "gelu" in str(raised.value) and "silu" in str(raised.value), raised.value
+
+
 # gn_bottleneck as it was written before block extension: the extension must load as this.
 GN_BOTTLENECK = """name: gn_bottleneck
 description: 1×1 reduce, 3×3, 1×1 expand, each followed by GroupNorm.
