@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from support import assert_backends_agree, randomise_normalisation
+from support import assert_backends_agree, assert_is_reference
 from torch.utils.flop_counter import FlopCounterMode
 
-from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec, cost
-from rescompile.testing import assert_close
 
 # mobilenet_v3_small from the parts tv_mobilenet_v3_large uses; expansion ratios as timm's
 # mobilenetv3_small_100 (make_divisible(24 × 3.67) = 88, torchvision's expanded width).
@@ -41,24 +39,15 @@ head_parameters: {stage: 12, features: 1024}
 
 
 def assert_is_torchvisions(spec: str | Path, reference_name: str, size: int) -> None:
-    """Keys in torchvision's order, its parameters and MACs, eval and train-mode outputs. The
-    reference's classifier dropout (the identity in evaluation; no op writes it) is off."""
+    """Keys in torchvision's order, its parameters, eval and train-mode outputs
+    (support.assert_is_reference), and its MACs by torch's counter. The reference's classifier
+    dropout (the identity in evaluation; no op writes it) is off."""
     torch.manual_seed(0)
     reference = getattr(torchvision.models, reference_name)(weights=None, dropout=0.0)
-    randomise_normalisation(reference, seed=1)
-    graph = compile_spec(spec, size=size)
-    model = torch_backend.build_module(graph)
-    model.load_state_dict(reference.state_dict(), strict=True)
-    assert list(model.state_dict()) == list(reference.state_dict())
-    assert cost(graph).parameters == sum(parameter.numel() for parameter in reference.parameters())
+    assert_is_reference(spec, reference, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         reference.eval()(torch.zeros(1, 3, size, size))
-    assert counter.get_total_flops() == 2 * cost(graph).macs
-    inputs = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        for mode in ("eval", "train"):
-            expected, actual = getattr(reference, mode)()(inputs), getattr(model, mode)()(inputs)
-            assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{mode} at {size}")
+    assert counter.get_total_flops() == 2 * cost(compile_spec(spec, size=size)).macs
 
 
 @pytest.mark.parametrize("size", [224, 97])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support import assert_backends_agree
@@ -96,6 +97,15 @@ def test_a_stages_feature_map_is_its_last_block() -> None:
     assert model.feature_info.module_name() == ["features.1", "features.3"]
     outputs = model(torch.zeros(1, 3, 64, 64))
     assert [tuple(map(int, out.shape)) for out in outputs] == [(1, 16, 32, 32), (1, 24, 16, 16)]
+
+
+@pytest.mark.slow
+def test_a_stages_flax_feature_map_is_its_last_block_in_network_order() -> None:
+    """Flax finds the stages in network order though its model holds features.10 before features.3
+    (by default tests/test_check.py runs tv_mobilenet_v2's blocks in flax)."""
+    flax_model = create_model("tv_mobilenet_v2", "flax", features_only=True, out_indices=(2, 5))
+    flax_outputs = flax_model(np.zeros((1, 64, 64, 3), np.float32))
+    assert [tuple(map(int, out.shape)) for out in flax_outputs] == [(1, 16, 16, 24), (1, 4, 4, 96)]
 
 
 @pytest.mark.parametrize(
