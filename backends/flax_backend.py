@@ -20,6 +20,7 @@ flax's names and momentum convention but torch's training semantics, updating ``
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -1110,7 +1111,9 @@ def count_parameters(model: nnx.Module) -> int:
 
 def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
     """The network's stages by path (``layer1``, ``stages.0.blocks``, …): its ``nnx.List``
-    attributes, in the order built, looked for inside ``nnx.Dict`` containers too."""
+    attributes, looked for inside ``nnx.Dict`` containers too, in network order: the paths differ
+    only in their stage numbers, which order them (``features.3`` before ``features.10``; a model
+    that went through ``nnx.jit`` or a state update holds its attributes sorted as text)."""
     from flax import nnx
 
     stages: list[tuple[str, Any]] = []
@@ -1119,7 +1122,12 @@ def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
             stages.append((prefix + str(name), value))
         elif isinstance(value, nnx.Dict):
             stages += _stages(value, f"{prefix}{name}.")
-    return stages
+    return sorted(stages, key=lambda stage: _numbers_as_numbers(stage[0]))
+
+
+def _numbers_as_numbers(path: str) -> list[str | int]:
+    """``path`` as a sort key in which its runs of digits compare as numbers."""
+    return [int(run) if run.isdigit() else run for run in re.split(r"(\d+)", path)]
 
 
 Transitions = tuple[tuple[str, str, bool], ...]

@@ -206,8 +206,10 @@ def forward_paths(graph: Graph) -> list[str] | None:
     if sections is None or not _is_chain(graph.modules[0]):
         return None
     paths = [node.name for node in graph.modules[0].nodes]
+    # A stage in a container the stages share (features) is its blocks, each called.
+    shared = {stage.path for stage in graph.stages if stage.container is not None}
     for module in graph.modules[1:-1]:
-        path = module.path if module.role == "transition" else module.stage
+        path = module.path if module.role == "transition" or module.stage in shared else module.stage
         if paths[-1] != path:
             paths.append(path)
     return paths + [node.name for node in sections.features]

@@ -52,7 +52,7 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import HeadSections, feature_points, head_sections
-from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Definition, FoldedNorm, Graph
+from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Definition, FoldedNorm, Graph, Stage
 from rescompile.compiler.ops import (
     Add,
     AvgPoolFields,
@@ -82,6 +82,7 @@ from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.compiler.weights import Array, Weights, check_weights, read_weights, weight_shapes
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Value
+from rescompile.spec.models import NETWORK_PLACEHOLDERS
 from rescompile.version import __version__
 
 if TYPE_CHECKING:
@@ -715,16 +716,25 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     stage_signature = wrap_call(
         "def _make_stage", stage_parameters + (["**options: Any"] if options_used else []), 4, " -> nn.Sequential:"
     )
+    shared = {stage.path: stage for stage in graph.stages if stage.container is not None}
     stages, order = stage_construction(
         graph,
         calls,
-        lambda call: wrap_call(
-            f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8
+        lambda call: (
+            _shared_stage_statement(graph, shared[call.attribute], stage_arguments(call, indexed))
+            if call.attribute in shared
+            else wrap_call(
+                f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8
+            )
         ),
         lambda module, callee: f"{callee}({', '.join(transition_arguments(graph, module))})",
         "nn.ModuleDict()",
     )
-    stage_lines = [f"x = self{attribute_access(path)}(x)" for pair in order for path in pair if path is not None]
+    # A stage in a container the stages share is its blocks, each called.
+    called = [path for pair in order for path in pair if path is not None]
+    stage_lines = [
+        f"x = self{attribute_access(block)}(x)" for path in called for block in _held(shared.get(path), path)
+    ]
     stem = instance_nodes(graph.modules[0])
     head = instance_nodes(graph.modules[-1])
     forward = _forward_lines(stem) + stage_lines + _forward_lines(head)
@@ -785,6 +795,28 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         timm=timm,
         features_lines=features,
     )
+
+
+def _shared_stage_statement(graph: Graph, stage: Stage, arguments: list[str]) -> str:
+    """A stage whose blocks live in the container every stage shares (``features``): made as any
+    stage, then put in the container under their names, numbered across the network (``features.2``)."""
+    assert stage.container is not None
+    pattern = graph.block_names
+    placeholder = next(name for name in NETWORK_PLACEHOLDERS if f"{{{name}}}" in pattern)
+    start = graph.blocks.index(graph.blocks_of(stage)[0]) + NETWORK_PLACEHOLDERS[placeholder]
+    name = "str(number)" if pattern == f"{{{placeholder}}}" else 'f"' + pattern.replace(placeholder, "number") + '"'
+    return "\n".join(
+        [
+            wrap_call("blocks = self._make_stage", arguments, 8),
+            f"self{attribute_access(stage.container)}.update(({name}, block) "
+            f"for number, block in enumerate(blocks, start={start}))",
+        ]
+    )
+
+
+def _held(stage: Stage | None, path: str) -> tuple[str, ...]:
+    """The paths forward calls for ``path``: a stage's blocks where it is in a shared container, else ``path``."""
+    return (path,) if stage is None else stage.blocks
 
 
 def emit(graph: Graph, options: EmitOptions) -> Writer:

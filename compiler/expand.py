@@ -43,6 +43,7 @@ from rescompile.spec.models import (
     BinarySpec,
     BlockSpec,
     HeadSpec,
+    NamingSpec,
     NetworkSpec,
     OpSpec,
     PartSpec,
@@ -98,10 +99,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     node_count = len(stem_module.nodes)
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
+        # A stage is where its blocks live; in a container the stages share, its last block (its output).
+        stage_path = _stage_path(spec.naming, stage_index, blocks_built + stage.depth - 1)
         transition = parts.transitions[stage_index]
         if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            module = _transition_module(network, transition, stage_index, shape, after_blocks=False)
+            module = _transition_module(network, transition, stage_index, stage_path, shape, after_blocks=False)
             shape, node_count = _appended(modules, module, node_count)
             transition_path: str | None = module.path
         else:
@@ -124,7 +127,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             overrides = _block_overrides(spec, stage_index, block_index)
             bindings = _bind(block, overrides, builtins, network, "block_parameters", stage_index, block_index)
             template = block
-            path = spec.naming.block_path(stage_index, block_index)
+            path = spec.naming.block_path(stage_index, block_index, blocks_built - 1)
             block, read = unrolling.unroll(block, bindings, "blocks", path)
             assert isinstance(block.spec, BlockSpec)
             out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
@@ -152,7 +155,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     f"= {out_channels}, but its last node produces {module.out_shape[0]} channels",
                     block.locate("out_channels"),
                 )
-            modules.append(dataclasses.replace(module, stage_path=spec.naming.stage_path(stage_index)))
+            modules.append(dataclasses.replace(module, stage_path=stage_path))
             block_paths.append(path)
             node_count = _count_nodes(node_count, module)
             shape = module.out_shape
@@ -160,12 +163,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         transition_after_path: str | None = None
         if transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
-            module = _transition_module(network, transition_after, stage_index, shape, after_blocks=True)
+            module = _transition_module(network, transition_after, stage_index, stage_path, shape, after_blocks=True)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
-            stage_path = spec.naming.stage_path(stage_index)
-            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path))
+            container = spec.naming.stage_path(stage_index) if spec.naming.shared else None
+            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path, container))
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -318,8 +321,8 @@ def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> N
             items = [(node.name, f"{module.role} node '{node.name}'") for node in module.nodes]
         elif module.role == "transition":
             items = [(module.path, f"the transition '{module.path}' of stage '{module.stage}'")]
-        else:
-            items = [(module.stage, f"stage '{module.stage}'")]
+        else:  # a stage holds its blocks' container, or in a container the stages share, each block
+            items = [(module.path if network.spec.naming.shared else module.stage, f"stage '{module.stage}'")]
         for path, owner in items:
             if owners.get(path, owner) == owner or (module.role == "head" and owners[path].startswith("stem ")):
                 owners.setdefault(path, owner)  # stem and head nodes apart are the loader's check
@@ -362,10 +365,16 @@ def _appended(modules: list[Module], module: Module, node_count: int) -> tuple[S
 
 
 def _transition_module(
-    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, shape: Shape, after_blocks: bool
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    stage_index: int,
+    stage_at: str,
+    shape: Shape,
+    after_blocks: bool,
 ) -> Module:
-    """Stage ``stage_index``'s transition, before its blocks (bound to the stage's width and stride,
-    which it takes) or after them (``after_blocks``: bound to the width and stride 1)."""
+    """Stage ``stage_index``'s transition (of the stage at path ``stage_at``), before its blocks (bound
+    to the stage's width and stride, which it takes) or after them (``after_blocks``: bound to the
+    width and stride 1)."""
     spec = network.spec
     stage = spec.stages[stage_index]
     builtins: dict[str, Value] = {
@@ -388,7 +397,13 @@ def _transition_module(
         )
     location = network.locate("stages", stage_index)
     module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_path, after_blocks=after_blocks)
+    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks)
+
+
+def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
+    """The path of stage ``stage_index``: its blocks' container, or where the stages share one
+    (``features``), its last block (``features.3``, the network's ``last_block``), where its output is read."""
+    return naming.block_path(stage_index, 0, last_block) if naming.shared else naming.stage_path(stage_index)
 
 
 def _check_network_attributes(
@@ -401,8 +416,14 @@ def _check_network_attributes(
     generated module."""
     naming = network.spec.naming
     owners: dict[str, str] = {}
-    for stage_index in range(len(network.spec.stages)):
-        owners.setdefault(naming.stage_path(stage_index), "a stage of the network")
+    blocks_before = 0
+    for stage_index, stage in enumerate(network.spec.stages):
+        # Where the stages share a container, a stage holds its blocks' paths in it (features.1), not it.
+        held = range(blocks_before, blocks_before + stage.depth) if naming.shared else [0]
+        for block in held:
+            path = naming.block_path(stage_index, 0, block) if naming.shared else naming.stage_path(stage_index)
+            owners.setdefault(path, "a stage of the network")
+        blocks_before += stage.depth
         for after_blocks, transition in (
             (False, parts.transitions[stage_index]),
             (True, parts.transitions_after[stage_index]),

@@ -261,12 +261,17 @@ class Stage:
     :meth:`Graph.blocks_of`, :meth:`Graph.transition_of`, :meth:`Graph.transition_after_of`)."""
 
     path: str
-    """The container of its blocks (``layer2``, ``stages.1.blocks``)."""
+    """The container of its blocks (``layer2``, ``stages.1.blocks``); where the stages share one
+    (``container``), its last block (``features.3``), whose output is the stage's."""
     blocks: tuple[str, ...]
     transition: str | None = None
     """The path of the transition that runs before its blocks, if any."""
     transition_after: str | None = None
     """The path of the transition that runs after its blocks, if any: then its output is the stage's."""
+    container: str | None = None
+    """The container every stage's blocks share, numbered across the network (torchvision's
+    MobileNets: ``features``, holding ``features.1`` ... ``features.17``); None where ``path`` holds
+    this stage's blocks alone."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +295,9 @@ class Graph:
 
     def block_name_source(self) -> str | None:
         """The Python f-string naming block ``index`` of a stage (``f"b{index + 1}"``), or None
-        where blocks are numbered from 0 (positions in a Sequential)."""
-        if self.block_names == "{index}":
+        where blocks are numbered from 0 (positions in a Sequential) or in a container the stages
+        share (each stage's statement names its blocks)."""
+        if self.block_names == "{index}" or any(stage.container is not None for stage in self.stages):
             return None
         return 'f"' + self.block_names.replace("{number}", "{index + 1}") + '"'
 

@@ -833,11 +833,18 @@ STAGE_PLACEHOLDERS = {"index": 0, "number": 1}
 ``{number}`` from 1."""
 
 
-def _check_stage_pattern(pattern: str) -> str:
+def _check_stage_pattern(pattern: str, shared: bool = False) -> str:
+    """A stage (or transition) path pattern; with ``shared``, a stage path may hold no placeholder:
+    then every stage's blocks live in that one container (:class:`NamingSpec`)."""
     placeholders = [name for name in STAGE_PLACEHOLDERS if f"{{{name}}}" in pattern]
-    if len(placeholders) != 1:
-        raise ValueError("a stage path holds exactly one of {index} (0, 1, ...) or {number} (1, 2, ...)")
-    example = pattern.replace(f"{{{placeholders[0]}}}", "0")
+    if len(placeholders) != 1 and not (shared and not placeholders):
+        raise ValueError(
+            "a stage path holds at most one of {index} (0, 1, ...) or {number} (1, 2, ...); without one, the "
+            "stages share it (features), their blocks numbered across the network ({network_number})"
+            if shared
+            else "a stage path holds exactly one of {index} (0, 1, ...) or {number} (1, 2, ...)"
+        )
+    example = pattern.replace(f"{{{placeholders[0]}}}", "0") if placeholders else pattern
     segments = example.split(".")
     if (
         not all(
@@ -855,13 +862,24 @@ def _check_stage_pattern(pattern: str) -> str:
     return pattern
 
 
+def _check_shared_stage_pattern(pattern: str) -> str:
+    return _check_stage_pattern(pattern, shared=True)
+
+
+NETWORK_PLACEHOLDERS = {"network_index": 0, "network_number": 1}
+"""The placeholders of a block name numbered across the network, not its stage (torchvision's
+MobileNets: ``features.1`` ... ``features.17``), by the network's first block's value."""
+
+
 def _check_block_pattern(pattern: str) -> str:
-    placeholders = [name for name in STAGE_PLACEHOLDERS if f"{{{name}}}" in pattern]
+    names = [*STAGE_PLACEHOLDERS, *NETWORK_PLACEHOLDERS]
+    placeholders = [name for name in names if f"{{{name}}}" in pattern]
     example = pattern.replace(f"{{{placeholders[0]}}}", "0") if len(placeholders) == 1 else ""
     if len(placeholders) != 1 or not (example.isdigit() or example.isidentifier()) or not example.isascii():
         raise ValueError(
-            "a block name holds exactly one of {index} (0, 1, ...) or {number} (1, 2, ...) and is one path "
-            "segment: a number ({index}) or an identifier (b{number})"
+            "a block name holds exactly one of {index} (0, 1, ...), {number} (1, 2, ...) or, counted across the "
+            "network, {network_index} or {network_number}, and is one path segment: a number ({index}) or an "
+            "identifier (b{number})"
         )
     return pattern
 
@@ -872,14 +890,17 @@ class NamingSpec(StrictModel):
     A block's path is its stage's path and its index in the stage (``layer1.0``,
     ``stages.0.blocks.0``); stem and head nodes keep their own names (``conv1``, ``stem.conv``)."""
 
-    stages: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
+    stages: Annotated[str, AfterValidator(_check_shared_stage_pattern)] = Field(
         default="layer{number}",
-        description="The path of each stage: {index} counts stages from 0, {number} from 1.",
+        description="The path of each stage: {index} counts stages from 0, {number} from 1; a path without either "
+        "(features) is one container every stage's blocks share, numbered across the network (naming.blocks "
+        "{network_number}: torchvision's MobileNets, features.1 ... features.17).",
     )
     blocks: Annotated[str, AfterValidator(_check_block_pattern)] = Field(
         default="{index}",
         description="The name of each block in its stage: {index} counts blocks from 0 (layer1.0), {number} "
-        "from 1 (timm's RegNet: b{number}, s1.b1).",
+        "from 1 (timm's RegNet: b{number}, s1.b1); in a container the stages share, {network_index} and "
+        "{network_number} count the network's blocks from 0 and from 1 (features.{network_number}).",
     )
     transitions: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
         default="transition{number}",
@@ -887,13 +908,35 @@ class NamingSpec(StrictModel):
         "{number} from 1 (ConvNeXt: stages.{index}.downsample).",
     )
 
+    @model_validator(mode="after")
+    def _blocks_numbered_where_stages_share(self) -> NamingSpec:
+        if self.shared != any(f"{{{name}}}" in self.blocks for name in NETWORK_PLACEHOLDERS):
+            raise ValueError(
+                f"stages '{self.stages}' is one container every stage's blocks share: number them across the "
+                "network, blocks '{network_number}' (or '{network_index}')"
+                if self.shared
+                else f"blocks '{self.blocks}' numbers blocks across the network, which only blocks that share one "
+                "container need: give stages a path without {index} or {number} (features)"
+            )
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """Whether every stage's blocks live in one container (``features``), numbered across the network."""
+        return not any(f"{{{name}}}" in self.stages for name in STAGE_PLACEHOLDERS)
+
     def stage_path(self, stage_index: int) -> str:
-        """The path of stage ``stage_index`` (0-based): ``layer1`` or ``stages.0.blocks``."""
+        """The path of stage ``stage_index`` (0-based): ``layer1`` or ``stages.0.blocks``; where the
+        stages share a container, that container (``features``)."""
         return _fill(self.stages, stage_index)
 
-    def block_path(self, stage_index: int, block_index: int) -> str:
-        """The path of block ``block_index`` (0-based) of a stage: ``layer1.0``, ``s1.b1``."""
-        return f"{self.stage_path(stage_index)}.{_fill(self.blocks, block_index)}"
+    def block_path(self, stage_index: int, block_index: int, network_index: int) -> str:
+        """The path of block ``block_index`` (0-based) of a stage, the network's ``network_index``:
+        ``layer1.0``, ``s1.b1``, or numbered across the network, ``features.3``."""
+        name = _fill(self.blocks, block_index)
+        for placeholder, first in NETWORK_PLACEHOLDERS.items():
+            name = name.replace(f"{{{placeholder}}}", str(network_index + first))
+        return f"{self.stage_path(stage_index)}.{name}"
 
     transitions_after: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
         default="transition_after{number}",

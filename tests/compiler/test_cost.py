@@ -28,6 +28,9 @@ REFERENCE = {
     "resnet1202": (19_421_274, None),
     # torchvision's documentation: 5,288,548 parameters, 0.39 GFLOPS (its MACs; 0.386 by torch's counter).
     "tv_efficientnet_b0": (5_288_548, 0.386),
+    # torchvision's documentation: 3,504,872 and 5,483,032 parameters, 0.301 and 0.217 GFLOPS (its MACs).
+    "tv_mobilenet_v2": (3_504_872, 0.301),
+    "tv_mobilenet_v3_large": (5_483_032, 0.217),
 }
 
 

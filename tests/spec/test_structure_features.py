@@ -65,10 +65,11 @@ def test_a_projection_reads_the_shortcut_input(tmp_path: Path, monkeypatch: pyte
     ("network", "block", "expected"),
     [
         (
-            NETWORK.replace("stages.{index}.blocks", "stages.blocks"),
+            NETWORK.replace("stages.{index}.blocks", "stages.{index}.{number}"),
             BLOCK,
-            "net.yaml:3:18: naming.stages: a stage path holds exactly one of {index} (0, 1, ...) or {number} (1, 2, "
-            "...) (got 'stages.blocks')",
+            "net.yaml:3:18: naming.stages: a stage path holds at most one of {index} (0, 1, ...) or {number} (1, 2, "
+            "...); without one, the stages share it (features), their blocks numbered across the network "
+            "({network_number}) (got 'stages.{index}.{number}')",
         ),
         (
             NETWORK.replace("stages.{index}.blocks", "{index}.blocks"),
