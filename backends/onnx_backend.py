@@ -60,8 +60,10 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.ops import (
     Add,
     Clamp,
+    Flatten,
     Gelu,
     GeluApproximation,
+    GlobalAveragePool,
     LayerNorm,
     LayerScale,
     LeakyRelu,
@@ -1045,9 +1047,9 @@ def fixed_size_reason(graph: Graph) -> str | None:
     for module in graph.modules:
         size_free = {MODULE_INPUT} if size_free_output else set()
         for node in module.nodes:
-            if node.op.kind == "global_average_pool" or (node.inputs and set(node.inputs) <= size_free):
+            if isinstance(node.op, GlobalAveragePool) or (node.inputs and set(node.inputs) <= size_free):
                 size_free.add(node.name)
-            elif node.op.kind == "flatten":
+            elif isinstance(node.op, Flatten):
                 _, height, width = node.in_shapes[0]
                 return (
                     f"'{module.canonical(node.name)}' flattens a {height}×{width} map that no global pool made, "
