@@ -16,7 +16,7 @@ an op is stated on it, once:
 
 Cost, canonical weights (names, shapes, initial and random values), the Flax weight conversion and
 the shape pass all derive from this table; nothing recognises an op by a name suffix. A new op is
-one class here, listed in :data:`OP_TYPES`, plus one emitter per backend.
+one class here (defining it registers it in :data:`OP_TYPES`), plus one emitter per backend.
 """
 
 from __future__ import annotations
@@ -230,11 +230,33 @@ def _enum_fields(op_type: type) -> dict[str, type[enum.Enum]]:
     return {name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, enum.Enum)}
 
 
-class OpBase:
-    """What every op states; the defaults describe an op without parameters and without MACs that
-    keeps its input's channels."""
+@dataclass(frozen=True)
+class OpFields:
+    """An op's fields: its symbolic form, the op of a definition's node (:data:`SymbolicOp`). Each
+    op with an integer field states them in a generic ``XFields`` subclass (``ConvFields[N, P, Q]``),
+    over :data:`Size` in a definition; an op without one is its own."""
 
     kind: ClassVar[str]
+
+
+_REGISTRY: dict[str, type[OpBase]] = {}
+"""Every op class by its kind, in the order this module defines them: filled as each is defined."""
+
+
+class OpBase(OpFields):
+    """What every op states; the defaults describe an op without parameters and without MACs that
+    keeps its input's channels. Each subclass with a ``kind`` is an op: defining it registers it in
+    the op table (:data:`OP_TYPES`), nothing else lists it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = getattr(cls, "kind", None)
+        if kind is None:
+            return  # a family of ops (Elementwise), not an op
+        if kind in _REGISTRY:
+            raise TypeError(f"op kind '{kind}' is stated twice: {_REGISTRY[kind].__name__} and {cls.__name__}")
+        _REGISTRY[kind] = cls
+
     minimums: ClassVar[Mapping[str, int]] = {}
     """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
     maximums: ClassVar[Mapping[str, int]] = {}
@@ -272,7 +294,7 @@ class OpBase:
         expression too), and its output's channel count. None: not expressible from channels (after
         a flatten). The default: an op whose fields are the spec's keys, keeping the channels."""
         if cls.fields is None:
-            op: SymbolicOp = cls.from_attributes(values, ())  # type: ignore[assignment]
+            op: SymbolicOp = cls.from_attributes(values, ())
         else:
             op = cls.fields(**_with_enums(cls.fields, values))
         return op, in_channels
@@ -295,7 +317,7 @@ class OpBase:
 
 
 @dataclass(frozen=True)
-class ConvFields(Generic[N, P, Q]):
+class ConvFields(OpFields, Generic[N, P, Q]):
     """A convolution's fields (:class:`Conv`)."""
 
     kind: ClassVar[str] = "conv"
@@ -380,7 +402,7 @@ class _Normalization(OpBase):
 
 
 @dataclass(frozen=True)
-class BatchNormFields(Generic[N]):
+class BatchNormFields(OpFields, Generic[N]):
     """The fields of :class:`BatchNorm`."""
 
     kind: ClassVar[str] = "batch_norm"
@@ -421,7 +443,7 @@ class BatchNorm(BatchNormFields[int], _Normalization):
 
 
 @dataclass(frozen=True)
-class GroupNormFields(Generic[N]):
+class GroupNormFields(OpFields, Generic[N]):
     """The fields of :class:`GroupNorm`."""
 
     kind: ClassVar[str] = "group_norm"
@@ -491,7 +513,7 @@ def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
 
 
 @dataclass(frozen=True)
-class MaxPoolFields(Generic[P, Q]):
+class MaxPoolFields(OpFields, Generic[P, Q]):
     """The fields of :class:`MaxPool`."""
 
     kind: ClassVar[str] = "max_pool"
@@ -518,7 +540,7 @@ class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
 
 
 @dataclass(frozen=True)
-class AvgPoolFields(Generic[P, Q]):
+class AvgPoolFields(OpFields, Generic[P, Q]):
     """The fields of :class:`AvgPool`."""
 
     kind: ClassVar[str] = "avg_pool"
@@ -574,7 +596,7 @@ class Flatten(OpBase):
 
 
 @dataclass(frozen=True)
-class LinearFields(Generic[N]):
+class LinearFields(OpFields, Generic[N]):
     """The fields of :class:`Linear`."""
 
     kind: ClassVar[str] = "linear"
@@ -765,7 +787,7 @@ class WeightedSpatialSum(OpBase):
 
 
 @dataclass(frozen=True)
-class SubsampleFields(Generic[N]):
+class SubsampleFields(OpFields, Generic[N]):
     """The fields of :class:`Subsample`."""
 
     kind: ClassVar[str] = "subsample"
@@ -784,6 +806,61 @@ class Subsample(SubsampleFields[int], OpBase):
         return (channels, -(-height // self.stride), -(-width // self.stride))
 
 
+@dataclass(frozen=True)
+class PadFields(OpFields, Generic[N]):
+    """The fields of :class:`Pad`."""
+
+    kind: ClassVar[str] = "pad"
+    padding: N
+
+
+@dataclass(frozen=True)
+class Pad(PadFields[int], OpBase):
+    """Zero rows and columns: ``padding`` on every side of the height and width (torch's
+    ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
+    without padding, which differs from the pool's own padding (that never wins a max)."""
+
+    foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    fields: ClassVar[type[Any] | None] = PadFields
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        return (channels, height + 2 * self.padding, width + 2 * self.padding)
+
+
+@dataclass(frozen=True)
+class PadChannelsFields(OpFields, Generic[N]):
+    """The fields of :class:`PadChannels`."""
+
+    kind: ClassVar[str] = "pad_channels"
+    before: N
+    after: N
+
+
+@dataclass(frozen=True)
+class PadChannels(PadChannelsFields[int], OpBase):
+    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
+
+    minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
+    fields: ClassVar[type[Any] | None] = PadChannelsFields
+
+    @classmethod
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        op: PadChannelsFields[Size] = PadChannelsFields(**values)
+        out = in_channels
+        for amount in (op.before, op.after):
+            if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
+                out = _plus(out, amount)
+        return op, out
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if self.before < 0 or self.after < 0:
+            raise ShapeError(f"pad_channels cannot remove channels (before={self.before}, after={self.after})")
+        return (channels + self.before + self.after, height, width)
+
+
 MAX_BLUR_TAPS = 64
 """The most taps a blur pool's filter may have."""
 
@@ -795,7 +872,7 @@ def binomial_filter(taps: int) -> list[float]:
 
 
 @dataclass(frozen=True)
-class BlurPoolFields(Generic[N]):
+class BlurPoolFields(OpFields, Generic[N]):
     """The fields of :class:`BlurPool`."""
 
     kind: ClassVar[str] = "blur_pool"
@@ -845,7 +922,7 @@ class BlurPool(BlurPoolFields[int], OpBase):
 
 
 @dataclass(frozen=True)
-class ChannelConvFields(Generic[N]):
+class ChannelConvFields(OpFields, Generic[N]):
     """The fields of :class:`ChannelConv`."""
 
     kind: ClassVar[str] = "channel_conv"
@@ -887,62 +964,7 @@ class ChannelConv(ChannelConvFields[int], OpBase):
 
 
 @dataclass(frozen=True)
-class PadFields(Generic[N]):
-    """The fields of :class:`Pad`."""
-
-    kind: ClassVar[str] = "pad"
-    padding: N
-
-
-@dataclass(frozen=True)
-class Pad(PadFields[int], OpBase):
-    """Zero rows and columns: ``padding`` on every side of the height and width (torch's
-    ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
-    without padding, which differs from the pool's own padding (that never wins a max)."""
-
-    foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
-    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    fields: ClassVar[type[Any] | None] = PadFields
-
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        return (channels, height + 2 * self.padding, width + 2 * self.padding)
-
-
-@dataclass(frozen=True)
-class PadChannelsFields(Generic[N]):
-    """The fields of :class:`PadChannels`."""
-
-    kind: ClassVar[str] = "pad_channels"
-    before: N
-    after: N
-
-
-@dataclass(frozen=True)
-class PadChannels(PadChannelsFields[int], OpBase):
-    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
-
-    minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
-    fields: ClassVar[type[Any] | None] = PadChannelsFields
-
-    @classmethod
-    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
-        op: PadChannelsFields[Size] = PadChannelsFields(**values)
-        out = in_channels
-        for amount in (op.before, op.after):
-            if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
-                out = _plus(out, amount)
-        return op, out
-
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        if self.before < 0 or self.after < 0:
-            raise ShapeError(f"pad_channels cannot remove channels (before={self.before}, after={self.after})")
-        return (channels + self.before + self.after, height, width)
-
-
-@dataclass(frozen=True)
-class DropPathFields(Generic[R]):
+class DropPathFields(OpFields, Generic[R]):
     """The fields of :class:`DropPath`."""
 
     kind: ClassVar[str] = "drop_path"
@@ -983,7 +1005,7 @@ def _symbolic_part(
 
 
 @dataclass(frozen=True)
-class ChannelSliceFields(Generic[N]):
+class ChannelSliceFields(OpFields, Generic[N]):
     """The fields of :class:`ChannelSlice`."""
 
     kind: ClassVar[str] = "channel_slice"
@@ -1063,7 +1085,7 @@ class Concat(OpBase):
 
 
 @dataclass(frozen=True)
-class SoftmaxFields(Generic[N]):
+class SoftmaxFields(OpFields, Generic[N]):
     """The fields of :class:`Softmax`."""
 
     kind: ClassVar[str] = "softmax"
@@ -1108,7 +1130,7 @@ def _per_channel(kind: str, channels: int, in_shapes: tuple[Shape, ...]) -> Shap
 
 
 @dataclass(frozen=True)
-class LayerNormFields(Generic[N]):
+class LayerNormFields(OpFields, Generic[N]):
     """The fields of :class:`LayerNorm`."""
 
     kind: ClassVar[str] = "layer_norm"
@@ -1197,7 +1219,7 @@ class Mish(Elementwise):
 
 
 @dataclass(frozen=True)
-class LayerScaleFields(Generic[N]):
+class LayerScaleFields(OpFields, Generic[N]):
     """The fields of :class:`LayerScale`."""
 
     kind: ClassVar[str] = "layer_scale"
@@ -1226,7 +1248,7 @@ class LayerScale(LayerScaleFields[int], _Normalization):
 
 
 @dataclass(frozen=True)
-class PointwiseLinearFields(Generic[N]):
+class PointwiseLinearFields(OpFields, Generic[N]):
     """The fields of :class:`PointwiseLinear`."""
 
     kind: ClassVar[str] = "pointwise_linear"
@@ -1272,78 +1294,10 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
         return math.prod(out_shape) * self.in_channels
 
 
-Op = (
-    Conv
-    | BatchNorm
-    | GroupNorm
-    | Relu
-    | MaxPool
-    | AvgPool
-    | GlobalAveragePool
-    | Flatten
-    | Linear
-    | Add
-    | Sigmoid
-    | Mul
-    | Clamp
-    | SpatialSoftmax
-    | WeightedSpatialSum
-    | Subsample
-    | Pad
-    | PadChannels
-    | BlurPool
-    | ChannelConv
-    | DropPath
-    | ChannelSlice
-    | Concat
-    | Softmax
-    | LayerNorm
-    | Gelu
-    | Hardswish
-    | Relu6
-    | LeakyRelu
-    | Hardsigmoid
-    | Silu
-    | Mish
-    | LayerScale
-    | PointwiseLinear
-)
-OP_TYPES: tuple[type[Op], ...] = (
-    Conv,
-    BatchNorm,
-    GroupNorm,
-    Relu,
-    MaxPool,
-    AvgPool,
-    GlobalAveragePool,
-    Flatten,
-    Linear,
-    Add,
-    Sigmoid,
-    Mul,
-    Clamp,
-    SpatialSoftmax,
-    WeightedSpatialSum,
-    Subsample,
-    Pad,
-    PadChannels,
-    BlurPool,
-    ChannelConv,
-    DropPath,
-    ChannelSlice,
-    Concat,
-    Softmax,
-    LayerNorm,
-    Gelu,
-    Hardswish,
-    Relu6,
-    LeakyRelu,
-    Hardsigmoid,
-    Silu,
-    Mish,
-    LayerScale,
-    PointwiseLinear,
-)
+Op = OpBase
+"""An instance's op: any op of the table (narrowed with ``isinstance``)."""
+OP_TYPES: tuple[type[Op], ...] = tuple(_REGISTRY.values())
+"""The op table: every op class, in the order this module defines them."""
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}
 """The op table by kind (the spec's ``op`` key)."""
@@ -1352,42 +1306,7 @@ SymbolicConv = ConvFields[Size, Size, Size]
 """A definition's convolution: a square kernel, stride and dilation and symmetric padding are one value each."""
 SymbolicLinear = LinearFields[Size | None]
 """A definition's linear layer: its in_features are None after a flatten (a spatial size no parameter states)."""
-SymbolicOp = (
-    SymbolicConv
-    | BatchNormFields[Size]
-    | GroupNormFields[Size]
-    | Relu
-    | MaxPoolFields[Size, Size]
-    | AvgPoolFields[Size, Size]
-    | GlobalAveragePool
-    | Flatten
-    | SymbolicLinear
-    | Add
-    | Sigmoid
-    | Mul
-    | SubsampleFields[Size]
-    | PadFields[Size]
-    | PadChannelsFields[Size]
-    | BlurPoolFields[Size]
-    | ChannelConvFields[Size]
-    | DropPathFields[Real]
-    | ChannelSliceFields[Size]
-    | Concat
-    | SoftmaxFields[Size]
-    | LayerNormFields[Size]
-    | Gelu
-    | Hardswish
-    | Relu6
-    | LeakyRelu
-    | Hardsigmoid
-    | Silu
-    | Mish
-    | LayerScaleFields[Size]
-    | PointwiseLinearFields[Size]
-    | Clamp
-    | SpatialSoftmax
-    | WeightedSpatialSum
-)
+SymbolicOp = OpFields
 """The op of a definition's node: an op's fields over :data:`Size` (an op whose fields hold no
 integer is its own symbolic form). An instance's :data:`Op` is one too, but for the pairs of a conv
 and of the pools, which :func:`symbolic_form` makes single values."""
