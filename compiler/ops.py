@@ -278,6 +278,12 @@ class OpBase(OpFields):
     field is an expression, a float a number, a ``Literal`` a choice, each with its default."""
     descriptions: ClassVar[Mapping[str, str]] = {}
     """What each field means, for a derived spec model (and so the JSON Schema)."""
+    example: ClassVar[Mapping[str, str] | None] = None
+    """A use of it in a block, for the tests that build a network from the op table: node name -> the
+    node in YAML flow style. The first node reads the block's C×H×W value before it (``INPUT``
+    where a node names it; C is the block's ``width``, 16 or 32, and H = W >= 4); the last gives
+    that shape again. None: ``{op: KIND}`` alone is one; empty: a block cannot hold it (the
+    classifier head uses it)."""
     fields: ClassVar[type[Any] | None] = None
     """The class of its fields (``ConvFields``), generic in what an integer is, whose form over
     :data:`Size` is its op in a definition; None where no field is an integer: it is its own."""
@@ -340,6 +346,7 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
     ``(in/groups, kh, kw)`` with the biased variance (Qiao et al. 2019; timm's ``StdConv2d``); the
     raw weight is what is stored (``.weight``), so timm's state_dicts load unchanged."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"conv": "{op: conv, out_channels: width, kernel: 3, padding: 1}"}
     family: ClassVar[str] = "linear"
     foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -460,6 +467,7 @@ class GroupNorm(GroupNormFields[int], _Normalization):
     ``(channels / groups, height, width)``, ``epsilon`` inside the square root, then an affine
     per-channel ``weight`` and ``bias``. No running statistics: training and eval compute the same."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"group_norm": "{op: group_norm, groups: 4}"}
     family: ClassVar[str] = "norm"
     normalization: ClassVar[bool] = True
     foreign_names: ClassVar[tuple[str, ...]] = ("groupnorm",)
@@ -525,6 +533,7 @@ class MaxPoolFields(OpFields, Generic[P, Q]):
 
 @dataclass(frozen=True)
 class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {"max_pool": "{op: max_pool, kernel: 3, padding: 1}"}
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -553,6 +562,9 @@ class AvgPoolFields(OpFields, Generic[P, Q]):
 
 @dataclass(frozen=True)
 class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {
+        "avg_pool": "{op: avg_pool, kernel: 3, padding: 1, count_include_pad: false}"
+    }
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -572,6 +584,10 @@ class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
 class GlobalAveragePool(OpBase):
     """Mean over height and width, keeping them as 1×1 (torch's ``AdaptiveAvgPool2d((1, 1))``)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "global_average_pool": "{op: global_average_pool}",
+        "global_average_pool_gate": "{op: mul, inputs: [INPUT, global_average_pool]}",
+    }
     kind: ClassVar[str] = "global_average_pool"
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("adaptiveavgpool2d",)
@@ -585,6 +601,7 @@ class GlobalAveragePool(OpBase):
 class Flatten(OpBase):
     """``(C, H, W) -> (C * H * W,)`` in channel-major order, as ``torch.flatten(x, 1)``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {}
     kind: ClassVar[str] = "flatten"
 
     @classmethod
@@ -607,6 +624,7 @@ class LinearFields(OpFields, Generic[N]):
 
 @dataclass(frozen=True)
 class Linear(LinearFields[int], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = LinearFields
 
@@ -671,6 +689,7 @@ class Add(OpBase):
     plus ``constant`` (a float32 number, added as torch adds a Python number to a float32 tensor).
     A block's residual add reads two values of one shape, the branch and ``shortcut``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"add": "{op: add, inputs: [INPUT], constant: 0.5}"}
     kind: ClassVar[str] = "add"
     family: ClassVar[str] = "join"
     shortcut_input: int | None
@@ -708,6 +727,7 @@ class Mul(OpBase):
     shared, never broadcast. Or one value times ``constant`` (a float32 number, multiplied as torch
     multiplies a float32 tensor by a Python number)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"mul": "{op: mul, inputs: [INPUT, INPUT]}"}
     kind: ClassVar[str] = "mul"
     family: ClassVar[str] = "join"
     constant: float | None = None
@@ -732,6 +752,7 @@ class Clamp(OpBase):
     """``min(max(x, minimum), maximum)`` elementwise (``torch.clamp``), either bound left out where
     it is None; the bounds are float32 numbers. ``clamp`` with 0 and 6 is ``relu6``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"clamp": "{op: clamp, minimum: -1, maximum: 1}"}
     kind: ClassVar[str] = "clamp"
     family: ClassVar[str] = "activation"
     foreign_names: ClassVar[tuple[str, ...]] = ("clip", "hardtanh")
@@ -763,6 +784,12 @@ class WeightedSpatialSum(OpBase):
     ``x.view(B, 1, C, H*W) @ attn.view(B, 1, H*W, 1)``). MACs ``C × H × W``, the product's, as
     torch's flop counter counts that matmul."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "weighted_spatial_sum_logits": "{op: conv, out_channels: 1, kernel: 1}",
+        "weighted_spatial_sum_weights": "{op: spatial_softmax}",
+        "weighted_spatial_sum": "{op: weighted_spatial_sum, inputs: [INPUT, weighted_spatial_sum_weights]}",
+        "weighted_spatial_sum_added": "{op: add, inputs: [INPUT, weighted_spatial_sum]}",
+    }
     kind: ClassVar[str] = "weighted_spatial_sum"
     family: ClassVar[str] = "pool"
 
@@ -798,6 +825,7 @@ class SubsampleFields(OpFields, Generic[N]):
 class Subsample(SubsampleFields[int], OpBase):
     """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"subsample": "{op: subsample, stride: 1}"}
     family: ClassVar[str] = "pool"
     fields: ClassVar[type[Any] | None] = SubsampleFields
 
@@ -820,6 +848,10 @@ class Pad(PadFields[int], OpBase):
     ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
     without padding, which differs from the pool's own padding (that never wins a max)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "pad": "{op: pad, padding: 1}",
+        "pad_conv": "{op: conv, out_channels: width, kernel: 3}",
+    }
     foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     fields: ClassVar[type[Any] | None] = PadFields
@@ -842,6 +874,10 @@ class PadChannelsFields(OpFields, Generic[N]):
 class PadChannels(PadChannelsFields[int], OpBase):
     """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "pad_channels": "{op: pad_channels, after: 2}",
+        "pad_channels_conv": "{op: conv, out_channels: width, kernel: 1}",
+    }
     minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
     fields: ClassVar[type[Any] | None] = PadChannelsFields
 
@@ -900,6 +936,7 @@ class BlurPool(BlurPoolFields[int], OpBase):
     depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
     ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
 
+    example: ClassVar[Mapping[str, str] | None] = {"blur_pool": "{op: blur_pool, taps: 3, padding: 1}"}
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("blurpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -937,6 +974,11 @@ class ChannelConv(ChannelConvFields[int], OpBase):
     channel mixes its ``kernel`` neighbours. Weight ``(1, 1, kernel)``. MACs ``C × kernel``, as
     fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "channel_conv_pool": "{op: global_average_pool}",
+        "channel_conv": "{op: channel_conv, kernel: 3}",
+        "channel_conv_gate": "{op: mul, inputs: [INPUT, channel_conv]}",
+    }
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = ChannelConvFields
 
@@ -977,6 +1019,7 @@ class DropPath(DropPathFields[float], OpBase):
     zeroed with probability ``rate`` and kept ones are scaled by ``1 / (1 - rate)``, so the expected
     value is unchanged; the identity in inference, and whenever ``rate`` is 0."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"drop_path": "{op: drop_path, rate: 0.1}"}
     real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {"rate": (0.0, 1.0)}
     inference_identity: ClassVar[bool] = True
     fields: ClassVar[type[Any] | None] = DropPathFields
@@ -1018,6 +1061,11 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     """Channels ``[start, stop)`` of its input, in order (``x[:, start:stop]``): one part of a spec's
     ``split``, which cuts the channels into consecutive parts (torch.split along dim 1). No MACs."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "channel_slice_0": "{op: channel_slice, parts: 2, index: 0}",
+        "channel_slice_1": "{op: channel_slice, parts: 2, index: 1, input: INPUT}",
+        "channel_slice_swapped": "{op: concat, inputs: [channel_slice_1, channel_slice_0]}",
+    }
     view: ClassVar[bool] = True
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
     fields: ClassVar[type[Any] | None] = ChannelSliceFields
@@ -1058,6 +1106,10 @@ class Concat(OpBase):
     """Its inputs' channels one after another, in the order of its inputs (``torch.cat(xs, 1)``);
     their heights and widths are equal. No MACs."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "concat": "{op: concat, inputs: [INPUT, INPUT]}",
+        "concat_conv": "{op: conv, out_channels: width, kernel: 1}",
+    }
     kind: ClassVar[str] = "concat"
     family: ClassVar[str] = "join"
 
@@ -1104,6 +1156,7 @@ class Softmax(SoftmaxFields[int], OpBase):
     softmax across paths (``groups`` 1, where both layouts are the same). No MACs (torch's
     FlopCounterMode counts none)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"softmax": "{op: softmax, over: 2}"}
     family: ClassVar[str] = "activation"
     fields: ClassVar[type[Any] | None] = SoftmaxFields
 
@@ -1264,6 +1317,7 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
     ConvNeXt's MLP). Weight ``(out_channels, in_channels)``, a linear layer's layout, not a 1×1
     conv's. MACs ``H × W × in × out``, as torch's flop counter counts that ``nn.Linear``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"pointwise_linear": "{op: pointwise_linear, out_channels: width}"}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = PointwiseLinearFields
 
