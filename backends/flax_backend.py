@@ -68,8 +68,9 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import head_sections
-from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
+from rescompile.compiler.ir import Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     AvgPoolFields,
     BatchNormFields,
@@ -517,7 +518,7 @@ class Emitter:
     helper: str = ""
 
 
-# op kind -> its lowering. Every kind in OP_KINDS has one (asserted below); a helper's place in this
+# op kind -> its lowering. Every kind in PRIMITIVE_OP_KINDS has one (asserted below); a helper's place in this
 # table is its place in a generated file.
 EMITTERS: dict[str, Lower | Emitter] = {
     "conv": _conv,
@@ -562,7 +563,7 @@ EMITTERS: dict[str, Lower | Emitter] = {
     "layer_scale": Emitter(_layer_scale, LAYER_SCALE_CLASS),
     "pointwise_linear": _pointwise_linear,
 }
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs a flax emitter"
 
 
 # --- source layout --------------------------------------------------------------------------------

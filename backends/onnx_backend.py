@@ -38,7 +38,6 @@ from rescompile.compiler.fold import Fold, folded_bias, folded_scale
 from rescompile.compiler.fold import folds as all_folds
 from rescompile.compiler.ir import (
     MODULE_INPUT,
-    OP_KINDS,
     AvgPool,
     BatchNorm,
     BlurPool,
@@ -58,6 +57,7 @@ from rescompile.compiler.ir import (
     Subsample,
 )
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     Clamp,
     Flatten,
@@ -762,7 +762,7 @@ EMITTERS: dict[str, Emitter] = {
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
 }
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs an ONNX emitter"
 
 
 def module_output_name(graph: Graph, index: int) -> str:

@@ -53,8 +53,9 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import HeadSections, feature_points, head_sections
-from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Definition, FoldedNorm, Graph
+from rescompile.compiler.ir import Attribute, Conv, Definition, FoldedNorm, Graph
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     AvgPoolFields,
     BatchNormFields,
@@ -511,7 +512,7 @@ EMITTERS: dict[str, Lower | Emitter] = {
     "silu": lambda node: ("nn.SiLU", _in_place(node)),
     "mish": lambda node: ("nn.Mish", _in_place(node)),
 }
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs a torch emitter"
 
 
 def _lowered(node: SourceNode) -> Layer | Inline:

@@ -511,6 +511,31 @@ class Relu(Elementwise):
     kind: ClassVar[str] = "relu"
 
 
+COMPOSITE_INPUT = -1
+"""In a :class:`Step`'s inputs: the composite's own input."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One primitive op of a :class:`Composite`, reading ``inputs``: :data:`COMPOSITE_INPUT`, or
+    the output of an earlier step by its index; None: the previous step's (the first step's is the
+    composite's input). Its op has no integer field, so it is the same in a definition and in an
+    instance."""
+
+    op: OpBase
+    inputs: tuple[int, ...] | None = None
+
+
+class Composite(Elementwise):
+    """An elementwise op declared as a composition of the table's primitive ops (as tinygrad writes
+    ``hardswish``): :meth:`steps`. The compiler pass ``lower_composites`` (compiler/compose.py)
+    writes each use as those primitive nodes before any backend sees the graph, so a composite
+    needs no emitter, and its YAML keys and tests come from the table as any elementwise op's."""
+
+    def steps(self) -> tuple[Step, ...]:
+        raise NotImplementedError
+
+
 def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
     """The shape rule both pools share: torch's, padding at most half the kernel."""
     channels, height, width = _image(in_shapes, op.kind)
@@ -1353,6 +1378,10 @@ Op = OpBase
 OP_TYPES: tuple[type[Op], ...] = tuple(_REGISTRY.values())
 """The op table: every op class, in the order this module defines them."""
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
+PRIMITIVE_OP_KINDS: tuple[str, ...] = tuple(
+    kind for kind, op_type in _REGISTRY.items() if not issubclass(op_type, Composite)
+)
+"""The ops a backend writes: every op but the composites, which the compiler writes as primitives."""
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}
 """The op table by kind (the spec's ``op`` key)."""
 
