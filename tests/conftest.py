@@ -14,7 +14,8 @@ from _pytest.mark import ParameterSet
 from hypothesis import HealthCheck, settings
 
 from rescompile.compiler import Graph, compile_spec
-from rescompile.compiler.ops import OP_TYPES, Elementwise, Op
+from rescompile.compiler.ops import OP_TYPES, Elementwise
+from rescompile.testing import ENTRY_CONV, one_block_network, op_network
 
 settings.register_profile(
     "ci",
@@ -99,37 +100,7 @@ def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object
         f"act: {{op: {kind}{options}}}",
         "add: {op: add, inputs: [act, shortcut]}",
     ]
-    return _one_block_network(folder, f"{kind}_net", nodes)
-
-
-def op_network(folder: Path, op_types: Iterable[type[Op]] = OP_TYPES) -> Path:
-    """A small network (``net.yaml`` in ``folder``) built from the op table: its one block uses each op
-    of ``op_types`` as its ``example`` states, one after another, each reading the last one's C×H×W
-    output, between a strided conv and the residual add; its head is the classifier (flatten and
-    linear). A new op is in it as soon as it is in the table: no published network needs to use it."""
-    nodes, previous = [ENTRY_CONV], "entry"
-    for op_type in op_types:
-        example = op_type.example if op_type.example is not None else {op_type.kind: f"{{op: {op_type.kind}}}"}
-        nodes += [f"{name}: {node.replace('INPUT', previous)}" for name, node in example.items()]
-        previous = list(example)[-1] if example else previous
-    return _one_block_network(folder, "op_net", [*nodes, f"residual: {{op: add, inputs: [{previous}, shortcut]}}"])
-
-
-ENTRY_CONV = "entry: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1, bias: true}"
-
-
-def _one_block_network(folder: Path, name: str, nodes: list[str]) -> Path:
-    """``net.yaml`` in ``folder``: two stages of one block of ``nodes``, with the cifar stem and the classifier."""
-    (folder / "blocks").mkdir(exist_ok=True)
-    lines = "".join(f"  {node}\n" for node in nodes)
-    (folder / "blocks" / "op_block.yaml").write_text(f"name: op_block\nout_channels: width\nnodes:\n{lines}")
-    network = folder / "net.yaml"
-    network.write_text(
-        f"name: {name}\ninput: {{channels: 3, size: 8}}\nstem: cifar\nblock: op_block\nshortcut: B\n"
-        "stages:\n  - {depth: 1, width: 16}\n  - {depth: 1, width: 32, stride: 2}\n"
-        "head: classifier\nhead_parameters: {classes: 10}\n"
-    )
-    return network
+    return one_block_network(folder, f"{kind}_net", nodes)
 
 
 def network_params(names: Iterable[str], default: frozenset[str]) -> list[ParameterSet]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PART_COVERING_PRESETS, op_network
+from conftest import PART_COVERING_PRESETS
 
 from rescompile import create_graph
 from rescompile.backends.interface import Backend
@@ -15,7 +15,7 @@ from rescompile.compiler import compile_spec
 from rescompile.compiler.ops import PRIMITIVE_OP_KINDS
 from rescompile.compiler.weights import random_weights
 from rescompile.spec.loader import builtin_networks
-from rescompile.testing import TOLERANCES
+from rescompile.testing import TOLERANCES, op_network
 
 
 @pytest.mark.parametrize("backend", BACKENDS.values(), ids=BACKENDS)
