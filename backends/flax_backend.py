@@ -560,6 +560,7 @@ EMITTERS: dict[str, Lower | Emitter] = {
     "hardsigmoid": lambda node, in_shape: Lowering(function="nnx.hard_sigmoid"),
     "silu": lambda node, in_shape: Lowering(function="nnx.silu"),
     "mish": lambda node, in_shape: Lowering(function="jax.nn.mish"),
+    "tanh": lambda node, in_shape: Lowering(function="nnx.tanh"),
     "layer_scale": Emitter(_layer_scale, LAYER_SCALE_CLASS),
     "pointwise_linear": _pointwise_linear,
 }

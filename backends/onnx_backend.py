@@ -759,6 +759,7 @@ EMITTERS: dict[str, Emitter] = {
     "hardsigmoid": _hardsigmoid,
     "silu": _silu,
     "mish": _mish,
+    "tanh": lambda builder, site: builder.node("Tanh", [site.inputs[0]], site),
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
 }

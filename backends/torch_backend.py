@@ -511,6 +511,7 @@ EMITTERS: dict[str, Lower | Emitter] = {
     "hardsigmoid": lambda node: ("nn.Hardsigmoid", _in_place(node)),
     "silu": lambda node: ("nn.SiLU", _in_place(node)),
     "mish": lambda node: ("nn.Mish", _in_place(node)),
+    "tanh": lambda node: ("nn.Tanh", []),
 }
 assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs a torch emitter"
 

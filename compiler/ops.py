@@ -1297,6 +1297,13 @@ class Mish(Elementwise):
 
 
 @dataclass(frozen=True)
+class Tanh(Elementwise):
+    """``tanh(x)`` elementwise (torch's ``nn.Tanh``)."""
+
+    kind: ClassVar[str] = "tanh"
+
+
+@dataclass(frozen=True)
 class LayerScaleFields(OpFields, Generic[N]):
     """The fields of :class:`LayerScale`."""
 

@@ -29,6 +29,7 @@ REFERENCES: dict[str, torch.nn.Module] = {
     "hardsigmoid": torch.nn.Hardsigmoid(),
     "silu": torch.nn.SiLU(),
     "mish": torch.nn.Mish(),
+    "tanh": torch.nn.Tanh(),
 }
 """torch.nn's module for each elementwise op with its default attributes."""
 
