@@ -1304,6 +1304,17 @@ class Tanh(Elementwise):
 
 
 @dataclass(frozen=True)
+class QuickGelu(Composite):
+    """``x * sigmoid(1.702 * x)`` elementwise: GELU's sigmoid approximation (Hendrycks and Gimpel
+    2016; CLIP's and timm's ``QuickGELU``), composed of ``mul``, ``sigmoid`` and ``mul``."""
+
+    kind: ClassVar[str] = "quick_gelu"
+
+    def steps(self) -> tuple[Step, ...]:
+        return (Step(Mul(1.702)), Step(Sigmoid()), Step(Mul(), (COMPOSITE_INPUT, 1)))
+
+
+@dataclass(frozen=True)
 class LayerScaleFields(OpFields, Generic[N]):
     """The fields of :class:`LayerScale`."""
 
