@@ -32,7 +32,6 @@ from rescompile.backends.interface import EmitOptions, Outputs, Writer, module_n
 from rescompile.backends.names import attribute_access, made_once, with_containers
 from rescompile.backends.source import (
     BLOCK_INDEX_DECLARATIONS,
-    CLASS_KIND,
     LAYOUT_LINES,
     LINE_LENGTH,
     SHORTCUT_VARIABLE,
@@ -70,8 +69,9 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import head_sections
-from rescompile.compiler.ir import OP_KINDS, Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
+from rescompile.compiler.ir import Attribute, AvgPool, Conv, Graph, MaxPool, Module, Shape
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     AvgPoolFields,
     BatchNormFields,
@@ -81,9 +81,11 @@ from rescompile.compiler.ops import (
     Clamp,
     ConvFields,
     DropPathFields,
+    Flatten,
     Gelu,
     GeluApproximation,
     GroupNormFields,
+    Init,
     LayerNormFields,
     LayerScaleFields,
     LeakyRelu,
@@ -248,7 +250,7 @@ def _pool(node: SourceNode, in_shape: Shape | None) -> Lowering:
         arguments = dict(zip(("kernel", "stride", "padding"), _rendered(op.kernel, op.stride, op.padding), strict=True))
         if isinstance(op, AvgPoolFields):
             arguments["count_include_pad"] = (render(count_include_pad), count_include_pad)
-        return _function(CEIL_MODE_FUNCTIONS[node.kind], arguments)
+        return _function("avg_pool_ceil" if isinstance(op, AvgPoolFields) else "max_pool_ceil", arguments)
     arguments = {
         "window_shape": (_pair(op.kernel), op.kernel),
         "strides": (_pair(op.stride), op.stride),
@@ -368,50 +370,6 @@ def _clamp(node: SourceNode, in_shape: Shape | None) -> Lowering:
     ]
     return Lowering(expression=f"jnp.clip({{0}}, {', '.join(bounds)})")
 
-
-# op kind -> emitter. Every kind in OP_KINDS has one (asserted below).
-EMITTERS: dict[str, Callable[[SourceNode, Shape | None], Lowering]] = {
-    "conv": _conv,
-    "batch_norm": _batch_norm,
-    "relu": lambda node, in_shape: Lowering(function="nnx.relu"),
-    "max_pool": _pool,
-    "avg_pool": _pool,
-    "global_average_pool": lambda node, in_shape: Lowering(
-        function="jnp.mean", arguments=[("axis", "(1, 2)"), ("keepdims", "True")]
-    ),
-    "flatten": _flatten,
-    "linear": _linear,
-    "add": _add,
-    "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
-    "mul": _mul,
-    "clamp": _clamp,
-    "spatial_softmax": lambda node, in_shape: Lowering(function="spatial_softmax"),
-    "weighted_spatial_sum": lambda node, in_shape: Lowering(expression="weighted_spatial_sum({0}, {1})"),
-    "subsample": _subsample,
-    "pad": _pad,
-    "pad_channels": _pad_channels,
-    "group_norm": _group_norm,
-    "blur_pool": _blur_pool,
-    "channel_conv": _channel_conv,
-    "drop_path": _drop_path,
-    "channel_slice": _channel_slice,
-    # NHWC: channels are the last axis.
-    "concat": lambda node, in_shape: Lowering(
-        expression=f"jnp.concatenate([{', '.join(_placeholders(node))}], axis=-1)"
-    ),
-    "softmax": _softmax,
-    "layer_norm": _layer_norm,
-    "gelu": _gelu,
-    "hardswish": lambda node, in_shape: Lowering(function="nnx.hard_swish"),
-    "relu6": lambda node, in_shape: Lowering(function="nnx.relu6"),
-    "leaky_relu": _leaky_relu,
-    "hardsigmoid": lambda node, in_shape: Lowering(function="nnx.hard_sigmoid"),
-    "silu": lambda node, in_shape: Lowering(function="nnx.silu"),
-    "mish": lambda node, in_shape: Lowering(function="jax.nn.mish"),
-    "layer_scale": _layer_scale,
-    "pointwise_linear": _pointwise_linear,
-}
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a flax emitter"
 
 SUBSAMPLE_FUNCTION = '''def subsample(x: jax.Array, stride: int) -> jax.Array:
     """Keep every ``stride``-th row and column (torch's ``x[:, :, ::stride, ::stride]``)."""
@@ -549,23 +507,65 @@ WEIGHTED_SUM_FUNCTION = '''def weighted_spatial_sum(values: jax.Array, weights: 
     rows = values.reshape(values.shape[0], -1, values.shape[-1])
     return jnp.einsum("bpc,bp->bc", rows, weights.reshape(weights.shape[0], -1))[:, None, None, :]'''
 
-HELPER_FUNCTIONS = {
-    "subsample": SUBSAMPLE_FUNCTION,
-    "pad": PAD_FUNCTION,
-    "pad_channels": PAD_CHANNELS_FUNCTION,
-    "blur_pool": BLUR_POOL_FUNCTION,
-    "channel_conv": CHANNEL_CONV_CLASS,
-    "drop_path": DROP_PATH_CLASS,
-    "channel_slice": CHANNEL_SLICE_FUNCTION,
-    "softmax": CHANNEL_SOFTMAX_FUNCTION,
-    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
-    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
-    "layer_scale": LAYER_SCALE_CLASS,
-}
+Lower = Callable[[SourceNode, Shape | None], Lowering]
 
-# Pool kind -> the generated function lowering it with ceil_mode, and that function's source.
-CEIL_MODE_FUNCTIONS = {"max_pool": "max_pool_ceil", "avg_pool": "avg_pool_ceil"}
-CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CEIL_FUNCTION}
+
+@dataclass(frozen=True)
+class Emitter:
+    """A lowering whose layer or function is a module-level class or function of the generated
+    file (its source ``helper``), defined once; the imports it needs are read from its source."""
+
+    lower: Lower
+    helper: str = ""
+
+
+# op kind -> its lowering. Every kind in PRIMITIVE_OP_KINDS has one (asserted below); a helper's place in this
+# table is its place in a generated file.
+EMITTERS: dict[str, Lower | Emitter] = {
+    "conv": _conv,
+    "batch_norm": _batch_norm,
+    "relu": lambda node, in_shape: Lowering(function="nnx.relu"),
+    "max_pool": _pool,
+    "avg_pool": _pool,
+    "global_average_pool": lambda node, in_shape: Lowering(
+        function="jnp.mean", arguments=[("axis", "(1, 2)"), ("keepdims", "True")]
+    ),
+    "flatten": _flatten,
+    "linear": _linear,
+    "add": _add,
+    "sigmoid": lambda node, in_shape: Lowering(function="nnx.sigmoid"),
+    "mul": _mul,
+    "clamp": _clamp,
+    "subsample": Emitter(_subsample, SUBSAMPLE_FUNCTION),
+    "pad": Emitter(_pad, PAD_FUNCTION),
+    "pad_channels": Emitter(_pad_channels, PAD_CHANNELS_FUNCTION),
+    "group_norm": _group_norm,
+    "blur_pool": Emitter(_blur_pool, BLUR_POOL_FUNCTION),
+    "channel_conv": Emitter(_channel_conv, CHANNEL_CONV_CLASS),
+    "drop_path": Emitter(_drop_path, DROP_PATH_CLASS),
+    "channel_slice": Emitter(_channel_slice, CHANNEL_SLICE_FUNCTION),
+    # NHWC: channels are the last axis.
+    "concat": lambda node, in_shape: Lowering(
+        expression=f"jnp.concatenate([{', '.join(_placeholders(node))}], axis=-1)"
+    ),
+    "softmax": Emitter(_softmax, CHANNEL_SOFTMAX_FUNCTION),
+    "spatial_softmax": Emitter(lambda node, in_shape: Lowering(function="spatial_softmax"), SPATIAL_SOFTMAX_FUNCTION),
+    "weighted_spatial_sum": Emitter(
+        lambda node, in_shape: Lowering(expression="weighted_spatial_sum({0}, {1})"), WEIGHTED_SUM_FUNCTION
+    ),
+    "layer_norm": _layer_norm,
+    "gelu": _gelu,
+    "hardswish": lambda node, in_shape: Lowering(function="nnx.hard_swish"),
+    "relu6": lambda node, in_shape: Lowering(function="nnx.relu6"),
+    "leaky_relu": _leaky_relu,
+    "hardsigmoid": lambda node, in_shape: Lowering(function="nnx.hard_sigmoid"),
+    "silu": lambda node, in_shape: Lowering(function="nnx.silu"),
+    "mish": lambda node, in_shape: Lowering(function="jax.nn.mish"),
+    "tanh": lambda node, in_shape: Lowering(function="nnx.tanh"),
+    "layer_scale": Emitter(_layer_scale, LAYER_SCALE_CLASS),
+    "pointwise_linear": _pointwise_linear,
+}
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs a flax emitter"
 
 
 # --- source layout --------------------------------------------------------------------------------
@@ -574,10 +574,14 @@ CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CE
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
     if isinstance(node.op, ContainerCall):
         return Lowering(layer=(node.op.class_name, [*node.class_arguments, "rngs=rngs"]))
-    emitter = EMITTERS.get(node.kind)
-    if emitter is None:
+    if node.kind not in EMITTERS:
         raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")
-    return emitter(node, in_shape)
+    return _emitter(node.kind).lower(node, in_shape)
+
+
+def _emitter(kind: str) -> Emitter:
+    entry = EMITTERS[kind]
+    return entry if isinstance(entry, Emitter) else Emitter(entry)
 
 
 def _stored(lowering: Lowering) -> bool:
@@ -646,9 +650,9 @@ def _instance(module: Module) -> tuple[list[SourceNode], list[Lowering]]:
     return nodes, lowerings
 
 
-def _needs_rngs(nodes: list[SourceNode]) -> bool:
-    kinds = ("conv", "linear", "group_norm", "channel_conv", "drop_path", "layer_norm", "pointwise_linear", CLASS_KIND)
-    return any(node.kind in kinds for node in nodes)
+def _needs_rngs(lowerings: list[Lowering]) -> bool:
+    """Whether a layer of these takes the model's ``rngs`` (its emitter passes them)."""
+    return any(lowering.layer is not None and "rngs=rngs" in lowering.layer[1] for lowering in lowerings)
 
 
 def _container_source(container: ContainerClass) -> tuple[str, list[str]]:
@@ -665,7 +669,7 @@ def _shortcut_view(shortcut: ShortcutClass) -> dict[str, Any]:
     """What the template needs for one shortcut part: a function returning an ``nnx.Sequential``
     (torchvision's ``downsample``) or a module class."""
     lowerings = _class_lowerings(shortcut.nodes)
-    rngs = _needs_rngs(shortcut.nodes)
+    rngs = _needs_rngs(lowerings)
     name = shortcut.python_name
     items = []
     if shortcut.sequential:
@@ -693,18 +697,20 @@ def emit_source(graph: Graph) -> str:
     blocks = block_classes(graph)
     shortcuts = [_shortcut_view(shortcut) for shortcut in shortcut_classes(graph)]
     transition_views = [_shortcut_view(transition) for transition in shortcut_classes(graph, "transition")]
-    kinds_used = {node.op.kind for _, node in graph.nodes()}
-    standardized = any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes())
-    ceil_kinds = {
-        node.op.kind for _, node in graph.nodes() if isinstance(node.op, MaxPool | AvgPool) and node.op.ceil_mode
-    }
-    ceil_helpers = [CEIL_MODE_SOURCES[kind] for kind in CEIL_MODE_SOURCES if kind in ceil_kinds]
-    if ceil_helpers:
-        ceil_helpers.insert(0, CEIL_PADDING_FUNCTION)
+    ops_used = [node.op for _, node in graph.nodes()]
+    kinds_used = {op.kind for op in ops_used}
+    standardized = any(isinstance(op, Conv) and op.standardize_weight for op in ops_used)
+    op_helpers = [_emitter(kind).helper for kind in EMITTERS if kind in kinds_used and _emitter(kind).helper]
+    ceil_pools = [op for op in ops_used if isinstance(op, MaxPool | AvgPool) and op.ceil_mode]
+    if ceil_pools:
+        op_helpers.append(CEIL_PADDING_FUNCTION)
+        op_helpers += [MAX_POOL_CEIL_FUNCTION] if any(isinstance(op, MaxPool) for op in ceil_pools) else []
+        op_helpers += [AVG_POOL_CEIL_FUNCTION] if any(isinstance(op, AvgPool) for op in ceil_pools) else []
+    op_helpers += [STANDARDIZED_CONV_FUNCTION] if standardized else []
     attribute = shortcut_attribute(graph)  # None for a plain network
     constructors = {view["definition"].name: view["constructor"] for view in shortcuts}
     # One _make_stage builds every block type, so they all take rngs if one needs them.
-    rngs = any(_needs_rngs(block.nodes) for block in blocks)
+    rngs = any(_needs_rngs(_class_lowerings(block.nodes)) for block in blocks)
     indexed = uses_block_index(graph)
     block_views: list[dict[str, Any]] = []
     for block in blocks:
@@ -777,15 +783,12 @@ def emit_source(graph: Graph) -> str:
         input_example=", ".join(map(str, nhwc_input)),
         output_shape="×".join(map(str, graph.output_shape)),
         output_example=", ".join(map(str, graph.output_shape)),
-        helpers=function_helpers(graph)
-        + [HELPER_FUNCTIONS[kind] for kind in HELPER_FUNCTIONS if kind in kinds_used]
-        + ceil_helpers
-        + ([STANDARDIZED_CONV_FUNCTION] if standardized else [])
-        + [source for source, _ in containers],
+        helpers=function_helpers(graph) + op_helpers + [source for source, _ in containers],
         indexed=indexed,
         uses_partial=any("partial(" in line for line in stored_lines),
-        uses_linear=bool({"linear", "channel_conv", "pointwise_linear"} & kinds_used),
-        uses_math=uses_math(graph) or "blur_pool" in kinds_used,
+        # linear_init is torch's nn.Linear and Conv1d default: the layers whose kernel starts so.
+        uses_linear=any(tensor.init is Init.UNIFORM_FAN_IN for op in ops_used for tensor in op.tensors().values()),
+        uses_math=uses_math(graph) or any("math." in helper for helper in op_helpers),
         # The standardising conv function's signature names Callable and Any.
         uses_callable=standardized,
         uses_any=options_used or first_options_used or standardized,
@@ -856,7 +859,7 @@ def _timm_view(graph: Graph, nodes: list[SourceNode], lowerings: list[Lowering])
     pre_logits: list[str] = []
     guarded: list[str] = []
     for index in range(pool, classifier):
-        if index == pool or nodes[index].kind == "flatten":
+        if index == pool or isinstance(nodes[index].op, Flatten):
             guarded += [f"    {line}" for line in calls[index].split("\n")]
             continue
         pre_logits += ["if self.global_pool_type:\n" + "\n".join(guarded)] if guarded else []
@@ -864,7 +867,7 @@ def _timm_view(graph: Graph, nodes: list[SourceNode], lowerings: list[Lowering])
         pre_logits.append(calls[index])
     pre_logits += ["if self.global_pool_type:\n" + "\n".join(guarded)] if guarded else []
 
-    flat_tail = any(node.kind == "flatten" for node in nodes[classifier + 1 :])
+    flat_tail = any(isinstance(node.op, Flatten) for node in nodes[classifier + 1 :])
     return {
         "head_init": with_containers([nodes[index].attribute for index in stored], init, "nnx.Dict()"),
         "head_features": calls[:pool],

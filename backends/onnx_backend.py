@@ -38,7 +38,6 @@ from rescompile.compiler.fold import Fold, folded_bias, folded_scale
 from rescompile.compiler.fold import folds as all_folds
 from rescompile.compiler.ir import (
     MODULE_INPUT,
-    OP_KINDS,
     AvgPool,
     BatchNorm,
     BlurPool,
@@ -58,10 +57,13 @@ from rescompile.compiler.ir import (
     Subsample,
 )
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     Clamp,
+    Flatten,
     Gelu,
     GeluApproximation,
+    GlobalAveragePool,
     LayerNorm,
     LayerScale,
     LeakyRelu,
@@ -757,10 +759,11 @@ EMITTERS: dict[str, Emitter] = {
     "hardsigmoid": _hardsigmoid,
     "silu": _silu,
     "mish": _mish,
+    "tanh": lambda builder, site: builder.node("Tanh", [site.inputs[0]], site),
     "layer_scale": _layer_scale,
     "pointwise_linear": _pointwise_linear,
 }
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs an ONNX emitter"
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs an ONNX emitter"
 
 
 def module_output_name(graph: Graph, index: int) -> str:
@@ -1045,9 +1048,9 @@ def fixed_size_reason(graph: Graph) -> str | None:
     for module in graph.modules:
         size_free = {MODULE_INPUT} if size_free_output else set()
         for node in module.nodes:
-            if node.op.kind == "global_average_pool" or (node.inputs and set(node.inputs) <= size_free):
+            if isinstance(node.op, GlobalAveragePool) or (node.inputs and set(node.inputs) <= size_free):
                 size_free.add(node.name)
-            elif node.op.kind == "flatten":
+            elif isinstance(node.op, Flatten):
                 _, height, width = node.in_shapes[0]
                 return (
                     f"'{module.canonical(node.name)}' flattens a {height}×{width} map that no global pool made, "

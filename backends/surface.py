@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rescompile.compiler.ir import MODULE_INPUT, Graph, Module, Node
+from rescompile.compiler.ops import Conv, GlobalAveragePool, Linear, Pad
 from rescompile.spec.errors import RescompileError
 
-POOL_KIND = "global_average_pool"
-CLASSIFIER_KINDS = ("linear", "conv")
 GLOBAL_POOLS = ("avg", "")
 """The ``global_pool`` values a generated model takes: timm's average pool, or none (feature maps
 out, which only a model without a classifier can give)."""
@@ -56,11 +55,12 @@ def head_sections(graph: Graph) -> HeadSections | None:
     head = graph.modules[-1]
     if head.role != "head" or not _is_chain(head):
         return None
-    kinds = [node.op.kind for node in head.nodes]
-    if kinds.count(POOL_KIND) != 1:
+    pools = [index for index, node in enumerate(head.nodes) if isinstance(node.op, GlobalAveragePool)]
+    if len(pools) != 1:
         return None
-    pool = kinds.index(POOL_KIND)
-    after = [index for index in range(pool + 1, len(kinds)) if kinds[index] in CLASSIFIER_KINDS]
+    pool = pools[0]
+    classifiers = range(pool + 1, len(head.nodes))
+    after = [index for index in classifiers if isinstance(head.nodes[index].op, Linear | Conv)]
     if not after:
         return None
     classifier = after[-1]
@@ -137,7 +137,7 @@ def _stem_point(graph: Graph) -> FeaturePoint | None:
     if start > 0:
         return point(start - 1)
     before = last - 1
-    while before >= 0 and nodes[before].op.kind == "pad":
+    while before >= 0 and isinstance(nodes[before].op, Pad):
         before -= 1
     if before >= 0:
         return point(before)

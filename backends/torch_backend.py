@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -52,8 +53,9 @@ from rescompile.backends.source import (
     wrap_call,
 )
 from rescompile.backends.surface import HeadSections, feature_points, head_sections
-from rescompile.compiler.ir import OP_KINDS, Attribute, Conv, Definition, FoldedNorm, Graph, Stage
+from rescompile.compiler.ir import Attribute, Conv, Definition, FoldedNorm, Graph, Stage
 from rescompile.compiler.ops import (
+    PRIMITIVE_OP_KINDS,
     Add,
     AvgPoolFields,
     BatchNormFields,
@@ -63,6 +65,7 @@ from rescompile.compiler.ops import (
     Clamp,
     ConvFields,
     DropPathFields,
+    Flatten,
     Gelu,
     GeluApproximation,
     GroupNormFields,
@@ -90,8 +93,6 @@ if TYPE_CHECKING:
 
 
 Layer = tuple[str, list[str]]
-STD_CONV = "standardized conv"
-"""The key of the weight-standardised conv's helper class (a conv attribute, not an op kind)."""
 """A layer's constructor and its arguments as source: ``("nn.ReLU", ["inplace=True"])``."""
 
 
@@ -457,9 +458,25 @@ INFERENCE_NOTE = (
     "activations in the channels_last memory format, ReLUs in place. Evaluation only: no BatchNorm to train."
 )
 
-# op kind -> the layer's constructor; or, for an op computed inline in forward, its expression over
-# the input variables ("{0} + {1}", a plain string or an Inline), or a function of the node giving one.
-EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | str] = {
+Lower = Callable[[SourceNode], Layer] | Callable[[SourceNode], Inline] | str
+"""The layer's constructor, or for an op computed inline in forward, its expression over the input
+variables ("{0} + {1}", a plain string or an Inline), or a function of the node giving one."""
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """A lowering that needs more than its own line: a module-level class or function it names,
+    which the file defines once (the imports it needs are read from its source); or, for a stored
+    node not called as ``self.layer(x)``, how forward applies it ("{layer}" is the attribute, "{0}"
+    the input)."""
+
+    lower: Lower
+    helper: str = ""
+    application: str = ""
+
+
+# op kind -> its lowering. A helper's place in this table is its place in a generated file.
+EMITTERS: dict[str, Lower | Emitter] = {
     "conv": _conv,
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
@@ -473,55 +490,48 @@ EMITTERS: dict[str, Callable[[SourceNode], Layer] | Callable[[SourceNode], Inlin
     "sigmoid": lambda node: ("nn.Sigmoid", []),
     "mul": _mul,
     "clamp": _clamp,
-    "spatial_softmax": Inline("spatial_softmax({0})"),
-    "weighted_spatial_sum": Inline("weighted_spatial_sum({0}, {1})"),
-    "subsample": _subsample,
+    "subsample": Emitter(_subsample, SUBSAMPLE_CLASS),
     "pad": _pad,
-    "pad_channels": _pad_channels,
-    "blur_pool": _blur_pool,
-    "channel_conv": _channel_conv,
-    "drop_path": _drop_path,
-    "channel_slice": _channel_slice,
+    "pad_channels": Emitter(_pad_channels, PAD_CHANNELS_CLASS),
+    "blur_pool": Emitter(_blur_pool, BLUR_POOL_CLASS),
+    "channel_conv": Emitter(_channel_conv, CHANNEL_CONV_CLASS),
+    "drop_path": Emitter(_drop_path, DROP_PATH_CLASS),
+    "channel_slice": Emitter(_channel_slice, CHANNEL_SLICE_CLASS),
     "concat": Inline("torch.cat([{all}], 1)"),
-    "softmax": _channel_softmax,
-    "layer_norm": _layer_norm,
+    "softmax": Emitter(_channel_softmax, CHANNEL_SOFTMAX_CLASS),
+    "spatial_softmax": Emitter(Inline("spatial_softmax({0})"), SPATIAL_SOFTMAX_FUNCTION),
+    "weighted_spatial_sum": Emitter(Inline("weighted_spatial_sum({0}, {1})"), WEIGHTED_SUM_FUNCTION),
+    "layer_norm": Emitter(_layer_norm, LAYER_NORM_CLASS),
     "gelu": _gelu,
-    "layer_scale": _layer_scale,
-    "pointwise_linear": _pointwise_linear,
+    # A layer scale is a parameter, broadcast over (batch, C, H, W).
+    "layer_scale": Emitter(_layer_scale, application="{0} * {layer}.view(1, -1, 1, 1)"),
+    "pointwise_linear": Emitter(_pointwise_linear, POINTWISE_LINEAR_CLASS),
     "hardswish": lambda node: ("nn.Hardswish", _in_place(node)),
     "relu6": lambda node: ("nn.ReLU6", _in_place(node)),
     "leaky_relu": _leaky_relu,
     "hardsigmoid": lambda node: ("nn.Hardsigmoid", _in_place(node)),
     "silu": lambda node: ("nn.SiLU", _in_place(node)),
     "mish": lambda node: ("nn.Mish", _in_place(node)),
+    "tanh": lambda node: ("nn.Tanh", []),
 }
-# Stored nodes that are not called as ``self.layer(x)``: how forward applies them ("{layer}" is the
-# attribute, "{0}" the input). A layer scale is a parameter, broadcast over (batch, C, H, W).
-APPLICATIONS = {"layer_scale": "{0} * {layer}.view(1, -1, 1, 1)"}
-HELPER_CLASSES = {
-    "subsample": SUBSAMPLE_CLASS,
-    "pad_channels": PAD_CHANNELS_CLASS,
-    "blur_pool": BLUR_POOL_CLASS,
-    "channel_conv": CHANNEL_CONV_CLASS,
-    "drop_path": DROP_PATH_CLASS,
-    "channel_slice": CHANNEL_SLICE_CLASS,
-    "softmax": CHANNEL_SOFTMAX_CLASS,
-    "spatial_softmax": SPATIAL_SOFTMAX_FUNCTION,
-    "weighted_spatial_sum": WEIGHTED_SUM_FUNCTION,
-    "layer_norm": LAYER_NORM_CLASS,
-    "pointwise_linear": POINTWISE_LINEAR_CLASS,
-}
-# Helper classes that call torch.nn.functional, and those that need the math module.
-FUNCTIONAL_HELPERS = ("pad_channels", "blur_pool", "layer_norm", "pointwise_linear", STD_CONV)
-MATH_HELPERS = ("blur_pool",)
-assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
+assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs a torch emitter"
 
 
 def _lowered(node: SourceNode) -> Layer | Inline:
     if isinstance(node.op, ContainerCall):
         return (node.op.class_name, list(node.class_arguments))
-    emitter = EMITTERS[node.kind]
+    emitter = _emitter(node.kind).lower
     return Inline(emitter) if isinstance(emitter, str) else emitter(node)
+
+
+def _emitter(kind: str) -> Emitter:
+    entry = EMITTERS[kind]
+    return entry if isinstance(entry, Emitter) else Emitter(entry)
+
+
+def _application(node: SourceNode) -> str:
+    """How forward applies a stored node not called as ``self.layer(x)``; empty where it is."""
+    return "" if isinstance(node.op, ContainerCall) else _emitter(node.kind).application
 
 
 def _layer(node: SourceNode, prefix: str = "") -> str:
@@ -551,9 +561,9 @@ def _forward_lines(
         lowered = _lowered(node)
         if isinstance(lowered, Inline):
             lines.append(f"{node.output} = {_inline(node, lowered)}")
-        elif node.kind in APPLICATIONS:
+        elif application := _application(node):
             layer = f"self{attribute_access(node.attribute)}"
-            lines.append(f"{node.output} = {APPLICATIONS[node.kind].format(*node.inputs, layer=layer)}")
+            lines.append(f"{node.output} = {application.format(*node.inputs, layer=layer)}")
         else:
             lines.append(f"{node.output} = self{attribute_access(node.attribute)}({node.inputs[0]})")
     return lines
@@ -596,7 +606,7 @@ def _head_layers(nodes: list[SourceNode], sections: HeadSections) -> list[tuple[
     """The head's layers as ``(attribute, constructor)``: the pool and every flatten after it
     built as :data:`POOLED` says, the classifier for ``num_classes`` (timm's: none for 0)."""
     layers: list[tuple[str, str]] = []
-    flattens = {node.name for node in (*sections.pre_logits, *sections.tail) if node.op.kind == "flatten"}
+    flattens = {node.name for node in (*sections.pre_logits, *sections.tail) if isinstance(node.op, Flatten)}
     for node in nodes:
         lowered = _lowered(node)
         if isinstance(lowered, Inline):
@@ -620,7 +630,7 @@ def _timm_view(graph: Graph, head: list[SourceNode], sections: HeadSections) -> 
     assert len(forward) == len(head), "a cut head is a chain of layers"
     cuts = [len(sections.features), len(sections.features) + 1 + len(sections.pre_logits)]
     reset = {sections.pool.name, sections.classifier.name}
-    reset |= {node.name for node in (*sections.pre_logits, *sections.tail) if node.op.kind == "flatten"}
+    reset |= {node.name for node in (*sections.pre_logits, *sections.tail) if isinstance(node.op, Flatten)}
     return {
         "head_init": with_containers(
             [attribute for attribute, _ in layers],
@@ -635,7 +645,7 @@ def _timm_view(graph: Graph, head: list[SourceNode], sections: HeadSections) -> 
         ],
         # timm's pre-logits are flat: a flatten after the classifier (BiT's) applies to them too.
         "pre_logits_value": next(
-            (f"self{attribute_access(node.name)}(x)" for node in sections.tail if node.op.kind == "flatten"), "x"
+            (f"self{attribute_access(node.name)}(x)" for node in sections.tail if isinstance(node.op, Flatten)), "x"
         ),
         "classifier_attribute": f"self{attribute_access(sections.classifier.name)}",
         "num_classes": sections.num_classes,
@@ -664,8 +674,6 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     blocks = block_classes(graph)
     shortcuts = shortcut_classes(graph)
     kinds_used = {node.op.kind for _, node in graph.nodes()}
-    if any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes()):
-        kinds_used.add(STD_CONV)
     shortcut_views = [
         {
             "definition": shortcut.definition,
@@ -741,8 +749,10 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
     sections = head_sections(graph)
     timm = _timm_view(graph, head, sections) if sections is not None else None
     features = _forward_lines(stem) + stage_lines
-    helpers = function_helpers(graph) + [HELPER_CLASSES[kind] for kind in HELPER_CLASSES if kind in kinds_used]
-    helpers += [STD_CONV_CLASS] if STD_CONV in kinds_used else []
+    op_helpers = [_emitter(kind).helper for kind in EMITTERS if kind in kinds_used and _emitter(kind).helper]
+    standardized = any(isinstance(node.op, Conv) and node.op.standardize_weight for _, node in graph.nodes())
+    op_helpers += [STD_CONV_CLASS] if standardized else []
+    helpers = function_helpers(graph) + op_helpers
     helpers += [_container_source(container) for container in container_classes(blocks)]
     head_init = cast(list[str], timm["head_init"]) if timm is not None else _init_lines(head)
     stem_lines, stages, head_init = made_once([_init_lines(stem), stages, head_init], "nn.ModuleDict()")
@@ -761,9 +771,9 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
         input_shape="×".join(map(str, graph.input_shape)),
         output_shape="×".join(map(str, graph.output_shape)),
         helpers=helpers,
-        uses_functional=timm is not None or any(kind in kinds_used for kind in FUNCTIONAL_HELPERS),
+        uses_functional=timm is not None or any("F." in helper for helper in op_helpers),
         uses_functools=inference,
-        uses_math=uses_math(graph) or any(kind in kinds_used for kind in MATH_HELPERS),
+        uses_math=uses_math(graph) or any("math." in helper for helper in op_helpers),
         options_used=options_used or first_options_used,
         shortcuts=shortcut_views,
         shortcut_attribute=attribute,

@@ -28,6 +28,7 @@ from rescompile.compiler.ops import (
     OPS,
     SHORTCUT_VALUE,
     Add,
+    LinearFields,
     Op,
     Shape,
     ShapeError,
@@ -468,7 +469,7 @@ def _check_class_nodes(part: Loaded[PartSpec], role: DefinitionRole, nodes: list
     """What the torch and flax backends need to write a block or shortcut as one class, checked
     here so that ``validate`` refuses what they would refuse."""
     for node in nodes:
-        if node.kind == "linear":
+        if isinstance(node.op, LinearFields):
             raise RescompileError(
                 f"{role} '{part.spec.name}': node '{node.name}' is a linear layer, which the torch and flax backends "
                 f"cannot write in a {role} class (its in_features is a spatial size no parameter states); "

@@ -16,7 +16,7 @@ an op is stated on it, once:
 
 Cost, canonical weights (names, shapes, initial and random values), the Flax weight conversion and
 the shape pass all derive from this table; nothing recognises an op by a name suffix. A new op is
-one class here, listed in :data:`OP_TYPES`, plus one emitter per backend.
+one class here (defining it registers it in :data:`OP_TYPES`), plus one emitter per backend.
 """
 
 from __future__ import annotations
@@ -230,11 +230,33 @@ def _enum_fields(op_type: type) -> dict[str, type[enum.Enum]]:
     return {name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, enum.Enum)}
 
 
-class OpBase:
-    """What every op states; the defaults describe an op without parameters and without MACs that
-    keeps its input's channels."""
+@dataclass(frozen=True)
+class OpFields:
+    """An op's fields: its symbolic form, the op of a definition's node (:data:`SymbolicOp`). Each
+    op with an integer field states them in a generic ``XFields`` subclass (``ConvFields[N, P, Q]``),
+    over :data:`Size` in a definition; an op without one is its own."""
 
     kind: ClassVar[str]
+
+
+_REGISTRY: dict[str, type[OpBase]] = {}
+"""Every op class by its kind, in the order this module defines them: filled as each is defined."""
+
+
+class OpBase(OpFields):
+    """What every op states; the defaults describe an op without parameters and without MACs that
+    keeps its input's channels. Each subclass with a ``kind`` is an op: defining it registers it in
+    the op table (:data:`OP_TYPES`), nothing else lists it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = getattr(cls, "kind", None)
+        if kind is None:
+            return  # a family of ops (Elementwise), not an op
+        if kind in _REGISTRY:
+            raise TypeError(f"op kind '{kind}' is stated twice: {_REGISTRY[kind].__name__} and {cls.__name__}")
+        _REGISTRY[kind] = cls
+
     minimums: ClassVar[Mapping[str, int]] = {}
     """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
     maximums: ClassVar[Mapping[str, int]] = {}
@@ -256,6 +278,12 @@ class OpBase:
     field is an expression, a float a number, a ``Literal`` a choice, each with its default."""
     descriptions: ClassVar[Mapping[str, str]] = {}
     """What each field means, for a derived spec model (and so the JSON Schema)."""
+    example: ClassVar[Mapping[str, str] | None] = None
+    """A use of it in a block, for the tests that build a network from the op table: node name -> the
+    node in YAML flow style. The first node reads the block's C×H×W value before it (``INPUT``
+    where a node names it; C is the block's ``width``, 16 or 32, and H = W >= 4); the last gives
+    that shape again. None: ``{op: KIND}`` alone is one; empty: a block cannot hold it (the
+    classifier head uses it)."""
     fields: ClassVar[type[Any] | None] = None
     """The class of its fields (``ConvFields``), generic in what an integer is, whose form over
     :data:`Size` is its op in a definition; None where no field is an integer: it is its own."""
@@ -272,7 +300,7 @@ class OpBase:
         expression too), and its output's channel count. None: not expressible from channels (after
         a flatten). The default: an op whose fields are the spec's keys, keeping the channels."""
         if cls.fields is None:
-            op: SymbolicOp = cls.from_attributes(values, ())  # type: ignore[assignment]
+            op: SymbolicOp = cls.from_attributes(values, ())
         else:
             op = cls.fields(**_with_enums(cls.fields, values))
         return op, in_channels
@@ -295,7 +323,7 @@ class OpBase:
 
 
 @dataclass(frozen=True)
-class ConvFields(Generic[N, P, Q]):
+class ConvFields(OpFields, Generic[N, P, Q]):
     """A convolution's fields (:class:`Conv`)."""
 
     kind: ClassVar[str] = "conv"
@@ -318,6 +346,7 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
     ``(in/groups, kh, kw)`` with the biased variance (Qiao et al. 2019; timm's ``StdConv2d``); the
     raw weight is what is stored (``.weight``), so timm's state_dicts load unchanged."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"conv": "{op: conv, out_channels: width, kernel: 3, padding: 1}"}
     family: ClassVar[str] = "linear"
     foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -380,7 +409,7 @@ class _Normalization(OpBase):
 
 
 @dataclass(frozen=True)
-class BatchNormFields(Generic[N]):
+class BatchNormFields(OpFields, Generic[N]):
     """The fields of :class:`BatchNorm`."""
 
     kind: ClassVar[str] = "batch_norm"
@@ -421,7 +450,7 @@ class BatchNorm(BatchNormFields[int], _Normalization):
 
 
 @dataclass(frozen=True)
-class GroupNormFields(Generic[N]):
+class GroupNormFields(OpFields, Generic[N]):
     """The fields of :class:`GroupNorm`."""
 
     kind: ClassVar[str] = "group_norm"
@@ -438,6 +467,7 @@ class GroupNorm(GroupNormFields[int], _Normalization):
     ``(channels / groups, height, width)``, ``epsilon`` inside the square root, then an affine
     per-channel ``weight`` and ``bias``. No running statistics: training and eval compute the same."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"group_norm": "{op: group_norm, groups: 4}"}
     family: ClassVar[str] = "norm"
     normalization: ClassVar[bool] = True
     foreign_names: ClassVar[tuple[str, ...]] = ("groupnorm",)
@@ -481,6 +511,31 @@ class Relu(Elementwise):
     kind: ClassVar[str] = "relu"
 
 
+COMPOSITE_INPUT = -1
+"""In a :class:`Step`'s inputs: the composite's own input."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One primitive op of a :class:`Composite`, reading ``inputs``: :data:`COMPOSITE_INPUT`, or
+    the output of an earlier step by its index; None: the previous step's (the first step's is the
+    composite's input). Its op has no integer field, so it is the same in a definition and in an
+    instance."""
+
+    op: OpBase
+    inputs: tuple[int, ...] | None = None
+
+
+class Composite(Elementwise):
+    """An elementwise op declared as a composition of the table's primitive ops (as tinygrad writes
+    ``hardswish``): :meth:`steps`. The compiler pass ``lower_composites`` (compiler/compose.py)
+    writes each use as those primitive nodes before any backend sees the graph, so a composite
+    needs no emitter, and its YAML keys and tests come from the table as any elementwise op's."""
+
+    def steps(self) -> tuple[Step, ...]:
+        raise NotImplementedError
+
+
 def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
     """The shape rule both pools share: torch's, padding at most half the kernel."""
     channels, height, width = _image(in_shapes, op.kind)
@@ -491,7 +546,7 @@ def _pool_shape(op: MaxPool | AvgPool, in_shapes: tuple[Shape, ...]) -> Shape:
 
 
 @dataclass(frozen=True)
-class MaxPoolFields(Generic[P, Q]):
+class MaxPoolFields(OpFields, Generic[P, Q]):
     """The fields of :class:`MaxPool`."""
 
     kind: ClassVar[str] = "max_pool"
@@ -503,6 +558,7 @@ class MaxPoolFields(Generic[P, Q]):
 
 @dataclass(frozen=True)
 class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {"max_pool": "{op: max_pool, kernel: 3, padding: 1}"}
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -518,7 +574,7 @@ class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
 
 
 @dataclass(frozen=True)
-class AvgPoolFields(Generic[P, Q]):
+class AvgPoolFields(OpFields, Generic[P, Q]):
     """The fields of :class:`AvgPool`."""
 
     kind: ClassVar[str] = "avg_pool"
@@ -531,6 +587,9 @@ class AvgPoolFields(Generic[P, Q]):
 
 @dataclass(frozen=True)
 class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {
+        "avg_pool": "{op: avg_pool, kernel: 3, padding: 1, count_include_pad: false}"
+    }
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -550,6 +609,10 @@ class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
 class GlobalAveragePool(OpBase):
     """Mean over height and width, keeping them as 1×1 (torch's ``AdaptiveAvgPool2d((1, 1))``)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "global_average_pool": "{op: global_average_pool}",
+        "global_average_pool_gate": "{op: mul, inputs: [INPUT, global_average_pool]}",
+    }
     kind: ClassVar[str] = "global_average_pool"
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("adaptiveavgpool2d",)
@@ -563,6 +626,7 @@ class GlobalAveragePool(OpBase):
 class Flatten(OpBase):
     """``(C, H, W) -> (C * H * W,)`` in channel-major order, as ``torch.flatten(x, 1)``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {}
     kind: ClassVar[str] = "flatten"
 
     @classmethod
@@ -574,7 +638,7 @@ class Flatten(OpBase):
 
 
 @dataclass(frozen=True)
-class LinearFields(Generic[N]):
+class LinearFields(OpFields, Generic[N]):
     """The fields of :class:`Linear`."""
 
     kind: ClassVar[str] = "linear"
@@ -585,6 +649,7 @@ class LinearFields(Generic[N]):
 
 @dataclass(frozen=True)
 class Linear(LinearFields[int], OpBase):
+    example: ClassVar[Mapping[str, str] | None] = {}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = LinearFields
 
@@ -649,6 +714,7 @@ class Add(OpBase):
     plus ``constant`` (a float32 number, added as torch adds a Python number to a float32 tensor).
     A block's residual add reads two values of one shape, the branch and ``shortcut``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"add": "{op: add, inputs: [INPUT], constant: 0.5}"}
     kind: ClassVar[str] = "add"
     family: ClassVar[str] = "join"
     shortcut_input: int | None
@@ -686,6 +752,7 @@ class Mul(OpBase):
     shared, never broadcast. Or one value times ``constant`` (a float32 number, multiplied as torch
     multiplies a float32 tensor by a Python number)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"mul": "{op: mul, inputs: [INPUT, INPUT]}"}
     kind: ClassVar[str] = "mul"
     family: ClassVar[str] = "join"
     constant: float | None = None
@@ -710,6 +777,7 @@ class Clamp(OpBase):
     """``min(max(x, minimum), maximum)`` elementwise (``torch.clamp``), either bound left out where
     it is None; the bounds are float32 numbers. ``clamp`` with 0 and 6 is ``relu6``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"clamp": "{op: clamp, minimum: -1, maximum: 1}"}
     kind: ClassVar[str] = "clamp"
     family: ClassVar[str] = "activation"
     foreign_names: ClassVar[tuple[str, ...]] = ("clip", "hardtanh")
@@ -741,6 +809,12 @@ class WeightedSpatialSum(OpBase):
     ``x.view(B, 1, C, H*W) @ attn.view(B, 1, H*W, 1)``). MACs ``C × H × W``, the product's, as
     torch's flop counter counts that matmul."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "weighted_spatial_sum_logits": "{op: conv, out_channels: 1, kernel: 1}",
+        "weighted_spatial_sum_weights": "{op: spatial_softmax}",
+        "weighted_spatial_sum": "{op: weighted_spatial_sum, inputs: [INPUT, weighted_spatial_sum_weights]}",
+        "weighted_spatial_sum_added": "{op: add, inputs: [INPUT, weighted_spatial_sum]}",
+    }
     kind: ClassVar[str] = "weighted_spatial_sum"
     family: ClassVar[str] = "pool"
 
@@ -765,7 +839,7 @@ class WeightedSpatialSum(OpBase):
 
 
 @dataclass(frozen=True)
-class SubsampleFields(Generic[N]):
+class SubsampleFields(OpFields, Generic[N]):
     """The fields of :class:`Subsample`."""
 
     kind: ClassVar[str] = "subsample"
@@ -776,12 +850,76 @@ class SubsampleFields(Generic[N]):
 class Subsample(SubsampleFields[int], OpBase):
     """``x[:, :, ::stride, ::stride]``: output size ``ceil(size / stride)``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"subsample": "{op: subsample, stride: 1}"}
     family: ClassVar[str] = "pool"
     fields: ClassVar[type[Any] | None] = SubsampleFields
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
         return (channels, -(-height // self.stride), -(-width // self.stride))
+
+
+@dataclass(frozen=True)
+class PadFields(OpFields, Generic[N]):
+    """The fields of :class:`Pad`."""
+
+    kind: ClassVar[str] = "pad"
+    padding: N
+
+
+@dataclass(frozen=True)
+class Pad(PadFields[int], OpBase):
+    """Zero rows and columns: ``padding`` on every side of the height and width (torch's
+    ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
+    without padding, which differs from the pool's own padding (that never wins a max)."""
+
+    example: ClassVar[Mapping[str, str] | None] = {
+        "pad": "{op: pad, padding: 1}",
+        "pad_conv": "{op: conv, out_channels: width, kernel: 3}",
+    }
+    foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
+    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    fields: ClassVar[type[Any] | None] = PadFields
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        return (channels, height + 2 * self.padding, width + 2 * self.padding)
+
+
+@dataclass(frozen=True)
+class PadChannelsFields(OpFields, Generic[N]):
+    """The fields of :class:`PadChannels`."""
+
+    kind: ClassVar[str] = "pad_channels"
+    before: N
+    after: N
+
+
+@dataclass(frozen=True)
+class PadChannels(PadChannelsFields[int], OpBase):
+    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
+
+    example: ClassVar[Mapping[str, str] | None] = {
+        "pad_channels": "{op: pad_channels, after: 2}",
+        "pad_channels_conv": "{op: conv, out_channels: width, kernel: 1}",
+    }
+    minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
+    fields: ClassVar[type[Any] | None] = PadChannelsFields
+
+    @classmethod
+    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
+        op: PadChannelsFields[Size] = PadChannelsFields(**values)
+        out = in_channels
+        for amount in (op.before, op.after):
+            if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
+                out = _plus(out, amount)
+        return op, out
+
+    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
+        channels, height, width = _image(in_shapes, self.kind)
+        if self.before < 0 or self.after < 0:
+            raise ShapeError(f"pad_channels cannot remove channels (before={self.before}, after={self.after})")
+        return (channels + self.before + self.after, height, width)
 
 
 MAX_BLUR_TAPS = 64
@@ -795,7 +933,7 @@ def binomial_filter(taps: int) -> list[float]:
 
 
 @dataclass(frozen=True)
-class BlurPoolFields(Generic[N]):
+class BlurPoolFields(OpFields, Generic[N]):
     """The fields of :class:`BlurPool`."""
 
     kind: ClassVar[str] = "blur_pool"
@@ -823,6 +961,7 @@ class BlurPool(BlurPoolFields[int], OpBase):
     depthwise convolution, ``channels × out_h × out_w × taps²``. (Module-hook counters such as
     ptflops count nothing for it: timm's ``BlurPool2d`` is not an ``nn.Conv2d``.)"""
 
+    example: ClassVar[Mapping[str, str] | None] = {"blur_pool": "{op: blur_pool, taps: 3, padding: 1}"}
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("blurpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
@@ -845,7 +984,7 @@ class BlurPool(BlurPoolFields[int], OpBase):
 
 
 @dataclass(frozen=True)
-class ChannelConvFields(Generic[N]):
+class ChannelConvFields(OpFields, Generic[N]):
     """The fields of :class:`ChannelConv`."""
 
     kind: ClassVar[str] = "channel_conv"
@@ -860,6 +999,11 @@ class ChannelConv(ChannelConvFields[int], OpBase):
     channel mixes its ``kernel`` neighbours. Weight ``(1, 1, kernel)``. MACs ``C × kernel``, as
     fvcore, ptflops and ``torch.utils.flop_counter`` count a Conv1d (output length × kernel)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "channel_conv_pool": "{op: global_average_pool}",
+        "channel_conv": "{op: channel_conv, kernel: 3}",
+        "channel_conv_gate": "{op: mul, inputs: [INPUT, channel_conv]}",
+    }
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = ChannelConvFields
 
@@ -887,62 +1031,7 @@ class ChannelConv(ChannelConvFields[int], OpBase):
 
 
 @dataclass(frozen=True)
-class PadFields(Generic[N]):
-    """The fields of :class:`Pad`."""
-
-    kind: ClassVar[str] = "pad"
-    padding: N
-
-
-@dataclass(frozen=True)
-class Pad(PadFields[int], OpBase):
-    """Zero rows and columns: ``padding`` on every side of the height and width (torch's
-    ``nn.ZeroPad2d``). BiT's stem pads the stem convolution's output with zeros before a max pool
-    without padding, which differs from the pool's own padding (that never wins a max)."""
-
-    foreign_names: ClassVar[tuple[str, ...]] = ("zeropad2d",)
-    minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
-    fields: ClassVar[type[Any] | None] = PadFields
-
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        return (channels, height + 2 * self.padding, width + 2 * self.padding)
-
-
-@dataclass(frozen=True)
-class PadChannelsFields(Generic[N]):
-    """The fields of :class:`PadChannels`."""
-
-    kind: ClassVar[str] = "pad_channels"
-    before: N
-    after: N
-
-
-@dataclass(frozen=True)
-class PadChannels(PadChannelsFields[int], OpBase):
-    """Zero channels: ``before`` in front of the input's channels and ``after`` behind them."""
-
-    minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
-    fields: ClassVar[type[Any] | None] = PadChannelsFields
-
-    @classmethod
-    def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
-        op: PadChannelsFields[Size] = PadChannelsFields(**values)
-        out = in_channels
-        for amount in (op.before, op.after):
-            if out is not None and isinstance(amount, Expression) and not _is_zero(amount):
-                out = _plus(out, amount)
-        return op, out
-
-    def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
-        channels, height, width = _image(in_shapes, self.kind)
-        if self.before < 0 or self.after < 0:
-            raise ShapeError(f"pad_channels cannot remove channels (before={self.before}, after={self.after})")
-        return (channels + self.before + self.after, height, width)
-
-
-@dataclass(frozen=True)
-class DropPathFields(Generic[R]):
+class DropPathFields(OpFields, Generic[R]):
     """The fields of :class:`DropPath`."""
 
     kind: ClassVar[str] = "drop_path"
@@ -955,6 +1044,7 @@ class DropPath(DropPathFields[float], OpBase):
     zeroed with probability ``rate`` and kept ones are scaled by ``1 / (1 - rate)``, so the expected
     value is unchanged; the identity in inference, and whenever ``rate`` is 0."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"drop_path": "{op: drop_path, rate: 0.1}"}
     real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {"rate": (0.0, 1.0)}
     inference_identity: ClassVar[bool] = True
     fields: ClassVar[type[Any] | None] = DropPathFields
@@ -983,7 +1073,7 @@ def _symbolic_part(
 
 
 @dataclass(frozen=True)
-class ChannelSliceFields(Generic[N]):
+class ChannelSliceFields(OpFields, Generic[N]):
     """The fields of :class:`ChannelSlice`."""
 
     kind: ClassVar[str] = "channel_slice"
@@ -996,6 +1086,11 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     """Channels ``[start, stop)`` of its input, in order (``x[:, start:stop]``): one part of a spec's
     ``split``, which cuts the channels into consecutive parts (torch.split along dim 1). No MACs."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "channel_slice_0": "{op: channel_slice, parts: 2, index: 0}",
+        "channel_slice_1": "{op: channel_slice, parts: 2, index: 1, input: INPUT}",
+        "channel_slice_swapped": "{op: concat, inputs: [channel_slice_1, channel_slice_0]}",
+    }
     view: ClassVar[bool] = True
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
     fields: ClassVar[type[Any] | None] = ChannelSliceFields
@@ -1036,6 +1131,10 @@ class Concat(OpBase):
     """Its inputs' channels one after another, in the order of its inputs (``torch.cat(xs, 1)``);
     their heights and widths are equal. No MACs."""
 
+    example: ClassVar[Mapping[str, str] | None] = {
+        "concat": "{op: concat, inputs: [INPUT, INPUT]}",
+        "concat_conv": "{op: conv, out_channels: width, kernel: 1}",
+    }
     kind: ClassVar[str] = "concat"
     family: ClassVar[str] = "join"
 
@@ -1063,7 +1162,7 @@ class Concat(OpBase):
 
 
 @dataclass(frozen=True)
-class SoftmaxFields(Generic[N]):
+class SoftmaxFields(OpFields, Generic[N]):
     """The fields of :class:`Softmax`."""
 
     kind: ClassVar[str] = "softmax"
@@ -1082,6 +1181,7 @@ class Softmax(SoftmaxFields[int], OpBase):
     softmax across paths (``groups`` 1, where both layouts are the same). No MACs (torch's
     FlopCounterMode counts none)."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"softmax": "{op: softmax, over: 2}"}
     family: ClassVar[str] = "activation"
     fields: ClassVar[type[Any] | None] = SoftmaxFields
 
@@ -1108,7 +1208,7 @@ def _per_channel(kind: str, channels: int, in_shapes: tuple[Shape, ...]) -> Shap
 
 
 @dataclass(frozen=True)
-class LayerNormFields(Generic[N]):
+class LayerNormFields(OpFields, Generic[N]):
     """The fields of :class:`LayerNorm`."""
 
     kind: ClassVar[str] = "layer_norm"
@@ -1197,7 +1297,25 @@ class Mish(Elementwise):
 
 
 @dataclass(frozen=True)
-class LayerScaleFields(Generic[N]):
+class Tanh(Elementwise):
+    """``tanh(x)`` elementwise (torch's ``nn.Tanh``)."""
+
+    kind: ClassVar[str] = "tanh"
+
+
+@dataclass(frozen=True)
+class QuickGelu(Composite):
+    """``x * sigmoid(1.702 * x)`` elementwise: GELU's sigmoid approximation (Hendrycks and Gimpel
+    2016; CLIP's and timm's ``QuickGELU``), composed of ``mul``, ``sigmoid`` and ``mul``."""
+
+    kind: ClassVar[str] = "quick_gelu"
+
+    def steps(self) -> tuple[Step, ...]:
+        return (Step(Mul(1.702)), Step(Sigmoid()), Step(Mul(), (COMPOSITE_INPUT, 1)))
+
+
+@dataclass(frozen=True)
+class LayerScaleFields(OpFields, Generic[N]):
     """The fields of :class:`LayerScale`."""
 
     kind: ClassVar[str] = "layer_scale"
@@ -1226,7 +1344,7 @@ class LayerScale(LayerScaleFields[int], _Normalization):
 
 
 @dataclass(frozen=True)
-class PointwiseLinearFields(Generic[N]):
+class PointwiseLinearFields(OpFields, Generic[N]):
     """The fields of :class:`PointwiseLinear`."""
 
     kind: ClassVar[str] = "pointwise_linear"
@@ -1242,6 +1360,7 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
     ConvNeXt's MLP). Weight ``(out_channels, in_channels)``, a linear layer's layout, not a 1×1
     conv's. MACs ``H × W × in × out``, as torch's flop counter counts that ``nn.Linear``."""
 
+    example: ClassVar[Mapping[str, str] | None] = {"pointwise_linear": "{op: pointwise_linear, out_channels: width}"}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = PointwiseLinearFields
 
@@ -1272,79 +1391,15 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
         return math.prod(out_shape) * self.in_channels
 
 
-Op = (
-    Conv
-    | BatchNorm
-    | GroupNorm
-    | Relu
-    | MaxPool
-    | AvgPool
-    | GlobalAveragePool
-    | Flatten
-    | Linear
-    | Add
-    | Sigmoid
-    | Mul
-    | Clamp
-    | SpatialSoftmax
-    | WeightedSpatialSum
-    | Subsample
-    | Pad
-    | PadChannels
-    | BlurPool
-    | ChannelConv
-    | DropPath
-    | ChannelSlice
-    | Concat
-    | Softmax
-    | LayerNorm
-    | Gelu
-    | Hardswish
-    | Relu6
-    | LeakyRelu
-    | Hardsigmoid
-    | Silu
-    | Mish
-    | LayerScale
-    | PointwiseLinear
-)
-OP_TYPES: tuple[type[Op], ...] = (
-    Conv,
-    BatchNorm,
-    GroupNorm,
-    Relu,
-    MaxPool,
-    AvgPool,
-    GlobalAveragePool,
-    Flatten,
-    Linear,
-    Add,
-    Sigmoid,
-    Mul,
-    Clamp,
-    SpatialSoftmax,
-    WeightedSpatialSum,
-    Subsample,
-    Pad,
-    PadChannels,
-    BlurPool,
-    ChannelConv,
-    DropPath,
-    ChannelSlice,
-    Concat,
-    Softmax,
-    LayerNorm,
-    Gelu,
-    Hardswish,
-    Relu6,
-    LeakyRelu,
-    Hardsigmoid,
-    Silu,
-    Mish,
-    LayerScale,
-    PointwiseLinear,
-)
+Op = OpBase
+"""An instance's op: any op of the table (narrowed with ``isinstance``)."""
+OP_TYPES: tuple[type[Op], ...] = tuple(_REGISTRY.values())
+"""The op table: every op class, in the order this module defines them."""
 OP_KINDS: tuple[str, ...] = tuple(op_type.kind for op_type in OP_TYPES)
+PRIMITIVE_OP_KINDS: tuple[str, ...] = tuple(
+    kind for kind, op_type in _REGISTRY.items() if not issubclass(op_type, Composite)
+)
+"""The ops a backend writes: every op but the composites, which the compiler writes as primitives."""
 OPS: dict[str, type[Op]] = {op_type.kind: op_type for op_type in OP_TYPES}
 """The op table by kind (the spec's ``op`` key)."""
 
@@ -1352,42 +1407,7 @@ SymbolicConv = ConvFields[Size, Size, Size]
 """A definition's convolution: a square kernel, stride and dilation and symmetric padding are one value each."""
 SymbolicLinear = LinearFields[Size | None]
 """A definition's linear layer: its in_features are None after a flatten (a spatial size no parameter states)."""
-SymbolicOp = (
-    SymbolicConv
-    | BatchNormFields[Size]
-    | GroupNormFields[Size]
-    | Relu
-    | MaxPoolFields[Size, Size]
-    | AvgPoolFields[Size, Size]
-    | GlobalAveragePool
-    | Flatten
-    | SymbolicLinear
-    | Add
-    | Sigmoid
-    | Mul
-    | SubsampleFields[Size]
-    | PadFields[Size]
-    | PadChannelsFields[Size]
-    | BlurPoolFields[Size]
-    | ChannelConvFields[Size]
-    | DropPathFields[Real]
-    | ChannelSliceFields[Size]
-    | Concat
-    | SoftmaxFields[Size]
-    | LayerNormFields[Size]
-    | Gelu
-    | Hardswish
-    | Relu6
-    | LeakyRelu
-    | Hardsigmoid
-    | Silu
-    | Mish
-    | LayerScaleFields[Size]
-    | PointwiseLinearFields[Size]
-    | Clamp
-    | SpatialSoftmax
-    | WeightedSpatialSum
-)
+SymbolicOp = OpFields
 """The op of a definition's node: an op's fields over :data:`Size` (an op whose fields hold no
 integer is its own symbolic form). An instance's :data:`Op` is one too, but for the pairs of a conv
 and of the pools, which :func:`symbolic_form` makes single values."""

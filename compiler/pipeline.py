@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rescompile.compiler.compose import lower_composites
 from rescompile.compiler.expand import expand
 from rescompile.compiler.fold import fold_batch_norm
 from rescompile.compiler.ir import Graph
@@ -27,7 +28,10 @@ class Pass:
     graph for evaluation (torch --inference, onnx --fold-bn), not by every compile."""
 
 
-PASSES: tuple[Pass, ...] = (Pass("fold_batch_norm", fold_batch_norm, inference=True),)
+PASSES: tuple[Pass, ...] = (
+    Pass("lower_composites", lower_composites),
+    Pass("fold_batch_norm", fold_batch_norm, inference=True),
+)
 """Every rewrite after ``expand`` (which applies the op table's shape rules as it builds, so shapes
 are computed once), in order: :func:`lower` runs those every compile runs, and
 :func:`lower_for_inference` the inference lowerings."""

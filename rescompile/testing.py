@@ -3,16 +3,21 @@
 
 :func:`assert_close` is the one tolerance helper: every numerical comparison in the test suite
 goes through it, with the tolerances stated at the call site or taken from :data:`TOLERANCES`.
-Helpers only the test suite uses are in ``tests/support.py``.
+:func:`op_network` writes a small network that uses every op of the op table, each as its class's
+``example`` states. Helpers only the test suite uses are in ``tests/support.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+from rescompile.compiler.ops import OP_TYPES, Op
 
 if TYPE_CHECKING:
     pass
@@ -158,3 +163,34 @@ def network_specs(
         )
 
     return build()
+
+
+def op_network(folder: Path, op_types: Iterable[type[Op]] = OP_TYPES) -> Path:
+    """A small network (``net.yaml`` in ``folder``) built from the op table: its one block uses each op
+    of ``op_types`` as its ``example`` states, one after another, each reading the last one's C×H×W
+    output, between a strided conv and the residual add; its head is the classifier (flatten and
+    linear). A new op is in it as soon as it is in the table: no published network needs to use it."""
+    nodes, previous = [ENTRY_CONV], "entry"
+    for op_type in op_types:
+        example = op_type.example if op_type.example is not None else {op_type.kind: f"{{op: {op_type.kind}}}"}
+        nodes += [f"{name}: {node.replace('INPUT', previous)}" for name, node in example.items()]
+        previous = list(example)[-1] if example else previous
+    return one_block_network(folder, "op_net", [*nodes, f"residual: {{op: add, inputs: [{previous}, shortcut]}}"])
+
+
+ENTRY_CONV = "entry: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1, bias: true}"
+
+
+def one_block_network(folder: Path, name: str, nodes: list[str]) -> Path:
+    """``net.yaml`` in ``folder``: two stages of one block of ``nodes`` (written ``blocks/op_block.yaml``),
+    with the cifar stem and the classifier head, for 8×8 inputs."""
+    (folder / "blocks").mkdir(exist_ok=True)
+    lines = "".join(f"  {node}\n" for node in nodes)
+    (folder / "blocks" / "op_block.yaml").write_text(f"name: op_block\nout_channels: width\nnodes:\n{lines}")
+    network = folder / "net.yaml"
+    network.write_text(
+        f"name: {name}\ninput: {{channels: 3, size: 8}}\nstem: cifar\nblock: op_block\nshortcut: B\n"
+        "stages:\n  - {depth: 1, width: 16}\n  - {depth: 1, width: 32, stride: 2}\n"
+        "head: classifier\nhead_parameters: {classes: 10}\n"
+    )
+    return network

@@ -562,7 +562,7 @@ def derived_op_spec(op_type: type[IrOp]) -> type[OpBase]:
     is ``{op: relu}``, ``leaky_relu``'s adds ``negative_slope`` with the op's default."""
     hints = typing.get_type_hints(op_type)
     fields: dict[str, Any] = {"op": (Literal[op_type.kind], ...)}
-    for field in dataclasses.fields(op_type):  # type: ignore[arg-type]
+    for field in dataclasses.fields(op_type):
         default = field.default
         if hints[field.name] is int and isinstance(default, int):
             default = parse_expression(default)

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from rescompile.compiler import Graph, compile_spec
 from rescompile.compiler.ops import OP_TYPES, Elementwise
+from rescompile.testing import ENTRY_CONV, one_block_network, op_network
 
 settings.register_profile(
     "ci",
@@ -57,14 +58,14 @@ Tests parametrised over every built-in run these only in the slow tail (``-m slo
 comparison (tests/test_timm_presets.py) runs every preset by default."""
 
 
-OP_COVERING_PRESETS = frozenset(
+COMPILE_TEST_PRESETS = frozenset(
     {
         *("resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"),
         *("res2net50_26w_4s", "resnest50d", "convnext_tiny", "gcresnet50t"),
     }
 )
-"""Built-ins whose ops between them cover every op kind (tests/backends/test_emitter_tables.py checks it): the
-torch.compile and nnx.jit tests run these by default and the other built-ins in the slow tail."""
+"""Built-ins the torch.compile, TorchScript and nnx.jit tests run by default beside :func:`op_network`
+(which uses every op kind): a spread of the built-ins' parts; the other built-ins run in the slow tail."""
 
 
 PART_COVERING_PRESETS = frozenset(
@@ -76,7 +77,7 @@ PART_COVERING_PRESETS = frozenset(
         *("regnetz_b16", "tv_efficientnet_b0", "tv_mobilenet_v2", "tv_mobilenet_v3_large"),
     }
 )
-"""Built-ins that between them use every op kind and every stem, block, shortcut, transition and head
+"""Built-ins that between them use every stem, block, shortcut, transition and head (and so every op)
 of the built-ins (tests/backends/test_emitter_tables.py checks it). A part compiles to the same code in
 every network that uses it, so tests that compare backends network by network run these by default
 and the other built-ins in the slow tail."""
@@ -85,9 +86,8 @@ and the other built-ins in the slow tail."""
 ELEMENTWISE_OP_KINDS = tuple(op_type.kind for op_type in OP_TYPES if issubclass(op_type, Elementwise))
 """The op table's elementwise activations: each is covered by :func:`elementwise_network`, built from
 the table, rather than by a built-in."""
-TESTED_APART_OP_KINDS = (*ELEMENTWISE_OP_KINDS, "clamp")
-"""Ops that no built-in needs to use: networks their tests build (tests/backends/test_elementwise_ops.py,
-tests/backends/test_constants_and_attention_pooling.py) check each in every backend."""
+OP_NETWORK = "op_network"
+"""The name that stands for :func:`op_network` among built-ins' names in a test's parameters."""
 
 
 def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object] | None = None) -> Path:
@@ -95,20 +95,23 @@ def elementwise_network(folder: Path, kind: str, attributes: Mapping[str, object
     op ``kind`` with ``attributes`` (its defaults where none): the op between a conv and the residual
     add, where every backend writes it inside a block class."""
     options = "".join(f", {key}: {value}" for key, value in (attributes or {}).items())
-    (folder / "blocks").mkdir(exist_ok=True)
-    (folder / "blocks" / "op_block.yaml").write_text(
-        "name: op_block\nout_channels: width\nnodes:\n"
-        "  conv: {op: conv, out_channels: width, kernel: 3, stride: stride, padding: 1, bias: true}\n"
-        f"  act: {{op: {kind}{options}}}\n"
-        "  add: {op: add, inputs: [act, shortcut]}\n"
-    )
-    network = folder / "net.yaml"
-    network.write_text(
-        f"name: {kind}_net\ninput: {{channels: 3, size: 8}}\nstem: cifar\nblock: op_block\nshortcut: B\n"
-        "stages:\n  - {depth: 1, width: 16}\n  - {depth: 1, width: 32, stride: 2}\n"
-        "head: classifier\nhead_parameters: {classes: 10}\n"
-    )
-    return network
+    nodes = [
+        ENTRY_CONV.replace("entry", "conv"),
+        f"act: {{op: {kind}{options}}}",
+        "add: {op: add, inputs: [act, shortcut]}",
+    ]
+    return one_block_network(folder, f"{kind}_net", nodes)
+
+
+def network_params(names: Iterable[str], default: frozenset[str]) -> list[ParameterSet]:
+    """:data:`OP_NETWORK` (run by default: every op kind), then ``names`` as :func:`builtin_params`."""
+    return [pytest.param(OP_NETWORK, id=OP_NETWORK), *builtin_params(names, default)]
+
+
+def network_source(name: str, folder: Path) -> Path | str:
+    """What compile_spec reads for a parameter of :func:`network_params`: the op network, written in
+    ``folder``, or the built-in ``name``."""
+    return op_network(folder) if name == OP_NETWORK else name
 
 
 def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm.layers
 import torch
 from conftest import ELEMENTWISE_OP_KINDS, elementwise_network
 from support import assert_block_is_input_plus
@@ -29,6 +30,8 @@ REFERENCES: dict[str, torch.nn.Module] = {
     "hardsigmoid": torch.nn.Hardsigmoid(),
     "silu": torch.nn.SiLU(),
     "mish": torch.nn.Mish(),
+    "tanh": torch.nn.Tanh(),
+    "quick_gelu": timm.layers.QuickGELU(),
 }
 """torch.nn's module for each elementwise op with its default attributes."""
 

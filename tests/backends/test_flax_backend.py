@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import OP_COVERING_PRESETS, builtin_params, compiled
+from conftest import COMPILE_TEST_PRESETS, builtin_params, compiled, network_params, network_source
 from flax import nnx
 from support import layer
 from torch import nn
@@ -501,16 +501,16 @@ def test_weight_layouts_and_safetensors_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
-        for name in builtin_networks()
-        if name not in OVERFLOWS_IN_EVAL  # random running statistics overflow float32 in eval mode
-    ],
+    network_params(
+        # random running statistics overflow float32 in eval mode
+        [name for name in builtin_networks() if name not in OVERFLOWS_IN_EVAL],
+        COMPILE_TEST_PRESETS,
+    ),
 )
-def test_the_generated_module_compiles_under_nnx_jit(name: str) -> None:
+def test_the_generated_module_compiles_under_nnx_jit(name: str, tmp_path: Path) -> None:
     """``nnx.jit`` traces the whole module (no Python-level value reaches a traced one), and the
     jitted forward computes the torch backend's logits (torch runs eagerly: faster than Flax op by op)."""
-    graph = compile_spec(name, size=SMALL_SIZE)
+    graph = compile_spec(network_source(name, tmp_path), size=SMALL_SIZE)
     weights = random_weights(graph, seed=1)
     model = flax_model(graph, weights)
     model.eval()

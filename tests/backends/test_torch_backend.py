@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import OP_COVERING_PRESETS, builtin_params, compiled
+from conftest import COMPILE_TEST_PRESETS, builtin_params, compiled, network_params, network_source
 from hypothesis import assume, given
 from support import count_macs, randomise_normalisation
 from torch.utils.flop_counter import FlopCounterMode
@@ -169,16 +169,16 @@ def test_zero_initialised_branch_makes_identity_blocks_relu_of_their_input(spec:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
-        for name in builtin_networks()
-        if name != "resnet1202"  # its fresh eval-mode activations overflow float32 (NaN in any mode of running)
-    ],
+    network_params(
+        # resnet1202's fresh eval-mode activations overflow float32 (NaN in any mode of running).
+        [name for name in builtin_networks() if name != "resnet1202"],
+        COMPILE_TEST_PRESETS,
+    ),
 )
-def test_the_generated_module_compiles_without_graph_breaks_and_exports(name: str) -> None:
+def test_the_generated_module_compiles_without_graph_breaks_and_exports(name: str, tmp_path: Path) -> None:
     """torch.compile(fullgraph=True) refuses any graph break (dynamo's tracing; the "eager" backend
     skips code generation, which needs a C++ compiler); torch.export gives the AOT route to ONNX."""
-    graph = compile_spec(name, size=32)
+    graph = compile_spec(network_source(name, tmp_path), size=32)
     model = torch_backend.build_module(graph).eval()
     inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -191,17 +191,14 @@ def test_the_generated_module_compiles_without_graph_breaks_and_exports(name: st
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=[] if name in OP_COVERING_PRESETS else [pytest.mark.slow])
-        for name in builtin_networks()
-    ],
+    network_params(builtin_networks(), COMPILE_TEST_PRESETS),
 )
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_the_built_module_scripts_and_pickles(name: str) -> None:
+def test_the_built_module_scripts_and_pickles(name: str, tmp_path: Path) -> None:
     """torch.jit.script reads every generated class's source (kept in linecache) and compiles it
     (no super().forward, which TorchScript refuses); pickling reduces each class to its source. The
     inference lowering too: its BatchNorm-folding load hook is a partial, not a closure."""
-    graph = compile_spec(name, size=32)
+    graph = compile_spec(network_source(name, tmp_path), size=32)
     inputs = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         # A freshly initialised 1202-layer network overflows float32 in eval mode (as torchvision's

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from rescompile.compiler import VerificationError, compile_spec, verify
-from rescompile.compiler.ir import OP_KINDS, Graph, Module, Relu
+from rescompile.compiler.ir import OP_KINDS, OP_TYPES, Graph, Module, Relu
 from rescompile.spec import builtin_networks
 
 
@@ -59,8 +59,13 @@ def test_verify_rejects_duplicate_canonical_names(graph: Graph) -> None:
         verify(replace_module(graph, 2, second))
 
 
-def test_op_kinds_are_unique() -> None:
-    assert len(set(OP_KINDS)) == len(OP_KINDS)
+def test_an_op_class_stating_a_kind_already_in_the_table_is_refused() -> None:
+    with pytest.raises(TypeError, match="op kind 'relu' is stated twice: Relu and SecondRelu"):
+
+        class SecondRelu(Relu):  # a subclass inherits Relu's kind
+            pass
+
+    assert OP_TYPES[OP_KINDS.index("relu")] is Relu
 
 
 def replace_definition(graph: Graph, role: str, name: str, **changes: object) -> Graph:
