@@ -49,7 +49,7 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.ops import BatchNormFields, GroupNormFields, symbolic_form
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
-from rescompile.spec.models import RESERVED_NAMES
+from rescompile.spec.models import HELD_BLOCKS, RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
 LINE_LENGTH = 120
@@ -63,7 +63,7 @@ class SourceNode:
     attribute: str
     """The module path of the layer (``conv1``, ``se.fc1``, ``conv1.0``); :func:`attribute_access`
     renders it after ``self``."""
-    op: SymbolicOp | ContainerCall
+    op: SymbolicOp | ContainerCall | HeldBlocksCall
     """The op, its fields typed (``out_channels``: the expression ``width * 4``, or 256 in a stem);
     :func:`render` writes a field as source, :func:`is_default` compares one with a default."""
     inputs: tuple[str, ...]
@@ -91,6 +91,14 @@ class ContainerCall:
 
 
 CLASS_KIND = ContainerCall.kind
+
+
+@dataclass(frozen=True)
+class HeldBlocksCall:
+    """The op of a :class:`SourceNode` standing for a stage's blocks inside the transition that
+    holds them: a placeholder the network's constructor replaces with the stage's blocks."""
+
+    kind: ClassVar[str] = "held_blocks"
 
 
 @dataclass(frozen=True)
@@ -552,13 +560,27 @@ def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[Sh
         classes.append(
             ShortcutClass(
                 definition,
-                source_nodes(nodes, "x", "out"),
+                _with_held_blocks(definition, source_nodes(nodes, "x", "out", renamed=_held_variable(definition))),
                 _derived(definition),
                 _sequential(definition),
                 names.parts[(role, definition.name)],
             )
         )
     return classes
+
+
+def _held_variable(definition: Definition) -> dict[str, str] | None:
+    """The variable of the blocks' output in a transition that holds its stage's blocks."""
+    return None if definition.blocks is None else {HELD_BLOCKS: HELD_BLOCKS}
+
+
+def _with_held_blocks(definition: Definition, nodes: list[SourceNode]) -> list[SourceNode]:
+    """A transition's nodes with, where it holds its stage's blocks, their call after the node they read."""
+    if definition.blocks is None:
+        return nodes
+    index = next(index for index, node in enumerate(nodes) if node.attribute == definition.blocks[0])
+    call = SourceNode(HELD_BLOCKS, HeldBlocksCall(), (nodes[index].output,), HELD_BLOCKS, sole_reader=False)
+    return [*nodes[: index + 1], call, *nodes[index + 1 :]]
 
 
 def _sequential(definition: Definition) -> bool:
@@ -748,7 +770,7 @@ def stage_construction(
     stage_statement: Callable[[StageCall], str],
     transition_call: Callable[[Module, str], str],
     container: str,
-) -> tuple[list[str], list[tuple[str | None, str, str | None]]]:
+) -> tuple[list[str], list[tuple[str | None, str | None, str | None]]]:
     """The network constructor's statements building each stage (``stage_statement``) and, before
     and after it, its transitions (``self.stages["1"].downsample = `` and ``transition_call(module,
     callee)``), with their containers; and per stage, in order, the attribute paths forward runs:
@@ -769,11 +791,16 @@ def stage_construction(
         statements.append(f"self{attribute_access(transition.path)} = {call_source}")
         return transition.path
 
+    held = {stage.path for stage in graph.stages if stage.held}
     for call in calls:
         before = build(entered.get(call.attribute))
         paths.append(call.attribute)
+        # Blocks held by their transition replace its placeholder (keeping its place) and run inside it.
         statements.append(stage_statement(call))
-        order.append((before, call.attribute, build(left.get(call.attribute))))
+        if call.attribute in held:
+            order.append((before, None, None))
+        else:
+            order.append((before, call.attribute, build(left.get(call.attribute))))
     return with_containers(paths, statements, container), order
 
 

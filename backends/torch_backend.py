@@ -23,6 +23,7 @@ from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ContainerCall,
     ContainerClass,
+    HeldBlocksCall,
     SourceNode,
     block_calls,
     block_classes,
@@ -519,6 +520,8 @@ assert set(EMITTERS) == set(OP_KINDS), "every IR op kind needs a torch emitter"
 def _lowered(node: SourceNode) -> Layer | Inline:
     if isinstance(node.op, ContainerCall):
         return (node.op.class_name, list(node.class_arguments))
+    if isinstance(node.op, HeldBlocksCall):
+        return ("nn.Sequential", [])  # the network puts the stage's blocks here
     emitter = EMITTERS[node.kind]
     return Inline(emitter) if isinstance(emitter, str) else emitter(node)
 

@@ -38,6 +38,7 @@ from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts, is_builtin
 from rescompile.spec.models import (
+    HELD_BLOCKS,
     REQUIRED,
     AddSpec,
     BinarySpec,
@@ -48,6 +49,7 @@ from rescompile.spec.models import (
     PartSpec,
     ShortcutSpec,
     StemSpec,
+    TransitionSpec,
 )
 from rescompile.spec.unroll import Unrolling
 from rescompile.spec.yaml_source import YamlPath
@@ -99,7 +101,11 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     for stage_index, stage in enumerate(spec.stages):
         stage_location = network.locate("stages", stage_index)
         transition = parts.transitions[stage_index]
-        if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
+        # A transition holding the stage's blocks is the stage's layout: every stage has it.
+        held = transition is not None and isinstance(transition.spec, TransitionSpec) and transition.spec.blocks
+        if transition is not None and (
+            held or stage.transition is not None or stage.stride != 1 or stage.width != shape[0]
+        ):
             _check_distinct(used_transitions, transition, network.locate("transition"))
             module = _transition_module(network, transition, stage_index, shape, after_blocks=False)
             shape, node_count = _appended(modules, module, node_count)
@@ -158,14 +164,24 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             shape = module.out_shape
         transition_after = parts.transitions_after[stage_index]
         transition_after_path: str | None = None
-        if transition_after is not None:
+        if held and transition is not None:
+            if transition_after is not None:
+                raise RescompileError(
+                    f"stage {stage_index}'s transition '{transition.spec.name}' holds its blocks, so it has no "
+                    "transition after them: put those nodes in it, after its blocks",
+                    network.locate("stages", stage_index),
+                )
+            module = _after_held_blocks(network, transition, modules[-1 - stage.depth], stage_index, shape)
+            shape, node_count = _appended(modules, module, node_count)
+            transition_after_path = module.path
+        elif transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
             module = _transition_module(network, transition_after, stage_index, shape, after_blocks=True)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
             stage_path = spec.naming.stage_path(stage_index)
-            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path))
+            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path, bool(held)))
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -329,10 +345,14 @@ def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> N
                 "and the stem's and head's nodes distinct paths",
                 network.locate("naming"),
             )
+    # A transition holding its stage's blocks holds their stage.
+    held = {module.stage for module in modules if module.holds_blocks}
     for path, owner in owners.items():
         segments = path.split(".")
         for length in range(1, len(segments)):
             prefix = ".".join(segments[:length])
+            if path in held and owners.get(prefix, "").startswith(f"the transition '{prefix}' of stage '{path}'"):
+                continue
             if prefix in owners and not {owner[:5], owners[prefix][:5]} <= {"stem ", "head "}:
                 raise RescompileError(
                     f"{owner} is at '{path}', inside {owners[prefix]} at '{prefix}'; give naming.stages, "
@@ -378,6 +398,9 @@ def _transition_module(
     bindings = _bind(transition, given, builtins, network, key)
     path = spec.naming.transition_path(stage_index, after_blocks)
     stage_path = spec.naming.stage_path(stage_index)
+    assert isinstance(transition.spec, TransitionSpec)
+    if transition.spec.blocks is not None:
+        return _before_held_blocks(network, transition, stage_index, shape, bindings, path)
     if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
         naming = "naming.transitions_after" if after_blocks else "naming.transitions"
         raise RescompileError(
@@ -389,6 +412,76 @@ def _transition_module(
     location = network.locate("stages", stage_index)
     module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
     return dataclasses.replace(module, stage_path=stage_path, after_blocks=after_blocks)
+
+
+def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded[PartSpec]]:
+    """A transition holding its stage's blocks as two parts: its nodes up to the one the blocks
+    read, and its nodes after it (located as in the transition's file)."""
+    spec = transition.spec
+    assert isinstance(spec, TransitionSpec) and spec.blocks is not None
+    names = list(spec.nodes)
+    split = names.index(spec.blocks.input) + 1
+    before, after = (
+        Loaded(spec.model_copy(update={"nodes": {name: spec.nodes[name] for name in part}}), transition.source)
+        for part in (names[:split], names[split:])
+    )
+    return before, after
+
+
+def _before_held_blocks(
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    stage_index: int,
+    shape: Shape,
+    bindings: Bindings,
+    path: str,
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs before them; the
+    blocks are inside it, at ``PATH.blocks``, its naming's choice."""
+    stage_path = network.spec.naming.stage_path(stage_index)
+    if stage_path != f"{path}.{HELD_BLOCKS}":
+        raise RescompileError(
+            f"stage {stage_index}'s transition '{transition.spec.name}' holds its blocks, at '{path}.{HELD_BLOCKS}', "
+            f"but naming.stages places them at '{stage_path}'; name the stages as the transitions with "
+            f'\'.{HELD_BLOCKS}\' after them (transitions: "stages.{{index}}", stages: "stages.{{index}}.blocks")',
+            network.locate("naming"),
+        )
+    before, _ = _held_halves(transition)
+    location = network.locate("stages", stage_index)
+    module = _build_module(path, "transition", before, bindings, shape, location, None, None)
+    return dataclasses.replace(module, stage_path=stage_path, holds_blocks=True)
+
+
+def _after_held_blocks(
+    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], before: Module, stage_index: int, shape: Shape
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs after them
+    (``shape``: their output's), reading their output and values of the half ``before`` them."""
+    spec = transition.spec
+    assert isinstance(spec, TransitionSpec) and spec.blocks is not None and before.holds_blocks
+    bindings = _derive(transition, Bindings(dict(before.parameters)))
+    where = f"{before.path} (stage {stage_index})"
+    declared = _evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
+    if declared != shape[0]:
+        raise RescompileError(
+            f"{where}: transition '{spec.name}' declares blocks.out_channels = {spec.blocks.out_channels.text} = "
+            f"{declared}, but the stage's blocks output {shape[0]} channels",
+            transition.locate("blocks", "out_channels"),
+        )
+    _, after = _held_halves(transition)
+    shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
+    location = network.locate("stages", stage_index)
+    nodes = _build_nodes(after, bindings, shapes, "", before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
+    earlier = {node.name: node.shape for node in before.nodes if node.shape is not None}
+    carried = tuple(sorted({(value, earlier[value]) for node in nodes for value in node.inputs if value in earlier}))
+    return dataclasses.replace(
+        before,
+        nodes=tuple(nodes),
+        in_shape=shape,
+        out_shape=nodes[-1].shape,
+        after_blocks=True,
+        carried=carried,
+    )
 
 
 def _check_network_attributes(
@@ -514,9 +607,12 @@ def _definition(
     renamed: dict[str, str] = {}
     nodes: list[SymbolicNode] = []
     previous = MODULE_INPUT
+    held = spec.blocks if isinstance(spec, TransitionSpec) else None
     for name, node_spec in spec.nodes.items():
         inputs = tuple(renamed.get(value, value) for value in _inputs(node_spec, previous))
         previous = name
+        if held is not None and name == held.input:
+            previous, channels[HELD_BLOCKS] = HELD_BLOCKS, held.out_channels
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
             continue
@@ -539,6 +635,7 @@ def _definition(
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
+        blocks=None if held is None else (held.input, held.out_channels),
         fixed=fixed,
     )
     for prefix in dict(definition.classes):
@@ -857,12 +954,14 @@ def _build_nodes(
     build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
     declared_channels: int | None = None,
     input_value: str = MODULE_INPUT,
+    aliases: Mapping[str, str] | None = None,
 ) -> list[Node]:
-    """Evaluate a part's nodes in order; ``input`` reads ``input_value``. A block's shortcut nodes
-    (``build_shortcut``) come right before its residual add; in a plain block (``build_shortcut``
-    None), the residual add disappears and whatever read it reads the branch instead."""
+    """Evaluate a part's nodes in order; ``input`` reads ``input_value``, and a value of ``aliases``
+    the value it names (``blocks``: the input of the half of a transition after its blocks). A
+    block's shortcut nodes (``build_shortcut``) come right before its residual add; in a plain block
+    (``build_shortcut`` None), the residual add disappears and whatever read it reads the branch instead."""
     nodes: list[Node] = []
-    renamed: dict[str, str] = {MODULE_INPUT: input_value}
+    renamed: dict[str, str] = {MODULE_INPUT: input_value, **(aliases or {})}
     previous = MODULE_INPUT
     for name, node_spec in part.spec.nodes.items():
         node_path = ("nodes", name)
