@@ -70,8 +70,11 @@ class EmitOptions:
 
 
 def module_names(graph: Graph) -> list[str]:
-    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``."""
-    return [module.path or module.role for module in graph.modules]
+    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``; a transition
+    holding its stage's blocks by its path once, for its output (not for its half before them)."""
+    return [
+        module.path or module.role for module in graph.modules if not (module.holds_blocks and not module.after_blocks)
+    ]
 
 
 class Implementation(Protocol):
