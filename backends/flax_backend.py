@@ -37,6 +37,7 @@ from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ContainerCall,
     ContainerClass,
+    HeldBlocksCall,
     ShortcutClass,
     SourceNode,
     StageCall,
@@ -573,6 +574,11 @@ CEIL_MODE_SOURCES = {"max_pool": MAX_POOL_CEIL_FUNCTION, "avg_pool": AVG_POOL_CE
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
     if isinstance(node.op, ContainerCall):
         return Lowering(layer=(node.op.class_name, [*node.class_arguments, "rngs=rngs"]))
+    if isinstance(node.op, HeldBlocksCall):
+        raise RescompileError(
+            "the flax backend cannot write a transition that holds its stage's blocks yet (a cross-stage partial "
+            "stage); use the torch or onnx backend"
+        )
     emitter = EMITTERS.get(node.kind)
     if emitter is None:
         raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")
