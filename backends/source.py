@@ -781,7 +781,7 @@ def stage_construction(
     left = {stage.path: graph.transition_after_of(stage) for stage in graph.stages}
     paths: list[str] = []
     statements: list[str] = []
-    order: list[tuple[str | None, str, str | None]] = []
+    order: list[tuple[str | None, str | None, str | None]] = []
 
     def build(transition: Module | None) -> str | None:
         if transition is None:

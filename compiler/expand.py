@@ -421,11 +421,11 @@ def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded
     assert isinstance(spec, TransitionSpec) and spec.blocks is not None
     names = list(spec.nodes)
     split = names.index(spec.blocks.input) + 1
-    before, after = (
+    halves: list[Loaded[PartSpec]] = [
         Loaded(spec.model_copy(update={"nodes": {name: spec.nodes[name] for name in part}}), transition.source)
         for part in (names[:split], names[split:])
-    )
-    return before, after
+    ]
+    return halves[0], halves[1]
 
 
 def _before_held_blocks(

@@ -52,6 +52,7 @@ TIMM_PRESETS = [
     "efficientnet_b0",
     "efficientnetv2_rw_s",
     "regnetz_b16",
+    "cspresnet50",
 ]
 OTHER_ORDER = {"resnetv2_50": ".downsample.", "resnetv2_50x1_bit": ".downsample.", "gcresnet50t": ".shortcut."}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``, and ByobNet's blocks ``shortcut``
@@ -64,13 +65,13 @@ compared at 224) are compared at 96×96 by default and at 224 in the slow tail."
 ODD_SIZE = dict.fromkeys(
     (
         *("convnext_tiny", "regnetx_016", "regnety_016", "gcresnet50t", "mobilenetv2_100", "mobilenetv3_large_100"),
-        *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16"),
+        *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16", "cspresnet50"),
     ),
     97,
 )
 """Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's,
 MobileNet's, EfficientNet's and RegNetZ's strided 3×3 and 5×5 convs pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and
-global context's softmax runs over odd positions."""
+global context's softmax runs over odd positions; CSPNet's halves are split and concatenated at odd sizes."""
 
 
 class Pair(NamedTuple):

@@ -1,54 +1,51 @@
 """Transitions that hold their stage's blocks (``blocks: {input, out_channels}``, a stage layout):
-examples/csp/cspresnet50.yaml, written with one, is timm's cspresnet50 key for key in timm's order,
-with its parameters, MACs and outputs; torch and ONNX agree; misuse is a located error."""
+the blocks run inside the transition, between its two halves in the IR; another layout than
+cspresnet50's (tests/test_timm_presets.py) agrees in every backend; misuse is a located error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import timm
-import torch
-from support import randomise_normalisation
-from torch.utils.flop_counter import FlopCounterMode
+from support import assert_backends_agree
 
-from rescompile.backends import torch_backend
-from rescompile.cli import main
-from rescompile.compiler import compile_spec, cost
+from rescompile.compiler import compile_spec
 from rescompile.spec.errors import RescompileError
-from rescompile.testing import assert_close
 
-EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "csp" / "cspresnet50.yaml"
-SIZE = 97
-
-
-def test_cspresnet50_is_timms_keys_parameters_macs_and_outputs() -> None:
-    graph = compile_spec(EXAMPLE, size=SIZE)
-    model = torch_backend.build_module(graph)
-    torch.manual_seed(0)
-    reference = timm.create_model("cspresnet50", pretrained=False)
-    randomise_normalisation(reference, seed=1)
-    assert list(model.state_dict()) == list(reference.state_dict())
-    model.load_state_dict(reference.state_dict(), strict=True)
-    report = cost(graph)
-    assert report.parameters == sum(parameter.numel() for parameter in reference.parameters())
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        reference.eval()(torch.zeros(1, 3, SIZE, SIZE))
-    assert counter.get_total_flops() == 2 * report.macs
-    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    for mode in ("eval", "train"):
-        with torch.no_grad():
-            expected = getattr(reference, mode)()(inputs)
-            actual = getattr(model, mode)()(inputs)
-        assert_close(actual.numpy(), expected.numpy(), tolerance="same_framework", what=f"{mode} logits")
+HALF_FIRST = """\
+name: half_first
+parameters: {expand_ratio: 1.0}
+derived: {expanded: round(width * expand_ratio)}
+blocks: {input: part, out_channels: width}
+nodes:
+  conv_exp: {op: conv, out_channels: expanded, kernel: 1}
+  bn_exp: {op: batch_norm}
+  act_exp: {op: leaky_relu, negative_slope: 0.1}
+  part: {op: channel_slice, parts: 2, index: 0}
+  conv_b: {op: conv, out_channels: expanded // 2, kernel: 1}
+  rest: {op: channel_slice, parts: 2, index: 1, input: act_exp}
+  cat: {op: concat, inputs: [conv_b, rest]}
+  fuse: {op: conv, out_channels: width, kernel: 1}
+"""
+"""A layout other than CSPNet's: the blocks on the first half, no downsampling conv, expand ratio 1."""
 
 
-def test_torch_and_onnx_agree() -> None:
-    assert main(["check", str(EXAMPLE), "--size", "64", "--backends", "torch,onnx"]) == 0
+def test_a_held_layout_agrees_in_every_backend(tmp_path: Path) -> None:
+    (tmp_path / "transitions").mkdir()
+    (tmp_path / "transitions" / "half_first.yaml").write_text(HALF_FIRST)
+    network = NETWORK.format(stages="stages.{index}.blocks").replace("transition: held", "transition: half_first")
+    network = network.replace(
+        "  - {depth: 1, width: 16}\n", "  - {depth: 1, width: 16}\n  - {depth: 2, width: 32, stride: 2}\n"
+    )
+    (tmp_path / "net.yaml").write_text(network)
+    graph = compile_spec(tmp_path / "net.yaml")
+    assert [stage.path for stage in graph.stages] == ["stages.0.blocks", "stages.1.blocks"]
+    assert graph.blocks[0].in_shape[0] == 8  # the first half of conv_exp's 16 channels
+    assert_backends_agree(graph)
 
 
 def test_the_blocks_are_inside_the_transition_between_its_halves() -> None:
-    graph = compile_spec(EXAMPLE, size=64)
+    graph = compile_spec("cspresnet50", size=64)
     stage = graph.stages[1]
     before, after = graph.transition_of(stage), graph.transition_after_of(stage)
     assert before is not None and after is not None and stage.held
