@@ -368,7 +368,14 @@ class ShortcutClass:
     def arguments(self) -> list[str]:
         """Its constructor's parameters: the bound values, then the part's own with defaults."""
         bound = [f"{name}: int" for name in BOUND_ARGUMENTS[self.definition.role]]
-        return bound + parameter_declarations(dict(self.definition.parameters))
+        return bound + parameter_declarations(_constructor_parameters(self.definition))
+
+
+def _constructor_parameters(definition: Definition) -> dict[str, Value]:
+    """A shortcut's or transition's parameters with their defaults, but those its templates were
+    unrolled for (its class is made for their values: constants in it)."""
+    fixed = dict(definition.fixed)
+    return {name: value for name, value in definition.parameters if name not in fixed}
 
 
 BOUND_ARGUMENTS = {
@@ -757,10 +764,10 @@ def transition_arguments(graph: Graph, module: Module) -> list[str]:
     """A transition's constructor arguments: the bound values, then its parameters that differ from
     their defaults, by keyword (``96, 192, 2``)."""
     definition = graph.definition("transition", module.type_name)
-    defaults = dict(definition.parameters)
+    defaults = _constructor_parameters(definition)
     bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
     return bound + [
-        f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value
+        f"{name}={render(value)}" for name, value in module.parameters if name in defaults and defaults[name] != value
     ]
 
 

@@ -95,6 +95,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     """(module index, whether first of its stage, the block unrolled for it, the parameter values its
     unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
+    transition_kinds = TransitionKinds()
     blocks_built = 0
     stages: list[Stage] = []
     node_count = len(stem_module.nodes)
@@ -107,7 +108,8 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             held or stage.transition is not None or stage.stride != 1 or stage.width != shape[0]
         ):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            module = _transition_module(network, transition, stage_index, shape, after_blocks=False)
+            module, transition, fixed = _transition_module(network, transition, stage_index, shape, False, unrolling)
+            transition_kinds.add(len(modules), transition, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_path: str | None = module.path
         else:
@@ -172,11 +174,13 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     network.locate("stages", stage_index),
                 )
             module = _after_held_blocks(network, transition, modules[-1 - stage.depth], stage_index, shape)
+            transition_kinds.uses.append((len(modules), transition_kinds.uses[-1][1]))  # the same kind
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         elif transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
-            module = _transition_module(network, transition_after, stage_index, shape, after_blocks=True)
+            module, unrolled, fixed = _transition_module(network, transition_after, stage_index, shape, True, unrolling)
+            transition_kinds.add(len(modules), unrolled, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
@@ -228,7 +232,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unique = {part.spec.name: (part, fixed, residual) for part, fixed, residual in variants}
     definitions = [
         _definition(stem, "stem"),
-        *(_definition(transition, "transition") for transition in used_transitions.values()),
+        *(_definition(part, "transition", fixed=fixed) for part, fixed in transition_kinds.named(modules)),
         *(_definition(block, "block", residual, fixed=fixed) for block, fixed, residual in unique.values()),
         _definition(head, "head"),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
@@ -381,11 +385,55 @@ def _appended(modules: list[Module], module: Module, node_count: int) -> tuple[S
     return module.out_shape, _count_nodes(node_count, module)
 
 
+TransitionKey = tuple[str, object, "Fixed"]
+"""A transition unrolling's kind: the transition's name, its nodes, the values it was unrolled for."""
+
+
+class TransitionKinds:
+    """The transitions' unrollings, one definition per kind (its nodes, and the values of its own
+    parameters its templates read, which its class is made for): a transition whose ``when`` differs
+    between stages (CSPNet's ``conv_down`` where the stride is not 1) is one class per kind. The
+    kind most stages use keeps the transition's name, the others are ``NAME_2``, ``NAME_3``, ..."""
+
+    def __init__(self) -> None:
+        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Fixed]] = {}
+        self.uses: list[tuple[int, TransitionKey]] = []
+        """(module index, its kind) for each transition module (both halves of one holding blocks)."""
+
+    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed) -> None:
+        key = (unrolled.spec.name, _nodes_key(unrolled), fixed)
+        self.parts.setdefault(key, (unrolled, fixed))
+        self.uses.append((index, key))
+
+    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Fixed]]:
+        """Each kind's part under its definition name, naming ``modules``' transitions by it."""
+        counts = {key: sum(used == key for _, used in self.uses) for key in self.parts}
+        transitions = {key[0] for key in self.parts}
+        names: dict[TransitionKey, str] = {}
+        for key in sorted(self.parts, key=lambda key: -counts[key]):  # stable: the first used first among equals
+            variant, number = key[0], 2
+            while variant in names.values() or (variant != key[0] and variant in transitions):
+                variant, number = f"{key[0]}_{number}", number + 1
+            names[key] = variant
+        for index, key in self.uses:
+            modules[index] = dataclasses.replace(modules[index], type_name=names[key])
+        return [
+            (Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended), fixed)
+            for key, (part, fixed) in self.parts.items()
+        ]
+
+
 def _transition_module(
-    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, shape: Shape, after_blocks: bool
-) -> Module:
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    stage_index: int,
+    shape: Shape,
+    after_blocks: bool,
+    unrolling: Unrolling,
+) -> tuple[Module, Loaded[PartSpec], Fixed]:
     """Stage ``stage_index``'s transition, before its blocks (bound to the stage's width and stride,
-    which it takes) or after them (``after_blocks``: bound to the width and stride 1)."""
+    which it takes) or after them (``after_blocks``: bound to the width and stride 1), with the
+    transition unrolled for it and the values of its own parameters the unrolling read."""
     spec = network.spec
     stage = spec.stages[stage_index]
     builtins: dict[str, Value] = {
@@ -398,9 +446,12 @@ def _transition_module(
     bindings = _bind(transition, given, builtins, network, key)
     path = spec.naming.transition_path(stage_index, after_blocks)
     stage_path = spec.naming.stage_path(stage_index)
+    template = transition
+    transition, read = unrolling.unroll(transition, bindings, "transitions", path)
+    fixed = _fixed(template, read, bindings)
     assert isinstance(transition.spec, TransitionSpec)
     if transition.spec.blocks is not None:
-        return _before_held_blocks(network, transition, stage_index, shape, bindings, path)
+        return _before_held_blocks(network, transition, stage_index, shape, bindings, path), transition, fixed
     if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
         naming = "naming.transitions_after" if after_blocks else "naming.transitions"
         raise RescompileError(
@@ -411,7 +462,7 @@ def _transition_module(
         )
     location = network.locate("stages", stage_index)
     module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_path, after_blocks=after_blocks)
+    return dataclasses.replace(module, stage_path=stage_path, after_blocks=after_blocks), transition, fixed
 
 
 def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded[PartSpec]]:

@@ -331,11 +331,11 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
             )
     part = _validate(PART_MODELS[kind], _expand_op_choices(document))
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
-    if part.templated and kind in ("shortcuts", "transitions", "modules"):
-        # Shortcuts and transitions are written once per network, not unrolled per instance.
+    if part.templated and kind in ("shortcuts", "modules"):
+        # Shortcuts and modules are written once per network, not unrolled per instance.
         raise RescompileError(
             f"{kind[:-1]} '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional "
-            "read or a comprehension); templates work in stems, blocks and heads only",
+            "read or a comprehension); templates work in stems, blocks, transitions and heads only",
             document.source.locate(("nodes",), key=True),
         )
     if not part.templated:

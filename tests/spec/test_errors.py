@@ -521,7 +521,7 @@ CASES = {
             "  conv: {op: conv, input: halves.0, out_channels: out_channels, kernel: 1, stride: stride}\n"
         },
         "shortcuts/projection.yaml:3:1: shortcut 'projection' uses a template (repeat, split, when, a placeholder, "
-        "a conditional read or a comprehension); templates work in stems, blocks and heads only",
+        "a conditional read or a comprehension); templates work in stems, blocks, transitions and heads only",
     ),
     "block_with_two_residual_adds": (
         network(("block: basic", "block: mine")),
