@@ -442,8 +442,12 @@ def _transition_module(
         "stride": 1 if after_blocks else stage.stride,
     }
     key = "transition_after_parameters" if after_blocks else "transition_parameters"
-    given = spec.transition_after_parameters if after_blocks else spec.transition_parameters
-    bindings = _bind(transition, given, builtins, network, key)
+    given = (
+        spec.transition_after_parameters
+        if after_blocks
+        else {**spec.transition_parameters, **stage.transition_parameters}
+    )
+    bindings = _bind(transition, given, builtins, network, key, None if after_blocks else stage_index)
     path = spec.naming.transition_path(stage_index, after_blocks)
     stage_path = spec.naming.stage_path(stage_index)
     template = transition
@@ -764,6 +768,10 @@ def _parameter_path(
     network: Loaded[NetworkSpec], field: str, stage_index: int | None, block_index: int | None, name: str
 ) -> YamlPath:
     """Where the network set parameter ``name``: a stage's own mappings, else ``field``."""
+    if stage_index is not None and field == "transition_parameters":
+        if name in network.spec.stages[stage_index].transition_parameters:
+            return ("stages", stage_index, field, name)
+        return (field, name)
     if stage_index is not None:
         stage = network.spec.stages[stage_index]
         each = stage.per_block_parameters

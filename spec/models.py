@@ -841,7 +841,12 @@ class StageSpec(StrictModel):
     transition: str | None = Field(
         default=None,
         description="This stage's transition (a file in transitions/), or 'none'; default: the network's "
-        "transition where the stage's stride is not 1 or its width differs from its input channels.",
+        "transition where the stage's stride is not 1 or its width differs from its input channels (every stage "
+        "where it holds the stage's blocks).",
+    )
+    transition_parameters: Parameters = Field(
+        default_factory=dict,
+        description="This stage's transition parameters, over the network's transition_parameters.",
     )
     transition_after: str | None = Field(
         default=None,

@@ -53,6 +53,8 @@ TIMM_PRESETS = [
     "efficientnetv2_rw_s",
     "regnetz_b16",
     "cspresnet50",
+    "cspresnext50",
+    "cspdarknet53",
 ]
 OTHER_ORDER = {"resnetv2_50": ".downsample.", "resnetv2_50x1_bit": ".downsample.", "gcresnet50t": ".shortcut."}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``, and ByobNet's blocks ``shortcut``
@@ -65,7 +67,8 @@ compared at 224) are compared at 96×96 by default and at 224 in the slow tail."
 ODD_SIZE = dict.fromkeys(
     (
         *("convnext_tiny", "regnetx_016", "regnety_016", "gcresnet50t", "mobilenetv2_100", "mobilenetv3_large_100"),
-        *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16", "cspresnet50"),
+        *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16"),
+        *("cspresnet50", "cspresnext50", "cspdarknet53"),
     ),
     97,
 )
