@@ -73,7 +73,7 @@ PART_COVERING_PRESETS = frozenset(
         *("regnetx_016", "regnety_016", "res2net50_26w_4s", "preact_resnet110", "preact_resnet164", "resnet50_gn"),
         *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d", "gcresnet50t"),
         *("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "efficientnetv2_rw_s"),
-        *("regnetz_b16", "tv_efficientnet_b0", "cspresnet50"),
+        *("regnetz_b16", "tv_efficientnet_b0", "cspresnet50", "cspdarknet53"),
     }
 )
 """Built-ins that between them use every op kind and every stem, block, shortcut, transition and head
