@@ -73,7 +73,7 @@ CASES = {
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
         "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, per_block_parameters, "
-        "stride, transition, transition_after, width",
+        "stride, transition, transition_after, transition_parameters, width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
