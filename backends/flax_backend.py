@@ -37,6 +37,7 @@ from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ContainerCall,
     ContainerClass,
+    HeldBlocksCall,
     ShortcutClass,
     SourceNode,
     StageCall,
@@ -110,6 +111,7 @@ from rescompile.compiler.weights import (
     weight_shapes,
 )
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.models import HELD_BLOCKS
 from rescompile.version import __version__
 
 if TYPE_CHECKING:
@@ -574,6 +576,8 @@ assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs 
 def _lower(node: SourceNode, in_shape: Shape | None = None) -> Lowering:
     if isinstance(node.op, ContainerCall):
         return Lowering(layer=(node.op.class_name, [*node.class_arguments, "rngs=rngs"]))
+    if isinstance(node.op, HeldBlocksCall):
+        return Lowering(layer=("nnx.List", ["[]"]))  # the network puts the stage's blocks here
     if node.kind not in EMITTERS:
         raise RescompileError(f"the flax backend has no emitter for op '{node.kind}'")
     return _emitter(node.kind).lower(node, in_shape)
@@ -635,6 +639,14 @@ def _call_lines(
             # The identity reads the block input; a shortcut module reads the block's shortcut_input.
             call = f"self.{shortcut_attribute}({shortcut_source})"
             lines.append(f"shortcut = x if self.{shortcut_attribute} is None else {call}")
+        if isinstance(node.op, HeldBlocksCall):
+            blocks = f"self{attribute_access(node.attribute)}"
+            lines += [
+                f"{node.output} = {node.inputs[0]}",
+                f"for block in {blocks}:",
+                f"    {node.output} = block({node.output})",
+            ]
+            continue
         lines.append(_application(node, lowering, 8))
     return lines
 
@@ -766,7 +778,7 @@ def emit_source(graph: Graph) -> str:
     stage_lines: list[str] = []
     for before, stage, after in order:
         stage_lines += [f"x = self{attribute_access(before)}(x)"] if before is not None else []
-        stage_lines += [f"for block in self{attribute_access(stage)}:", "    x = block(x)"]
+        stage_lines += [f"for block in self{attribute_access(stage)}:", "    x = block(x)"] if stage is not None else []
         stage_lines += [f"x = self{attribute_access(after)}(x)"] if after is not None else []
     stem_nodes, stem_lowerings = _instance(graph.modules[0])
     head_nodes, head_lowerings = _instance(graph.modules[-1])
@@ -1125,6 +1137,8 @@ def _stages(model: nnx.Module, prefix: str = "") -> list[tuple[str, Any]]:
             stages.append((prefix + str(name), value))
         elif isinstance(value, nnx.Dict):
             stages += _stages(value, f"{prefix}{name}.")
+        elif isinstance(getattr(value, HELD_BLOCKS, None), nnx.List):  # a transition holding its stage's blocks
+            stages.append((f"{prefix}{name}.{HELD_BLOCKS}", getattr(value, HELD_BLOCKS)))
     return sorted(stages, key=lambda stage: _numbers_as_numbers(stage[0]))
 
 
@@ -1159,6 +1173,8 @@ def _stage_layers(model: Any, stage_name: str, stage: Any, transitions: Transiti
     blocks (``layer1.0``, ...), its transition after them."""
     before = [(path, _submodule(model, path)) for name, path, after in transitions if name == stage_name and not after]
     after = [(path, _submodule(model, path)) for name, path, after in transitions if name == stage_name and after]
+    if before and after and before[0][0] == after[0][0]:
+        return after  # a transition holding the stage's blocks: one layer, which runs them
     return [*before, *((f"{stage_name}.{index}", block) for index, block in enumerate(stage)), *after]
 
 

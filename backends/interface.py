@@ -70,8 +70,16 @@ class EmitOptions:
 
 
 def module_names(graph: Graph) -> list[str]:
-    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``."""
-    return [module.path or module.role for module in graph.modules]
+    """Canonical module names in network order: ``stem``, ``layer1.0``, …, ``head``; a transition
+    holding its stage's blocks by its path once, for its output: the blocks and its half before
+    them run inside it, which the Flax model runs as one layer."""
+    held = {stage.path for stage in graph.stages if stage.held}
+    return [
+        module.path or module.role
+        for module in graph.modules
+        if not (module.holds_blocks and not module.after_blocks)
+        and not (module.role == "block" and module.stage in held)
+    ]
 
 
 class Implementation(Protocol):

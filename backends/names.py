@@ -57,6 +57,7 @@ def with_containers(paths: list[str], statements: list[str], container: str) -> 
             if prefix not in made:
                 made.add(prefix)
                 lines.append(f"self{attribute_access(prefix)} = {container}")
+        made.add(path)  # a layer holding others (a transition holding its stage's blocks) is their container
         lines.append(statement)
     return lines
 

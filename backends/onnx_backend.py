@@ -770,6 +770,8 @@ def module_output_name(graph: Graph, index: int) -> str:
     """The ONNX name of module ``index``'s output: ``output`` for the last module, else the module
     path (``layer1.0``), or its role where the path is empty (``stem``)."""
     module = graph.modules[index]
+    if module.holds_blocks and not module.after_blocks:  # its path names the transition's output
+        return module.canonical(module.output)
     return OUTPUT_NAME if index == len(graph.modules) - 1 else module.path or module.role
 
 
@@ -965,8 +967,9 @@ def emit_model(
     outputs: list[onnx.ValueInfoProto] = []
     taps = {} if features is None else {feature_node(graph, point): point.module for point in features}
     previous = INPUT_NAME
+    held: dict[str, str] = {}  # the values of the half before a stage's blocks its transition holds
     for index, module in enumerate(graph.modules):
-        values = {MODULE_INPUT: previous}
+        values = {MODULE_INPUT: previous, **{name: held[name] for name, _ in module.carried}}
         for node in module.nodes:
             name = module.canonical(node.name)
             fold = folds.get(name)
@@ -993,6 +996,7 @@ def emit_model(
         if features is not None and not taps:
             break  # every map is out: the rest (later stages, the head) would be dead code
         previous = values[module.output]
+        held = values if module.holds_blocks and not module.after_blocks else held
         assert module.out_shape is not None, "shapes not inferred"
         if block_outputs and index < len(graph.modules) - 1:
             outputs.append(_value_info(previous, module.out_shape, dynamic))
@@ -1175,7 +1179,8 @@ def count_parameters(model: onnx.ModelProto) -> int:
 
 def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) -> Outputs:
     results = onnxruntime_outputs(emit_model(graph, weights, block_outputs=True), inputs)
-    return {name: results[module_output_name(graph, index)] for index, name in enumerate(module_names(graph))}
+    names = {module_output_name(graph, index) for index in range(len(graph.modules))}
+    return {name: results[name if name in names else OUTPUT_NAME] for name in module_names(graph)}
 
 
 __all__ = [

@@ -49,7 +49,7 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.ops import BatchNormFields, GroupNormFields, symbolic_form
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import MAKE_DIVISIBLE_SOURCE, Expression, Value
-from rescompile.spec.models import RESERVED_NAMES
+from rescompile.spec.models import HELD_BLOCKS, RESERVED_NAMES
 
 SHORTCUT_VARIABLE = "shortcut"
 LINE_LENGTH = 120
@@ -63,7 +63,7 @@ class SourceNode:
     attribute: str
     """The module path of the layer (``conv1``, ``se.fc1``, ``conv1.0``); :func:`attribute_access`
     renders it after ``self``."""
-    op: SymbolicOp | ContainerCall
+    op: SymbolicOp | ContainerCall | HeldBlocksCall
     """The op, its fields typed (``out_channels``: the expression ``width * 4``, or 256 in a stem);
     :func:`render` writes a field as source, :func:`is_default` compares one with a default."""
     inputs: tuple[str, ...]
@@ -91,6 +91,14 @@ class ContainerCall:
 
 
 CLASS_KIND = ContainerCall.kind
+
+
+@dataclass(frozen=True)
+class HeldBlocksCall:
+    """The op of a :class:`SourceNode` standing for a stage's blocks inside the transition that
+    holds them: a placeholder the network's constructor replaces with the stage's blocks."""
+
+    kind: ClassVar[str] = "held_blocks"
 
 
 @dataclass(frozen=True)
@@ -360,7 +368,14 @@ class ShortcutClass:
     def arguments(self) -> list[str]:
         """Its constructor's parameters: the bound values, then the part's own with defaults."""
         bound = [f"{name}: int" for name in BOUND_ARGUMENTS[self.definition.role]]
-        return bound + parameter_declarations(dict(self.definition.parameters))
+        return bound + parameter_declarations(_constructor_parameters(self.definition))
+
+
+def _constructor_parameters(definition: Definition) -> dict[str, Value]:
+    """A shortcut's or transition's parameters with their defaults, but those its templates were
+    unrolled for (its class is made for their values: constants in it)."""
+    fixed = dict(definition.fixed)
+    return {name: value for name, value in definition.parameters if name not in fixed}
 
 
 BOUND_ARGUMENTS = {
@@ -552,13 +567,27 @@ def shortcut_classes(graph: Graph, role: DefinitionRole = "shortcut") -> list[Sh
         classes.append(
             ShortcutClass(
                 definition,
-                source_nodes(nodes, "x", "out"),
+                _with_held_blocks(definition, source_nodes(nodes, "x", "out", renamed=_held_variable(definition))),
                 _derived(definition),
                 _sequential(definition),
                 names.parts[(role, definition.name)],
             )
         )
     return classes
+
+
+def _held_variable(definition: Definition) -> dict[str, str] | None:
+    """The variable of the blocks' output in a transition that holds its stage's blocks."""
+    return None if definition.blocks is None else {HELD_BLOCKS: HELD_BLOCKS}
+
+
+def _with_held_blocks(definition: Definition, nodes: list[SourceNode]) -> list[SourceNode]:
+    """A transition's nodes with, where it holds its stage's blocks, their call after the node they read."""
+    if definition.blocks is None:
+        return nodes
+    index = next(index for index, node in enumerate(nodes) if node.attribute == definition.blocks[0])
+    call = SourceNode(HELD_BLOCKS, HeldBlocksCall(), (nodes[index].output,), HELD_BLOCKS, sole_reader=False)
+    return [*nodes[: index + 1], call, *nodes[index + 1 :]]
 
 
 def _sequential(definition: Definition) -> bool:
@@ -735,10 +764,10 @@ def transition_arguments(graph: Graph, module: Module) -> list[str]:
     """A transition's constructor arguments: the bound values, then its parameters that differ from
     their defaults, by keyword (``96, 192, 2``)."""
     definition = graph.definition("transition", module.type_name)
-    defaults = dict(definition.parameters)
+    defaults = _constructor_parameters(definition)
     bound = [render(module.parameter(name)) for name in BOUND_ARGUMENTS["transition"]]
     return bound + [
-        f"{name}={render(value)}" for name, value in module.parameters if defaults.get(name, value) != value
+        f"{name}={render(value)}" for name, value in module.parameters if name in defaults and defaults[name] != value
     ]
 
 
@@ -748,7 +777,7 @@ def stage_construction(
     stage_statement: Callable[[StageCall], str],
     transition_call: Callable[[Module, str], str],
     container: str,
-) -> tuple[list[str], list[tuple[str | None, str, str | None]]]:
+) -> tuple[list[str], list[tuple[str | None, str | None, str | None]]]:
     """The network constructor's statements building each stage (``stage_statement``) and, before
     and after it, its transitions (``self.stages["1"].downsample = `` and ``transition_call(module,
     callee)``), with their containers; and per stage, in order, the attribute paths forward runs:
@@ -759,7 +788,7 @@ def stage_construction(
     left = {stage.path: graph.transition_after_of(stage) for stage in graph.stages}
     paths: list[str] = []
     statements: list[str] = []
-    order: list[tuple[str | None, str, str | None]] = []
+    order: list[tuple[str | None, str | None, str | None]] = []
 
     def build(transition: Module | None) -> str | None:
         if transition is None:
@@ -769,11 +798,16 @@ def stage_construction(
         statements.append(f"self{attribute_access(transition.path)} = {call_source}")
         return transition.path
 
+    held = {stage.path for stage in graph.stages if stage.held}
     for call in calls:
         before = build(entered.get(call.attribute))
         paths.append(call.attribute)
+        # Blocks held by their transition replace its placeholder (keeping its place) and run inside it.
         statements.append(stage_statement(call))
-        order.append((before, call.attribute, build(left.get(call.attribute))))
+        if call.attribute in held:
+            order.append((before, None, None))
+        else:
+            order.append((before, call.attribute, build(left.get(call.attribute))))
     return with_containers(paths, statements, container), order
 
 

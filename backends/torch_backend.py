@@ -24,6 +24,7 @@ from rescompile.backends.source import (
     SHORTCUT_VARIABLE,
     ContainerCall,
     ContainerClass,
+    HeldBlocksCall,
     SourceNode,
     block_calls,
     block_classes,
@@ -520,6 +521,8 @@ assert set(EMITTERS) == set(PRIMITIVE_OP_KINDS), "every primitive op kind needs 
 def _lowered(node: SourceNode) -> Layer | Inline:
     if isinstance(node.op, ContainerCall):
         return (node.op.class_name, list(node.class_arguments))
+    if isinstance(node.op, HeldBlocksCall):
+        return ("nn.Sequential", [])  # the network puts the stage's blocks here
     emitter = _emitter(node.kind).lower
     return Inline(emitter) if isinstance(emitter, str) else emitter(node)
 
@@ -531,7 +534,7 @@ def _emitter(kind: str) -> Emitter:
 
 def _application(node: SourceNode) -> str:
     """How forward applies a stored node not called as ``self.layer(x)``; empty where it is."""
-    return "" if isinstance(node.op, ContainerCall) else _emitter(node.kind).application
+    return "" if isinstance(node.op, ContainerCall | HeldBlocksCall) else _emitter(node.kind).application
 
 
 def _layer(node: SourceNode, prefix: str = "") -> str:

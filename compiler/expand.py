@@ -39,6 +39,7 @@ from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts, is_builtin
 from rescompile.spec.models import (
+    HELD_BLOCKS,
     REQUIRED,
     AddSpec,
     BinarySpec,
@@ -50,6 +51,7 @@ from rescompile.spec.models import (
     PartSpec,
     ShortcutSpec,
     StemSpec,
+    TransitionSpec,
 )
 from rescompile.spec.unroll import Unrolling
 from rescompile.spec.yaml_source import YamlPath
@@ -95,6 +97,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     """(module index, whether first of its stage, the block unrolled for it, the parameter values its
     unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
+    transition_kinds = TransitionKinds()
     blocks_built = 0
     stages: list[Stage] = []
     node_count = len(stem_module.nodes)
@@ -103,9 +106,16 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
         # A stage is where its blocks live; in a container the stages share, its last block (its output).
         stage_path = _stage_path(spec.naming, stage_index, blocks_built + stage.depth - 1)
         transition = parts.transitions[stage_index]
-        if transition is not None and (stage.transition is not None or stage.stride != 1 or stage.width != shape[0]):
+        # A transition holding the stage's blocks is the stage's layout: every stage has it.
+        held = transition is not None and isinstance(transition.spec, TransitionSpec) and transition.spec.blocks
+        if transition is not None and (
+            held or stage.transition is not None or stage.stride != 1 or stage.width != shape[0]
+        ):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            module = _transition_module(network, transition, stage_index, stage_path, shape, after_blocks=False)
+            module, transition, fixed = _transition_module(
+                network, transition, stage_index, stage_path, shape, False, unrolling
+            )
+            transition_kinds.add(len(modules), transition, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_path: str | None = module.path
         else:
@@ -162,14 +172,30 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             shape = module.out_shape
         transition_after = parts.transitions_after[stage_index]
         transition_after_path: str | None = None
-        if transition_after is not None:
+        if held and transition is not None:
+            if transition_after is not None:
+                raise RescompileError(
+                    f"stage {stage_index}'s transition '{transition.spec.name}' holds its blocks, so it has no "
+                    "transition after them: put those nodes in it, after its blocks",
+                    network.locate("stages", stage_index),
+                )
+            module = _after_held_blocks(network, transition, modules[-1 - stage.depth], stage_index, shape)
+            transition_kinds.uses.append((len(modules), transition_kinds.uses[-1][1]))  # the same kind
+            shape, node_count = _appended(modules, module, node_count)
+            transition_after_path = module.path
+        elif transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
-            module = _transition_module(network, transition_after, stage_index, stage_path, shape, after_blocks=True)
+            module, unrolled, fixed = _transition_module(
+                network, transition_after, stage_index, stage_path, shape, True, unrolling
+            )
+            transition_kinds.add(len(modules), unrolled, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
             container = spec.naming.stage_path(stage_index) if spec.naming.shared else None
-            stages.append(Stage(stage_path, tuple(block_paths), transition_path, transition_after_path, container))
+            stages.append(
+                Stage(stage_path, tuple(block_paths), transition_path, transition_after_path, container, bool(held))
+            )
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
@@ -216,7 +242,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unique = {part.spec.name: (part, fixed, residual) for part, fixed, residual in variants}
     definitions = [
         _definition(stem, "stem"),
-        *(_definition(transition, "transition") for transition in used_transitions.values()),
+        *(_definition(part, "transition", fixed=fixed) for part, fixed in transition_kinds.named(modules)),
         *(_definition(block, "block", residual, fixed=fixed) for block, fixed, residual in unique.values()),
         _definition(head, "head"),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
@@ -333,10 +359,14 @@ def _check_paths_apart(modules: list[Module], network: Loaded[NetworkSpec]) -> N
                 "and the stem's and head's nodes distinct paths",
                 network.locate("naming"),
             )
+    # A transition holding its stage's blocks holds their stage.
+    held = {module.stage for module in modules if module.holds_blocks}
     for path, owner in owners.items():
         segments = path.split(".")
         for length in range(1, len(segments)):
             prefix = ".".join(segments[:length])
+            if path in held and owners.get(prefix, "").startswith(f"the transition '{prefix}' of stage '{path}'"):
+                continue
             if prefix in owners and not {owner[:5], owners[prefix][:5]} <= {"stem ", "head "}:
                 raise RescompileError(
                     f"{owner} is at '{path}', inside {owners[prefix]} at '{prefix}'; give naming.stages, "
@@ -365,6 +395,44 @@ def _appended(modules: list[Module], module: Module, node_count: int) -> tuple[S
     return module.out_shape, _count_nodes(node_count, module)
 
 
+TransitionKey = tuple[str, object, "Fixed"]
+"""A transition unrolling's kind: the transition's name, its nodes, the values it was unrolled for."""
+
+
+class TransitionKinds:
+    """The transitions' unrollings, one definition per kind (its nodes, and the values of its own
+    parameters its templates read, which its class is made for): a transition whose ``when`` differs
+    between stages (CSPNet's ``conv_down`` where the stride is not 1) is one class per kind. The
+    kind most stages use keeps the transition's name, the others are ``NAME_2``, ``NAME_3``, ..."""
+
+    def __init__(self) -> None:
+        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Fixed]] = {}
+        self.uses: list[tuple[int, TransitionKey]] = []
+        """(module index, its kind) for each transition module (both halves of one holding blocks)."""
+
+    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed) -> None:
+        key = (unrolled.spec.name, _nodes_key(unrolled), fixed)
+        self.parts.setdefault(key, (unrolled, fixed))
+        self.uses.append((index, key))
+
+    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Fixed]]:
+        """Each kind's part under its definition name, naming ``modules``' transitions by it."""
+        counts = {key: sum(used == key for _, used in self.uses) for key in self.parts}
+        transitions = {key[0] for key in self.parts}
+        names: dict[TransitionKey, str] = {}
+        for key in sorted(self.parts, key=lambda key: -counts[key]):  # stable: the first used first among equals
+            variant, number = key[0], 2
+            while variant in names.values() or (variant != key[0] and variant in transitions):
+                variant, number = f"{key[0]}_{number}", number + 1
+            names[key] = variant
+        for index, key in self.uses:
+            modules[index] = dataclasses.replace(modules[index], type_name=names[key])
+        return [
+            (Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended), fixed)
+            for key, (part, fixed) in self.parts.items()
+        ]
+
+
 def _transition_module(
     network: Loaded[NetworkSpec],
     transition: Loaded[PartSpec],
@@ -372,10 +440,12 @@ def _transition_module(
     stage_at: str,
     shape: Shape,
     after_blocks: bool,
-) -> Module:
+    unrolling: Unrolling,
+) -> tuple[Module, Loaded[PartSpec], Fixed]:
     """Stage ``stage_index``'s transition (of the stage at path ``stage_at``), before its blocks (bound
     to the stage's width and stride, which it takes) or after them (``after_blocks``: bound to the
-    width and stride 1)."""
+    width and stride 1), with the transition unrolled for it and the values of its own parameters
+    the unrolling read."""
     spec = network.spec
     stage = spec.stages[stage_index]
     builtins: dict[str, Value] = {
@@ -384,10 +454,20 @@ def _transition_module(
         "stride": 1 if after_blocks else stage.stride,
     }
     key = "transition_after_parameters" if after_blocks else "transition_parameters"
-    given = spec.transition_after_parameters if after_blocks else spec.transition_parameters
-    bindings = _bind(transition, given, builtins, network, key)
+    given = (
+        spec.transition_after_parameters
+        if after_blocks
+        else {**spec.transition_parameters, **stage.transition_parameters}
+    )
+    bindings = _bind(transition, given, builtins, network, key, None if after_blocks else stage_index)
     path = spec.naming.transition_path(stage_index, after_blocks)
     stage_path = spec.naming.stage_path(stage_index)
+    template = transition
+    transition, read = unrolling.unroll(transition, bindings, "transitions", path)
+    fixed = _fixed(template, read, bindings)
+    assert isinstance(transition.spec, TransitionSpec)
+    if transition.spec.blocks is not None:
+        return _before_held_blocks(network, transition, stage_index, shape, bindings, path), transition, fixed
     if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
         naming = "naming.transitions_after" if after_blocks else "naming.transitions"
         raise RescompileError(
@@ -398,13 +478,83 @@ def _transition_module(
         )
     location = network.locate("stages", stage_index)
     module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks)
+    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks), transition, fixed
 
 
 def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
     """The path of stage ``stage_index``: its blocks' container, or where the stages share one
     (``features``), its last block (``features.3``, the network's ``last_block``), where its output is read."""
     return naming.block_path(stage_index, 0, last_block) if naming.shared else naming.stage_path(stage_index)
+
+
+def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded[PartSpec]]:
+    """A transition holding its stage's blocks as two parts: its nodes up to the one the blocks
+    read, and its nodes after it (located as in the transition's file)."""
+    spec = transition.spec
+    assert isinstance(spec, TransitionSpec) and spec.blocks is not None
+    names = list(spec.nodes)
+    split = names.index(spec.blocks.input) + 1
+    halves: list[Loaded[PartSpec]] = [
+        Loaded(spec.model_copy(update={"nodes": {name: spec.nodes[name] for name in part}}), transition.source)
+        for part in (names[:split], names[split:])
+    ]
+    return halves[0], halves[1]
+
+
+def _before_held_blocks(
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    stage_index: int,
+    shape: Shape,
+    bindings: Bindings,
+    path: str,
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs before them; the
+    blocks are inside it, at ``PATH.blocks``, its naming's choice."""
+    stage_path = network.spec.naming.stage_path(stage_index)
+    if stage_path != f"{path}.{HELD_BLOCKS}":
+        raise RescompileError(
+            f"stage {stage_index}'s transition '{transition.spec.name}' holds its blocks, at '{path}.{HELD_BLOCKS}', "
+            f"but naming.stages places them at '{stage_path}'; name the stages as the transitions with "
+            f'\'.{HELD_BLOCKS}\' after them (transitions: "stages.{{index}}", stages: "stages.{{index}}.blocks")',
+            network.locate("naming"),
+        )
+    before, _ = _held_halves(transition)
+    location = network.locate("stages", stage_index)
+    module = _build_module(path, "transition", before, bindings, shape, location, None, None)
+    return dataclasses.replace(module, stage_path=stage_path, holds_blocks=True)
+
+
+def _after_held_blocks(
+    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], before: Module, stage_index: int, shape: Shape
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs after them
+    (``shape``: their output's), reading their output and values of the half ``before`` them."""
+    spec = transition.spec
+    assert isinstance(spec, TransitionSpec) and spec.blocks is not None and before.holds_blocks
+    bindings = _derive(transition, Bindings(dict(before.parameters)))
+    where = f"{before.path} (stage {stage_index})"
+    declared = _evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
+    if declared != shape[0]:
+        raise RescompileError(
+            f"{where}: transition '{spec.name}' declares blocks.out_channels = {spec.blocks.out_channels.text} = "
+            f"{declared}, but the stage's blocks output {shape[0]} channels",
+            transition.locate("blocks", "out_channels"),
+        )
+    _, after = _held_halves(transition)
+    shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
+    location = network.locate("stages", stage_index)
+    nodes = _build_nodes(after, bindings, shapes, "", before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
+    earlier = {node.name: node.shape for node in before.nodes if node.shape is not None}
+    carried = tuple(sorted({(value, earlier[value]) for node in nodes for value in node.inputs if value in earlier}))
+    return dataclasses.replace(
+        before,
+        nodes=tuple(nodes),
+        in_shape=shape,
+        out_shape=nodes[-1].shape,
+        after_blocks=True,
+        carried=carried,
+    )
 
 
 def _check_network_attributes(
@@ -536,9 +686,12 @@ def _definition(
     renamed: dict[str, str] = {}
     nodes: list[SymbolicNode] = []
     previous = MODULE_INPUT
+    held = spec.blocks if isinstance(spec, TransitionSpec) else None
     for name, node_spec in spec.nodes.items():
         inputs = tuple(renamed.get(value, value) for value in _inputs(node_spec, previous))
         previous = name
+        if held is not None and name == held.input:
+            previous, channels[HELD_BLOCKS] = HELD_BLOCKS, held.out_channels
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
             continue
@@ -561,6 +714,7 @@ def _definition(
         module=spec.module if isinstance(spec, ShortcutSpec) else None,
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
+        blocks=None if held is None else (held.input, held.out_channels),
         fixed=fixed,
     )
     for prefix in dict(definition.classes):
@@ -638,6 +792,10 @@ def _parameter_path(
     network: Loaded[NetworkSpec], field: str, stage_index: int | None, block_index: int | None, name: str
 ) -> YamlPath:
     """Where the network set parameter ``name``: a stage's own mappings, else ``field``."""
+    if stage_index is not None and field == "transition_parameters":
+        if name in network.spec.stages[stage_index].transition_parameters:
+            return ("stages", stage_index, field, name)
+        return (field, name)
     if stage_index is not None:
         stage = network.spec.stages[stage_index]
         each = stage.per_block_parameters
@@ -879,12 +1037,14 @@ def _build_nodes(
     build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
     declared_channels: int | None = None,
     input_value: str = MODULE_INPUT,
+    aliases: Mapping[str, str] | None = None,
 ) -> list[Node]:
-    """Evaluate a part's nodes in order; ``input`` reads ``input_value``. A block's shortcut nodes
-    (``build_shortcut``) come right before its residual add; in a plain block (``build_shortcut``
-    None), the residual add disappears and whatever read it reads the branch instead."""
+    """Evaluate a part's nodes in order; ``input`` reads ``input_value``, and a value of ``aliases``
+    the value it names (``blocks``: the input of the half of a transition after its blocks). A
+    block's shortcut nodes (``build_shortcut``) come right before its residual add; in a plain block
+    (``build_shortcut`` None), the residual add disappears and whatever read it reads the branch instead."""
     nodes: list[Node] = []
-    renamed: dict[str, str] = {MODULE_INPUT: input_value}
+    renamed: dict[str, str] = {MODULE_INPUT: input_value, **(aliases or {})}
     previous = MODULE_INPUT
     for name, node_spec in part.spec.nodes.items():
         node_path = ("nodes", name)

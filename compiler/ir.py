@@ -148,6 +148,11 @@ class Module:
     blocks, or after them."""
     after_blocks: bool = False
     """Whether a transition runs after its stage's blocks (else before them)."""
+    holds_blocks: bool = False
+    """Whether a transition is one half of a transition that holds its stage's blocks (a stage
+    layout): its nodes before the blocks (``after_blocks`` False), or after them, at one path."""
+    carried: tuple[tuple[str, Shape], ...] = ()
+    """In the half after the blocks: the values of the half before them it reads, with their shapes."""
 
     @property
     def output(self) -> str:
@@ -222,6 +227,9 @@ class Definition:
     own (``SplitAttn``), by path prefix."""
     """In a block: the value its shortcut module reads (the block input, or a node such as a
     pre-activation); the identity shortcut always reads the block input."""
+    blocks: tuple[str, Expression] | None = None
+    """In a transition that holds its stage's blocks: the node they read and their output channels;
+    its nodes after that node run after the blocks (reading their output as ``blocks``)."""
     fixed: tuple[tuple[str, Value], ...] = ()
     """In a block: the parameters its templates were unrolled for, with their values (Res2Net's
     ``scale``): its class is made for them, so they are constants in it, not constructor parameters."""
@@ -272,6 +280,9 @@ class Stage:
     """The container every stage's blocks share, numbered across the network (torchvision's
     MobileNets: ``features``, holding ``features.1`` ... ``features.17``); None where ``path`` holds
     this stage's blocks alone."""
+    held: bool = False
+    """Whether its transition holds its blocks: the two are halves of one transition at one path
+    (``stages.1``), its blocks inside it (``stages.1.blocks``)."""
 
 
 @dataclass(frozen=True)
@@ -326,17 +337,23 @@ class Graph:
         return [stage.path for stage in self.stages]
 
     def blocks_of(self, stage: Stage) -> tuple[Module, ...]:
-        return tuple(self._by_path[path] for path in stage.blocks)
+        return tuple(self._by_path[(path, False)] for path in stage.blocks)
 
     def transition_of(self, stage: Stage) -> Module | None:
-        return None if stage.transition is None else self._by_path[stage.transition]
+        return None if stage.transition is None else self._by_path[(stage.transition, False)]
 
     def transition_after_of(self, stage: Stage) -> Module | None:
-        return None if stage.transition_after is None else self._by_path[stage.transition_after]
+        return None if stage.transition_after is None else self._by_path[(stage.transition_after, True)]
 
     @functools.cached_property
-    def _by_path(self) -> dict[str, Module]:
-        return {module.path: module for module in self.modules if module.role in ("block", "transition")}
+    def _by_path(self) -> dict[tuple[str, bool], Module]:
+        """Blocks and transitions by path and whether they run after their stage's blocks (the two
+        halves of a transition holding its blocks share a path)."""
+        return {
+            (module.path, module.after_blocks): module
+            for module in self.modules
+            if module.role in ("block", "transition")
+        }
 
     def nodes(self) -> Iterator[tuple[Module, Node]]:
         for module in self.modules:

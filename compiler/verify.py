@@ -7,6 +7,7 @@ from typing import NoReturn
 
 from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Definition, Graph, SymbolicNode
 from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Shape, weight_name
+from rescompile.spec.models import HELD_BLOCKS
 
 
 class VerificationError(AssertionError):
@@ -52,7 +53,7 @@ def verify(graph: Graph) -> Graph:
         where = module.path or module.role
         if module.in_shape != shape:
             _fail(f"{where}: input {module.in_shape} != previous output {shape}")
-        shapes: dict[str, Shape] = {MODULE_INPUT: module.in_shape}
+        shapes: dict[str, Shape] = {MODULE_INPUT: module.in_shape, **dict(module.carried)}
         for node in module.nodes:
             name = module.canonical(node.name)
             if not isinstance(node.op, OP_TYPES):
@@ -100,7 +101,7 @@ def _verify_stages(graph: Graph) -> None:
     blocks = [module.path for module in graph.blocks]
     if [path for stage in graph.stages for path in stage.blocks] != blocks:
         _fail(f"the stages' blocks are not the graph's blocks in order: {[stage.path for stage in graph.stages]}")
-    positions = {module.path: index for index, module in enumerate(graph.modules)}
+    positions = {(module.path, module.after_blocks): index for index, module in enumerate(graph.modules)}
     for stage in graph.stages:
         if any(module.stage != stage.path for module in graph.blocks_of(stage)):
             _fail(f"stage {stage.path}: holds a block of another stage")
@@ -108,14 +109,14 @@ def _verify_stages(graph: Graph) -> None:
         if transition is not None and (
             transition.role != "transition"
             or transition.stage != stage.path
-            or positions[transition.path] + 1 != positions[stage.blocks[0]]
+            or positions[(transition.path, False)] + 1 != positions[(stage.blocks[0], False)]
         ):
             _fail(f"stage {stage.path}: its transition {transition.path} is not the module before its blocks")
         after = graph.transition_after_of(stage)
         if after is not None and (
             after.role != "transition"
             or after.stage != stage.path
-            or positions[after.path] != positions[stage.blocks[-1]] + 1
+            or positions[(after.path, True)] != positions[(stage.blocks[-1], False)] + 1
         ):
             _fail(f"stage {stage.path}: its transition after the blocks {after.path} is not the module after them")
     transitions = sum((stage.transition is not None) + (stage.transition_after is not None) for stage in graph.stages)
@@ -147,6 +148,8 @@ def verify_definition(definition: Definition) -> Definition:
                 _fail(f"{at}{where}: {node.name}: a residual add reads two values, not {list(node.inputs)}")
             merges.append(node)
         defined.add(node.name)
+        if definition.blocks is not None and node.name == definition.blocks[0]:
+            defined.add(HELD_BLOCKS)  # the stage's blocks' output, after the node they read
     if len(merges) > 1:
         _fail(f"{where}: {len(merges)} residual adds ({', '.join(node.name for node in merges)}), expected one")
     if definition.shortcut_input not in defined:

@@ -22,6 +22,7 @@ from rescompile.spec.expressions import Expression, ExpressionError, parse_expre
 from rescompile.spec.models import (
     FOREIGN_KEYS,
     FOREIGN_OPS,
+    HELD_BLOCKS,
     INFERRED_KEYS,
     MODULE_ATTRIBUTES,
     MODULE_LEVEL_NAMES,
@@ -32,6 +33,7 @@ from rescompile.spec.models import (
     BlockExtensionSpec,
     BlockSpec,
     HeadSpec,
+    HeldBlocksSpec,
     ModuleSpec,
     ModuleUseSpec,
     NetworkSpec,
@@ -339,11 +341,11 @@ def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
             )
     part = _validate(PART_MODELS[kind], _expand_op_choices(document))
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
-    if part.templated and kind in ("shortcuts", "transitions", "modules"):
-        # Shortcuts and transitions are written once per network, not unrolled per instance.
+    if part.templated and kind in ("shortcuts", "modules"):
+        # Shortcuts and modules are written once per network, not unrolled per instance.
         raise RescompileError(
             f"{kind[:-1]} '{part.name}' uses a template (repeat, split, when, a placeholder, a conditional "
-            "read or a comprehension); templates work in stems, blocks and heads only",
+            "read or a comprehension); templates work in stems, blocks, transitions and heads only",
             document.source.locate(("nodes",), key=True),
         )
     if not part.templated:
@@ -1027,6 +1029,9 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
         known_names.add(name)
     available = set(SPECIAL_INPUTS[kind])
     paths = _PathTree(part.nodes)
+    held = part.blocks if isinstance(part, TransitionSpec) else None
+    if held is not None:
+        _check_held_blocks(loaded, held, known_names)
     for node_name, node in part.nodes.items():
         if node_name in SPECIAL_INPUTS[kind]:
             raise RescompileError(
@@ -1068,6 +1073,16 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
             )
         inputs = node.inputs if isinstance(node, BinarySpec) else (node.input,)
         for index, value in enumerate(inputs):
+            if held is not None and value == "input" and HELD_BLOCKS in available:
+                raise RescompileError(
+                    f"node '{node_name}' runs after the stage's blocks and reads 'input', the stage's input, which "
+                    f"is not kept past them; read '{HELD_BLOCKS}' or a node before them",
+                    loaded.source.locate(
+                        ("nodes", node_name, "inputs", index)
+                        if isinstance(node, BinarySpec)
+                        else ("nodes", node_name, "input")
+                    ),
+                )
             if value is not None and value not in available:
                 path = (
                     ("nodes", node_name, "inputs", index)
@@ -1090,6 +1105,8 @@ def check_part_references(loaded: Loaded[PartSpec], kind: PartKind) -> None:
                     loaded.source.locate(("nodes", node_name, field_name)),
                 )
         available.add(node_name)
+        if held is not None and node_name == held.input:
+            available.add(HELD_BLOCKS)
     _check_every_node_is_read(loaded, kind)
     if isinstance(part, BlockSpec):
         merges = [name for name, node in part.nodes.items() if isinstance(node, AddSpec) and "shortcut" in node.inputs]
@@ -1159,15 +1176,47 @@ class _PathNode:
         self.layer: str | None = None
 
 
+def _check_held_blocks(loaded: Loaded[PartSpec], held: HeldBlocksSpec, known_names: set[str]) -> None:
+    """A transition's ``blocks``: after a node of it that has nodes after it, with known names."""
+    part = loaded.spec
+    names = list(part.nodes)
+    if held.input not in names:
+        raise RescompileError(
+            f"blocks.input '{held.input}' is not a node of transition '{part.name}'"
+            f"{did_you_mean(held.input, set(names))}; the stage's blocks read one of its nodes: {one_of(set(names))}",
+            loaded.source.locate(("blocks", "input")),
+        )
+    if held.input == names[-1]:
+        raise RescompileError(
+            f"blocks.input '{held.input}' is the last node of transition '{part.name}'; nodes after it run after "
+            "the stage's blocks (without any, use the transition before the blocks alone)",
+            loaded.source.locate(("blocks", "input")),
+        )
+    if HELD_BLOCKS in names:
+        raise RescompileError(
+            f"node name '{HELD_BLOCKS}' is the value of the stage's blocks in a transition that holds them; rename it",
+            loaded.source.locate(("nodes", HELD_BLOCKS), key=True),
+        )
+    for unknown in sorted(held.out_channels.names - known_names):
+        raise RescompileError(
+            f"'{unknown}' in blocks.out_channels is not a parameter of transition '{part.name}'"
+            f"{did_you_mean(unknown, known_names)}",
+            loaded.source.locate(("blocks", "out_channels")),
+        )
+
+
 def _check_every_node_is_read(loaded: Loaded[PartSpec], kind: PartKind) -> None:
     """A node whose value nothing reads (a typo in an ``add``'s inputs drops half a block) is an
     error: the part's output is its last node, and every other node must feed something."""
     part = loaded.spec
     read: set[str] = {part.shortcut_input} if isinstance(part, BlockSpec) else set()
+    held = part.blocks.input if isinstance(part, TransitionSpec) and part.blocks is not None else None
+    read |= {held} if held is not None else set()
     previous = "input"
     for node_name, node in part.nodes.items():
         read.update(node.inputs if isinstance(node, BinarySpec) else (node.input or previous,))
-        previous = node_name
+        # The node after the blocks' input reads, unless it says otherwise, the blocks' output.
+        previous = HELD_BLOCKS if node_name == held else node_name
     last = list(part.nodes)[-1]
     for node_name in part.nodes:
         if node_name not in read and node_name != last:

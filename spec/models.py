@@ -778,10 +778,32 @@ class ShortcutSpec(PartSpec):
     module: Identifier = "downsample"
 
 
+HELD_BLOCKS = "blocks"
+"""In a transition that holds its stage's blocks, the value of their output."""
+
+
+class HeldBlocksSpec(StrictModel):
+    """Where a transition holds its stage's blocks (CSPNet's cross-stage partial stage)."""
+
+    input: str = Field(
+        description="The node whose output the stage's blocks read. The transition's nodes up to it run before "
+        "the blocks, the nodes after it after them: the first of those reads the blocks' output, and any may read "
+        "it as `blocks` or read a node before the blocks."
+    )
+    out_channels: Expr = Field(description="The blocks' output channels, checked against the stage's blocks.")
+
+
 class TransitionSpec(PartSpec):
     """What a stage does before its blocks, outside them and without a shortcut (ConvNeXt's
     ``downsample``: a LayerNorm and a 2×2 stride-2 conv). Bound: ``in_channels``, the stage's
-    ``width`` and ``stride``; the stage's blocks then all have stride 1."""
+    ``width`` and ``stride``; the stage's blocks then all have stride 1. With ``blocks``, it holds
+    the stage's blocks: its nodes run around them (a stage layout)."""
+
+    blocks: HeldBlocksSpec | None = Field(
+        default=None,
+        description="Hold the stage's blocks inside this transition, after node `input`: a stage-level graph "
+        "around them (split, blocks on one part, concat, fusion conv).",
+    )
 
 
 class InputSpec(StrictModel):
@@ -819,7 +841,12 @@ class StageSpec(StrictModel):
     transition: str | None = Field(
         default=None,
         description="This stage's transition (a file in transitions/), or 'none'; default: the network's "
-        "transition where the stage's stride is not 1 or its width differs from its input channels.",
+        "transition where the stage's stride is not 1 or its width differs from its input channels (every stage "
+        "where it holds the stage's blocks).",
+    )
+    transition_parameters: Parameters = Field(
+        default_factory=dict,
+        description="This stage's transition parameters, over the network's transition_parameters.",
     )
     transition_after: str | None = Field(
         default=None,

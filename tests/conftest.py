@@ -75,6 +75,7 @@ PART_COVERING_PRESETS = frozenset(
         *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d", "gcresnet50t"),
         *("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "efficientnetv2_rw_s"),
         *("regnetz_b16", "tv_efficientnet_b0", "tv_mobilenet_v2", "tv_mobilenet_v3_large"),
+        *("cspresnet50", "cspdarknet53"),
     }
 )
 """Built-ins that between them use every stem, block, shortcut, transition and head (and so every op)

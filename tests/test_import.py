@@ -33,8 +33,10 @@ INVERTED_RESIDUALS = ["mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_
 """Built-ins the importer does not read yet: its stages are found by a block expansion that divides
 the stages' widths, which inverted residuals (whose output is not a multiple of their width) do not
 have. Each is refused in one line, writing nothing (a test below)."""
-NOT_IMPORTED = {*INVERTED_RESIDUALS, "gcresnet50t"}
-"""gcresnet50t: timm's ByobNet layout is not one the importer recognises yet."""
+NOT_IMPORTED = {*INVERTED_RESIDUALS, "gcresnet50t", "cspresnext50", "cspdarknet53"}
+"""gcresnet50t: timm's ByobNet layout is not one the importer recognises yet; cspresnext50 and
+cspdarknet53: the importer tries the built-in parts at their defaults, not cross_stage's parameters
+(cspresnet50's are its defaults, and it imports)."""
 SOURCES = [f"torchvision:{name}" for name in TORCHVISION] + [
     f"timm:{name}" for name in TIMM_PRESETS if name not in NOT_IMPORTED
 ]

@@ -52,6 +52,9 @@ TIMM_PRESETS = [
     "efficientnet_b0",
     "efficientnetv2_rw_s",
     "regnetz_b16",
+    "cspresnet50",
+    "cspresnext50",
+    "cspdarknet53",
 ]
 OTHER_ORDER = {"resnetv2_50": ".downsample.", "resnetv2_50x1_bit": ".downsample.", "gcresnet50t": ".shortcut."}
 """timm's PreActBottleneck registers ``downsample`` before ``norm1``, and ByobNet's blocks ``shortcut``
@@ -65,12 +68,13 @@ ODD_SIZE = dict.fromkeys(
     (
         *("convnext_tiny", "regnetx_016", "regnety_016", "gcresnet50t", "mobilenetv2_100", "mobilenetv3_large_100"),
         *("efficientnet_b0", "efficientnetv2_rw_s", "regnetz_b16"),
+        *("cspresnet50", "cspresnext50", "cspdarknet53"),
     ),
     97,
 )
 """Also compared with timm at an odd size by default: ConvNeXt's 4×4 stride-4 stem floors it (97 -> 24), RegNet's,
 MobileNet's, EfficientNet's and RegNetZ's strided 3×3 and 5×5 convs pad it (97 -> 49 -> 25 -> 13 -> 7 -> 4), and
-global context's softmax runs over odd positions."""
+global context's softmax runs over odd positions; CSPNet's halves are split and concatenated at odd sizes."""
 
 
 class Pair(NamedTuple):

@@ -73,7 +73,7 @@ CASES = {
         {},
         "net.yaml:7:16: unknown key 'widht' (did you mean 'width'?); "
         "valid keys here: block, block_parameters, depth, first_block, first_block_parameters, per_block_parameters, "
-        "stride, transition, transition_after, width",
+        "stride, transition, transition_after, transition_parameters, width",
     ),
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
@@ -521,7 +521,7 @@ CASES = {
             "  conv: {op: conv, input: halves.0, out_channels: out_channels, kernel: 1, stride: stride}\n"
         },
         "shortcuts/projection.yaml:3:1: shortcut 'projection' uses a template (repeat, split, when, a placeholder, "
-        "a conditional read or a comprehension); templates work in stems, blocks and heads only",
+        "a conditional read or a comprehension); templates work in stems, blocks, transitions and heads only",
     ),
     "block_with_two_residual_adds": (
         network(("block: basic", "block: mine")),
