@@ -758,11 +758,8 @@ def emit_source(graph: Graph) -> str:
     first_arguments += ["rngs=rngs"] if rngs else []
     rngs_transitions = {view["definition"].name for view in transition_views if view["rngs"]}
 
-    def transition_call(module: Module, callee: str) -> str:
-        arguments = transition_arguments(graph, module) + (
-            ["rngs=rngs"] if module.type_name in rngs_transitions else []
-        )
-        return f"{callee}({', '.join(arguments)})"
+    def transition_call(module: Module) -> list[str]:
+        return transition_arguments(graph, module) + (["rngs=rngs"] if module.type_name in rngs_transitions else [])
 
     stages, order = stage_construction(
         graph,

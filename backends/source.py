@@ -775,7 +775,7 @@ def stage_construction(
     graph: Graph,
     calls: list[StageCall],
     stage_statement: Callable[[StageCall], str],
-    transition_call: Callable[[Module, str], str],
+    transition_arguments: Callable[[Module], list[str]],
     container: str,
 ) -> tuple[list[str], list[tuple[str | None, str | None, str | None]]]:
     """The network constructor's statements building each stage (``stage_statement``) and, before
@@ -794,8 +794,8 @@ def stage_construction(
         if transition is None:
             return None
         paths.append(transition.path)
-        call_source = transition_call(transition, callees[transition.type_name])
-        statements.append(f"self{attribute_access(transition.path)} = {call_source}")
+        head = f"self{attribute_access(transition.path)} = {callees[transition.type_name]}"
+        statements.append(wrap_call(head, transition_arguments(transition), 8))
         return transition.path
 
     held = {stage.path for stage in graph.stages if stage.held}

@@ -738,7 +738,7 @@ def emit_source(graph: Graph, inference: bool = False) -> str:
                 f"self{attribute_access(call.attribute)} = self._make_stage", stage_arguments(call, indexed), 8
             )
         ),
-        lambda module, callee: f"{callee}({', '.join(transition_arguments(graph, module))})",
+        lambda module: transition_arguments(graph, module),
         "nn.ModuleDict()",
     )
     # A stage in a container the stages share is its blocks, each called.

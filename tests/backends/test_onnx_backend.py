@@ -36,12 +36,13 @@ from rescompile.backends.onnx_backend import (
     SUPPORTED_OPSETS,
     OnnxModel,
     emit_model,
+    module_output_name,
     onnxruntime_outputs,
     run_onnxruntime,
     save_model,
 )
 from rescompile.compiler.ir import AvgPool, BatchNorm, Conv, Graph, Linear, MaxPool, Module
-from rescompile.compiler.ops import BatchNormFields
+from rescompile.compiler.ops import Add, BatchNormFields, LeakyRelu, OpBase, Relu
 from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, initial_weights, random_weights, weight_shapes
 from rescompile.spec import RescompileError, builtin_networks
@@ -357,9 +358,9 @@ RESIDUAL = builtin_params(name for name in builtin_networks() if not name.starts
 
 @pytest.mark.parametrize("name", RESIDUAL)
 def test_zero_init_identity_blocks_are_identity(name: str) -> None:
-    """With zero-initialised residual branches, every identity-shortcut block outputs relu(input), or
-    its input where it ends with the add (inverted residuals, RegNetZ), exactly, in ONNX Runtime, with
-    BatchNorm kept and folded."""
+    """With zero-initialised residual branches, every identity-shortcut block outputs its activation
+    of its input (relu, CSPNet's leaky relu), or its input where it ends with the add (inverted
+    residuals, RegNetZ), exactly, in ONNX Runtime, with BatchNorm kept and folded."""
     graph = compile_spec(name, size=SMALL)
     weights = initial_weights(graph, zero_init_residual=True)
     if not any(
@@ -371,17 +372,27 @@ def test_zero_init_identity_blocks_are_identity(name: str) -> None:
         pytest.skip(f"{name}'s blocks have no zero-initialised BatchNorm")
     identity = [index for index, module in enumerate(graph.modules) if module.shortcut == "identity"]
     assert identity
-    # Module outputs are named by path, the stem's "stem" (see onnx_value_names).
-    names = [module.path if module.role == "block" else "stem" for module in graph.modules]
+    # Module outputs are named by path, the stem's "stem", a transition holding blocks by the value they read.
+    names = [module_output_name(graph, index) for index in range(len(graph.modules))]
     x = batch(graph, 2)
     for fold_bn in (False, True):
         outputs = onnxruntime_outputs(emit_model(graph, weights, fold_bn=fold_bn, block_outputs=True), x)
         for index in identity:
             block_input = outputs[names[index - 1]]
             assert np.count_nonzero(block_input) > block_input.size // 10, "a non-trivial input"
-            ends_with_add = graph.modules[index].nodes[-1].op.kind == "add"
-            expected = block_input if ends_with_add else np.maximum(block_input, 0)
+            expected = _after_the_add(graph.modules[index].nodes[-1].op, block_input)
             assert_close(outputs[names[index]], expected, tolerance=EXACT, what=names[index])
+
+
+def _after_the_add(last: OpBase, block_input: np.ndarray) -> np.ndarray:
+    """What a block whose residual branch is zero outputs, by the op it ends with."""
+    if isinstance(last, Add):
+        return block_input
+    if isinstance(last, Relu):
+        return np.maximum(block_input, 0)
+    if isinstance(last, LeakyRelu):
+        return np.where(block_input >= 0, block_input, np.float32(last.negative_slope) * block_input)
+    raise AssertionError(f"a block ending with {last.kind}: say here what it makes of its input")
 
 
 def test_block_outputs_are_named_by_module() -> None:
