@@ -389,7 +389,7 @@ def _after_the_add(last: OpBase, block_input: np.ndarray) -> np.ndarray:
     if isinstance(last, Add):
         return block_input
     if isinstance(last, Relu):
-        return np.maximum(block_input, 0)
+        return np.asarray(np.maximum(block_input, 0))
     if isinstance(last, LeakyRelu):
         return np.where(block_input >= 0, block_input, np.float32(last.negative_slope) * block_input)
     raise AssertionError(f"a block ending with {last.kind}: say here what it makes of its input")
