@@ -140,7 +140,7 @@ def test_check_error_is_one_line_on_a_non_terminal_stderr(tmp_path: Path) -> Non
 
 CHECKED_ELSEWHERE = frozenset(TIMM_PRESETS)
 """Run here in the slow tail only: by default tests/test_timm_presets.py checks the part-covering
-ones among them at 97×97, and the flax and ONNX backend tests compare every part-covering built-in
+ones among them at 33×33, and the flax and ONNX backend tests compare every part-covering built-in
 with torch at 32×32, module by module."""
 
 
