@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PART_COVERING_PRESETS, builtin_params
+from conftest import builtin_params
 from support import assert_backends_agree
-from test_timm_presets import TIMM_PRESETS
 
 from rescompile.backends.interface import module_names
 from rescompile.backends.registry import BACKENDS
@@ -138,14 +137,11 @@ def test_check_error_is_one_line_on_a_non_terminal_stderr(tmp_path: Path) -> Non
     assert result.stderr == "no such weights file: missing.safetensors\n"
 
 
-CHECKED_ELSEWHERE = frozenset(TIMM_PRESETS)
-"""Run here in the slow tail only: by default tests/test_timm_presets.py checks the part-covering
-ones among them at 97×97, and the flax and ONNX backend tests compare every part-covering built-in
-with torch at 32×32, module by module."""
-
-
-@pytest.mark.parametrize("name", builtin_params(builtin_networks(), default=PART_COVERING_PRESETS - CHECKED_ELSEWHERE))
+@pytest.mark.parametrize("name", builtin_params(builtin_networks(), default=frozenset()))
 def test_check_passes_for_every_builtin_at_a_small_size(name: str) -> None:
+    """In the slow tail only: by default the flax and ONNX backend tests compare every part-covering
+    built-in with torch at 32×32, module by module, and tests/test_timm_presets.py checks the
+    part-covering timm presets at 33×33 through the same check."""
     graph = compile_spec(name, size=32)
     assert_backends_agree(graph)
 
