@@ -25,14 +25,6 @@ from rescompile.testing import assert_close
 SLOW = [pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random canonical weights of the built-in resnet18 (non-trivial BatchNorm statistics)."""
-    path = tmp_path_factory.mktemp("weights") / "resnet18.safetensors"
-    save_weights(random_weights(compile_spec("resnet18", SIZE), seed=3), path)
-    return path
-
-
 def import_file(onnx_file: Path, folder: Path) -> tuple[Path, Weights]:
     assert main(["import", str(onnx_file), "-o", str(folder), "--weights", "--size", str(SIZE)]) == 0
     return folder / f"{onnx_file.stem}.yaml", read_weights(folder / f"{onnx_file.stem}.safetensors")
@@ -48,43 +40,30 @@ def imported_outputs(spec: Path, weights: Weights, inputs: np.ndarray) -> np.nda
     return result
 
 
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=SLOW)])
 @pytest.mark.parametrize("fold", [False, True], ids=["batch_norm", "fold_bn"])
-def test_an_onnx_file_rescompile_wrote_imports_as_the_builtin(
-    fold: bool, resnet18_weights: Path, tmp_path: Path
-) -> None:
-    onnx_file = tmp_path / "resnet18.onnx"
-    folding = ["--fold-bn"] if fold else []
-    written = ["resnet18", "--backend", "onnx", "--size", str(SIZE), "--weights", str(resnet18_weights)]
-    assert main([*written, *folding, "-o", str(onnx_file)]) == 0
+def test_an_onnx_file_rescompile_wrote_imports_as_the_builtin(fold: bool, name: str, tmp_path: Path) -> None:
+    # Random weights: BatchNorm statistics that are not the identity, which a folded file holds folded.
+    original = random_weights(compile_spec(name, SIZE), seed=3)
+    save_weights(original, tmp_path / "written.safetensors")
+    onnx_file = tmp_path / f"{name}.onnx"
+    written = [name, "--backend", "onnx", "--size", str(SIZE), "--weights", str(tmp_path / "written.safetensors")]
+    assert main([*written, *(["--fold-bn"] if fold else []), "-o", str(onnx_file)]) == 0
     spec, weights = import_file(onnx_file, tmp_path / "imported")
     graph = compile_spec(spec)
-    assert torch_backend.emit_source(graph) == torch_backend.emit_source(builtin_graph("resnet18"))
+    assert torch_backend.emit_source(graph) == torch_backend.emit_source(builtin_graph(name))
     inputs = np.random.default_rng(2).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     expected = run_onnxruntime(onnx_file, inputs)
-    assert_close(imported_outputs(spec, weights, inputs), expected, tolerance="network", what="imported resnet18")
+    assert_close(imported_outputs(spec, weights, inputs), expected, tolerance="network", what=f"imported {name}")
     if not fold:  # the file's own weights, every one, unchanged
-        original = read_weights(resnet18_weights)
         assert weights.keys() == original.keys()
         for key, value in original.items():
             np.testing.assert_array_equal(weights[key], value, err_msg=key)
         return
     # Folded: the imported spec compiled with --fold-bn is the file again, initializer by initializer.
     again = tmp_path / "again.onnx"
-    assert (
-        main(
-            [
-                str(spec),
-                "--backend",
-                "onnx",
-                "--fold-bn",
-                "--weights",
-                str(tmp_path / "imported" / "resnet18.safetensors"),
-                "-o",
-                str(again),
-            ]
-        )
-        == 0
-    )
+    imported_weights = str(tmp_path / "imported" / f"{name}.safetensors")
+    assert main([str(spec), "--backend", "onnx", "--fold-bn", "--weights", imported_weights, "-o", str(again)]) == 0
     theirs = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(onnx_file).graph.initializer}
     ours = {tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(again).graph.initializer}
     assert ours.keys() == theirs.keys()
