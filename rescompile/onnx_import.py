@@ -57,6 +57,7 @@ ONNX_OPS = frozenset(
         *("MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Transpose"),
         *("Pad", "Slice", "Concat", "Split", "Shape", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh"),
         *("Softplus", "Softmax", "LeakyRelu", "Erf", "Sqrt", "Identity", "Squeeze", "Unsqueeze", "Constant"),
+        *("Gelu", "Mish"),
     }
 )
 """The ONNX ops that a spec's layers lower to (what rescompile's ONNX backend writes, and torch.onnx
@@ -341,35 +342,39 @@ def module_tree(file: OnnxFile) -> torch.nn.Module:
     folded = folded_norms(file)
     weighted = {path for node, path in zip(file.nodes, file.paths, strict=True) if node.op_type in _ROLES}
     for node, path in zip(file.nodes, file.paths, strict=True):
-        if not path:
-            continue
         segments = path.split(".")
-        if node.op_type not in _ROLES and any(
-            ".".join(segments[:end]) in weighted for end in range(1, len(segments) + 1)
-        ):
-            continue
-        parent = root
-        for segment in segments[:-1]:
-            child = parent._modules.get(segment)
-            if child is None or isinstance(child, op_class):
-                child = scope_class()
-                parent._modules[segment] = child  # in place: the order stays the file's
-            elif not isinstance(child, scope_class):
-                raise RescompileError(f"{file.source}: {path}: a node inside {node.op_type} layer {segment}")
-            parent = child
-        held = parent._modules.get(segments[-1])
         if node.op_type in _ROLES:
-            if held is not None and not isinstance(held, op_class):
-                raise RescompileError(f"{file.source}: {path}: two weighted nodes, or a layer with nodes inside")
-            parent._modules[segments[-1]] = layer = _layer(torch_library, node, file.constants)
-            norm = folded.get(id(node), "")
-            if norm and norm.rpartition(".")[0] == path.rpartition(".")[0]:  # a sibling: bn1 beside conv1
-                batch_norm = torch_library.nn.BatchNorm2d(layer.out_channels, device="meta")
-                parent._modules.setdefault(norm.rpartition(".")[2], batch_norm)
-        elif held is None:
-            parent._modules[segments[-1]] = op_class()
+            layer = _layer(torch_library, node, file.constants)
+            _place(file.source, root, path, layer, weighted=True)
+            if folded.get(id(node)):  # where the BatchNorm it absorbed was (bn1 for conv1)
+                norm = torch_library.nn.BatchNorm2d(layer.out_channels, device="meta")
+                _place(file.source, root, folded[id(node)], norm, weighted=False)
+        elif path and not any(".".join(segments[:end]) in weighted for end in range(1, len(segments) + 1)):
+            _place(file.source, root, path, op_class(), weighted=False)
     tree: torch.nn.Module = root
     return tree
+
+
+def _place(source: str, root: Any, path: str, module: Any, weighted: bool) -> None:
+    """``module`` at ``path`` in the tree, under an :class:`OnnxScope` for each path above it (an
+    :class:`OnnxOp` there becomes one: a node named after a module that has nodes inside). A
+    weighted layer replaces an ``OnnxOp`` at its path; anything else is placed where nothing is."""
+    scope_class, op_class = _tree_classes()
+    parent = root
+    *above, name = path.split(".")
+    for segment in above:
+        child = parent._modules.get(segment)
+        if child is None or isinstance(child, op_class):
+            child = scope_class()
+            parent._modules[segment] = child  # in place: the order stays the file's
+        elif not isinstance(child, scope_class):
+            raise RescompileError(f"{source}: {path}: a node inside the layer {segment} ({type(child).__name__})")
+        parent = child
+    held = parent._modules.get(name)
+    if held is None or (weighted and isinstance(held, op_class)):
+        parent._modules[name] = module
+    elif weighted:
+        raise RescompileError(f"{source}: {path}: two weighted nodes, or a layer with nodes inside")
 
 
 def folded_norms(file: OnnxFile) -> dict[int, str]:

@@ -40,7 +40,9 @@ def imported_outputs(spec: Path, weights: Weights, inputs: np.ndarray) -> np.nda
     return result
 
 
-@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=SLOW)])
+@pytest.mark.parametrize(
+    "name", ["resnet18", *(pytest.param(name, marks=SLOW) for name in ("resnet50", "resnet50d", "seresnext50_32x4d"))]
+)
 @pytest.mark.parametrize("fold", [False, True], ids=["batch_norm", "fold_bn"])
 def test_an_onnx_file_rescompile_wrote_imports_as_the_builtin(fold: bool, name: str, tmp_path: Path) -> None:
     # Random weights: BatchNorm statistics that are not the identity, which a folded file holds folded.
