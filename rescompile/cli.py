@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import signal
 import sys
 import time
@@ -375,7 +374,13 @@ def _png(svg: bytes) -> bytes:
 def _import(arguments: list[str]) -> int:
     options = _subcommand_parser("import").parse_args(arguments)
     from rescompile.compiler.weights import save_weights
-    from rescompile.importer import canonical_reference_weights, default_size, import_model, load_reference
+    from rescompile.importer import (
+        canonical_reference_weights,
+        default_size,
+        import_model,
+        load_reference,
+        spec_name,
+    )
 
     folder: Path = options.output
     if folder.exists() and not folder.is_dir():
@@ -383,8 +388,9 @@ def _import(arguments: list[str]) -> int:
     onnx_file = options.source.endswith(".onnx")
     if onnx_file and options.kwargs:
         raise RescompileError(f"{options.source}: --kwargs builds a torch model; an ONNX file takes none")
-    name, model = (Path(options.source).stem, None) if onnx_file else load_reference(options.source, options.kwargs)
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    name, model = (
+        (spec_name(Path(options.source).stem), None) if onnx_file else load_reference(options.source, options.kwargs)
+    )
     spec_file, weights_file = folder / f"{name}.yaml", folder / f"{name}.safetensors"
     for path in (spec_file, *([weights_file] if options.weights else [])):
         check_output(path)

@@ -155,7 +155,12 @@ def load_reference(source: str, keywords: Mapping[str, object]) -> tuple[str, to
         raise RescompileError(f"{source}: {error}") from None
     if not isinstance(model, torch.nn.Module):
         raise RescompileError(f"{source}: gave a {type(model).__name__}, not a torch.nn.Module")
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name), model.eval()
+    return spec_name(name), model.eval()
+
+
+def spec_name(text: str) -> str:
+    """The name a spec imported from ``text`` (a model's or a file's name) gets: ``resnet50``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
 def _factory(source: str, module_name: str, attribute: str) -> Any:

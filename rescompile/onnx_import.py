@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,13 @@ class OnnxFile:
     nodes: tuple[onnx.NodeProto, ...]
     paths: tuple[str, ...]
     constants: Mapping[str, npt.NDArray[Any]]
+    initialized: frozenset[str]
+    """The constants that are initializers (or ``Identity`` nodes of them): the weights. A
+    ``Constant`` node is not one (rescompile writes a blur pool's fixed filter so)."""
+
+    def weighted(self, node: onnx.NodeProto) -> bool:
+        """Whether ``node`` is a layer with weights: a Conv, BatchNorm or Gemm reading an initializer."""
+        return _weighted(node, self.initialized)
 
 
 def read_onnx(source: str) -> OnnxFile:
@@ -103,38 +111,45 @@ def read_onnx(source: str) -> OnnxFile:
     constants: dict[str, npt.NDArray[Any]] = {
         tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer
     }
+    initialized = {tensor.name for tensor in model.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(model.graph.node):
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         elif node.op_type == "Identity" and node.input[0] in constants:
             constants[node.output[0]] = constants[node.input[0]]
+            if node.input[0] in initialized:
+                initialized.add(node.output[0])
         elif node.domain not in ("", "ai.onnx") or node.op_type not in ONNX_OPS:
             raise RescompileError(
                 f"{source}: node {_label(node, index)} ({node.op_type}): not an op a rescompile spec computes"
             )
         else:
             nodes.append(node)
-    paths = tuple(_node_path(node, constants) for node in nodes)
+    paths = tuple(_node_path(node, initialized) for node in nodes)
     for index, (node, path) in enumerate(zip(nodes, paths, strict=True)):
-        if node.op_type in _ROLES and not path:
+        if _weighted(node, initialized) and not path:
             raise RescompileError(
                 f"{source}: node {_label(node, index)} ({node.op_type}): no module path in its name or its "
                 "initializers' names; rescompile imports files whose names say where each layer is"
             )
-    return OnnxFile(source, model, tuple(nodes), paths, constants)
+    return OnnxFile(source, model, tuple(nodes), paths, constants, frozenset(initialized))
+
+
+def _weighted(node: onnx.NodeProto, initialized: Collection[str]) -> bool:
+    return node.op_type in _ROLES and len(node.input) > 1 and node.input[1] in initialized
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"#{index}"
 
 
-def _node_path(node: onnx.NodeProto, constants: Mapping[str, object]) -> str:
+def _node_path(node: onnx.NodeProto, initialized: Collection[str]) -> str:
     """The module path of a node: for a weighted one, its first named weight's (``fc`` for
     ``fc.weight``); else its name's: rescompile's ``layer1.0.relu1`` as it is, the TorchScript
     exporter's ``/layer1/layer1.0/relu/Relu`` and the dynamo exporter's name scopes as a path."""
     for name, role in zip(node.input[1:], _ROLES.get(node.op_type, ()), strict=False):
-        if name in constants and name.endswith(f".{role}") and not name.startswith("onnx::"):
+        if name in initialized and name.endswith(f".{role}") and not name.startswith("onnx::"):
             return name[: -len(role) - 1]
     scopes = _scopes(node)
     if scopes:
@@ -170,7 +185,7 @@ def state_dict(file: OnnxFile, constants: Mapping[str, npt.NDArray[Any]]) -> dic
     weights: dict[str, Array] = {}
     for node, path in zip(file.nodes, file.paths, strict=True):
         for name, role in zip(node.input[1:], _ROLES.get(node.op_type, ()), strict=False):
-            if name not in constants:
+            if not file.weighted(node) or name not in file.initialized:
                 continue
             value = np.asarray(constants[name], np.float32)
             if node.op_type == "Gemm" and role == "weight" and not _attribute(node, "transB", 0):
@@ -221,6 +236,8 @@ def import_onnx(file: OnnxFile, name: str, size: int | tuple[int, int] | None) -
         boundaries.update(
             {f"{path}.{child}": _boundary(file, f"{path}.{child}") for child, _ in module.named_children()}
         )
+    # Blocks run one after another; parallel paths (SK-ResNet's conv1.paths) are inside a block.
+    candidates = [(path, module) for path, module in candidates if _chained(path, module, boundaries)]
     probe, size = _probe(file, size)
     randomised = _randomised(file)
     wanted = {path: tensors[1] for path, tensors in boundaries.items()}
@@ -234,6 +251,12 @@ def import_onnx(file: OnnxFile, name: str, size: int | tuple[int, int] | None) -
     weights = state_dict(file, randomised)
     reference = Reference(source, tree, structure, probe, outputs, unseen)
     return search(reference, name, size, lambda graph: unfolded(graph, weights))
+
+
+def _chained(path: str, module: Any, boundaries: Mapping[str, tuple[str, str]]) -> bool:
+    """Whether each child of ``path`` reads what the one before it computes."""
+    children = [f"{path}.{child}" for child, _ in module.named_children()]
+    return all(boundaries[after][0] == boundaries[before][1] for before, after in itertools.pairwise(children))
 
 
 def _probe(file: OnnxFile, size: int | tuple[int, int] | None) -> tuple[Array, int | tuple[int, int]]:
@@ -340,10 +363,10 @@ def module_tree(file: OnnxFile) -> torch.nn.Module:
     scope_class, op_class = _tree_classes()
     root = scope_class()
     folded = folded_norms(file)
-    weighted = {path for node, path in zip(file.nodes, file.paths, strict=True) if node.op_type in _ROLES}
+    weighted = {path for node, path in zip(file.nodes, file.paths, strict=True) if file.weighted(node)}
     for node, path in zip(file.nodes, file.paths, strict=True):
         segments = path.split(".")
-        if node.op_type in _ROLES:
+        if file.weighted(node):
             layer = _layer(torch_library, node, file.constants)
             _place(file.source, root, path, layer, weighted=True)
             if folded.get(id(node)):  # where the BatchNorm it absorbed was (bn1 for conv1)
