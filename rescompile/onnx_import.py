@@ -230,7 +230,7 @@ def import_onnx(file: OnnxFile, name: str, size: int | tuple[int, int] | None) -
     source = file.source
     tree = module_tree(file)
     unseen = frozenset({"batch_norm"}) if "" in folded_norms(file).values() else frozenset()
-    candidates = stage_candidates(tree)
+    candidates = [(path, module) for path, module in stage_candidates(tree) if path]  # the root is no stage
     boundaries = {path: _boundary(file, path) for path, _ in candidates}
     for path, module in candidates:
         boundaries.update(
@@ -408,11 +408,14 @@ def folded_norms(file: OnnxFile) -> dict[int, str]:
     normalised = {node.input[0] for node in file.nodes if node.op_type == "BatchNormalization"}
     found: dict[int, str] = {}
     for node, path in zip(file.nodes, file.paths, strict=True):
-        if node.op_type != "Conv" or node.output[0] in normalised:
+        if node.op_type != "Conv" or not file.weighted(node) or node.output[0] in normalised:
             continue
         scoped = _scope_path(_scopes(node)[1:-1])
-        named = node.output[0] if node.name and not node.name.startswith("/") and "/" not in node.output[0] else ""
-        norm = next((other for other in (scoped, named) if other and other != path), "")
+        # rescompile names a folded conv's output after the BatchNorm; a conv of its own (ECA's
+        # channel conv, read as ``se.conv.mixed``) has no bias there.
+        own_name = node.name and not node.name.startswith("/") and "/" not in node.output[0]
+        named = node.output[0] if own_name and len(node.input) > 2 else ""
+        norm = next((other for other in (scoped, named) if other and not _under(other, path)), "")
         if norm or len(node.input) > 2:  # a bias, or a BatchNorm named: folded
             found[id(node)] = norm
     return found
