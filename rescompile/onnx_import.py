@@ -411,10 +411,9 @@ def folded_norms(file: OnnxFile) -> dict[int, str]:
         if node.op_type != "Conv" or not file.weighted(node) or node.output[0] in normalised:
             continue
         scoped = _scope_path(_scopes(node)[1:-1])
-        # rescompile names a folded conv's output after the BatchNorm; a conv of its own (ECA's
-        # channel conv, read as ``se.conv.mixed``) has no bias there.
-        own_name = node.name and not node.name.startswith("/") and "/" not in node.output[0]
-        named = node.output[0] if own_name and len(node.input) > 2 else ""
+        # rescompile names a conv node by its path and, where folded, its output after the BatchNorm
+        # (an exporter's generated output names, ``getitem_3``, name no module).
+        named = node.output[0] if node.name == path and len(node.input) > 2 else ""
         norm = next((other for other in (scoped, named) if other and not _under(other, path)), "")
         if norm or len(node.input) > 2:  # a bias, or a BatchNorm named: folded
             found[id(node)] = norm
