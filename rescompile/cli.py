@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rescompile.arguments import ArgumentParser, parse_keywords, parse_seed, parse_size
 from rescompile.backends.interface import Backend, EmitOptions
@@ -28,6 +29,10 @@ from rescompile.spec.errors import RescompileError, one_line, render, wants_exce
 from rescompile.spec.loader import PART_MODELS, POLICIES, builtin_directory, builtin_networks, load_part
 from rescompile.spec.schema import KINDS as SCHEMA_KINDS
 from rescompile.spec.schema import file_name, schema_text
+
+if TYPE_CHECKING:
+    from rescompile.compiler.weights import Weights
+    from rescompile.importer import Imported
 
 SUBCOMMANDS = ("validate", "cost", "list", "check", "schema", "weights", "draw", "bench", "import")
 _NAMES = ",".join(BACKENDS)
@@ -43,7 +48,7 @@ commands:
   rescompile weights convert CKPT --spec SPEC -o OUT       check a torchvision/timm checkpoint, convert it
   rescompile draw SPEC -o net.svg [--block PATH]           the network (or a block) as an SVG picture
   rescompile bench SPEC [--backend B] [--train] ...        time the generated model beside its reference
-  rescompile import SOURCE -o FOLDER [--weights]           a torchvision/timm model as a verified spec
+  rescompile import SOURCE -o FOLDER [--weights]           a torch model or ONNX file as a verified spec
 
 Run 'rescompile COMMAND --help' for a command's options."""
 
@@ -186,14 +191,16 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
     elif name == "import":
         parser.description = (
             "Write a network spec (FOLDER/NAME.yaml) of built-in parts that computes a torchvision, timm or your "
-            "own torch model, verified before it is written: the model's state_dict loads into the compiled spec "
-            "strictly, with no renaming, and the outputs agree within 1e-5 of their scale. A model no built-in "
-            "parts compute is refused, naming the module where the closest candidate stopped matching."
+            "own torch model, or an ONNX file, verified before it is written: the model's state_dict (an ONNX "
+            "file's weights, by its names) loads into the compiled spec strictly, with no renaming, and the "
+            "outputs agree within 1e-5 of their scale. A model no built-in parts compute is refused, naming the "
+            "module where the closest candidate stopped matching."
         )
         parser.add_argument(
             "source",
             help="torchvision:NAME or timm:NAME (built without pretrained weights: nothing downloads), or "
-            "package.module:factory, a function returning a torch.nn.Module (imported: it runs your code)",
+            "package.module:factory, a function returning a torch.nn.Module (imported: it runs your code), or "
+            "FILE.onnx (BatchNorm kept or folded into the convolutions)",
         )
         parser.add_argument("-o", "--output", required=True, type=Path, help="the folder to write into (created)")
         parser.add_argument(
@@ -210,7 +217,8 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--size",
             type=parse_size,
-            help="the input size the spec states and the check runs at (default: timm's pretrained_cfg, else 224)",
+            help="the input size the spec states and the check runs at (default: timm's pretrained_cfg, an ONNX "
+            "file's fixed size, else 224)",
         )
     return parser
 
@@ -366,23 +374,38 @@ def _png(svg: bytes) -> bytes:
 def _import(arguments: list[str]) -> int:
     options = _subcommand_parser("import").parse_args(arguments)
     from rescompile.compiler.weights import save_weights
-    from rescompile.importer import canonical_reference_weights, default_size, import_model, load_reference
+    from rescompile.importer import (
+        canonical_reference_weights,
+        default_size,
+        import_model,
+        load_reference,
+        spec_name,
+    )
 
     folder: Path = options.output
     if folder.exists() and not folder.is_dir():
         raise RescompileError(f"-o {folder}: not a folder; import -o names the folder to write into")
-    name, model = load_reference(options.source, options.kwargs)
+    onnx_file = options.source.endswith(".onnx")
+    if onnx_file and options.kwargs:
+        raise RescompileError(f"{options.source}: --kwargs builds a torch model; an ONNX file takes none")
+    name, model = (
+        (spec_name(Path(options.source).stem), None) if onnx_file else load_reference(options.source, options.kwargs)
+    )
     spec_file, weights_file = folder / f"{name}.yaml", folder / f"{name}.safetensors"
     for path in (spec_file, *([weights_file] if options.weights else [])):
         check_output(path)
-    imported = import_model(options.source, name, model, options.size or default_size(model))
     # Everything is checked before the first file is written: a refusal leaves nothing behind.
-    weights = canonical_reference_weights(options.source, model, imported.graph) if options.weights else None
+    if model is None:
+        imported, weights = _import_onnx(options.source, name, options.size, options.weights)
+    else:
+        imported = import_model(options.source, name, model, options.size or default_size(model))
+        weights = canonical_reference_weights(options.source, model, imported.graph) if options.weights else None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RescompileError(f"cannot create {folder}: {error.strerror or error}") from None
-    header = f"# rescompile import {options.source}: verified (strict state_dict, outputs within 1e-5)\n"
+    checked = "its weights by name and shape, onnxruntime" if model is None else "strict state_dict"
+    header = f"# rescompile import {options.source}: verified ({checked}, outputs within 1e-5)\n"
     write_atomically([(spec_file, [(header + imported.text).encode()])])
     found = f"candidate {imported.candidate} of {imported.candidates} computes it"
     agreement = f"outputs within {imported.difference:.1e} of their scale"
@@ -392,6 +415,22 @@ def _import(arguments: list[str]) -> int:
         save_weights(weights, weights_file)
         print(f"wrote {weights_file} ({len(weights)} tensors, canonical)")
     return 0
+
+
+def _import_onnx(
+    source: str, name: str, size: int | tuple[int, int] | None, with_weights: bool
+) -> tuple[Imported, Weights | None]:
+    """An ONNX file imported, and its weights in canonical form where asked for."""
+    from rescompile.checkpoints import canonical_weights
+    from rescompile.onnx_import import import_onnx, read_onnx, state_dict, unfolded
+
+    file = read_onnx(source)
+    imported = import_onnx(file, name, size)
+    if not with_weights:
+        return imported, None
+    return imported, canonical_weights(
+        imported.graph, unfolded(imported.graph, state_dict(file, file.constants)), source
+    )
 
 
 def output_file(

@@ -13,6 +13,9 @@ seeded random input (eval mode, random normalisation statistics) within 1e-5 of 
 scale. Nothing unverified is written: a model no candidate computes is one line naming the module
 path where the closest candidate stopped matching.
 
+An ONNX file goes through the same :func:`search` (:mod:`rescompile.onnx_import` gives it the
+module tree, the weights and the reference outputs the file's names and onnxruntime give).
+
 NOTES for developers: the choices are data read from ``architectures/*.yaml``, so a new
 built-in network widens what imports with no change here. Candidates are ordered shortest spec first, so
 that the simplest spec that computes the model is the one written.
@@ -27,10 +30,13 @@ import itertools
 import json
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import compile_spec
@@ -149,7 +155,12 @@ def load_reference(source: str, keywords: Mapping[str, object]) -> tuple[str, to
         raise RescompileError(f"{source}: {error}") from None
     if not isinstance(model, torch.nn.Module):
         raise RescompileError(f"{source}: gave a {type(model).__name__}, not a torch.nn.Module")
-    return re.sub(r"[^A-Za-z0-9_-]", "_", name), model.eval()
+    return spec_name(name), model.eval()
+
+
+def spec_name(text: str) -> str:
+    """The name a spec imported from ``text`` (a model's or a file's name) gets: ``resnet50``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
 def _factory(source: str, module_name: str, attribute: str) -> Any:
@@ -174,8 +185,7 @@ def default_size(model: torch.nn.Module) -> int | tuple[int, int]:
 
 
 def import_model(source: str, name: str, model: torch.nn.Module, size: int | tuple[int, int]) -> Imported:
-    """The shortest spec of built-in parts that computes ``model``, verified. Candidates are
-    written and compiled in a scratch folder: nothing reaches ``-o`` before one is verified."""
+    """The shortest spec of built-in parts that computes ``model``, verified."""
     torch = import_framework("torch", "rescompile import", "torch")
     structure = recover_structure(source, model, size)
     # The comparison runs on a copy: the model's own weights are what --weights writes.
@@ -183,11 +193,60 @@ def import_model(source: str, name: str, model: torch.nn.Module, size: int | tup
     randomise_normalisation(reference, SEED + 1)
     height, width = (size, size) if isinstance(size, int) else size
     probe = torch.randn(2, structure.input_channels, height, width, generator=torch.Generator().manual_seed(SEED))
-    with torch.no_grad():
-        expected = reference(probe)
-    shapes = {key: tuple(value.shape) for key, value in reference.state_dict().items() if _is_weight(key)}
+    state = {key: value.numpy() for key, value in reference.state_dict().items()}
+    return search(
+        Reference(source, model, structure, probe.numpy(), _torch_outputs(reference, probe, structure)),
+        name,
+        size,
+        lambda graph: state,
+    )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the search compares candidates with, whatever the model's format: its module tree (the
+    model itself, or the tree an ONNX file's names give), its structure, a probe input and the
+    outputs it computes on it (with randomised normalisation statistics): ``OUTPUT``, and each
+    block's output by its path and the first block's input under ``""``."""
+
+    source: str
+    modules: torch.nn.Module
+    structure: Structure
+    probe: npt.NDArray[np.float32]
+    outputs: Mapping[str, npt.NDArray[np.float32]]
+    unseen: frozenset[str] = frozenset()
+    """Ops whose layers the module tree may lack where a candidate has them (``batch_norm`` in an
+    ONNX file whose names do not say where its folded BatchNorms were): not looked for."""
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The model's modules by path, as the cheap checks before compiling read them."""
+
+    modules: Mapping[str, Any]
+    unseen: frozenset[str]
+    """As :attr:`Reference.unseen`."""
+
+    def get(self, path: str) -> Any:
+        return self.modules.get(path)
+
+
+OUTPUT = "output"
+"""The key of the model's output in :attr:`Reference.outputs` (no module path: those hold dots)."""
+
+
+def search(
+    reference: Reference,
+    name: str,
+    size: int | tuple[int, int],
+    weights_for: Callable[[Graph], Mapping[str, npt.NDArray[np.generic]]],
+) -> Imported:
+    """The shortest candidate spec whose weights are ``weights_for(graph)`` by name and shape and
+    that computes the reference's outputs with them. Candidates are written and compiled in a
+    scratch folder: nothing reaches ``-o`` before one is verified."""
+    source, model, structure = reference.source, reference.modules, reference.structure
     try:
-        candidates = list(_candidates(structure, dict(model.named_modules())))
+        candidates = list(_candidates(structure, Layers(dict(model.named_modules()), reference.unseen)))
     except _NoChoice as missing:
         raise RescompileError(_no_choice(source, model, structure, missing)) from None
     texts = sorted({spec_text(name, spec, structure, size) for spec in candidates}, key=lambda text: (len(text), text))
@@ -201,9 +260,11 @@ def import_model(source: str, name: str, model: torch.nn.Module, size: int | tup
             except RescompileError as error:
                 misses.append(_Miss(-1, "", f"does not compile: {error}", text))
                 continue
+            weights = weights_for(graph)
+            shapes = {key: tuple(value.shape) for key, value in weights.items() if _is_weight(key)}
             miss = _shape_miss(weight_shapes(graph), shapes, text)
             if miss is None:
-                outcome = _compare(graph, reference, probe, expected, structure, text)
+                outcome = _compare(graph, weights, reference, text)
                 if isinstance(outcome, float):
                     return Imported(name, text, graph, outcome, index + 1, len(texts))
                 miss = outcome
@@ -217,7 +278,7 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
     convolutions = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
     if not convolutions:
         raise RescompileError(f"{source}: no nn.Conv2d found; rescompile imports convolutional networks")
-    candidates = _stage_candidates(model)
+    candidates = stage_candidates(model)
     seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     handles = [module.register_forward_hook(_recorder(path, seen)) for path, module in candidates]
     height, width = (size, size) if isinstance(size, int) else size
@@ -229,8 +290,24 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
     finally:
         for handle in handles:
             handle.remove()
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+    if not isinstance(output, torch.Tensor):
         raise RescompileError(f"{source}: the model's output is not one tensor of logits (batch, classes)")
+    return structure_from(source, model, candidates, seen, tuple(output.shape))
+
+
+def structure_from(
+    source: str,
+    model: torch.nn.Module,
+    candidates: list[tuple[str, Any]],
+    seen: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
+    output_shape: tuple[int, ...],
+) -> Structure:
+    """The structure of ``model`` from its stage candidates (:func:`stage_candidates`) and the
+    input and output shapes of those a probe ran through (``seen``, by path)."""
+    torch = import_framework("torch", "rescompile import", "torch")
+    if len(output_shape) != 2:
+        raise RescompileError(f"{source}: the model's output is not one tensor of logits (batch, classes)")
+    convolutions = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
     # Innermost among those that ran: SK-ResNet's `conv1.paths` (a ModuleList its block loops
     # over, never called) is inside a block, not a stage of blocks.
     ran = [path for path, _ in candidates if path in seen]
@@ -251,7 +328,7 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
         input_channels=convolutions[0].in_channels,
         stem_channels=convolutions[0].out_channels,
         stem_out_channels=seen[containers[0][0]][0][1],
-        classes=int(output.shape[1]),
+        classes=int(output_shape[1]),
         stages=tuple(stages),
         groups=max((conv.groups for conv in inner), default=1),
         inner_channels=inner[0].out_channels if inner else 0,
@@ -265,7 +342,7 @@ def _recorder(path: str, seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]
     return record
 
 
-def _stage_candidates(model: torch.nn.Module) -> list[tuple[str, Any]]:
+def stage_candidates(model: torch.nn.Module) -> list[tuple[str, Any]]:
     """The modules whose children are all of one class that has layers of its own (a block, not a
     conv) and is no plain container: torchvision's ``layer1``, timm's ``stages.0.blocks`` and
     RegNet's ``s1`` (blocks ``b1``, ``b2``, ...); a deep stem (conv, norm, act, ...) mixes
@@ -345,7 +422,7 @@ def builtin_choices() -> dict[str, list[dict[str, Any]]]:
     return {group: list(choices.values()) for group, choices in found.items()}
 
 
-def _candidates(structure: Structure, modules: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def _candidates(structure: Structure, modules: Layers) -> Iterator[dict[str, Any]]:
     """Specs to try: each combination of the built-in choices whose layers the model has, with
     widths for the block's expansion, and with the stem's and block's parameters as given
     and fitted to what the model's convolutions show (the stem's width, the block's groups, base
@@ -385,7 +462,7 @@ def _expansions(block: str, given: Mapping[str, Any]) -> tuple[int, ...]:
     return (declared,) if isinstance(declared, int) else (4, 1)
 
 
-def _plausible_choices(group: str, structure: Structure, modules: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _plausible_choices(group: str, structure: Structure, modules: Layers) -> list[dict[str, Any]]:
     choices = [choice for choice in builtin_choices()[group] if _misfit(group, choice, structure, modules) is None]
     if not choices:
         raise _NoChoice(
@@ -403,7 +480,7 @@ class _NoChoice(Exception):
         self.paths = paths
 
 
-def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules: Mapping[str, Any]) -> str | None:
+def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules: Layers) -> str | None:
     """Where the model's modules show that ``choice`` cannot be it, by what is cheap to tell before
     compiling (None where nothing does): the stage paths, and the layers of the stem, of the first
     block, of the shortcuts and of the head, each at its path and of its class."""
@@ -426,7 +503,7 @@ def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules
     return _shortcut_misfit(choice["shortcut"], structure, modules)
 
 
-def _shortcut_misfit(shortcut: str | Mapping[str, str], structure: Structure, modules: Mapping[str, Any]) -> str | None:
+def _shortcut_misfit(shortcut: str | Mapping[str, str], structure: Structure, modules: Layers) -> str | None:
     """Where the model's blocks lack the shortcut layers the policy gives them."""
     if isinstance(shortcut, Mapping):
         match, change = shortcut["where_shapes_match"], shortcut["where_shapes_change"]
@@ -459,7 +536,7 @@ def _weighted_nodes(part: PartSpec | None) -> list[str]:
     )
 
 
-def _layers_misfit(prefix: str, part: PartSpec, modules: Mapping[str, Any]) -> str | None:
+def _layers_misfit(prefix: str, part: PartSpec, modules: Layers) -> str | None:
     """The first path where the model has no layer of the class a node of ``part`` (one that every
     instance holds: no template, no ``when``) needs, or has a layer where a node nests inside one."""
     for name, node in part.nodes.items():
@@ -471,8 +548,9 @@ def _layers_misfit(prefix: str, part: PartSpec, modules: Mapping[str, Any]) -> s
             ancestor = modules.get(".".join(segments[:end]))
             if ancestor is not None and not any(True for _ in ancestor.children()):
                 return ".".join(segments[:end])
-        layer_class = _layer_classes().get(getattr(node, "op", ""))
-        if layer_class is not None and not isinstance(modules.get(path), layer_class):
+        op = getattr(node, "op", "")
+        layer_class = _layer_classes().get(op)
+        if layer_class is not None and op not in modules.unseen and not isinstance(modules.get(path), layer_class):
             return path
     return None
 
@@ -563,14 +641,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 
 def _compare(
-    graph: Graph,
-    reference: torch.nn.Module,
-    probe: torch.Tensor,
-    expected: torch.Tensor,
-    structure: Structure,
-    text: str,
+    graph: Graph, weights: Mapping[str, npt.NDArray[np.generic]], reference: Reference, text: str
 ) -> float | _Miss:
-    """The largest output difference relative to the output's scale, where the state_dict loads
+    """The largest output difference relative to the output's scale, where ``weights`` load
     strictly and the outputs agree; else where the two first differ (block by block)."""
     import torch
 
@@ -580,54 +653,63 @@ def _compare(
     model = BACKENDS[REFERENCE_BACKEND].build(graph)
     assert isinstance(model, torch.nn.Module)
     model.eval()
-    progress = len(reference.state_dict()) + 1
+    progress = len(weights) + 1
+    # BatchNorm's batch counters are bookkeeping, not weights: a format without them (ONNX) keeps the module's.
+    state = {key: value for key, value in model.state_dict().items() if not _is_weight(key)}
+    state.update({key: torch.from_numpy(np.array(value)) for key, value in weights.items()})
     try:
-        model.load_state_dict(reference.state_dict(), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         return _Miss(progress, "", f"strict load_state_dict fails: {str(error).splitlines()[0]}", text)
-    with torch.no_grad():
-        actual = model(probe)
-    _, difference = max_differences(actual.numpy(), expected.numpy())
+    seen = _torch_outputs(model, torch.from_numpy(reference.probe), reference.structure)
+    _, difference = max_differences(seen[OUTPUT], reference.outputs[OUTPUT])
     if difference <= TOLERANCE:
         return difference
-    path = _first_divergence(model, reference, probe, structure)
+    path = _first_divergence(seen, reference)
     return _Miss(progress, path, f"outputs differ by {difference:.1e} of their scale", text)
 
 
-def _first_divergence(
-    model: torch.nn.Module, reference: torch.nn.Module, probe: torch.Tensor, structure: Structure
-) -> str:
-    """Where the two models first compute differently: the stem's last top-level module where the
-    first block's inputs differ, else the first block whose output differs, else the last
-    top-level module (the head)."""
+def _torch_outputs(
+    model: torch.nn.Module, probe: torch.Tensor, structure: Structure
+) -> dict[str, npt.NDArray[np.float32]]:
+    """A torch model's output on ``probe`` (``OUTPUT``), its first block's input (``""``) and each
+    block's output (by path), as :attr:`Reference.outputs` holds them."""
     import torch
 
-    from rescompile.testing import max_differences
-
     first = structure.stages[0]
-    blocks = [f"{stage.path}.{block}" for stage in structure.stages for block in stage.blocks]
-    outputs: list[dict[str, torch.Tensor]] = [{}, {}]
-    handles = []
-    for network, seen in zip((model, reference), outputs, strict=True):
-        entry = network.get_submodule(f"{first.path}.{first.blocks[0]}")
-        handles.append(entry.register_forward_pre_hook(lambda _, inputs, seen=seen: seen.setdefault("", inputs[0])))
-        for path in blocks:
-            handles.append(network.get_submodule(path).register_forward_hook(_keeper(path, seen)))
+    seen: dict[str, Any] = {}
+    entry = model.get_submodule(f"{first.path}.{first.blocks[0]}")
+    handles = [entry.register_forward_pre_hook(lambda _, inputs: seen.setdefault("", inputs[0]))]
+    for stage in structure.stages:
+        for block in stage.blocks:
+            path = f"{stage.path}.{block}"
+            handles.append(model.get_submodule(path).register_forward_hook(_keeper(path, seen)))
     try:
         with torch.no_grad():
-            model(probe)
-            reference(probe)
+            seen[OUTPUT] = model(probe)
     finally:
         for handle in handles:
             handle.remove()
-    top_level = [name for name, _ in reference.named_children()]
+    return {key: value.numpy() for key, value in seen.items() if isinstance(value, torch.Tensor)}
+
+
+def _first_divergence(seen: Mapping[str, npt.NDArray[np.float32]], reference: Reference) -> str:
+    """Where a candidate first computes differently from the reference: the stem's last
+    top-level module where the first block's inputs differ, else the first block whose output
+    differs, else the last top-level module (the head)."""
+    from rescompile.testing import max_differences
+
+    structure = reference.structure
+    first = structure.stages[0]
+    blocks = [f"{stage.path}.{block}" for stage in structure.stages for block in stage.blocks]
+    top_level = [name for name, _ in reference.modules.named_children()]
     first_top = first.path.split(".")[0]
     stem_end = top_level[max(top_level.index(first_top) - 1, 0)] if first_top in top_level else first_top
     for path in ["", *blocks]:
-        ours, theirs = outputs[0].get(path), outputs[1].get(path)
+        ours, theirs = seen.get(path), reference.outputs.get(path)
         if ours is None or theirs is None or ours.shape != theirs.shape:
             return path or stem_end
-        if max_differences(ours.numpy(), theirs.numpy())[1] > TOLERANCE:
+        if max_differences(ours, theirs)[1] > TOLERANCE:
             return path or stem_end
     return top_level[-1]
 
