@@ -368,6 +368,10 @@ def block_layout(module: Module) -> tuple[list[Placed], list[Route]]:
     in_shortcut = {node.name for node in module.nodes if prefix is not None and node.name.startswith(prefix)}
     labels: dict[str, tuple[str, str]] = {MODULE_INPUT: ("input", _shape(module.in_shape))}
     colours = {MODULE_INPUT: COLOURS["input"]}
+    # The half of a transition after the blocks it holds also reads values of the half before them.
+    for name, shape in module.carried:
+        labels[name] = ("carried", f"{name}  {_shape(shape)}")
+        colours[name] = COLOURS["input"]
     for node in module.nodes:
         labels[node.name] = (op_label(node.op), f"{node.name}  {_shape(node.shape)}")
         family = "shortcut" if node.name in in_shortcut else node.op.family
