@@ -141,7 +141,9 @@ def test_an_inverted_residual_network_is_refused_in_one_line(
 ) -> None:
     assert main(["import", f"timm:{name}", "-o", str(tmp_path / "out"), "--size", str(SIZE)]) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"timm:{name}: no built-in block") and "\n" not in error, error
+    # One line naming the first block no built-in block computes, and the closest candidate's mismatch.
+    assert error.startswith(f"timm:{name}: blocks.0.0 (") and "\n" not in error, error
+    assert "no built-in block computes it" in error, error
     assert not (tmp_path / "out").exists()
 
 
