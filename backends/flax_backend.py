@@ -19,6 +19,7 @@ flax's names and momentum convention but torch's training semantics, updating ``
 
 from __future__ import annotations
 
+import ast
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -111,6 +112,7 @@ from rescompile.compiler.weights import (
     weight_shapes,
 )
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.expressions import Expression
 from rescompile.spec.models import HELD_BLOCKS
 from rescompile.version import __version__
 
@@ -190,15 +192,27 @@ def flax_momentum(torch_momentum: float) -> float:
     return float(Decimal(1) - Decimal(repr(torch_momentum)))
 
 
+def _flax_momentum_source(torch_momentum: Attribute) -> str | None:
+    """:func:`flax_momentum` as source: a number, ``1 - (momentum)`` where a parameter gives it,
+    None for flax's default 0.9."""
+    known = constant(torch_momentum)
+    if isinstance(known, int | float) and not isinstance(known, bool):
+        momentum = flax_momentum(float(known))
+        return None if momentum == 0.9 else repr(momentum)
+    assert isinstance(torch_momentum, Expression)
+    tree = ast.BinOp(ast.Constant(1), ast.Sub(), torch_momentum.tree)
+    return render(Expression(ast.unparse(tree), tree))
+
+
 def _batch_norm(node: SourceNode, in_shape: Shape | None) -> Lowering:
     op = node.op
     assert isinstance(op, BatchNormFields)
     arguments = [render(op.channels)]
-    momentum = flax_momentum(op.momentum)
-    if momentum != 0.9:
-        arguments.append(f"momentum={momentum!r}")
-    if op.epsilon != 1e-5:
-        arguments.append(f"epsilon={op.epsilon!r}")
+    momentum = _flax_momentum_source(op.momentum)
+    if momentum is not None:
+        arguments.append(f"momentum={momentum}")
+    if not is_default(op.epsilon, 1e-5):
+        arguments.append(f"epsilon={render(op.epsilon)}")
     return Lowering(layer=("BatchNorm", arguments))
 
 

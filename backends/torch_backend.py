@@ -580,7 +580,7 @@ def _container_source(container: ContainerClass) -> str:
     return container_source(container, "nn.Module", [], init, method, forward)
 
 
-def _fold_call(target: str, folds: Sequence[tuple[str, str, float]], indent: int) -> str:
+def _fold_call(target: str, folds: Sequence[tuple[str, str, Attribute]], indent: int) -> str:
     """``fold_batch_norms_on_load(target, {conv: (batch_norm, eps), ...})`` laid out as ruff would at
     column ``indent``."""
     items = [f"{render(conv)}: ({render(batch_norm)}, {render(epsilon)})" for conv, batch_norm, epsilon in folds]
@@ -597,7 +597,7 @@ def _definition_fold_call(definition: Definition, target: str, indent: int) -> l
     return [_fold_call(target, folds, indent)] if folds else []
 
 
-def _folded(conv: str, folded: FoldedNorm) -> tuple[str, str, float]:
+def _folded(conv: str, folded: FoldedNorm) -> tuple[str, str, Attribute]:
     return (conv, folded.batch_norm, folded.epsilon)
 
 

@@ -28,6 +28,7 @@ from rescompile.compiler.ops import (
     OPS,
     SHORTCUT_VALUE,
     Add,
+    Interval,
     LinearFields,
     Op,
     Shape,
@@ -52,6 +53,7 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
     TransitionSpec,
+    real_problem,
 )
 from rescompile.spec.unroll import Unrolling
 from rescompile.spec.yaml_source import YamlPath
@@ -922,16 +924,15 @@ def _evaluate_real(
     part: Loaded[PartSpec],
     path: tuple[str, ...],
     where: str,
-    bounds: tuple[float, float],
+    bounds: Interval,
 ) -> float:
-    """A real-valued attribute (a rate): a number in ``[low, high)``."""
+    """A real-valued attribute (a rate, an epsilon): a number in ``bounds``, finite in float32."""
     value, origin = _evaluate(expression, bindings, part, path, where)
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
-        message = (
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; it must be a number in [{low}, {high})"
-        )
+    problem = real_problem(value, bounds)
+    if problem is not None:
+        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; {problem}"
         raise _located(message, part, path, origin)
+    assert isinstance(value, int | float)
     return float(value)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rescompile.compiler.ir import Definition, FoldedNorm, Graph, Module, Node, SymbolicNode
-from rescompile.compiler.ops import BatchNormFields, ConvFields
+from rescompile.compiler.ops import BatchNormFields, ConvFields, Real
 from rescompile.compiler.weights import Array, Weights
 
 
@@ -128,12 +128,18 @@ def module_folds(module: Module) -> tuple[Fold, ...]:
         Fold(
             module.canonical(node.name),
             module.canonical(node.folded.batch_norm),
-            node.folded.epsilon,
+            _number(node.folded.epsilon),
             node.folded.conv_bias,
         )
         for node in module.nodes
         if node.folded is not None
     )
+
+
+def _number(epsilon: Real) -> float:
+    """A module's epsilon: its ops hold numbers (only a definition's hold expressions)."""
+    assert isinstance(epsilon, float)
+    return epsilon
 
 
 def folded_scale(fold: Fold, weights: Mapping[str, npt.NDArray[np.generic]]) -> npt.NDArray[np.float64]:

@@ -41,6 +41,7 @@ from rescompile.compiler.ops import (
     PadChannels,
     Padding,
     Pair,
+    Real,
     Relu,
     Shape,
     Softmax,
@@ -100,7 +101,8 @@ class FoldedNorm:
 
     batch_norm: str
     """Its node name, local to the module or definition, as the conv's is."""
-    epsilon: float
+    epsilon: Real
+    """A number in a module; in a definition, an expression where the BatchNorm's is one."""
     conv_bias: bool
     """Whether the conv had a bias of its own before folding."""
 

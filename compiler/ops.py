@@ -203,6 +203,29 @@ R = TypeVar("R", covariant=True)
 Real = float | Expression
 
 
+@dataclass(frozen=True)
+class Interval:
+    """The real numbers an attribute may take (:attr:`OpBase.real_ranges`): from ``low`` to
+    ``high``, each end included or not; shown as ``[0.0, 1.0)``."""
+
+    low: float
+    high: float = math.inf
+    low_included: bool = True
+    high_included: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low <= value if self.low_included else self.low < value
+        below = value <= self.high if self.high_included else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return f"{'[' if self.low_included else '('}{self.low}, {self.high}{']' if self.high_included else ')'}"
+
+
+POSITIVE = Interval(0.0, low_included=False)
+"""A real number greater than 0 (an epsilon)."""
+
+
 class PaddingMode(enum.Enum):
     """How a blur pool pads: with zeros, or by reflecting the input about its edge without repeating
     the edge value (torch's and numpy's ``reflect``: ``c b | a b c d | c b``)."""
@@ -261,8 +284,9 @@ class OpBase(OpFields):
     """Smallest value of each integer attribute in a spec, where it is not 1 (e.g. padding 0)."""
     maximums: ClassVar[Mapping[str, int]] = {}
     """Largest value of an integer attribute whose cost grows with it beyond what weights or shapes bound."""
-    real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {}
-    """Attributes that are real numbers rather than integers, each with its range ``[low, high)``."""
+    real_ranges: ClassVar[Mapping[str, Interval]] = {}
+    """Attributes that are real numbers rather than integers (a spec may compute them), each with
+    the numbers it may take."""
     inference_identity: ClassVar[bool] = False
     """Whether it returns its input unchanged at inference (no activation of its own)."""
     family: ClassVar[str] = "data"
@@ -409,18 +433,18 @@ class _Normalization(OpBase):
 
 
 @dataclass(frozen=True)
-class BatchNormFields(OpFields, Generic[N]):
+class BatchNormFields(OpFields, Generic[N, R]):
     """The fields of :class:`BatchNorm`."""
 
     kind: ClassVar[str] = "batch_norm"
     channels: N
-    epsilon: float
-    momentum: float
+    epsilon: R
+    momentum: R
     zero_init: bool
 
 
 @dataclass(frozen=True)
-class BatchNorm(BatchNormFields[int], _Normalization):
+class BatchNorm(BatchNormFields[int, float], _Normalization):
     """``y = (x - mean) / sqrt(var + epsilon) * weight + bias``; in training the running statistics
     follow ``running = (1 - momentum) * running + momentum * batch``, the *unbiased* batch variance
     feeding ``running_var`` (torch's convention)."""
@@ -428,6 +452,10 @@ class BatchNorm(BatchNormFields[int], _Normalization):
     family: ClassVar[str] = "norm"
     normalization: ClassVar[bool] = True
     foreign_names: ClassVar[tuple[str, ...]] = ("batchnorm2d",)
+    real_ranges: ClassVar[Mapping[str, Interval]] = {
+        "epsilon": POSITIVE,
+        "momentum": Interval(0.0, 1.0, low_included=False),
+    }
     fields: ClassVar[type[Any] | None] = BatchNormFields
 
     @classmethod
@@ -1045,7 +1073,7 @@ class DropPath(DropPathFields[float], OpBase):
     value is unchanged; the identity in inference, and whenever ``rate`` is 0."""
 
     example: ClassVar[Mapping[str, str] | None] = {"drop_path": "{op: drop_path, rate: 0.1}"}
-    real_ranges: ClassVar[Mapping[str, tuple[float, float]]] = {"rate": (0.0, 1.0)}
+    real_ranges: ClassVar[Mapping[str, Interval]] = {"rate": Interval(0.0, 1.0)}
     inference_identity: ClassVar[bool] = True
     fields: ClassVar[type[Any] | None] = DropPathFields
 

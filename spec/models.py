@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import keyword
 import math
 import re
@@ -29,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from rescompile.compiler.ops import OP_TYPES, SHORTCUT_VALUE
+from rescompile.compiler.ops import OP_TYPES, SHORTCUT_VALUE, BatchNorm, Interval
 from rescompile.compiler.ops import OpBase as IrOp
 from rescompile.spec.errors import did_you_mean
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
@@ -188,6 +189,52 @@ def _float32(value: float) -> float:
 
 Float32 = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32)]
 """A float attribute that becomes a float32 parameter or constant."""
+
+
+def real_problem(value: object, interval: Interval) -> str | None:
+    """What is wrong with a real attribute's value (:attr:`~rescompile.compiler.ops.OpBase.real_ranges`:
+    a number in ``interval``, finite in float32), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value not in interval:
+        return f"it must be a number in {interval}"
+    try:
+        _float32(float(value))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _to_real_expression(interval: Interval, value: object) -> Expression:
+    """A real attribute: a number checked now, or an expression over the part's parameters, whose
+    value ``expand`` checks where it binds them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("input should be a finite number")
+    expression = _to_expression(value)
+    try:
+        number = expression.evaluate({})  # a literal (YAML reads 1e-50 as text)
+    except ExpressionError:
+        return expression  # it names parameters
+    problem = real_problem(number, interval)
+    if problem is not None:
+        raise ValueError(problem)
+    return expression
+
+
+def real_expression(interval: Interval) -> Any:
+    """The spec type of a real attribute taking the numbers of ``interval``: a number or an
+    expression (``epsilon: eps``)."""
+    number: dict[str, Any] = {"type": "number"}
+    if math.isfinite(interval.low):
+        number["minimum" if interval.low_included else "exclusiveMinimum"] = interval.low
+    if math.isfinite(interval.high):
+        number["maximum" if interval.high_included else "exclusiveMaximum"] = interval.high
+    return Annotated[
+        Expression,
+        BeforeValidator(functools.partial(_to_real_expression, interval)),
+        PlainSerializer(expression_to_yaml, return_type=Any),
+        WithJsonSchema({"anyOf": [number, {"type": "string"}]}),  # the key's meaning is the glossary's
+    ]
+
+
 ParameterValue = int | Annotated[float, Field(allow_inf_nan=False)] | str | bool
 """A part parameter's value: floats are finite (a rate such as ``drop_path_rate: 0.1``)."""
 Parameters = dict[str, ParameterValue]
@@ -294,8 +341,12 @@ class ConvSpec(OpBase):
 
 class BatchNormSpec(OpBase):
     op: Literal["batch_norm"]
-    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
-    momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
+    epsilon: real_expression(BatchNorm.real_ranges["epsilon"]) = Field(  # type: ignore[valid-type]
+        default=parse_expression(1e-5)
+    )
+    momentum: real_expression(BatchNorm.real_ranges["momentum"]) = Field(  # type: ignore[valid-type]
+        default=parse_expression(0.1), description="torch convention: new = (1-m)*old + m*batch"
+    )
     zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
 
 

@@ -16,6 +16,7 @@ from rescompile.compiler.ir import FoldedNorm
 from rescompile.compiler.ops import BatchNorm, Conv
 from rescompile.compiler.pipeline import PASSES, lower_for_inference
 from rescompile.compiler.weights import random_weights, weight_shapes
+from rescompile.spec.expressions import parse_expression
 from rescompile.testing import assert_close
 
 
@@ -86,4 +87,6 @@ def test_folding_is_an_inference_pass_of_the_one_pass_list() -> None:
     conv1 = next(node for node in folded.modules[0].nodes if node.name == "conv1")
     assert conv1.folded == FoldedNorm("bn1", 1e-5, conv_bias=False)
     stem = folded.definition("stem", graph.modules[0].type_name)
-    assert [(node.name, node.folded) for node in stem.nodes if node.folded] == [("conv1", conv1.folded)]
+    # A definition's epsilon is the expression its spec states (a literal here; a parameter may give it).
+    in_definition = FoldedNorm("bn1", parse_expression(1e-5), conv_bias=False)
+    assert [(node.name, node.folded) for node in stem.nodes if node.folded] == [("conv1", in_definition)]

@@ -15,12 +15,14 @@ from pydantic import BaseModel
 from rescompile.compiler.ops import OP_TYPES
 from rescompile.spec import models
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.expressions import Expression
 from rescompile.spec.loader import load_part
 
 # Every float attribute stored as a float32 weight or constant, in a node that needs nothing else.
 FLOAT32_NODES = {
     ("conv", "standardize_epsilon"): "{op: conv, out_channels: width, kernel: 1, standardize_weight: true, VALUE}",
     ("batch_norm", "epsilon"): "{op: batch_norm, VALUE}",
+    ("batch_norm", "momentum"): "{op: batch_norm, VALUE}",
     ("group_norm", "epsilon"): "{op: group_norm, groups: 1, VALUE}",
     ("layer_norm", "epsilon"): "{op: layer_norm, VALUE}",
     ("layer_scale", "init"): "{op: layer_scale, VALUE}",
@@ -42,12 +44,17 @@ nodes:
 """
 
 
+def _checks_float32(validator: object) -> bool:
+    """Whether a field's validator is the float32 check: of a number, or of a real expression's literal."""
+    return validator is models._float32 or getattr(validator, "func", None) is models._to_real_expression
+
+
 def _float32_fields() -> set[tuple[str, str]]:
     found = set()
     for member in models.OpSpec.__args__[0].__args__:
         assert issubclass(member, BaseModel)
         for name, field in member.model_fields.items():
-            if any(getattr(check, "func", None) is models._float32 for check in field.metadata):
+            if any(_checks_float32(getattr(check, "func", None)) for check in field.metadata):
                 found.add((member.model_fields["op"].annotation.__args__[0], name))
     return found
 
@@ -75,7 +82,8 @@ def test_a_float_stored_in_float32_is_finite_there_or_a_located_error(
     except RescompileError as error:
         assert re.fullmatch(rf"\S+t\.yaml:5:\d+: nodes\.probe\.{where[1]}: .+", str(error)), str(error)
         return
-    stored = np.float32(getattr(part.spec.nodes["probe"], where[1]))
+    value = getattr(part.spec.nodes["probe"], where[1])
+    stored = np.float32(value.evaluate({}) if isinstance(value, Expression) else value)
     assert np.isfinite(stored) and (stored != 0 or value == 0)
 
 
