@@ -297,11 +297,24 @@ class OpBase(OpFields):
     """Its torch output is a view of its input (no in-place op may write into it)."""
     foreign_names: ClassVar[tuple[str, ...]] = ()
     """torch's and timm's names for it (lower case, without '_'), which a spec's ``op`` is told to replace."""
-    spec_from_fields: ClassVar[bool] = False
-    """Its spec model (the YAML keys it takes) is derived from its fields (``spec.models``): an int
-    field is an expression, a float a number, a ``Literal`` a choice, each with its default."""
+    # Its YAML keys: ``spec.models.derived_op_spec`` writes its spec model from its fields (those of
+    # ``fields`` where it has them): an integer (N, P, Q or ``int``) is an expression over the part's
+    # parameters, an R a real expression in its ``real_ranges``, a float a float32 number, a bool a
+    # bool, an enum a choice of its texts, ``X | None`` optional; with these traits:
+    inferred: ClassVar[tuple[str, ...]] = ()
+    """Fields no spec states: ``from_attributes`` derives them (a conv's ``in_channels`` from its input)."""
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {}
+    """A key's default where its field has none (a generic field cannot: a conv's ``stride`` 1); a
+    field's own default is the key's too, an optional field's None, and any other key is required."""
+    reads: ClassVar[tuple[int, int | None] | None] = None
+    """How many values it reads, at least and at most, named in its ``inputs`` key, where it reads
+    more than the one value of ``input``."""
+    keys_from: ClassVar[str | None] = None
+    """Where its keys are not its fields: the classmethod whose parameters after the first (its
+    input's channel count) are its keys, with their defaults (``ChannelSlice._part``)."""
     descriptions: ClassVar[Mapping[str, str]] = {}
-    """What each field means, for a derived spec model (and so the JSON Schema)."""
+    """What each key means, for its spec model (and so the JSON Schema); a key without one takes the
+    schema's glossary."""
     example: ClassVar[Mapping[str, str] | None] = None
     """A use of it in a block, for the tests that build a network from the op table: node name -> the
     node in YAML flow style. The first node reads the block's C×H×W value before it (``INPUT``
@@ -311,6 +324,11 @@ class OpBase(OpFields):
     fields: ClassVar[type[Any] | None] = None
     """The class of its fields (``ConvFields``), generic in what an integer is, whose form over
     :data:`Size` is its op in a definition; None where no field is an integer: it is its own."""
+
+    @classmethod
+    def check_keys(cls, keys: Mapping[str, Any]) -> None:
+        """Raise a ValueError where a node's keys (as its spec model holds them) break a rule their
+        types do not state (a clamp needs a bound)."""
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -374,7 +392,21 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
     family: ClassVar[str] = "linear"
     foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
+    real_ranges: ClassVar[Mapping[str, Interval]] = {"standardize_epsilon": POSITIVE}
     fields: ClassVar[type[Any] | None] = ConvFields
+    inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {
+        "stride": 1,
+        "padding": 0,
+        "dilation": 1,
+        "groups": 1,
+        "bias": False,
+    }
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "standardize_weight": "Convolve with the weight standardised per output channel (timm's StdConv2d); the raw "
+        "weight is stored.",
+        "standardize_epsilon": "Added to the weight's variance when standardising.",
+    }
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -425,6 +457,9 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
 class _Normalization(OpBase):
     """A per-channel normalisation: its ``channels`` are its input's, and so are its output's."""
 
+    inferred: ClassVar[tuple[str, ...]] = ("channels",)
+    descriptions: ClassVar[Mapping[str, str]] = {"zero_init": "Zeroed (weight=0) when zero_init_residual is asked for."}
+
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
         assert in_channels is not None and cls.fields is not None
@@ -457,6 +492,11 @@ class BatchNorm(BatchNormFields[int, float], _Normalization):
         "momentum": Interval(0.0, 1.0, low_included=False),
     }
     fields: ClassVar[type[Any] | None] = BatchNormFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"epsilon": 1e-5, "momentum": 0.1, "zero_init": False}
+    descriptions: ClassVar[Mapping[str, str]] = {
+        **_Normalization.descriptions,
+        "momentum": "torch convention: new = (1-m)*old + m*batch",
+    }
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -499,7 +539,9 @@ class GroupNorm(GroupNormFields[int], _Normalization):
     family: ClassVar[str] = "norm"
     normalization: ClassVar[bool] = True
     foreign_names: ClassVar[tuple[str, ...]] = ("groupnorm",)
+    real_ranges: ClassVar[Mapping[str, Interval]] = {"epsilon": POSITIVE}
     fields: ClassVar[type[Any] | None] = GroupNormFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"epsilon": 1e-5, "zero_init": False}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -526,7 +568,6 @@ class Elementwise(OpBase):
     and its YAML keys are its fields."""
 
     family: ClassVar[str] = "activation"
-    spec_from_fields: ClassVar[bool] = True
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _one(in_shapes, self.kind)
@@ -586,11 +627,14 @@ class MaxPoolFields(OpFields, Generic[P, Q]):
 
 @dataclass(frozen=True)
 class MaxPool(MaxPoolFields[Pair, Padding], OpBase):
+    """torch's ``MaxPool2d``: the maximum over each ``kernel``×``kernel`` window, padding never winning."""
+
     example: ClassVar[Mapping[str, str] | None] = {"max_pool": "{op: max_pool, kernel: 3, padding: 1}"}
     family: ClassVar[str] = "pool"
     foreign_names: ClassVar[tuple[str, ...]] = ("maxpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     fields: ClassVar[type[Any] | None] = MaxPoolFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"stride": 1, "padding": 0, "ceil_mode": False}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -615,6 +659,9 @@ class AvgPoolFields(OpFields, Generic[P, Q]):
 
 @dataclass(frozen=True)
 class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
+    """torch's ``AvgPool2d``: the mean over each ``kernel``×``kernel`` window; ``count_include_pad`` and the
+    partial last window of ``ceil_mode`` divide as torch divides, in every backend."""
+
     example: ClassVar[Mapping[str, str] | None] = {
         "avg_pool": "{op: avg_pool, kernel: 3, padding: 1, count_include_pad: false}"
     }
@@ -622,6 +669,12 @@ class AvgPool(AvgPoolFields[Pair, Padding], OpBase):
     foreign_names: ClassVar[tuple[str, ...]] = ("avgpool2d",)
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     fields: ClassVar[type[Any] | None] = AvgPoolFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {
+        "stride": 1,
+        "padding": 0,
+        "ceil_mode": False,
+        "count_include_pad": True,
+    }
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -677,9 +730,13 @@ class LinearFields(OpFields, Generic[N]):
 
 @dataclass(frozen=True)
 class Linear(LinearFields[int], OpBase):
+    """torch's ``nn.Linear`` on a ``(features,)`` value: ``y = W x + b``, weight ``(out_features, in_features)``."""
+
     example: ClassVar[Mapping[str, str] | None] = {}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = LinearFields
+    inferred: ClassVar[tuple[str, ...]] = ("in_features",)
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"bias": True}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -745,6 +802,13 @@ class Add(OpBase):
     example: ClassVar[Mapping[str, str] | None] = {"add": "{op: add, inputs: [INPUT], constant: 0.5}"}
     kind: ClassVar[str] = "add"
     family: ClassVar[str] = "join"
+    inferred: ClassVar[tuple[str, ...]] = ("shortcut_input",)
+    reads: ClassVar[tuple[int, int | None] | None] = (1, None)
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "inputs": "The values to add (two or more, broadcasting as numpy does; or one, with a constant); "
+        "'shortcut' names the block's shortcut, in a residual add of two values.",
+        "constant": "A number added to the one value of inputs.",
+    }
     shortcut_input: int | None
     """Which input (0 or 1) is the block's shortcut when this is the residual merge, else None."""
     constant: float | None = None
@@ -752,6 +816,11 @@ class Add(OpBase):
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
         return cls._reading(**attributes)
+
+    @classmethod
+    def check_keys(cls, keys: Mapping[str, Any]) -> None:
+        if keys["constant"] is not None and SHORTCUT_VALUE in keys["inputs"]:
+            raise ValueError("a residual add reads the branch and 'shortcut'; it cannot add a constant")
 
     @classmethod
     def _reading(cls, inputs: tuple[str, ...], constant: float | None = None) -> Self:
@@ -783,6 +852,11 @@ class Mul(OpBase):
     example: ClassVar[Mapping[str, str] | None] = {"mul": "{op: mul, inputs: [INPUT, INPUT]}"}
     kind: ClassVar[str] = "mul"
     family: ClassVar[str] = "join"
+    reads: ClassVar[tuple[int, int | None] | None] = (1, 2)
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "inputs": "The two values to multiply (or one, with a constant).",
+        "constant": "A number the one value of inputs is multiplied by.",
+    }
     constant: float | None = None
 
     @classmethod
@@ -809,8 +883,20 @@ class Clamp(OpBase):
     kind: ClassVar[str] = "clamp"
     family: ClassVar[str] = "activation"
     foreign_names: ClassVar[tuple[str, ...]] = ("clip", "hardtanh")
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "minimum": "The lower bound (none: no lower bound).",
+        "maximum": "The upper bound (none: no upper bound).",
+    }
     minimum: float | None
     maximum: float | None
+
+    @classmethod
+    def check_keys(cls, keys: Mapping[str, Any]) -> None:
+        minimum, maximum = keys["minimum"], keys["maximum"]
+        if minimum is None and maximum is None:
+            raise ValueError("clamp needs a minimum, a maximum or both")
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ValueError(f"clamp's minimum {minimum} is greater than its maximum {maximum}")
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         return _one(in_shapes, self.kind)
@@ -845,6 +931,8 @@ class WeightedSpatialSum(OpBase):
     }
     kind: ClassVar[str] = "weighted_spatial_sum"
     family: ClassVar[str] = "pool"
+    reads: ClassVar[tuple[int, int | None] | None] = (2, 2)
+    descriptions: ClassVar[Mapping[str, str]] = {"inputs": "The values (C×H×W) and their weights (1×H×W)."}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -933,6 +1021,7 @@ class PadChannels(PadChannelsFields[int], OpBase):
     }
     minimums: ClassVar[Mapping[str, int]] = {"before": 0, "after": 0}
     fields: ClassVar[type[Any] | None] = PadChannelsFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"before": 0}
 
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
@@ -997,6 +1086,7 @@ class BlurPool(BlurPoolFields[int], OpBase):
     # file. timm blurs with 3 to 7 taps; the filter is exact in float32 up to 25.
     maximums: ClassVar[Mapping[str, int]] = {"taps": MAX_BLUR_TAPS}
     fields: ClassVar[type[Any] | None] = BlurPoolFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"stride": 1, "padding": 0, "padding_mode": PaddingMode.ZEROS}
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -1074,6 +1164,9 @@ class DropPath(DropPathFields[float], OpBase):
 
     example: ClassVar[Mapping[str, str] | None] = {"drop_path": "{op: drop_path, rate: 0.1}"}
     real_ranges: ClassVar[Mapping[str, Interval]] = {"rate": Interval(0.0, 1.0)}
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "rate": "The probability of dropping a sample's value in training, in [0, 1) (timm's drop_prob)."
+    }
     inference_identity: ClassVar[bool] = True
     fields: ClassVar[type[Any] | None] = DropPathFields
 
@@ -1122,6 +1215,14 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     view: ClassVar[bool] = True
     minimums: ClassVar[Mapping[str, int]] = {"start": 0, "index": 0}
     fields: ClassVar[type[Any] | None] = ChannelSliceFields
+    keys_from: ClassVar[str | None] = "_part"
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "index": "Which of the equal parts (from 0).",
+        "parts": "How many equal parts the channels are cut into.",
+        "start": "Without parts: the first channel taken.",
+        "size": "Without parts: how many channels are taken.",
+        "last": "Whether it is a split's last part, which ends at the last channel.",
+    }
 
     # A spec states a part of a split (``index`` of ``parts`` equal ones, or ``size`` channels from
     # ``start``; ``last``: the split's last part), not the op's start and stop: its keys bind to the
@@ -1131,7 +1232,15 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
         return cls._part(_one(in_shapes, "split")[0], **attributes)
 
     @classmethod
-    def _part(cls, channels: int, index: int, parts: int | None, start: int, size: int | None, last: bool) -> Self:
+    def _part(
+        cls,
+        channels: int,
+        index: int = 0,
+        parts: int | None = None,
+        start: int = 0,
+        size: int | None = None,
+        last: bool = False,
+    ) -> Self:
         if parts is None:
             assert size is not None
             stop = start + size
@@ -1165,6 +1274,7 @@ class Concat(OpBase):
     }
     kind: ClassVar[str] = "concat"
     family: ClassVar[str] = "join"
+    reads: ClassVar[tuple[int, int | None] | None] = (1, None)
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -1212,6 +1322,12 @@ class Softmax(SoftmaxFields[int], OpBase):
     example: ClassVar[Mapping[str, str] | None] = {"softmax": "{op: softmax, over: 2}"}
     family: ClassVar[str] = "activation"
     fields: ClassVar[type[Any] | None] = SoftmaxFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"groups": 1, "transpose": False}
+    descriptions: ClassVar[Mapping[str, str]] = {
+        "over": "The size of the axis normalised across (SK's paths, ResNeSt's radix).",
+        "groups": "Independent groups in front of that axis.",
+        "transpose": "Lay the result out as (over, groups, rest).",
+    }
 
     def inner_channels(self, channels: int) -> int:
         """The size of the view's last axis, ``C / (groups * over)``."""
@@ -1253,7 +1369,10 @@ class LayerNorm(LayerNormFields[int], _Normalization):
 
     family: ClassVar[str] = "norm"
     foreign_names: ClassVar[tuple[str, ...]] = ("layernorm2d",)
+    real_ranges: ClassVar[Mapping[str, Interval]] = {"epsilon": POSITIVE}
     fields: ClassVar[type[Any] | None] = LayerNormFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"epsilon": 1e-5}
+    descriptions: ClassVar[Mapping[str, str]] = {"epsilon": "Added to the variance (ConvNeXt: 1e-6)."}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -1359,6 +1478,8 @@ class LayerScale(LayerScaleFields[int], _Normalization):
 
     family: ClassVar[str] = "norm"
     fields: ClassVar[type[Any] | None] = LayerScaleFields
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"init": 1e-6}
+    descriptions: ClassVar[Mapping[str, str]] = {"init": "The scale's initial value (timm's ls_init_value)."}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -1391,6 +1512,8 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
     example: ClassVar[Mapping[str, str] | None] = {"pointwise_linear": "{op: pointwise_linear, out_channels: width}"}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = PointwiseLinearFields
+    inferred: ClassVar[tuple[str, ...]] = ("in_channels",)
+    spec_defaults: ClassVar[Mapping[str, Attribute]] = {"bias": True}
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:

@@ -51,16 +51,6 @@ example node; then the op table's own network (``rescompile.testing.op_network``
 EXAMPLE_SIZE = 64
 """The networks are compiled at this input size: only their ops matter here."""
 
-SUMMARIES = {
-    "add": "The sum of its `inputs`, two or more values that broadcast, or one value and a `constant`; a block's "
-    "`add` of a value and `shortcut` is the residual merge.",
-    "relu": "`max(x, 0)`, elementwise (torch's `nn.ReLU`).",
-    "max_pool": "torch's `MaxPool2d`: the maximum over each `kernel`×`kernel` window, padding never winning.",
-    "avg_pool": "torch's `AvgPool2d`: the mean over each `kernel`×`kernel` window; `count_include_pad` and the "
-    "partial last window of `ceil_mode` divide as torch divides, in every backend.",
-    "linear": "torch's `nn.Linear` on a `(features,)` value: `y = W x + b`, weight `(out_features, in_features)`.",
-}
-"""What an op is, for the ops whose classes state it in no docstring of their own."""
 WINDOW_RULE = (
     "Each of height and width: `(size + padding_before + padding_after - dilation * (kernel - 1) - 1) // stride + 1`"
     " (a pool's dilation is 1); with `ceil_mode`, rounded up, less a last window that would start in the right"
@@ -250,10 +240,10 @@ def _onnx_emission(model: OnnxModel, canonical: str) -> str:
 
 
 def _what(kind: str, models: dict[str, type[BaseModel]]) -> str:
-    """What the op is: the op table's docstring, else the spec model's, else SUMMARIES'."""
+    """What the op is: the op table's docstring, else (``split``, ``repeat``) the spec model's."""
     from rescompile.compiler.ops import OPS
 
-    texts = [_own_doc(OPS[kind]) if kind in OPS else "", _own_doc(models[kind]), SUMMARIES.get(kind, "")]
+    texts = [_own_doc(OPS[kind]) if kind in OPS else "", _own_doc(models[kind])]
     return next((text for text in texts if text), "")
 
 

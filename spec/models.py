@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
 import keyword
 import math
 import re
 import struct
+import types
 import typing
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from rescompile.compiler.ops import OP_TYPES, SHORTCUT_VALUE, BatchNorm, Interval
+from rescompile.compiler.ops import OP_TYPES, Interval, R
 from rescompile.compiler.ops import OpBase as IrOp
 from rescompile.spec.errors import did_you_mean
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
@@ -320,194 +322,12 @@ class OpBase(ConditionalSpec):
     input: str | None = Field(default=None, description="Input value; default: the previous node.")
 
 
-class ConvSpec(OpBase):
-    op: Literal["conv"]
-    out_channels: Expr
-    kernel: Expr
-    stride: Expr = parse_expression(1)
-    padding: Expr = parse_expression(0)
-    dilation: Expr = parse_expression(1)
-    groups: Expr = parse_expression(1)
-    bias: bool = False
-    standardize_weight: bool = Field(
-        default=False,
-        description="Convolve with the weight standardised per output channel (timm's StdConv2d); the raw weight "
-        "is stored.",
-    )
-    standardize_epsilon: Float32 = Field(
-        default=1e-6, gt=0, allow_inf_nan=False, description="Added to the weight's variance when standardising."
-    )
-
-
-class BatchNormSpec(OpBase):
-    op: Literal["batch_norm"]
-    epsilon: real_expression(BatchNorm.real_ranges["epsilon"]) = Field(  # type: ignore[valid-type]
-        default=parse_expression(1e-5)
-    )
-    momentum: real_expression(BatchNorm.real_ranges["momentum"]) = Field(  # type: ignore[valid-type]
-        default=parse_expression(0.1), description="torch convention: new = (1-m)*old + m*batch"
-    )
-    zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
-
-
-class GroupNormSpec(OpBase):
-    """torch's GroupNorm: per sample, each of ``groups`` channel groups normalised over its channels
-    and pixels (biased variance), then a per-channel weight and bias."""
-
-    op: Literal["group_norm"]
-    groups: Expr
-    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
-    zero_init: bool = Field(default=False, description="Zeroed (weight=0) when zero_init_residual is asked for.")
-
-
-class MaxPoolSpec(OpBase):
-    op: Literal["max_pool"]
-    kernel: Expr
-    stride: Expr = parse_expression(1)
-    padding: Expr = parse_expression(0)
-    ceil_mode: bool = False
-
-
-class AvgPoolSpec(OpBase):
-    op: Literal["avg_pool"]
-    kernel: Expr
-    stride: Expr = parse_expression(1)
-    padding: Expr = parse_expression(0)
-    ceil_mode: bool = False
-    count_include_pad: bool = True
-
-
-class GlobalAveragePoolSpec(OpBase):
-    op: Literal["global_average_pool"]
-
-
-class FlattenSpec(OpBase):
-    op: Literal["flatten"]
-
-
-class LinearSpec(OpBase):
-    op: Literal["linear"]
-    out_features: Expr
-    bias: bool = True
-
-
 class BinarySpec(ConditionalSpec):
     """An op of several values, named in ``inputs`` (no ``input``: none is implied)."""
 
     inputs: tuple[str, ...] = Field(
         min_length=1, description="The values it reads (an item 'VALUE for i in range(N)' stands for N of them)."
     )
-
-
-class AddSpec(BinarySpec):
-    """The sum of two or more values (broadcasting a C×1×1 value over C×H×W), or of one value and a
-    ``constant``."""
-
-    op: Literal["add"]
-    inputs: tuple[str, ...] = Field(
-        min_length=1,
-        description="The values to add (two or more, broadcasting as numpy does; or one, with a constant); "
-        "'shortcut' names the block's shortcut, in a residual add of two values.",
-    )
-    constant: Float32 | None = Field(default=None, description="A number added to the one value of inputs.")
-
-    @model_validator(mode="after")
-    def _constant_reads_one_value(self) -> AddSpec:
-        if self.constant is not None and SHORTCUT_VALUE in self.inputs:
-            raise ValueError("a residual add reads the branch and 'shortcut'; it cannot add a constant")
-        return self
-
-
-class MulSpec(BinarySpec):
-    """Elementwise product, broadcasting as numpy does over (channels, height, width): a gate of
-    shape C×1×1 scales each channel of a C×H×W value (squeeze-and-excitation); or one value times a
-    ``constant``."""
-
-    op: Literal["mul"]
-    inputs: tuple[str, ...] = Field(
-        min_length=1, max_length=2, description="The two values to multiply (or one, with a constant)."
-    )
-    constant: Float32 | None = Field(default=None, description="A number the one value of inputs is multiplied by.")
-
-
-class ClampSpec(OpBase):
-    """``min(max(x, minimum), maximum)`` elementwise (torch.clamp); at least one bound."""
-
-    op: Literal["clamp"]
-    minimum: Float32 | None = Field(default=None, description="The lower bound (none: no lower bound).")
-    maximum: Float32 | None = Field(default=None, description="The upper bound (none: no upper bound).")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ClampSpec:
-        if self.minimum is None and self.maximum is None:
-            raise ValueError("clamp needs a minimum, a maximum or both")
-        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
-            raise ValueError(f"clamp's minimum {self.minimum} is greater than its maximum {self.maximum}")
-        return self
-
-
-class SpatialSoftmaxSpec(OpBase):
-    """A softmax over the H·W positions of each channel (GCNet's attention over positions)."""
-
-    op: Literal["spatial_softmax"]
-
-
-class WeightedSpatialSumSpec(BinarySpec):
-    """Attention pooling: ``[values, weights]``, C×H×W and 1×H×W, to the C×1×1 sum over positions of
-    values times weights (GCNet's context)."""
-
-    op: Literal["weighted_spatial_sum"]
-    inputs: tuple[str, str] = Field(description="The values (C×H×W) and their weights (1×H×W).")
-
-
-class SubsampleSpec(OpBase):
-    """Keep every ``stride``-th row and column (``x[:, :, ::s, ::s]``): option A's spatial half."""
-
-    op: Literal["subsample"]
-    stride: Expr
-
-
-class PadSpec(OpBase):
-    """Zero rows and columns, ``padding`` on every side (torch's ``nn.ZeroPad2d``)."""
-
-    op: Literal["pad"]
-    padding: Expr
-
-
-class PadChannelsSpec(OpBase):
-    """Append zero channels (option A's channel half): ``before`` zeros first, ``after`` zeros last."""
-
-    op: Literal["pad_channels"]
-    before: Expr = parse_expression(0)
-    after: Expr
-
-
-class BlurPoolSpec(OpBase):
-    """A fixed binomial filter of ``taps``×``taps`` per channel, with ``stride``: anti-aliased
-    downsampling (timm's BlurPool2d). The filter is a constant, not a weight."""
-
-    op: Literal["blur_pool"]
-    taps: Expr
-    stride: Expr = parse_expression(1)
-    padding: Expr = parse_expression(0)
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
-
-
-class ChannelConvSpec(OpBase):
-    """ECA's 1-D convolution across the channels of a pooled C×1×1 value: one odd ``kernel``, zero
-    padding, no bias (timm's EcaModule.conv)."""
-
-    op: Literal["channel_conv"]
-    kernel: Expr
-
-
-class DropPathSpec(OpBase):
-    """Stochastic depth (timm's ``DropPath``): in training, drop each sample's value with
-    probability ``rate`` (a number in [0, 1)) and scale the kept ones by 1 / (1 - rate); the
-    identity in inference."""
-
-    op: Literal["drop_path"]
-    rate: Expr
 
 
 class SplitSpec(OpBase):
@@ -525,36 +345,6 @@ class SplitSpec(OpBase):
     )
 
 
-class ChannelSliceSpec(OpBase):
-    """One part of a ``split`` (what a split unrolls to): part ``index`` of ``parts`` equal ones, or
-    ``size`` channels from ``start``."""
-
-    op: Literal["channel_slice"]
-    index: Expr = Field(default=parse_expression(0), description="Which of the equal parts (from 0).")
-    parts: Expr | None = Field(default=None, description="How many equal parts the channels are cut into.")
-    start: Expr = Field(default=parse_expression(0), description="Without parts: the first channel taken.")
-    size: Expr | None = Field(default=None, description="Without parts: how many channels are taken.")
-    last: bool = Field(default=False, description="Whether it is a split's last part, which ends at the last channel.")
-
-
-class ConcatSpec(BinarySpec):
-    """The values' channels one after another, in the order of ``inputs`` (torch.cat along channels)."""
-
-    op: Literal["concat"]
-
-
-class SoftmaxSpec(OpBase):
-    """A softmax across groups of channels: the C channels are viewed as (groups, over, C / (groups *
-    over)) and normalised across the ``over`` axis, per group, remaining channel and pixel. With
-    ``transpose`` the result is laid out as (over, groups, C / (groups * over)), ResNeSt's radix-major
-    rSoftMax; without, as its input."""
-
-    op: Literal["softmax"]
-    over: Expr = Field(description="The size of the axis normalised across (SK's paths, ResNeSt's radix).")
-    groups: Expr = Field(default=parse_expression(1), description="Independent groups in front of that axis.")
-    transpose: bool = Field(default=False, description="Lay the result out as (over, groups, rest).")
-
-
 class RepeatSpec(OpBase):
     """Its ``nodes`` written ``count`` times, with ``index`` bound to ``start``, ``start + 1``, ...
     Node names and the values nodes read may hold ``{expression}`` placeholders (``convs.{i}``);
@@ -567,37 +357,13 @@ class RepeatSpec(OpBase):
     nodes: dict[str, OpSpec] = Field(min_length=1, description="The nodes of one repetition.")
 
 
-class LayerNormSpec(OpBase):
-    """Layer normalisation over the channels of each pixel (timm's LayerNorm2d): mean and biased
-    variance over C, then a per-channel weight and bias."""
-
-    op: Literal["layer_norm"]
-    epsilon: Float32 = Field(
-        default=1e-5, gt=0, allow_inf_nan=False, description="Added to the variance (ConvNeXt: 1e-6)."
-    )
-
-
-class LayerScaleSpec(OpBase):
-    """A learned per-channel scale (ConvNeXt's gamma), stored under the node's own name."""
-
-    op: Literal["layer_scale"]
-    init: Float32 = Field(
-        default=1e-6, allow_inf_nan=False, description="The scale's initial value (timm's ls_init_value)."
-    )
-
-
-class PointwiseLinearSpec(OpBase):
-    """A linear layer over the channels at every pixel (nn.Linear on channels-last): weight (out, in)."""
-
-    op: Literal["pointwise_linear"]
-    out_channels: Expr
-    bias: bool = True
-
-
-def _field_type(op_type: type[IrOp], name: str, annotation: Any) -> Any:
-    """A derived spec field's type: an int is an expression over the part's parameters, a float a
-    float32 number, a Literal the choice it states."""
-    if annotation is int:
+def _key_type(op_type: type[IrOp], name: str, annotation: Any) -> Any:
+    """A key's spec type, from its field's (or its ``keys_from`` parameter's) annotation: an
+    integer is an expression over the part's parameters, a real (R) an expression of its
+    ``real_ranges``, a float a float32 number, an enum the choice of its texts."""
+    if annotation is R:
+        return real_expression(op_type.real_ranges.get(name, Interval(-math.inf)))
+    if isinstance(annotation, TypeVar) or annotation is int:
         return Expr
     if annotation is float:
         return Float32
@@ -605,71 +371,123 @@ def _field_type(op_type: type[IrOp], name: str, annotation: Any) -> Any:
         return annotation
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return Literal[tuple(member.value for member in annotation)]  # the YAML states a choice by its text
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in arguments:
+        (present,) = (argument for argument in arguments if argument is not type(None))
+        return _key_type(op_type, name, present) | None
     raise TypeError(f"{op_type.__name__}.{name}: a spec cannot be derived from a field of type {annotation}")
 
 
-def derived_op_spec(op_type: type[IrOp]) -> type[OpBase]:
-    """The spec model of an op whose YAML keys are its fields (``spec_from_fields``): ``relu``'s
-    is ``{op: relu}``, ``leaky_relu``'s adds ``negative_slope`` with the op's default."""
-    hints = typing.get_type_hints(op_type)
-    fields: dict[str, Any] = {"op": (Literal[op_type.kind], ...)}
-    for field in dataclasses.fields(op_type):
-        default = field.default
-        if hints[field.name] is int and isinstance(default, int):
-            default = parse_expression(default)
-        if isinstance(default, enum.Enum):
-            default = default.value
-        description = op_type.descriptions.get(field.name)
-        fields[field.name] = (
-            _field_type(op_type, field.name, hints[field.name]),
-            Field(default, description=description),
-        )
-    name = f"{op_type.__name__}Spec"
-    return create_model(name, __base__=OpBase, __doc__=op_type.__doc__, __module__=__name__, **fields)
+def _keys(op_type: type[IrOp]) -> dict[str, tuple[Any, Any]]:
+    """Each YAML key of an op with its annotation and default (``dataclasses.MISSING``: none)."""
+    if op_type.keys_from is not None:
+        method = getattr(op_type, op_type.keys_from)
+        hints = typing.get_type_hints(method)
+        parameters = list(inspect.signature(method).parameters.values())[1:]  # after the input's channels
+        return {
+            parameter.name: (
+                hints[parameter.name],
+                dataclasses.MISSING if parameter.default is inspect.Parameter.empty else parameter.default,
+            )
+            for parameter in parameters
+        }
+    source = op_type.fields or op_type
+    hints = typing.get_type_hints(source)
+    return {
+        field.name: (hints[field.name], field.default)
+        for field in dataclasses.fields(source)
+        if field.name not in op_type.inferred
+    }
 
 
-DERIVED_OP_SPECS = tuple(derived_op_spec(op_type) for op_type in OP_TYPES if op_type.spec_from_fields)
-"""The spec models of the ops whose YAML keys are their fields, in the op table's order."""
+def _key_default(annotation: Any, default: Any) -> Any:
+    """A key's default in its spec model: an integer's or a real's as an expression, a choice's as its text."""
+    if isinstance(default, enum.Enum):
+        return default.value
+    if isinstance(default, int | float) and not isinstance(default, bool) and annotation is not float:
+        return parse_expression(default)
+    return default
+
+
+def _float_bounds(interval: Interval | None) -> dict[str, float]:
+    """A float key's bounds as pydantic's (``gt=0``), from its ``real_ranges``."""
+    if interval is None:
+        return {}
+    bounds: dict[str, float] = {}
+    for value, included, closed, opened in (
+        (interval.low, interval.low_included, "ge", "gt"),
+        (interval.high, interval.high_included, "le", "lt"),
+    ):
+        if math.isfinite(value):
+            bounds[closed if included else opened] = int(value) if value.is_integer() else value
+    return bounds
+
+
+def derived_op_spec(op_type: type[IrOp]) -> type[ConditionalSpec]:
+    """An op's spec model, its YAML keys, derived from the op table: from its fields (or its
+    ``keys_from``), less those it infers, each with its type, default, bounds and description
+    (:class:`~rescompile.compiler.ops.OpBase`'s traits). ``relu``'s is ``{op: relu}``; ``conv``'s
+    takes ``out_channels`` and ``kernel``, and ``stride`` 1, ... by default."""
+    keys: dict[str, Any] = {"op": (Literal[op_type.kind], ...)}
+    if op_type.reads is not None:
+        least, most = op_type.reads
+        description = op_type.descriptions.get("inputs", BinarySpec.model_fields["inputs"].description)
+        keys["inputs"] = (tuple[str, ...], Field(min_length=least, max_length=most, description=description))
+    for name, (annotation, field_default) in _keys(op_type).items():
+        key_type = _key_type(op_type, name, annotation)
+        default = op_type.spec_defaults.get(name, field_default)
+        if default is dataclasses.MISSING and typing.get_origin(key_type) in (typing.Union, types.UnionType):
+            default = None  # an optional key
+        bounds = _float_bounds(op_type.real_ranges.get(name)) if annotation is float else {}
+        arguments: dict[str, Any] = {"description": op_type.descriptions.get(name), **bounds}
+        if default is not dataclasses.MISSING:
+            arguments["default"] = _key_default(annotation, default)
+        keys[name] = (key_type, Field(**arguments))
+
+    def check_keys(node: BaseModel) -> BaseModel:
+        op_type.check_keys(dict(node))
+        return node
+
+    base: type[ConditionalSpec] = BinarySpec if op_type.reads is not None else OpBase
+    validators: dict[str, Any] = {"_check_keys": model_validator(mode="after")(check_keys)}
+    return create_model(
+        f"{op_type.__name__}Spec",
+        __base__=base,
+        __doc__=op_type.__doc__,
+        __module__=__name__,
+        __validators__=validators,
+        **keys,
+    )
+
+
+OP_SPECS: dict[str, type[ConditionalSpec]] = {op_type.kind: derived_op_spec(op_type) for op_type in OP_TYPES}
+"""Every op's spec model, by its kind, in the op table's order: all are derived from the op table."""
+
+
+def _binary(kind: str) -> type[BinarySpec]:
+    spec = OP_SPECS[kind]
+    assert issubclass(spec, BinarySpec)
+    return spec
+
+
+AddSpec = _binary("add")
+"""The spec model of ``add`` (a residual add reads ``shortcut``)."""
+ChannelSliceSpec = OP_SPECS["channel_slice"]
+"""The spec model of ``channel_slice``, what a ``split`` unrolls to."""
 if TYPE_CHECKING:
 
     class DerivedOpSpec(OpBase):
         op: str
 
+    class DerivedBinarySpec(BinarySpec):
+        op: str
+
+    OpSpec = DerivedOpSpec | DerivedBinarySpec | SplitSpec | RepeatSpec
 else:
-    DerivedOpSpec = typing.Union[DERIVED_OP_SPECS]  # noqa: UP007 (a union of a computed tuple)
-
-
-OpSpec = Annotated[
-    ConvSpec
-    | BatchNormSpec
-    | GroupNormSpec
-    | MaxPoolSpec
-    | AvgPoolSpec
-    | GlobalAveragePoolSpec
-    | FlattenSpec
-    | LinearSpec
-    | AddSpec
-    | MulSpec
-    | ClampSpec
-    | SpatialSoftmaxSpec
-    | WeightedSpatialSumSpec
-    | SubsampleSpec
-    | PadSpec
-    | PadChannelsSpec
-    | BlurPoolSpec
-    | ChannelConvSpec
-    | DropPathSpec
-    | SplitSpec
-    | ChannelSliceSpec
-    | ConcatSpec
-    | SoftmaxSpec
-    | RepeatSpec
-    | LayerNormSpec
-    | LayerScaleSpec
-    | PointwiseLinearSpec
-    | DerivedOpSpec,
-    Field(discriminator="op"),
-]
+    OpSpec = Annotated[
+        typing.Union[(*OP_SPECS.values(), SplitSpec, RepeatSpec)],
+        Field(discriminator="op"),
+    ]
 RepeatSpec.model_rebuild()
 TEMPLATE_OPS = ("split", "repeat")
 """Spec ops that are not IR ops: :mod:`rescompile.spec.unroll` writes them as IR ops' nodes."""

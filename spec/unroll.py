@@ -27,7 +27,7 @@ import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from rescompile.spec.errors import Location, RescompileError
 from rescompile.spec.expressions import FUNCTIONS, Expression, ExpressionError, Value, parse_expression
@@ -360,19 +360,21 @@ class _Unroller:
         start: Expression = parse_expression(0)
         for index in range(count):
             size = None if spec.sizes is None else spec.sizes[index]
-            part = ChannelSliceSpec(
-                op="channel_slice",
-                input=source,
-                index=parse_expression(index),
-                parts=spec.parts,
-                start=start,
-                size=size,
-                last=index == count - 1,
+            part = ChannelSliceSpec.model_validate(
+                {
+                    "op": "channel_slice",
+                    "input": source,
+                    "index": parse_expression(index),
+                    "parts": spec.parts,
+                    "start": start,
+                    "size": size,
+                    "last": index == count - 1,
+                }
             )
             if size is not None:
                 tree = size.tree if index == 0 else ast.BinOp(start.tree, ast.Add(), size.tree)
                 start = Expression(ast.unparse(tree), tree)
-            yield f"{name}.{index if spec.names is None else spec.names[index]}", part, path
+            yield f"{name}.{index if spec.names is None else spec.names[index]}", cast("OpSpec", part), path
 
 
 def _is_merge(spec: OpSpec) -> bool:

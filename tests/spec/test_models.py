@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from rescompile.compiler.ops import OP_TYPES
+from rescompile.compiler.ops import OP_TYPES, Elementwise
 from rescompile.spec import models
 from rescompile.spec.errors import RescompileError
 from rescompile.spec.expressions import Expression
@@ -26,11 +26,12 @@ FLOAT32_NODES = {
     ("group_norm", "epsilon"): "{op: group_norm, groups: 1, VALUE}",
     ("layer_norm", "epsilon"): "{op: layer_norm, VALUE}",
     ("layer_scale", "init"): "{op: layer_scale, VALUE}",
-    # An op whose spec is derived from its fields needs nothing but its float.
+    ("drop_path", "rate"): "{op: drop_path, VALUE}",
+    # An elementwise op needs nothing but its float.
     **{
         (op_type.kind, field): f"{{op: {op_type.kind}, VALUE}}"
         for op_type in OP_TYPES
-        if op_type.spec_from_fields
+        if issubclass(op_type, Elementwise)
         for field, annotation in get_type_hints(op_type).items()
         if annotation is float
     },
