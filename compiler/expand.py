@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from rescompile.compiler.ir import (
     MODULE_INPUT,
@@ -28,6 +28,7 @@ from rescompile.compiler.ops import (
     OPS,
     SHORTCUT_VALUE,
     Add,
+    Linear,
     LinearFields,
     Op,
     Shape,
@@ -87,15 +88,19 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unrolling = Unrolling()
     stem_bindings = _bind(stem, spec.stem_parameters, {"in_channels": shape[0]}, network, "stem_parameters")
     stem = unrolling.instantiate(stem, stem_bindings, "stems")
-    stem_module = _build_module("", "stem", stem, stem_bindings, shape, network.locate("stem"), None, None)
+    stem_definition = _definition(stem, "stem", "stem")
+    stem_module = _build_module(
+        "", "stem", stem, stem_definition, stem_bindings, shape, network.locate("stem"), None, None
+    )
     modules.append(stem_module)
     assert stem_module.out_shape is not None
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
+    shortcut_definitions: dict[str, Definition] = {}
+    block_definitions: dict[tuple[int, tuple[tuple[str, object], ...], bool], Definition] = {}
+    """Each block unrolling's definition, by its block, its nodes and whether it keeps its residual add."""
     instances: list[Instance] = []
-    """(module index, whether first of its stage, the block unrolled for it, the parameter values its
-    unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     transition_kinds = TransitionKinds()
     blocks_built = 0
@@ -112,10 +117,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             held or stage.transition is not None or stage.stride != 1 or stage.width != shape[0]
         ):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            module, transition, fixed = _transition_module(
-                network, transition, stage_index, stage_path, shape, False, unrolling
+            module, transition, held_definition = _transition_module(
+                network, transition, stage_index, stage_path, shape, False, unrolling, transition_kinds, len(modules)
             )
-            transition_kinds.add(len(modules), transition, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_path: str | None = module.path
         else:
@@ -146,7 +150,12 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             # ``none`` (the whole policy, or one side of it): no residual add, the block's output is its branch's.
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
             shortcut_name = None if shortcut_name == PLAIN else shortcut_name
-            instances.append((len(modules), first, block, _fixed(template, read, bindings), shortcut_name is not None))
+            unrolled_as = (id(template), _nodes_key(block), shortcut_name is not None)
+            if unrolled_as not in block_definitions:
+                block_definitions[unrolled_as] = _definition(block, "block", path, residual=shortcut_name is not None)
+            definition = block_definitions[unrolled_as]
+            fixed = _fixed(template, read, bindings)
+            instances.append((len(modules), first, block, fixed, shortcut_name is not None, definition))
             shortcut: Loaded[PartSpec] | None = None
             if shortcut_name not in (None, IDENTITY):
                 assert shortcut_name is not None
@@ -157,7 +166,16 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             if shortcut is not None:
                 shortcut_bindings = _derive(shortcut, shortcut_bindings)
             module = _build_module(
-                path, "block", block, bindings, shape, stage_location, shortcut_name, shortcut, shortcut_bindings
+                path,
+                "block",
+                block,
+                definition,
+                bindings,
+                shape,
+                stage_location,
+                shortcut_name,
+                None if shortcut is None else (shortcut, shortcut_definitions),
+                shortcut_bindings,
             )
             assert module.out_shape is not None
             if module.out_shape[0] != out_channels:
@@ -179,16 +197,25 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     "transition after them: put those nodes in it, after its blocks",
                     network.locate("stages", stage_index),
                 )
-            module = _after_held_blocks(network, transition, modules[-1 - stage.depth], stage_index, shape)
+            module = _after_held_blocks(
+                network, transition, held_definition, modules[-1 - stage.depth], stage_index, shape
+            )
             transition_kinds.uses.append((len(modules), transition_kinds.uses[-1][1]))  # the same kind
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         elif transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
-            module, unrolled, fixed = _transition_module(
-                network, transition_after, stage_index, stage_path, shape, True, unrolling
+            module, _, _ = _transition_module(
+                network,
+                transition_after,
+                stage_index,
+                stage_path,
+                shape,
+                True,
+                unrolling,
+                transition_kinds,
+                len(modules),
             )
-            transition_kinds.add(len(modules), unrolled, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
@@ -199,7 +226,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
-    modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    head_definition = _definition(head, "head", "head")
+    modules.append(
+        _build_module("", "head", head, head_definition, head_bindings, shape, network.locate("head"), None, None)
+    )
     out_shape = modules[-1].out_shape
     if out_shape is not None and len(out_shape) != 1:
         raise RescompileError(
@@ -239,14 +269,17 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     variants = _variants(instances)
     for (index, *_), (variant, _, _) in zip(instances, variants, strict=True):
         modules[index] = dataclasses.replace(modules[index], type_name=variant.spec.name)
-    unique = {part.spec.name: (part, fixed, residual) for part, fixed, residual in variants}
+    unique = {
+        part.spec.name: (part, dataclasses.replace(instance[5], name=part.spec.name, fixed=fixed))
+        for instance, (part, fixed, _) in zip(instances, variants, strict=True)
+    }
     definitions = [
-        _definition(stem, "stem"),
-        *(_definition(part, "transition", fixed=fixed) for part, fixed in transition_kinds.named(modules)),
-        *(_definition(block, "block", residual, fixed=fixed) for block, fixed, residual in unique.values()),
-        _definition(head, "head"),
+        _checked(stem, stem_definition),
+        *(_checked(part, definition) for part, definition in transition_kinds.named(modules)),
+        *(_checked(block, definition) for block, definition in unique.values()),
+        _checked(head, head_definition),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
-        *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
+        *(_checked(used_shortcuts[name], shortcut_definitions[name]) for name in sorted(used_shortcuts)),
     ]
     return Graph(
         name=spec.name,
@@ -263,9 +296,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
 Fixed = tuple[tuple[str, Value], ...]
 """A block instance's parameters that its unrolling read, with their values."""
-Instance = tuple[int, bool, Loaded[PartSpec], Fixed, bool]
+Instance = tuple[int, bool, Loaded[PartSpec], Fixed, bool, Definition]
 """A block instance: its module's index, whether it is first in its stage, the block unrolled for
-it, the parameter values its unrolling read, and whether it keeps its residual add."""
+it, the parameter values its unrolling read, whether it keeps its residual add, and the definition
+it is an instance of (named as its block)."""
 VariantKey = tuple[tuple[tuple[str, object], ...], Fixed, bool]
 """A block unrolling's nodes in order, the parameter values it was unrolled for, and whether it
 keeps its residual add (under the policy ``none`` where shapes change, a class without it)."""
@@ -296,7 +330,7 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
     others are ``NAME_2``, ``NAME_3``, ..."""
     by_name: dict[str, list[tuple[bool, VariantKey, Loaded[PartSpec]]]] = {}
     keys: list[VariantKey] = []
-    for _, first, block, fixed, residual in instances:
+    for _, first, block, fixed, residual, _ in instances:
         keys.append((_nodes_key(block), fixed, residual))
         by_name.setdefault(block.spec.name, []).append((first, keys[-1], block))
     # A variant's name is new: never a block type of the network (a user block named x_first or
@@ -329,7 +363,7 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
             )
     return [
         (renamed[(block.spec.name, key)], key[1], key[2])
-        for (_, _, block, _, _), key in zip(instances, keys, strict=True)
+        for (_, _, block, _, _, _), key in zip(instances, keys, strict=True)
     ]
 
 
@@ -406,16 +440,19 @@ class TransitionKinds:
     kind most stages use keeps the transition's name, the others are ``NAME_2``, ``NAME_3``, ..."""
 
     def __init__(self) -> None:
-        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Fixed]] = {}
+        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Definition]] = {}
         self.uses: list[tuple[int, TransitionKey]] = []
         """(module index, its kind) for each transition module (both halves of one holding blocks)."""
 
-    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed) -> None:
+    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed, label: str) -> Definition:
+        """Record the transition module at ``index``, unrolled as ``unrolled``: its kind's definition."""
         key = (unrolled.spec.name, _nodes_key(unrolled), fixed)
-        self.parts.setdefault(key, (unrolled, fixed))
+        if key not in self.parts:
+            self.parts[key] = (unrolled, dataclasses.replace(_definition(unrolled, "transition", label), fixed=fixed))
         self.uses.append((index, key))
+        return self.parts[key][1]
 
-    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Fixed]]:
+    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Definition]]:
         """Each kind's part under its definition name, naming ``modules``' transitions by it."""
         counts = {key: sum(used == key for _, used in self.uses) for key in self.parts}
         transitions = {key[0] for key in self.parts}
@@ -428,8 +465,11 @@ class TransitionKinds:
         for index, key in self.uses:
             modules[index] = dataclasses.replace(modules[index], type_name=names[key])
         return [
-            (Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended), fixed)
-            for key, (part, fixed) in self.parts.items()
+            (
+                Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended),
+                dataclasses.replace(definition, name=names[key]),
+            )
+            for key, (part, definition) in self.parts.items()
         ]
 
 
@@ -441,11 +481,13 @@ def _transition_module(
     shape: Shape,
     after_blocks: bool,
     unrolling: Unrolling,
-) -> tuple[Module, Loaded[PartSpec], Fixed]:
+    kinds: TransitionKinds,
+    index: int,
+) -> tuple[Module, Loaded[PartSpec], Definition]:
     """Stage ``stage_index``'s transition (of the stage at path ``stage_at``), before its blocks (bound
     to the stage's width and stride, which it takes) or after them (``after_blocks``: bound to the
-    width and stride 1), with the transition unrolled for it and the values of its own parameters
-    the unrolling read."""
+    width and stride 1), the module at ``index``, instantiated from its kind's definition in
+    ``kinds``; with the transition unrolled for it and that definition."""
     spec = network.spec
     stage = spec.stages[stage_index]
     builtins: dict[str, Value] = {
@@ -464,10 +506,13 @@ def _transition_module(
     stage_path = spec.naming.stage_path(stage_index)
     template = transition
     transition, read = unrolling.unroll(transition, bindings, "transitions", path)
-    fixed = _fixed(template, read, bindings)
     assert isinstance(transition.spec, TransitionSpec)
     if transition.spec.blocks is not None:
-        return _before_held_blocks(network, transition, stage_index, shape, bindings, path), transition, fixed
+        _check_held_path(network, transition, stage_index, path)
+    definition = kinds.add(index, transition, _fixed(template, read, bindings), path)
+    if transition.spec.blocks is not None:
+        module = _before_held_blocks(network, transition, definition, stage_index, shape, bindings, path)
+        return module, transition, definition
     if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
         naming = "naming.transitions_after" if after_blocks else "naming.transitions"
         raise RescompileError(
@@ -477,8 +522,8 @@ def _transition_module(
             network.locate("naming"),
         )
     location = network.locate("stages", stage_index)
-    module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks), transition, fixed
+    module = _build_module(path, "transition", transition, definition, bindings, shape, location, None, None)
+    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks), transition, definition
 
 
 def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
@@ -487,30 +532,14 @@ def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
     return naming.block_path(stage_index, 0, last_block) if naming.shared else naming.stage_path(stage_index)
 
 
-def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded[PartSpec]]:
-    """A transition holding its stage's blocks as two parts: its nodes up to the one the blocks
-    read, and its nodes after it (located as in the transition's file)."""
-    spec = transition.spec
-    assert isinstance(spec, TransitionSpec) and spec.blocks is not None
-    names = list(spec.nodes)
-    split = names.index(spec.blocks.input) + 1
-    halves: list[Loaded[PartSpec]] = [
-        Loaded(spec.model_copy(update={"nodes": {name: spec.nodes[name] for name in part}}), transition.source)
-        for part in (names[:split], names[split:])
-    ]
-    return halves[0], halves[1]
+def _held_split(definition: Definition) -> int:
+    """Where a transition holding its stage's blocks splits: the index after the node they read."""
+    assert definition.blocks is not None
+    return next(index for index, node in enumerate(definition.nodes) if node.name == definition.blocks[0]) + 1
 
 
-def _before_held_blocks(
-    network: Loaded[NetworkSpec],
-    transition: Loaded[PartSpec],
-    stage_index: int,
-    shape: Shape,
-    bindings: Bindings,
-    path: str,
-) -> Module:
-    """The half of a transition holding stage ``stage_index``'s blocks that runs before them; the
-    blocks are inside it, at ``PATH.blocks``, its naming's choice."""
+def _check_held_path(network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, path: str) -> None:
+    """A transition holding stage ``stage_index``'s blocks holds them at ``PATH.blocks``, its naming's choice."""
     stage_path = network.spec.naming.stage_path(stage_index)
     if stage_path != f"{path}.{HELD_BLOCKS}":
         raise RescompileError(
@@ -519,14 +548,34 @@ def _before_held_blocks(
             f'\'.{HELD_BLOCKS}\' after them (transitions: "stages.{{index}}", stages: "stages.{{index}}.blocks")',
             network.locate("naming"),
         )
-    before, _ = _held_halves(transition)
+
+
+def _before_held_blocks(
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    definition: Definition,
+    stage_index: int,
+    shape: Shape,
+    bindings: Bindings,
+    path: str,
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs before them: its
+    definition's nodes up to the one the blocks read."""
+    before = definition.nodes[: _held_split(definition)]
     location = network.locate("stages", stage_index)
-    module = _build_module(path, "transition", before, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_path, holds_blocks=True)
+    module = _build_module(
+        path, "transition", transition, definition, bindings, shape, location, None, None, nodes=before
+    )
+    return dataclasses.replace(module, stage_path=network.spec.naming.stage_path(stage_index), holds_blocks=True)
 
 
 def _after_held_blocks(
-    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], before: Module, stage_index: int, shape: Shape
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    definition: Definition,
+    before: Module,
+    stage_index: int,
+    shape: Shape,
 ) -> Module:
     """The half of a transition holding stage ``stage_index``'s blocks that runs after them
     (``shape``: their output's), reading their output and values of the half ``before`` them."""
@@ -541,10 +590,12 @@ def _after_held_blocks(
             f"{declared}, but the stage's blocks output {shape[0]} channels",
             transition.locate("blocks", "out_channels"),
         )
-    _, after = _held_halves(transition)
+    after = definition.nodes[_held_split(definition) :]
     shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
     location = network.locate("stages", stage_index)
-    nodes = _build_nodes(after, bindings, shapes, "", before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
+    nodes = _instantiate(
+        after, transition, bindings, shapes, before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT}
+    )
     earlier = {node.name: node.shape for node in before.nodes if node.shape is not None}
     carried = tuple(sorted({(value, earlier[value]) for node in nodes for value in node.inputs if value in earlier}))
     return dataclasses.replace(
@@ -666,19 +717,18 @@ def _check_weight_count(modules: list[Module]) -> None:
 
 
 IN_CHANNELS = parse_expression("in_channels")
+FLAT_FEATURES = parse_expression("features")
+"""The channels an op reads after a flatten, in a definition: a value no parameter states."""
 
 
 def _definition(
-    part: Loaded[PartSpec],
-    role: DefinitionRole,
-    residual: bool = True,
-    definition_name: str | None = None,
-    fixed: Fixed = (),
+    part: Loaded[PartSpec], role: DefinitionRole, label: str, residual: bool = True, definition_name: str | None = None
 ) -> Definition:
-    """A part as a definition: each node's attributes as the spec states them (expressions over the
-    part's parameters) plus what its op derives from its input channels, by the op table's
-    symbolic rule. In a plain network (``residual`` False) a block's residual add is dropped and
-    whatever read it reads the branch instead, as in the block's instances."""
+    """A part, unrolled, as a definition: each node's op over the part's parameters, as the spec
+    states it plus what the op derives from its input channels (the op table's symbolic rule). Its
+    instances are made from it (:func:`_instantiate`); ``label`` names the first of them in errors.
+    Without its residual add (``residual`` False: a plain block), whatever read the add reads the
+    branch instead."""
     spec = part.spec
     channels: dict[str, Expression | None] = {MODULE_INPUT: IN_CHANNELS}
     if isinstance(spec, BlockSpec):
@@ -692,6 +742,10 @@ def _definition(
         previous = name
         if held is not None and name == held.input:
             previous, channels[HELD_BLOCKS] = HELD_BLOCKS, held.out_channels
+        if SHORTCUT_VALUE in inputs and not isinstance(node_spec, AddSpec):
+            raise RescompileError(
+                f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate("nodes", name)
+            )
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
             continue
@@ -699,12 +753,24 @@ def _definition(
         values = {field: value for field, value in node_spec if field not in ("op", "input", "when")}
         if "inputs" in values:
             values["inputs"] = inputs
+        op_type = OPS[node_spec.op]
         in_channels = tuple(channels.get(value) for value in inputs)
-        op, channels[name] = OPS[node_spec.op].symbolic_inputs(values, in_channels)
+        if None in in_channels and not issubclass(op_type, Linear):
+            # After a flatten no expression states the channels; an op reading them there is refused by
+            # its instance's shape rule (a conv needs an image), which never evaluates what an op
+            # derives from its input: it is told the flat value's features.
+            in_channels = tuple(FLAT_FEATURES if value is None else value for value in in_channels)
+        op, channels[name] = op_type.symbolic_inputs(values, in_channels)
         nodes.append(SymbolicNode(name, op, inputs, part.locate("nodes", name)))
-    if role in ("block", "shortcut", "transition"):
-        _check_class_nodes(part, role, nodes)
-    definition = Definition(
+    if nodes and renamed.get(previous, nodes[-1].name) != nodes[-1].name:
+        # A block without its residual add that ended with it ends with the add's branch, which must
+        # be its last node left (a node read only as the shortcut_input may come after the branch).
+        raise RescompileError(
+            f"{label}: without its residual add, block '{spec.name}' would end with '{renamed[previous]}', "
+            "which is not its last node; order the nodes so that the residual add's branch comes last before it",
+            part.locate("nodes", previous),
+        )
+    return Definition(
         role=role,
         name=spec.name if definition_name is None else definition_name,
         description=spec.description,
@@ -715,23 +781,29 @@ def _definition(
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
         blocks=None if held is None else (held.input, held.out_channels),
-        fixed=fixed,
     )
+
+
+def _checked(part: Loaded[PartSpec], definition: Definition) -> Definition:
+    """``definition`` (of ``part``), once what the source backends need to write it as a class
+    holds: its nodes (:func:`_check_class_nodes`) and the containers it writes as classes."""
+    if definition.role in ("block", "shortcut", "transition"):
+        _check_class_nodes(part, definition.role, list(definition.nodes))
     for prefix in dict(definition.classes):
         outer = next((other for other in dict(definition.classes) if prefix.startswith(f"{other}.")), None)
         if outer is not None:
             # NOTE: a class inside a class would need the outer class to write the inner one; refused, not
             # approximated (the outer class dropped the nodes after the inner one).
             raise RescompileError(
-                f"block '{spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a class "
-                "cannot hold another one: keep one of them",
+                f"block '{part.spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a "
+                "class cannot hold another one: keep one of them",
                 part.source.locate(("classes", prefix), key=True),
             )
         try:
             container_span(definition, prefix)
         except ValueError as error:
             raise RescompileError(
-                f"block '{spec.name}': classes.{prefix}: {error}", part.source.locate(("classes", prefix))
+                f"block '{part.spec.name}': classes.{prefix}: {error}", part.source.locate(("classes", prefix))
             ) from None
     return definition
 
@@ -939,13 +1011,18 @@ def _build_module(
     path: str,
     role: ModuleRole,
     part: Loaded[PartSpec],
+    definition: Definition,
     bindings: Bindings,
     in_shape: Shape,
     location: Location,
     shortcut_name: str | None,
-    shortcut: Loaded[PartSpec] | None,
+    shortcut: tuple[Loaded[PartSpec], dict[str, Definition]] | None,
     shortcut_bindings: Bindings | None = None,
+    nodes: Sequence[SymbolicNode] | None = None,
 ) -> Module:
+    """The instance of ``definition`` (of ``part``, unrolled for it) at ``path``, of its nodes (or
+    ``nodes``, a half of them), its parameters bound; a block's shortcut is part ``shortcut`` (its
+    definition made once, in the mapping by its name) or, where none, the identity."""
     label = path or role
     shapes: dict[str, Shape] = {MODULE_INPUT: in_shape}
     shortcut_module: str | None = None
@@ -955,24 +1032,34 @@ def _build_module(
         if shortcut is None:
             build_shortcut = _identity
         else:
-            assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
-            shortcut_module = shortcut.spec.module
+            shortcut_part, made = shortcut
+            assert isinstance(shortcut_part.spec, ShortcutSpec) and shortcut_bindings is not None
+            shortcut_module = shortcut_part.spec.module
             for name in part.spec.nodes:
                 if name.split(".")[0] == shortcut_module:
                     # One attribute of the block module would hold both (the torch build lost a node).
                     what = "a node" if name == shortcut_module else f"the container of node '{name}'"
                     raise RescompileError(
-                        f"shortcut '{shortcut.spec.name}' is held in module '{shortcut_module}', which is also "
-                        f"{what} of block '{part.spec.name}'; rename one of them",
-                        shortcut.locate("module"),
+                        f"shortcut '{shortcut_part.spec.name}' is held in module '{shortcut_module}', which is "
+                        f"also {what} of block '{part.spec.name}'; rename one of them",
+                        shortcut_part.locate("module"),
                     )
             build_shortcut = _shortcut_builder(
-                part, shortcut, shortcut_bindings, f"{shortcut_module}.", label, in_shape, location
+                part, (shortcut_name, shortcut_part, made), shortcut_bindings, label, in_shape, location
             )
 
     declared = shortcut_bindings.get("out_channels") if shortcut_bindings else None
     assert declared is None or isinstance(declared, int)
-    nodes = _build_nodes(part, bindings, shapes, "", label, location, build_shortcut, declared)
+    instance = _instantiate(
+        definition.nodes if nodes is None else nodes,
+        part,
+        bindings,
+        shapes,
+        label,
+        location,
+        build_shortcut,
+        declared,
+    )
     return Module(
         path=path,
         role=role,
@@ -980,9 +1067,9 @@ def _build_module(
         parameters=tuple(sorted((name, bindings[name]) for name in bindings if name not in part.spec.derived)),
         shortcut=shortcut_name,
         shortcut_module=shortcut_module,
-        nodes=tuple(nodes),
+        nodes=tuple(instance),
         in_shape=in_shape,
-        out_shape=nodes[-1].shape,
+        out_shape=instance[-1].shape,
         source=location,
     )
 
@@ -994,17 +1081,20 @@ def _identity(shapes: dict[str, Shape]) -> list[Node]:
 
 def _shortcut_builder(
     block: Loaded[PartSpec],
-    shortcut: Loaded[PartSpec],
+    shortcut: tuple[str, Loaded[PartSpec], dict[str, Definition]],
     bindings: Bindings,
-    prefix: str,
     label: str,
     in_shape: Shape,
     location: Location,
 ) -> Callable[[dict[str, Shape]], list[Node]]:
-    """What builds a block's shortcut nodes once the value they read (the block's
-    ``shortcut_input``) is computed: they come right before the residual add."""
+    """What instantiates a block's shortcut (its policy name, its part and the shortcut definitions
+    made so far, by name) once the value it reads (the block's ``shortcut_input``) is computed: its
+    nodes come right before the residual add, under the shortcut's module."""
     assert isinstance(block.spec, BlockSpec)
     source = block.spec.shortcut_input
+    name, part, made = shortcut
+    assert isinstance(part.spec, ShortcutSpec)
+    prefix = f"{part.spec.module}."
 
     def build(shapes: dict[str, Shape]) -> list[Node]:
         if shapes[source] != in_shape:
@@ -1014,12 +1104,17 @@ def _shortcut_builder(
                 f"value of the block input's shape ({show_shape(in_shape)})",
                 block.locate("shortcut_input"),
             )
+        where = f"{label} shortcut"
         try:
-            return _build_nodes(shortcut, bindings, shapes, prefix, f"{label} shortcut", location, input_value=source)
+            # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
+            definition = made.get(name) or made.setdefault(name, _definition(part, "shortcut", where, True, name))
+            return _instantiate(
+                definition.nodes, part, bindings, shapes, where, location, prefix=prefix, input_value=source
+            )
         except RescompileError as error:
             # Point at the network, whose shortcut choice the user can change, not the part file.
             raise RescompileError(
-                f"shortcut '{shortcut.spec.name}' cannot take {label} from {in_shape[0]} to "
+                f"shortcut '{part.spec.name}' cannot take {label} from {in_shape[0]} to "
                 f"{bindings['out_channels']} channels ({error.message})",
                 location,
             ) from None
@@ -1027,67 +1122,48 @@ def _shortcut_builder(
     return build
 
 
-def _build_nodes(
+def _instantiate(
+    definition_nodes: Sequence[SymbolicNode],
     part: Loaded[PartSpec],
     bindings: Bindings,
     shapes: dict[str, Shape],
-    prefix: str,
     label: str,
     location: Location,
     build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
     declared_channels: int | None = None,
+    prefix: str = "",
     input_value: str = MODULE_INPUT,
     aliases: Mapping[str, str] | None = None,
 ) -> list[Node]:
-    """Evaluate a part's nodes in order; ``input`` reads ``input_value``, and a value of ``aliases``
-    the value it names (``blocks``: the input of the half of a transition after its blocks). A
-    block's shortcut nodes (``build_shortcut``) come right before its residual add; in a plain block
-    (``build_shortcut`` None), the residual add disappears and whatever read it reads the branch instead."""
+    """An instance's nodes, from its definition's (of ``part``, which locates errors) in order: each
+    op evaluated under ``bindings`` (:func:`_instance_op`), its shape computed, its name under
+    ``prefix``; ``input`` reads ``input_value``, and a value of ``aliases`` the value it names
+    (``blocks``: the input of the half of a transition after its blocks). A block's shortcut nodes
+    (``build_shortcut``) come right before its residual add."""
     nodes: list[Node] = []
     renamed: dict[str, str] = {MODULE_INPUT: input_value, **(aliases or {})}
-    previous = MODULE_INPUT
-    for name, node_spec in part.spec.nodes.items():
-        node_path = ("nodes", name)
-        raw_inputs = _inputs(node_spec, previous)
-        is_merge = isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs
-        if is_merge and build_shortcut is None and isinstance(part.spec, BlockSpec):
-            renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
-            previous = name
-            continue
-        if SHORTCUT_VALUE in raw_inputs and not isinstance(node_spec, AddSpec):
-            raise RescompileError(
-                f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate(*node_path)
-            )
-        if is_merge and build_shortcut is not None:
+    for node in definition_nodes:
+        if SHORTCUT_VALUE in node.inputs and build_shortcut is not None:
             shortcut_nodes = build_shortcut(shapes)
             nodes += shortcut_nodes
             renamed[SHORTCUT_VALUE] = shortcut_nodes[-1].name if shortcut_nodes else MODULE_INPUT
-        inputs = tuple(renamed.get(value, prefix + value) for value in raw_inputs)
+        inputs = tuple(renamed.get(value, prefix + value) for value in node.inputs)
         in_shapes = tuple(shapes[value] for value in inputs)
-        op = _make_op(node_spec, bindings, in_shapes, part, node_path, label)
+        op = _instance_op(node, bindings, in_shapes, part, label)
         if isinstance(op, Add) and op.shortcut_input is not None and in_shapes[0] != in_shapes[1]:
             branch, shortcut = in_shapes[1 - op.shortcut_input], in_shapes[op.shortcut_input]
-            raise _merge_error(part, name, branch, shortcut, declared_channels, label, location)
+            raise _merge_error(part, node.name, branch, shortcut, declared_channels, label, location)
         try:
             shape = op.output_shape(in_shapes)
         except ShapeError as error:
             # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
             # pointed at the network's head: line, a layer_norm's at the node).
-            raise _node_error(f"{label}: {name}: {error}", part, node_path, node_spec, bindings, error) from None
-        full_name = prefix + name
+            raise _node_error(f"{label}: {node.name}: {error}", part, node, bindings, error) from None
+        full_name = prefix + node.name
         shapes[full_name] = shape
-        nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
-        previous = name
+        nodes.append(Node(full_name, op, inputs, in_shapes, shape, node.source))
     if not nodes:
         raise RescompileError(f"{label}: part '{part.spec.name}' has no nodes left", part.locate("nodes"))
-    if renamed.get(previous, nodes[-1].name) != nodes[-1].name:
-        # A block without its residual add that ended with it ends with the add's branch, which must
-        # be its last node left (a node read only as the shortcut_input may come after the branch).
-        raise RescompileError(
-            f"{label}: without its residual add, block '{part.spec.name}' would end with '{renamed[previous]}', "
-            "which is not its last node; order the nodes so that the residual add's branch comes last before it",
-            part.locate("nodes", previous),
-        )
     return nodes
 
 
@@ -1126,48 +1202,47 @@ def _other(inputs: tuple[str, ...]) -> str:
     return inputs[0] if inputs[1] == SHORTCUT_VALUE else inputs[1]
 
 
-def _make_op(
-    spec: OpSpec,
-    bindings: Bindings,
-    in_shapes: tuple[Shape, ...],
-    part: Loaded[PartSpec],
-    node_path: tuple[str, str],
-    label: str,
+def _stated(node: SymbolicNode) -> dict[str, object]:
+    """The values its spec states for a definition's node, expressions unevaluated (none for an op
+    without integer fields, which is its own symbolic form)."""
+    return {} if isinstance(node.op, Op) else node.op_type.stated(node.op)
+
+
+def _instance_op(
+    node: SymbolicNode, bindings: Bindings, in_shapes: tuple[Shape, ...], part: Loaded[PartSpec], label: str
 ) -> Op:
-    """The op table's op for a spec node: expressions evaluated to integers (at least 1 unless the
-    op states a smaller minimum), then :meth:`~rescompile.compiler.ops.OpBase.from_attributes`."""
-    op_type = OPS[spec.op]
+    """The op of a definition's node in an instance: the expressions its spec states evaluated to
+    integers (at least 1 unless the op states a smaller minimum) or reals, then
+    :meth:`~rescompile.compiler.ops.OpBase.from_attributes`. An op without integer fields is the
+    same in every instance."""
+    if isinstance(node.op, Op):
+        return node.op
+    op_type = node.op_type
     attributes: dict[str, object] = {}
-    for field, value in spec:
-        if field in ("op", "input", "when"):
-            continue
+    for field, value in _stated(node).items():
+        path = ("nodes", node.name, field)
         if isinstance(value, Expression) and field in op_type.real_ranges:
-            value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])
+            value = _evaluate_real(value, bindings, part, path, label, op_type.real_ranges[field])
         elif isinstance(value, Expression):
             minimum, maximum = op_type.minimums.get(field, 1), op_type.maximums.get(field)
-            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum, maximum)
+            value = _evaluate_int(value, bindings, part, path, label, minimum, maximum)
         attributes[field] = value
     try:
         return op_type.from_attributes(attributes, in_shapes)
     except ShapeError as error:
-        raise _node_error(f"{label}: {node_path[1]}: {error}", part, node_path, spec, bindings, error) from None
+        raise _node_error(f"{label}: {node.name}: {error}", part, node, bindings, error) from None
 
 
 def _node_error(
-    message: str,
-    part: Loaded[PartSpec],
-    node_path: tuple[str, str],
-    spec: OpSpec,
-    bindings: Bindings,
-    error: ShapeError,
+    message: str, part: Loaded[PartSpec], node: SymbolicNode, bindings: Bindings, error: ShapeError
 ) -> RescompileError:
     """A node's shape error, at the node; in a built-in part, at the user's line that caused it
     where there is one (the input size for a feature map that shrinks away, else a parameter value
     the node reads), naming the node in the built-in file."""
-    at = part.locate(*node_path)
+    at = part.locate("nodes", node.name)
     if not is_builtin(at):
         return RescompileError(message, at)
-    read = [bindings.origin(value) for _, value in spec if isinstance(value, Expression)]
+    read = [bindings.origin(value) for value in _stated(node).values() if isinstance(value, Expression)]
     candidates = [bindings.size_origin] if isinstance(error, ShrinkError) else []
     origin = next((where for where in [*candidates, *read] if where is not None and not is_builtin(where)), None)
     if origin is None:

@@ -22,6 +22,7 @@ one class here (defining it registers it in :data:`OP_TYPES`), plus one emitter 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import enum
 import functools
 import math
@@ -287,6 +288,9 @@ class OpBase(OpFields):
     fields: ClassVar[type[Any] | None] = None
     """The class of its fields (``ConvFields``), generic in what an integer is, whose form over
     :data:`Size` is its op in a definition; None where no field is an integer: it is its own."""
+    input_fields: ClassVar[tuple[str, ...]] = ()
+    """Its fields that :meth:`from_attributes` takes from its input's shape, not from its spec (a
+    conv's ``in_channels``); in a definition, expressions of the channels it reads."""
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -311,6 +315,18 @@ class OpBase(OpFields):
     ) -> tuple[SymbolicOp, Expression | None]:
         """:meth:`symbolic` given every input's channel count; most ops need the first only."""
         return cls.symbolic(values, in_channels[0])
+
+    @classmethod
+    def stated(cls, op: SymbolicOp) -> dict[str, Any]:
+        """The spec's values a definition's op was made from (:meth:`symbolic`'s ``values``),
+        expressions unevaluated: an instance evaluates them under its parameters and builds its op
+        with :meth:`from_attributes`. Only for an op with integer fields (``fields``); any other op
+        is the same in a definition and in its instances."""
+        return {
+            field.name: getattr(op, field.name)
+            for field in dataclasses.fields(op)
+            if field.name not in cls.input_fields
+        }
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         raise NotImplementedError
@@ -351,6 +367,7 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
     foreign_names: ClassVar[tuple[str, ...]] = ("conv2d", "stdconv2d")
     minimums: ClassVar[Mapping[str, int]] = {"padding": 0}
     fields: ClassVar[type[Any] | None] = ConvFields
+    input_fields: ClassVar[tuple[str, ...]] = ("in_channels",)
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -400,6 +417,8 @@ class Conv(ConvFields[int, Pair, Padding], OpBase):
 
 class _Normalization(OpBase):
     """A per-channel normalisation: its ``channels`` are its input's, and so are its output's."""
+
+    input_fields: ClassVar[tuple[str, ...]] = ("channels",)
 
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
@@ -652,6 +671,7 @@ class Linear(LinearFields[int], OpBase):
     example: ClassVar[Mapping[str, str] | None] = {}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = LinearFields
+    input_fields: ClassVar[tuple[str, ...]] = ("in_features",)
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
@@ -1062,14 +1082,15 @@ def _symbolic_part(
     last: bool,
 ) -> tuple[SymbolicOp, Expression | None]:
     """:meth:`ChannelSlice._part` over a definition's parameters: the slice and its channel count."""
+    part = SplitPart(index, parts, start, size, last)
     if parts is not None:
         assert in_channels is not None
         width = _quotient(in_channels, parts)
         number = index.evaluate({})
         assert isinstance(number, int)
-        return ChannelSliceFields(_times(index, width), _times(parse_expression(number + 1), width)), width
+        return SymbolicChannelSlice(_times(index, width), _times(parse_expression(number + 1), width), part), width
     assert size is not None
-    return ChannelSliceFields(start, size if _is_zero(start) else _plus(start, size)), size
+    return SymbolicChannelSlice(start, size if _is_zero(start) else _plus(start, size), part), size
 
 
 @dataclass(frozen=True)
@@ -1079,6 +1100,26 @@ class ChannelSliceFields(OpFields, Generic[N]):
     kind: ClassVar[str] = "channel_slice"
     start: N
     stop: N
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """A part of a split as its spec states it (:meth:`ChannelSlice._part`'s arguments), over a
+    definition's parameters: what an instance's slice is computed and checked from."""
+
+    index: Size
+    parts: Size | None
+    start: Size
+    size: Size | None
+    last: bool
+
+
+@dataclass(frozen=True)
+class SymbolicChannelSlice(ChannelSliceFields[Size]):
+    """A definition's slice: its start and stop over the definition's parameters, and the part of a
+    split it was made from (:meth:`ChannelSlice.stated`)."""
+
+    part: SplitPart
 
 
 @dataclass(frozen=True)
@@ -1118,6 +1159,11 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
         return _symbolic_part(in_channels, **values)
+
+    @classmethod
+    def stated(cls, op: SymbolicOp) -> dict[str, Any]:
+        assert isinstance(op, SymbolicChannelSlice)
+        return {field.name: getattr(op.part, field.name) for field in dataclasses.fields(op.part)}
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)
@@ -1363,6 +1409,7 @@ class PointwiseLinear(PointwiseLinearFields[int], OpBase):
     example: ClassVar[Mapping[str, str] | None] = {"pointwise_linear": "{op: pointwise_linear, out_channels: width}"}
     family: ClassVar[str] = "linear"
     fields: ClassVar[type[Any] | None] = PointwiseLinearFields
+    input_fields: ClassVar[tuple[str, ...]] = ("in_channels",)
 
     @classmethod
     def from_attributes(cls, attributes: Attributes, in_shapes: tuple[Shape, ...]) -> Self:
