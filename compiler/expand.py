@@ -1,9 +1,11 @@
 """The expand pass: a validated network spec and its parts become a concrete IR graph.
 
-Expansion binds every part parameter, evaluates every attribute expression, chooses each block's
-shortcut from the network's policy, and names every node canonically. It needs shapes along the
-way (a conv's ``in_channels`` is its input's channel count), so it applies the op table's shape
-rules as it builds: this is where a graph's shapes are computed.
+Expansion binds every part parameter, unrolls each part for its instances, chooses each block's
+shortcut from the network's policy, and names every node canonically. Each unrolling of a part is
+made a :class:`~rescompile.compiler.ir.Definition` once (one walk over its spec); every module is
+an instance of its definition (:func:`~rescompile.compiler.instantiate.instantiate`, which
+evaluates its expressions and computes its shapes), a block's shortcut definition's nodes right
+before its residual add.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from rescompile.compiler.instantiate import Bindings, evaluate_int, instantiate, located
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     Definition,
@@ -27,18 +30,14 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.ops import (
     OPS,
     SHORTCUT_VALUE,
-    Add,
     Linear,
     LinearFields,
-    Op,
     Shape,
-    ShapeError,
-    ShrinkError,
     show_shape,
 )
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts, is_builtin
+from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts
 from rescompile.spec.models import (
     HELD_BLOCKS,
     REQUIRED,
@@ -145,7 +144,7 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             path = spec.naming.block_path(stage_index, block_index, blocks_built - 1)
             block, read = unrolling.unroll(block, bindings, "blocks", path)
             assert isinstance(block.spec, BlockSpec)
-            out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
+            out_channels = evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
             # ``none`` (the whole policy, or one side of it): no residual add, the block's output is its branch's.
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
@@ -583,7 +582,7 @@ def _after_held_blocks(
     assert isinstance(spec, TransitionSpec) and spec.blocks is not None and before.holds_blocks
     bindings = _derive(transition, Bindings(dict(before.parameters)))
     where = f"{before.path} (stage {stage_index})"
-    declared = _evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
+    declared = evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
     if declared != shape[0]:
         raise RescompileError(
             f"{where}: transition '{spec.name}' declares blocks.out_channels = {spec.blocks.out_channels.text} = "
@@ -593,9 +592,7 @@ def _after_held_blocks(
     after = definition.nodes[_held_split(definition) :]
     shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
     location = network.locate("stages", stage_index)
-    nodes = _instantiate(
-        after, transition, bindings, shapes, before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT}
-    )
+    nodes = instantiate(after, transition, bindings, shapes, before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
     earlier = {node.name: node.shape for node in before.nodes if node.shape is not None}
     carried = tuple(sorted({(value, earlier[value]) for node in nodes for value in node.inputs if value in earlier}))
     return dataclasses.replace(
@@ -808,25 +805,6 @@ def _checked(part: Loaded[PartSpec], definition: Definition) -> Definition:
     return definition
 
 
-class Bindings(dict[str, Value]):
-    """A part's parameter values, remembering where the network set the ones it set: an error in
-    an expression over them is located at the user's line, not inside a (built-in) part file."""
-
-    def __init__(
-        self,
-        values: Mapping[str, Value],
-        origins: Mapping[str, Location] | None = None,
-        size_origin: Location | None = None,
-    ) -> None:
-        super().__init__(values)
-        self.origins: dict[str, Location] = dict(origins or {})
-        self.size_origin = size_origin
-        """Where the network sets its input size: a feature map that shrinks away is located there."""
-
-    def origin(self, expression: Expression) -> Location | None:
-        return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
-
-
 def _block_overrides(spec: NetworkSpec, stage_index: int, block_index: int) -> dict[str, Value]:
     """Block ``block_index``'s parameters (of stage ``stage_index``) as the network sets them. The
     network's and the stage's ``block_parameters`` are for their block types; the first block's own
@@ -935,76 +913,10 @@ def _derive(part: Loaded[PartSpec], bindings: Bindings) -> Bindings:
         try:
             bindings[name] = expression.evaluate(bindings)
         except ExpressionError as error:
-            raise _located(f"derived.{name} = {expression.text}: {error}", part, ("derived", name), origin) from None
+            raise located(f"derived.{name} = {expression.text}: {error}", part, ("derived", name), origin) from None
         if origin is not None:
             bindings.origins[name] = origin
     return bindings
-
-
-def _located(message: str, part: Loaded[PartSpec], path: YamlPath, origin: Location | None) -> RescompileError:
-    """An error in a part's expression: at the network's line that set a value it reads, where
-    there is one (naming where the expression is), else at the expression."""
-    at = part.source.locate(path)
-    return RescompileError(message, at) if origin is None else RescompileError(f"{message} (computed at {at})", origin)
-
-
-def _evaluate(
-    expression: Expression, bindings: Bindings, part: Loaded[PartSpec], path: tuple[str, ...], where: str
-) -> tuple[Value, Location | None]:
-    """The expression's value, and the network's location of a value it reads (for messages); an
-    expression that cannot be evaluated is a located error."""
-    origin = bindings.origin(expression)
-    try:
-        return expression.evaluate(bindings), origin
-    except ExpressionError as error:
-        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
-
-
-def _evaluate_int(
-    expression: Expression,
-    bindings: Bindings,
-    part: Loaded[PartSpec],
-    path: tuple[str, ...],
-    where: str,
-    minimum: int,
-    maximum: int | None = None,
-) -> int:
-    value, origin = _evaluate(expression, bindings, part, path, where)
-    if isinstance(value, float):
-        message = (
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}, a float; it must be an integer "
-            "(use //, int() or round())"
-        )
-        raise _located(message, part, path, origin)
-    if isinstance(value, bool) or not isinstance(value, int):
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer"
-        raise _located(message, part, path, origin)
-    if value < minimum:
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
-        raise _located(message, part, path, origin)
-    if maximum is not None and value > maximum:
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value:,}; it must be at most {maximum:,}"
-        raise _located(message, part, path, origin)
-    return value
-
-
-def _evaluate_real(
-    expression: Expression,
-    bindings: Bindings,
-    part: Loaded[PartSpec],
-    path: tuple[str, ...],
-    where: str,
-    bounds: tuple[float, float],
-) -> float:
-    """A real-valued attribute (a rate): a number in ``[low, high)``."""
-    value, origin = _evaluate(expression, bindings, part, path, where)
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value < high:
-        message = (
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; it must be a number in [{low}, {high})"
-        )
-        raise _located(message, part, path, origin)
-    return float(value)
 
 
 def _build_module(
@@ -1050,7 +962,7 @@ def _build_module(
 
     declared = shortcut_bindings.get("out_channels") if shortcut_bindings else None
     assert declared is None or isinstance(declared, int)
-    instance = _instantiate(
+    instance = instantiate(
         definition.nodes if nodes is None else nodes,
         part,
         bindings,
@@ -1108,7 +1020,7 @@ def _shortcut_builder(
         try:
             # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
             definition = made.get(name) or made.setdefault(name, _definition(part, "shortcut", where, True, name))
-            return _instantiate(
+            return instantiate(
                 definition.nodes, part, bindings, shapes, where, location, prefix=prefix, input_value=source
             )
         except RescompileError as error:
@@ -1122,75 +1034,6 @@ def _shortcut_builder(
     return build
 
 
-def _instantiate(
-    definition_nodes: Sequence[SymbolicNode],
-    part: Loaded[PartSpec],
-    bindings: Bindings,
-    shapes: dict[str, Shape],
-    label: str,
-    location: Location,
-    build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
-    declared_channels: int | None = None,
-    prefix: str = "",
-    input_value: str = MODULE_INPUT,
-    aliases: Mapping[str, str] | None = None,
-) -> list[Node]:
-    """An instance's nodes, from its definition's (of ``part``, which locates errors) in order: each
-    op evaluated under ``bindings`` (:func:`_instance_op`), its shape computed, its name under
-    ``prefix``; ``input`` reads ``input_value``, and a value of ``aliases`` the value it names
-    (``blocks``: the input of the half of a transition after its blocks). A block's shortcut nodes
-    (``build_shortcut``) come right before its residual add."""
-    nodes: list[Node] = []
-    renamed: dict[str, str] = {MODULE_INPUT: input_value, **(aliases or {})}
-    for node in definition_nodes:
-        if SHORTCUT_VALUE in node.inputs and build_shortcut is not None:
-            shortcut_nodes = build_shortcut(shapes)
-            nodes += shortcut_nodes
-            renamed[SHORTCUT_VALUE] = shortcut_nodes[-1].name if shortcut_nodes else MODULE_INPUT
-        inputs = tuple(renamed.get(value, prefix + value) for value in node.inputs)
-        in_shapes = tuple(shapes[value] for value in inputs)
-        op = _instance_op(node, bindings, in_shapes, part, label)
-        if isinstance(op, Add) and op.shortcut_input is not None and in_shapes[0] != in_shapes[1]:
-            branch, shortcut = in_shapes[1 - op.shortcut_input], in_shapes[op.shortcut_input]
-            raise _merge_error(part, node.name, branch, shortcut, declared_channels, label, location)
-        try:
-            shape = op.output_shape(in_shapes)
-        except ShapeError as error:
-            # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
-            # pointed at the network's head: line, a layer_norm's at the node).
-            raise _node_error(f"{label}: {node.name}: {error}", part, node, bindings, error) from None
-        full_name = prefix + node.name
-        shapes[full_name] = shape
-        nodes.append(Node(full_name, op, inputs, in_shapes, shape, node.source))
-    if not nodes:
-        raise RescompileError(f"{label}: part '{part.spec.name}' has no nodes left", part.locate("nodes"))
-    return nodes
-
-
-def _merge_error(
-    part: Loaded[PartSpec],
-    name: str,
-    branch: Shape,
-    shortcut: Shape,
-    declared_channels: int | None,
-    label: str,
-    location: Location,
-) -> RescompileError:
-    """Explain a residual add whose inputs differ: the block's own declaration, or the shortcut."""
-    if isinstance(part.spec, BlockSpec) and declared_channels is not None and branch[0] != declared_channels:
-        return RescompileError(
-            f"{label}: block '{part.spec.name}' declares out_channels = {part.spec.out_channels.text} "
-            f"= {declared_channels}, but its branch reaching '{name}' produces {branch[0]} channels",
-            part.locate("out_channels"),
-        )
-    return RescompileError(
-        f"{label}: the residual add '{name}' needs the branch ({show_shape(branch)}) and the shortcut "
-        f"({show_shape(shortcut)}) to have one shape; use a shortcut policy that projects or pads where shapes "
-        "change (B, A or C), not the identity",
-        location,
-    )
-
-
 def _inputs(node: OpSpec, previous: str) -> tuple[str, ...]:
     """The values a spec node reads: its ``inputs``, its ``input``, or else the node before it."""
     if isinstance(node, BinarySpec):
@@ -1200,55 +1043,6 @@ def _inputs(node: OpSpec, previous: str) -> tuple[str, ...]:
 
 def _other(inputs: tuple[str, ...]) -> str:
     return inputs[0] if inputs[1] == SHORTCUT_VALUE else inputs[1]
-
-
-def _stated(node: SymbolicNode) -> dict[str, object]:
-    """The values its spec states for a definition's node, expressions unevaluated (none for an op
-    without integer fields, which is its own symbolic form)."""
-    return {} if isinstance(node.op, Op) else node.op_type.stated(node.op)
-
-
-def _instance_op(
-    node: SymbolicNode, bindings: Bindings, in_shapes: tuple[Shape, ...], part: Loaded[PartSpec], label: str
-) -> Op:
-    """The op of a definition's node in an instance: the expressions its spec states evaluated to
-    integers (at least 1 unless the op states a smaller minimum) or reals, then
-    :meth:`~rescompile.compiler.ops.OpBase.from_attributes`. An op without integer fields is the
-    same in every instance."""
-    if isinstance(node.op, Op):
-        return node.op
-    op_type = node.op_type
-    attributes: dict[str, object] = {}
-    for field, value in _stated(node).items():
-        path = ("nodes", node.name, field)
-        if isinstance(value, Expression) and field in op_type.real_ranges:
-            value = _evaluate_real(value, bindings, part, path, label, op_type.real_ranges[field])
-        elif isinstance(value, Expression):
-            minimum, maximum = op_type.minimums.get(field, 1), op_type.maximums.get(field)
-            value = _evaluate_int(value, bindings, part, path, label, minimum, maximum)
-        attributes[field] = value
-    try:
-        return op_type.from_attributes(attributes, in_shapes)
-    except ShapeError as error:
-        raise _node_error(f"{label}: {node.name}: {error}", part, node, bindings, error) from None
-
-
-def _node_error(
-    message: str, part: Loaded[PartSpec], node: SymbolicNode, bindings: Bindings, error: ShapeError
-) -> RescompileError:
-    """A node's shape error, at the node; in a built-in part, at the user's line that caused it
-    where there is one (the input size for a feature map that shrinks away, else a parameter value
-    the node reads), naming the node in the built-in file."""
-    at = part.locate("nodes", node.name)
-    if not is_builtin(at):
-        return RescompileError(message, at)
-    read = [bindings.origin(value) for value in _stated(node).values() if isinstance(value, Expression)]
-    candidates = [bindings.size_origin] if isinstance(error, ShrinkError) else []
-    origin = next((where for where in [*candidates, *read] if where is not None and not is_builtin(where)), None)
-    if origin is None:
-        return RescompileError(message, at)
-    kind = type(part.spec).__name__.removesuffix("Spec").lower()
-    return RescompileError(f"{message} (in built-in {kind} '{part.spec.name}', {at})", origin)
 
 
 __all__ = ["MAX_BLOCKS", "MAX_NODES", "MAX_WEIGHTS", "expand"]
