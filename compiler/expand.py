@@ -531,12 +531,6 @@ def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
     return naming.block_path(stage_index, 0, last_block) if naming.shared else naming.stage_path(stage_index)
 
 
-def _held_split(definition: Definition) -> int:
-    """Where a transition holding its stage's blocks splits: the index after the node they read."""
-    assert definition.blocks is not None
-    return next(index for index, node in enumerate(definition.nodes) if node.name == definition.blocks[0]) + 1
-
-
 def _check_held_path(network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, path: str) -> None:
     """A transition holding stage ``stage_index``'s blocks holds them at ``PATH.blocks``, its naming's choice."""
     stage_path = network.spec.naming.stage_path(stage_index)
@@ -560,7 +554,7 @@ def _before_held_blocks(
 ) -> Module:
     """The half of a transition holding stage ``stage_index``'s blocks that runs before them: its
     definition's nodes up to the one the blocks read."""
-    before = definition.nodes[: _held_split(definition)]
+    before = definition.nodes[: definition.first_after_blocks]
     location = network.locate("stages", stage_index)
     module = _build_module(
         path, "transition", transition, definition, bindings, shape, location, None, None, nodes=before
@@ -589,7 +583,7 @@ def _after_held_blocks(
             f"{declared}, but the stage's blocks output {shape[0]} channels",
             transition.locate("blocks", "out_channels"),
         )
-    after = definition.nodes[_held_split(definition) :]
+    after = definition.nodes[definition.first_after_blocks :]
     shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
     location = network.locate("stages", stage_index)
     nodes = instantiate(after, transition, bindings, shapes, before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})

@@ -138,8 +138,7 @@ def _verify_instance(module: Module, definition: Definition, shortcut: Definitio
     definition's (under the shortcut's module) right before its residual add."""
     nodes = definition.nodes
     if module.holds_blocks:
-        assert definition.blocks is not None
-        split = next(index for index, node in enumerate(nodes) if node.name == definition.blocks[0]) + 1
+        split = definition.first_after_blocks
         nodes = nodes[split:] if module.after_blocks else nodes[:split]
     expected: list[tuple[str, str]] = []
     for node in nodes:
