@@ -1,17 +1,20 @@
 """The expand pass: a validated network spec and its parts become a concrete IR graph.
 
-Expansion binds every part parameter, evaluates every attribute expression, chooses each block's
-shortcut from the network's policy, and names every node canonically. It needs shapes along the
-way (a conv's ``in_channels`` is its input's channel count), so it applies the op table's shape
-rules as it builds: this is where a graph's shapes are computed.
+Expansion binds every part parameter, unrolls each part for its instances, chooses each block's
+shortcut from the network's policy, and names every node canonically. Each unrolling of a part is
+made a :class:`~rescompile.compiler.ir.Definition` once (one walk over its spec); every module is
+an instance of its definition (:func:`~rescompile.compiler.instantiate.instantiate`, which
+evaluates its expressions and computes its shapes), a block's shortcut definition's nodes right
+before its residual add.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
+from rescompile.compiler.instantiate import Bindings, evaluate_int, instantiate, located
 from rescompile.compiler.ir import (
     MODULE_INPUT,
     Definition,
@@ -27,18 +30,14 @@ from rescompile.compiler.ir import (
 from rescompile.compiler.ops import (
     OPS,
     SHORTCUT_VALUE,
-    Add,
-    Interval,
+    Linear,
     LinearFields,
-    Op,
     Shape,
-    ShapeError,
-    ShrinkError,
     show_shape,
 )
 from rescompile.spec.errors import Location, RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
-from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts, is_builtin
+from rescompile.spec.loader import IDENTITY, PLAIN, Loaded, NetworkParts
 from rescompile.spec.models import (
     HELD_BLOCKS,
     REQUIRED,
@@ -53,7 +52,6 @@ from rescompile.spec.models import (
     ShortcutSpec,
     StemSpec,
     TransitionSpec,
-    real_problem,
 )
 from rescompile.spec.unroll import Unrolling
 from rescompile.spec.yaml_source import YamlPath
@@ -89,15 +87,19 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     unrolling = Unrolling()
     stem_bindings = _bind(stem, spec.stem_parameters, {"in_channels": shape[0]}, network, "stem_parameters")
     stem = unrolling.instantiate(stem, stem_bindings, "stems")
-    stem_module = _build_module("", "stem", stem, stem_bindings, shape, network.locate("stem"), None, None)
+    stem_definition = _definition(stem, "stem", "stem")
+    stem_module = _build_module(
+        "", "stem", stem, stem_definition, stem_bindings, shape, network.locate("stem"), None, None
+    )
     modules.append(stem_module)
     assert stem_module.out_shape is not None
     shape = stem_module.out_shape
 
     used_shortcuts: dict[str, Loaded[PartSpec]] = {}
+    shortcut_definitions: dict[str, Definition] = {}
+    block_definitions: dict[tuple[int, tuple[tuple[str, object], ...], bool], Definition] = {}
+    """Each block unrolling's definition, by its block, its nodes and whether it keeps its residual add."""
     instances: list[Instance] = []
-    """(module index, whether first of its stage, the block unrolled for it, the parameter values its
-    unrolling read, whether it keeps its residual add), for block variants."""
     used_transitions: dict[str, Loaded[PartSpec]] = {}
     transition_kinds = TransitionKinds()
     blocks_built = 0
@@ -114,10 +116,9 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             held or stage.transition is not None or stage.stride != 1 or stage.width != shape[0]
         ):
             _check_distinct(used_transitions, transition, network.locate("transition"))
-            module, transition, fixed = _transition_module(
-                network, transition, stage_index, stage_path, shape, False, unrolling
+            module, transition, held_definition = _transition_module(
+                network, transition, stage_index, stage_path, shape, False, unrolling, transition_kinds, len(modules)
             )
-            transition_kinds.add(len(modules), transition, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_path: str | None = module.path
         else:
@@ -143,12 +144,17 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             path = spec.naming.block_path(stage_index, block_index, blocks_built - 1)
             block, read = unrolling.unroll(block, bindings, "blocks", path)
             assert isinstance(block.spec, BlockSpec)
-            out_channels = _evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
+            out_channels = evaluate_int(block.spec.out_channels, bindings, block, ("out_channels",), path, 1)
             shapes_change = stride != 1 or out_channels != shape[0]
             # ``none`` (the whole policy, or one side of it): no residual add, the block's output is its branch's.
             shortcut_name = None if policy is None else policy[1 if shapes_change else 0]
             shortcut_name = None if shortcut_name == PLAIN else shortcut_name
-            instances.append((len(modules), first, block, _fixed(template, read, bindings), shortcut_name is not None))
+            unrolled_as = (id(template), _nodes_key(block), shortcut_name is not None)
+            if unrolled_as not in block_definitions:
+                block_definitions[unrolled_as] = _definition(block, "block", path, residual=shortcut_name is not None)
+            definition = block_definitions[unrolled_as]
+            fixed = _fixed(template, read, bindings)
+            instances.append((len(modules), first, block, fixed, shortcut_name is not None, definition))
             shortcut: Loaded[PartSpec] | None = None
             if shortcut_name not in (None, IDENTITY):
                 assert shortcut_name is not None
@@ -159,7 +165,16 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
             if shortcut is not None:
                 shortcut_bindings = _derive(shortcut, shortcut_bindings)
             module = _build_module(
-                path, "block", block, bindings, shape, stage_location, shortcut_name, shortcut, shortcut_bindings
+                path,
+                "block",
+                block,
+                definition,
+                bindings,
+                shape,
+                stage_location,
+                shortcut_name,
+                None if shortcut is None else (shortcut, shortcut_definitions),
+                shortcut_bindings,
             )
             assert module.out_shape is not None
             if module.out_shape[0] != out_channels:
@@ -181,16 +196,25 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
                     "transition after them: put those nodes in it, after its blocks",
                     network.locate("stages", stage_index),
                 )
-            module = _after_held_blocks(network, transition, modules[-1 - stage.depth], stage_index, shape)
+            module = _after_held_blocks(
+                network, transition, held_definition, modules[-1 - stage.depth], stage_index, shape
+            )
             transition_kinds.uses.append((len(modules), transition_kinds.uses[-1][1]))  # the same kind
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         elif transition_after is not None:
             _check_distinct(used_transitions, transition_after, network.locate("transition_after"))
-            module, unrolled, fixed = _transition_module(
-                network, transition_after, stage_index, stage_path, shape, True, unrolling
+            module, _, _ = _transition_module(
+                network,
+                transition_after,
+                stage_index,
+                stage_path,
+                shape,
+                True,
+                unrolling,
+                transition_kinds,
+                len(modules),
             )
-            transition_kinds.add(len(modules), unrolled, fixed)
             shape, node_count = _appended(modules, module, node_count)
             transition_after_path = module.path
         if block_paths:
@@ -201,7 +225,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
     head_bindings = _bind(head, spec.head_parameters, {"in_channels": shape[0]}, network, "head_parameters")
     head = unrolling.instantiate(head, head_bindings, "heads")
-    modules.append(_build_module("", "head", head, head_bindings, shape, network.locate("head"), None, None))
+    head_definition = _definition(head, "head", "head")
+    modules.append(
+        _build_module("", "head", head, head_definition, head_bindings, shape, network.locate("head"), None, None)
+    )
     out_shape = modules[-1].out_shape
     if out_shape is not None and len(out_shape) != 1:
         raise RescompileError(
@@ -241,14 +268,17 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
     variants = _variants(instances)
     for (index, *_), (variant, _, _) in zip(instances, variants, strict=True):
         modules[index] = dataclasses.replace(modules[index], type_name=variant.spec.name)
-    unique = {part.spec.name: (part, fixed, residual) for part, fixed, residual in variants}
+    unique = {
+        part.spec.name: (part, dataclasses.replace(instance[5], name=part.spec.name, fixed=fixed))
+        for instance, (part, fixed, _) in zip(instances, variants, strict=True)
+    }
     definitions = [
-        _definition(stem, "stem"),
-        *(_definition(part, "transition", fixed=fixed) for part, fixed in transition_kinds.named(modules)),
-        *(_definition(block, "block", residual, fixed=fixed) for block, fixed, residual in unique.values()),
-        _definition(head, "head"),
+        _checked(stem, stem_definition),
+        *(_checked(part, definition) for part, definition in transition_kinds.named(modules)),
+        *(_checked(block, definition) for block, definition in unique.values()),
+        _checked(head, head_definition),
         # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
-        *(_definition(used_shortcuts[name], "shortcut", definition_name=name) for name in sorted(used_shortcuts)),
+        *(_checked(used_shortcuts[name], shortcut_definitions[name]) for name in sorted(used_shortcuts)),
     ]
     return Graph(
         name=spec.name,
@@ -265,9 +295,10 @@ def expand(network: Loaded[NetworkSpec], parts: NetworkParts) -> Graph:
 
 Fixed = tuple[tuple[str, Value], ...]
 """A block instance's parameters that its unrolling read, with their values."""
-Instance = tuple[int, bool, Loaded[PartSpec], Fixed, bool]
+Instance = tuple[int, bool, Loaded[PartSpec], Fixed, bool, Definition]
 """A block instance: its module's index, whether it is first in its stage, the block unrolled for
-it, the parameter values its unrolling read, and whether it keeps its residual add."""
+it, the parameter values its unrolling read, whether it keeps its residual add, and the definition
+it is an instance of (named as its block)."""
 VariantKey = tuple[tuple[tuple[str, object], ...], Fixed, bool]
 """A block unrolling's nodes in order, the parameter values it was unrolled for, and whether it
 keeps its residual add (under the policy ``none`` where shapes change, a class without it)."""
@@ -298,7 +329,7 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
     others are ``NAME_2``, ``NAME_3``, ..."""
     by_name: dict[str, list[tuple[bool, VariantKey, Loaded[PartSpec]]]] = {}
     keys: list[VariantKey] = []
-    for _, first, block, fixed, residual in instances:
+    for _, first, block, fixed, residual, _ in instances:
         keys.append((_nodes_key(block), fixed, residual))
         by_name.setdefault(block.spec.name, []).append((first, keys[-1], block))
     # A variant's name is new: never a block type of the network (a user block named x_first or
@@ -331,7 +362,7 @@ def _variants(instances: list[Instance]) -> list[tuple[Loaded[PartSpec], Fixed, 
             )
     return [
         (renamed[(block.spec.name, key)], key[1], key[2])
-        for (_, _, block, _, _), key in zip(instances, keys, strict=True)
+        for (_, _, block, _, _, _), key in zip(instances, keys, strict=True)
     ]
 
 
@@ -408,16 +439,19 @@ class TransitionKinds:
     kind most stages use keeps the transition's name, the others are ``NAME_2``, ``NAME_3``, ..."""
 
     def __init__(self) -> None:
-        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Fixed]] = {}
+        self.parts: dict[TransitionKey, tuple[Loaded[PartSpec], Definition]] = {}
         self.uses: list[tuple[int, TransitionKey]] = []
         """(module index, its kind) for each transition module (both halves of one holding blocks)."""
 
-    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed) -> None:
+    def add(self, index: int, unrolled: Loaded[PartSpec], fixed: Fixed, label: str) -> Definition:
+        """Record the transition module at ``index``, unrolled as ``unrolled``: its kind's definition."""
         key = (unrolled.spec.name, _nodes_key(unrolled), fixed)
-        self.parts.setdefault(key, (unrolled, fixed))
+        if key not in self.parts:
+            self.parts[key] = (unrolled, dataclasses.replace(_definition(unrolled, "transition", label), fixed=fixed))
         self.uses.append((index, key))
+        return self.parts[key][1]
 
-    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Fixed]]:
+    def named(self, modules: list[Module]) -> list[tuple[Loaded[PartSpec], Definition]]:
         """Each kind's part under its definition name, naming ``modules``' transitions by it."""
         counts = {key: sum(used == key for _, used in self.uses) for key in self.parts}
         transitions = {key[0] for key in self.parts}
@@ -430,8 +464,11 @@ class TransitionKinds:
         for index, key in self.uses:
             modules[index] = dataclasses.replace(modules[index], type_name=names[key])
         return [
-            (Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended), fixed)
-            for key, (part, fixed) in self.parts.items()
+            (
+                Loaded(part.spec.model_copy(update={"name": names[key]}), part.source, part.extended),
+                dataclasses.replace(definition, name=names[key]),
+            )
+            for key, (part, definition) in self.parts.items()
         ]
 
 
@@ -443,11 +480,13 @@ def _transition_module(
     shape: Shape,
     after_blocks: bool,
     unrolling: Unrolling,
-) -> tuple[Module, Loaded[PartSpec], Fixed]:
+    kinds: TransitionKinds,
+    index: int,
+) -> tuple[Module, Loaded[PartSpec], Definition]:
     """Stage ``stage_index``'s transition (of the stage at path ``stage_at``), before its blocks (bound
     to the stage's width and stride, which it takes) or after them (``after_blocks``: bound to the
-    width and stride 1), with the transition unrolled for it and the values of its own parameters
-    the unrolling read."""
+    width and stride 1), the module at ``index``, instantiated from its kind's definition in
+    ``kinds``; with the transition unrolled for it and that definition."""
     spec = network.spec
     stage = spec.stages[stage_index]
     builtins: dict[str, Value] = {
@@ -466,10 +505,13 @@ def _transition_module(
     stage_path = spec.naming.stage_path(stage_index)
     template = transition
     transition, read = unrolling.unroll(transition, bindings, "transitions", path)
-    fixed = _fixed(template, read, bindings)
     assert isinstance(transition.spec, TransitionSpec)
     if transition.spec.blocks is not None:
-        return _before_held_blocks(network, transition, stage_index, shape, bindings, path), transition, fixed
+        _check_held_path(network, transition, stage_index, path)
+    definition = kinds.add(index, transition, _fixed(template, read, bindings), path)
+    if transition.spec.blocks is not None:
+        module = _before_held_blocks(network, transition, definition, stage_index, shape, bindings, path)
+        return module, transition, definition
     if f"{path}.".startswith(f"{stage_path}.") or f"{stage_path}.".startswith(f"{path}."):
         naming = "naming.transitions_after" if after_blocks else "naming.transitions"
         raise RescompileError(
@@ -479,8 +521,8 @@ def _transition_module(
             network.locate("naming"),
         )
     location = network.locate("stages", stage_index)
-    module = _build_module(path, "transition", transition, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks), transition, fixed
+    module = _build_module(path, "transition", transition, definition, bindings, shape, location, None, None)
+    return dataclasses.replace(module, stage_path=stage_at, after_blocks=after_blocks), transition, definition
 
 
 def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
@@ -489,30 +531,8 @@ def _stage_path(naming: NamingSpec, stage_index: int, last_block: int) -> str:
     return naming.block_path(stage_index, 0, last_block) if naming.shared else naming.stage_path(stage_index)
 
 
-def _held_halves(transition: Loaded[PartSpec]) -> tuple[Loaded[PartSpec], Loaded[PartSpec]]:
-    """A transition holding its stage's blocks as two parts: its nodes up to the one the blocks
-    read, and its nodes after it (located as in the transition's file)."""
-    spec = transition.spec
-    assert isinstance(spec, TransitionSpec) and spec.blocks is not None
-    names = list(spec.nodes)
-    split = names.index(spec.blocks.input) + 1
-    halves: list[Loaded[PartSpec]] = [
-        Loaded(spec.model_copy(update={"nodes": {name: spec.nodes[name] for name in part}}), transition.source)
-        for part in (names[:split], names[split:])
-    ]
-    return halves[0], halves[1]
-
-
-def _before_held_blocks(
-    network: Loaded[NetworkSpec],
-    transition: Loaded[PartSpec],
-    stage_index: int,
-    shape: Shape,
-    bindings: Bindings,
-    path: str,
-) -> Module:
-    """The half of a transition holding stage ``stage_index``'s blocks that runs before them; the
-    blocks are inside it, at ``PATH.blocks``, its naming's choice."""
+def _check_held_path(network: Loaded[NetworkSpec], transition: Loaded[PartSpec], stage_index: int, path: str) -> None:
+    """A transition holding stage ``stage_index``'s blocks holds them at ``PATH.blocks``, its naming's choice."""
     stage_path = network.spec.naming.stage_path(stage_index)
     if stage_path != f"{path}.{HELD_BLOCKS}":
         raise RescompileError(
@@ -521,14 +541,34 @@ def _before_held_blocks(
             f'\'.{HELD_BLOCKS}\' after them (transitions: "stages.{{index}}", stages: "stages.{{index}}.blocks")',
             network.locate("naming"),
         )
-    before, _ = _held_halves(transition)
+
+
+def _before_held_blocks(
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    definition: Definition,
+    stage_index: int,
+    shape: Shape,
+    bindings: Bindings,
+    path: str,
+) -> Module:
+    """The half of a transition holding stage ``stage_index``'s blocks that runs before them: its
+    definition's nodes up to the one the blocks read."""
+    before = definition.nodes[: definition.first_after_blocks]
     location = network.locate("stages", stage_index)
-    module = _build_module(path, "transition", before, bindings, shape, location, None, None)
-    return dataclasses.replace(module, stage_path=stage_path, holds_blocks=True)
+    module = _build_module(
+        path, "transition", transition, definition, bindings, shape, location, None, None, nodes=before
+    )
+    return dataclasses.replace(module, stage_path=network.spec.naming.stage_path(stage_index), holds_blocks=True)
 
 
 def _after_held_blocks(
-    network: Loaded[NetworkSpec], transition: Loaded[PartSpec], before: Module, stage_index: int, shape: Shape
+    network: Loaded[NetworkSpec],
+    transition: Loaded[PartSpec],
+    definition: Definition,
+    before: Module,
+    stage_index: int,
+    shape: Shape,
 ) -> Module:
     """The half of a transition holding stage ``stage_index``'s blocks that runs after them
     (``shape``: their output's), reading their output and values of the half ``before`` them."""
@@ -536,17 +576,17 @@ def _after_held_blocks(
     assert isinstance(spec, TransitionSpec) and spec.blocks is not None and before.holds_blocks
     bindings = _derive(transition, Bindings(dict(before.parameters)))
     where = f"{before.path} (stage {stage_index})"
-    declared = _evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
+    declared = evaluate_int(spec.blocks.out_channels, bindings, transition, ("blocks", "out_channels"), where, 1)
     if declared != shape[0]:
         raise RescompileError(
             f"{where}: transition '{spec.name}' declares blocks.out_channels = {spec.blocks.out_channels.text} = "
             f"{declared}, but the stage's blocks output {shape[0]} channels",
             transition.locate("blocks", "out_channels"),
         )
-    _, after = _held_halves(transition)
+    after = definition.nodes[definition.first_after_blocks :]
     shapes: dict[str, Shape] = {MODULE_INPUT: shape, **{node.name: node.shape for node in before.nodes if node.shape}}
     location = network.locate("stages", stage_index)
-    nodes = _build_nodes(after, bindings, shapes, "", before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
+    nodes = instantiate(after, transition, bindings, shapes, before.path, location, aliases={HELD_BLOCKS: MODULE_INPUT})
     earlier = {node.name: node.shape for node in before.nodes if node.shape is not None}
     carried = tuple(sorted({(value, earlier[value]) for node in nodes for value in node.inputs if value in earlier}))
     return dataclasses.replace(
@@ -668,19 +708,18 @@ def _check_weight_count(modules: list[Module]) -> None:
 
 
 IN_CHANNELS = parse_expression("in_channels")
+FLAT_FEATURES = parse_expression("features")
+"""The channels an op reads after a flatten, in a definition: a value no parameter states."""
 
 
 def _definition(
-    part: Loaded[PartSpec],
-    role: DefinitionRole,
-    residual: bool = True,
-    definition_name: str | None = None,
-    fixed: Fixed = (),
+    part: Loaded[PartSpec], role: DefinitionRole, label: str, residual: bool = True, definition_name: str | None = None
 ) -> Definition:
-    """A part as a definition: each node's attributes as the spec states them (expressions over the
-    part's parameters) plus what its op derives from its input channels, by the op table's
-    symbolic rule. In a plain network (``residual`` False) a block's residual add is dropped and
-    whatever read it reads the branch instead, as in the block's instances."""
+    """A part, unrolled, as a definition: each node's op over the part's parameters, as the spec
+    states it plus what the op derives from its input channels (the op table's symbolic rule). Its
+    instances are made from it (:func:`_instantiate`); ``label`` names the first of them in errors.
+    Without its residual add (``residual`` False: a plain block), whatever read the add reads the
+    branch instead."""
     spec = part.spec
     channels: dict[str, Expression | None] = {MODULE_INPUT: IN_CHANNELS}
     if isinstance(spec, BlockSpec):
@@ -694,6 +733,10 @@ def _definition(
         previous = name
         if held is not None and name == held.input:
             previous, channels[HELD_BLOCKS] = HELD_BLOCKS, held.out_channels
+        if SHORTCUT_VALUE in inputs and not isinstance(node_spec, AddSpec):
+            raise RescompileError(
+                f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate("nodes", name)
+            )
         if not residual and isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in inputs:
             renamed[name] = _other(inputs)
             continue
@@ -701,12 +744,24 @@ def _definition(
         values = {field: value for field, value in node_spec if field not in ("op", "input", "when")}
         if "inputs" in values:
             values["inputs"] = inputs
+        op_type = OPS[node_spec.op]
         in_channels = tuple(channels.get(value) for value in inputs)
-        op, channels[name] = OPS[node_spec.op].symbolic_inputs(values, in_channels)
+        if None in in_channels and not issubclass(op_type, Linear):
+            # After a flatten no expression states the channels; an op reading them there is refused by
+            # its instance's shape rule (a conv needs an image), which never evaluates what an op
+            # derives from its input: it is told the flat value's features.
+            in_channels = tuple(FLAT_FEATURES if value is None else value for value in in_channels)
+        op, channels[name] = op_type.symbolic_inputs(values, in_channels)
         nodes.append(SymbolicNode(name, op, inputs, part.locate("nodes", name)))
-    if role in ("block", "shortcut", "transition"):
-        _check_class_nodes(part, role, nodes)
-    definition = Definition(
+    if nodes and renamed.get(previous, nodes[-1].name) != nodes[-1].name:
+        # A block without its residual add that ended with it ends with the add's branch, which must
+        # be its last node left (a node read only as the shortcut_input may come after the branch).
+        raise RescompileError(
+            f"{label}: without its residual add, block '{spec.name}' would end with '{renamed[previous]}', "
+            "which is not its last node; order the nodes so that the residual add's branch comes last before it",
+            part.locate("nodes", previous),
+        )
+    return Definition(
         role=role,
         name=spec.name if definition_name is None else definition_name,
         description=spec.description,
@@ -717,44 +772,31 @@ def _definition(
         shortcut_input=spec.shortcut_input if isinstance(spec, BlockSpec) else MODULE_INPUT,
         classes=tuple(spec.classes.items()) if isinstance(spec, BlockSpec) else (),
         blocks=None if held is None else (held.input, held.out_channels),
-        fixed=fixed,
     )
+
+
+def _checked(part: Loaded[PartSpec], definition: Definition) -> Definition:
+    """``definition`` (of ``part``), once what the source backends need to write it as a class
+    holds: its nodes (:func:`_check_class_nodes`) and the containers it writes as classes."""
+    if definition.role in ("block", "shortcut", "transition"):
+        _check_class_nodes(part, definition.role, list(definition.nodes))
     for prefix in dict(definition.classes):
         outer = next((other for other in dict(definition.classes) if prefix.startswith(f"{other}.")), None)
         if outer is not None:
             # NOTE: a class inside a class would need the outer class to write the inner one; refused, not
             # approximated (the outer class dropped the nodes after the inner one).
             raise RescompileError(
-                f"block '{spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a class "
-                "cannot hold another one: keep one of them",
+                f"block '{part.spec.name}': classes.{prefix} is inside classes.{outer}; a container written as a "
+                "class cannot hold another one: keep one of them",
                 part.source.locate(("classes", prefix), key=True),
             )
         try:
             container_span(definition, prefix)
         except ValueError as error:
             raise RescompileError(
-                f"block '{spec.name}': classes.{prefix}: {error}", part.source.locate(("classes", prefix))
+                f"block '{part.spec.name}': classes.{prefix}: {error}", part.source.locate(("classes", prefix))
             ) from None
     return definition
-
-
-class Bindings(dict[str, Value]):
-    """A part's parameter values, remembering where the network set the ones it set: an error in
-    an expression over them is located at the user's line, not inside a (built-in) part file."""
-
-    def __init__(
-        self,
-        values: Mapping[str, Value],
-        origins: Mapping[str, Location] | None = None,
-        size_origin: Location | None = None,
-    ) -> None:
-        super().__init__(values)
-        self.origins: dict[str, Location] = dict(origins or {})
-        self.size_origin = size_origin
-        """Where the network sets its input size: a feature map that shrinks away is located there."""
-
-    def origin(self, expression: Expression) -> Location | None:
-        return next((self.origins[name] for name in sorted(expression.names) if name in self.origins), None)
 
 
 def _block_overrides(spec: NetworkSpec, stage_index: int, block_index: int) -> dict[str, Value]:
@@ -865,88 +907,28 @@ def _derive(part: Loaded[PartSpec], bindings: Bindings) -> Bindings:
         try:
             bindings[name] = expression.evaluate(bindings)
         except ExpressionError as error:
-            raise _located(f"derived.{name} = {expression.text}: {error}", part, ("derived", name), origin) from None
+            raise located(f"derived.{name} = {expression.text}: {error}", part, ("derived", name), origin) from None
         if origin is not None:
             bindings.origins[name] = origin
     return bindings
-
-
-def _located(message: str, part: Loaded[PartSpec], path: YamlPath, origin: Location | None) -> RescompileError:
-    """An error in a part's expression: at the network's line that set a value it reads, where
-    there is one (naming where the expression is), else at the expression."""
-    at = part.source.locate(path)
-    return RescompileError(message, at) if origin is None else RescompileError(f"{message} (computed at {at})", origin)
-
-
-def _evaluate(
-    expression: Expression, bindings: Bindings, part: Loaded[PartSpec], path: tuple[str, ...], where: str
-) -> tuple[Value, Location | None]:
-    """The expression's value, and the network's location of a value it reads (for messages); an
-    expression that cannot be evaluated is a located error."""
-    origin = bindings.origin(expression)
-    try:
-        return expression.evaluate(bindings), origin
-    except ExpressionError as error:
-        raise _located(f"{where}: {'.'.join(path)} = {expression.text}: {error}", part, path, origin) from None
-
-
-def _evaluate_int(
-    expression: Expression,
-    bindings: Bindings,
-    part: Loaded[PartSpec],
-    path: tuple[str, ...],
-    where: str,
-    minimum: int,
-    maximum: int | None = None,
-) -> int:
-    value, origin = _evaluate(expression, bindings, part, path, where)
-    if isinstance(value, float):
-        message = (
-            f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}, a float; it must be an integer "
-            "(use //, int() or round())"
-        )
-        raise _located(message, part, path, origin)
-    if isinstance(value, bool) or not isinstance(value, int):
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; expected an integer"
-        raise _located(message, part, path, origin)
-    if value < minimum:
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value}; it must be at least {minimum}"
-        raise _located(message, part, path, origin)
-    if maximum is not None and value > maximum:
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value:,}; it must be at most {maximum:,}"
-        raise _located(message, part, path, origin)
-    return value
-
-
-def _evaluate_real(
-    expression: Expression,
-    bindings: Bindings,
-    part: Loaded[PartSpec],
-    path: tuple[str, ...],
-    where: str,
-    bounds: Interval,
-) -> float:
-    """A real-valued attribute (a rate, an epsilon): a number in ``bounds``, finite in float32."""
-    value, origin = _evaluate(expression, bindings, part, path, where)
-    problem = real_problem(value, bounds)
-    if problem is not None:
-        message = f"{where}: {'.'.join(path)} = {expression.text} gives {value!r}; {problem}"
-        raise _located(message, part, path, origin)
-    assert isinstance(value, int | float)
-    return float(value)
 
 
 def _build_module(
     path: str,
     role: ModuleRole,
     part: Loaded[PartSpec],
+    definition: Definition,
     bindings: Bindings,
     in_shape: Shape,
     location: Location,
     shortcut_name: str | None,
-    shortcut: Loaded[PartSpec] | None,
+    shortcut: tuple[Loaded[PartSpec], dict[str, Definition]] | None,
     shortcut_bindings: Bindings | None = None,
+    nodes: Sequence[SymbolicNode] | None = None,
 ) -> Module:
+    """The instance of ``definition`` (of ``part``, unrolled for it) at ``path``, of its nodes (or
+    ``nodes``, a half of them), its parameters bound; a block's shortcut is part ``shortcut`` (its
+    definition made once, in the mapping by its name) or, where none, the identity."""
     label = path or role
     shapes: dict[str, Shape] = {MODULE_INPUT: in_shape}
     shortcut_module: str | None = None
@@ -956,24 +938,34 @@ def _build_module(
         if shortcut is None:
             build_shortcut = _identity
         else:
-            assert isinstance(shortcut.spec, ShortcutSpec) and shortcut_bindings is not None
-            shortcut_module = shortcut.spec.module
+            shortcut_part, made = shortcut
+            assert isinstance(shortcut_part.spec, ShortcutSpec) and shortcut_bindings is not None
+            shortcut_module = shortcut_part.spec.module
             for name in part.spec.nodes:
                 if name.split(".")[0] == shortcut_module:
                     # One attribute of the block module would hold both (the torch build lost a node).
                     what = "a node" if name == shortcut_module else f"the container of node '{name}'"
                     raise RescompileError(
-                        f"shortcut '{shortcut.spec.name}' is held in module '{shortcut_module}', which is also "
-                        f"{what} of block '{part.spec.name}'; rename one of them",
-                        shortcut.locate("module"),
+                        f"shortcut '{shortcut_part.spec.name}' is held in module '{shortcut_module}', which is "
+                        f"also {what} of block '{part.spec.name}'; rename one of them",
+                        shortcut_part.locate("module"),
                     )
             build_shortcut = _shortcut_builder(
-                part, shortcut, shortcut_bindings, f"{shortcut_module}.", label, in_shape, location
+                part, (shortcut_name, shortcut_part, made), shortcut_bindings, label, in_shape, location
             )
 
     declared = shortcut_bindings.get("out_channels") if shortcut_bindings else None
     assert declared is None or isinstance(declared, int)
-    nodes = _build_nodes(part, bindings, shapes, "", label, location, build_shortcut, declared)
+    instance = instantiate(
+        definition.nodes if nodes is None else nodes,
+        part,
+        bindings,
+        shapes,
+        label,
+        location,
+        build_shortcut,
+        declared,
+    )
     return Module(
         path=path,
         role=role,
@@ -981,9 +973,9 @@ def _build_module(
         parameters=tuple(sorted((name, bindings[name]) for name in bindings if name not in part.spec.derived)),
         shortcut=shortcut_name,
         shortcut_module=shortcut_module,
-        nodes=tuple(nodes),
+        nodes=tuple(instance),
         in_shape=in_shape,
-        out_shape=nodes[-1].shape,
+        out_shape=instance[-1].shape,
         source=location,
     )
 
@@ -995,17 +987,20 @@ def _identity(shapes: dict[str, Shape]) -> list[Node]:
 
 def _shortcut_builder(
     block: Loaded[PartSpec],
-    shortcut: Loaded[PartSpec],
+    shortcut: tuple[str, Loaded[PartSpec], dict[str, Definition]],
     bindings: Bindings,
-    prefix: str,
     label: str,
     in_shape: Shape,
     location: Location,
 ) -> Callable[[dict[str, Shape]], list[Node]]:
-    """What builds a block's shortcut nodes once the value they read (the block's
-    ``shortcut_input``) is computed: they come right before the residual add."""
+    """What instantiates a block's shortcut (its policy name, its part and the shortcut definitions
+    made so far, by name) once the value it reads (the block's ``shortcut_input``) is computed: its
+    nodes come right before the residual add, under the shortcut's module."""
     assert isinstance(block.spec, BlockSpec)
     source = block.spec.shortcut_input
+    name, part, made = shortcut
+    assert isinstance(part.spec, ShortcutSpec)
+    prefix = f"{part.spec.module}."
 
     def build(shapes: dict[str, Shape]) -> list[Node]:
         if shapes[source] != in_shape:
@@ -1015,105 +1010,22 @@ def _shortcut_builder(
                 f"value of the block input's shape ({show_shape(in_shape)})",
                 block.locate("shortcut_input"),
             )
+        where = f"{label} shortcut"
         try:
-            return _build_nodes(shortcut, bindings, shapes, prefix, f"{label} shortcut", location, input_value=source)
+            # Named as the network's policy names it (its file's name), as each block's ``shortcut`` is.
+            definition = made.get(name) or made.setdefault(name, _definition(part, "shortcut", where, True, name))
+            return instantiate(
+                definition.nodes, part, bindings, shapes, where, location, prefix=prefix, input_value=source
+            )
         except RescompileError as error:
             # Point at the network, whose shortcut choice the user can change, not the part file.
             raise RescompileError(
-                f"shortcut '{shortcut.spec.name}' cannot take {label} from {in_shape[0]} to "
+                f"shortcut '{part.spec.name}' cannot take {label} from {in_shape[0]} to "
                 f"{bindings['out_channels']} channels ({error.message})",
                 location,
             ) from None
 
     return build
-
-
-def _build_nodes(
-    part: Loaded[PartSpec],
-    bindings: Bindings,
-    shapes: dict[str, Shape],
-    prefix: str,
-    label: str,
-    location: Location,
-    build_shortcut: Callable[[dict[str, Shape]], list[Node]] | None = None,
-    declared_channels: int | None = None,
-    input_value: str = MODULE_INPUT,
-    aliases: Mapping[str, str] | None = None,
-) -> list[Node]:
-    """Evaluate a part's nodes in order; ``input`` reads ``input_value``, and a value of ``aliases``
-    the value it names (``blocks``: the input of the half of a transition after its blocks). A
-    block's shortcut nodes (``build_shortcut``) come right before its residual add; in a plain block
-    (``build_shortcut`` None), the residual add disappears and whatever read it reads the branch instead."""
-    nodes: list[Node] = []
-    renamed: dict[str, str] = {MODULE_INPUT: input_value, **(aliases or {})}
-    previous = MODULE_INPUT
-    for name, node_spec in part.spec.nodes.items():
-        node_path = ("nodes", name)
-        raw_inputs = _inputs(node_spec, previous)
-        is_merge = isinstance(node_spec, AddSpec) and SHORTCUT_VALUE in raw_inputs
-        if is_merge and build_shortcut is None and isinstance(part.spec, BlockSpec):
-            renamed[name] = renamed.get(_other(raw_inputs), _other(raw_inputs))
-            previous = name
-            continue
-        if SHORTCUT_VALUE in raw_inputs and not isinstance(node_spec, AddSpec):
-            raise RescompileError(
-                f"{label}: only an add node may read 'shortcut' (the residual merge)", part.locate(*node_path)
-            )
-        if is_merge and build_shortcut is not None:
-            shortcut_nodes = build_shortcut(shapes)
-            nodes += shortcut_nodes
-            renamed[SHORTCUT_VALUE] = shortcut_nodes[-1].name if shortcut_nodes else MODULE_INPUT
-        inputs = tuple(renamed.get(value, prefix + value) for value in raw_inputs)
-        in_shapes = tuple(shapes[value] for value in inputs)
-        op = _make_op(node_spec, bindings, in_shapes, part, node_path, label)
-        if isinstance(op, Add) and op.shortcut_input is not None and in_shapes[0] != in_shapes[1]:
-            branch, shortcut = in_shapes[1 - op.shortcut_input], in_shapes[op.shortcut_input]
-            raise _merge_error(part, name, branch, shortcut, declared_channels, label, location)
-        try:
-            shape = op.output_shape(in_shapes)
-        except ShapeError as error:
-            # At the node, as from_attributes's errors are (a group_norm on a flat value in a head
-            # pointed at the network's head: line, a layer_norm's at the node).
-            raise _node_error(f"{label}: {name}: {error}", part, node_path, node_spec, bindings, error) from None
-        full_name = prefix + name
-        shapes[full_name] = shape
-        nodes.append(Node(full_name, op, inputs, in_shapes, shape, part.locate(*node_path)))
-        previous = name
-    if not nodes:
-        raise RescompileError(f"{label}: part '{part.spec.name}' has no nodes left", part.locate("nodes"))
-    if renamed.get(previous, nodes[-1].name) != nodes[-1].name:
-        # A block without its residual add that ended with it ends with the add's branch, which must
-        # be its last node left (a node read only as the shortcut_input may come after the branch).
-        raise RescompileError(
-            f"{label}: without its residual add, block '{part.spec.name}' would end with '{renamed[previous]}', "
-            "which is not its last node; order the nodes so that the residual add's branch comes last before it",
-            part.locate("nodes", previous),
-        )
-    return nodes
-
-
-def _merge_error(
-    part: Loaded[PartSpec],
-    name: str,
-    branch: Shape,
-    shortcut: Shape,
-    declared_channels: int | None,
-    label: str,
-    location: Location,
-) -> RescompileError:
-    """Explain a residual add whose inputs differ: the block's own declaration, or the shortcut."""
-    if isinstance(part.spec, BlockSpec) and declared_channels is not None and branch[0] != declared_channels:
-        return RescompileError(
-            f"{label}: block '{part.spec.name}' declares out_channels = {part.spec.out_channels.text} "
-            f"= {declared_channels}, but its branch reaching '{name}' produces {branch[0]} channels",
-            part.locate("out_channels"),
-        )
-    return RescompileError(
-        f"{label}: the residual add '{name}' needs the branch ({show_shape(branch)}) and the shortcut "
-        f"({show_shape(shortcut)}) to have one shape; use a shortcut policy that projects or pads where shapes "
-        "change (B, A or C), not the identity",
-        location,
-    )
 
 
 def _inputs(node: OpSpec, previous: str) -> tuple[str, ...]:
@@ -1125,56 +1037,6 @@ def _inputs(node: OpSpec, previous: str) -> tuple[str, ...]:
 
 def _other(inputs: tuple[str, ...]) -> str:
     return inputs[0] if inputs[1] == SHORTCUT_VALUE else inputs[1]
-
-
-def _make_op(
-    spec: OpSpec,
-    bindings: Bindings,
-    in_shapes: tuple[Shape, ...],
-    part: Loaded[PartSpec],
-    node_path: tuple[str, str],
-    label: str,
-) -> Op:
-    """The op table's op for a spec node: expressions evaluated to integers (at least 1 unless the
-    op states a smaller minimum), then :meth:`~rescompile.compiler.ops.OpBase.from_attributes`."""
-    op_type = OPS[spec.op]
-    attributes: dict[str, object] = {}
-    for field, value in spec:
-        if field in ("op", "input", "when"):
-            continue
-        if isinstance(value, Expression) and field in op_type.real_ranges:
-            value = _evaluate_real(value, bindings, part, (*node_path, field), label, op_type.real_ranges[field])
-        elif isinstance(value, Expression):
-            minimum, maximum = op_type.minimums.get(field, 1), op_type.maximums.get(field)
-            value = _evaluate_int(value, bindings, part, (*node_path, field), label, minimum, maximum)
-        attributes[field] = value
-    try:
-        return op_type.from_attributes(attributes, in_shapes)
-    except ShapeError as error:
-        raise _node_error(f"{label}: {node_path[1]}: {error}", part, node_path, spec, bindings, error) from None
-
-
-def _node_error(
-    message: str,
-    part: Loaded[PartSpec],
-    node_path: tuple[str, str],
-    spec: OpSpec,
-    bindings: Bindings,
-    error: ShapeError,
-) -> RescompileError:
-    """A node's shape error, at the node; in a built-in part, at the user's line that caused it
-    where there is one (the input size for a feature map that shrinks away, else a parameter value
-    the node reads), naming the node in the built-in file."""
-    at = part.locate(*node_path)
-    if not is_builtin(at):
-        return RescompileError(message, at)
-    read = [bindings.origin(value) for _, value in spec if isinstance(value, Expression)]
-    candidates = [bindings.size_origin] if isinstance(error, ShrinkError) else []
-    origin = next((where for where in [*candidates, *read] if where is not None and not is_builtin(where)), None)
-    if origin is None:
-        return RescompileError(message, at)
-    kind = type(part.spec).__name__.removesuffix("Spec").lower()
-    return RescompileError(f"{message} (in built-in {kind} '{part.spec.name}', {at})", origin)
 
 
 __all__ = ["MAX_BLOCKS", "MAX_NODES", "MAX_WEIGHTS", "expand"]

@@ -237,6 +237,13 @@ class Definition:
     ``scale``): its class is made for them, so they are constants in it, not constructor parameters."""
 
     @property
+    def first_after_blocks(self) -> int:
+        """In a transition that holds its stage's blocks: the index of its first node after them
+        (its nodes before it are the half before the blocks)."""
+        assert self.blocks is not None, f"transition '{self.name}' holds no blocks"
+        return next(index for index, node in enumerate(self.nodes) if node.name == self.blocks[0]) + 1
+
+    @property
     def residual(self) -> bool:
         """Whether it has a residual add (a node reading ``shortcut``): a block of a plain network
         has none, nor one whose instances the policy ``none`` gives no shortcut."""

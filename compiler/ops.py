@@ -22,6 +22,7 @@ one class here (defining it registers it in :data:`OP_TYPES`), plus one emitter 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import enum
 import functools
 import math
@@ -353,6 +354,16 @@ class OpBase(OpFields):
     ) -> tuple[SymbolicOp, Expression | None]:
         """:meth:`symbolic` given every input's channel count; most ops need the first only."""
         return cls.symbolic(values, in_channels[0])
+
+    @classmethod
+    def stated(cls, op: SymbolicOp) -> dict[str, Any]:
+        """The spec's values a definition's op was made from (:meth:`symbolic`'s ``values``),
+        expressions unevaluated: an instance evaluates them under its parameters and builds its op
+        with :meth:`from_attributes`. Only for an op with integer fields (``fields``); any other op
+        is the same in a definition and in its instances."""
+        return {
+            field.name: getattr(op, field.name) for field in dataclasses.fields(op) if field.name not in cls.inferred
+        }
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         raise NotImplementedError
@@ -1183,14 +1194,15 @@ def _symbolic_part(
     last: bool,
 ) -> tuple[SymbolicOp, Expression | None]:
     """:meth:`ChannelSlice._part` over a definition's parameters: the slice and its channel count."""
+    part = SplitPart(index, parts, start, size, last)
     if parts is not None:
         assert in_channels is not None
         width = _quotient(in_channels, parts)
         number = index.evaluate({})
         assert isinstance(number, int)
-        return ChannelSliceFields(_times(index, width), _times(parse_expression(number + 1), width)), width
+        return SymbolicChannelSlice(_times(index, width), _times(parse_expression(number + 1), width), part), width
     assert size is not None
-    return ChannelSliceFields(start, size if _is_zero(start) else _plus(start, size)), size
+    return SymbolicChannelSlice(start, size if _is_zero(start) else _plus(start, size), part), size
 
 
 @dataclass(frozen=True)
@@ -1200,6 +1212,26 @@ class ChannelSliceFields(OpFields, Generic[N]):
     kind: ClassVar[str] = "channel_slice"
     start: N
     stop: N
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """A part of a split as its spec states it (:meth:`ChannelSlice._part`'s arguments), over a
+    definition's parameters: what an instance's slice is computed and checked from."""
+
+    index: Size
+    parts: Size | None
+    start: Size
+    size: Size | None
+    last: bool
+
+
+@dataclass(frozen=True)
+class SymbolicChannelSlice(ChannelSliceFields[Size]):
+    """A definition's slice: its start and stop over the definition's parameters, and the part of a
+    split it was made from (:meth:`ChannelSlice.stated`)."""
+
+    part: SplitPart
 
 
 @dataclass(frozen=True)
@@ -1255,6 +1287,11 @@ class ChannelSlice(ChannelSliceFields[int], OpBase):
     @classmethod
     def symbolic(cls, values: SpecValues, in_channels: Expression | None) -> tuple[SymbolicOp, Expression | None]:
         return _symbolic_part(in_channels, **values)
+
+    @classmethod
+    def stated(cls, op: SymbolicOp) -> dict[str, Any]:
+        assert isinstance(op, SymbolicChannelSlice)
+        return {field.name: getattr(op.part, field.name) for field in dataclasses.fields(op.part)}
 
     def output_shape(self, in_shapes: tuple[Shape, ...]) -> Shape:
         channels, height, width = _image(in_shapes, self.kind)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import NoReturn
 
-from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Definition, Graph, SymbolicNode
+from rescompile.compiler.ir import MODULE_INPUT, OP_TYPES, Add, Definition, Graph, Module, SymbolicNode
 from rescompile.compiler.ops import OPS, SHORTCUT_VALUE, Shape, weight_name
 from rescompile.spec.models import HELD_BLOCKS
 
@@ -31,9 +31,12 @@ def verify(graph: Graph) -> Graph:
     * the graph ends flat (features, no spatial dimensions);
     * the stages hold the blocks in order, each stage's transition right before its blocks;
     * the definitions are sound (:func:`verify_definition`), and every module is an instance of
-      one: a block's definition has its residual add exactly where the block has a shortcut.
+      one: a block's definition has its residual add exactly where the block has a shortcut, and
+      the module's nodes are its definition's, by name and kind in order (a block's shortcut's
+      right before its residual add; a half of a transition holding its blocks, that half's).
     """
     defined = {(definition.role, definition.name): verify_definition(definition) for definition in graph.definitions}
+    instances: list[tuple[Module, Definition, Definition | None]] = []
     for module in graph.modules:
         instance_of = defined.get((module.role, module.type_name))
         if instance_of is None:
@@ -43,8 +46,12 @@ def verify(graph: Graph) -> Graph:
                 f"{module.path}: shortcut {module.shortcut!r}, but definition '{instance_of.name}' residual is "
                 f"{instance_of.residual}"
             )
-        if module.shortcut not in (None, "identity") and ("shortcut", module.shortcut) not in defined:
-            _fail(f"{module.path}: no shortcut definition '{module.shortcut}'")
+        shortcut = None
+        if module.shortcut not in (None, "identity"):
+            shortcut = defined.get(("shortcut", str(module.shortcut)))
+            if shortcut is None:
+                _fail(f"{module.path}: no shortcut definition '{module.shortcut}'")
+        instances.append((module, instance_of, shortcut))
     # NOTE: each check builds its message only when it fails; building ~30,000 messages that are
     # never shown was most of the verifier's time on resnet152.
     canonical_names: set[str] = set()
@@ -90,6 +97,8 @@ def verify(graph: Graph) -> Graph:
         shape = module.out_shape
     if len(shape) != 1:
         _fail(f"the graph must end with flat features, it ends with shape {shape}")
+    for module, definition, shortcut in instances:
+        _verify_instance(module, definition, shortcut)
     _verify_stages(graph)
     return graph
 
@@ -122,6 +131,25 @@ def _verify_stages(graph: Graph) -> None:
     transitions = sum((stage.transition is not None) + (stage.transition_after is not None) for stage in graph.stages)
     if len(graph.transitions) != transitions:
         _fail("a transition module belongs to no stage")
+
+
+def _verify_instance(module: Module, definition: Definition, shortcut: Definition | None) -> None:
+    """``module``'s nodes are its definition's, by name and kind in order, with its shortcut
+    definition's (under the shortcut's module) right before its residual add."""
+    nodes = definition.nodes
+    if module.holds_blocks:
+        split = definition.first_after_blocks
+        nodes = nodes[split:] if module.after_blocks else nodes[:split]
+    expected: list[tuple[str, str]] = []
+    for node in nodes:
+        if shortcut is not None and SHORTCUT_VALUE in node.inputs:
+            expected += [(f"{module.shortcut_module}.{inner.name}", inner.kind) for inner in shortcut.nodes]
+        expected.append((node.name, node.kind))
+    found = [(node.name, node.op.kind) for node in module.nodes]
+    if found != expected:
+        _fail(
+            f"{module.path or module.role}: nodes {found} are not those of definition '{definition.name}': {expected}"
+        )
 
 
 def verify_definition(definition: Definition) -> Definition:

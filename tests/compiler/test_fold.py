@@ -5,6 +5,7 @@ concrete graph)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from rescompile.backends.onnx_backend import emit_model, run_onnxruntime
 from rescompile.compiler import compile_spec
 from rescompile.compiler.fold import fold_batch_norm, fold_weights, folds
-from rescompile.compiler.ir import FoldedNorm
+from rescompile.compiler.ir import FoldedNorm, Node, SymbolicNode
 from rescompile.compiler.ops import BatchNorm, Conv
 from rescompile.compiler.pipeline import PASSES, lower_for_inference
 from rescompile.compiler.weights import random_weights, weight_shapes
@@ -39,17 +40,31 @@ def test_every_batch_norm_after_a_conv_folds_and_its_readers_read_the_conv() -> 
 
 def test_a_batch_norm_whose_conv_output_has_another_reader_stays() -> None:
     graph = compile_spec("resnet20", size=8)
-    module = graph.modules[1]
-    # Let relu1 read conv1 as well as bn1 reading it: with two readers, bn1 cannot absorb conv1.
-    nodes = tuple(
-        dataclasses.replace(node, inputs=("conv1",)) if node.name == "relu1" else node for node in module.nodes
-    )
+    # Let relu1 read conv1 as well as bn1 reading it: with two readers, bn1 cannot absorb conv1. In
+    # every block and block definition, so that each block stays an instance of its definition.
     rewired = dataclasses.replace(
-        graph, modules=(graph.modules[0], dataclasses.replace(module, nodes=nodes), *graph.modules[2:])
+        graph,
+        modules=tuple(
+            dataclasses.replace(module, nodes=_relu1_reads_conv1(module.nodes)) if module.role == "block" else module
+            for module in graph.modules
+        ),
+        definitions=tuple(
+            dataclasses.replace(definition, nodes=_relu1_reads_conv1(definition.nodes))
+            if definition.role == "block"
+            else definition
+            for definition in graph.definitions
+        ),
     )
     folded_norms = {fold.batch_norm for fold in folds(lower_for_inference(rewired))}
     assert "layer1.0.bn1" not in folded_norms
     assert "layer1.0.bn2" in folded_norms
+
+
+AnyNode = TypeVar("AnyNode", Node, SymbolicNode)
+
+
+def _relu1_reads_conv1(nodes: tuple[AnyNode, ...]) -> tuple[AnyNode, ...]:
+    return tuple(dataclasses.replace(node, inputs=("conv1",)) if node.name == "relu1" else node for node in nodes)
 
 
 def test_folded_weights_by_hand_for_one_channel() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from rescompile.compiler import VerificationError, compile_spec, verify
 from rescompile.compiler.ir import OP_KINDS, OP_TYPES, Graph, Module, Relu
+from rescompile.compiler.ops import Sigmoid
 from rescompile.spec import builtin_networks
 
 
@@ -119,6 +120,35 @@ def test_verify_rejects_a_residual_block_whose_definition_lost_its_add(graph: Gr
     )
     with pytest.raises(VerificationError, match=r"layer1\.0: shortcut 'identity', but definition 'basic'"):
         verify(replace_definition(graph, "block", "basic", nodes=nodes))
+
+
+def test_verify_rejects_a_block_whose_nodes_are_not_its_definitions(graph: Graph) -> None:
+    """A block's op changed in the flat view alone (a sigmoid for relu1, shapes kept) is no
+    instance of its definition any more."""
+    block = graph.modules[1]
+    nodes = tuple(dataclasses.replace(node, op=Sigmoid()) if node.name == "relu1" else node for node in block.nodes)
+    with pytest.raises(VerificationError, match=r"layer1\.0: nodes .* are not those of definition 'basic'"):
+        verify(replace_module(graph, 1, dataclasses.replace(block, nodes=nodes)))
+
+
+def test_verify_reads_a_projecting_blocks_shortcut_nodes_from_its_shortcut_definition(graph: Graph) -> None:
+    """layer2.0's downsample nodes sit right before its residual add, as its shortcut definition's
+    nodes under ``downsample.``; dropping one of them from the flat view alone is refused."""
+    block = next(module for module in graph.modules if module.path == "layer2.0")
+    assert [node.name for node in block.nodes if node.name.startswith("downsample.")] == [
+        "downsample.0",
+        "downsample.1",
+    ]
+    nodes = tuple(node for node in block.nodes if node.name != "downsample.1")
+    rewired = tuple(
+        dataclasses.replace(
+            node, inputs=tuple("downsample.0" if value == "downsample.1" else value for value in node.inputs)
+        )
+        for node in nodes
+    )
+    index = graph.modules.index(block)
+    with pytest.raises(VerificationError, match=r"layer2\.0: nodes .* are not those of definition"):
+        verify(replace_module(graph, index, dataclasses.replace(block, nodes=rewired)))
 
 
 def test_verify_rejects_a_module_without_its_definition(graph: Graph) -> None:
