@@ -43,6 +43,7 @@ from rescompile.compiler.pipeline import compile_spec
 from rescompile.compiler.weights import Weights, weight_shapes
 from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError, did_you_mean
+from rescompile.spec.expressions import Expression, ExpressionError
 from rescompile.spec.loader import (
     IDENTITY,
     POLICIES,
@@ -495,7 +496,7 @@ def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules
                 return f"{stage.path}.{stage.blocks[0]}"
         return None
     if group == "stem":
-        return _layers_misfit("", _part("stems", choice["stem"]), modules)
+        return _layers_misfit("", _part("stems", choice["stem"]), modules, choice.get("stem_parameters", {}))
     if group == "block":
         return _layers_misfit(first_block, _part("blocks", choice["block"]), modules)
     if group == "head":
@@ -536,11 +537,16 @@ def _weighted_nodes(part: PartSpec | None) -> list[str]:
     )
 
 
-def _layers_misfit(prefix: str, part: PartSpec, modules: Layers) -> str | None:
+def _layers_misfit(
+    prefix: str, part: PartSpec, modules: Layers, parameters: Mapping[str, Any] | None = None
+) -> str | None:
     """The first path where the model has no layer of the class a node of ``part`` (one that every
-    instance holds: no template, no ``when``) needs, or has a layer where a node nests inside one."""
+    instance holds: no template, no ``when`` but one that holds at ``parameters`` over the part's
+    defaults) needs, or has a layer where a node nests inside one."""
+    values = {**part.defaults, **(parameters or {})}
     for name, node in part.nodes.items():
-        if getattr(node, "when", None) is not None or "{" in name:
+        when = getattr(node, "when", None)
+        if "{" in name or (when is not None and not _holds(when, values)):
             continue
         path = prefix + name
         segments = path.split(".")
@@ -553,6 +559,17 @@ def _layers_misfit(prefix: str, part: PartSpec, modules: Layers) -> str | None:
         if layer_class is not None and op not in modules.unseen and not isinstance(modules.get(path), layer_class):
             return path
     return None
+
+
+def _holds(when: Expression, values: Mapping[str, Any]) -> bool:
+    """Whether ``when`` holds at the part's parameter ``values``; False where it reads more (the
+    block's width, its stride), which only compiling knows."""
+    if not when.names <= values.keys():
+        return False
+    try:
+        return bool(when.evaluate(values))
+    except (ExpressionError, ArithmeticError, TypeError):
+        return False
 
 
 @functools.cache

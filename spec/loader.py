@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from rescompile.spec.errors import Location, RescompileError, did_you_mean, one_of
-from rescompile.spec.expressions import Expression, ExpressionError, parse_expression
+from rescompile.spec.expressions import Expression, ExpressionError, Value, parse_expression
 from rescompile.spec.models import (
     FOREIGN_KEYS,
     FOREIGN_OPS,
@@ -331,14 +331,7 @@ def _exists(path: Path, name: str, where: Location) -> bool:
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     if kind == "modules":
         return _load_module(path, ())
-    document, bases = _read_block(path) if kind == "blocks" else (read_yaml(path, display_name(path)), ())
-    nodes = document.data.get("nodes") if isinstance(document.data, dict) else None
-    for node_name, node in nodes.items() if isinstance(nodes, dict) else ():
-        if _is_module_use(node):
-            raise RescompileError(
-                f"node '{node_name}' uses a module; modules are used from blocks and modules, not a {kind[:-1]}",
-                document.source.locate(("nodes", node_name, "module"), key=True),
-            )
+    document, bases = _read_block(path) if kind == "blocks" else _read_part_using_modules(path, kind)
     part = _validate(PART_MODELS[kind], _expand_op_choices(document))
     loaded: Loaded[PartSpec] = Loaded(part, document.source, bases)
     if part.templated and kind in ("shortcuts", "modules"):
@@ -374,6 +367,19 @@ def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
     while documents:
         merged = _extend_block(merged, documents.pop())
     return _read_module_outputs(merged, uses.outputs), (*bases, *uses.files)
+
+
+def _read_part_using_modules(path: Path, kind: PartKind) -> tuple[YamlDocument, tuple[Path, ...]]:
+    """A stem's, head's, shortcut's or transition's document with its module uses written out as
+    nested layers (``stem.conv1`` -> ``stem.conv1.conv``, ...; only a block writes a use as a class
+    of its own), and the module files read."""
+    document = read_yaml(path, display_name(path))
+    if not isinstance(document.data, dict):
+        return document, ()
+    uses = _ModuleUses()
+    known = frozenset(BOUND_NAMES[kind] | _declared_names(document))
+    document = _inline_modules(document, path, (), known, uses, classes=False)
+    return _read_module_outputs(document, uses.outputs), tuple(uses.files)
 
 
 MAX_MODULE_DEPTH = 8
@@ -670,14 +676,27 @@ def _module_nodes(
             elif key == "inputs":
                 raw[key] = [_module_read(value, reads, bindings) for value in raw[key]]
             elif isinstance(field_value, Expression):
-                raw[key] = _substitute(field_value, bindings).text
+                raw[key] = _folded(_substitute(field_value, bindings))
         if index == 0 and spec.input is not None and "input" not in raw and "inputs" not in raw:
             raw["input"] = spec.input
         if spec.when is not None:
             # The module's own condition (over its parameters, now the user's values) holds only where the use's does.
             raw["when"] = spec.when.text if "when" not in raw else f"({raw['when']}) if ({spec.when.text}) else False"
         inlined[f"{use_name}.{name}"] = (raw, _below(module.source, ("nodes", name)))
-    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0]}", part.templated)
+    return _Inlined(inlined, derived, path, f"{use_name}.{nodes[-1][0].replace(SAME_NAME, '')}", part.templated)
+
+
+def _folded(expression: Expression) -> Value:
+    """A module node's value in the user's names: a number where the use bound every name it reads
+    to numbers (``padding: kernel // 2`` at ``kernel: 3`` is ``1``), as the user would have written it;
+    else its text."""
+    if expression.names:
+        return expression.text
+    try:
+        value = expression.evaluate({})
+    except (ExpressionError, ArithmeticError):
+        return expression.text  # the unrolled part reports it, located, as for any expression
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else expression.text
 
 
 def _module_read(value: str, reads: Mapping[str, str], bindings: Mapping[str, ast.expr]) -> str:
@@ -728,6 +747,9 @@ def _read_module_outputs(document: YamlDocument, outputs: Mapping[str, str]) -> 
     shortcut_input = data.get("shortcut_input")
     if isinstance(shortcut_input, str):
         data["shortcut_input"] = outputs.get(shortcut_input, shortcut_input)
+    held = data.get("blocks")  # a transition holding its stage's blocks names the value they read
+    if isinstance(held, dict) and isinstance(held.get("input"), str):
+        data["blocks"] = {**held, "input": outputs.get(held["input"], held["input"])}
     return YamlDocument(data, document.source)
 
 
@@ -789,8 +811,9 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     placed: dict[tuple[str, str], list[str]] = {}
     inserted: dict[str, Any] = {}
     for operation in ("insert_before", "insert_after"):
-        for anchor, new_nodes in child.data.get(operation, {}).items():
-            check_is_node(anchor, (operation, anchor), operation)
+        for written_anchor, new_nodes in child.data.get(operation, {}).items():
+            anchor = _anchor_node(str(written_anchor), list(nodes), after=operation == "insert_after")
+            check_is_node(anchor, (operation, written_anchor), operation)
             for node_name, node in new_nodes.items():
                 if node_name in nodes or node_name in inserted:
                     raise RescompileError(
@@ -799,7 +822,7 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
                         child.source.locate((operation, anchor, node_name), key=True),
                     )
                 inserted[node_name] = node
-                written[node_name] = (operation, anchor, node_name)
+                written[node_name] = (operation, written_anchor, node_name)
             placed[(operation, anchor)] = list(new_nodes)
     ordered: dict[str, Any] = {}
     for node_name, node in nodes.items():
@@ -809,6 +832,18 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     _check_nothing_reads_removed(ordered, merged.data.get("shortcut_input"), removed, child)
     data = {**merged.data, "nodes": ordered}
     return YamlDocument(data, _relocate_nodes(merged.source, child.source, ordered, written))
+
+
+def _anchor_node(anchor: str, names: list[str], *, after: bool) -> str:
+    """The base node an insertion's ``anchor`` names: itself; else a node whose op a parameter
+    chooses (``act``, written as ``act{''}``, ...), or a module use (``conv2_kxk``, written as
+    ``conv2_kxk.conv``, ...), by its first node (inserting before) or its last (after)."""
+    if anchor in names:
+        return anchor
+    standing = [name for name in names if name.replace(SAME_NAME, "") == anchor or name.startswith(f"{anchor}.")]
+    if not standing:
+        return anchor
+    return standing[-1] if after else standing[0]
 
 
 MAX_LISTED = 20
@@ -931,7 +966,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
             path = ("shortcut", ("where_shapes_match", "where_shapes_change")[index])
         where = network.source.locate(path)
         try:
-            shortcuts[name] = get("shortcuts", name, where)
+            shortcuts[name] = _named_shortcut(get("shortcuts", name, where), spec.naming.shortcuts)
         except RescompileError as error:
             if error.location != where:
                 raise
@@ -952,6 +987,13 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     return NetworkParts(
         stem, blocks, first_blocks, head, policy, shortcuts, transitions, transitions_after, tuple(files)
     )
+
+
+def _named_shortcut(shortcut: Loaded[PartSpec], name: str | None) -> Loaded[PartSpec]:
+    """``shortcut`` with its layer named ``name`` (the network's ``naming.shortcuts``), where it names one."""
+    if name is None or not isinstance(shortcut.spec, ShortcutSpec):
+        return shortcut
+    return Loaded(shortcut.spec.model_copy(update={"module": name}), shortcut.source, shortcut.extended)
 
 
 def _transition(

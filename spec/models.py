@@ -834,6 +834,11 @@ class NamingSpec(StrictModel):
             name = name.replace(f"{{{placeholder}}}", str(network_index + first))
         return f"{self.stage_path(stage_index)}.{name}"
 
+    shortcuts: Identifier | None = Field(
+        default=None,
+        description="The name of each block's shortcut layer, over its shortcut part's module (a projection "
+        "written once serves torchvision's and timm's RegNet's downsample and timm's ByobNet's shortcut).",
+    )
     transitions_after: Annotated[str, AfterValidator(_check_stage_pattern)] = Field(
         default="transition_after{number}",
         description="The path of each stage's transition after its blocks, where it has one: {index} counts "

@@ -146,7 +146,7 @@ def json_schema(kind: str) -> dict[str, Any]:
             "required": ["op"],
             "properties": {"op": {"enum": op_names(), "description": "The operation this node applies."}},
         }
-        # A block's or a module's node may instead use a module (the loader writes its nodes in); a
+        # A node may instead use a module (the loader writes its nodes in); a
         # node of a part with templates may take its op from a parameter (op: "{act}").
         alternatives = [node, *([CHOSEN_OP_SCHEMA] if kind in OP_CHOOSERS else [])]
         alternatives += [MODULE_USE_SCHEMA] if kind in MODULE_USERS else []
@@ -170,8 +170,8 @@ CHOSEN_OP_SCHEMA: Final = {
 """A node whose op a parameter chooses (``act1: {op: "{act}"}``); its other keys are the chosen op's."""
 
 
-MODULE_USERS: Final = ("block", "module")
-"""The file kinds whose nodes may use a module."""
+MODULE_USERS: Final = ("block", "module", "stem", "head", "shortcut", "transition")
+"""The file kinds whose nodes may use a module: all."""
 MODULE_USE_SCHEMA: Final = {
     key: value for key, value in ModuleUseSpec.model_json_schema().items() if key not in ("title", "description")
 }

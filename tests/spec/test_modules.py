@@ -189,15 +189,16 @@ def test_two_uses_of_one_module_with_other_values_are_two_classes(tmp_path: Path
     assert "self.se = SqueezeExcite(" in source and "self.se2 = SqueezeExcite_1(" in source
 
 
-def test_a_stem_that_uses_a_module_is_a_located_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stems_module_use_is_checked_as_a_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     network = _write(tmp_path)
     (tmp_path / "stems").mkdir()
     (tmp_path / "stems" / "gate.yaml").write_text(
-        "name: gate\nnodes:\n  se: {module: squeeze_excite, parameters: {channels: 3, reduced: 2}}\n"
+        "name: gate\nnodes:\n  se: {module: squeeze_excite, parameters: {channels: 3, reduce: 2}}\n"
     )
     network.write_text(NETWORK.replace("stem: cifar", "stem: gate"))
-    with pytest.raises(RescompileError, match=r"^stems/gate.yaml:3:8: node 'se' uses a module; modules are used from"):
+    unknown = r"^stems/gate.yaml:3:58: module 'squeeze_excite' has no parameter 'reduce'"
+    with pytest.raises(RescompileError, match=unknown):
         compile_spec(network)
 
 
