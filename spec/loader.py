@@ -483,7 +483,8 @@ def _inline_modules(
                     keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
                 uses.outputs[str(node_name)] = inlined.output
                 uses.files.append(inlined.file)
-                if "when" not in node and not inlined.conditional:  # a class's nodes exist in every instance
+                # A class's nodes exist in every instance, under one name.
+                if "when" not in node and not inlined.conditional and "{" not in str(node_name):
                     class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
                     class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
                 previous = inlined.output
@@ -595,11 +596,6 @@ def _module_nodes(
     """What module use ``use`` (node ``use_name``, after node ``previous``) stands for."""
     spec = _validate(ModuleUseSpec, use)
     where = use.source.locate(("module",))
-    if "{" in use_name:
-        raise RescompileError(
-            f"node '{use_name}' uses a module under a placeholder name; name the node plainly",
-            use.source.locate((), key=True),
-        )
     folders = [file.parent / "modules", file.parent.parent / "modules", builtin_directory() / "modules"]
     path = _find_part("modules", spec.module, list(dict.fromkeys(folders)), where)
     if path.resolve() in {used.resolve() for used in chain}:
@@ -638,6 +634,13 @@ def _module_nodes(
                 )
             bindings[name] = ast.Constant(default)  # a value, as a part's default is: 'relu' is a string
     derived: dict[str, tuple[str, Location]] = {}
+    if part.derived and "{" in use_name:
+        # Its derived values are named after the node (se_kernel), which a placeholder name cannot be.
+        raise RescompileError(
+            f"node '{use_name}' uses module '{part.name}', which derives values ({', '.join(part.derived)}), under a "
+            "placeholder name; name the node plainly",
+            use.source.locate((), key=True),
+        )
     for name, expression in part.derived.items():
         # A derived value stays one, in the user's names (se_kernel), computed once where the user computes.
         own = f"{use_name.replace('.', '_')}_{name}"

@@ -833,10 +833,11 @@ class StageSpec(StrictModel):
         description="The first block's parameters, over the network's and the stage's block_parameters (which "
         "apply to it where it is of their block type).",
     )
-    per_block_parameters: tuple[Parameters, ...] | None = Field(
+    per_block_parameters: tuple[Parameters, ...] | dict[str, tuple[ParameterValue, ...]] | None = Field(
         default=None,
         description="One mapping per block of the stage, in order (depth of them): each block's own parameters, "
-        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage).",
+        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage); or "
+        "one list per parameter, a value per block ({expansion: [6, 2.5, 2.3, 2.3]}).",
     )
     transition: str | None = Field(
         default=None,
@@ -853,6 +854,18 @@ class StageSpec(StrictModel):
         description="This stage's transition after its blocks (a file in transitions/), or 'none'; default: the "
         "network's transition_after.",
     )
+
+    def own_parameters(self, block_index: int) -> Parameters:
+        """Block ``block_index``'s own ``per_block_parameters`` (none where the stage has none)."""
+        each = self.per_block_parameters
+        if isinstance(each, dict):
+            return {name: values[block_index] for name, values in each.items()}
+        return dict(each[block_index]) if each is not None else {}
+
+    def own_parameter_path(self, block_index: int, name: str) -> tuple[str | int, ...]:
+        """Where in the stage ``per_block_parameters`` sets block ``block_index``'s ``name``."""
+        each = self.per_block_parameters
+        return (name, block_index) if isinstance(each, dict) else (block_index, name)
 
 
 STAGE_PLACEHOLDERS = {"index": 0, "number": 1}

@@ -24,15 +24,15 @@ stem: tv_mobilenetv3
 block: tv_mobilenetv3
 shortcut: {where_shapes_match: identity, where_shapes_change: none}
 stages:
-  - {depth: 1, width: 16, stride: 2, block_parameters: {se: 1}}
+  - {depth: 1, width: 16, stride: 2, block_parameters: {se_ratio: 0.25}}
   - {depth: 2, width: 24, stride: 2, per_block_parameters: [{expansion: 4.5}, {expansion: 3.67}]}
   - depth: 3
     width: 40
     stride: 2
-    block_parameters: {kernel: 5, expansion: 6, act: hardswish, se: 1}
+    block_parameters: {kernel: 5, expansion: 6, act: hardswish, se_ratio: 0.25}
     per_block_parameters: [{expansion: 4}, {}, {}]
-  - {depth: 2, width: 48, block_parameters: {kernel: 5, expansion: 3, act: hardswish, se: 1}}
-  - {depth: 3, width: 96, stride: 2, block_parameters: {kernel: 5, expansion: 6, act: hardswish, se: 1}}
+  - {depth: 2, width: 48, block_parameters: {kernel: 5, expansion: 3, act: hardswish, se_ratio: 0.25}}
+  - {depth: 3, width: 96, stride: 2, block_parameters: {kernel: 5, expansion: 6, act: hardswish, se_ratio: 0.25}}
 head: tv_mobilenetv3_head
 head_parameters: {stage: 12, features: 1024}
 """
