@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import keyword
 import re
 import types
@@ -29,6 +30,8 @@ from rescompile.spec.models import (
     REQUIRED,
     RESERVED_NAMES,
     AddSpec,
+    BatchNormDefaultsSpec,
+    BatchNormSpec,
     BinarySpec,
     BlockExtensionSpec,
     BlockSpec,
@@ -331,7 +334,12 @@ def _exists(path: Path, name: str, where: Location) -> bool:
 def load_part(path: Path, kind: PartKind) -> Loaded[PartSpec]:
     if kind == "modules":
         return _load_module(path, ())
-    document, bases = _read_block(path) if kind == "blocks" else (read_yaml(path, display_name(path)), ())
+    if kind == "blocks":
+        document, bases = _read_block(path)
+    elif kind in EXTENDABLE:
+        document, bases = _read_extended(path, kind)
+    else:
+        document, bases = read_yaml(path, display_name(path)), ()
     nodes = document.data.get("nodes") if isinstance(document.data, dict) else None
     for node_name, node in nodes.items() if isinstance(nodes, dict) else ():
         if _is_module_use(node):
@@ -359,10 +367,25 @@ EXTENSION_KEYS = frozenset(BlockExtensionSpec.model_fields)
 BLOCK_KEYS_MERGED_BY_NAME = frozenset({"parameters", "derived", "classes"})
 
 
+EXTENDABLE: frozenset[PartKind] = frozenset({"stems", "heads"})
+"""The part kinds besides blocks whose files may ``extends`` another of their kind (no modules)."""
+
+
+def _read_extended(path: Path, kind: PartKind) -> tuple[YamlDocument, tuple[Path, ...]]:
+    """A stem or head file's document with its ``extends`` chain resolved as a block's is (see
+    :func:`_extend_block`), and the base files read."""
+    noun = kind[:-1]
+    documents, bases = _read_chain(path, (), noun, functools.partial(_resolve_part_base, kind))
+    merged = documents.pop()
+    while documents:
+        merged = _extend_block(merged, documents.pop(), noun)
+    return merged, bases
+
+
 def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A block file's document with its ``extends`` chain resolved (see :func:`_extend_block`):
     an ordinary block, every value located in the file that set it; and the base files read."""
-    documents, bases = _read_chain(path, (), "block", _resolve_block_base)
+    documents, bases = _read_chain(path, (), "block", functools.partial(_resolve_part_base, "blocks"))
     known = set(BOUND_NAMES["blocks"]).union(*(_declared_names(document) for document in documents))
     uses = _ModuleUses()
     files = [path, *reversed(bases)]
@@ -734,20 +757,18 @@ def _read_module_outputs(document: YamlDocument, outputs: Mapping[str, str]) -> 
     return YamlDocument(data, document.source)
 
 
-def _resolve_block_base(reference: str, block_file: Path, where: Location) -> Path:
-    """What a block's ``extends`` names: a path (relative to the block file), else a block beside
-    it (not itself: ``blocks/bottleneck.yaml`` may extend the built-in ``bottleneck``), else a built-in."""
+def _resolve_part_base(kind: PartKind, reference: str, part_file: Path, where: Location) -> Path:
+    """What a part's ``extends`` names: a path (relative to the part file), else a part of its kind
+    beside it (not itself: ``blocks/bottleneck.yaml`` may extend the built-in ``bottleneck``), else a built-in."""
     if reference.endswith((".yaml", ".yml")) or "/" in reference:
-        path = block_file.parent / reference
+        path = part_file.parent / reference
         if not _exists(path, reference, where):
-            raise RescompileError(f"extends: no such block file: {reference}", where)
+            raise RescompileError(f"extends: no such {kind[:-1]} file: {reference}", where)
         return path
-    return _find_part(
-        "blocks", reference, [block_file.parent, builtin_directory() / "blocks"], where, besides=block_file
-    )
+    return _find_part(kind, reference, [part_file.parent, builtin_directory() / kind], where, besides=part_file)
 
 
-def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
+def _extend_block(base: YamlDocument, child: YamlDocument, noun: str = "block") -> YamlDocument:
     """The block ``child`` makes of ``base``: its block keys merged over the base's (see
     :func:`_merge`; ``parameters``, ``derived`` and ``classes`` by name), then the base's nodes
     replaced, removed and inserted around as it says. A node's value and its location move
@@ -756,8 +777,8 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     _validate(BlockExtensionSpec, YamlDocument(extension, child.source))  # the types, located in the child
     if "nodes" in child.data:
         raise RescompileError(
-            f"a block that extends '{child.data['extends']}' changes its base's nodes with replace, remove, "
-            "insert_after and insert_before; 'nodes' would replace them all (drop 'extends' to write a whole block)",
+            f"a {noun} that extends '{child.data['extends']}' changes its base's nodes with replace, remove, "
+            f"insert_after and insert_before; 'nodes' would replace them all (drop 'extends' to write a whole {noun})",
             child.source.locate(("nodes",), key=True),
         )
     base_name = base.data.get("name")
@@ -765,7 +786,9 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     merged = _merge(base, plain, BLOCK_KEYS_MERGED_BY_NAME.__contains__)
     nodes = merged.data.get("nodes")
     if not isinstance(nodes, dict):
-        raise RescompileError(f"extends: block '{base_name}' has no nodes to extend", child.source.locate(("extends",)))
+        raise RescompileError(
+            f"extends: {noun} '{base_name}' has no nodes to extend", child.source.locate(("extends",))
+        )
     nodes = dict(nodes)
     written: dict[str, YamlPath] = {}  # a replaced or inserted node -> where the child wrote it
 
@@ -774,7 +797,7 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
             names = [str(name) for name in nodes]  # not yet validated: a key may be a number
             shown = ", ".join(names[:MAX_LISTED]) + (", …" if len(names) > MAX_LISTED else "")
             raise RescompileError(
-                f"{operation}: block '{base_name}' has no node '{node_name}'{did_you_mean(node_name, names)}; "
+                f"{operation}: {noun} '{base_name}' has no node '{node_name}'{did_you_mean(node_name, names)}; "
                 f"its nodes: {shown}",
                 child.source.locate(path, key=key),
             )
@@ -797,7 +820,7 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
             for node_name, node in new_nodes.items():
                 if node_name in nodes or node_name in inserted:
                     raise RescompileError(
-                        f"{operation}: block '{base_name}' already has a node '{node_name}'; name the new node "
+                        f"{operation}: {noun} '{base_name}' already has a node '{node_name}'; name the new node "
                         f"otherwise, or change the old one with replace",
                         child.source.locate((operation, anchor, node_name), key=True),
                     )
@@ -905,7 +928,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     def get(kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
         if (kind, name) not in cache:
             path = resolve_part(kind, name, network_file, where)
-            cache[(kind, name)] = load_part(path, kind)
+            cache[(kind, name)] = _with_batch_norm(load_part(path, kind), network.spec.batch_norm)
             files.extend((path, *cache[(kind, name)].extended))
         return cache[(kind, name)]
 
@@ -955,6 +978,20 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     return NetworkParts(
         stem, blocks, first_blocks, head, policy, shortcuts, transitions, transitions_after, tuple(files)
     )
+
+
+def _with_batch_norm(loaded: Loaded[PartSpec], defaults: BatchNormDefaultsSpec | None) -> Loaded[PartSpec]:
+    """``loaded`` with the network's BatchNorm ``defaults`` in each batch_norm node that sets neither
+    value itself (a value the node states wins)."""
+    if defaults is None:
+        return loaded
+    nodes: dict[str, OpSpec] = {}
+    for name, node in loaded.spec.nodes.items():
+        if isinstance(node, BatchNormSpec):
+            unset = {key: getattr(defaults, key) for key in ("epsilon", "momentum") if key not in node.model_fields_set}
+            node = node.model_copy(update=unset)
+        nodes[name] = node
+    return Loaded(loaded.spec.model_copy(update={"nodes": nodes}), loaded.source, loaded.extended)
 
 
 def _transition(

@@ -770,6 +770,16 @@ class BlockFileSpec(BlockExtensionSpec, BlockSpec):
     the JSON Schema reads it; the loader validates the two parts apart."""
 
 
+class StemFileSpec(BlockExtensionSpec, StemSpec):
+    """What a stem file may hold: a whole stem, or (with ``extends``) the changes to another stem,
+    as a block's (only the JSON Schema reads it)."""
+
+
+class HeadFileSpec(BlockExtensionSpec, HeadSpec):
+    """What a head file may hold: a whole head, or (with ``extends``) the changes to another head,
+    as a block's (only the JSON Schema reads it)."""
+
+
 class ShortcutSpec(PartSpec):
     """A shortcut taking the block input to the block's output shape. Bound: ``in_channels``,
     ``out_channels``, ``stride``. ``module`` is the attribute name in the block (torchvision's
@@ -1003,6 +1013,14 @@ class ShortcutPolicySpec(StrictModel):
     where_shapes_change: str
 
 
+class BatchNormDefaultsSpec(StrictModel):
+    """A network's BatchNorm settings, for every batch_norm node that sets neither itself (torchvision's
+    ``norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)`` of MobileNetV3)."""
+
+    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
+    momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
+
+
 class NetworkSpec(StrictModel):
     name: Name
     extends: str | None = Field(
@@ -1032,6 +1050,11 @@ class NetworkSpec(StrictModel):
     transition_after_parameters: Parameters = Field(default_factory=dict)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
+    batch_norm: BatchNormDefaultsSpec | None = Field(
+        default=None,
+        description="The epsilon and momentum of every batch_norm node of the network's parts that does not set "
+        "its own (torchvision's MobileNetV3: {epsilon: 0.001, momentum: 0.01}).",
+    )
     naming: NamingSpec = Field(
         default_factory=NamingSpec,
         description="Where the network's layers live (state_dict keys): naming.stages is the stages' path pattern.",
