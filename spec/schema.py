@@ -125,7 +125,7 @@ def json_schema(kind: str) -> dict[str, Any]:
     schema = KINDS[kind].model_json_schema(mode="validation", schema_generator=_Generator)
     _describe(schema)
     schema = {"$schema": DIALECT, "title": f"rescompile {kind} file", **schema}
-    if kind in ("network", "block"):
+    if kind in ("network", "block", "stem", "head"):
         # A file that extends another states only what differs: only its name is required of it.
         required = schema.pop("required")
         schema["if"] = {"required": ["extends"]}
