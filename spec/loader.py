@@ -31,7 +31,6 @@ from rescompile.spec.models import (
     RESERVED_NAMES,
     AddSpec,
     BatchNormDefaultsSpec,
-    BatchNormSpec,
     BinarySpec,
     BlockExtensionSpec,
     BlockSpec,
@@ -987,7 +986,7 @@ def _with_batch_norm(loaded: Loaded[PartSpec], defaults: BatchNormDefaultsSpec |
         return loaded
     nodes: dict[str, OpSpec] = {}
     for name, node in loaded.spec.nodes.items():
-        if isinstance(node, BatchNormSpec):
+        if getattr(node, "op", None) == "batch_norm":
             unset = {key: getattr(defaults, key) for key in ("epsilon", "momentum") if key not in node.model_fields_set}
             node = node.model_copy(update=unset)
         nodes[name] = node
