@@ -814,14 +814,23 @@ def _block_overrides(spec: NetworkSpec, stage_index: int, block_index: int) -> d
         overrides.update(stage.block_parameters)
     if first:
         overrides.update(stage.first_block_parameters)
-    if stage.per_block_parameters is not None:
-        overrides.update(stage.per_block_parameters[block_index])
+    overrides.update(stage.own_parameters(block_index))
     return overrides
 
 
 def _check_per_block_parameters(network: Loaded[NetworkSpec]) -> None:
-    """A stage's ``per_block_parameters`` names each of its blocks: one mapping per block."""
+    """A stage's ``per_block_parameters`` names each of its blocks: one mapping per block, or one
+    value per block in each list of its mapping form."""
     for stage_index, stage in enumerate(network.spec.stages):
+        if isinstance(stage.per_block_parameters, dict):
+            for name, values in stage.per_block_parameters.items():
+                if len(values) != stage.depth:
+                    raise RescompileError(
+                        f"stage {stage_index} has depth {stage.depth} but per_block_parameters.{name} lists "
+                        f"{len(values)} value{'' if len(values) == 1 else 's'}: give one per block, in order",
+                        network.locate("stages", stage_index, "per_block_parameters", name),
+                    )
+            continue
         count = len(stage.per_block_parameters or ())
         if stage.per_block_parameters is not None and count != stage.depth:
             raise RescompileError(
@@ -842,9 +851,8 @@ def _parameter_path(
         return (field, name)
     if stage_index is not None:
         stage = network.spec.stages[stage_index]
-        each = stage.per_block_parameters
-        if block_index is not None and each is not None and name in each[block_index]:
-            return ("stages", stage_index, "per_block_parameters", block_index, name)
+        if block_index is not None and name in stage.own_parameters(block_index):
+            return ("stages", stage_index, "per_block_parameters", *stage.own_parameter_path(block_index, name))
         first = block_index == 0
         if first and name in stage.first_block_parameters:
             return ("stages", stage_index, "first_block_parameters", name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import keyword
 import re
 import types
@@ -29,6 +30,7 @@ from rescompile.spec.models import (
     REQUIRED,
     RESERVED_NAMES,
     AddSpec,
+    BatchNormDefaultsSpec,
     BinarySpec,
     BlockExtensionSpec,
     BlockSpec,
@@ -352,10 +354,14 @@ EXTENSION_KEYS = frozenset(BlockExtensionSpec.model_fields)
 BLOCK_KEYS_MERGED_BY_NAME = frozenset({"parameters", "derived", "classes"})
 
 
+EXTENDABLE: frozenset[PartKind] = frozenset({"stems", "heads"})
+"""The part kinds besides blocks whose files may ``extends`` another of their kind (no modules)."""
+
+
 def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
     """A block file's document with its ``extends`` chain resolved (see :func:`_extend_block`):
     an ordinary block, every value located in the file that set it; and the base files read."""
-    documents, bases = _read_chain(path, (), "block", _resolve_block_base)
+    documents, bases = _read_chain(path, (), "block", functools.partial(_resolve_part_base, "blocks"))
     known = set(BOUND_NAMES["blocks"]).union(*(_declared_names(document) for document in documents))
     uses = _ModuleUses()
     files = [path, *reversed(bases)]
@@ -370,16 +376,29 @@ def _read_block(path: Path) -> tuple[YamlDocument, tuple[Path, ...]]:
 
 
 def _read_part_using_modules(path: Path, kind: PartKind) -> tuple[YamlDocument, tuple[Path, ...]]:
-    """A stem's, head's, shortcut's or transition's document with its module uses written out as
-    nested layers (``stem.conv1`` -> ``stem.conv1.conv``, ...; only a block writes a use as a class
-    of its own), and the module files read."""
-    document = read_yaml(path, display_name(path))
-    if not isinstance(document.data, dict):
-        return document, ()
+    """A stem's, head's, shortcut's or transition's document with its ``extends`` chain resolved
+    (stems and heads extend as blocks do: see :func:`_extend_block`) and its module uses written out
+    as nested layers (``stem.conv1`` -> ``stem.conv1.conv``, ...; only a block writes a use as a
+    class of its own); and the base and module files read."""
+    noun = kind[:-1]
+    if kind in EXTENDABLE:
+        documents, bases = _read_chain(path, (), noun, functools.partial(_resolve_part_base, kind))
+    else:
+        document = read_yaml(path, display_name(path))
+        if not isinstance(document.data, dict):
+            return document, ()
+        documents, bases = [document], ()
     uses = _ModuleUses()
-    known = frozenset(BOUND_NAMES[kind] | _declared_names(document))
-    document = _inline_modules(document, path, (), known, uses, classes=False)
-    return _read_module_outputs(document, uses.outputs), tuple(uses.files)
+    known = frozenset(BOUND_NAMES[kind]).union(*(_declared_names(document) for document in documents))
+    files = [path, *reversed(bases)]
+    documents = [
+        _inline_modules(document, file, (), known, uses, classes=False)
+        for document, file in zip(documents, files, strict=True)
+    ]
+    merged = documents.pop()
+    while documents:
+        merged = _extend_block(merged, documents.pop(), noun)
+    return _read_module_outputs(merged, uses.outputs), (*bases, *uses.files)
 
 
 MAX_MODULE_DEPTH = 8
@@ -489,7 +508,8 @@ def _inline_modules(
                     keys[(*prefix, inner_name)] = document.source.locate(where, key=True)
                 uses.outputs[str(node_name)] = inlined.output
                 uses.files.append(inlined.file)
-                if "when" not in node and not inlined.conditional:  # a class's nodes exist in every instance
+                # A class's nodes exist in every instance, under one name.
+                if "when" not in node and not inlined.conditional and "{" not in str(node_name):
                     class_name = "".join(word[:1].upper() + word[1:] for word in str(node["module"]).split("_"))
                     class_names[str(node_name)] = (class_name, document.source.locate(where, key=True))
                 previous = inlined.output
@@ -601,11 +621,6 @@ def _module_nodes(
     """What module use ``use`` (node ``use_name``, after node ``previous``) stands for."""
     spec = _validate(ModuleUseSpec, use)
     where = use.source.locate(("module",))
-    if "{" in use_name:
-        raise RescompileError(
-            f"node '{use_name}' uses a module under a placeholder name; name the node plainly",
-            use.source.locate((), key=True),
-        )
     folders = [file.parent / "modules", file.parent.parent / "modules", builtin_directory() / "modules"]
     path = _find_part("modules", spec.module, list(dict.fromkeys(folders)), where)
     if path.resolve() in {used.resolve() for used in chain}:
@@ -644,6 +659,13 @@ def _module_nodes(
                 )
             bindings[name] = ast.Constant(default)  # a value, as a part's default is: 'relu' is a string
     derived: dict[str, tuple[str, Location]] = {}
+    if part.derived and "{" in use_name:
+        # Its derived values are named after the node (se_kernel), which a placeholder name cannot be.
+        raise RescompileError(
+            f"node '{use_name}' uses module '{part.name}', which derives values ({', '.join(part.derived)}), under a "
+            "placeholder name; name the node plainly",
+            use.source.locate((), key=True),
+        )
     for name, expression in part.derived.items():
         # A derived value stays one, in the user's names (se_kernel), computed once where the user computes.
         own = f"{use_name.replace('.', '_')}_{name}"
@@ -753,20 +775,18 @@ def _read_module_outputs(document: YamlDocument, outputs: Mapping[str, str]) -> 
     return YamlDocument(data, document.source)
 
 
-def _resolve_block_base(reference: str, block_file: Path, where: Location) -> Path:
-    """What a block's ``extends`` names: a path (relative to the block file), else a block beside
-    it (not itself: ``blocks/bottleneck.yaml`` may extend the built-in ``bottleneck``), else a built-in."""
+def _resolve_part_base(kind: PartKind, reference: str, part_file: Path, where: Location) -> Path:
+    """What a part's ``extends`` names: a path (relative to the part file), else a part of its kind
+    beside it (not itself: ``blocks/bottleneck.yaml`` may extend the built-in ``bottleneck``), else a built-in."""
     if reference.endswith((".yaml", ".yml")) or "/" in reference:
-        path = block_file.parent / reference
+        path = part_file.parent / reference
         if not _exists(path, reference, where):
-            raise RescompileError(f"extends: no such block file: {reference}", where)
+            raise RescompileError(f"extends: no such {kind[:-1]} file: {reference}", where)
         return path
-    return _find_part(
-        "blocks", reference, [block_file.parent, builtin_directory() / "blocks"], where, besides=block_file
-    )
+    return _find_part(kind, reference, [part_file.parent, builtin_directory() / kind], where, besides=part_file)
 
 
-def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
+def _extend_block(base: YamlDocument, child: YamlDocument, noun: str = "block") -> YamlDocument:
     """The block ``child`` makes of ``base``: its block keys merged over the base's (see
     :func:`_merge`; ``parameters``, ``derived`` and ``classes`` by name), then the base's nodes
     replaced, removed and inserted around as it says. A node's value and its location move
@@ -775,8 +795,8 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     _validate(BlockExtensionSpec, YamlDocument(extension, child.source))  # the types, located in the child
     if "nodes" in child.data:
         raise RescompileError(
-            f"a block that extends '{child.data['extends']}' changes its base's nodes with replace, remove, "
-            "insert_after and insert_before; 'nodes' would replace them all (drop 'extends' to write a whole block)",
+            f"a {noun} that extends '{child.data['extends']}' changes its base's nodes with replace, remove, "
+            f"insert_after and insert_before; 'nodes' would replace them all (drop 'extends' to write a whole {noun})",
             child.source.locate(("nodes",), key=True),
         )
     base_name = base.data.get("name")
@@ -784,7 +804,9 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
     merged = _merge(base, plain, BLOCK_KEYS_MERGED_BY_NAME.__contains__)
     nodes = merged.data.get("nodes")
     if not isinstance(nodes, dict):
-        raise RescompileError(f"extends: block '{base_name}' has no nodes to extend", child.source.locate(("extends",)))
+        raise RescompileError(
+            f"extends: {noun} '{base_name}' has no nodes to extend", child.source.locate(("extends",))
+        )
     nodes = dict(nodes)
     written: dict[str, YamlPath] = {}  # a replaced or inserted node -> where the child wrote it
 
@@ -793,7 +815,7 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
             names = [str(name) for name in nodes]  # not yet validated: a key may be a number
             shown = ", ".join(names[:MAX_LISTED]) + (", …" if len(names) > MAX_LISTED else "")
             raise RescompileError(
-                f"{operation}: block '{base_name}' has no node '{node_name}'{did_you_mean(node_name, names)}; "
+                f"{operation}: {noun} '{base_name}' has no node '{node_name}'{did_you_mean(node_name, names)}; "
                 f"its nodes: {shown}",
                 child.source.locate(path, key=key),
             )
@@ -817,7 +839,7 @@ def _extend_block(base: YamlDocument, child: YamlDocument) -> YamlDocument:
             for node_name, node in new_nodes.items():
                 if node_name in nodes or node_name in inserted:
                     raise RescompileError(
-                        f"{operation}: block '{base_name}' already has a node '{node_name}'; name the new node "
+                        f"{operation}: {noun} '{base_name}' already has a node '{node_name}'; name the new node "
                         f"otherwise, or change the old one with replace",
                         child.source.locate((operation, anchor, node_name), key=True),
                     )
@@ -937,7 +959,7 @@ def load_parts(network: Loaded[NetworkSpec], network_file: Path | None) -> Netwo
     def get(kind: PartKind, name: str, where: Location) -> Loaded[PartSpec]:
         if (kind, name) not in cache:
             path = resolve_part(kind, name, network_file, where)
-            cache[(kind, name)] = load_part(path, kind)
+            cache[(kind, name)] = _with_batch_norm(load_part(path, kind), network.spec.batch_norm)
             files.extend((path, *cache[(kind, name)].extended))
         return cache[(kind, name)]
 
@@ -994,6 +1016,20 @@ def _named_shortcut(shortcut: Loaded[PartSpec], name: str | None) -> Loaded[Part
     if name is None or not isinstance(shortcut.spec, ShortcutSpec):
         return shortcut
     return Loaded(shortcut.spec.model_copy(update={"module": name}), shortcut.source, shortcut.extended)
+
+
+def _with_batch_norm(loaded: Loaded[PartSpec], defaults: BatchNormDefaultsSpec | None) -> Loaded[PartSpec]:
+    """``loaded`` with the network's BatchNorm ``defaults`` in each batch_norm node that sets neither
+    value itself (a value the node states wins)."""
+    if defaults is None:
+        return loaded
+    nodes: dict[str, OpSpec] = {}
+    for name, node in loaded.spec.nodes.items():
+        if getattr(node, "op", None) == "batch_norm":
+            unset = {key: getattr(defaults, key) for key in ("epsilon", "momentum") if key not in node.model_fields_set}
+            node = node.model_copy(update=unset)
+        nodes[name] = node
+    return Loaded(loaded.spec.model_copy(update={"nodes": nodes}), loaded.source, loaded.extended)
 
 
 def _transition(

@@ -639,6 +639,16 @@ class BlockFileSpec(BlockExtensionSpec, BlockSpec):
     the JSON Schema reads it; the loader validates the two parts apart."""
 
 
+class StemFileSpec(BlockExtensionSpec, StemSpec):
+    """What a stem file may hold: a whole stem, or (with ``extends``) the changes to another stem,
+    as a block's (only the JSON Schema reads it)."""
+
+
+class HeadFileSpec(BlockExtensionSpec, HeadSpec):
+    """What a head file may hold: a whole head, or (with ``extends``) the changes to another head,
+    as a block's (only the JSON Schema reads it)."""
+
+
 class ShortcutSpec(PartSpec):
     """A shortcut taking the block input to the block's output shape. Bound: ``in_channels``,
     ``out_channels``, ``stride``. ``module`` is the attribute name in the block (torchvision's
@@ -702,10 +712,11 @@ class StageSpec(StrictModel):
         description="The first block's parameters, over the network's and the stage's block_parameters (which "
         "apply to it where it is of their block type).",
     )
-    per_block_parameters: tuple[Parameters, ...] | None = Field(
+    per_block_parameters: tuple[Parameters, ...] | dict[str, tuple[ParameterValue, ...]] | None = Field(
         default=None,
         description="One mapping per block of the stage, in order (depth of them): each block's own parameters, "
-        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage).",
+        "over every other block_parameters (MobileNetV3's expansion ratios 6, 2.5, 2.3, 2.3 in one stage); or "
+        "one list per parameter, a value per block ({expansion: [6, 2.5, 2.3, 2.3]}).",
     )
     transition: str | None = Field(
         default=None,
@@ -722,6 +733,18 @@ class StageSpec(StrictModel):
         description="This stage's transition after its blocks (a file in transitions/), or 'none'; default: the "
         "network's transition_after.",
     )
+
+    def own_parameters(self, block_index: int) -> Parameters:
+        """Block ``block_index``'s own ``per_block_parameters`` (none where the stage has none)."""
+        each = self.per_block_parameters
+        if isinstance(each, dict):
+            return {name: values[block_index] for name, values in each.items()}
+        return dict(each[block_index]) if each is not None else {}
+
+    def own_parameter_path(self, block_index: int, name: str) -> tuple[str | int, ...]:
+        """Where in the stage ``per_block_parameters`` sets block ``block_index``'s ``name``."""
+        each = self.per_block_parameters
+        return (name, block_index) if isinstance(each, dict) else (block_index, name)
 
 
 STAGE_PLACEHOLDERS = {"index": 0, "number": 1}
@@ -864,6 +887,14 @@ class ShortcutPolicySpec(StrictModel):
     where_shapes_change: str
 
 
+class BatchNormDefaultsSpec(StrictModel):
+    """A network's BatchNorm settings, for every batch_norm node that sets neither itself (torchvision's
+    ``norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)`` of MobileNetV3)."""
+
+    epsilon: Float32 = Field(default=1e-5, gt=0, allow_inf_nan=False)
+    momentum: float = Field(default=0.1, gt=0, lt=1, description="torch convention: new = (1-m)*old + m*batch")
+
+
 class NetworkSpec(StrictModel):
     name: Name
     extends: str | None = Field(
@@ -893,6 +924,11 @@ class NetworkSpec(StrictModel):
     transition_after_parameters: Parameters = Field(default_factory=dict)
     head: str = "classifier"
     head_parameters: Parameters = Field(default_factory=dict)
+    batch_norm: BatchNormDefaultsSpec | None = Field(
+        default=None,
+        description="The epsilon and momentum of every batch_norm node of the network's parts that does not set "
+        "its own (torchvision's MobileNetV3: {epsilon: 0.001, momentum: 0.01}).",
+    )
     naming: NamingSpec = Field(
         default_factory=NamingSpec,
         description="Where the network's layers live (state_dict keys): naming.stages is the stages' path pattern.",

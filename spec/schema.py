@@ -20,13 +20,13 @@ from rescompile.spec.expressions import Expression
 from rescompile.spec.models import (
     EXPRESSION_SCHEMA,
     BlockFileSpec,
-    HeadSpec,
+    HeadFileSpec,
     ModuleSpec,
     ModuleUseSpec,
     NetworkSpec,
     OpSpec,
     ShortcutSpec,
-    StemSpec,
+    StemFileSpec,
     TransitionSpec,
     expression_to_yaml,
 )
@@ -35,10 +35,10 @@ DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 KINDS: Final[dict[str, type[BaseModel]]] = {
     "network": NetworkSpec,
     "block": BlockFileSpec,
-    "stem": StemSpec,
+    "stem": StemFileSpec,
     "shortcut": ShortcutSpec,
     "transition": TransitionSpec,
-    "head": HeadSpec,
+    "head": HeadFileSpec,
     "module": ModuleSpec,
 }
 """Each file kind and the model its files validate against (``blocks/*.yaml`` are blocks, ...)."""
@@ -125,7 +125,7 @@ def json_schema(kind: str) -> dict[str, Any]:
     schema = KINDS[kind].model_json_schema(mode="validation", schema_generator=_Generator)
     _describe(schema)
     schema = {"$schema": DIALECT, "title": f"rescompile {kind} file", **schema}
-    if kind in ("network", "block"):
+    if kind in ("network", "block", "stem", "head"):
         # A file that extends another states only what differs: only its name is required of it.
         required = schema.pop("required")
         schema["if"] = {"required": ["extends"]}

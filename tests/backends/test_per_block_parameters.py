@@ -66,9 +66,11 @@ def test_all_backends_agree_with_per_block_parameters(network: Path) -> None:
     assert_backends_agree(compile_spec(network))
 
 
+PER_BLOCK = "[{expansion: 6}, {expansion: 2.5}, {expansion: 2.3, kernel: 3}, {}]"
+AS_LISTS = "{expansion: [6, 2.5, 2.3, 6], kernel: [5, 5, 3, 5]}"
 BAD = {
     "too_few_mappings": (
-        ("[{expansion: 6}, {expansion: 2.5}, {expansion: 2.3, kernel: 3}, {}]", "[{expansion: 6}, {}]"),
+        (PER_BLOCK, "[{expansion: 6}, {}]"),
         "net.yaml:15:27: stage 1 has depth 4 but per_block_parameters lists 2 mappings: give one per block, in "
         "order ({} for a block that changes nothing)",
     ),
@@ -80,7 +82,24 @@ BAD = {
         ("{expansion: 2.5}", "{expansion: -1}"),
         "net.yaml:15:56: expansion = -1 is out of bounds for block 'timm_inverted_residual': it must be greater than 0",
     ),
+    "too_few_values_in_a_list": (
+        (PER_BLOCK, "{expansion: [6, 2.5]}"),
+        "net.yaml:15:39: stage 1 has depth 4 but per_block_parameters.expansion lists 2 values: give one per "
+        "block, in order",
+    ),
+    "a_value_of_a_list_out_of_bounds": (
+        (PER_BLOCK, "{expansion: [6, -1, 2.3, 6]}"),
+        "net.yaml:15:43: expansion = -1 is out of bounds for block 'timm_inverted_residual': it must be greater than 0",
+    ),
 }
+
+
+def test_per_block_parameters_as_one_list_per_parameter_build_the_same_network(network: Path) -> None:
+    by_block = compile_spec(network)
+    network.write_text(NETWORK.replace(PER_BLOCK, AS_LISTS))
+    by_parameter = compile_spec(network)
+    assert [module.parameters for module in by_parameter.blocks] == [module.parameters for module in by_block.blocks]
+    assert cost(by_parameter) == cost(by_block)
 
 
 @pytest.mark.parametrize(("change", "message"), BAD.values(), ids=BAD)

@@ -20,21 +20,23 @@ from rescompile.compiler import compile_spec, cost
 V3_SMALL = """name: tv_mobilenet_v3_small
 input: {channels: 3, size: 224}
 naming: {stages: features, blocks: "{network_number}"}
-stem: tv_mobilenetv3
+stem: tv_efficientnet
+stem_parameters: {width: 16, act: hardswish}
 block: tv_mobilenetv3
 shortcut: {where_shapes_match: identity, where_shapes_change: none}
+batch_norm: {epsilon: 0.001, momentum: 0.01}
 stages:
-  - {depth: 1, width: 16, stride: 2, block_parameters: {se: 1}}
+  - {depth: 1, width: 16, stride: 2, block_parameters: {se_ratio: 0.25}}
   - {depth: 2, width: 24, stride: 2, per_block_parameters: [{expansion: 4.5}, {expansion: 3.67}]}
   - depth: 3
     width: 40
     stride: 2
-    block_parameters: {kernel: 5, expansion: 6, act: hardswish, se: 1}
+    block_parameters: {kernel: 5, expansion: 6, act: hardswish, se_ratio: 0.25}
     per_block_parameters: [{expansion: 4}, {}, {}]
-  - {depth: 2, width: 48, block_parameters: {kernel: 5, expansion: 3, act: hardswish, se: 1}}
-  - {depth: 3, width: 96, stride: 2, block_parameters: {kernel: 5, expansion: 6, act: hardswish, se: 1}}
-head: tv_mobilenetv3_head
-head_parameters: {stage: 12, features: 1024}
+  - {depth: 2, width: 48, block_parameters: {kernel: 5, expansion: 3, act: hardswish, se_ratio: 0.25}}
+  - {depth: 3, width: 96, stride: 2, block_parameters: {kernel: 5, expansion: 6, act: hardswish, se_ratio: 0.25}}
+head: tv_efficientnet_head
+head_parameters: {stage: 12, features: 576, hidden: 1024, act: hardswish}
 """
 
 

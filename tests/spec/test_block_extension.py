@@ -386,3 +386,38 @@ def test_a_drawn_extension_equals_the_block_merged_by_hand(data: st.DataObject, 
         (Path(folder) / "by_hand.yaml").write_text(by_hand)
         extended = load_part(Path(folder) / "drawn.yaml", "blocks").spec
         assert extended == load_part(Path(folder) / "by_hand.yaml", "blocks").spec
+
+
+TIMM_MOBILENETV3_HEAD_WRITTEN_OUT = """name: timm_mobilenetv3
+description: Global average pool, 1×1 convolution with bias, activation, linear (timm's conv_head, classifier).
+parameters:
+  width: 1280
+  classes: 1000
+  act: {default: hardswish, choices: [relu, relu6, hardswish, silu]}
+nodes:
+  global_pool: {op: global_average_pool}
+  conv_head: {op: conv, out_channels: width, kernel: 1, bias: true}
+  act2: {op: "{act}"}
+  flatten: {op: flatten}
+  classifier: {op: linear, out_features: classes}
+"""
+
+
+def test_a_head_extends_another_as_a_block_does(tmp_path: Path) -> None:
+    """The built-in timm_mobilenetv3 head is timm_efficientnet's with its pool moved before conv_head."""
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "by_hand.yaml").write_text(TIMM_MOBILENETV3_HEAD_WRITTEN_OUT)
+    by_hand = load_part(tmp_path / "heads" / "by_hand.yaml", "heads").spec
+    extended = load_part(builtin_directory() / "heads" / "timm_mobilenetv3.yaml", "heads").spec
+    assert extended.nodes == by_hand.nodes and extended.defaults == by_hand.defaults
+
+
+def test_a_stem_that_extends_an_unknown_stem_is_a_located_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stems").mkdir()
+    (tmp_path / "stems" / "wide.yaml").write_text("name: wide\nextends: cifr\nparameters: {width: 32}\n")
+    with pytest.raises(RescompileError) as raised:
+        load_part(Path("stems/wide.yaml"), "stems")
+    assert str(raised.value).startswith("stems/wide.yaml:2:10: extends: unknown stem 'cifr' (did you mean 'cifar'?)")

@@ -78,9 +78,9 @@ CASES = {
     "unknown_top_level_key": (
         network(("head: classifier", "heads: classifier")),
         {},
-        "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: block, block_parameters, "
-        "description, extends, head, head_parameters, input, name, naming, shortcut, stages, stem, stem_parameters, "
-        "transition, transition_after, transition_after_parameters, transition_parameters",
+        "net.yaml:9:1: unknown key 'heads' (did you mean 'head'?); valid keys here: batch_norm, block, "
+        "block_parameters, description, extends, head, head_parameters, input, name, naming, shortcut, stages, "
+        "stem, stem_parameters, transition, transition_after, transition_after_parameters, transition_parameters",
     ),
     "wrong_type": (
         network(("{depth: 1, width: 16}", "{depth: three, width: 16}")),

@@ -261,3 +261,31 @@ def test_a_module_after_nodes_under_a_when_reads_the_one_that_exists(tmp_path: P
     nodes = {node.name: node for node in graph.modules[1].nodes}
     assert "act_relu" not in nodes
     assert nodes["se.pool"].inputs == ("act_silu",) and nodes["se.scale"].inputs == ("act_silu", "se.gate")
+
+
+def test_a_use_under_a_placeholder_name_is_named_by_the_instance(tmp_path: Path) -> None:
+    """torchvision's numbered Sequentials: the gate is block.2 after an expansion and block.1
+    without one, so one node block.{e + 1} names both."""
+    block = BLOCK.replace('derived: {inner: "int(width * ratio)"}', 'derived: {inner: 4, e: "1 if stride == 1 else 0"}')
+    block = block.replace("  se: {module", "  gate.{e + 1}: {module").replace(
+        "[se, shortcut]", '["gate.{e + 1}", shortcut]'
+    )
+    graph = compile_spec(_write(tmp_path, block))
+    keys = set(weight_shapes(graph))
+    assert {"layer1.0.gate.2.fc1.weight", "layer2.0.gate.1.fc1.weight"} <= keys
+    source = torch_backend.emit_source(graph)
+    assert "class SqueezeExcite(" not in source  # its instances' names differ: nested layers, not a class
+
+
+def test_a_use_under_a_placeholder_name_of_a_module_that_derives_values_is_a_located_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    use = "  gate.{1 + 1}: {module: efficient_channel_attention, parameters: {channels: width}}\n"
+    network = _write(tmp_path, BLOCK.replace(SE_USE, use).replace("[se, shortcut]", '["gate.{1 + 1}", shortcut]'))
+    with pytest.raises(RescompileError) as caught:
+        compile_spec(network)
+    assert str(caught.value) == (
+        "blocks/gated.yaml:8:3: node 'gate.{1 + 1}' uses module 'efficient_channel_attention', which derives values "
+        "(t, kernel), under a placeholder name; name the node plainly"
+    )
