@@ -267,14 +267,19 @@ def spec_with_stages(fit: Fit, stages: Sequence[Sequence[Setting]], head_paramet
     structure = fit.reference.structure
     entries = stage_entries(fit.base, [(structure.stages[i], blocks) for i, blocks in enumerate(stages)])
     choices = {**fit.base, **entries.pop(-1), "head_parameters": dict(head_parameters)}
-    count = sum(len(blocks) for blocks in stages)
+    # The container number after the last block (features.18) or stage (features.8).
+    shared = NamingSpec.model_validate(fit.base.get("naming", {})).shared
+    count = sum(len(blocks) for blocks in stages) if shared else len(stages)
     choices["head_parameters"] = _head_fitted(choices["head"], choices["head_parameters"], count)
     return spec_text(fit.name, choices, structure, fit.size, entries)
 
 
 def _head_fitted(head: str, given: Mapping[str, Any], blocks: int) -> dict[str, Any]:
-    """A head that names its place after the blocks (torchvision's ``features.18``) placed there."""
-    return {**given, "stage": blocks + 1} if "stage" in _defaults("heads", head) else dict(given)
+    """A head that names its place after the stages (torchvision's ``features.18``) placed there."""
+    declared = _defaults("heads", head)
+    if "stage" not in declared or declared["stage"] == blocks + 1:
+        return {key: value for key, value in given.items() if key != "stage"}
+    return {**given, "stage": blocks + 1}
 
 
 def stage_entries(base: Mapping[str, Any], stages: Sequence[tuple[Any, Sequence[Setting]]]) -> list[dict[str, Any]]:
@@ -413,7 +418,8 @@ def _computes(fit: Fit, fitted: list[list[Setting]], stage_index: int, trial: Se
     path = _join(stage.path, stage.blocks[block_index])
     first = structure.stages[0]
     seen = _block_outputs(model, torch.from_numpy(fit.reference.probe), _join(first.path, first.blocks[0]), [path])
-    if max_differences(seen[""], fit.reference.outputs[""])[1] > TOLERANCE:
+    entry, expected = seen[""], fit.reference.outputs[""]
+    if entry.shape != expected.shape or max_differences(entry, expected)[1] > TOLERANCE:
         raise StemMismatch
     ours, theirs = seen.get(path), fit.reference.outputs[path]
     return ours is not None and ours.shape == theirs.shape and max_differences(ours, theirs)[1] <= TOLERANCE

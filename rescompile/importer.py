@@ -350,7 +350,9 @@ def structure_from(
     if not runs:
         raise RescompileError(f"{source}: no stages found: expected modules whose children are blocks of one class")
     stages: list[Stage] = []
-    first_wrapper = seen.get(_parent(runs[0][0]))  # the stem's output, where a wrapper downsamples
+    # The stem's output, where the first stage's wrapper (its alone) downsamples before its blocks.
+    alone = [_parent(run[0]) for run in runs].count(_parent(runs[0][0])) == 1
+    first_wrapper = seen.get(_parent(runs[0][0])) if alone else None
     before = first_wrapper[0][2] if first_wrapper is not None else runs[0][2][2]
     for path, blocks, _, out_shape in runs:
         stride = max(round(before / out_shape[2]), 1)

@@ -79,6 +79,11 @@ res2next50 (Res2Net's cardinality is not read from the model), skresnext50_32x4d
 SK bottleneck), gcresnet50t (timm's ByobNet layout)."""
 
 
+OTHER_BLOCKWISE: list[str] = []
+"""Models beyond the built-ins' references whose blocks change from stage to stage and that import
+exactly (the block-by-block search). Tried and refused, each in one line: none listed yet."""
+
+
 def reference_model(source: str) -> torch.nn.Module:
     """The model ``source`` names as the importer builds it, from the same seed (so with the same
     weights)."""
@@ -139,6 +144,13 @@ def assert_computes(graph: Graph, reference: torch.nn.Module) -> None:
 def test_other_timm_models_of_the_resnet_family_import_exactly(name: str, tmp_path: Path) -> None:
     graph = compile_spec(import_into(tmp_path, f"timm:{name}"))
     assert_computes(graph, reference_model(f"timm:{name}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", OTHER_BLOCKWISE)
+def test_other_models_whose_blocks_change_by_stage_import_exactly(source: str, tmp_path: Path) -> None:
+    graph = compile_spec(import_into(tmp_path, source))
+    assert_computes(graph, reference_model(source))
 
 
 @pytest.mark.slow
