@@ -436,8 +436,9 @@ def _is_block(module: object) -> bool:
 
 
 def _convolutions(module: torch.nn.Module) -> int:
+    """The convolutions and linear layers in ``module`` (ConvNeXt's block: one conv, two linear)."""
     torch = import_framework("torch", "rescompile import", "torch")
-    return sum(isinstance(layer, torch.nn.Conv2d) for layer in module.modules())
+    return sum(isinstance(layer, torch.nn.Conv2d | torch.nn.Linear) for layer in module.modules())
 
 
 def _within(path: str, ancestor: str) -> bool:
