@@ -30,7 +30,7 @@ import itertools
 import json
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +53,7 @@ from rescompile.spec.loader import (
     load_network,
     load_part,
 )
-from rescompile.spec.models import NamingSpec, ParameterSpec, PartSpec
+from rescompile.spec.models import BlockSpec, NamingSpec, ParameterSpec, PartSpec
 
 if TYPE_CHECKING:
     import torch
@@ -245,11 +245,20 @@ def search(
     """The shortest candidate spec whose weights are ``weights_for(graph)`` by name and shape and
     that computes the reference's outputs with them. Candidates are written and compiled in a
     scratch folder: nothing reaches ``-o`` before one is verified."""
+    from rescompile.import_stages import search_by_blocks  # it builds on this module
+
     source, model, structure = reference.source, reference.modules, reference.structure
-    try:
-        candidates = list(_candidates(structure, Layers(dict(model.named_modules()), reference.unseen)))
-    except _NoChoice as missing:
-        raise RescompileError(_no_choice(source, model, structure, missing)) from None
+    layers = Layers(dict(model.named_modules()), reference.unseen)
+    plausible: dict[str, list[dict[str, Any]]] = {}
+    block_missing: _NoChoice | None = None
+    for group in _GROUPS:
+        try:
+            plausible[group] = _plausible_choices(group, structure, layers)
+        except _NoChoice as missing:
+            if group != "block":  # the search block by block tries other blocks' types
+                raise RescompileError(_no_choice(source, model, structure, missing)) from None
+            plausible[group], block_missing = [], missing
+    candidates = list(_candidates(structure, plausible))
     texts = sorted({spec_text(name, spec, structure, size) for spec in candidates}, key=lambda text: (len(text), text))
     misses: list[_Miss] = []
     with tempfile.TemporaryDirectory(prefix="rescompile-import-") as scratch:
@@ -270,6 +279,15 @@ def search(
                     return Imported(name, text, graph, outcome, index + 1, len(texts))
                 miss = outcome
             misses.append(miss)
+        # Where one block for the network never had the model's weights' shapes, the blocks'
+        # types and parameters may change from stage to stage (MobileNets, EfficientNets, CSPNets).
+        if not any(miss.reason.startswith("outputs differ") for miss in misses):
+            found = search_by_blocks(reference, name, size, plausible, weights_for, Path(scratch))
+            if isinstance(found, Imported):
+                return found
+            misses += found
+    if block_missing is not None and not misses:
+        raise RescompileError(_no_choice(source, model, structure, block_missing))
     raise RescompileError(_refusal(source, model, structure, misses))
 
 
@@ -280,8 +298,13 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
     if not convolutions:
         raise RescompileError(f"{source}: no nn.Conv2d found; rescompile imports convolutional networks")
     candidates = stage_candidates(model)
+    shared = shared_runs(model, [path for path, _ in candidates])
     seen: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    handles = [module.register_forward_hook(_recorder(path, seen)) for path, module in candidates]
+    blocks = [_join(path, block) for path, run in shared for block in run]
+    # A stage's wrapper (CSPNet's stages.0 around stages.0.blocks) may downsample before its blocks.
+    wrappers = {_parent(path) for path, _ in candidates} - {""}
+    hooked = [*candidates, *((path, model.get_submodule(path)) for path in [*blocks, *sorted(wrappers)])]
+    handles = [module.register_forward_hook(_recorder(path, seen)) for path, module in hooked]
     height, width = (size, size) if isinstance(size, int) else size
     try:
         with torch.no_grad():
@@ -293,7 +316,7 @@ def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int
             handle.remove()
     if not isinstance(output, torch.Tensor):
         raise RescompileError(f"{source}: the model's output is not one tensor of logits (batch, classes)")
-    return structure_from(source, model, candidates, seen, tuple(output.shape))
+    return structure_from(source, model, candidates, seen, tuple(output.shape), shared)
 
 
 def structure_from(
@@ -302,9 +325,11 @@ def structure_from(
     candidates: list[tuple[str, Any]],
     seen: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]],
     output_shape: tuple[int, ...],
+    shared: Sequence[tuple[str, tuple[str, ...]]] = (),
 ) -> Structure:
-    """The structure of ``model`` from its stage candidates (:func:`stage_candidates`) and the
-    input and output shapes of those a probe ran through (``seen``, by path)."""
+    """The structure of ``model`` from its stage candidates (:func:`stage_candidates`), the runs
+    of blocks in containers the stages share (:func:`shared_runs`) and the input and output shapes
+    of those a probe ran through (``seen``, by path: each block of a shared run by its own)."""
     torch = import_framework("torch", "rescompile import", "torch")
     if len(output_shape) != 2:
         raise RescompileError(f"{source}: the model's output is not one tensor of logits (batch, classes)")
@@ -312,23 +337,34 @@ def structure_from(
     # Innermost among those that ran: SK-ResNet's `conv1.paths` (a ModuleList its block loops
     # over, never called) is inside a block, not a stage of blocks.
     ran = [path for path, _ in candidates if path in seen]
-    containers = [(path, module) for path, module in candidates if path in ran and not _encloses(path, ran)]
-    if not containers:
+    innermost = [(path, module) for path, module in candidates if path in ran and not _encloses(path, ran)]
+    # A stem's conv-norm-act triple is no stage: blocks of one layer each (timm's ConvBnAct) make
+    # one only beside stages of deeper blocks in the same container (MobileNetV3's last stage).
+    deep = {_parent(path) for path, module in innermost if _convolutions(next(module.children())) > 1}
+    containers = [(path, module) for path, module in innermost if _parent(path) in deep]
+    # (path, blocks, block input shape, block output shape), in the model's order.
+    runs = [(path, tuple(n for n, _ in module.named_children()), *seen[path]) for path, module in containers]
+    for path, blocks in shared:
+        runs += _split_at_shape_changes(path, blocks, seen)
+    order = {path: index for index, (path, _) in enumerate(model.named_modules())}
+    runs.sort(key=lambda run: order[_join(run[0], run[1][0])])
+    if not runs:
         raise RescompileError(f"{source}: no stages found: expected modules whose children are blocks of one class")
     stages: list[Stage] = []
-    before = seen[containers[0][0]][0][2]
-    for path, module in containers:
-        out_shape = seen[path][1]
+    # The stem's output, where the first stage's wrapper (its alone) downsamples before its blocks.
+    alone = [_parent(run[0]) for run in runs].count(_parent(runs[0][0])) == 1
+    first_wrapper = seen.get(_parent(runs[0][0])) if alone else None
+    before = first_wrapper[0][2] if first_wrapper is not None else runs[0][2][2]
+    for path, blocks, _, out_shape in runs:
         stride = max(round(before / out_shape[2]), 1)
-        blocks = tuple(name for name, _ in module.named_children())
-        stages.append(Stage(path, blocks, _class(module.get_submodule(blocks[0])), out_shape[1], stride))
+        stages.append(Stage(path, blocks, _class(model.get_submodule(f"{path}.{blocks[0]}")), out_shape[1], stride))
         before = out_shape[2]
-    first_block = next(containers[0][1].children())
+    first_block = model.get_submodule(f"{runs[0][0]}.{runs[0][1][0]}")
     inner = [m for n, m in first_block.named_modules() if isinstance(m, torch.nn.Conv2d) and "downsample" not in n]
     return Structure(
         input_channels=convolutions[0].in_channels,
         stem_channels=convolutions[0].out_channels,
-        stem_out_channels=seen[containers[0][0]][0][1],
+        stem_out_channels=runs[0][2][1],
         classes=int(output_shape[1]),
         stages=tuple(stages),
         groups=max((conv.groups for conv in inner), default=1),
@@ -348,17 +384,75 @@ def stage_candidates(model: torch.nn.Module) -> list[tuple[str, Any]]:
     conv) and is no plain container: torchvision's ``layer1``, timm's ``stages.0.blocks`` and
     RegNet's ``s1`` (blocks ``b1``, ``b2``, ...); a deep stem (conv, norm, act, ...) mixes
     classes and is none."""
-    torch = import_framework("torch", "rescompile import", "torch")
-    plain = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
     found = []
     for path, module in model.named_modules():
         children = list(module.children())
-        if not children or len({type(child) for child in children}) != 1:
-            continue
-        if isinstance(children[0], plain) or not any(True for _ in children[0].children()):
-            continue
-        found.append((path, module))
+        if children and len({type(child) for child in children}) == 1 and _is_block(children[0]):
+            found.append((path, module))
     return found
+
+
+def shared_runs(model: torch.nn.Module, stage_paths: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """Runs of blocks in a container that also holds other layers, outside every stage candidate:
+    torchvision's MobileNets keep the stem, every block and the head's conv in ``features``
+    (``features.1`` ... ``features.17`` of one class); their stages are told apart by shape."""
+    found: list[tuple[str, tuple[str, ...]]] = []
+    for path, module in model.named_modules():
+        # Not around a stage candidate (the root of a ResNet), nor inside one or inside a run found.
+        if any(_within(path, other) or _within(other, path) for other in [*stage_paths, *(run for run, _ in found)]):
+            continue
+        children = list(module.named_children())
+        blocks = [name for name, child in children if _is_block(child) and _convolutions(child) > 1]
+        classes = {type(module.get_submodule(name)) for name in blocks}
+        if len(blocks) < 2 or len(classes) != 1 or len(blocks) == len(children):
+            continue
+        names = [name for name, _ in children]
+        if names.index(blocks[-1]) - names.index(blocks[0]) == len(blocks) - 1:  # consecutive
+            found.append((path, tuple(blocks)))
+    return found
+
+
+def _split_at_shape_changes(
+    path: str, blocks: tuple[str, ...], seen: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]]
+) -> list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...]]]:
+    """A shared run as stages: a block whose output's shape is not its input's starts one."""
+    runs: list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = []
+    for block in blocks:
+        in_shape, out_shape = seen[_join(path, block)]
+        if not runs or in_shape != out_shape:
+            runs.append((path, (block,), in_shape, out_shape))
+        else:
+            run = runs[-1]
+            runs[-1] = (path, (*run[1], block), run[2], out_shape)
+    return runs
+
+
+def _is_block(module: object) -> bool:
+    """A module with layers of its own that is no plain container."""
+    torch = import_framework("torch", "rescompile import", "torch")
+    plain = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+    return (
+        isinstance(module, torch.nn.Module) and not isinstance(module, plain) and any(True for _ in module.children())
+    )
+
+
+def _convolutions(module: torch.nn.Module) -> int:
+    """The convolutions and linear layers in ``module`` (ConvNeXt's block: one conv, two linear)."""
+    torch = import_framework("torch", "rescompile import", "torch")
+    return sum(isinstance(layer, torch.nn.Conv2d | torch.nn.Linear) for layer in module.modules())
+
+
+def _within(path: str, ancestor: str) -> bool:
+    """Whether ``path`` is ``ancestor`` or inside it (every path is inside the root, ``""``)."""
+    return path == ancestor or not ancestor or path.startswith(ancestor + ".")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
 
 
 def _encloses(path: str, paths: list[str]) -> bool:
@@ -423,12 +517,11 @@ def builtin_choices() -> dict[str, list[dict[str, Any]]]:
     return {group: list(choices.values()) for group, choices in found.items()}
 
 
-def _candidates(structure: Structure, modules: Layers) -> Iterator[dict[str, Any]]:
-    """Specs to try: each combination of the built-in choices whose layers the model has, with
-    widths for the block's expansion, and with the stem's and block's parameters as given
-    and fitted to what the model's convolutions show (the stem's width, the block's groups, base
-    width and group width) where the part declares such a parameter."""
-    plausible = {group: _plausible_choices(group, structure, modules) for group in _GROUPS}
+def _candidates(structure: Structure, plausible: Mapping[str, list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """Specs to try: each combination of the built-in choices whose layers the model has
+    (``plausible``, by group), with widths for the block's expansion, and with the stem's and
+    block's parameters as given and fitted to what the model's convolutions show (the stem's
+    width, the block's groups, base width and group width) where the part declares such a parameter."""
     for layout, stem, block, shortcut, head in itertools.product(*plausible.values()):
         stem_observed = {"width": structure.stem_channels, "stem_width": structure.stem_channels}
         for stem_parameters in _fitted("stems", stem["stem"], stem.get("stem_parameters", {}), stem_observed):
@@ -459,6 +552,8 @@ def _candidates(structure: Structure, modules: Layers) -> Iterator[dict[str, Any
 def _expansions(block: str, given: Mapping[str, Any]) -> tuple[int, ...]:
     """A block's output channels over its width: its ``expansion`` where it declares one, else 4
     or 1 (timm_bottleneck writes ``out_channels: width * 4``)."""
+    if block_part(block).out_channels.text == "width":  # an inverted residual's expansion is inside
+        return (1,)
     declared = given.get("expansion", _defaults("blocks", block).get("expansion"))
     return (declared,) if isinstance(declared, int) else (4, 1)
 
@@ -489,11 +584,13 @@ def _misfit(group: str, choice: Mapping[str, Any], structure: Structure, modules
     first_block = f"{first_stage.path}.{first_stage.blocks[0]}."
     if group == "layout":
         naming = NamingSpec.model_validate(choice.get("naming", {}))
+        network_index = 0
         for index, stage in enumerate(structure.stages):
-            if naming.stages.format(index=index, number=index + 1) != stage.path:
+            if naming.stage_path(index) != stage.path:
                 return stage.path
-            if naming.blocks.format(index=0, number=1) != stage.blocks[0]:
+            if naming.block_path(index, 0, network_index) != f"{stage.path}.{stage.blocks[0]}":
                 return f"{stage.path}.{stage.blocks[0]}"
+            network_index += len(stage.blocks)
         return None
     if group == "stem":
         return _layers_misfit("", _part("stems", choice["stem"]), modules, choice.get("stem_parameters", {}))
@@ -602,26 +699,42 @@ def _defaults(kind: PartKind, part: str) -> dict[str, object]:
     return {key: value.default if isinstance(value, ParameterSpec) else value for key, value in parameters.items()}
 
 
+def block_part(block: str) -> BlockSpec:
+    part = _part("blocks", block)
+    assert isinstance(part, BlockSpec)
+    return part
+
+
 @functools.cache
 def _part(kind: PartKind, part: str) -> PartSpec:
     return load_part(builtin_directory() / kind / f"{part}.yaml", kind).spec
 
 
-def spec_text(name: str, choices: Mapping[str, Any], structure: Structure, size: int | tuple[int, int]) -> str:
-    """The network spec, in the built-ins' style: one line per key, flow mappings, one stage a line;
-    each stage's width is its output channels over the block's ``expansion``."""
-    expansion = choices["expansion"]
+def spec_text(
+    name: str,
+    choices: Mapping[str, Any],
+    structure: Structure,
+    size: int | tuple[int, int],
+    entries: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    """The network spec, in the built-ins' style: one line per key, flow mappings, one stage a line:
+    ``entries``, else each stage's width its output channels over the block's ``expansion``."""
     lines = [f"name: {name}", f"input: {_flow({'channels': structure.input_channels, 'size': size})}"]
     lines += [f"{key}: {_flow(choices[key])}" for key in _SPEC_KEYS if choices.get(key) not in (None, {})]
     lines.append("stages:")
-    for stage in structure.stages:
-        entry: dict[str, Any] = {"depth": len(stage.blocks), "width": stage.out_channels // expansion}
-        if stage.stride != 1:
-            entry["stride"] = stage.stride
-        lines.append(f"  - {_flow(entry)}")
+    if entries is None:
+        entries = [_stage_entry(stage, choices["expansion"]) for stage in structure.stages]
+    lines += [f"  - {_flow(entry)}" for entry in entries]
     lines.append(f"head: {choices['head']}")
     lines.append(f"head_parameters: {_flow({**choices['head_parameters'], 'classes': structure.classes})}")
     return "\n".join(lines) + "\n"
+
+
+def _stage_entry(stage: Stage, expansion: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"depth": len(stage.blocks), "width": stage.out_channels // expansion}
+    if stage.stride != 1:
+        entry["stride"] = stage.stride
+    return entry
 
 
 def _flow(value: Any) -> str:
@@ -691,16 +804,23 @@ def _torch_outputs(
 ) -> dict[str, npt.NDArray[np.float32]]:
     """A torch model's output on ``probe`` (``OUTPUT``), its first block's input (``""``) and each
     block's output (by path), as :attr:`Reference.outputs` holds them."""
+    first = structure.stages[0]
+    paths = [_join(stage.path, block) for stage in structure.stages for block in stage.blocks]
+    return _block_outputs(model, probe, _join(first.path, first.blocks[0]), paths)
+
+
+def _block_outputs(
+    model: torch.nn.Module, probe: torch.Tensor, entry: str, paths: Sequence[str]
+) -> dict[str, npt.NDArray[np.float32]]:
+    """A torch model's output on ``probe`` (``OUTPUT``), the input of its module ``entry``
+    (``""``) and the output of each module of ``paths``."""
     import torch
 
-    first = structure.stages[0]
     seen: dict[str, Any] = {}
-    entry = model.get_submodule(f"{first.path}.{first.blocks[0]}")
-    handles = [entry.register_forward_pre_hook(lambda _, inputs: seen.setdefault("", inputs[0]))]
-    for stage in structure.stages:
-        for block in stage.blocks:
-            path = f"{stage.path}.{block}"
-            handles.append(model.get_submodule(path).register_forward_hook(_keeper(path, seen)))
+    first = model.get_submodule(entry)
+    handles = [first.register_forward_pre_hook(lambda _, inputs: seen.setdefault("", inputs[0]))]
+    for path in paths:
+        handles.append(model.get_submodule(path).register_forward_hook(_keeper(path, seen)))
     try:
         with torch.no_grad():
             seen[OUTPUT] = model(probe)
