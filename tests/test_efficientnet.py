@@ -1,7 +1,8 @@
 """rescompile.efficientnet writes EfficientNet specs from timm's block strings and multipliers: the
 shipped efficientnet_b0 and efficientnetv2_rw_s are its output, models that are not shipped
-(EfficientNet-B3: width × 1.2, depth × 1.4; efficientnetv2_rw_t, whose first stage is ConvBnAct) are
-timm's, and a block string it cannot write is one line and a non-zero status."""
+(EfficientNet-B3: width × 1.2, depth × 1.4; efficientnetv2_rw_t, whose first stage is ConvBnAct;
+MobileNetV3s, large and small, of other widths) are timm's, and a block string it cannot write is
+one line and a non-zero status."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import timm
 import torch
 import torchvision
 from support import assert_backends_agree, assert_is_reference
+from timm.models._efficientnet_builder import decode_arch_def
 
 from rescompile.backends import torch_backend
 from rescompile.compiler import compile_spec
-from rescompile.efficientnet import main
+from rescompile.efficientnet import main, parse_stage
 from rescompile.spec import builtin_directory
 from rescompile.testing import assert_close
 
@@ -24,10 +26,18 @@ SHIPPED = [
     ("efficientnet_b0", ["--arch", "efficientnet"]),
     ("efficientnetv2_rw_s", ["--arch", "efficientnetv2_rw_s"]),
     ("tv_efficientnet_b0", ["--arch", "efficientnet", "--keys", "torchvision"]),
+    # timm's by tests/test_timm_presets.py
+    ("mobilenetv3_large_100", ["--arch", "mobilenetv3_large"]),
 ]
 NOT_SHIPPED = [
     ("efficientnet_b3", ["--arch", "efficientnet", "--channel-multiplier", "1.2", "--depth-multiplier", "1.4"]),
     ("efficientnetv2_rw_t", ["--arch", "efficientnetv2_s", "--channel-multiplier", "0.8", "--depth-multiplier", "0.9"]),
+    # Every width scaled (the stem too, at 0.75 exactly), the head's 1280 features not.
+    ("mobilenetv3_large_075", ["--arch", "mobilenetv3_large", "--channel-multiplier", "0.75"]),
+    # An SE gate in the first (depthwise separable) block, three strings in a stage, a 1024-wide head.
+    ("mobilenetv3_small_100", ["--arch", "mobilenetv3_small"]),
+    # The stem stays 16 wide below a multiplier of 0.75.
+    ("mobilenetv3_small_050", ["--arch", "mobilenetv3_small", "--channel-multiplier", "0.5"]),
 ]
 
 
@@ -96,7 +106,12 @@ def test_drop_path_is_the_references_where_it_adds_the_input(
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
-        ("ir_r2_k3_s2_e6_c24_nre", "option 'nre' is not supported (r, k, s, e, c, se, and skip for cn)"),
+        ("ir_r2_k3_s2_e6_c24_noskip", "option 'noskip' is not supported (r, k, s, e, c, se, nre, and skip for cn)"),
+        (
+            "ir_r1_k3_s2_e4_c24,ir_r1_k3_s1_e3_c32",
+            "a stage's strings share a block type and width, the first its stride",
+        ),
+        ("er_r4_k3_s2_e4_c48_nre", "'nre' is not supported by er blocks (fused_mbconv is SiLU only)"),
         ("uir_r2_k3_s2_e6_c24", "block type 'uir' is not one of ds, ir, er, cn"),
         ("cn_r2_k3_s1_e1_c24", "cn blocks need '_skip' and the others add their input where shapes match"),
         ("ir_k3_s2_e6_c24", "needs r (repeats), k (kernel), s (stride) and c (channels)"),
@@ -111,8 +126,42 @@ def test_a_block_string_it_cannot_write_is_one_line(
     assert capsys.readouterr().err == f"rescompile.efficientnet: {stage!r}: {message}\n"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # timm's mobilenetv3_large_150d: depth × 1.2 makes its ConvBnAct stage two blocks, whose second
+        # timm does not add its input to; the spec's shortcut policy would.
+        (
+            ["--channel-multiplier", "1.5", "--depth-multiplier", "1.2"],
+            "'cn_r1_k1_s1_c960': MobileNetV3's cn adds no input: its blocks must change the shape",
+        ),
+        (
+            ["--stage", "cn_r2_k3_s1_c24_skip", "--stage", "cn_r1_k1_s1_c960"],
+            "'cn_r2_k3_s1_c24_skip': MobileNetV3's blocks add their input where shapes match, its cn never",
+        ),
+        (["--stage", "er_r4_k3_s2_e4_c48"], "'er_r4_k3_s2_e4_c48': block type 'er' is not one of ds, ir, cn"),
+        (["--keys", "torchvision"], "MobileNetV3 is written with timm's keys only"),
+    ],
+)
+def test_a_mobilenetv3_it_cannot_write_is_one_line(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bad", "--arch", "mobilenetv3_large", *arguments]) == 1
+    assert capsys.readouterr().err == f"rescompile.efficientnet: {message}\n"
+
+
 @pytest.mark.slow
 def test_tv_efficientnet_b0_agrees_in_every_backend_at_97() -> None:
     """`rescompile check` at an odd size (its strided convs pad 97 -> 49 -> 25 -> 13 -> 7 -> 4); by
     default tests/test_check.py checks it at 32."""
     assert_backends_agree(compile_spec("tv_efficientnet_b0", size=97))
+
+
+@pytest.mark.parametrize("depth_multiplier", [0.5, 1.2, 1.5, 2.0])
+def test_a_stage_of_several_strings_is_deepened_as_timms(depth_multiplier: float) -> None:
+    """timm shares a stage's ``ceil(sum × multiplier)`` blocks among its strings from the last: the
+    expansions of the blocks, in order, are those of timm's ``decode_arch_def``."""
+    strings = ["ir_r1_k3_s2_e6_c80", "ir_r1_k3_s1_e2.5_c80", "ir_r2_k3_s1_e2.3_c80"]
+    (timms,) = decode_arch_def([strings], depth_multiplier=depth_multiplier)
+    stage = parse_stage(",".join(strings), 1.0, depth_multiplier, "mobilenetv3")
+    assert [block.expansion for block in stage.blocks] == [arguments["exp_ratio"] for arguments in timms]
