@@ -1234,7 +1234,9 @@ def block_outputs(
     module after the stem runs on ``feed`` of the module before it rather than on this model's own
     output, so each module is compared on identical inputs and differences do not accumulate.
     The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
-    one forward pass would. ``jit=False`` runs eagerly (faster for one call on a small input).
+    one forward pass would. ``jit=False`` runs eagerly, op by op: jax compiles each op for each
+    shape it meets, so for a whole network that is 2-4 times slower than compiling it once
+    (efficientnet_b0 at 33×33: 18.6 s eagerly, 4.7 s jitted; resnet20 at 32×32: 4.0 s and 2.1 s).
 
     Without ``graph``, blocks are named by their position in their stage (``layer1.0``) and stage
     transitions are not run; ``graph`` (the model's) runs its transitions and names every module
@@ -1267,4 +1269,4 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
-    return block_outputs(model, inputs, jit=False, graph=graph)
+    return block_outputs(model, inputs, graph=graph)
