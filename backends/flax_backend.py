@@ -1234,9 +1234,8 @@ def block_outputs(
     module after the stem runs on ``feed`` of the module before it rather than on this model's own
     output, so each module is compared on identical inputs and differences do not accumulate.
     The model runs in its current mode: in training mode its BatchNorm statistics are updated, as
-    one forward pass would. ``jit=False`` runs eagerly, op by op: jax compiles each op for each
-    shape it meets, so for a whole network that is 2-4 times slower than compiling it once
-    (efficientnet_b0 at 33×33: 18.6 s eagerly, 4.7 s jitted; resnet20 at 32×32: 4.0 s and 2.1 s).
+    one forward pass would. ``jit=False`` runs eagerly, op by op: jax compiles each op once per
+    input shape, which several passes share, where ``jit=True`` compiles the pass as one program.
 
     Without ``graph``, blocks are named by their position in their stage (``layer1.0``) and stage
     transitions are not run; ``graph`` (the model's) runs its transitions and names every module
@@ -1269,4 +1268,12 @@ def module_outputs(graph: Graph, weights: Mapping[str, Array], inputs: Array) ->
     jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
     model = module_for_weights(graph)  # in eval mode
     load_weights(model, graph, weights)
-    return block_outputs(model, inputs, graph=graph)
+    return block_outputs(model, inputs, jit=len(graph.blocks) <= _JIT_MAX_BLOCKS, graph=graph)
+
+
+# One pass compiled as one program costs a quarter to a half of compiling it op by op (each op once
+# per input shape) on CPU: efficientnet_b0 at 33×33 4.7 s against 18.6 s, resnest50d 7.4 s against
+# 31 s, resnet20 at 32×32 2.1 s against 4.0 s, preact_resnet164 (54 blocks) 3.8 s against 6.2 s. A
+# program's compilation grows with its length while op by op a stage's repeated blocks share theirs:
+# past this many blocks (resnet200d, resnet1202) the pass runs op by op.
+_JIT_MAX_BLOCKS = 60

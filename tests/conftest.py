@@ -56,7 +56,7 @@ run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d sere
 plain20 and plain56 the parts of plain32 and plain44, resnet50 and resnet50_v1 those of the deeper
 torchvision nets, resnet20 and resnet56 resnet110's.
 Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
-comparison (tests/test_timm_presets.py) runs every preset by default."""
+comparison (tests/test_timm_presets.py) chooses its own by :data:`PART_COVERING_PRESETS`."""
 
 
 COMPILE_TEST_PRESETS = frozenset({"resnet20", "resnest50d"})

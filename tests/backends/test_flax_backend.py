@@ -103,12 +103,12 @@ def compare_with_torch(
     graph: Graph,
     batch: np.ndarray,
     whole_network: Literal["every module", "logits"] | None,
+    jit: bool = False,
 ) -> None:
     """One pass of each model, both in the same mode. First every module on identical inputs (the
-    torch module's input, via ``feed``), then, if asked, the whole network on its own outputs. Flax
-    runs jitted: compiling the network once costs a half to a quarter of compiling op by op."""
+    torch module's input, via ``feed``), then, if asked, the whole network on its own outputs."""
     expected = torch_backend.block_outputs(reference, graph, batch)
-    isolated = flax_backend.block_outputs(flax, batch, feed=expected, graph=graph)
+    isolated = flax_backend.block_outputs(flax, batch, feed=expected, jit=jit, graph=graph)
     assert list(isolated) == list(expected)
     for name, array in expected.items():
         assert_close(isolated[name], array, tolerance="block", what=f"{name} on torch's input")
@@ -117,7 +117,7 @@ def compare_with_torch(
         assert_running_statistics_close(flax, reference, graph)
     if whole_network is None:
         return
-    actual = flax_backend.block_outputs(flax, batch, graph=graph)
+    actual = flax_backend.block_outputs(flax, batch, jit=jit, graph=graph)
     if whole_network == "every module":
         for name, array in expected.items():
             assert_close(actual[name], array, tolerance="block", what=f"{name} in the whole network")
@@ -345,7 +345,7 @@ def test_resnet50_224_eval_random_weights(resnet50: Resnet50) -> None:
     resnet50.flax.eval()
     resnet50.torch.eval()
     assert len(flax_backend.block_outputs(resnet50.flax, resnet50.images)) == 1 + 16 + 1
-    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "every module")
+    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "every module", jit=True)
 
 
 def test_resnet50_224_eval_calibrated_logits_within_1e4(resnet50: Resnet50) -> None:
@@ -353,7 +353,7 @@ def test_resnet50_224_eval_calibrated_logits_within_1e4(resnet50: Resnet50) -> N
     calibrate(resnet50.torch, images(resnet50.graph, seed=7, batch=4))
     flax_backend.load_weights(resnet50.flax, resnet50.graph, torch_backend.to_weights(resnet50.torch, resnet50.graph))
     resnet50.flax.eval()
-    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "logits")
+    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "logits", jit=True)
 
 
 def test_resnet50_224_one_training_step(resnet50: Resnet50) -> None:
@@ -361,7 +361,7 @@ def test_resnet50_224_one_training_step(resnet50: Resnet50) -> None:
     torch_backend.load_weights(resnet50.torch, resnet50.graph, resnet50.weights)
     resnet50.flax.train()
     resnet50.torch.train()
-    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "logits")
+    compare_with_torch(resnet50.flax, resnet50.torch, resnet50.graph, resnet50.images, "logits", jit=True)
 
 
 def test_torchvision_resnet50_weights_give_torchvisions_outputs(resnet50: Resnet50) -> None:
@@ -374,7 +374,7 @@ def test_torchvision_resnet50_weights_give_torchvisions_outputs(resnet50: Resnet
     reference.eval()
     flax_backend.load_weights(resnet50.flax, resnet50.graph, torch_backend.to_weights(reference, resnet50.graph))
     resnet50.flax.eval()
-    compare_with_torch(resnet50.flax, reference, resnet50.graph, resnet50.images, "every module")
+    compare_with_torch(resnet50.flax, reference, resnet50.graph, resnet50.images, "every module", jit=True)
 
 
 # --- jit, zero init, weights ----------------------------------------------------------------------
