@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from rescompile.compiler import Graph, compile_spec
 from rescompile.compiler.ops import OP_TYPES, Elementwise
+from rescompile.spec.loader import builtin_directory, builtin_networks, load_network, load_parts, resolve_network
 from rescompile.testing import ENTRY_CONV, one_block_network, op_network
 
 settings.register_profile(
@@ -55,33 +56,62 @@ run: resnet50d has resnet50c's and resnet50s's deep stem, seresnext50_32x4d sere
 plain20 and plain56 the parts of plain32 and plain44, resnet50 and resnet50_v1 those of the deeper
 torchvision nets, resnet20 and resnet56 resnet110's.
 Tests parametrised over every built-in run these only in the slow tail (``-m slow``); the timm
-comparison (tests/test_timm_presets.py) runs every preset by default."""
+comparison (tests/test_timm_presets.py) chooses its own by :data:`PART_COVERING_PRESETS`."""
 
 
-COMPILE_TEST_PRESETS = frozenset(
-    {
-        *("resnet20", "resnetblur50", "ecaresnet50d", "resnetv2_50x1_bit", "preact_resnet110", "resnet50d"),
-        *("res2net50_26w_4s", "resnest50d", "convnext_tiny", "gcresnet50t"),
-    }
-)
+COMPILE_TEST_PRESETS = frozenset({"resnet20", "resnest50d"})
 """Built-ins the torch.compile, TorchScript and nnx.jit tests run by default beside :func:`op_network`
-(which uses every op kind): a spread of the built-ins' parts; the other built-ins run in the slow tail."""
+(which uses every op kind): a plain ResNet and one whose block holds classes of its own (SplitAttn)
+beside a deep stem and an average-pooling shortcut; the other built-ins run in the slow tail."""
 
 
-PART_COVERING_PRESETS = frozenset(
-    {
-        *("resnet20", "resnet50", "resnest50d", "convnext_tiny", "resnetv2_50", "resnetv2_50x1_bit", "skresnet18"),
-        *("regnetx_016", "regnety_016", "res2net50_26w_4s", "preact_resnet110", "preact_resnet164", "resnet50_gn"),
-        *("resnetblur50", "resnetaa50", "resnetrs50", "ecaresnet50d", "gcresnet50t"),
-        *("mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "efficientnetv2_rw_s"),
-        *("regnetz_b16", "tv_efficientnet_b0", "tv_mobilenet_v2", "tv_mobilenet_v3_large"),
-        *("cspresnet50", "cspdarknet53"),
-    }
-)
-"""Built-ins that between them use every stem, block, shortcut, transition and head (and so every op)
-of the built-ins (tests/backends/test_emitter_tables.py checks it). A part compiles to the same code in
-every network that uses it, so tests that compare backends network by network run these by default
-and the other built-ins in the slow tail."""
+@functools.cache
+def compiled(name: str, size: int | None = None) -> Graph:
+    """``compile_spec(name, size=size)`` once per test process: a Graph is immutable, and many tests
+    compile the same built-in (tests of compiling itself call ``compile_spec``)."""
+    return compile_spec(name, size=size)
+
+
+@functools.cache
+def parts_used(name: str) -> frozenset[str]:
+    """What of the built-in parts the built-in network ``name`` uses: the part files it reads
+    (``blocks/basic.yaml``; its blocks' ``extends`` and module uses included) and the part classes
+    it compiles to (``block timm_inverted_residual_first``: a block whose instances unroll
+    differently is one class per unrolling)."""
+    folder = builtin_directory()
+    files = load_parts(load_network(name), resolve_network(name)).files
+    return frozenset(
+        {path.relative_to(folder).as_posix() for path in files if path.parent != folder}  # no network file
+        | {f"{definition.role} {definition.name}" for definition in compiled(name).definitions}
+    )
+
+
+def part_cover(names: Iterable[str]) -> frozenset[str]:
+    """Networks among ``names`` that between them use every built-in part any of ``names`` uses
+    (:func:`parts_used`), none of them redundant: greedily the one using the most parts not yet
+    used (on a tie the one of fewest blocks, the cheaper to run), then any whose parts the others
+    use dropped. A part compiles to the same code in every network that uses it, so a test
+    comparing networks runs this cover by default and the others in the slow tail; a new preset or
+    part joins it without a list to update."""
+    candidates = sorted(set(names))
+    blocks = {name: sum(stage.depth for stage in load_network(name).spec.stages) for name in candidates}
+    unused = set().union(*(parts_used(name) for name in candidates))
+    cover: list[str] = []
+    while unused:
+        best = min(candidates, key=lambda name: (-len(parts_used(name) & unused), blocks[name], name))
+        cover.append(best)
+        unused -= parts_used(best)
+    for name in list(cover):
+        others = set().union(*(parts_used(other) for other in cover if other != name))
+        if parts_used(name) <= others:
+            cover.remove(name)
+    return frozenset(cover)
+
+
+PART_COVERING_PRESETS = part_cover(builtin_networks())
+"""Built-ins that between them use every built-in part file (stem, block, shortcut, transition,
+head, module) and compile to every part class: tests that compare backends network by network run
+these by default and the other built-ins in the slow tail."""
 
 
 ELEMENTWISE_OP_KINDS = tuple(op_type.kind for op_type in OP_TYPES if issubclass(op_type, Elementwise))
@@ -118,13 +148,6 @@ def network_source(name: str, folder: Path) -> Path | str:
 def builtin_params(names: Iterable[str], default: frozenset[str] = PART_COVERING_PRESETS) -> list[ParameterSet]:
     """``names`` as pytest parameters, those outside ``default`` marked slow."""
     return [pytest.param(name, id=name, marks=[] if name in default else [pytest.mark.slow]) for name in names]
-
-
-@functools.cache
-def compiled(name: str, size: int | None = None) -> Graph:
-    """``compile_spec(name, size=size)`` once per test process: a Graph is immutable, and many tests
-    compile the same built-in (tests of compiling itself call ``compile_spec``)."""
-    return compile_spec(name, size=size)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -94,13 +94,14 @@ def test_shell_command_runs(page: str, command: str) -> None:
 
 CHECKED_BY_TESTS = {
     "./dev rescompile check convnext_tiny --size 97 --backends torch,flax,onnx",
+    "./dev rescompile check regnetz_b16 --size 97 --backends torch,flax,onnx",
     "./dev rescompile check resnet20 --size 32 --batch 8 --train-steps 10",
     "./dev rescompile check resnet50",
 }
-"""Commands whose check other tests make by default, run as written in the slow tail only: the first is
-tests/test_timm_presets.py's test_all_backends_agree (convnext_tiny at 33×33, odd through every stage as 97
-is; at 97 in the slow tail), the second tests/test_training.py's
-ten steps of resnet20 (32×32, batch 8; its command is run there too, for 3 steps), the third the
+"""Commands whose check other tests make by default, run as written in the slow tail only: the first two
+are tests/test_timm_presets.py's test_all_backends_agree (convnext_tiny and regnetz_b16 at 33×33, odd
+through every stage as 97 is; at 97 in the slow tail), the third tests/test_training.py's
+ten steps of resnet20 (32×32, batch 8; its command is run there too, for 3 steps), the fourth the
 flax and ONNX backend tests' resnet50 at 224×224 against torch (test_resnet50_224_*)."""
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COMPILE_TEST_PRESETS, OP_NETWORK, network_source
+from conftest import COMPILE_TEST_PRESETS, network_params, network_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +22,7 @@ from rescompile.cli import main
 from rescompile.compiler import Graph, compile_spec, cost
 from rescompile.compiler.weights import weight_shapes
 from rescompile.spec.errors import RescompileError
+from rescompile.spec.loader import builtin_networks
 
 # timm's keys: a deep stem conv1.0 … conv1.6 (ResNet-C/D) and an SE module se.fc1 / se.fc2.
 DEEP_STEM = """\
@@ -299,7 +300,7 @@ def test_a_class_named_as_the_file_s_imports_is_renamed_not_shadowing(name: str,
     assert (name in part_names(graph).containers.values()) == (name not in GENERATED_FILE_NAMES)
 
 
-@pytest.mark.parametrize("preset", [OP_NETWORK, *sorted(COMPILE_TEST_PRESETS)])
+@pytest.mark.parametrize("preset", network_params(builtin_networks(), COMPILE_TEST_PRESETS))
 def test_generated_module_level_names_are_the_authority_s_or_part_names(preset: str, tmp_path: Path) -> None:
     """GENERATED_FILE_NAMES is what the part names must avoid: it has to hold every name the
     templates and helpers bind at module level (the op network's file defines every op's helpers)."""
