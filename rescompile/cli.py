@@ -374,13 +374,8 @@ def _png(svg: bytes) -> bytes:
 def _import(arguments: list[str]) -> int:
     options = _subcommand_parser("import").parse_args(arguments)
     from rescompile.compiler.weights import save_weights
-    from rescompile.importer import (
-        canonical_reference_weights,
-        default_size,
-        import_model,
-        load_reference,
-        spec_name,
-    )
+    from rescompile.import_stages import import_model
+    from rescompile.importer import canonical_reference_weights, default_size, load_reference, spec_name
 
     folder: Path = options.output
     if folder.exists() and not folder.is_dir():

@@ -23,24 +23,20 @@ that the simplest spec that computes the model is the one written.
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
 import itertools
 import json
 import re
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rescompile.compiler.ir import Graph
-from rescompile.compiler.pipeline import compile_spec
-from rescompile.compiler.weights import Weights, weight_shapes
+from rescompile.compiler.weights import Weights
 from rescompile.frameworks import import_framework
 from rescompile.spec.errors import RescompileError, did_you_mean
 from rescompile.spec.expressions import Expression, ExpressionError
@@ -185,24 +181,6 @@ def default_size(model: torch.nn.Module) -> int | tuple[int, int]:
     return height if height == width else (height, width)
 
 
-def import_model(source: str, name: str, model: torch.nn.Module, size: int | tuple[int, int]) -> Imported:
-    """The shortest spec of built-in parts that computes ``model``, verified."""
-    torch = import_framework("torch", "rescompile import", "torch")
-    structure = recover_structure(source, model, size)
-    # The comparison runs on a copy: the model's own weights are what --weights writes.
-    reference = copy.deepcopy(model).eval()
-    randomise_normalisation(reference, SEED + 1)
-    height, width = (size, size) if isinstance(size, int) else size
-    probe = torch.randn(2, structure.input_channels, height, width, generator=torch.Generator().manual_seed(SEED))
-    state = {key: value.numpy() for key, value in reference.state_dict().items()}
-    return search(
-        Reference(source, model, structure, probe.numpy(), _torch_outputs(reference, probe, structure)),
-        name,
-        size,
-        lambda graph: state,
-    )
-
-
 @dataclass(frozen=True)
 class Reference:
     """What the search compares candidates with, whatever the model's format: its module tree (the
@@ -234,61 +212,6 @@ class Layers:
 
 OUTPUT = "output"
 """The key of the model's output in :attr:`Reference.outputs` (no module path: those hold dots)."""
-
-
-def search(
-    reference: Reference,
-    name: str,
-    size: int | tuple[int, int],
-    weights_for: Callable[[Graph], Mapping[str, npt.NDArray[np.generic]]],
-) -> Imported:
-    """The shortest candidate spec whose weights are ``weights_for(graph)`` by name and shape and
-    that computes the reference's outputs with them. Candidates are written and compiled in a
-    scratch folder: nothing reaches ``-o`` before one is verified."""
-    from rescompile.import_stages import search_by_blocks  # it builds on this module
-
-    source, model, structure = reference.source, reference.modules, reference.structure
-    layers = Layers(dict(model.named_modules()), reference.unseen)
-    plausible: dict[str, list[dict[str, Any]]] = {}
-    block_missing: _NoChoice | None = None
-    for group in _GROUPS:
-        try:
-            plausible[group] = _plausible_choices(group, structure, layers)
-        except _NoChoice as missing:
-            if group != "block":  # the search block by block tries other blocks' types
-                raise RescompileError(_no_choice(source, model, structure, missing)) from None
-            plausible[group], block_missing = [], missing
-    candidates = list(_candidates(structure, plausible))
-    texts = sorted({spec_text(name, spec, structure, size) for spec in candidates}, key=lambda text: (len(text), text))
-    misses: list[_Miss] = []
-    with tempfile.TemporaryDirectory(prefix="rescompile-import-") as scratch:
-        path = Path(scratch) / f"{name}.yaml"
-        for index, text in enumerate(texts):
-            path.write_text(text)
-            try:
-                graph = compile_spec(path)
-            except RescompileError as error:
-                misses.append(_Miss(-1, "", f"does not compile: {error}", text))
-                continue
-            weights = weights_for(graph)
-            shapes = {key: tuple(value.shape) for key, value in weights.items() if _is_weight(key)}
-            miss = _shape_miss(weight_shapes(graph), shapes, text)
-            if miss is None:
-                outcome = _compare(graph, weights, reference, text)
-                if isinstance(outcome, float):
-                    return Imported(name, text, graph, outcome, index + 1, len(texts))
-                miss = outcome
-            misses.append(miss)
-        # Where one block for the network never had the model's weights' shapes, the blocks'
-        # types and parameters may change from stage to stage (MobileNets, EfficientNets, CSPNets).
-        if not any(miss.reason.startswith("outputs differ") for miss in misses):
-            found = search_by_blocks(reference, name, size, plausible, weights_for, Path(scratch))
-            if isinstance(found, Imported):
-                return found
-            misses += found
-    if block_missing is not None and not misses:
-        raise RescompileError(_no_choice(source, model, structure, block_missing))
-    raise RescompileError(_refusal(source, model, structure, misses))
 
 
 def recover_structure(source: str, model: torch.nn.Module, size: int | tuple[int, int]) -> Structure:

@@ -7,7 +7,7 @@ them) or else from its own name (rescompile's ``layer1.0.conv1``, the TorchScrip
 ``/layer1/layer1.0/conv1/Conv``, the dynamo exporter's name scopes). Its constant inputs become a
 state_dict under that path (``layer1.0.bn1.running_mean``), and the paths become a tree of torch
 layers holding no data (``nn.Conv2d`` on the meta device, with the file's channels, kernel and
-groups), so :func:`rescompile.importer.search` runs on it unchanged: the same stages, candidates
+groups), so :func:`rescompile.import_stages.search` runs on it unchanged: the same stages, candidates
 and checks. The reference outputs are the file's own, run by onnxruntime with randomised
 BatchNorm statistics (and folded biases), block by block.
 
@@ -35,12 +35,12 @@ from rescompile.compiler.fold import folds
 from rescompile.compiler.ir import Graph
 from rescompile.compiler.pipeline import lower_for_inference
 from rescompile.frameworks import import_framework
+from rescompile.import_stages import search
 from rescompile.importer import (
     OUTPUT,
     SEED,
     Imported,
     Reference,
-    search,
     stage_candidates,
     structure_from,
 )
